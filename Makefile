@@ -1,0 +1,59 @@
+# hypervisor: build, test and run. Every target installs what it needs (scripts/install-deps.sh).
+SHELL := /bin/bash
+NODE_TEST := node --test --test-reporter=spec
+TESTS = $(shell find dist -name '*.test.js' -not -path '*/node_modules/*' | sort)
+SHORT_TESTS = $(shell find dist -name '*.test.js' -not -path '*/node_modules/*' -not -path 'dist/test/e2e/*' | sort)
+
+.PHONY: all build build-server build-agent build-ctl proto deps test test-short test-coverage lint fmt \
+	run run-server run-agent bench clean
+
+all: lint build test
+
+deps:
+	@bash scripts/install-deps.sh
+
+node_modules/.package-lock.json: package.json package-lock.json
+	@bash scripts/install-deps.sh --node-only
+
+build: node_modules/.package-lock.json
+	npx tsc -p tsconfig.json
+
+# The three binaries share one compile; these targets exist for parity with the Go layout.
+build-server build-agent build-ctl: build
+
+proto: node_modules/.package-lock.json
+	npx buf lint
+	npx buf generate
+
+test: deps build
+	HYPERVISOR_TEST_TIMEOUT=$${HYPERVISOR_TEST_TIMEOUT:-600000} $(NODE_TEST) --test-timeout=600000 $(TESTS)
+
+test-short: deps build
+	HYPERVISOR_TEST_SHORT=1 $(NODE_TEST) --test-timeout=300000 $(SHORT_TESTS)
+
+test-coverage: deps build
+	npx c8 --reporter=html --reporter=text-summary --reports-dir=coverage $(NODE_TEST) --test-timeout=600000 $(TESTS)
+	node scripts/coverage-html.mjs coverage coverage.html
+
+lint: node_modules/.package-lock.json
+	npx eslint .
+	npx tsc -p tsconfig.json --noEmit
+	npx buf lint
+
+fmt: node_modules/.package-lock.json
+	npx prettier --write .
+
+run: deps build
+	node dist/cmd/hypervisor-server/main.js --dev --config configs/server.yaml
+
+run-server: deps build
+	node dist/cmd/hypervisor-server/main.js --config configs/server.yaml
+
+run-agent: deps build
+	node dist/cmd/hypervisor-agent/main.js --config configs/agent.yaml
+
+bench: deps build
+	node dist/bench/main.js
+
+clean:
+	rm -rf dist coverage coverage.html

@@ -1,0 +1,18 @@
+// The cluster store contract (an etcd v3 subset), its typed errors, the keyspace, the embedded
+// single-machine implementation, and the conformance suite both implementations must pass.
+export type {
+  Compare,
+  KeyValue,
+  Op,
+  Options,
+  RangeOptions,
+  RangeResult,
+  Store,
+  TxnResult,
+  WatchBatch,
+  WatchEvent,
+  WatchOptions,
+} from "./store.js";
+export { ifAbsent, ifModRevision, ifPresent } from "./store.js";
+export { CompactedError, LeaseNotFoundError, StoreError, StoreUnavailableError } from "./errors.js";
+export { keys, baseName, parseAssignmentKey, ROOT } from "./keys.js";

@@ -1,0 +1,34 @@
+/** The cluster keyspace (see ARCHITECTURE.md). One place builds and parses every key. */
+
+export const ROOT = "/hypervisor/v1/";
+
+export const keys = {
+  nodes: `${ROOT}nodes/`,
+  node: (name: string) => `${ROOT}nodes/${name}`,
+  alivePrefix: `${ROOT}alive/`,
+  alive: (node: string) => `${ROOT}alive/${node}`,
+  instances: `${ROOT}instances/`,
+  instance: (name: string) => `${ROOT}instances/${name}`,
+  assignments: `${ROOT}assignments/`,
+  assignmentsOf: (node: string) => `${ROOT}assignments/${node}/`,
+  assignment: (node: string, name: string) => `${ROOT}assignments/${node}/${name}`,
+  allocations: `${ROOT}allocations/`,
+  allocation: (node: string) => `${ROOT}allocations/${node}`,
+  statuses: `${ROOT}status/`,
+  status: (name: string) => `${ROOT}status/${name}`,
+  election: (name: string) => `${ROOT}election/${name}`,
+  events: `${ROOT}events/`,
+} as const;
+
+/** The last path segment of a key. */
+export function baseName(key: string): string {
+  return key.slice(key.lastIndexOf("/") + 1);
+}
+
+/** For assignments/<node>/<name>: [node, name]. */
+export function parseAssignmentKey(key: string): [string, string] | undefined {
+  if (!key.startsWith(keys.assignments)) return undefined;
+  const rest = key.slice(keys.assignments.length).split("/");
+  if (rest.length !== 2 || !rest[0] || !rest[1]) return undefined;
+  return [rest[0], rest[1]];
+}

@@ -1,0 +1,128 @@
+/*
+ * The Driver contract every runtime implements (libvirt, containerd, firecracker, mock).
+ * Shaped after Nomad's plugins/drivers: the agent never knows which runtime it drives.
+ *
+ *        create ──► Created ──start──► Running ──stop(timeout)──► Stopped ──destroy──► (gone)
+ *                                         │                          ▲
+ *                                         └── exits on its own ──► Exited (exitCode)
+ *
+ * Every call is idempotent by instance name: create on an existing instance returns it, stop on a
+ * stopped one resolves, destroy on a missing one resolves. Instances carry the hypervisor uid so
+ * `list` after an agent restart finds and re-adopts them (RecoverTask in Nomad).
+ * Optional features are declared in `capabilities` and implemented through the small interfaces
+ * below; a driver never has a method that throws "not implemented".
+ */
+
+export type DriverState = "created" | "running" | "stopped" | "exited" | "failed";
+
+export interface DriverInstanceSpec {
+  /** Instance name: unique in the cluster, DNS-label syntax (already validated). */
+  name: string;
+  uid: string;
+  labels: Record<string, string>;
+  image: string;
+  vcpus: number;
+  memoryMiB: number;
+  diskGiB: number;
+  command: string[];
+  args: string[];
+  env: Record<string, string>;
+  kernel: string;
+  initrd: string;
+  cmdline: string;
+  /** Driver-specific keys (e.g. mock: run_for, exit_code, start_error, start_delay). */
+  config: Record<string, string>;
+}
+
+export interface DriverInstance {
+  name: string;
+  uid: string;
+  state: DriverState;
+  exitCode?: number;
+  /** Milliseconds since the epoch. */
+  startedAt?: number;
+  finishedAt?: number;
+  message?: string;
+  addresses: string[];
+  /** Runtime details worth showing in status (e.g. vnc_port, domain uuid). */
+  details: Record<string, string>;
+}
+
+export interface Capabilities {
+  console: boolean;
+  balloon: boolean;
+  stats: boolean;
+  snapshot: boolean;
+  migrate: boolean;
+}
+
+export interface Fingerprint {
+  /** The runtime answered and can run instances. */
+  healthy: boolean;
+  version: string;
+  message: string;
+  attributes: Record<string, string>;
+}
+
+export interface DriverEvent {
+  name: string;
+  uid: string;
+  state: DriverState;
+  exitCode?: number;
+  message?: string;
+  /** Milliseconds since the epoch. */
+  time: number;
+}
+
+export interface InstanceStats {
+  cpuTimeNs: number;
+  memoryUsedBytes: number;
+  memoryLimitBytes: number;
+}
+
+export interface Signalled {
+  signal?: AbortSignal;
+}
+
+export interface Driver {
+  readonly name: string;
+  readonly capabilities: Capabilities;
+  fingerprint(opts?: Signalled): Promise<Fingerprint>;
+  /** Prepares the instance (disk, container, domain definition) without starting it. */
+  create(spec: DriverInstanceSpec, opts?: Signalled): Promise<DriverInstance>;
+  start(name: string, opts?: Signalled): Promise<DriverInstance>;
+  /** Graceful stop, forced after timeoutMs. */
+  stop(name: string, timeoutMs: number, opts?: Signalled): Promise<DriverInstance>;
+  /** Removes the instance and everything it owns. Resolves if it does not exist. */
+  destroy(name: string, opts?: Signalled & { force?: boolean }): Promise<void>;
+  /** undefined when the runtime has no such instance. */
+  inspect(name: string, opts?: Signalled): Promise<DriverInstance | undefined>;
+  /** Every instance this driver owns on the node (for adoption after an agent restart). */
+  list(opts?: Signalled): Promise<DriverInstance[]>;
+  /** State changes as they happen, until the signal aborts. */
+  events(opts: Required<Signalled>): AsyncIterable<DriverEvent>;
+  /** Releases connections; instances keep running. */
+  close(): Promise<void>;
+}
+
+export interface StatsDriver extends Driver {
+  stats(name: string, opts?: Signalled): Promise<InstanceStats>;
+}
+
+export interface ConsoleEndpoint {
+  kind: "vnc" | "serial";
+  host: string;
+  port: number;
+}
+
+export interface ConsoleDriver extends Driver {
+  console(name: string, opts?: Signalled): Promise<ConsoleEndpoint>;
+}
+
+export interface BalloonDriver extends Driver {
+  setMemory(name: string, memoryMiB: number, opts?: Signalled): Promise<void>;
+}
+
+export const hasStats = (d: Driver): d is StatsDriver => d.capabilities.stats;
+export const hasConsole = (d: Driver): d is ConsoleDriver => d.capabilities.console;
+export const hasBalloon = (d: Driver): d is BalloonDriver => d.capabilities.balloon;

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the project needs on a fresh Debian machine, skipping whatever is already there.
+#   --node-only   only the npm packages
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+if [[ "${1:-}" != "--node-only" ]]; then
+  command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+  command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
+fi
+if ((${#need_apt[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: missing ${need_apt[*]}; run as root or install them with apt-get" >&2
+    exit 1
+  fi
+  echo "install-deps: apt-get install ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# npm ci when the lock changed since the last install (or nothing is installed yet).
+if [[ ! -f node_modules/.package-lock.json ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]] || [[ package.json -nt node_modules/.package-lock.json ]]; then
+  echo "install-deps: npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+  touch node_modules/.package-lock.json
+fi

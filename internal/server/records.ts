@@ -1,0 +1,63 @@
+/*
+ * Encoding of the records the server keeps in the store, and the merge of an instance's spec
+ * record with the status record its agent writes. All values are protobuf binary (api/gen).
+ */
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { type Instance, InstanceSchema, InstanceStatusSchema, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { type Node, NodeSchema, type Resources, ResourcesSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
+import { type Allocation, AllocationSchema, AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import type { KeyValue } from "../../pkg/cluster/store/index.js";
+
+export const decodeInstance = (kv: KeyValue): Instance => fromBinary(InstanceSchema, kv.value);
+export const decodeNode = (kv: KeyValue): Node => fromBinary(NodeSchema, kv.value);
+export const decodeAllocation = (kv: KeyValue): Allocation => fromBinary(AllocationSchema, kv.value);
+export const encodeInstance = (i: Instance): Uint8Array => toBinary(InstanceSchema, i);
+export const encodeAllocation = (a: Allocation): Uint8Array => toBinary(AllocationSchema, a);
+
+export function encodeAssignment(instance: Instance): Uint8Array {
+  return toBinary(AssignmentSchema, create(AssignmentSchema, { instance }));
+}
+
+/**
+ * The instance as users see it: the spec record, with the agent's status when the agent has
+ * reported on this very instance (same uid; a stale status of an older namesake is ignored).
+ */
+export function merged(instance: Instance, status: Instance | undefined): Instance {
+  const out = create(InstanceSchema, instance);
+  if (status && status.uid === instance.uid && status.status && status.status.phase !== Phase.UNSPECIFIED) {
+    out.status = create(InstanceStatusSchema, status.status);
+    if (!out.status.node) out.status.node = instance.status?.node ?? "";
+    if (!out.status.scheduledTime && instance.status?.scheduledTime) out.status.scheduledTime = instance.status.scheduledTime;
+  }
+  return out;
+}
+
+export function instancePhase(i: Instance): Phase {
+  return i.status?.phase ?? Phase.UNSPECIFIED;
+}
+
+/** What an instance reserves on its node. */
+export function requestOf(i: Instance): Resources {
+  return create(ResourcesSchema, {
+    vcpus: i.spec?.vcpus ?? 0,
+    memoryMib: i.spec?.memoryMib ?? 0n,
+    diskGib: i.spec?.diskGib ?? 0n,
+  });
+}
+
+export function allocationTotals(a: Allocation | undefined): { vcpus: number; memoryMib: number; diskGib: number; count: number } {
+  const t = { vcpus: 0, memoryMib: 0, diskGib: 0, count: 0 };
+  if (!a) return t;
+  for (const r of Object.values(a.instances)) {
+    t.vcpus += r.vcpus;
+    t.memoryMib += Number(r.memoryMib);
+    t.diskGib += Number(r.diskGib);
+    t.count++;
+  }
+  return t;
+}
+
+export function touch(i: Instance): void {
+  if (i.status) i.status.updateTime = timestampNow();
+}

@@ -13,6 +13,7 @@ export const decodeInstance = (kv: KeyValue): Instance => fromBinary(InstanceSch
 export const decodeNode = (kv: KeyValue): Node => fromBinary(NodeSchema, kv.value);
 export const decodeAllocation = (kv: KeyValue): Allocation => fromBinary(AllocationSchema, kv.value);
 export const encodeInstance = (i: Instance): Uint8Array => toBinary(InstanceSchema, i);
+export const encodeNode = (n: Node): Uint8Array => toBinary(NodeSchema, n);
 export const encodeAllocation = (a: Allocation): Uint8Array => toBinary(AllocationSchema, a);
 
 export function encodeAssignment(instance: Instance): Uint8Array {

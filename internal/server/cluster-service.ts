@@ -1,0 +1,53 @@
+/** ClusterService: version, health of the store and the controllers, and counts. */
+import type { ServiceImpl } from "@connectrpc/connect";
+import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
+import { Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { keys } from "../../pkg/cluster/store/index.js";
+import type { ServerContext } from "./context.js";
+import { phaseName } from "./instance-service.js";
+import { merged } from "./records.js";
+
+export const API_VERSION = "hypervisor.v1";
+
+export function clusterService(ctx: ServerContext): ServiceImpl<typeof ClusterService> {
+  return {
+    getVersion() {
+      return { version: ctx.version, apiVersion: API_VERSION, store: ctx.store.kind, nodeVersion: process.version };
+    },
+
+    async getHealth(_req, hctx) {
+      const components: { name: string; healthy: boolean; message: string }[] = [];
+      try {
+        await ctx.store.ping({ signal: AbortSignal.any([hctx.signal, AbortSignal.timeout(3000)]) });
+        components.push({ name: "store", healthy: true, message: ctx.store.kind });
+      } catch (e) {
+        components.push({ name: "store", healthy: false, message: e instanceof Error ? e.message : String(e) });
+      }
+      for (const [name, err] of Object.entries(ctx.componentHealth())) components.push({ name, healthy: err === "", message: err });
+      return { healthy: components.every((c) => c.healthy), components, serverId: ctx.serverId, leaderId: ctx.leader() };
+    },
+
+    getCounts() {
+      const { informers } = ctx;
+      let nodesReady = 0;
+      let nodesCordoned = 0;
+      for (const { value: n } of informers.nodes.items.values()) {
+        if (informers.alive.get(keys.alive(n.name))) nodesReady++;
+        if (n.cordoned) nodesCordoned++;
+      }
+      const byPhase: Record<string, number> = {};
+      for (const [key, { value }] of informers.instances.items) {
+        const i = merged(value, informers.statuses.get(keys.status(key.slice(keys.instances.length)))?.value);
+        const p = phaseName(i.status?.phase ?? Phase.UNSPECIFIED);
+        byPhase[p] = (byPhase[p] ?? 0) + 1;
+      }
+      return {
+        nodes: informers.nodes.items.size,
+        nodesReady,
+        nodesCordoned,
+        instances: informers.instances.items.size,
+        instancesByPhase: byPhase,
+      };
+    },
+  };
+}

@@ -1,0 +1,31 @@
+/** What API handlers and controllers share inside one server process. */
+import type { Instance } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import type { Node } from "../../api/gen/hypervisor/v1/node_pb.js";
+import type { Allocation } from "../../api/gen/hypervisor/v1/store_pb.js";
+import type { Store } from "../../pkg/cluster/store/index.js";
+import type { Logger } from "../../pkg/log/index.js";
+import type { Informer } from "./informer.js";
+
+export interface Informers {
+  instances: Informer<Instance>;
+  /** status/<name>: Instance records carrying only name, uid and status. */
+  statuses: Informer<Instance>;
+  nodes: Informer<Node>;
+  /** alive/<node>: presence means the agent's lease is alive. */
+  alive: Informer<true>;
+  allocations: Informer<Allocation>;
+  /** assignments/<node>/<name>. */
+  assignments: Informer<true>;
+}
+
+export interface ServerContext {
+  store: Store;
+  informers: Informers;
+  log: Logger;
+  serverId: string;
+  version: string;
+  /** Current scheduler leader id ("" if unknown). */
+  leader(): string;
+  /** Component name → error message ("" = healthy). */
+  componentHealth(): Record<string, string>;
+}

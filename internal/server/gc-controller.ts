@@ -1,0 +1,70 @@
+/*
+ * The garbage collector (leader only) finishes deletions. An instance with delete_time whose
+ * agent has destroyed it and dropped its assignment loses its record, its status and its
+ * reservation on the node, in one transaction:
+ *
+ *   instances/<n> (delete_time) + no assignments/<node>/<n>
+ *     ──► txn[compare instance rev, assignment absent, allocation rev]
+ *           delete instances/<n>, status/<n>; put allocations/<node> without the uid
+ */
+import { create } from "@bufbuild/protobuf";
+import { AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { ifAbsent, ifModRevision, keys, type Op } from "../../pkg/cluster/store/index.js";
+import type { Logger } from "../../pkg/log/index.js";
+import type { ServerContext } from "./context.js";
+import { kickedLoop } from "./kicked-loop.js";
+import { encodeAllocation } from "./records.js";
+
+export class GcController {
+  private readonly log: Logger;
+
+  constructor(private readonly ctx: ServerContext) {
+    this.log = ctx.log.child({ component: "gc" });
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    const { informers } = this.ctx;
+    const loop = kickedLoop((s) => this.pass(s).then((r) => r.conflicts > 0), 10_000, this.log);
+    const offs = [informers.instances.subscribe(loop.kick), informers.assignments.subscribe(loop.kick)];
+    try {
+      await loop.run(signal);
+    } finally {
+      offs.forEach((off) => off());
+    }
+  }
+
+  async pass(signal: AbortSignal): Promise<{ removed: number; conflicts: number }> {
+    const { informers, store } = this.ctx;
+    let removed = 0;
+    let conflicts = 0;
+    for (const { value: i, modRevision } of [...informers.instances.items.values()]) {
+      if (!i.deleteTime) continue;
+      const node = i.status?.node ?? "";
+      const assignment = keys.assignment(node, i.name);
+      if (node !== "" && informers.assignments.get(assignment)) continue; // the agent is not done yet
+      const ops: Op[] = [
+        { type: "delete", key: keys.instance(i.name) },
+        { type: "delete", key: keys.status(i.name) },
+      ];
+      const compares = [ifModRevision(keys.instance(i.name), modRevision)];
+      if (node !== "") {
+        compares.push(ifAbsent(assignment));
+        const a = informers.allocations.get(keys.allocation(node));
+        compares.push(ifModRevision(keys.allocation(node), a?.modRevision ?? 0));
+        if (a && a.value.instances[i.uid]) {
+          const alloc = create(AllocationSchema, a.value);
+          delete alloc.instances[i.uid];
+          ops.push({ type: "put", key: keys.allocation(node), value: encodeAllocation(alloc) });
+        }
+      }
+      const res = await store.txn(compares, ops, [], { signal });
+      if (res.succeeded) {
+        removed++;
+        this.log.info({ instance: i.name, node }, "instance removed");
+      } else {
+        conflicts++; // a stale copy: the informers bring the news, then we run again
+      }
+    }
+    return { removed, conflicts };
+  }
+}

@@ -1,0 +1,257 @@
+/*
+ * InstanceService: the only writer of instances/<name> besides the scheduler's placement and the
+ * garbage collector. Every write is a transaction comparing the revision it read; a change of
+ * desired state is mirrored into the node's assignment in the same transaction, so the agent
+ * (which watches only its own assignments) sees it at once.
+ *
+ *   Create ──► Pending ──(scheduler)──► Scheduled ──(agent)──► Creating ──► Running
+ *                                                     Stop ──► Stopping ──► Stopped
+ *   Delete ──► delete_time set ──(agent destroys, drops assignment)──► GC removes the record
+ */
+import { randomUUID } from "node:crypto";
+import { create, equals } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import {
+  EventType,
+  type Instance,
+  type InstanceFilter,
+  InstanceSchema,
+  InstanceService,
+  InstanceSpecSchema,
+  InstanceStatusSchema,
+  Phase,
+  PowerState,
+  RestartPolicy,
+  type WatchInstancesResponse,
+  WatchInstancesResponseSchema,
+} from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { ifAbsent, ifModRevision, keys, type Op } from "../../pkg/cluster/store/index.js";
+import { AsyncQueue } from "./async-queue.js";
+import type { ServerContext } from "./context.js";
+import { decodeInstance, encodeAssignment, encodeInstance, merged } from "./records.js";
+import { RESTART_LABEL, RESERVED_LABEL_PREFIX, parseLabelSelector, show, validateLabels, validateName, validateSpec } from "./validate.js";
+
+export const STOP_TIMEOUT_LABEL = `${RESERVED_LABEL_PREFIX}stop-timeout-seconds`;
+const MAX_CAS_ATTEMPTS = 20;
+
+export function phaseName(p: Phase): string {
+  const n = Phase[p] ?? "UNSPECIFIED";
+  return n.charAt(0) + n.slice(1).toLowerCase();
+}
+
+interface Matcher {
+  (i: Instance): boolean;
+}
+
+function matcher(filter: InstanceFilter | undefined): Matcher {
+  const labels = parseLabelSelector("filter.label_selector", filter?.labelSelector ?? "");
+  const node = filter?.node ?? "";
+  const phase = filter?.phase ?? Phase.UNSPECIFIED;
+  return (i) =>
+    Object.entries(labels).every(([k, v]) => i.labels[k] === v) &&
+    (node === "" || i.status?.node === node) &&
+    (phase === Phase.UNSPECIFIED || i.status?.phase === phase);
+}
+
+export function instanceService(ctx: ServerContext): ServiceImpl<typeof InstanceService> {
+  const { store } = ctx;
+
+  async function read(name: string, signal: AbortSignal): Promise<{ instance: Instance; rev: number }> {
+    validateName("name", name);
+    const kv = await store.get(keys.instance(name), { signal });
+    if (!kv) throw new ConnectError(`instance ${show(name)} not found`, Code.NotFound);
+    return { instance: decodeInstance(kv), rev: kv.modRevision };
+  }
+
+  async function view(instance: Instance, signal: AbortSignal): Promise<Instance> {
+    const st = await store.get(keys.status(instance.name), { signal });
+    return merged(instance, st ? decodeInstance(st) : undefined);
+  }
+
+  /**
+   * Compare-and-swap loop over one instance: `change` edits a copy (or returns false for "no
+   * change"); the write also refreshes the node's assignment when the instance is placed.
+   */
+  async function mutate(name: string, signal: AbortSignal, change: (i: Instance, current: Instance) => boolean): Promise<Instance> {
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      const { instance, rev } = await read(name, signal);
+      const current = await view(instance, signal);
+      const next = create(InstanceSchema, instance);
+      if (!change(next, current)) return current;
+      next.generation = instance.generation + 1n;
+      const ops: Op[] = [{ type: "put", key: keys.instance(name), value: encodeInstance(next) }];
+      const node = next.status?.node ?? "";
+      if (node !== "") ops.push({ type: "put", key: keys.assignment(node, name), value: encodeAssignment(next) });
+      const res = await store.txn([ifModRevision(keys.instance(name), rev)], ops, [], { signal });
+      if (res.succeeded) return view(next, signal);
+    }
+    throw new ConnectError(`instance ${show(name)} is changing too fast; try again`, Code.Aborted);
+  }
+
+  function refuseIfDeleting(i: Instance, action: string): void {
+    if (i.deleteTime) throw new ConnectError(`instance ${i.name} is being deleted; ${action} is not possible`, Code.FailedPrecondition);
+  }
+
+  return {
+    async createInstance(req, hctx) {
+      validateName("name", req.name);
+      validateLabels("labels", req.labels);
+      validateSpec(req.spec);
+      const spec = create(InstanceSpecSchema, req.spec);
+      if (spec.desiredPowerState === PowerState.UNSPECIFIED) spec.desiredPowerState = PowerState.RUNNING;
+      if (spec.restartPolicy === RestartPolicy.UNSPECIFIED) spec.restartPolicy = RestartPolicy.ON_FAILURE;
+      const now = timestampNow();
+      const instance = create(InstanceSchema, {
+        name: req.name,
+        uid: randomUUID(),
+        labels: req.labels,
+        spec,
+        status: create(InstanceStatusSchema, { phase: Phase.PENDING, message: "waiting for the scheduler", updateTime: now }),
+        createTime: now,
+        generation: 1n,
+      });
+      const key = keys.instance(req.name);
+      const res = await store.txn([ifAbsent(key)], [{ type: "put", key, value: encodeInstance(instance) }], [], { signal: hctx.signal });
+      if (!res.succeeded) throw new ConnectError(`instance ${show(req.name)} already exists`, Code.AlreadyExists);
+      ctx.log.info({ instance: req.name, uid: instance.uid, driver: spec.driver }, "instance created");
+      return { instance };
+    },
+
+    async getInstance(req, hctx) {
+      const { instance } = await read(req.name, hctx.signal);
+      return { instance: await view(instance, hctx.signal) };
+    },
+
+    async listInstances(req, hctx) {
+      const match = matcher(req.filter);
+      const [specs, statuses] = await Promise.all([
+        store.range(keys.instances, { signal: hctx.signal }),
+        store.range(keys.statuses, { signal: hctx.signal }),
+      ]);
+      const byName = new Map(statuses.kvs.map((kv) => [kv.key.slice(keys.statuses.length), kv]));
+      const instances: Instance[] = [];
+      for (const kv of specs.kvs) {
+        const i = decodeInstance(kv);
+        const st = byName.get(i.name);
+        const m = merged(i, st ? decodeInstance(st) : undefined);
+        if (match(m)) instances.push(m);
+      }
+      return { instances };
+    },
+
+    async deleteInstance(req, hctx) {
+      for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+        const { instance, rev } = await read(req.name, hctx.signal);
+        if (instance.deleteTime) return { instance: await view(instance, hctx.signal) };
+        const node = instance.status?.node ?? "";
+        if (node === "") {
+          // Never placed: nothing runs anywhere, so the record can go at once.
+          const res = await store.txn(
+            [ifModRevision(keys.instance(req.name), rev)],
+            [{ type: "delete", key: keys.instance(req.name) }, { type: "delete", key: keys.status(req.name) }],
+            [],
+            { signal: hctx.signal },
+          );
+          if (res.succeeded) {
+            ctx.log.info({ instance: req.name }, "instance deleted (never scheduled)");
+            return { instance };
+          }
+          continue;
+        }
+        const next = create(InstanceSchema, instance);
+        next.deleteTime = timestampNow();
+        next.generation = instance.generation + 1n;
+        const res = await store.txn(
+          [ifModRevision(keys.instance(req.name), rev)],
+          [
+            { type: "put", key: keys.instance(req.name), value: encodeInstance(next) },
+            { type: "put", key: keys.assignment(node, req.name), value: encodeAssignment(next) },
+          ],
+          [],
+          { signal: hctx.signal },
+        );
+        if (res.succeeded) {
+          ctx.log.info({ instance: req.name, node }, "instance deletion requested");
+          return { instance: await view(next, hctx.signal) };
+        }
+      }
+      throw new ConnectError(`instance ${show(req.name)} is changing too fast; try again`, Code.Aborted);
+    },
+
+    async startInstance(req, hctx) {
+      const instance = await mutate(req.name, hctx.signal, (next) => {
+        refuseIfDeleting(next, "start");
+        if (next.spec!.desiredPowerState === PowerState.RUNNING) return false;
+        next.spec!.desiredPowerState = PowerState.RUNNING;
+        return true;
+      });
+      return { instance };
+    },
+
+    async stopInstance(req, hctx) {
+      const instance = await mutate(req.name, hctx.signal, (next) => {
+        refuseIfDeleting(next, "stop");
+        const timeout = req.timeoutSeconds > 0 ? String(req.timeoutSeconds) : undefined;
+        if (next.spec!.desiredPowerState === PowerState.STOPPED && next.labels[STOP_TIMEOUT_LABEL] === timeout) return false;
+        next.spec!.desiredPowerState = PowerState.STOPPED;
+        if (timeout) next.labels[STOP_TIMEOUT_LABEL] = timeout;
+        else delete next.labels[STOP_TIMEOUT_LABEL];
+        return true;
+      });
+      return { instance };
+    },
+
+    async restartInstance(req, hctx) {
+      const instance = await mutate(req.name, hctx.signal, (next, current) => {
+        refuseIfDeleting(next, "restart");
+        const phase = current.status?.phase ?? Phase.UNSPECIFIED;
+        if (phase !== Phase.RUNNING) {
+          throw new ConnectError(`instance ${next.name} is ${phaseName(phase)}; restart needs Running`, Code.FailedPrecondition);
+        }
+        next.spec!.desiredPowerState = PowerState.RUNNING;
+        // The agent restarts when it sees a generation it has not acted on carrying this label.
+        next.labels[RESTART_LABEL] = String(next.generation + 1n);
+        return true;
+      });
+      return { instance };
+    },
+
+    async *watchInstances(req, hctx: HandlerContext) {
+      const match = matcher(req.filter);
+      const { instances, statuses } = ctx.informers;
+      const queue = new AsyncQueue<WatchInstancesResponse>();
+      const sent = new Map<string, Instance>();
+      const current = (name: string): Instance | undefined => {
+        const i = instances.get(keys.instance(name))?.value;
+        return i ? merged(i, statuses.get(keys.status(name))?.value) : undefined;
+      };
+      const update = (name: string) => {
+        const now = current(name);
+        const before = sent.get(name);
+        if (now && match(now)) {
+          if (before && equals(InstanceSchema, before, now)) return;
+          sent.set(name, now);
+          queue.push(create(WatchInstancesResponseSchema, { type: before ? EventType.MODIFIED : EventType.ADDED, instance: now }));
+        } else if (before) {
+          sent.delete(name);
+          queue.push(create(WatchInstancesResponseSchema, { type: EventType.DELETED, instance: before }));
+        }
+      };
+      // Subscribing and reading the initial copy happen in one tick, so nothing falls between.
+      const offA = instances.subscribe((ev) => update(ev.key.slice(keys.instances.length)));
+      const offB = statuses.subscribe((ev) => update(ev.key.slice(keys.statuses.length)));
+      const onAbort = () => queue.close();
+      hctx.signal.addEventListener("abort", onAbort, { once: true });
+      try {
+        for (const key of [...instances.items.keys()].sort()) update(key.slice(keys.instances.length));
+        queue.push(create(WatchInstancesResponseSchema, { type: EventType.SYNCED }));
+        for await (const msg of queue) yield msg;
+      } finally {
+        offA();
+        offB();
+        hctx.signal.removeEventListener("abort", onAbort);
+      }
+    },
+  };
+}

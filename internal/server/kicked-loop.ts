@@ -1,0 +1,50 @@
+/*
+ * The loop every controller runs: sleep until kicked (an informer changed) or until the period
+ * passes, then run one pass. A pass that returns true ("run me again", e.g. after a lost compare)
+ * is retried after a short pause so a stale copy has time to catch up instead of spinning.
+ */
+import type { Logger } from "../../pkg/log/index.js";
+import { sleep } from "./informer.js";
+
+export interface KickedLoop {
+  kick(): void;
+  run(signal: AbortSignal): Promise<void>;
+}
+
+export function kickedLoop(pass: (signal: AbortSignal) => Promise<boolean>, periodMs: number, log: Logger): KickedLoop {
+  let dirty = true;
+  let wake: (() => void) | undefined;
+  const kick = () => {
+    dirty = true;
+    wake?.();
+  };
+  return {
+    kick,
+    async run(signal) {
+      while (!signal.aborted) {
+        if (!dirty) {
+          await new Promise<void>((r) => {
+            wake = r;
+            const t = setTimeout(r, periodMs);
+            signal.addEventListener("abort", () => (clearTimeout(t), r()), { once: true });
+          });
+          wake = undefined;
+          dirty = true; // the period passed: run anyway, a safety net for anything missed
+          continue;
+        }
+        dirty = false;
+        try {
+          if (await pass(signal)) {
+            dirty = true;
+            await sleep(50, signal);
+          }
+        } catch (e) {
+          if (signal.aborted) break;
+          log.warn({ err: e }, "controller pass failed; retrying");
+          dirty = true;
+          await sleep(500, signal);
+        }
+      }
+    },
+  };
+}

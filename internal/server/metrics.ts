@@ -1,0 +1,30 @@
+/** Prometheus metrics of the server (prom-client), served on /metrics. */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+
+export const registry = new Registry();
+collectDefaultMetrics({ register: registry, prefix: "hypervisor_server_" });
+
+export const metrics = {
+  apiRequests: new Counter({
+    name: "hypervisor_api_requests_total",
+    help: "API requests by service, method and Connect code",
+    labelNames: ["service", "method", "code"] as const,
+    registers: [registry],
+  }),
+  apiLatency: new Histogram({
+    name: "hypervisor_api_request_seconds",
+    help: "API request latency (unary calls)",
+    labelNames: ["service", "method"] as const,
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [registry],
+  }),
+  placements: new Counter({ name: "hypervisor_scheduler_placements_total", help: "Instances placed on a node", registers: [registry] }),
+  placementConflicts: new Counter({
+    name: "hypervisor_scheduler_conflicts_total",
+    help: "Placements refused by a revision compare (stale snapshot); they are replanned",
+    registers: [registry],
+  }),
+  nodes: new Gauge({ name: "hypervisor_nodes", help: "Registered nodes by condition", labelNames: ["condition"] as const, registers: [registry] }),
+  instances: new Gauge({ name: "hypervisor_instances", help: "Instances by phase", labelNames: ["phase"] as const, registers: [registry] }),
+  leader: new Gauge({ name: "hypervisor_server_is_leader", help: "1 when this server runs the scheduler and controllers", registers: [registry] }),
+};

@@ -1,0 +1,60 @@
+/*
+ * The node controller (leader only) watches agent liveness. A node whose lease expired is
+ * NotReady (readiness is derived from alive/<node> wherever it is shown); this controller logs
+ * the transitions and keeps the node and instance gauges current. Re-scheduling the instances of
+ * a dead node (HA restart) builds on it.
+ */
+import { Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { keys } from "../../pkg/cluster/store/index.js";
+import type { Logger } from "../../pkg/log/index.js";
+import type { ServerContext } from "./context.js";
+import { phaseName } from "./instance-service.js";
+import { kickedLoop } from "./kicked-loop.js";
+import { metrics } from "./metrics.js";
+import { merged } from "./records.js";
+
+export class NodeController {
+  private readonly log: Logger;
+  private readonly ready = new Map<string, boolean>();
+
+  constructor(private readonly ctx: ServerContext) {
+    this.log = ctx.log.child({ component: "node-controller" });
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    const { informers } = this.ctx;
+    const loop = kickedLoop(async () => (this.pass(), false), 5000, this.log);
+    const offs = [informers.nodes.subscribe(loop.kick), informers.alive.subscribe(loop.kick), informers.statuses.subscribe(loop.kick)];
+    try {
+      await loop.run(signal);
+    } finally {
+      offs.forEach((off) => off());
+    }
+  }
+
+  pass(): void {
+    const { informers } = this.ctx;
+    let ready = 0;
+    let notReady = 0;
+    for (const { value: n } of informers.nodes.items.values()) {
+      const now = informers.alive.get(keys.alive(n.name)) !== undefined;
+      const before = this.ready.get(n.name);
+      if (before !== now) {
+        if (before !== undefined || !now) this.log.info({ node: n.name }, now ? "node is Ready" : "node is NotReady: its heartbeat lease expired");
+        this.ready.set(n.name, now);
+      }
+      if (now) ready++;
+      else notReady++;
+    }
+    metrics.nodes.set({ condition: "ready" }, ready);
+    metrics.nodes.set({ condition: "not_ready" }, notReady);
+    const byPhase = new Map<string, number>();
+    for (const [key, { value }] of informers.instances.items) {
+      const i = merged(value, informers.statuses.get(keys.status(key.slice(keys.instances.length)))?.value);
+      const p = phaseName(i.status?.phase ?? Phase.UNSPECIFIED);
+      byPhase.set(p, (byPhase.get(p) ?? 0) + 1);
+    }
+    metrics.instances.reset();
+    for (const [p, n] of byPhase) metrics.instances.set({ phase: p }, n);
+  }
+}

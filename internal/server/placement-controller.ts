@@ -1,0 +1,145 @@
+/*
+ * The placement controller (leader only) turns Pending instances into placements:
+ *
+ *   informers ──► snapshot ──► schedule() (pure) ──► one txn per placement:
+ *      compare instances/<name> mod_revision   (nobody changed or deleted it since we read it)
+ *      compare allocations/<node> mod_revision (nobody else reserved on that node meanwhile)
+ *      put instance (Scheduled, node) + assignments/<node>/<name> + allocations/<node>
+ *
+ * A failed compare means our copy was stale: wait for the informers to catch up and run again.
+ * Instances that fit nowhere stay Pending with a message counting why.
+ */
+import { create } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { type Instance, InstanceSchema, InstanceStatusSchema, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { type Allocation, AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { ifModRevision, keys } from "../../pkg/cluster/store/index.js";
+import type { Logger } from "../../pkg/log/index.js";
+import type { ServerContext } from "./context.js";
+import { kickedLoop } from "./kicked-loop.js";
+import { metrics } from "./metrics.js";
+import { allocationTotals, encodeAllocation, encodeAssignment, encodeInstance, requestOf } from "./records.js";
+import { type Algorithm, type NodeView, type PlacementRequest, schedule } from "./scheduler.js";
+
+export class PlacementController {
+  private readonly log: Logger;
+
+  constructor(
+    private readonly ctx: ServerContext,
+    private readonly algorithm: Algorithm,
+    /** Retry interval for instances that could not be placed. */
+    private readonly retryMs = 5000,
+  ) {
+    this.log = ctx.log.child({ component: "placement" });
+  }
+
+  /** Runs until the signal aborts (leadership lost or shutdown). */
+  async run(signal: AbortSignal): Promise<void> {
+    const { informers } = this.ctx;
+    const loop = kickedLoop((s) => this.pass(s).then((r) => r.conflicts > 0), this.retryMs, this.log);
+    const offs = [informers.instances, informers.nodes, informers.alive, informers.allocations].map((inf) => inf.subscribe(loop.kick));
+    try {
+      await loop.run(signal);
+    } finally {
+      offs.forEach((off) => off());
+    }
+  }
+
+  /** One scheduling pass over every Pending instance. */
+  async pass(signal: AbortSignal): Promise<{ placed: number; conflicts: number }> {
+    return this.placeAll(signal);
+  }
+
+  private async placeAll(signal: AbortSignal): Promise<{ placed: number; conflicts: number }> {
+    const { informers, store } = this.ctx;
+    const pending: { instance: Instance; rev: number }[] = [];
+    for (const { value, modRevision } of informers.instances.items.values()) {
+      if (!value.deleteTime && (value.status?.node ?? "") === "" && value.spec) pending.push({ instance: value, rev: modRevision });
+    }
+    if (pending.length === 0) return { placed: 0, conflicts: 0 };
+    // Oldest first: fairness, and a deterministic order for a given snapshot.
+    pending.sort((a, b) => Number(a.instance.createTime?.seconds ?? 0n) - Number(b.instance.createTime?.seconds ?? 0n) || a.rev - b.rev);
+
+    const allocs = new Map<string, { alloc: Allocation; rev: number }>();
+    const views: NodeView[] = [];
+    for (const { value: n } of informers.nodes.items.values()) {
+      const a = informers.allocations.get(keys.allocation(n.name));
+      const alloc = a ? create(AllocationSchema, a.value) : create(AllocationSchema, {});
+      allocs.set(n.name, { alloc, rev: a?.modRevision ?? 0 });
+      views.push({
+        name: n.name,
+        labels: n.labels,
+        ready: informers.alive.get(keys.alive(n.name)) !== undefined,
+        cordoned: n.cordoned,
+        drivers: Object.fromEntries(n.drivers.map((d) => [d.name, d.healthy])),
+        capacity: { vcpus: n.capacity?.vcpus ?? 0, memoryMib: Number(n.capacity?.memoryMib ?? 0n), diskGib: Number(n.capacity?.diskGib ?? 0n) },
+        allocated: allocationTotals(alloc),
+      });
+    }
+    const requests: PlacementRequest[] = pending.map(({ instance: i }) => ({
+      name: i.name,
+      driver: i.spec!.driver,
+      vcpus: i.spec!.vcpus,
+      memoryMib: Number(i.spec!.memoryMib),
+      diskGib: Number(i.spec!.diskGib),
+      nodeSelector: i.spec!.nodeSelector,
+    }));
+    const plan = schedule(views, requests, this.algorithm);
+    const byName = new Map(pending.map((p) => [p.instance.name, p]));
+    let placed = 0;
+    let lastRev = 0;
+    let conflicts = 0;
+
+    for (const p of plan.placements) {
+      const { instance, rev } = byName.get(p.instance)!;
+      const a = allocs.get(p.node)!;
+      const next = create(InstanceSchema, instance);
+      const now = timestampNow();
+      next.status = create(InstanceStatusSchema, {
+        phase: Phase.SCHEDULED,
+        node: p.node,
+        message: "",
+        scheduledTime: now,
+        updateTime: now,
+      });
+      const alloc = create(AllocationSchema, a.alloc);
+      alloc.instances[instance.uid] = requestOf(instance);
+      const res = await store.txn(
+        [ifModRevision(keys.instance(instance.name), rev), ifModRevision(keys.allocation(p.node), a.rev)],
+        [
+          { type: "put", key: keys.instance(instance.name), value: encodeInstance(next) },
+          { type: "put", key: keys.assignment(p.node, instance.name), value: encodeAssignment(next) },
+          { type: "put", key: keys.allocation(p.node), value: encodeAllocation(alloc) },
+        ],
+        [],
+        { signal },
+      );
+      if (res.succeeded) {
+        placed++;
+        lastRev = res.revision;
+        allocs.set(p.node, { alloc, rev: res.revision });
+        metrics.placements.inc();
+        this.log.debug({ instance: instance.name, node: p.node }, "placed");
+      } else {
+        conflicts++;
+        metrics.placementConflicts.inc();
+      }
+    }
+
+    for (const u of plan.unplaced) {
+      const { instance, rev } = byName.get(u.instance)!;
+      if (instance.status?.message === u.message) continue;
+      const next = create(InstanceSchema, instance);
+      next.status = create(InstanceStatusSchema, { phase: Phase.PENDING, message: u.message, updateTime: timestampNow() });
+      const res = await store.txn([ifModRevision(keys.instance(instance.name), rev)], [{ type: "put", key: keys.instance(instance.name), value: encodeInstance(next) }], [], { signal });
+      if (res.succeeded) lastRev = Math.max(lastRev, res.revision);
+      this.log.info({ instance: u.instance, reason: u.message }, "instance cannot be placed yet");
+    }
+
+    // Let our own writes come back through the informers before the next pass reads them, so it
+    // does not retry placements it has just made.
+    if (lastRev > 0) await this.ctx.informers.instances.waitForRevision(lastRev, signal);
+    if (conflicts > 0) this.log.info({ conflicts }, "placement conflicts; replanning");
+    return { placed, conflicts };
+  }
+}

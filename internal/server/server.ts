@@ -1,0 +1,198 @@
+/*
+ * hypervisor-server: the API on one port (gRPC, gRPC-Web, Connect), /metrics and /healthz, the
+ * informers every replica keeps, and the controllers only the leader runs.
+ *
+ *   ┌ API handlers (any replica) ─ read/write the store directly (txn with revision compares)
+ *   ├ informers (any replica) ──── local copies for watches, counts and controllers
+ *   └ leader only: placement controller, garbage collector, node controller
+ */
+import { randomUUID } from "node:crypto";
+import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { Handler as NodeHandlerFn } from "./http.js";
+import { fromBinary } from "@bufbuild/protobuf";
+import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
+import { InstanceSchema, InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
+import { keys, type Store, StoreError, StoreUnavailableError } from "../../pkg/cluster/store/index.js";
+import { type Logger, logger } from "../../pkg/log/index.js";
+import { clusterService } from "./cluster-service.js";
+import type { Informers, ServerContext } from "./context.js";
+import { GcController } from "./gc-controller.js";
+import { listen, type Listening } from "./http.js";
+import { Informer } from "./informer.js";
+import { instanceService } from "./instance-service.js";
+import { metrics, registry } from "./metrics.js";
+import { NodeController } from "./node-controller.js";
+import { nodeService } from "./node-service.js";
+import { PlacementController } from "./placement-controller.js";
+import { decodeAllocation, decodeNode } from "./records.js";
+import type { Algorithm } from "./scheduler.js";
+
+export interface ServerOptions {
+  store: Store;
+  host: string;
+  port: number;
+  version: string;
+  algorithm?: Algorithm;
+  serverId?: string;
+  /**
+   * Runs `lead` while this replica is the leader: given a signal aborted when leadership is lost.
+   * Omitted: this replica always leads (one server).
+   */
+  leadership?: Leadership;
+  /** Largest accepted request body. */
+  readMaxBytes?: number;
+  /** Serves paths the API does not (the web UI). */
+  fallback?: NodeHandlerFn;
+  log?: Logger;
+}
+
+export interface Leadership {
+  run(signal: AbortSignal, lead: (signal: AbortSignal) => Promise<void>): Promise<void>;
+  leader(): string;
+}
+
+export class Server {
+  readonly serverId: string;
+  readonly ctx: ServerContext;
+  private readonly log: Logger;
+  private readonly abort = new AbortController();
+  private listening?: Listening;
+  private readonly tasks: Promise<void>[] = [];
+  private isLeader = false;
+  private readonly health: Record<string, string> = { informers: "starting" };
+
+  constructor(private readonly opts: ServerOptions) {
+    this.serverId = opts.serverId ?? randomUUID().slice(0, 8);
+    this.log = opts.log ?? logger("server", { server: this.serverId });
+    const store = opts.store;
+    const decodeStatus = (kv: { value: Uint8Array }) => fromBinary(InstanceSchema, kv.value);
+    const informers: Informers = {
+      instances: new Informer(store, keys.instances, decodeStatus, this.log),
+      statuses: new Informer(store, keys.statuses, decodeStatus, this.log),
+      nodes: new Informer(store, keys.nodes, decodeNode, this.log),
+      alive: new Informer(store, keys.alivePrefix, () => true as const, this.log),
+      allocations: new Informer(store, keys.allocations, decodeAllocation, this.log),
+      assignments: new Informer(store, keys.assignments, () => true as const, this.log),
+    };
+    this.ctx = {
+      store,
+      informers,
+      log: this.log,
+      serverId: this.serverId,
+      version: opts.version,
+      leader: () => (opts.leadership ? opts.leadership.leader() : this.serverId),
+      componentHealth: () => ({ ...this.health }),
+    };
+  }
+
+  get url(): string {
+    if (!this.listening) throw new Error("server not started");
+    return `http://${this.listening.host.includes(":") ? `[${this.listening.host}]` : this.listening.host}:${this.listening.port}`;
+  }
+
+  routes = (router: ConnectRouter): void => {
+    const instances = instanceService(this.ctx);
+    router.service(InstanceService, instances);
+    router.service(NodeService, nodeService(this.ctx, instances));
+    router.service(ClusterService, clusterService(this.ctx));
+  };
+
+  async start(): Promise<void> {
+    const signal = this.abort.signal;
+    await Promise.all(Object.values(this.ctx.informers).map((inf: Informer<unknown>) => inf.start(signal)));
+    this.health.informers = "";
+    const handler = connectNodeAdapter({
+      routes: this.routes,
+      interceptors: [this.edge],
+      readMaxBytes: this.opts.readMaxBytes ?? 4 * 1024 * 1024,
+      fallback: (req, res) => void this.serveOther(req, res),
+    });
+    this.listening = await listen(this.opts.host, this.opts.port, handler);
+    this.tasks.push(this.leaderLoop(signal));
+    this.log.info({ url: this.url, store: this.opts.store.kind }, "server listening");
+  }
+
+  async stop(): Promise<void> {
+    this.abort.abort();
+    await this.listening?.close();
+    await Promise.allSettled(this.tasks);
+  }
+
+  private async leaderLoop(signal: AbortSignal): Promise<void> {
+    const lead = async (leaderSignal: AbortSignal) => {
+      this.isLeader = true;
+      metrics.leader.set(1);
+      this.log.info("leading: running the scheduler and controllers");
+      try {
+        await Promise.all([
+          new PlacementController(this.ctx, this.opts.algorithm ?? "binpack").run(leaderSignal),
+          new GcController(this.ctx).run(leaderSignal),
+          new NodeController(this.ctx).run(leaderSignal),
+        ]);
+      } finally {
+        this.isLeader = false;
+        metrics.leader.set(0);
+        if (!signal.aborted) this.log.warn("leadership lost: controllers stopped");
+      }
+    };
+    try {
+      if (this.opts.leadership) await this.opts.leadership.run(signal, lead);
+      else await lead(signal);
+    } catch (e) {
+      if (!signal.aborted) {
+        this.health.controllers = e instanceof Error ? e.message : String(e);
+        this.log.error({ err: e }, "leader loop failed");
+      }
+    }
+  }
+
+  get leading(): boolean {
+    return this.isLeader;
+  }
+
+  /** Errors leave the API as Connect codes only; store trouble is Unavailable, not Unknown. */
+  private edge: Interceptor = (next) => async (req) => {
+    const labels = { service: req.service.typeName, method: req.method.name };
+    const end = req.stream ? undefined : metrics.apiLatency.startTimer(labels);
+    try {
+      const res = await next(req);
+      metrics.apiRequests.inc({ ...labels, code: "ok" });
+      return res;
+    } catch (e) {
+      let err: ConnectError;
+      if (e instanceof StoreUnavailableError) err = new ConnectError(`store unavailable: ${e.message}`, Code.Unavailable);
+      else if (e instanceof StoreError) err = new ConnectError(`store error: ${e.message}`, Code.Internal);
+      else err = ConnectError.from(e);
+      if (err.code === Code.Internal || err.code === Code.Unknown) this.log.error({ err: e, ...labels }, "request failed");
+      metrics.apiRequests.inc({ ...labels, code: Code[err.code] ?? String(err.code) });
+      throw err;
+    } finally {
+      end?.();
+    }
+  };
+
+  private async serveOther(...[req, res]: Parameters<NodeHandlerFn>): Promise<void> {
+    const path = (req.url ?? "/").split("?")[0];
+    if (path === "/metrics") {
+      res.writeHead(200, { "content-type": registry.contentType });
+      res.end(await registry.metrics());
+      return;
+    }
+    if (path === "/healthz") {
+      try {
+        await this.opts.store.ping({ signal: AbortSignal.timeout(3000) });
+        res.writeHead(200, { "content-type": "text/plain" });
+        res.end(`ok ${this.isLeader ? "leader" : "follower"}\n`);
+      } catch (e) {
+        res.writeHead(503, { "content-type": "text/plain" });
+        res.end(`store unavailable: ${e instanceof Error ? e.message : String(e)}\n`);
+      }
+      return;
+    }
+    if (this.opts.fallback) return this.opts.fallback(req, res);
+    res.writeHead(404, { "content-type": "text/plain" });
+    res.end("not found\n");
+  }
+}

@@ -7,8 +7,8 @@ import type { Logger } from "../../pkg/log/index.js";
 import { sleep } from "./informer.js";
 
 export interface KickedLoop {
-  kick(): void;
-  run(signal: AbortSignal): Promise<void>;
+  kick: () => void;
+  run: (signal: AbortSignal) => Promise<void>;
 }
 
 export function kickedLoop(pass: (signal: AbortSignal) => Promise<boolean>, periodMs: number, log: Logger): KickedLoop {

@@ -45,7 +45,7 @@ describe("scheduler", () => {
       "driver mock unhealthy": 1,
       "node selector mismatch": 3,
     });
-    assert.match(none.unplaced[0]!.message, /^0\/7 nodes available: 3 node selector mismatch, 1 cordoned/);
+    assert.match(none.unplaced[0].message, /^0\/7 nodes available: 3 node selector mismatch, 1 cordoned/);
   });
 
   it("reports capacity reasons and an empty cluster", () => {
@@ -80,7 +80,7 @@ describe("scheduler", () => {
       fc.property(fc.array(arbNode, { maxLength: 8 }), fc.array(arbReq, { maxLength: 30 }), fc.constantFrom("binpack", "spread"), (ns, rs, algo) => {
         const nodes = ns.map((n, i) => node(`n${i}`, { ready: n.ready, cordoned: n.cordoned, capacity: { vcpus: n.vcpus, memoryMib: n.mem, diskGib: 0 } }));
         const requests = rs.map((r, i) => req(`r${i}`, { vcpus: r.vcpus, memoryMib: r.mem }));
-        const plan = schedule(nodes, requests, algo as "binpack" | "spread");
+        const plan = schedule(nodes, requests, algo);
         assert.equal(plan.placements.length + plan.unplaced.length, requests.length);
         const used = new Map<string, { c: number; m: number }>();
         for (const p of plan.placements) {

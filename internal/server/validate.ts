@@ -74,7 +74,6 @@ function validateString(field: string, s: string, max: number): void {
   if (Buffer.byteLength(s) > max) throw invalid(field, `is ${Buffer.byteLength(s)} bytes; at most ${max} allowed`);
   // NUL and other C0 controls other than tab/newline have no business in a spec and break
   // everything downstream (XML, argv, file paths).
-  // eslint-disable-next-line no-control-regex
   if (/[\u0000-\u0008\u000b-\u001f\u007f]/.test(s)) throw invalid(field, `${show(s)} contains control characters`);
 }
 

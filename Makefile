@@ -32,7 +32,7 @@ test-short: deps build
 	HYPERVISOR_TEST_SHORT=1 $(NODE_TEST) --test-timeout=300000 $(SHORT_TESTS)
 
 test-coverage: deps build
-	npx c8 --reporter=html --reporter=text-summary --reports-dir=coverage $(NODE_TEST) --test-timeout=600000 $(TESTS)
+	npx c8 --reporter=html --reporter=json-summary --reporter=text-summary --reports-dir=coverage --exclude="dist/**/*.test.js" --exclude="dist/test/**" --exclude="dist/api/gen/**" $(NODE_TEST) --test-timeout=600000 $(TESTS)
 	node scripts/coverage-html.mjs coverage coverage.html
 
 lint: node_modules/.package-lock.json

@@ -16,3 +16,4 @@ export type {
 export { ifAbsent, ifModRevision, ifPresent } from "./store.js";
 export { CompactedError, LeaseNotFoundError, StoreError, StoreUnavailableError } from "./errors.js";
 export { keys, baseName, parseAssignmentKey, ROOT } from "./keys.js";
+export { EmbeddedStore, openEmbeddedStore, type EmbeddedStoreOptions } from "./embedded.js";

@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { CompactedError, LeaseNotFoundError, StoreUnavailableError } from "./errors.js";
+import { CompactedError, LeaseNotFoundError, StoreError, StoreUnavailableError } from "./errors.js";
 import { ifAbsent, ifModRevision, ifPresent } from "./store.js";
 import type { Compare, Store, WatchBatch, WatchOptions } from "./store.js";
 
@@ -264,21 +264,30 @@ export function runStoreConformance(name: string, open: () => Promise<Conformanc
       assert.equal(now!.version, 3);
     });
 
-    it("txn ops apply in order: deletePrefix then put in one transaction", async () => {
+    it("txn refuses to put a key twice or put a key it also deletes, as etcd does", async () => {
       const p = space();
       await store.put(`${p}d/1`, enc("old"));
-      await store.put(`${p}d/2`, enc("old"));
-      const t = await store.txn(
-        [],
-        [
-          { type: "deletePrefix", prefix: `${p}d/` },
-          { type: "put", key: `${p}d/3`, value: enc("new") },
-        ],
+      const rev = await store.revision();
+      const put = (k: string) => ({ type: "put" as const, key: `${p}${k}`, value: enc("new") });
+      for (const ops of [
+        [put("a"), put("a")],
+        [{ type: "delete" as const, key: `${p}a` }, put("a")],
+        [{ type: "deletePrefix" as const, prefix: `${p}d/` }, put("d/2")],
+      ]) {
+        await assert.rejects(store.txn([], ops), StoreError);
+        await assert.rejects(store.txn([ifPresent(`${p}nothing`)], [], ops), StoreError, "failure ops are checked too");
+      }
+      assert.equal(await store.revision(), rev, "a refused txn writes nothing");
+      assert.deepEqual(
+        (await store.range(p)).kvs.map((kv) => [kv.key, dec(kv.value)]),
+        [[`${p}d/1`, "old"]],
       );
+      // Deleting a prefix and writing outside it is fine.
+      const t = await store.txn([], [{ type: "deletePrefix", prefix: `${p}d/` }, put("e")]);
       assert.equal(t.succeeded, true);
       assert.deepEqual(
-        (await store.range(`${p}d/`)).kvs.map((kv) => [kv.key, dec(kv.value), kv.modRevision]),
-        [[`${p}d/3`, "new", t.revision]],
+        (await store.range(p)).kvs.map((kv) => [kv.key, kv.modRevision]),
+        [[`${p}e`, t.revision]],
       );
     });
 

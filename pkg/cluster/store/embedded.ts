@@ -435,6 +435,8 @@ export class EmbeddedStore implements Store {
     success: Op[],
     failure: Op[],
   ): { record: LogRecord | undefined; result: number; succeeded: boolean } {
+    checkOps(success);
+    checkOps(failure);
     const succeeded = compares.every((c) => this.holds(c));
     const ops = succeeded ? success : failure;
     // Work on a scratch view so later ops in the txn see earlier ones (deletePrefix then put).
@@ -630,6 +632,30 @@ export class EmbeddedStore implements Store {
     await this.wal!.sync();
     this.walRecords = 0;
     log.debug({ dir: this.dir, revision: this.rev, keys: this.kvs.size }, "snapshot written");
+  }
+}
+
+/**
+ * etcd refuses a transaction branch that puts one key twice, or puts a key that a delete in the
+ * same branch covers ("duplicate key given in txn request"). The embedded store refuses the same,
+ * so code tested here does not break on etcd.
+ */
+function checkOps(ops: Op[]): void {
+  const puts = new Set<string>();
+  for (const op of ops) {
+    if (op.type !== "put") continue;
+    if (puts.has(op.key)) throw new StoreError(`duplicate key given in txn request: ${op.key}`);
+    puts.add(op.key);
+  }
+  for (const op of ops) {
+    if (op.type === "delete" && puts.has(op.key)) {
+      throw new StoreError(`duplicate key given in txn request: ${op.key}`);
+    }
+    if (op.type === "deletePrefix") {
+      for (const k of puts) {
+        if (k.startsWith(op.prefix)) throw new StoreError(`duplicate key given in txn request: ${k}`);
+      }
+    }
   }
 }
 

@@ -1,0 +1,436 @@
+/*
+ * EtcdStore: the Store contract on a real etcd v3 cluster, through the etcd3 package.
+ *
+ * One Etcd3 client per store. Etcd3 keeps a pool with one gRPC channel (HTTP/2 connection) per
+ * endpoint and fails over between them, and every call and stream of this store is multiplexed
+ * over those channels: no connection per request, no per-call dial. Create one store per process
+ * and share it.
+ *
+ *   KV calls ──────► kv.range / put / deleteRange / txn / compact       (unary)
+ *   watch() ───────► one Watch stream per call: create_request, then responses split into one
+ *                    batch per revision; compact_revision in a response ──► CompactedError
+ *   leases ────────► leaseGrant / leaseRevoke / leaseTimeToLive          (unary)
+ *                    keepAliveOnce: one LeaseKeepAlive stream per call, one request, one answer
+ *
+ * Leases use the low-level RPCs rather than etcd3's Lease class, which keeps itself alive: here the
+ * caller keeps a lease alive with keepAliveOnce (the agent's heartbeat), so that stopping the
+ * caller is what lets the lease expire.
+ *
+ * etcd3 errors become the store's typed errors (mapError); nothing above this file sees an etcd3
+ * type.
+ */
+import { readFile } from "node:fs/promises";
+import {
+  ClientClosedError,
+  CompareResult,
+  CompareTarget,
+  Etcd3,
+  EtcdLeaseInvalidError,
+  GRPCCancelledError,
+  GRPCDeadlineExceededError,
+  GRPCUnavailableError,
+  type ICompare,
+  type IKeyValue,
+  type IOptions,
+  type IRequestOp,
+  type IWatchResponse,
+} from "etcd3";
+import { logger } from "../../log/index.js";
+import {
+  CompactedError,
+  LeaseNotFoundError,
+  StoreError,
+  StoreUnavailableError,
+  type Compare,
+  type KeyValue,
+  type Op,
+  type Options,
+  type RangeOptions,
+  type RangeResult,
+  type Store,
+  type TxnResult,
+  type WatchBatch,
+  type WatchEvent,
+  type WatchOptions,
+} from "../store/index.js";
+
+const log = logger("etcd-store");
+
+export interface EtcdStoreOptions {
+  /** Client URLs, e.g. ["http://127.0.0.1:2379"]; https:// when tls is set. */
+  endpoints: string[];
+  /** PEM file paths. ca alone: server verification; cert + key as well: client certificates. */
+  tls?: { caFile: string; certFile?: string; keyFile?: string };
+  username?: string;
+  password?: string;
+  /** Connection establishment timeout per endpoint, ms (default 5000). */
+  dialTimeoutMs?: number;
+}
+
+/** Reads the TLS files and creates the store. Does not contact etcd: call ping() for that. */
+export async function openEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore> {
+  if (opts.endpoints.length === 0) throw new StoreError("no etcd endpoints given");
+  const options: IOptions = { hosts: opts.endpoints, dialTimeout: opts.dialTimeoutMs ?? 5000 };
+  if (opts.tls) {
+    const credentials: NonNullable<IOptions["credentials"]> = { rootCertificate: await readFile(opts.tls.caFile) };
+    if (opts.tls.certFile) credentials.certChain = await readFile(opts.tls.certFile);
+    if (opts.tls.keyFile) credentials.privateKey = await readFile(opts.tls.keyFile);
+    options.credentials = credentials;
+  }
+  if (opts.username !== undefined) options.auth = { username: opts.username, password: opts.password ?? "" };
+  return new EtcdStore(new Etcd3(options), opts.endpoints);
+}
+
+const COMPARE_TARGET = { mod: CompareTarget.Mod, create: CompareTarget.Create, version: CompareTarget.Version } as const;
+const COMPARE_RESULT = {
+  "=": CompareResult.Equal,
+  "!=": CompareResult.NotEqual,
+  "<": CompareResult.Less,
+  ">": CompareResult.Greater,
+} as const;
+
+const GRPC_DEADLINE_EXCEEDED = 4;
+const GRPC_UNAVAILABLE = 14;
+
+/** Minimal shape of the gRPC duplex streams etcd3 hands out; `on` is what we use of them. */
+interface Duplex<Req, Res> {
+  write(item: Req): void;
+  cancel(): void;
+  on(event: "data", fn: (r: Res) => void): unknown;
+  on(event: "error", fn: (e: Error) => void): unknown;
+  on(event: "end", fn: () => void): unknown;
+}
+
+export class EtcdStore implements Store {
+  readonly kind = "etcd";
+  private closed = false;
+  /** Wakes every running watch, so close() ends them with StoreUnavailableError. */
+  private readonly wakers = new Set<() => void>();
+
+  constructor(
+    private readonly client: Etcd3,
+    private readonly endpoints: string[],
+  ) {}
+
+  async get(key: string, opts?: Options): Promise<KeyValue | undefined> {
+    const res = await this.call(opts, () => this.client.kv.range({ key: Buffer.from(key) }));
+    const kv = res.kvs[0];
+    return kv ? toKeyValue(kv) : undefined;
+  }
+
+  async range(prefix: string, opts?: RangeOptions): Promise<RangeResult> {
+    const res = await this.call(opts, () =>
+      this.client.kv.range({
+        ...keyRange(prefix),
+        limit: opts?.limit && opts.limit > 0 ? opts.limit : 0,
+        keys_only: opts?.keysOnly ?? false,
+        sort_order: "Ascend",
+        sort_target: "Key",
+      }),
+    );
+    return { kvs: res.kvs.map(toKeyValue), revision: Number(res.header.revision) };
+  }
+
+  async put(key: string, value: Uint8Array, opts?: Options & { lease?: string }): Promise<number> {
+    const lease = opts?.lease ?? "0";
+    const res = await this.call(
+      opts,
+      () => this.client.kv.put({ key: Buffer.from(key), value: toBuffer(value), lease }),
+      lease,
+    );
+    return Number(res.header.revision);
+  }
+
+  async delete(key: string, opts?: Options): Promise<number> {
+    const res = await this.call(opts, () => this.client.kv.deleteRange({ key: Buffer.from(key) }));
+    return Number(res.deleted);
+  }
+
+  async deletePrefix(prefix: string, opts?: Options): Promise<number> {
+    const res = await this.call(opts, () => this.client.kv.deleteRange(keyRange(prefix)));
+    return Number(res.deleted);
+  }
+
+  async txn(compares: Compare[], success: Op[], failure: Op[] = [], opts?: Options): Promise<TxnResult> {
+    const lease = [...success, ...failure].find((o) => o.type === "put" && o.lease && o.lease !== "0");
+    const res = await this.call(
+      opts,
+      () =>
+        this.client.kv.txn({
+          compare: compares.map(toCompare),
+          success: success.map(toRequestOp),
+          failure: failure.map(toRequestOp),
+        }),
+      lease?.type === "put" ? lease.lease : undefined,
+    );
+    return { succeeded: res.succeeded, revision: Number(res.header.revision) };
+  }
+
+  async revision(opts?: Options): Promise<number> {
+    // A range that matches nothing still carries the store revision in its header.
+    const res = await this.call(opts, () => this.client.kv.range({ key: Buffer.from([0]), count_only: true }));
+    return Number(res.header.revision);
+  }
+
+  async compact(revision: number, opts?: Options): Promise<void> {
+    try {
+      await this.call(opts, () => this.client.kv.compact({ revision, physical: false }));
+    } catch (e) {
+      // Compacting to a revision already compacted away changes nothing: same as the embedded store.
+      if (e instanceof CompactedError) return;
+      throw e;
+    }
+  }
+
+  async grantLease(ttlSeconds: number, opts?: Options): Promise<string> {
+    const res = await this.call(opts, () => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 }));
+    if (res.error) throw new StoreError(`lease grant failed: ${res.error}`);
+    return res.ID;
+  }
+
+  async keepAliveOnce(lease: string, opts?: Options): Promise<number> {
+    const ttl = await this.call(
+      opts,
+      async () => {
+        const stream = (await this.client.leaseClient.leaseKeepAlive()) as unknown as Duplex<
+          { ID: string },
+          { TTL: string }
+        >;
+        try {
+          return await new Promise<number>((resolve, reject) => {
+            stream.on("data", (r) => resolve(Number(r.TTL)));
+            stream.on("error", reject);
+            stream.on("end", () => reject(new StoreUnavailableError("lease keepalive stream ended")));
+            stream.write({ ID: lease });
+          });
+        } finally {
+          stream.cancel();
+        }
+      },
+      lease,
+    );
+    // etcd answers a keep-alive of an expired or unknown lease with TTL 0 rather than an error.
+    if (ttl <= 0) throw new LeaseNotFoundError(lease);
+    return ttl;
+  }
+
+  async revokeLease(lease: string, opts?: Options): Promise<void> {
+    try {
+      await this.call(opts, () => this.client.leaseClient.leaseRevoke({ ID: lease }), lease);
+    } catch (e) {
+      if (e instanceof LeaseNotFoundError) return;
+      throw e;
+    }
+  }
+
+  async leaseTimeToLive(lease: string, opts?: Options): Promise<number> {
+    const res = await this.call(opts, () => this.client.leaseClient.leaseTimeToLive({ ID: lease }), lease);
+    const ttl = Number(res.TTL);
+    return ttl < 0 ? -1 : ttl;
+  }
+
+  async ping(opts?: Options): Promise<void> {
+    await this.revision(opts);
+  }
+
+  close(): Promise<void> {
+    if (!this.closed) {
+      this.closed = true;
+      for (const wake of this.wakers) wake();
+      this.client.close();
+    }
+    return Promise.resolve();
+  }
+
+  watch(prefix: string, opts: WatchOptions = {}): AsyncIterable<WatchBatch> {
+    return { [Symbol.asyncIterator]: () => this.watchLoop(prefix, opts) };
+  }
+
+  private async *watchLoop(prefix: string, opts: WatchOptions): AsyncGenerator<WatchBatch> {
+    const { signal } = opts;
+    if (this.closed) throw new StoreUnavailableError("store is closed");
+    if (signal?.aborted) return;
+    let stream: Duplex<unknown, IWatchResponse>;
+    try {
+      stream = (await this.client.watchClient.watch()) as unknown as Duplex<unknown, IWatchResponse>;
+    } catch (e) {
+      throw this.mapError(e);
+    }
+    const responses: IWatchResponse[] = [];
+    let failure: unknown;
+    let ended = false;
+    let wake: (() => void) | undefined;
+    const poke = () => wake?.();
+    stream.on("data", (r) => {
+      responses.push(r);
+      poke();
+    });
+    stream.on("error", (e) => {
+      failure ??= e;
+      poke();
+    });
+    stream.on("end", () => {
+      ended = true;
+      poke();
+    });
+    signal?.addEventListener("abort", poke, { once: true });
+    this.wakers.add(poke);
+    const create: Record<string, unknown> = { ...keyRange(prefix), prev_kv: false };
+    if (opts.fromRevision !== undefined) create.start_revision = opts.fromRevision;
+    stream.write({ create_request: create });
+    try {
+      for (;;) {
+        if (signal?.aborted) return;
+        if (this.closed) throw new StoreUnavailableError("store is closed");
+        const r = responses.shift();
+        if (r) {
+          // A start revision older than the compaction: etcd creates the watch, then cancels it
+          // with the compact revision set.
+          if (r.compact_revision && r.compact_revision !== "0") {
+            throw new CompactedError(opts.fromRevision ?? 0, Number(r.compact_revision));
+          }
+          if (r.canceled) throw new StoreError(`watch canceled by etcd: ${r.cancel_reason || "no reason given"}`);
+          yield* splitByRevision(r);
+          continue;
+        }
+        if (failure !== undefined) throw this.mapError(failure);
+        if (ended) throw new StoreUnavailableError("watch stream ended");
+        await new Promise<void>((resolve) => (wake = resolve));
+        wake = undefined;
+      }
+    } finally {
+      signal?.removeEventListener("abort", poke);
+      this.wakers.delete(poke);
+      stream.cancel();
+    }
+  }
+
+  /**
+   * Runs one etcd call: refuses when closed or aborted, abandons the call when the signal aborts
+   * (gRPC unary calls here cannot be cancelled individually), and maps errors.
+   */
+  private async call<T>(opts: Options | undefined, fn: () => Promise<T>, lease?: string): Promise<T> {
+    const signal = opts?.signal;
+    signal?.throwIfAborted();
+    if (this.closed) throw new StoreUnavailableError("store is closed");
+    let onAbort: (() => void) | undefined;
+    try {
+      const work = fn();
+      if (!signal) return await work;
+      const aborted = new Promise<never>((_, reject) => {
+        onAbort = () => reject(signal.reason);
+        signal.addEventListener("abort", onAbort, { once: true });
+      });
+      work.catch(() => undefined); // the abandoned call may still fail; nobody is waiting for it
+      return await Promise.race([work, aborted]);
+    } catch (e) {
+      if (signal?.aborted && e === signal.reason) throw e;
+      throw this.mapError(e, lease);
+    } finally {
+      if (onAbort) signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  /** etcd3's errors to the store's typed errors. */
+  private mapError(e: unknown, lease?: string): Error {
+    if (e instanceof StoreError) return e;
+    const message = e instanceof Error ? e.message : String(e);
+    if (this.closed || e instanceof ClientClosedError) return new StoreUnavailableError("store is closed");
+    if (e instanceof EtcdLeaseInvalidError || message.includes("requested lease not found")) {
+      return new LeaseNotFoundError(lease ?? "unknown");
+    }
+    if (message.includes("required revision has been compacted")) {
+      // Only compact() meets this on a unary call (we never range at a past revision); watches
+      // learn the compact revision from the response instead.
+      return new CompactedError(0, 0);
+    }
+    // Stream errors arrive as raw gRPC errors (a numeric code), unary ones cast by etcd3; an open
+    // circuit breaker is etcd3's way of saying every endpoint failed recently.
+    const code = (e as { code?: unknown }).code;
+    if (
+      e instanceof GRPCUnavailableError ||
+      e instanceof GRPCDeadlineExceededError ||
+      e instanceof GRPCCancelledError ||
+      code === GRPC_UNAVAILABLE ||
+      code === GRPC_DEADLINE_EXCEEDED ||
+      (e instanceof Error && e.name === "BrokenCircuitError") ||
+      /ECONNREFUSED|ECONNRESET|No connection established|circuit breaker is open/i.test(message)
+    ) {
+      log.debug({ err: e, endpoints: this.endpoints }, "etcd unavailable");
+      return new StoreUnavailableError(`etcd unavailable at ${this.endpoints.join(",")}: ${lowerFirst(message)}`);
+    }
+    return new StoreError(`etcd: ${lowerFirst(message)}`, { cause: e });
+  }
+}
+
+/** One batch per revision: etcd may put several revisions' events in one watch response. */
+function* splitByRevision(r: IWatchResponse): Generator<WatchBatch> {
+  let batch: WatchBatch | undefined;
+  for (const ev of r.events) {
+    const kv = toKeyValue(ev.kv);
+    const revision = kv.modRevision;
+    const event: WatchEvent =
+      String(ev.type).toLowerCase() === "delete"
+        ? { type: "delete", kv: { ...kv, value: new Uint8Array(0), createRevision: 0, version: 0, lease: "0" } }
+        : { type: "put", kv };
+    if (batch && batch.revision !== revision) {
+      yield batch;
+      batch = undefined;
+    }
+    batch ??= { revision, events: [] };
+    batch.events.push(event);
+  }
+  if (batch) yield batch;
+}
+
+function toKeyValue(kv: IKeyValue): KeyValue {
+  return {
+    key: kv.key.toString("utf8"),
+    value: new Uint8Array(kv.value ?? new Uint8Array(0)),
+    createRevision: Number(kv.create_revision),
+    modRevision: Number(kv.mod_revision),
+    version: Number(kv.version),
+    lease: kv.lease ? String(kv.lease) : "0",
+  };
+}
+
+function toBuffer(u: Uint8Array): Buffer {
+  return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+}
+
+/** key/range_end covering every key under prefix; "" is the whole keyspace, as in etcdctl. */
+function keyRange(prefix: string): { key: Buffer; range_end: Buffer } {
+  if (prefix === "") return { key: Buffer.from([0]), range_end: Buffer.from([0]) };
+  const key = Buffer.from(prefix);
+  const end = Buffer.from(key);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i]! < 0xff) {
+      end[i] = end[i]! + 1;
+      return { key, range_end: end.subarray(0, i + 1) };
+    }
+  }
+  return { key, range_end: Buffer.from([0]) };
+}
+
+function toCompare(c: Compare): ICompare {
+  const out: ICompare = { key: Buffer.from(c.key), target: COMPARE_TARGET[c.target], result: COMPARE_RESULT[c.result] };
+  if (c.target === "mod") out.mod_revision = c.value;
+  else if (c.target === "create") out.create_revision = c.value;
+  else out.version = c.value;
+  return out;
+}
+
+function toRequestOp(op: Op): IRequestOp {
+  switch (op.type) {
+    case "put":
+      return { request_put: { key: Buffer.from(op.key), value: toBuffer(op.value), lease: op.lease ?? "0" } };
+    case "delete":
+      return { request_delete_range: { key: Buffer.from(op.key) } };
+    case "deletePrefix":
+      return { request_delete_range: keyRange(op.prefix) };
+  }
+}
+
+function lowerFirst(s: string): string {
+  return s.length > 0 ? s[0]!.toLowerCase() + s.slice(1) : s;
+}

@@ -4,7 +4,7 @@
  * is retried after a short pause so a stale copy has time to catch up instead of spinning.
  */
 import type { Logger } from "../../pkg/log/index.js";
-import { sleep } from "./informer.js";
+import { sleep, sleepUntilWoken } from "./informer.js";
 
 export interface KickedLoop {
   kick: () => void;
@@ -23,12 +23,7 @@ export function kickedLoop(pass: (signal: AbortSignal) => Promise<boolean>, peri
     async run(signal) {
       while (!signal.aborted) {
         if (!dirty) {
-          await new Promise<void>((r) => {
-            wake = r;
-            const t = setTimeout(r, periodMs);
-            signal.addEventListener("abort", () => (clearTimeout(t), r()), { once: true });
-          });
-          wake = undefined;
+          await sleepUntilWoken(periodMs, signal, (w) => (wake = w));
           dirty = true; // the period passed: run anyway, a safety net for anything missed
           continue;
         }

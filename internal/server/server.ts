@@ -106,10 +106,16 @@ export class Server {
     const handler = connectNodeAdapter({
       routes: this.routes,
       interceptors: [this.edge],
-      readMaxBytes: this.opts.readMaxBytes ?? 4 * 1024 * 1024,
+      readMaxBytes: this.opts.readMaxBytes ?? 4 * 1024 * 1024, // also enforced on streamed bodies
       fallback: (req, res) => void this.serveOther(req, res),
     });
-    this.listening = await listen(this.opts.host, this.opts.port, handler);
+    const maxBytes = this.opts.readMaxBytes ?? 4 * 1024 * 1024;
+    this.listening = await listen(this.opts.host, this.opts.port, (req, res) => {
+      // An oversized body is refused from its Content-Length without being read; drain it so the
+      // client, still uploading, receives the ResourceExhausted answer instead of a reset.
+      if (Number(req.headers["content-length"] ?? 0) > maxBytes) req.resume();
+      handler(req, res);
+    });
     this.tasks.push(this.leaderLoop(signal));
     this.log.info({ url: this.url, store: this.opts.store.kind }, "server listening");
   }

@@ -13,6 +13,8 @@ import { InstanceService, Phase, PowerState, EventType } from "../../api/gen/hyp
 import { NodeCondition, NodeSchema, NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { keys, type Store } from "../../pkg/cluster/store/index.js";
 import { openEmbeddedStore } from "../../pkg/cluster/store/index.js";
+import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
+import { startEtcd, type EtcdProcess } from "../../test/support/etcd.js";
 import { Server } from "./server.js";
 
 async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
@@ -36,201 +38,243 @@ async function addNode(store: Store, name: string, vcpus: number, memoryMib: num
   await store.put(keys.alive(name), new Uint8Array([1]));
 }
 
-describe("server", () => {
-  let dir: string;
-  let store: Store;
-  let server: Server;
-  let transport: Transport;
-  let instances: Client<typeof InstanceService>;
-  let nodes: Client<typeof NodeService>;
+for (const kind of ["embedded", "etcd"] as const)
+  describe(`server on the ${kind} store`, () => {
+    let dir: string;
+    let etcd: EtcdProcess | undefined;
+    let store: Store;
+    let server: Server;
+    let transport: Transport;
+    let instances: Client<typeof InstanceService>;
+    let nodes: Client<typeof NodeService>;
 
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "hv-server-"));
-    store = await openEmbeddedStore(join(dir, "store"));
-    server = new Server({ store, host: "127.0.0.1", port: 0, version: "test" });
-    await server.start();
-    transport = createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" });
-    instances = createClient(InstanceService, transport);
-    nodes = createClient(NodeService, transport);
-  });
-
-  after(async () => {
-    await server.stop();
-    await store.close();
-    await rm(dir, { recursive: true, force: true });
-  });
-
-  it("answers Connect, gRPC (h2c) and gRPC-Web on one port", async () => {
-    for (const t of [
-      createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }),
-      createConnectTransport({ baseUrl: server.url, httpVersion: "2" }),
-      createGrpcTransport({ baseUrl: server.url }),
-      createGrpcWebTransport({ baseUrl: server.url, httpVersion: "1.1" }),
-    ]) {
-      const v = await createClient(ClusterService, t).getVersion({});
-      assert.equal(v.version, "test");
-      assert.equal(v.store, "embedded");
-    }
-  });
-
-  it("serves /healthz and /metrics", async () => {
-    const h = await fetch(`${server.url}/healthz`);
-    assert.equal(h.status, 200);
-    assert.match(await h.text(), /^ok leader/);
-    const m = await (await fetch(`${server.url}/metrics`)).text();
-    assert.match(m, /hypervisor_api_requests_total\{service="hypervisor.v1.ClusterService",method="GetVersion",code="ok"\}/);
-  });
-
-  it("rejects bad input with InvalidArgument naming the field, and writes nothing", async () => {
-    const rev = await store.revision();
-    const good = { driver: "mock", vcpus: 1, memoryMib: 64n };
-    const cases: [string, Parameters<typeof instances.createInstance>[0], Code, RegExp][] = [
-      ["empty name", { name: "", spec: good }, Code.InvalidArgument, /^name: is required/],
-      ["uppercase", { name: "Web", spec: good }, Code.InvalidArgument, /^name: "Web" is not a valid name/],
-      ["path", { name: "../etc", spec: good }, Code.InvalidArgument, /^name: "\.\.\/etc"/],
-      ["xml", { name: "a<b>", spec: good }, Code.InvalidArgument, /^name: "a<b>"/],
-      ["too long", { name: "a".repeat(64), spec: good }, Code.InvalidArgument, /^name: /],
-      ["no spec", { name: "x" }, Code.InvalidArgument, /^spec: is required/],
-      ["unknown driver", { name: "x", spec: { ...good, driver: "vmware" } }, Code.InvalidArgument, /^spec\.driver: unknown driver "vmware"/],
-      ["zero vcpus", { name: "x", spec: { ...good, vcpus: 0 } }, Code.InvalidArgument, /^spec\.vcpus: is required/],
-      ["absurd memory", { name: "x", spec: { ...good, memoryMib: 1n << 60n } }, Code.InvalidArgument, /^spec\.memory_mib: \d+ MiB is more than the maximum/],
-      ["absurd vcpus", { name: "x", spec: { ...good, vcpus: 100000 } }, Code.InvalidArgument, /^spec\.vcpus: 100000 vCPUs/],
-      ["label key", { name: "x", labels: { "bad key": "v" }, spec: good }, Code.InvalidArgument, /^labels\["bad key"\]/],
-      ["label value", { name: "x", labels: { app: "<script>" }, spec: good }, Code.InvalidArgument, /^labels\["app"\]: value "<script>"/],
-      ["reserved label", { name: "x", labels: { "hypervisor.io/restart-requested": "1" }, spec: good }, Code.InvalidArgument, /reserved/],
-      ["env key", { name: "x", spec: { ...good, env: { "A B": "1" } } }, Code.InvalidArgument, /^spec\.env\["A B"\]/],
-      ["nul in command", { name: "x", spec: { ...good, command: ["a\u0000b"] } }, Code.InvalidArgument, /^spec\.command\[0\]: .* control characters/],
-    ];
-    for (const [what, req, code, msg] of cases) {
-      await assert.rejects(instances.createInstance(req), (e: unknown) => {
-        const ce = ConnectError.from(e);
-        assert.equal(ce.code, code, `${what}: ${ce.message}`);
-        assert.match(ce.rawMessage, msg, what);
-        return true;
-      });
-    }
-    // Oversized: more than the 4 MiB request limit, as curl would send it, and over gRPC.
-    const big = { name: "big", spec: { driver: "mock", vcpus: 1, memoryMib: "1", env: { A: "x".repeat(5 * 1024 * 1024) } } };
-    const res = await fetch(`${server.url}/hypervisor.v1.InstanceService/CreateInstance`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(big),
-    });
-    assert.equal(res.status, 429);
-    assert.equal(((await res.json()) as { code: string }).code, "resource_exhausted");
-    const grpc = createClient(InstanceService, createGrpcTransport({ baseUrl: server.url }));
-    await assert.rejects(grpc.createInstance({ name: "big", spec: { ...good, env: { A: "x".repeat(5 * 1024 * 1024) } } }), (e: unknown) => {
-      assert.equal(ConnectError.from(e).code, Code.ResourceExhausted);
-      return true;
-    });
-    assert.equal(await store.revision(), rev, "a rejected request wrote to the store");
-    await assert.rejects(instances.getInstance({ name: "nope" }), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
-    await assert.rejects(instances.listInstances({ filter: { labelSelector: "a" } }), (e: unknown) => ConnectError.from(e).code === Code.InvalidArgument);
-  });
-
-  it("keeps an instance Pending with a reason, then places it when a node fits", async () => {
-    await instances.createInstance({ name: "big-one", spec: { driver: "mock", vcpus: 2, memoryMib: 2048n } });
-    await assert.rejects(instances.createInstance({ name: "big-one", spec: { driver: "mock", vcpus: 1, memoryMib: 1n } }), (e: unknown) => ConnectError.from(e).code === Code.AlreadyExists);
-    const pending = await until("pending reason", async () => {
-      const i = (await instances.getInstance({ name: "big-one" })).instance!;
-      return i.status?.message.startsWith("0/") ? i : undefined;
-    });
-    assert.equal(pending.status?.phase, Phase.PENDING);
-    assert.equal(pending.status?.message, "0/0 nodes available: no nodes registered");
-    await addNode(store, "small", 1, 1024);
-    await until("reason counts the small node", async () => (await instances.getInstance({ name: "big-one" })).instance!.status?.message === "0/1 nodes available: 1 insufficient cpu");
-    await addNode(store, "large", 8, 8192);
-    const placed = await until("placement", async () => {
-      const i = (await instances.getInstance({ name: "big-one" })).instance!;
-      return i.status?.phase === Phase.SCHEDULED ? i : undefined;
-    });
-    assert.equal(placed.status?.node, "large");
-    assert.ok(await store.get(keys.assignment("large", "big-one")), "assignment written");
-    const node = (await nodes.getNode({ name: "large" })).node!;
-    assert.equal(node.condition, NodeCondition.READY);
-    assert.equal(node.instanceCount, 1);
-    assert.equal(node.allocatable?.vcpus, 6);
-    assert.equal(node.allocatable?.memoryMib, 6144n);
-  });
-
-  it("start/stop mirror desired state into the assignment; restart needs Running", async () => {
-    const stopped = (await instances.stopInstance({ name: "big-one", timeoutSeconds: 7 })).instance!;
-    assert.equal(stopped.spec?.desiredPowerState, PowerState.STOPPED);
-    assert.equal(stopped.labels["hypervisor.io/stop-timeout-seconds"], "7");
-    const gen = stopped.generation;
-    const again = (await instances.stopInstance({ name: "big-one", timeoutSeconds: 7 })).instance!;
-    assert.equal(again.generation, gen, "stopping a stopped instance changes nothing");
-    await assert.rejects(instances.restartInstance({ name: "big-one" }), (e: unknown) => {
-      const ce = ConnectError.from(e);
-      return ce.code === Code.FailedPrecondition && /is Scheduled; restart needs Running/.test(ce.rawMessage);
-    });
-    const started = (await instances.startInstance({ name: "big-one" })).instance!;
-    assert.equal(started.spec?.desiredPowerState, PowerState.RUNNING);
-    assert.equal(started.generation, gen + 1n);
-  });
-
-  it("watch sends the current list, a SYNCED marker, then changes", async () => {
-    const ac = new AbortController();
-    const seen: { type: EventType; name: string }[] = [];
-    const done = (async () => {
-      for await (const ev of instances.watchInstances({}, { signal: ac.signal })) {
-        seen.push({ type: ev.type, name: ev.instance?.name ?? "" });
-        if (ev.type === EventType.DELETED && ev.instance?.name === "watched") ac.abort();
+    before(async () => {
+      dir = await mkdtemp(join(tmpdir(), "hv-server-"));
+      if (kind === "etcd") {
+        etcd = await startEtcd();
+        store = await openEtcdStore({ endpoints: [etcd.endpoint] });
+      } else {
+        store = await openEmbeddedStore(join(dir, "store"));
       }
-    })().catch((e: unknown) => {
-      if (!ac.signal.aborted) throw e;
+      server = new Server({ store, host: "127.0.0.1", port: 0, version: "test" });
+      await server.start();
+      transport = createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" });
+      instances = createClient(InstanceService, transport);
+      nodes = createClient(NodeService, transport);
     });
-    await until("synced", async () => seen.some((e) => e.type === EventType.SYNCED));
-    assert.deepEqual(seen.slice(0, 2), [
-      { type: EventType.ADDED, name: "big-one" },
-      { type: EventType.SYNCED, name: "" },
-    ]);
-    await instances.createInstance({ name: "watched", spec: { driver: "mock", vcpus: 64, memoryMib: 1n } });
-    await until("added", async () => seen.some((e) => e.type === EventType.ADDED && e.name === "watched"));
-    await instances.deleteInstance({ name: "watched" });
-    await done;
-    assert.ok(seen.some((e) => e.type === EventType.DELETED && e.name === "watched"));
-  });
 
-  it("delete of a placed instance waits for its agent, then the GC releases the node", async () => {
-    const del = (await instances.deleteInstance({ name: "big-one" })).instance!;
-    assert.ok(del.deleteTime, "delete_time set");
-    await assert.rejects(instances.startInstance({ name: "big-one" }), (e: unknown) => ConnectError.from(e).code === Code.FailedPrecondition);
-    // Still there: no agent has dropped the assignment yet.
-    assert.ok(await store.get(keys.instance("big-one")));
-    // Play the agent's part: it destroyed the instance and drops its assignment.
-    await store.delete(keys.assignment("large", "big-one"));
-    await until("record removed", async () => (await store.get(keys.instance("big-one"))) === undefined);
-    const node = await until("allocation released", async () => {
-      const n = (await nodes.getNode({ name: "large" })).node!;
-      return n.instanceCount === 0 ? n : undefined;
+    after(async () => {
+      await server.stop();
+      await store.close();
+      await etcd?.stop();
+      await rm(dir, { recursive: true, force: true });
     });
-    assert.equal(node.allocatable?.vcpus, 8);
-  });
 
-  it("cordon keeps new instances off a node; drain stops what runs there", async () => {
-    await nodes.cordonNode({ name: "large" });
-    await instances.createInstance({ name: "after-cordon", spec: { driver: "mock", vcpus: 1, memoryMib: 512n } });
-    const i = await until("placed on small", async () => {
-      const x = (await instances.getInstance({ name: "after-cordon" })).instance!;
-      return x.status?.node ? x : undefined;
+    it("answers Connect, gRPC (h2c) and gRPC-Web on one port", async () => {
+      for (const t of [
+        createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }),
+        createConnectTransport({ baseUrl: server.url, httpVersion: "2" }),
+        createGrpcTransport({ baseUrl: server.url }),
+        createGrpcWebTransport({ baseUrl: server.url, httpVersion: "1.1" }),
+      ]) {
+        const v = await createClient(ClusterService, t).getVersion({});
+        assert.equal(v.version, "test");
+        assert.equal(v.store, kind);
+      }
     });
-    assert.equal(i.status?.node, "small");
-    const drained = await nodes.drainNode({ name: "small" });
-    assert.ok(drained.node?.cordoned);
-    assert.deepEqual(drained.stoppedInstances, ["after-cordon"]);
-    assert.equal((await instances.getInstance({ name: "after-cordon" })).instance?.spec?.desiredPowerState, PowerState.STOPPED);
-    await nodes.uncordonNode({ name: "large" });
-    assert.equal((await nodes.getNode({ name: "large" })).node?.cordoned, false);
-    await assert.rejects(nodes.cordonNode({ name: "ghost" }), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
-  });
 
-  it("handlers work through an in-memory router transport too", async () => {
-    const t = createRouterTransport(server.routes);
-    const list = await createClient(InstanceService, t).listInstances({ filter: { node: "small" } });
-    assert.deepEqual(list.instances.map((i) => i.name), ["after-cordon"]);
-    const counts = await createClient(ClusterService, t).getCounts({});
-    assert.equal(counts.nodes, 2);
-    assert.equal(counts.nodesReady, 2);
+    it("serves /healthz and /metrics", async () => {
+      const h = await fetch(`${server.url}/healthz`);
+      assert.equal(h.status, 200);
+      assert.match(await h.text(), /^ok leader/);
+      const m = await (await fetch(`${server.url}/metrics`)).text();
+      assert.match(m, /hypervisor_api_requests_total\{service="hypervisor.v1.ClusterService",method="GetVersion",code="ok"\}/);
+    });
+
+    it("rejects bad input with InvalidArgument naming the field, and writes nothing", async () => {
+      const rev = await store.revision();
+      const good = { driver: "mock", vcpus: 1, memoryMib: 64n };
+      const cases: [string, Parameters<typeof instances.createInstance>[0], Code, RegExp][] = [
+        ["empty name", { name: "", spec: good }, Code.InvalidArgument, /^name: is required/],
+        ["uppercase", { name: "Web", spec: good }, Code.InvalidArgument, /^name: "Web" is not a valid name/],
+        ["path", { name: "../etc", spec: good }, Code.InvalidArgument, /^name: "\.\.\/etc"/],
+        ["xml", { name: "a<b>", spec: good }, Code.InvalidArgument, /^name: "a<b>"/],
+        ["too long", { name: "a".repeat(64), spec: good }, Code.InvalidArgument, /^name: /],
+        ["no spec", { name: "x" }, Code.InvalidArgument, /^spec: is required/],
+        [
+          "unknown driver",
+          { name: "x", spec: { ...good, driver: "vmware" } },
+          Code.InvalidArgument,
+          /^spec\.driver: unknown driver "vmware"/,
+        ],
+        ["zero vcpus", { name: "x", spec: { ...good, vcpus: 0 } }, Code.InvalidArgument, /^spec\.vcpus: is required/],
+        [
+          "absurd memory",
+          { name: "x", spec: { ...good, memoryMib: 1n << 60n } },
+          Code.InvalidArgument,
+          /^spec\.memory_mib: \d+ MiB is more than the maximum/,
+        ],
+        ["absurd vcpus", { name: "x", spec: { ...good, vcpus: 100000 } }, Code.InvalidArgument, /^spec\.vcpus: 100000 vCPUs/],
+        ["label key", { name: "x", labels: { "bad key": "v" }, spec: good }, Code.InvalidArgument, /^labels\["bad key"\]/],
+        ["label value", { name: "x", labels: { app: "<script>" }, spec: good }, Code.InvalidArgument, /^labels\["app"\]: value "<script>"/],
+        ["reserved label", { name: "x", labels: { "hypervisor.io/restart-requested": "1" }, spec: good }, Code.InvalidArgument, /reserved/],
+        ["env key", { name: "x", spec: { ...good, env: { "A B": "1" } } }, Code.InvalidArgument, /^spec\.env\["A B"\]/],
+        [
+          "nul in command",
+          { name: "x", spec: { ...good, command: ["a\u0000b"] } },
+          Code.InvalidArgument,
+          /^spec\.command\[0\]: .* control characters/,
+        ],
+      ];
+      for (const [what, req, code, msg] of cases) {
+        await assert.rejects(instances.createInstance(req), (e: unknown) => {
+          const ce = ConnectError.from(e);
+          assert.equal(ce.code, code, `${what}: ${ce.message}`);
+          assert.match(ce.rawMessage, msg, what);
+          return true;
+        });
+      }
+      // Oversized: more than the 4 MiB request limit, as curl would send it, and over gRPC.
+      const big = { name: "big", spec: { driver: "mock", vcpus: 1, memoryMib: "1", env: { A: "x".repeat(5 * 1024 * 1024) } } };
+      const res = await fetch(`${server.url}/hypervisor.v1.InstanceService/CreateInstance`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(big),
+      });
+      assert.equal(res.status, 429);
+      assert.equal(((await res.json()) as { code: string }).code, "resource_exhausted");
+      const grpc = createClient(InstanceService, createGrpcTransport({ baseUrl: server.url }));
+      await assert.rejects(
+        grpc.createInstance({ name: "big", spec: { ...good, env: { A: "x".repeat(5 * 1024 * 1024) } } }),
+        (e: unknown) => {
+          assert.equal(ConnectError.from(e).code, Code.ResourceExhausted);
+          return true;
+        },
+      );
+      assert.equal(await store.revision(), rev, "a rejected request wrote to the store");
+      await assert.rejects(instances.getInstance({ name: "nope" }), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
+      await assert.rejects(
+        instances.listInstances({ filter: { labelSelector: "a" } }),
+        (e: unknown) => ConnectError.from(e).code === Code.InvalidArgument,
+      );
+    });
+
+    it("keeps an instance Pending with a reason, then places it when a node fits", async () => {
+      await instances.createInstance({ name: "big-one", spec: { driver: "mock", vcpus: 2, memoryMib: 2048n } });
+      await assert.rejects(
+        instances.createInstance({ name: "big-one", spec: { driver: "mock", vcpus: 1, memoryMib: 1n } }),
+        (e: unknown) => ConnectError.from(e).code === Code.AlreadyExists,
+      );
+      const pending = await until("pending reason", async () => {
+        const i = (await instances.getInstance({ name: "big-one" })).instance!;
+        return i.status?.message.startsWith("0/") ? i : undefined;
+      });
+      assert.equal(pending.status?.phase, Phase.PENDING);
+      assert.equal(pending.status?.message, "0/0 nodes available: no nodes registered");
+      await addNode(store, "small", 1, 1024);
+      await until(
+        "reason counts the small node",
+        async () =>
+          (await instances.getInstance({ name: "big-one" })).instance!.status?.message === "0/1 nodes available: 1 insufficient cpu",
+      );
+      await addNode(store, "large", 8, 8192);
+      const placed = await until("placement", async () => {
+        const i = (await instances.getInstance({ name: "big-one" })).instance!;
+        return i.status?.phase === Phase.SCHEDULED ? i : undefined;
+      });
+      assert.equal(placed.status?.node, "large");
+      assert.ok(await store.get(keys.assignment("large", "big-one")), "assignment written");
+      const node = (await nodes.getNode({ name: "large" })).node!;
+      assert.equal(node.condition, NodeCondition.READY);
+      assert.equal(node.instanceCount, 1);
+      assert.equal(node.allocatable?.vcpus, 6);
+      assert.equal(node.allocatable?.memoryMib, 6144n);
+    });
+
+    it("start/stop mirror desired state into the assignment; restart needs Running", async () => {
+      const stopped = (await instances.stopInstance({ name: "big-one", timeoutSeconds: 7 })).instance!;
+      assert.equal(stopped.spec?.desiredPowerState, PowerState.STOPPED);
+      assert.equal(stopped.labels["hypervisor.io/stop-timeout-seconds"], "7");
+      const gen = stopped.generation;
+      const again = (await instances.stopInstance({ name: "big-one", timeoutSeconds: 7 })).instance!;
+      assert.equal(again.generation, gen, "stopping a stopped instance changes nothing");
+      await assert.rejects(instances.restartInstance({ name: "big-one" }), (e: unknown) => {
+        const ce = ConnectError.from(e);
+        return ce.code === Code.FailedPrecondition && /is Scheduled; restart needs Running/.test(ce.rawMessage);
+      });
+      const started = (await instances.startInstance({ name: "big-one" })).instance!;
+      assert.equal(started.spec?.desiredPowerState, PowerState.RUNNING);
+      assert.equal(started.generation, gen + 1n);
+    });
+
+    it("watch sends the current list, a SYNCED marker, then changes", async () => {
+      const ac = new AbortController();
+      const seen: { type: EventType; name: string }[] = [];
+      const done = (async () => {
+        for await (const ev of instances.watchInstances({}, { signal: ac.signal })) {
+          seen.push({ type: ev.type, name: ev.instance?.name ?? "" });
+          if (ev.type === EventType.DELETED && ev.instance?.name === "watched") ac.abort();
+        }
+      })().catch((e: unknown) => {
+        if (!ac.signal.aborted) throw e;
+      });
+      await until("synced", async () => seen.some((e) => e.type === EventType.SYNCED));
+      assert.deepEqual(seen.slice(0, 2), [
+        { type: EventType.ADDED, name: "big-one" },
+        { type: EventType.SYNCED, name: "" },
+      ]);
+      await instances.createInstance({ name: "watched", spec: { driver: "mock", vcpus: 64, memoryMib: 1n } });
+      await until("added", async () => seen.some((e) => e.type === EventType.ADDED && e.name === "watched"));
+      await instances.deleteInstance({ name: "watched" });
+      await done;
+      assert.ok(seen.some((e) => e.type === EventType.DELETED && e.name === "watched"));
+    });
+
+    it("delete of a placed instance waits for its agent, then the GC releases the node", async () => {
+      const del = (await instances.deleteInstance({ name: "big-one" })).instance!;
+      assert.ok(del.deleteTime, "delete_time set");
+      await assert.rejects(
+        instances.startInstance({ name: "big-one" }),
+        (e: unknown) => ConnectError.from(e).code === Code.FailedPrecondition,
+      );
+      // Still there: no agent has dropped the assignment yet.
+      assert.ok(await store.get(keys.instance("big-one")));
+      // Play the agent's part: it destroyed the instance and drops its assignment.
+      await store.delete(keys.assignment("large", "big-one"));
+      await until("record removed", async () => (await store.get(keys.instance("big-one"))) === undefined);
+      const node = await until("allocation released", async () => {
+        const n = (await nodes.getNode({ name: "large" })).node!;
+        return n.instanceCount === 0 ? n : undefined;
+      });
+      assert.equal(node.allocatable?.vcpus, 8);
+    });
+
+    it("cordon keeps new instances off a node; drain stops what runs there", async () => {
+      await nodes.cordonNode({ name: "large" });
+      await instances.createInstance({ name: "after-cordon", spec: { driver: "mock", vcpus: 1, memoryMib: 512n } });
+      const i = await until("placed on small", async () => {
+        const x = (await instances.getInstance({ name: "after-cordon" })).instance!;
+        return x.status?.node ? x : undefined;
+      });
+      assert.equal(i.status?.node, "small");
+      const drained = await nodes.drainNode({ name: "small" });
+      assert.ok(drained.node?.cordoned);
+      assert.deepEqual(drained.stoppedInstances, ["after-cordon"]);
+      assert.equal((await instances.getInstance({ name: "after-cordon" })).instance?.spec?.desiredPowerState, PowerState.STOPPED);
+      await nodes.uncordonNode({ name: "large" });
+      assert.equal((await nodes.getNode({ name: "large" })).node?.cordoned, false);
+      await assert.rejects(nodes.cordonNode({ name: "ghost" }), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
+    });
+
+    it("handlers work through an in-memory router transport too", async () => {
+      const t = createRouterTransport(server.routes);
+      const list = await createClient(InstanceService, t).listInstances({ filter: { node: "small" } });
+      assert.deepEqual(
+        list.instances.map((i) => i.name),
+        ["after-cordon"],
+      );
+      const counts = await createClient(ClusterService, t).getCounts({});
+      assert.equal(counts.nodes, 2);
+      assert.equal(counts.nodesReady, 2);
+    });
   });
-});

@@ -57,13 +57,7 @@ class PortTakenError extends Error {
   override name = "PortTakenError";
 }
 
-async function launch(
-  bin: string,
-  dataDir: string,
-  clientPort: number,
-  peerPort: number,
-  opts: StartEtcdOptions,
-): Promise<EtcdProcess> {
+async function launch(bin: string, dataDir: string, clientPort: number, peerPort: number, opts: StartEtcdOptions): Promise<EtcdProcess> {
   const client = `http://127.0.0.1:${clientPort}`;
   const peer = `http://127.0.0.1:${peerPort}`;
   const child = spawn(

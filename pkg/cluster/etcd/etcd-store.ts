@@ -133,11 +133,7 @@ export class EtcdStore implements Store {
 
   async put(key: string, value: Uint8Array, opts?: Options & { lease?: string }): Promise<number> {
     const lease = opts?.lease ?? "0";
-    const res = await this.call(
-      opts,
-      () => this.client.kv.put({ key: Buffer.from(key), value: toBuffer(value), lease }),
-      lease,
-    );
+    const res = await this.call(opts, () => this.client.kv.put({ key: Buffer.from(key), value: toBuffer(value), lease }), lease);
     return Number(res.header.revision);
   }
 
@@ -192,10 +188,7 @@ export class EtcdStore implements Store {
     const ttl = await this.call(
       opts,
       async () => {
-        const stream = (await this.client.leaseClient.leaseKeepAlive()) as unknown as Duplex<
-          { ID: string },
-          { TTL: string }
-        >;
+        const stream = (await this.client.leaseClient.leaseKeepAlive()) as unknown as Duplex<{ ID: string }, { TTL: string }>;
         try {
           return await new Promise<number>((resolve, reject) => {
             stream.on("data", (r) => resolve(Number(r.TTL)));
@@ -252,7 +245,7 @@ export class EtcdStore implements Store {
     if (signal?.aborted) return;
     let stream: Duplex<unknown, IWatchResponse>;
     try {
-      stream = (await this.client.watchClient.watch()) as unknown as Duplex<unknown, IWatchResponse>;
+      stream = await this.client.watchClient.watch();
     } catch (e) {
       throw this.mapError(e);
     }
@@ -318,7 +311,8 @@ export class EtcdStore implements Store {
       const work = fn();
       if (!signal) return await work;
       const aborted = new Promise<never>((_, reject) => {
-        onAbort = () => reject(signal.reason);
+        // The abort reason as is (an AbortError DOMException by default), as fetch and timers do.
+        onAbort = () => reject(signal.reason as Error);
         signal.addEventListener("abort", onAbort, { once: true });
       });
       work.catch(() => undefined); // the abandoned call may still fail; nobody is waiting for it

@@ -153,14 +153,11 @@ export function runStoreConformance(name: string, open: () => Promise<Conformanc
       const batches = await gather(store, `${p}`, { fromRevision: from }, (b) => b.length >= 1);
       assert.equal(batches.length, 1);
       assert.equal(batches[0]!.revision, from);
-      assert.deepEqual(
-        batches[0]!.events.map((e) => [e.type, e.kv.key]).sort(),
-        [
-          ["delete", `${p}d/1`],
-          ["delete", `${p}d/2`],
-          ["delete", `${p}d/3/x`],
-        ],
-      );
+      assert.deepEqual(batches[0]!.events.map((e) => [e.type, e.kv.key]).sort(), [
+        ["delete", `${p}d/1`],
+        ["delete", `${p}d/2`],
+        ["delete", `${p}d/3/x`],
+      ]);
     });
 
     it("revisions increase by one per write transaction", async () => {
@@ -202,8 +199,7 @@ export function runStoreConformance(name: string, open: () => Promise<Conformanc
         for (const result of results) {
           for (const delta of [-1, 0, 1]) {
             const value = actual[target] + delta;
-            const expect =
-              result === "=" ? delta === 0 : result === "!=" ? delta !== 0 : result === "<" ? delta > 0 : delta < 0;
+            const expect = result === "=" ? delta === 0 : result === "!=" ? delta !== 0 : result === "<" ? delta > 0 : delta < 0;
             const marker = `${p}m/${target}${result}${delta}`;
             const t = await store.txn(
               [{ key: k, target, result, value }],
@@ -417,10 +413,7 @@ export function runStoreConformance(name: string, open: () => Promise<Conformanc
     it("put under a lease that does not exist fails with LeaseNotFoundError", async () => {
       const p = space();
       await assert.rejects(store.put(`${p}k`, enc("v"), { lease: "123456789" }), LeaseNotFoundError);
-      await assert.rejects(
-        store.txn([], [{ type: "put", key: `${p}k`, value: enc("v"), lease: "123456789" }]),
-        LeaseNotFoundError,
-      );
+      await assert.rejects(store.txn([], [{ type: "put", key: `${p}k`, value: enc("v"), lease: "123456789" }]), LeaseNotFoundError);
       assert.equal(await store.get(`${p}k`), undefined);
     });
 
@@ -546,12 +539,7 @@ export function runStoreConformance(name: string, open: () => Promise<Conformanc
 }
 
 /** Watches until `until` holds for what arrived, or DEADLINE_MS passes; returns what arrived. */
-async function gather(
-  store: Store,
-  prefix: string,
-  opts: WatchOptions,
-  until: (batches: WatchBatch[]) => boolean,
-): Promise<WatchBatch[]> {
+async function gather(store: Store, prefix: string, opts: WatchOptions, until: (batches: WatchBatch[]) => boolean): Promise<WatchBatch[]> {
   const ac = new AbortController();
   const timer = setTimeout(() => ac.abort(), DEADLINE_MS);
   const got: WatchBatch[] = [];

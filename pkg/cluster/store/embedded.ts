@@ -430,11 +430,7 @@ export class EmbeddedStore implements Store {
   }
 
   /** Evaluates a transaction against current state; returns the record it would write. */
-  private plan(
-    compares: Compare[],
-    success: Op[],
-    failure: Op[],
-  ): { record: LogRecord | undefined; result: number; succeeded: boolean } {
+  private plan(compares: Compare[], success: Op[], failure: Op[]): { record: LogRecord | undefined; result: number; succeeded: boolean } {
     checkOps(success);
     checkOps(failure);
     const succeeded = compares.every((c) => this.holds(c));

@@ -69,3 +69,29 @@ describe("etcd store connectivity", () => {
     });
   });
 });
+
+describe("etcd store under cancellations", () => {
+  it("stays usable after many watches and calls are cancelled (no circuit breaker trip)", async () => {
+    const etcd = await startEtcd();
+    const store = await openEtcdStore({ endpoints: [etcd.endpoint] });
+    try {
+      for (let round = 0; round < 5; round++) {
+        const ac = new AbortController();
+        const watches = [1, 2, 3, 4].map(async () => {
+          for await (const _ of store.watch("/cancel/", { signal: ac.signal })) void _;
+        });
+        await store.put(`/cancel/${round}`, new Uint8Array([round]));
+        ac.abort();
+        await Promise.all(watches);
+      }
+      const done = new AbortController();
+      done.abort();
+      for (let i = 0; i < 5; i++) await assert.rejects(store.get("/cancel/0", { signal: done.signal }));
+      await store.put("/cancel/after", new Uint8Array([9]));
+      assert.deepEqual((await store.range("/cancel/")).kvs.map((kv) => kv.key), ["/cancel/0", "/cancel/1", "/cancel/2", "/cancel/3", "/cancel/4", "/cancel/after"]);
+    } finally {
+      await store.close();
+      await etcd.stop();
+    }
+  });
+});

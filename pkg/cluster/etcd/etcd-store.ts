@@ -34,7 +34,9 @@ import {
   type IOptions,
   type IRequestOp,
   type IWatchResponse,
+  isRecoverableError,
 } from "etcd3";
+import { ConsecutiveBreaker, circuitBreaker, handleWhen, retry } from "cockatiel";
 import { logger } from "../../log/index.js";
 import {
   CompactedError,
@@ -70,7 +72,7 @@ export interface EtcdStoreOptions {
 /** Reads the TLS files and creates the store. Does not contact etcd: call ping() for that. */
 export async function openEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore> {
   if (opts.endpoints.length === 0) throw new StoreError("no etcd endpoints given");
-  const options: IOptions = { hosts: opts.endpoints, dialTimeout: opts.dialTimeoutMs ?? 5000 };
+  const options: IOptions = { hosts: opts.endpoints, dialTimeout: opts.dialTimeoutMs ?? 5000, faultHandling: faultHandling() };
   if (opts.tls) {
     const credentials: NonNullable<IOptions["credentials"]> = { rootCertificate: await readFile(opts.tls.caFile) };
     if (opts.tls.certFile) credentials.certChain = await readFile(opts.tls.certFile);
@@ -79,6 +81,19 @@ export async function openEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore> 
   }
   if (opts.username !== undefined) options.auth = { username: opts.username, password: opts.password ?? "" };
   return new EtcdStore(new Etcd3(options), opts.endpoints);
+}
+
+/**
+ * etcd3's default circuit breaker counts a cancelled gRPC call as a host failure, and we cancel
+ * streams all the time (every watch that ends, every API client that disconnects): three in a
+ * row opened the breaker and refused every call for 5 s. Only real transport failures count here.
+ */
+function faultHandling(): NonNullable<IOptions["faultHandling"]> {
+  const hostFailure = handleWhen((e) => isRecoverableError(e) && !(e instanceof GRPCCancelledError));
+  return {
+    host: () => circuitBreaker(hostFailure, { halfOpenAfter: 5_000, breaker: new ConsecutiveBreaker(3) }),
+    global: retry(hostFailure, { maxAttempts: 3 }),
+  };
 }
 
 const COMPARE_TARGET = { mod: CompareTarget.Mod, create: CompareTarget.Create, version: CompareTarget.Version } as const;

@@ -12,17 +12,9 @@ import { Election } from "../../pkg/cluster/election/index.js";
 import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
 import { keys, type Store } from "../../pkg/cluster/store/index.js";
 import { startEtcd, type EtcdProcess } from "../../test/support/etcd.js";
+import { until } from "../../test/support/procs.js";
 import { Server } from "./server.js";
 
-async function until<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe("server replicas on one etcd", () => {
   let etcd: EtcdProcess;

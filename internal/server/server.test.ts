@@ -15,17 +15,9 @@ import { keys, type Store } from "../../pkg/cluster/store/index.js";
 import { openEmbeddedStore } from "../../pkg/cluster/store/index.js";
 import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
 import { startEtcd, type EtcdProcess } from "../../test/support/etcd.js";
+import { until } from "../../test/support/procs.js";
 import { Server } from "./server.js";
 
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 async function addNode(store: Store, name: string, vcpus: number, memoryMib: number, labels: Record<string, string> = {}): Promise<void> {
   const node = create(NodeSchema, {

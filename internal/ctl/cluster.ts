@@ -1,0 +1,89 @@
+/*
+ * `cluster status` and `version`: what an operator runs first, so one screen answers "which
+ * server, is it healthy, who leads, how much is there".
+ */
+import { readFileSync } from "node:fs";
+import { toJson } from "@bufbuild/protobuf";
+import { Command } from "commander";
+import { GetCountsResponseSchema, GetHealthResponseSchema, GetVersionResponseSchema } from "../../api/gen/hypervisor/v1/cluster_pb.js";
+import type { Context } from "./context.js";
+import * as output from "./output.js";
+
+/** The package version, read from package.json at the repository (or install) root. */
+export function clientVersion(): string {
+  try {
+    // Compiled to dist/internal/ctl/: three levels below the root, as is internal/ctl/ when run from source.
+    const pkg = JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version?: unknown };
+    return typeof pkg.version === "string" ? pkg.version : "unknown";
+  } catch {
+    return "unknown";
+  }
+}
+
+export function clusterCommand(ctx: Context): Command {
+  const cmd = new Command("cluster").description("cluster-wide information");
+  cmd
+    .command("status")
+    .description("server version, health of its components, leader, node and instance counts")
+    .action(async () => {
+      const api = ctx.clients().cluster;
+      const call = { signal: ctx.signal };
+      const [version, health, counts] = await Promise.all([api.getVersion({}, call), api.getHealth({}, call), api.getCounts({}, call)]);
+      const format = ctx.format();
+      if (format !== "table") {
+        const value = {
+          server: ctx.clients().server,
+          version: toJson(GetVersionResponseSchema, version),
+          health: toJson(GetHealthResponseSchema, health),
+          counts: toJson(GetCountsResponseSchema, counts),
+        };
+        return ctx.out(output.structured(value, format));
+      }
+      const phases = Object.entries(counts.instancesByPhase)
+        .sort(([a], [b]) => order(a) - order(b) || a.localeCompare(b))
+        .map(([p, n]) => `${n} ${p}`);
+      const lines: [string, string][] = [
+        ["Server", `${ctx.clients().server} (version ${version.version || "unknown"}, API ${version.apiVersion || "unknown"}, store ${version.store || "unknown"})`],
+        ["Health", health.healthy ? "healthy" : "UNHEALTHY"],
+        ["Replica", `${health.serverId || "unknown"} (leader ${health.leaderId || "none"})`],
+        ["Nodes", `${counts.nodes} (${counts.nodesReady} ready, ${counts.nodesCordoned} cordoned)`],
+        ["Instances", `${counts.instances}${phases.length > 0 ? ` (${phases.join(", ")})` : ""}`],
+      ];
+      const width = Math.max(...lines.map(([k]) => k.length)) + 2;
+      let text = lines.map(([k, v]) => `${(k + ":").padEnd(width)}${v}`).join("\n") + "\n";
+      if (health.components.length > 0) {
+        text +=
+          "\nComponents:\n" +
+          output
+            .table(
+              ["NAME", "HEALTHY", "MESSAGE"],
+              health.components.map((c) => [c.name, c.healthy ? "yes" : "NO", c.message]),
+            )
+            .replace(/^/gm, "  ");
+      }
+      ctx.out(text);
+    });
+  return cmd;
+}
+
+function order(phase: string): number {
+  const i = output.PHASE_ORDER.indexOf(phase);
+  return i < 0 ? output.PHASE_ORDER.length : i;
+}
+
+export function versionCommand(ctx: Context): Command {
+  return new Command("version")
+    .description("client version and the server's")
+    .option("--client", "only the client version; do not contact the server")
+    .action(async (opts: { client?: boolean }) => {
+      const client = clientVersion();
+      const format = ctx.format();
+      if (opts.client) {
+        return ctx.out(format === "table" ? `Client: ${client}\n` : output.structured({ client }, format));
+      }
+      const server = await ctx.clients().cluster.getVersion({}, { signal: ctx.signal });
+      if (format !== "table") return ctx.out(output.structured({ client, server: toJson(GetVersionResponseSchema, server) }, format));
+      ctx.out(`Client: ${client}\nServer: ${server.version || "unknown"} (API ${server.apiVersion || "unknown"}, store ${server.store || "unknown"}, node ${server.nodeVersion || "unknown"})\n`);
+    });
+}
+

@@ -1,0 +1,34 @@
+/*
+ * What every command gets: where to write, the cancellation signal, the clock, and the global
+ * flags resolved (server URL, output format). Passed in rather than read from `process` so tests
+ * run the whole CLI in-process.
+ */
+import type { Clients } from "./client.js";
+import type { Format } from "./output.js";
+
+export interface Writer {
+  write(chunk: string): unknown;
+}
+
+/** The process surface `run` needs; `main.ts` passes the real one, tests pass buffers. */
+export interface Io {
+  readonly stdout: Writer;
+  readonly stderr: Writer;
+  readonly env: Readonly<Record<string, string | undefined>>;
+  /** Aborted on Ctrl-C; every blocking call listens to it. */
+  readonly signal?: AbortSignal;
+  /** For ages in tables; tests fix it so output is deterministic. */
+  readonly now?: () => Date;
+}
+
+export interface Context {
+  readonly io: Io;
+  readonly signal: AbortSignal;
+  now(): Date;
+  /** The global --output, resolved once options are parsed. */
+  format(): Format;
+  /** Clients for the global --server (or HYPERVISOR_SERVER), built on first use. */
+  clients(): Clients;
+  /** Writes to stdout. Commands write once, after success, so a failure leaves stdout empty. */
+  out(text: string): void;
+}

@@ -1,0 +1,72 @@
+/*
+ * `node` commands. Nodes are registered by their agents, so the CLI only reads them and toggles
+ * what the API owns: the cordon flag, and drain (cordon plus stopping what runs there).
+ */
+import { Command } from "commander";
+import { DrainNodeResponseSchema, type Node, NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
+import type { Context } from "./context.js";
+import { CliError, ExitCode } from "./errors.js";
+import * as output from "./output.js";
+
+export function nodeCommand(ctx: Context): Command {
+  const cmd = new Command("node").alias("nodes").description("inspect compute nodes, cordon and drain them");
+
+  cmd
+    .command("list")
+    .alias("ls")
+    .description("list nodes")
+    .action(async () => {
+      const { nodes } = await ctx.clients().nodes.listNodes({}, { signal: ctx.signal });
+      const format = ctx.format();
+      ctx.out(format === "table" ? output.nodeTable(nodes, ctx.now()) : output.list(NodeSchema, nodes, format));
+    });
+
+  cmd
+    .command("get")
+    .description("show one node")
+    .argument("<name>", "node name")
+    .action(async (name: string) => {
+      const { node } = await ctx.clients().nodes.getNode({ name }, { signal: ctx.signal });
+      show(ctx, node, undefined);
+    });
+
+  cmd
+    .command("cordon")
+    .description("stop scheduling new instances onto a node; running ones stay")
+    .argument("<name>", "node name")
+    .action(async (name: string) => {
+      const { node } = await ctx.clients().nodes.cordonNode({ name }, { signal: ctx.signal });
+      show(ctx, node, "cordoned");
+    });
+
+  cmd
+    .command("uncordon")
+    .description("allow scheduling onto a node again")
+    .argument("<name>", "node name")
+    .action(async (name: string) => {
+      const { node } = await ctx.clients().nodes.uncordonNode({ name }, { signal: ctx.signal });
+      show(ctx, node, "uncordoned");
+    });
+
+  cmd
+    .command("drain")
+    .description("cordon a node and stop every instance on it")
+    .argument("<name>", "node name")
+    .action(async (name: string) => {
+      const res = await ctx.clients().nodes.drainNode({ name }, { signal: ctx.signal });
+      const format = ctx.format();
+      if (format !== "table") return ctx.out(output.message(DrainNodeResponseSchema, res, format));
+      const stopped = res.stoppedInstances.length > 0 ? `; stopping ${res.stoppedInstances.join(", ")}` : "; no instances to stop";
+      ctx.out(`node/${name} drained${stopped}\n`);
+    });
+
+  return cmd;
+}
+
+/** `verb` undefined: a `get`, shown as a one-row table; otherwise a one-line confirmation. */
+function show(ctx: Context, node: Node | undefined, verb: string | undefined): void {
+  if (!node) throw new CliError("the server returned no node", ExitCode.Api);
+  const format = ctx.format();
+  if (format !== "table") ctx.out(output.message(NodeSchema, node, format));
+  else ctx.out(verb ? `node/${node.name} ${verb}\n` : output.nodeTable([node], ctx.now()));
+}

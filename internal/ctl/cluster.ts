@@ -49,7 +49,7 @@ export function clusterCommand(ctx: Context): Command {
         ["Nodes", `${counts.nodes} (${counts.nodesReady} ready, ${counts.nodesCordoned} cordoned)`],
         ["Instances", `${counts.instances}${phases.length > 0 ? ` (${phases.join(", ")})` : ""}`],
       ];
-      const width = Math.max(...lines.map(([k]) => k.length)) + 2;
+      const width = Math.max(...lines.map(([k]) => k.length)) + 3;
       let text = lines.map(([k, v]) => `${(k + ":").padEnd(width)}${v}`).join("\n") + "\n";
       if (health.components.length > 0) {
         text +=
@@ -59,7 +59,7 @@ export function clusterCommand(ctx: Context): Command {
               ["NAME", "HEALTHY", "MESSAGE"],
               health.components.map((c) => [c.name, c.healthy ? "yes" : "NO", c.message]),
             )
-            .replace(/^/gm, "  ");
+            .replace(/^(?=.)/gm, "  ");
       }
       ctx.out(text);
     });

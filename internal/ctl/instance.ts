@@ -249,7 +249,7 @@ function deleteCommand(ctx: Context): Command {
   waitOptions(cmd, "is gone").action(async (name: string, opts: PowerOptions) => {
     const { instance } = await ctx.clients().instances.deleteInstance({ name }, { signal: ctx.signal });
     if (!instance) throw new CliError("the server returned no instance", ExitCode.Api);
-    if (opts.wait) await waitFor(ctx, instance, goneGoal(ctx, name), opts.timeout);
+    if (opts.wait) await waitFor(ctx, instance, goneGoal(), opts.timeout);
     report(ctx, instance, opts.wait ? "deleted" : "deletion requested");
   });
   return cmd;
@@ -261,7 +261,7 @@ type Verdict = "done" | { failed: string } | undefined;
 interface Goal {
   /** For messages: "be Running". */
   readonly aim: string;
-  /** `undefined` means the instance does not exist (after the initial list, or on DELETED). */
+  /** `undefined` means GetInstance answered NotFound. */
   check(i: Instance | undefined): Verdict | Promise<Verdict>;
 }
 
@@ -270,14 +270,15 @@ function sameTime(a: Timestamp | undefined, b: Timestamp | undefined): boolean {
 }
 
 /**
- * A Failed status only ends the wait if it is news: written after our request (the agent acted on
- * our generation, or the status changed since the response). Starting a Failed instance again
- * must not stop at the old failure.
+ * A Failed status only ends the wait if it is news: the instance was not Failed when we asked, or
+ * the status was written since (the agent acted on our generation, or a new update time).
+ * Starting a Failed instance again must not stop at the old failure.
  */
 function failedSince(before: Instance, i: Instance): Verdict {
   const st = i.status;
   if (st?.phase !== Phase.FAILED) return undefined;
-  const fresh = st.observedGeneration >= before.generation || !sameTime(st.updateTime, before.status?.updateTime);
+  const fresh =
+    before.status?.phase !== Phase.FAILED || st.observedGeneration >= before.generation || !sameTime(st.updateTime, before.status.updateTime);
   return fresh ? { failed: st.message || "no message from the agent" } : undefined;
 }
 
@@ -321,21 +322,9 @@ function restartedGoal(before: Instance): Goal {
   };
 }
 
-/** Gone means GetInstance says NotFound; watch events only tell us when to ask. */
-function goneGoal(ctx: Context, name: string): Goal {
-  return {
-    aim: "be deleted",
-    check: async (i) => {
-      if (i) return undefined;
-      try {
-        await ctx.clients().instances.getInstance({ name }, { signal: ctx.signal });
-        return undefined;
-      } catch (e) {
-        if (ConnectError.from(e).code === Code.NotFound) return "done";
-        throw e;
-      }
-    },
-  };
+/** Gone is decided by GetInstance answering NotFound (see waitFor); watch events only say when to ask. */
+function goneGoal(): Goal {
+  return { aim: "be deleted", check: (i) => (i ? undefined : "done") };
 }
 
 /**
@@ -353,17 +342,29 @@ async function waitFor(ctx: Context, before: Instance, goal: Goal, timeoutMs: nu
     if (verdict === "done") return true;
     throw new CliError(`instance ${name} failed: ${verdict.failed}`, ExitCode.Failed);
   };
+  // Absent from the watch is a hint, not a fact: the server's watch cache may not have caught up
+  // with a create that just returned. GetInstance reads the store and settles it.
+  const absent = async (): Promise<boolean> => {
+    try {
+      const { instance } = await ctx.clients().instances.getInstance({ name }, { signal });
+      if (instance) last = instance;
+      return await decide(instance);
+    } catch (e) {
+      if (ConnectError.from(e).code !== Code.NotFound) throw e;
+      return decide(undefined);
+    }
+  };
   try {
     for (;;) {
       let seen = false;
       for await (const ev of ctx.clients().instances.watchInstances({}, { signal })) {
         if (ev.type === EventType.SYNCED) {
-          if (!seen && (await decide(undefined))) return last;
+          if (!seen && (await absent())) return last;
           continue;
         }
         if (ev.instance?.name !== name) continue;
         if (ev.type === EventType.DELETED) {
-          if (await decide(undefined)) return last;
+          if (await absent()) return last;
           continue;
         }
         seen = true;

@@ -72,7 +72,11 @@ const instanceImpl: ServiceImpl<typeof InstanceService> = {
     fake.created.push(req);
     if (req.spec?.driver === "bogus") throw new ConnectError(`spec.driver: unknown driver "bogus"`, Code.InvalidArgument);
     if (fake.instances.has(req.name)) throw new ConnectError(`instance "${req.name}" already exists`, Code.AlreadyExists);
-    const i = instance(req.name, Phase.PENDING, { labels: req.labels, spec: req.spec, status: { phase: Phase.PENDING, message: "waiting for the scheduler" } });
+    const i = instance(req.name, Phase.PENDING, {
+      labels: req.labels,
+      spec: req.spec,
+      status: { phase: Phase.PENDING, message: "waiting for the scheduler" },
+    });
     fake.instances.set(req.name, i);
     return { instance: i };
   },
@@ -100,7 +104,8 @@ const instanceImpl: ServiceImpl<typeof InstanceService> = {
   restartInstance(req) {
     fake.calls.push(`restart ${req.name}`);
     const i = get(req.name);
-    if (i.status?.phase !== Phase.RUNNING) throw new ConnectError(`instance ${req.name} is Stopped; restart needs Running`, Code.FailedPrecondition);
+    if (i.status?.phase !== Phase.RUNNING)
+      throw new ConnectError(`instance ${req.name} is Stopped; restart needs Running`, Code.FailedPrecondition);
     return { instance: create(InstanceSchema, { ...i, generation: i.generation + 1n }) };
   },
   async *watchInstances(_req, ctx) {
@@ -257,13 +262,19 @@ describe("hypervisor-ctl against an API over HTTP", () => {
 
     it("--wait exits 4 naming the last phase when --timeout passes", async () => {
       fake.watch = async function* () {
-        yield event(EventType.ADDED, instance("web-1", Phase.PENDING, { status: { phase: Phase.PENDING, message: "no node has driver mock" } }));
+        yield event(
+          EventType.ADDED,
+          instance("web-1", Phase.PENDING, { status: { phase: Phase.PENDING, message: "no node has driver mock" } }),
+        );
         yield event(EventType.SYNCED);
       };
       const r = await ctl(["instance", "create", "web-1", "--driver", "mock", "--wait", "--timeout", "300ms"]);
       assert.equal(r.code, ExitCode.Timeout);
       assert.equal(r.stdout, "");
-      assert.equal(r.stderr, "error: timed out after 300ms waiting for instance web-1 to be Running (last phase Pending: no node has driver mock)\n");
+      assert.equal(
+        r.stderr,
+        "error: timed out after 300ms waiting for instance web-1 to be Running (last phase Pending: no node has driver mock)\n",
+      );
     });
 
     it("--wait ends with exit 130 on Ctrl-C", async () => {
@@ -282,7 +293,10 @@ describe("hypervisor-ctl against an API over HTTP", () => {
       fake.instances.set("web-1", instance("web-1", Phase.RUNNING));
       const r = await ctl(["instance", "get", "web-1"]);
       assert.equal(r.code, 0);
-      assert.equal(r.stdout, "NAME    PHASE     NODE     DRIVER   VCPUS   MEMORY   AGE\nweb-1   Running   node-a   mock     1       512Mi    60s\n");
+      assert.equal(
+        r.stdout,
+        "NAME    PHASE     NODE     DRIVER   VCPUS   MEMORY   AGE\nweb-1   Running   node-a   mock     1       512Mi    60s\n",
+      );
       const missing = await ctl(["instance", "get", "nope"]);
       assert.deepEqual(missing, { code: ExitCode.Api, stdout: "", stderr: `error: not_found: instance "nope" not found\n` });
     });
@@ -295,13 +309,19 @@ describe("hypervisor-ctl against an API over HTTP", () => {
       assert.equal(fake.listed[0]!.filter?.labelSelector, "app=web,tier=front");
       assert.equal(fake.listed[0]!.filter?.node, "node-a");
       assert.equal(fake.listed[0]!.filter?.phase, Phase.RUNNING);
-      assert.deepEqual(r.stdout.split("\n").map((l) => l.split(/\s+/)[0]), ["NAME", "a", "b", ""]);
+      assert.deepEqual(
+        r.stdout.split("\n").map((l) => l.split(/\s+/)[0]),
+        ["NAME", "a", "b", ""],
+      );
     });
 
     it("prints {items: [...]} with -o json and YAML with -o yaml", async () => {
       fake.instances.set("a", instance("a", Phase.RUNNING));
       const json = await ctl(["instance", "list", "-o", "json"]);
-      assert.deepEqual((JSON.parse(json.stdout) as { items: { name: string }[] }).items.map((i) => i.name), ["a"]);
+      assert.deepEqual(
+        (JSON.parse(json.stdout) as { items: { name: string }[] }).items.map((i) => i.name),
+        ["a"],
+      );
       const yaml = await ctl(["instance", "ls", "--output", "yaml"]);
       assert.match(yaml.stdout, /^items:\n {2}- name: a\n/);
     });
@@ -340,10 +360,19 @@ describe("hypervisor-ctl against an API over HTTP", () => {
         yield event(EventType.ADDED, instance("web-1", Phase.PENDING));
         yield event(EventType.SYNCED);
       };
-      const r = await ctl(["-o", "json", "instance", "list", "-w"], { signal: ac.signal, onStdout: (all) => all.includes("SYNCED") && ac.abort() });
+      const r = await ctl(["-o", "json", "instance", "list", "-w"], {
+        signal: ac.signal,
+        onStdout: (all) => all.includes("SYNCED") && ac.abort(),
+      });
       assert.equal(r.code, 0);
-      const lines = r.stdout.trimEnd().split("\n").map((l) => JSON.parse(l) as { type: string });
-      assert.deepEqual(lines.map((l) => l.type), ["EVENT_TYPE_ADDED", "EVENT_TYPE_SYNCED"]);
+      const lines = r.stdout
+        .trimEnd()
+        .split("\n")
+        .map((l) => JSON.parse(l) as { type: string });
+      assert.deepEqual(
+        lines.map((l) => l.type),
+        ["EVENT_TYPE_ADDED", "EVENT_TYPE_SYNCED"],
+      );
     });
   });
 
@@ -368,7 +397,10 @@ describe("hypervisor-ctl against an API over HTTP", () => {
     });
 
     it("restart --wait does not stop at the Running it started from", async () => {
-      fake.instances.set("web-1", instance("web-1", Phase.RUNNING, { status: { phase: Phase.RUNNING, node: "node-a", observedGeneration: 1n } }));
+      fake.instances.set(
+        "web-1",
+        instance("web-1", Phase.RUNNING, { status: { phase: Phase.RUNNING, node: "node-a", observedGeneration: 1n } }),
+      );
       fake.watch = async function* () {
         yield event(EventType.ADDED, fake.instances.get("web-1"));
         yield event(EventType.SYNCED);
@@ -383,7 +415,11 @@ describe("hypervisor-ctl against an API over HTTP", () => {
     it("restart of a stopped instance shows FailedPrecondition", async () => {
       fake.instances.set("web-1", instance("web-1", Phase.STOPPED));
       const r = await ctl(["instance", "restart", "web-1"]);
-      assert.deepEqual(r, { code: ExitCode.Api, stdout: "", stderr: "error: failed_precondition: instance web-1 is Stopped; restart needs Running\n" });
+      assert.deepEqual(r, {
+        code: ExitCode.Api,
+        stdout: "",
+        stderr: "error: failed_precondition: instance web-1 is Stopped; restart needs Running\n",
+      });
     });
 
     it("delete --wait waits until GetInstance answers NotFound", async () => {
@@ -442,7 +478,9 @@ describe("hypervisor-ctl against an API over HTTP", () => {
           "",
         ].join("\n"),
       );
-      const json = JSON.parse((await ctl(["cluster", "status", "-o", "json"])).stdout) as { counts: { instancesByPhase: Record<string, number> } };
+      const json = JSON.parse((await ctl(["cluster", "status", "-o", "json"])).stdout) as {
+        counts: { instancesByPhase: Record<string, number> };
+      };
       assert.deepEqual(json.counts.instancesByPhase, { Running: 2, Pending: 1 });
     });
 
@@ -455,7 +493,9 @@ describe("hypervisor-ctl against an API over HTTP", () => {
 
   describe("connection", () => {
     it("--server overrides HYPERVISOR_SERVER", async () => {
-      const r = await runCli(["--server", api.url, "node", "get", "node-a", "-o", "json"], { env: { HYPERVISOR_SERVER: "http://127.0.0.1:1" } });
+      const r = await runCli(["--server", api.url, "node", "get", "node-a", "-o", "json"], {
+        env: { HYPERVISOR_SERVER: "http://127.0.0.1:1" },
+      });
       assert.equal(r.code, 0, r.stderr);
     });
 

@@ -46,18 +46,18 @@ function inherit(cmd: Command, from: Command): void {
 /** Runs the CLI; `argv` excludes node and the script (process.argv.slice(2)). */
 export async function run(argv: readonly string[], io: Io): Promise<number> {
   const signal = io.signal ?? new AbortController().signal;
-  let program: Command | undefined;
   let clients: Clients | undefined;
-  const server = (): string => (program?.opts<{ server?: string }>().server ?? io.env["HYPERVISOR_SERVER"]) || DEFAULT_SERVER;
+  const server = (): string => (program.opts<{ server?: string }>().server ?? io.env["HYPERVISOR_SERVER"]) || DEFAULT_SERVER;
   const ctx: Context = {
     io,
     signal,
     now: io.now ?? (() => new Date()),
-    format: () => program?.opts<{ output: Format }>().output ?? "table",
+    format: () => program.opts<{ output: Format }>().output,
     clients: () => (clients ??= createClients(server())),
     out: (text) => void io.stdout.write(text),
   };
-  program = buildProgram(ctx, io);
+  // The closures above read `program` only once parsing has started.
+  const program = buildProgram(ctx, io);
   inherit(program, program);
   try {
     await program.parseAsync([...argv], { from: "user" });

@@ -43,7 +43,10 @@ export function clusterCommand(ctx: Context): Command {
         .sort(([a], [b]) => order(a) - order(b) || a.localeCompare(b))
         .map(([p, n]) => `${n} ${p}`);
       const lines: [string, string][] = [
-        ["Server", `${ctx.clients().server} (version ${version.version || "unknown"}, API ${version.apiVersion || "unknown"}, store ${version.store || "unknown"})`],
+        [
+          "Server",
+          `${ctx.clients().server} (version ${version.version || "unknown"}, API ${version.apiVersion || "unknown"}, store ${version.store || "unknown"})`,
+        ],
         ["Health", health.healthy ? "healthy" : "UNHEALTHY"],
         ["Replica", `${health.serverId || "unknown"} (leader ${health.leaderId || "none"})`],
         ["Nodes", `${counts.nodes} (${counts.nodesReady} ready, ${counts.nodesCordoned} cordoned)`],
@@ -83,7 +86,8 @@ export function versionCommand(ctx: Context): Command {
       }
       const server = await ctx.clients().cluster.getVersion({}, { signal: ctx.signal });
       if (format !== "table") return ctx.out(output.structured({ client, server: toJson(GetVersionResponseSchema, server) }, format));
-      ctx.out(`Client: ${client}\nServer: ${server.version || "unknown"} (API ${server.apiVersion || "unknown"}, store ${server.store || "unknown"}, node ${server.nodeVersion || "unknown"})\n`);
+      ctx.out(
+        `Client: ${client}\nServer: ${server.version || "unknown"} (API ${server.apiVersion || "unknown"}, store ${server.store || "unknown"}, node ${server.nodeVersion || "unknown"})\n`,
+      );
     });
 }
-

@@ -82,7 +82,8 @@ function quote(s: string): string {
 
 /** The lookup functions both shells share; `describe` adds zsh's "name:description" form. */
 function lookups(fn: string, tree: Tree, describe: boolean): string {
-  const word = (w: Word): string => (describe ? quote(`${w.name.replace(/:/g, "\\:")}:${w.description.replace(/\n/g, " ")}`) : quote(w.name));
+  const word = (w: Word): string =>
+    describe ? quote(`${w.name.replace(/:/g, "\\:")}:${w.description.replace(/\n/g, " ")}`) : quote(w.name);
   const lines: string[] = [];
   lines.push(`# ${fn}_sub PATH WORD: the canonical subcommand WORD names under PATH, if any.`);
   lines.push(`${fn}_sub() {`, `  case "$1/$2" in`);
@@ -108,7 +109,8 @@ function lookups(fn: string, tree: Tree, describe: boolean): string {
   lines.push("  esac", "  return 1", "}");
   lines.push(`# ${fn}_choices FLAG: the values FLAG accepts, if they are a fixed set.`);
   lines.push(`${fn}_choices() {`, `  case "$1" in`);
-  for (const [flag, choices] of tree.valued) if (choices.length > 0) lines.push(`    ${quote(flag)}) printf '%s\\n' ${choices.map(quote).join(" ")} ;;`);
+  for (const [flag, choices] of tree.valued)
+    if (choices.length > 0) lines.push(`    ${quote(flag)}) printf '%s\\n' ${choices.map(quote).join(" ")} ;;`);
   lines.push("  esac", "}");
   return lines.join("\n");
 }

@@ -55,7 +55,10 @@ export function showDuration(ms: number): string {
 
 /** An enum value by its short name in any case and with '-' for '_': "on-failure", "RUNNING". */
 function enumValue<E extends Record<string, string | number>>(e: E, prefix: string, what: string, value: string): E[keyof E] {
-  const key = value.toUpperCase().replace(/-/g, "_").replace(new RegExp(`^${prefix}`), "");
+  const key = value
+    .toUpperCase()
+    .replace(/-/g, "_")
+    .replace(new RegExp(`^${prefix}`), "");
   const n = e[key];
   if (typeof n !== "number" || key === "UNSPECIFIED") {
     const names = Object.keys(e)

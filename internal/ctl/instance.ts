@@ -180,7 +180,9 @@ async function watch(ctx: Context, filter: { labelSelector: string; node: string
     for await (const ev of ctx.clients().instances.watchInstances({ filter }, { signal: ctx.signal })) {
       if (format !== "table") {
         const json = output.message(WatchInstancesResponseSchema, ev, "json");
-        ctx.out(format === "json" ? JSON.stringify(JSON.parse(json)) + "\n" : "---\n" + output.message(WatchInstancesResponseSchema, ev, "yaml"));
+        ctx.out(
+          format === "json" ? JSON.stringify(JSON.parse(json)) + "\n" : "---\n" + output.message(WatchInstancesResponseSchema, ev, "yaml"),
+        );
         continue;
       }
       if (ev.type === EventType.SYNCED) {
@@ -226,7 +228,8 @@ interface PowerOptions {
 function powerCommand(ctx: Context, action: "start" | "stop" | "restart"): Command {
   const aim = { start: "is Running", stop: "is Stopped", restart: "is Running again" }[action];
   const cmd = new Command(action).description(`${action} an instance`).argument("<name>", "instance name");
-  if (action === "stop") cmd.option("--timeout-seconds <n>", "graceful stop period before forcing it (0: driver default)", flags.positiveInt);
+  if (action === "stop")
+    cmd.option("--timeout-seconds <n>", "graceful stop period before forcing it (0: driver default)", flags.positiveInt);
   waitOptions(cmd, aim).action(async (name: string, opts: PowerOptions) => {
     const api = ctx.clients().instances;
     const call = { signal: ctx.signal };
@@ -239,7 +242,11 @@ function powerCommand(ctx: Context, action: "start" | "stop" | "restart"): Comma
     if (!instance) throw new CliError("the server returned no instance", ExitCode.Api);
     if (!opts.wait) return report(ctx, instance, `${action} requested`);
     const goal = action === "start" ? runningGoal(instance) : action === "stop" ? stoppedGoal(instance) : restartedGoal(instance);
-    report(ctx, await waitFor(ctx, instance, goal, opts.timeout), { start: "is Running", stop: "is Stopped", restart: "restarted" }[action]);
+    report(
+      ctx,
+      await waitFor(ctx, instance, goal, opts.timeout),
+      { start: "is Running", stop: "is Stopped", restart: "restarted" }[action],
+    );
   });
   return cmd;
 }
@@ -278,7 +285,9 @@ function failedSince(before: Instance, i: Instance): Verdict {
   const st = i.status;
   if (st?.phase !== Phase.FAILED) return undefined;
   const fresh =
-    before.status?.phase !== Phase.FAILED || st.observedGeneration >= before.generation || !sameTime(st.updateTime, before.status.updateTime);
+    before.status?.phase !== Phase.FAILED ||
+    st.observedGeneration >= before.generation ||
+    !sameTime(st.updateTime, before.status.updateTime);
   return fresh ? { failed: st.message || "no message from the agent" } : undefined;
 }
 

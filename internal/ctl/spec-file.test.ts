@@ -50,7 +50,10 @@ spec:
 
   it("reads JSON with the proto's snake_case names and short enum values", () => {
     const req = parseSpec(
-      JSON.stringify({ name: "vm", spec: { driver: "libvirt", memory_mib: "1024", disk_gib: 20, restart_policy: "on-failure", node_selector: { a: "b" } } }),
+      JSON.stringify({
+        name: "vm",
+        spec: { driver: "libvirt", memory_mib: "1024", disk_gib: 20, restart_policy: "on-failure", node_selector: { a: "b" } },
+      }),
       "spec.json",
     );
     assert.equal(req.spec?.memoryMib, 1024n);
@@ -60,7 +63,10 @@ spec:
   });
 
   it("rejects an unknown field, naming its path", () => {
-    usage("name: x\nspec:\n  driver: mock\n  memmoryMib: 512\n", /^spec\.yaml: unknown field "spec\.memmoryMib" \(InstanceSpec fields: driver, image, vcpus, memoryMib/);
+    usage(
+      "name: x\nspec:\n  driver: mock\n  memmoryMib: 512\n",
+      /^spec\.yaml: unknown field "spec\.memmoryMib" \(InstanceSpec fields: driver, image, vcpus, memoryMib/,
+    );
     usage("name: x\nkind: Instance\n", /unknown field "kind"/);
   });
 
@@ -77,7 +83,10 @@ spec:
   });
 
   it("rejects unknown enum values with the valid ones", () => {
-    usage("name: x\nspec: {restartPolicy: sometimes}\n", /spec\.restartPolicy: unknown value "sometimes" \(one of never, on-failure, always\)/);
+    usage(
+      "name: x\nspec: {restartPolicy: sometimes}\n",
+      /spec\.restartPolicy: unknown value "sometimes" \(one of never, on-failure, always\)/,
+    );
   });
 
   it("rejects empty files, bad YAML and duplicate keys", () => {
@@ -89,7 +98,10 @@ spec:
   it("reports a missing file as a usage error naming it", async () => {
     const dir = await mkdtemp(join(tmpdir(), "hv-ctl-spec-"));
     try {
-      await assert.rejects(readSpecFile(join(dir, "nope.yaml")), (e: unknown) => e instanceof CliError && /nope\.yaml: ENOENT/.test(e.message));
+      await assert.rejects(
+        readSpecFile(join(dir, "nope.yaml")),
+        (e: unknown) => e instanceof CliError && /nope\.yaml: ENOENT/.test(e.message),
+      );
       await writeFile(join(dir, "ok.yaml"), "name: ok\nspec: {driver: mock}\n");
       assert.equal((await readSpecFile(join(dir, "ok.yaml"))).name, "ok");
     } finally {

@@ -412,6 +412,19 @@ describe("hypervisor-ctl against an API over HTTP", () => {
       assert.equal((JSON.parse(r.stdout) as { generation: string }).generation, "2");
     });
 
+    it("start --wait on a Failed instance waits past the old failure", async () => {
+      const old = instance("web-1", Phase.FAILED, { status: { phase: Phase.FAILED, message: "old crash", updateTime: ago(30) } });
+      fake.instances.set("web-1", old);
+      fake.watch = async function* () {
+        yield event(EventType.ADDED, old);
+        yield event(EventType.SYNCED);
+        yield event(EventType.MODIFIED, instance("web-1", Phase.CREATING));
+        yield event(EventType.MODIFIED, instance("web-1", Phase.RUNNING));
+      };
+      const r = await ctl(["instance", "start", "web-1", "--wait"]);
+      assert.deepEqual(r, { code: 0, stdout: "instance/web-1 is Running\n", stderr: "" });
+    });
+
     it("restart of a stopped instance shows FailedPrecondition", async () => {
       fake.instances.set("web-1", instance("web-1", Phase.STOPPED));
       const r = await ctl(["instance", "restart", "web-1"]);

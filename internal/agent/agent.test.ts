@@ -1,0 +1,336 @@
+// The agent in-process, on both stores, with the mock driver. The test plays the server: it
+// writes assignments/<node>/<name> the way the scheduler and the instance API do, and asserts on
+// what ends up in the store and in the mock runtime.
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { type Instance, InstanceSchema, type InstanceStatus, Phase, PowerState, RestartPolicy } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
+import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { setCordoned } from "../../pkg/cluster/registry/index.js";
+import { keys, openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
+import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
+import { createMockDriver, type MockDriver } from "../../pkg/compute/mock/index.js";
+import { startEtcd } from "../../test/support/etcd.js";
+import { Agent, RESTART_LABEL, toDriverSpec } from "./index.js";
+
+const DEADLINE_MS = 20_000;
+
+async function until<T>(what: string, probe: () => Promise<T | undefined | false>): Promise<T> {
+  const deadline = Date.now() + DEADLINE_MS;
+  let last: T | undefined | false;
+  while (Date.now() < deadline) {
+    last = await probe();
+    if (last !== undefined && last !== false) return last;
+    await sleep(25);
+  }
+  assert.fail(`timed out waiting for ${what}`);
+}
+
+type Opener = () => Promise<{ store: Store; cleanup: () => Promise<void> }>;
+
+interface Harness {
+  store: Store;
+  dir: string;
+}
+
+function newInstance(name: string, node: string, over: { config?: Record<string, string>; policy?: RestartPolicy; driver?: string; desired?: PowerState } = {}): Instance {
+  return create(InstanceSchema, {
+    name,
+    uid: randomUUID(),
+    generation: 1n,
+    createTime: timestampNow(),
+    spec: {
+      driver: over.driver ?? "mock",
+      vcpus: 1,
+      memoryMib: 64n,
+      desiredPowerState: over.desired ?? PowerState.RUNNING,
+      restartPolicy: over.policy ?? RestartPolicy.ALWAYS,
+      driverConfig: over.config ?? {},
+    },
+    status: { phase: Phase.SCHEDULED, node },
+  });
+}
+
+async function assign(store: Store, node: string, inst: Instance): Promise<void> {
+  await store.put(keys.assignment(node, inst.name), toBinary(AssignmentSchema, create(AssignmentSchema, { instance: inst })));
+}
+
+/** Changes the assigned instance as the API does: edit, bump the generation, rewrite. */
+async function change(store: Store, node: string, name: string, edit: (i: Instance) => void): Promise<Instance> {
+  const kv = await store.get(keys.assignment(node, name));
+  assert.ok(kv, `assignment ${name} exists`);
+  const inst = fromBinary(AssignmentSchema, kv.value).instance!;
+  edit(inst);
+  inst.generation += 1n;
+  await assign(store, node, inst);
+  return inst;
+}
+
+async function status(store: Store, name: string): Promise<InstanceStatus | undefined> {
+  const kv = await store.get(keys.status(name));
+  return kv ? fromBinary(InstanceSchema, kv.value).status : undefined;
+}
+
+const inPhase = (store: Store, name: string, phase: Phase, extra: (s: InstanceStatus) => boolean = () => true) => async () => {
+  const s = await status(store, name);
+  return s && s.phase === phase && extra(s) ? s : undefined;
+};
+
+function agentSuite(kind: string, open: Opener): void {
+  describe(`agent on ${kind}`, () => {
+    const h = {} as Harness;
+    let cleanup: () => Promise<void>;
+    before(async () => {
+      const o = await open();
+      h.store = o.store;
+      cleanup = o.cleanup;
+      h.dir = await mkdtemp(join(tmpdir(), "hv-agent-"));
+    });
+    after(async () => {
+      await cleanup();
+      await rm(h.dir, { recursive: true, force: true });
+    });
+
+    const boot = (node: string, driver: MockDriver, over: Partial<ConstructorParameters<typeof Agent>[0]> = {}) =>
+      new Agent({ store: h.store, nodeName: node, drivers: [driver], labels: { zone: "z1" }, heartbeatTtlSeconds: 2, dataDir: join(h.dir, node), resyncMs: 60_000, ...over });
+    const mockOf = (node: string) => createMockDriver({ stateDir: join(h.dir, node, "mock") });
+
+    describe("one agent", () => {
+      const node = `n-${kind === "etcd" ? "e" : "m"}-main`;
+      let agent: Agent;
+      let mock: MockDriver;
+      before(async () => {
+        mock = mockOf(node);
+        agent = boot(node, mock, { capacity: { vcpus: 10, memoryMiB: 10240 } });
+        await agent.start();
+      });
+      after(async () => {
+        await agent.stop();
+        await mock.close();
+      });
+
+      it("registers the node with capacity, labels and drivers, and keeps it alive", async () => {
+        const kv = await h.store.get(keys.node(node));
+        assert.ok(kv);
+        const n = fromBinary(NodeSchema, kv.value);
+        assert.equal(n.capacity?.vcpus, 10);
+        assert.equal(n.capacity?.memoryMib, 10240n);
+        assert.equal(n.labels.zone, "z1");
+        assert.deepEqual(
+          n.drivers.map((d) => [d.name, d.healthy, d.capabilities?.stats]),
+          [["mock", true, true]],
+        );
+        assert.notEqual(n.hostname, "");
+        assert.ok(n.registerTime);
+        assert.ok(await h.store.get(keys.alive(node)), "alive key under the lease");
+      });
+
+      it("runs an assigned instance and reports it Running", async () => {
+        const inst = newInstance("web-1", node);
+        await assign(h.store, node, inst);
+        const s = await until("Running", inPhase(h.store, "web-1", Phase.RUNNING));
+        assert.equal(s.node, node);
+        assert.equal(s.observedGeneration, 1n);
+        assert.ok(s.startTime);
+        assert.equal(s.addresses.length, 1);
+        const stored = fromBinary(InstanceSchema, (await h.store.get(keys.status("web-1")))!.value);
+        assert.equal(stored.uid, inst.uid, "status carries the instance uid");
+        assert.equal(stored.spec, undefined, "status records hold only name, uid and status");
+        assert.equal((await mock.inspect("web-1"))?.state, "running");
+      });
+
+      it("stops and starts as the desired power state changes", async () => {
+        await assign(h.store, node, newInstance("web-2", node));
+        await until("Running", inPhase(h.store, "web-2", Phase.RUNNING));
+        await change(h.store, node, "web-2", (i) => (i.spec!.desiredPowerState = PowerState.STOPPED));
+        const stopped = await until("Stopped", inPhase(h.store, "web-2", Phase.STOPPED, (s) => s.observedGeneration === 2n));
+        assert.ok(stopped.stopTime);
+        assert.equal((await mock.inspect("web-2"))?.state, "stopped");
+        await change(h.store, node, "web-2", (i) => (i.spec!.desiredPowerState = PowerState.RUNNING));
+        await until("Running again", inPhase(h.store, "web-2", Phase.RUNNING, (s) => s.observedGeneration === 3n));
+        assert.equal((await mock.inspect("web-2"))?.state, "running");
+      });
+
+      it("creates but does not start an instance assigned Stopped", async () => {
+        await assign(h.store, node, newInstance("cold-1", node, { desired: PowerState.STOPPED }));
+        await until("Stopped", inPhase(h.store, "cold-1", Phase.STOPPED));
+        assert.equal((await mock.inspect("cold-1"))?.state, "created");
+      });
+
+      it("deletes: destroys the instance, then removes assignment and status in one go", async () => {
+        await assign(h.store, node, newInstance("gone-1", node));
+        await until("Running", inPhase(h.store, "gone-1", Phase.RUNNING));
+        await change(h.store, node, "gone-1", (i) => (i.deleteTime = timestampNow()));
+        await until("keys removed", async () => (await h.store.get(keys.assignment(node, "gone-1"))) === undefined);
+        assert.equal(await h.store.get(keys.status("gone-1")), undefined);
+        assert.equal(await mock.inspect("gone-1"), undefined, "the mock runtime no longer has it");
+      });
+
+      it("restarts once when a restart is requested for a new generation", async () => {
+        await assign(h.store, node, newInstance("rs-1", node));
+        const first = await until("Running", inPhase(h.store, "rs-1", Phase.RUNNING));
+        const before = (await mock.inspect("rs-1"))!;
+        const inst = await change(h.store, node, "rs-1", (i) => (i.labels[RESTART_LABEL] = String(i.generation + 1n)));
+        const after = await until("restarted", inPhase(h.store, "rs-1", Phase.RUNNING, (s) => s.observedGeneration === inst.generation));
+        const now = (await mock.inspect("rs-1"))!;
+        assert.ok(now.startedAt! > before.startedAt!, "started again");
+        assert.equal(now.details.start_count, "2");
+        assert.notDeepEqual(after.startTime, first.startTime);
+        // A later change that is not a restart (label still names an older generation) does not restart.
+        const again = await change(h.store, node, "rs-1", (i) => (i.labels.other = "x"));
+        await until("observed", inPhase(h.store, "rs-1", Phase.RUNNING, (s) => s.observedGeneration === again.generation));
+        assert.equal((await mock.inspect("rs-1"))?.details.start_count, "2");
+      });
+
+      it("NEVER: an exit with a code is Failed with that code, an exit 0 is Stopped", async () => {
+        await assign(h.store, node, newInstance("exit-3", node, { policy: RestartPolicy.NEVER, config: { run_for: "200ms", exit_code: "3" } }));
+        await assign(h.store, node, newInstance("exit-0", node, { policy: RestartPolicy.NEVER, config: { run_for: "200ms" } }));
+        const failed = await until("Failed", inPhase(h.store, "exit-3", Phase.FAILED));
+        assert.equal(failed.exitCode, 3);
+        assert.match(failed.message, /exited with code 3/);
+        const done = await until("Stopped", inPhase(h.store, "exit-0", Phase.STOPPED));
+        assert.equal(done.exitCode, 0);
+        assert.equal(done.restartCount, 0);
+      });
+
+      it("ALWAYS and ON_FAILURE restart an exited instance, with a growing restart count", async () => {
+        await assign(h.store, node, newInstance("loop-1", node, { policy: RestartPolicy.ALWAYS, config: { run_for: "100ms" } }));
+        await assign(h.store, node, newInstance("crash-1", node, { policy: RestartPolicy.ON_FAILURE, config: { run_for: "100ms", exit_code: "1" } }));
+        await assign(h.store, node, newInstance("ok-1", node, { policy: RestartPolicy.ON_FAILURE, config: { run_for: "100ms" } }));
+        await until("loop-1 restarted twice", async () => ((await status(h.store, "loop-1"))?.restartCount ?? 0) >= 2);
+        await until("crash-1 restarted twice", async () => ((await status(h.store, "crash-1"))?.restartCount ?? 0) >= 2);
+        const ok = await until("ok-1 done", inPhase(h.store, "ok-1", Phase.STOPPED));
+        assert.equal(ok.restartCount, 0, "ON_FAILURE does not restart a clean exit");
+      });
+
+      it("reports a start error as Failed, and an unknown driver as Failed", async () => {
+        await assign(h.store, node, newInstance("bad-1", node, { policy: RestartPolicy.NEVER, config: { start_error: "no bootable disk" } }));
+        const s = await until("Failed", inPhase(h.store, "bad-1", Phase.FAILED));
+        assert.match(s.message, /no bootable disk/);
+        await assign(h.store, node, newInstance("vm-1", node, { driver: "libvirt" }));
+        const v = await until("Failed", inPhase(h.store, "vm-1", Phase.FAILED));
+        assert.equal(v.message, `driver libvirt is not available on node ${node}`);
+        await assign(h.store, node, newInstance("typo-1", node, { config: { run_fro: "1s" } }));
+        const t = await until("Failed", inPhase(h.store, "typo-1", Phase.FAILED));
+        assert.match(t.message, /unknown mock config key "run_fro"/);
+      });
+
+      it("does not rewrite an unchanged status", async () => {
+        await assign(h.store, node, newInstance("quiet-1", node));
+        await until("Running", inPhase(h.store, "quiet-1", Phase.RUNNING));
+        const rev = (await h.store.get(keys.status("quiet-1")))!.modRevision;
+        // Rewriting the same assignment (same generation) queues the key again; nothing changed.
+        const kv = (await h.store.get(keys.assignment(node, "quiet-1")))!;
+        await h.store.put(keys.assignment(node, "quiet-1"), kv.value);
+        await change(h.store, node, "web-1", (i) => (i.labels.touch = "1")); // a marker that a later event was handled
+        await until("later event handled", inPhase(h.store, "web-1", Phase.RUNNING, (s) => s.observedGeneration === 2n));
+        assert.equal((await h.store.get(keys.status("quiet-1")))!.modRevision, rev);
+      });
+    });
+
+    describe("agent restart", () => {
+      const node = `n-${kind === "etcd" ? "e" : "m"}-restart`;
+
+      it("adopts running instances (no create, no start), destroys orphans, and leaves instances running on stop", async () => {
+        const m1 = mockOf(node);
+        const a1 = boot(node, m1);
+        await a1.start();
+        const names = ["keep-1", "keep-2", "keep-3"];
+        for (const n of names) await assign(h.store, node, newInstance(n, node));
+        await assign(h.store, node, newInstance("drop-1", node));
+        for (const n of [...names, "drop-1"]) await until(`${n} Running`, inPhase(h.store, n, Phase.RUNNING));
+        const startedAt = new Map<string, number | undefined>();
+        for (const n of names) startedAt.set(n, (await m1.inspect(n))?.startedAt);
+
+        await a1.stop();
+        await m1.close();
+        assert.equal(await h.store.get(keys.alive(node)), undefined, "a stopped agent's node is not alive");
+        for (const n of names) assert.equal((await mockOf(node).inspect(n))?.state, "running", "stop leaves instances running");
+
+        // While the agent is away: one assignment vanishes (moved elsewhere), and an instance the
+        // node was never assigned appears in the runtime.
+        await h.store.delete(keys.assignment(node, "drop-1"));
+        const stray = mockOf(node);
+        await stray.create(toDriverSpec(newInstance("stray-1", node)));
+        await stray.start("stray-1");
+        await stray.close();
+
+        const m2 = mockOf(node);
+        const a2 = boot(node, m2);
+        await a2.start();
+        try {
+          assert.deepEqual(a2.adoption.adopted.sort(), names);
+          assert.deepEqual(a2.adoption.orphans.sort(), ["drop-1", "stray-1"]);
+          assert.ok(await h.store.get(keys.alive(node)), "alive again");
+          // Give the reconciles time to run, then check nothing was created or started.
+          await until("a round of reconciles", async () => {
+            const all = await Promise.all(names.map((n) => status(h.store, n)));
+            return all.every((s) => s?.phase === Phase.RUNNING);
+          });
+          await assign(h.store, node, newInstance("marker-1", node));
+          await until("marker Running (the queue has drained the earlier keys)", inPhase(h.store, "marker-1", Phase.RUNNING));
+          assert.equal(m2.counters.creates, 1, "only the marker was created");
+          assert.equal(m2.counters.starts, 1, "only the marker was started");
+          for (const n of names) {
+            const i = await m2.inspect(n);
+            assert.equal(i?.state, "running");
+            assert.equal(i?.startedAt, startedAt.get(n), `${n} was not restarted`);
+            assert.equal(i?.details.start_count, "1");
+          }
+          assert.equal(await m2.inspect("drop-1"), undefined);
+          assert.equal(await m2.inspect("stray-1"), undefined);
+          assert.deepEqual(
+            (await m2.list()).map((i) => i.name).sort(),
+            [...names, "marker-1"].sort(),
+            "nothing duplicated, nothing orphaned",
+          );
+        } finally {
+          await a2.stop();
+          await m2.close();
+        }
+      });
+
+      it("keeps the server's cordon when the agent registers again", async () => {
+        const cnode = `${node}-c`;
+        const m = mockOf(cnode);
+        const a = boot(cnode, m);
+        await a.start();
+        await setCordoned(h.store, cnode, true);
+        await a.stop();
+        const b = boot(cnode, m, { labels: { zone: "z2" } });
+        await b.start();
+        try {
+          const n = fromBinary(NodeSchema, (await h.store.get(keys.node(cnode)))!.value);
+          assert.equal(n.cordoned, true);
+          assert.equal(n.labels.zone, "z2", "the agent's own fields are updated");
+        } finally {
+          await b.stop();
+          await m.close();
+        }
+      });
+
+      it("refuses a node name that is not a DNS label", () => {
+        assert.throws(() => boot("Bad_Node", mockOf("x")), /node name "Bad_Node" is not a DNS label/);
+      });
+    });
+  });
+}
+
+agentSuite("embedded", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "hv-agent-store-"));
+  const store = await openEmbeddedStore(dir, { sync: false });
+  return { store, cleanup: async () => (await store.close(), await rm(dir, { recursive: true, force: true })) };
+});
+
+agentSuite("etcd", async () => {
+  const etcd = await startEtcd();
+  const store = await openEtcdStore({ endpoints: [etcd.endpoint] });
+  return { store, cleanup: async () => (await store.close(), await etcd.stop()) };
+});

@@ -1,0 +1,254 @@
+/*
+ * The agent: one per compute node. It registers the node, keeps it alive, adopts what its
+ * drivers already run, and reconciles every instance assigned to it.
+ *
+ *   start():  fingerprint ──► register nodes/<node> ──► heartbeat alive/<node>
+ *             ──► adopt: driver.list() vs assignments (same uid: keep; otherwise: destroy)
+ *             ──► loops until stop():
+ *                   list+watch assignments/<node>/ ──┐
+ *                   driver events ───────────────────┼──► work queue (keys) ──► reconcile(name)
+ *                   resync every resync period ──────┘
+ *   stop():   loops end, lease revoked; instances keep running (a new agent adopts them)
+ *
+ * It runs in-process (the server's --dev mode, tests) or as the hypervisor-agent binary: it
+ * only needs a Store and drivers.
+ */
+import { create, equals, fromBinary } from "@bufbuild/protobuf";
+import { mkdir } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
+import { type Node, NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
+import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { Heartbeat } from "../../pkg/cluster/heartbeat/index.js";
+import { listWatch, registerNode } from "../../pkg/cluster/registry/index.js";
+import { baseName, keys, type Store } from "../../pkg/cluster/store/index.js";
+import type { Driver } from "../../pkg/compute/driver/index.js";
+import { logger as rootLogger, type Logger } from "../../pkg/log/index.js";
+import { fingerprintNode, type Capacity } from "./fingerprint.js";
+import { Reconciler } from "./reconcile.js";
+import { WorkQueue } from "./workqueue.js";
+
+export interface AgentOptions {
+  store: Store;
+  nodeName: string;
+  drivers: Driver[];
+  labels?: Record<string, string>;
+  /** Liveness lease TTL (default 10 s). */
+  heartbeatTtlSeconds?: number;
+  /** Agent state; the drivers built by buildDrivers keep theirs under it too. */
+  dataDir: string;
+  logger?: Logger;
+  /** Instances reconciled in parallel (default 4). */
+  workers?: number;
+  /** Period of the safety-net resync of every instance and of the fingerprint (default 30 s). */
+  resyncMs?: number;
+  /** Capacity to offer instead of the detected one (simulated nodes). */
+  capacity?: Capacity;
+  address?: string;
+  /** Stop timeout for instances without one (default 30 s). */
+  defaultStopTimeoutMs?: number;
+}
+
+export interface AdoptionReport {
+  /** Instances found running (or stopped) in a driver and assigned here with the same uid. */
+  adopted: string[];
+  /** Instances found in a driver but not assigned here: destroyed. */
+  orphans: string[];
+}
+
+const NODE_NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+export class AgentError extends Error {
+  override name = "AgentError";
+}
+
+export class Agent {
+  readonly nodeName: string;
+  private readonly log: Logger;
+  private readonly queue: WorkQueue<string>;
+  private readonly reconciler: Reconciler;
+  private readonly heartbeat: Heartbeat;
+  private readonly ctl = new AbortController();
+  private readonly loops: Promise<void>[] = [];
+  /** Instance names assigned here as of the last watch event. */
+  private readonly assigned = new Set<string>();
+  private node: Node | undefined;
+  private started = false;
+  private report: AdoptionReport = { adopted: [], orphans: [] };
+
+  constructor(private readonly opts: AgentOptions) {
+    if (!NODE_NAME_RE.test(opts.nodeName)) {
+      throw new AgentError(`node name ${JSON.stringify(opts.nodeName)} is not a DNS label (lowercase letters, digits and '-', at most 63)`);
+    }
+    if (opts.drivers.length === 0) throw new AgentError("an agent needs at least one driver");
+    this.nodeName = opts.nodeName;
+    this.log = opts.logger ?? rootLogger("agent", { node: opts.nodeName });
+    this.queue = new WorkQueue<string>({ logger: this.log, maxDelayMs: 30_000 });
+    const reconcilerOpts: ConstructorParameters<typeof Reconciler>[0] = { store: opts.store, nodeName: opts.nodeName, drivers: opts.drivers, log: this.log };
+    if (opts.defaultStopTimeoutMs !== undefined) reconcilerOpts.defaultStopTimeoutMs = opts.defaultStopTimeoutMs;
+    this.reconciler = new Reconciler(reconcilerOpts);
+    this.heartbeat = new Heartbeat(opts.store, opts.nodeName, { ttlSeconds: opts.heartbeatTtlSeconds ?? 10, logger: this.log });
+  }
+
+  /** What the last start() adopted and destroyed. */
+  get adoption(): AdoptionReport {
+    return this.report;
+  }
+
+  /**
+   * Registers, heartbeats, adopts, and starts reconciling. Resolves once the assignments have
+   * been listed and queued; rejects (leaving nothing running) if registration fails.
+   */
+  async start(signal?: AbortSignal): Promise<void> {
+    if (this.started) throw new AgentError("agent already started");
+    this.started = true;
+    const s = signal ? AbortSignal.any([signal, this.ctl.signal]) : this.ctl.signal;
+    await mkdir(this.opts.dataDir, { recursive: true });
+    this.node = await this.fingerprint(s);
+    await registerNode(this.opts.store, this.node, { signal: s });
+    this.log.info({ drivers: this.node.drivers.map((d) => `${d.name}${d.healthy ? "" : " (unhealthy)"}`) }, "node registered");
+    await this.heartbeat.start(s);
+    try {
+      this.report = await this.adopt(s);
+      let listed!: () => void;
+      const firstList = new Promise<void>((resolve) => (listed = resolve));
+      this.loops.push(
+        this.queue.run(s, this.opts.workers ?? 4, (name, sig) => this.reconciler.reconcile(name, sig)),
+        this.watchAssignments(s, listed),
+        ...this.opts.drivers.map((d) => this.watchDriver(d, s)),
+        this.resync(s),
+      );
+      await Promise.race([firstList, new Promise<void>((resolve) => s.addEventListener("abort", () => resolve(), { once: true }))]);
+    } catch (e) {
+      await this.stop();
+      throw e;
+    }
+    this.log.info({ assigned: this.assigned.size }, "agent started");
+  }
+
+  /** Ends every loop and revokes the lease. Instances keep running. Idempotent. */
+  async stop(): Promise<void> {
+    this.ctl.abort();
+    await Promise.allSettled(this.loops);
+    await this.heartbeat.stop();
+  }
+
+  /**
+   * Instances the drivers already have: those assigned here with the same uid are kept as they
+   * are (no create, no restart); the rest were deleted or moved while we were away: destroyed.
+   */
+  private async adopt(signal: AbortSignal): Promise<AdoptionReport> {
+    const { kvs } = await this.opts.store.range(keys.assignmentsOf(this.nodeName), { signal });
+    const wanted = new Map<string, { uid: string; driver: string }>();
+    for (const kv of kvs) {
+      const i = fromBinary(AssignmentSchema, kv.value).instance;
+      if (i) wanted.set(i.name, { uid: i.uid, driver: i.spec?.driver ?? "" });
+    }
+    const report: AdoptionReport = { adopted: [], orphans: [] };
+    for (const d of this.opts.drivers) {
+      for (const inst of await d.list({ signal })) {
+        const w = wanted.get(inst.name);
+        if (w && w.uid === inst.uid && w.driver === d.name) {
+          report.adopted.push(inst.name);
+          this.log.info({ instance: inst.name, driver: d.name, state: inst.state }, "adopted instance");
+        } else {
+          await d.destroy(inst.name, { signal, force: true });
+          report.orphans.push(inst.name);
+          this.log.info({ instance: inst.name, driver: d.name, uid: inst.uid }, "destroyed orphan instance: not assigned to this node");
+        }
+      }
+    }
+    this.log.info({ adopted: report.adopted.length, orphans: report.orphans.length }, "adoption done");
+    return report;
+  }
+
+  /** List+watch of assignments/<node>/: every key seen, and every key that vanished, is queued. */
+  private async watchAssignments(signal: AbortSignal, listed: () => void): Promise<void> {
+    const prefix = keys.assignmentsOf(this.nodeName);
+    const onError = (e: unknown) => this.log.warn({ err: e }, "assignment watch failed; listing again");
+    for await (const ev of listWatch(this.opts.store, prefix, { signal, onError })) {
+      if (ev.type === "snapshot") {
+        const now = new Set(ev.kvs.map((kv) => baseName(kv.key)));
+        // Names that disappeared while we were not watching still need their instance removed.
+        for (const n of this.assigned) if (!now.has(n)) this.queue.add(n);
+        this.assigned.clear();
+        for (const n of now) {
+          this.assigned.add(n);
+          this.queue.add(n);
+        }
+        listed();
+        continue;
+      }
+      for (const e of ev.batch.events) {
+        const n = baseName(e.kv.key);
+        if (e.type === "put") this.assigned.add(n);
+        else this.assigned.delete(n);
+        this.queue.add(n);
+      }
+    }
+  }
+
+  /** A driver event (start, stop, exit) only says "look at this instance again". */
+  private async watchDriver(d: Driver, signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      try {
+        for await (const ev of d.events({ signal })) this.queue.add(ev.name);
+      } catch (e) {
+        if (signal.aborted) return;
+        this.log.warn({ driver: d.name, err: e }, "driver event stream failed; resubscribing");
+      }
+      await sleep(1000, undefined, { signal }).catch(() => undefined);
+    }
+  }
+
+  /**
+   * The safety net: every assigned instance and every driver instance is queued again, and the
+   * node re-registered if its fingerprint (driver health, capacity) changed.
+   */
+  private async resync(signal: AbortSignal): Promise<void> {
+    const period = this.opts.resyncMs ?? 30_000;
+    while (!signal.aborted) {
+      try {
+        await sleep(period, undefined, { signal });
+      } catch {
+        return;
+      }
+      try {
+        for (const n of this.assigned) this.queue.add(n);
+        for (const d of this.opts.drivers) for (const i of await d.list({ signal })) this.queue.add(i.name);
+        this.reconciler.prune(this.assigned);
+        const node = await this.fingerprint(signal);
+        if (this.node && !sameFingerprint(this.node, node)) {
+          await registerNode(this.opts.store, node, { signal });
+          this.log.info("node fingerprint changed; registered again");
+        }
+        this.node = node;
+      } catch (e) {
+        if (!signal.aborted) this.log.warn({ err: e }, "resync failed");
+      }
+    }
+  }
+
+  private fingerprint(signal: AbortSignal): Promise<Node> {
+    const o: Parameters<typeof fingerprintNode>[0] = {
+      nodeName: this.nodeName,
+      labels: this.opts.labels ?? {},
+      drivers: this.opts.drivers,
+      dataDir: this.opts.dataDir,
+      signal,
+    };
+    if (this.opts.capacity) o.capacity = this.opts.capacity;
+    if (this.opts.address) o.address = this.opts.address;
+    return fingerprintNode(o);
+  }
+}
+
+/** Equal apart from the registration time and the volatile driver attributes (instance counts). */
+function sameFingerprint(a: Node, b: Node): boolean {
+  const strip = (n: Node) => {
+    const c = create(NodeSchema, n);
+    c.registerTime = undefined;
+    for (const d of c.drivers) delete d.attributes.instances;
+    return c;
+  };
+  return equals(NodeSchema, strip(a), strip(b));
+}

@@ -1,0 +1,8 @@
+// The node agent: registers the node, heartbeats, adopts what its drivers already run, and
+// reconciles the instances assigned to it through a work queue. Used in-process (--dev, tests)
+// and by cmd/hypervisor-agent.
+export { Agent, AgentError, type AdoptionReport, type AgentOptions } from "./agent.js";
+export { agentSchema, buildDrivers, SUPPORTED_DRIVERS, type AgentConfig } from "./config.js";
+export { AGENT_VERSION, fingerprintNode, type Capacity, type NodeFingerprintOptions } from "./fingerprint.js";
+export { Reconciler, RESTART_LABEL, STOP_TIMEOUT_LABEL, StatusConflictError, statusOf, toDriverSpec, type ReconcilerOptions } from "./reconcile.js";
+export { TerminalError, WorkQueue, type ProcessResult, type Processor, type WorkQueueOptions } from "./workqueue.js";

@@ -1,0 +1,358 @@
+/*
+ * Reconcile one instance: make the driver's instance match the assignment, then report it in
+ * status/<name>. Level-triggered: every call re-reads the assignment, the status and the driver,
+ * and the same call is safe to run twice; nothing depends on which event caused it.
+ *
+ *   no assignment ─────────────────────────────► destroy any local instance of that name (orphan)
+ *   delete_time set ───────────────────────────► destroy ──► txn delete assignment + status
+ *   desired RUNNING:  absent ──create──► created ──start──► running
+ *                     stopped ──start──► running
+ *                     running + restart requested ──stop──► start
+ *                     exited / failed ──restart policy──► start after backoff | STOPPED | FAILED
+ *   desired STOPPED:  absent ──create──► created      running ──stop(timeout)──► stopped
+ *
+ * A restart is requested when the assignment's generation is newer than the status's
+ * observed_generation and labels["hypervisor.io/restart-requested"] equals that generation.
+ * Status is written only when it changed (update_time aside), with a compare on the assignment's
+ * and the status's mod revisions so a stale reconcile can never overwrite a newer one.
+ */
+import { create, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { timestampFromMs, timestampNow } from "@bufbuild/protobuf/wkt";
+import {
+  type Instance,
+  InstanceSchema,
+  type InstanceStatus,
+  InstanceStatusSchema,
+  Phase,
+  PowerState,
+  RestartPolicy,
+} from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { ifModRevision, keys, type Store } from "../../pkg/cluster/store/index.js";
+import { InvalidSpecError, StartError, type Driver, type DriverInstance, type DriverInstanceSpec } from "../../pkg/compute/driver/index.js";
+import type { Logger } from "../../pkg/log/index.js";
+import type { ProcessResult } from "./workqueue.js";
+
+/** Set by the server's RestartInstance to the generation that asks for the restart. */
+export const RESTART_LABEL = "hypervisor.io/restart-requested";
+/** Set by the server's StopInstance when the user gave a timeout (seconds). */
+export const STOP_TIMEOUT_LABEL = "hypervisor.io/stop-timeout-seconds";
+
+export interface ReconcilerOptions {
+  store: Store;
+  nodeName: string;
+  drivers: Driver[];
+  log: Logger;
+  /** Stop timeout when the instance has none (default 30 s). */
+  defaultStopTimeoutMs?: number;
+  /** First restart delay after the first immediate one (default 1 s), doubled up to maxRestartDelayMs. */
+  restartDelayMs?: number;
+  maxRestartDelayMs?: number;
+}
+
+/** Status fields as the reconciler builds them (plain values, no message type tag). */
+export type StatusFields = Omit<Partial<InstanceStatus>, "$typeName" | "$unknown">;
+
+/** Consecutive policy restarts of one instance, for crash-loop backoff. Memory only. */
+interface RestartState {
+  uid: string;
+  consecutive: number;
+}
+
+/** A run longer than this before exiting resets the crash-loop backoff. */
+const STABLE_RUN_MS = 60_000;
+
+interface Ctx {
+  name: string;
+  inst: Instance;
+  assignmentRev: number;
+  statusRev: number;
+  /** The status last written for this very instance (same uid), if any. */
+  prev: InstanceStatus | undefined;
+  signal: AbortSignal;
+}
+
+export class Reconciler {
+  private readonly drivers = new Map<string, Driver>();
+  private readonly restarts = new Map<string, RestartState>();
+  private readonly defaultStopTimeoutMs: number;
+  private readonly restartDelayMs: number;
+  private readonly maxRestartDelayMs: number;
+
+  constructor(private readonly opts: ReconcilerOptions) {
+    for (const d of opts.drivers) this.drivers.set(d.name, d);
+    this.defaultStopTimeoutMs = opts.defaultStopTimeoutMs ?? 30_000;
+    this.restartDelayMs = opts.restartDelayMs ?? 1000;
+    this.maxRestartDelayMs = opts.maxRestartDelayMs ?? 30_000;
+  }
+
+  async reconcile(name: string, signal: AbortSignal): Promise<ProcessResult> {
+    const { store, nodeName } = this.opts;
+    const [akv, skv] = await Promise.all([store.get(keys.assignment(nodeName, name), { signal }), store.get(keys.status(name), { signal })]);
+    if (!akv) {
+      this.restarts.delete(name);
+      await this.destroyUnassigned(name, signal);
+      return {};
+    }
+    const inst = fromBinary(AssignmentSchema, akv.value).instance;
+    if (!inst || inst.name !== name) {
+      this.opts.log.error({ instance: name }, "assignment without a matching instance; ignoring it");
+      return {};
+    }
+    const stored = skv ? fromBinary(InstanceSchema, skv.value) : undefined;
+    const ctx: Ctx = {
+      name,
+      inst,
+      assignmentRev: akv.modRevision,
+      statusRev: skv?.modRevision ?? 0,
+      prev: stored?.uid === inst.uid ? stored.status : undefined,
+      signal,
+    };
+    const log = this.opts.log.child({ instance: name });
+    const driverName = inst.spec?.driver ?? "";
+    const driver = this.drivers.get(driverName);
+
+    if (inst.deleteTime) {
+      if (driver && (await driver.inspect(name, { signal }))) {
+        await driver.destroy(name, { signal, force: true });
+        log.info("instance destroyed");
+      }
+      const res = await store.txn(
+        [ifModRevision(keys.assignment(nodeName, name), akv.modRevision)],
+        [
+          { type: "delete", key: keys.assignment(nodeName, name) },
+          { type: "delete", key: keys.status(name) },
+        ],
+        [],
+        { signal },
+      );
+      this.restarts.delete(name);
+      // A failed compare means the assignment changed meanwhile: look again.
+      return res.succeeded ? {} : { requeueAfterMs: 0 };
+    }
+
+    if (!driver) {
+      await this.write(ctx, { phase: Phase.FAILED, message: `driver ${driverName} is not available on node ${nodeName}` }, true);
+      return {};
+    }
+
+    let actual = await driver.inspect(name, { signal });
+    if (actual && actual.uid !== inst.uid) {
+      // An older instance of the same name (deleted and re-created meanwhile): not ours any more.
+      log.info({ oldUid: actual.uid }, "destroying an older instance of the same name");
+      await driver.destroy(name, { signal, force: true });
+      actual = undefined;
+    }
+
+    const desired = inst.spec?.desiredPowerState === PowerState.STOPPED ? PowerState.STOPPED : PowerState.RUNNING;
+    if (!actual) {
+      await this.write(ctx, { phase: Phase.CREATING, message: "" }, false);
+      try {
+        actual = await driver.create(toDriverSpec(inst), { signal });
+      } catch (e) {
+        if (!(e instanceof InvalidSpecError)) throw e;
+        await this.write(ctx, { phase: Phase.FAILED, message: e.message }, true);
+        return {}; // retrying a spec the driver rejects cannot help
+      }
+      log.info("instance created");
+    }
+
+    const observed = ctx.prev?.observedGeneration ?? 0n;
+    const restartRequested = inst.generation > observed && inst.labels[RESTART_LABEL] === String(inst.generation);
+    let restartCount = ctx.prev?.restartCount ?? 0;
+    let note: string | undefined;
+    let requeueAfterMs: number | undefined;
+
+    if (desired === PowerState.STOPPED) {
+      if (actual.state === "running") {
+        await this.write(ctx, { ...statusOf(actual, desired), phase: Phase.STOPPING, message: "" }, false);
+        actual = await driver.stop(name, this.stopTimeoutMs(inst), { signal });
+        log.info("instance stopped");
+      }
+    } else if (actual.state === "running" && restartRequested) {
+      await this.write(ctx, { ...statusOf(actual, desired), phase: Phase.STOPPING, message: "restarting" }, false);
+      await driver.stop(name, this.stopTimeoutMs(inst), { signal });
+      actual = await this.start(driver, name, signal);
+      log.info("instance restarted on request");
+    } else if (actual.state === "created" || actual.state === "stopped") {
+      actual = await this.start(driver, name, signal);
+      if (actual.state === "running") log.info("instance started");
+    } else if (actual.state === "exited" || actual.state === "failed") {
+      const failed = actual.state === "failed" || (actual.exitCode ?? 0) !== 0;
+      const policy = inst.spec?.restartPolicy ?? RestartPolicy.UNSPECIFIED;
+      const restart = restartRequested || policy === RestartPolicy.ALWAYS || policy === RestartPolicy.UNSPECIFIED || (policy === RestartPolicy.ON_FAILURE && failed);
+      if (restart) {
+        const r = this.restartState(name, inst.uid, actual);
+        const notBefore = (actual.finishedAt ?? Date.now()) + this.restartDelay(r.consecutive);
+        const wait = restartRequested ? 0 : notBefore - Date.now();
+        if (wait > 0) {
+          requeueAfterMs = wait;
+          note = `${describeExit(actual)}; restarting in ${Math.ceil(wait / 1000)}s`;
+        } else {
+          r.consecutive++;
+          restartCount++;
+          actual = await this.start(driver, name, signal);
+          log.info({ restartCount, policy: RestartPolicy[policy] }, "instance restarted by its restart policy");
+        }
+      }
+    }
+
+    // A start that failed just now (start_error, bad image) leaves a failed instance: the restart
+    // policy decides on the next pass, after the backoff.
+    if (actual.state === "failed" && requeueAfterMs === undefined && this.retriesFailures(inst, restartRequested)) {
+      const r = this.restartState(name, inst.uid, actual);
+      requeueAfterMs = Math.max(this.restartDelay(r.consecutive), 1);
+    }
+
+    const status = statusOf(actual, desired);
+    if (note !== undefined) status.message = note;
+    status.restartCount = restartCount;
+    await this.write(ctx, status, true);
+    return requeueAfterMs !== undefined ? { requeueAfterMs } : {};
+  }
+
+  /** Forgets in-memory state of instances that are gone (called by the agent on resync). */
+  prune(assigned: Set<string>): void {
+    for (const n of this.restarts.keys()) if (!assigned.has(n)) this.restarts.delete(n);
+  }
+
+  private async start(driver: Driver, name: string, signal: AbortSignal): Promise<DriverInstance> {
+    try {
+      return await driver.start(name, { signal });
+    } catch (e) {
+      if (!(e instanceof StartError)) throw e;
+      const now = await driver.inspect(name, { signal });
+      if (!now) throw e;
+      this.opts.log.warn({ instance: name, err: e.message }, "instance failed to start");
+      return now.state === "failed" ? now : { ...now, state: "failed", message: e.message };
+    }
+  }
+
+  /** For a failed start: every policy but NEVER retries a failure. */
+  private retriesFailures(inst: Instance, requested: boolean): boolean {
+    const policy = inst.spec?.restartPolicy ?? RestartPolicy.UNSPECIFIED;
+    return requested || policy !== RestartPolicy.NEVER;
+  }
+
+  private restartState(name: string, uid: string, actual: DriverInstance): RestartState {
+    let r = this.restarts.get(name);
+    if (!r || r.uid !== uid) {
+      r = { uid, consecutive: 0 };
+      this.restarts.set(name, r);
+    }
+    if (actual.startedAt !== undefined && actual.finishedAt !== undefined && actual.finishedAt - actual.startedAt >= STABLE_RUN_MS) r.consecutive = 0;
+    return r;
+  }
+
+  /** No delay before the first restart, then restartDelayMs doubling up to the cap. */
+  private restartDelay(consecutive: number): number {
+    if (consecutive === 0) return 0;
+    return Math.min(this.maxRestartDelayMs, this.restartDelayMs * 2 ** Math.min(consecutive - 1, 20));
+  }
+
+  private stopTimeoutMs(inst: Instance): number {
+    const s = Number(inst.labels[STOP_TIMEOUT_LABEL]);
+    return Number.isFinite(s) && s > 0 ? s * 1000 : this.defaultStopTimeoutMs;
+  }
+
+  /** Destroys a local instance of `name` that is not (or no longer) assigned to this node. */
+  private async destroyUnassigned(name: string, signal: AbortSignal): Promise<void> {
+    for (const d of this.drivers.values()) {
+      if (await d.inspect(name, { signal })) {
+        await d.destroy(name, { signal, force: true });
+        this.opts.log.info({ instance: name, driver: d.name }, "destroyed an instance no longer assigned to this node");
+      }
+    }
+  }
+
+  /**
+   * Writes status/<name> if it differs from what is stored (update_time aside). `final` marks
+   * the status that reflects the assignment's generation (observed_generation is bumped then).
+   */
+  private async write(ctx: Ctx, fields: StatusFields, final: boolean): Promise<void> {
+    const { store, nodeName } = this.opts;
+    const status = create(InstanceStatusSchema, { ...fields });
+    status.node = nodeName;
+    status.observedGeneration = final ? ctx.inst.generation : (ctx.prev?.observedGeneration ?? 0n);
+    status.restartCount = fields.restartCount ?? ctx.prev?.restartCount ?? 0;
+    if (ctx.prev && sameStatus(ctx.prev, status)) return;
+    status.updateTime = timestampNow();
+    const record = create(InstanceSchema, { name: ctx.name, uid: ctx.inst.uid, status });
+    const res = await store.txn(
+      [ifModRevision(keys.assignment(nodeName, ctx.name), ctx.assignmentRev), ifModRevision(keys.status(ctx.name), ctx.statusRev)],
+      [{ type: "put", key: keys.status(ctx.name), value: toBinary(InstanceSchema, record) }],
+      [],
+      { signal: ctx.signal },
+    );
+    if (!res.succeeded) throw new StatusConflictError(ctx.name);
+    ctx.statusRev = res.revision;
+    ctx.prev = status;
+  }
+}
+
+/** The assignment or the status changed while reconciling: the queue retries with fresh reads. */
+export class StatusConflictError extends Error {
+  override name = "StatusConflictError";
+  constructor(readonly instance: string) {
+    super(`status of instance ${instance} changed while reconciling it`);
+  }
+}
+
+function sameStatus(a: InstanceStatus, b: InstanceStatus): boolean {
+  const x = create(InstanceStatusSchema, a);
+  const y = create(InstanceStatusSchema, b);
+  x.updateTime = undefined;
+  y.updateTime = undefined;
+  return equals(InstanceStatusSchema, x, y);
+}
+
+function describeExit(a: DriverInstance): string {
+  if (a.state === "failed") return `failed: ${a.message ?? "unknown reason"}`;
+  return `exited with code ${a.exitCode ?? 0}`;
+}
+
+/** What the driver reports, as phase, times, addresses and details. */
+export function statusOf(a: DriverInstance, desired: PowerState): StatusFields {
+  const s: StatusFields = { addresses: [...a.addresses], details: { ...a.details }, exitCode: a.exitCode ?? 0, message: a.message ?? "" };
+  switch (a.state) {
+    case "running":
+      s.phase = Phase.RUNNING;
+      break;
+    case "created":
+      s.phase = desired === PowerState.RUNNING ? Phase.CREATING : Phase.STOPPED;
+      break;
+    case "stopped":
+      s.phase = Phase.STOPPED;
+      break;
+    case "exited":
+      s.phase = (a.exitCode ?? 0) === 0 ? Phase.STOPPED : Phase.FAILED;
+      s.message = describeExit(a);
+      break;
+    case "failed":
+      s.phase = Phase.FAILED;
+      break;
+  }
+  if (a.startedAt !== undefined) s.startTime = timestampFromMs(a.startedAt);
+  if (a.state !== "running" && a.finishedAt !== undefined) s.stopTime = timestampFromMs(a.finishedAt);
+  return s;
+}
+
+export function toDriverSpec(inst: Instance): DriverInstanceSpec {
+  const spec = inst.spec;
+  return {
+    name: inst.name,
+    uid: inst.uid,
+    labels: { ...inst.labels },
+    image: spec?.image ?? "",
+    vcpus: spec?.vcpus ?? 0,
+    memoryMiB: Number(spec?.memoryMib ?? 0n),
+    diskGiB: Number(spec?.diskGib ?? 0n),
+    command: [...(spec?.command ?? [])],
+    args: [...(spec?.args ?? [])],
+    env: { ...(spec?.env ?? {}) },
+    kernel: spec?.kernel ?? "",
+    initrd: spec?.initrd ?? "",
+    cmdline: spec?.cmdline ?? "",
+    config: { ...(spec?.driverConfig ?? {}) },
+  };
+}

@@ -10,7 +10,7 @@ import { createMockDriver } from "../../pkg/compute/mock/index.js";
 import { ConfigError, type ConfigOf, type Schema } from "../../pkg/config/index.js";
 
 export const agentSchema = {
-  "node-name": { type: "string", default: os.hostname(), description: "name of this node in the cluster (DNS label)" },
+  "node-name": { type: "string", default: defaultNodeName(), description: "name of this node in the cluster (DNS label); empty: the hostname" },
   "etcd-endpoints": { type: "string[]", default: ["http://127.0.0.1:2379"], description: "etcd client URLs, comma-separated" },
   "etcd-ca-file": { type: "string", default: "", description: "CA certificate (PEM) to verify etcd; empty: no TLS" },
   "etcd-cert-file": { type: "string", default: "", description: "client certificate (PEM) for etcd" },
@@ -28,6 +28,11 @@ export const agentSchema = {
   workers: { type: "number", default: 4, integer: true, min: 1, description: "instances reconciled in parallel" },
   "resync-seconds": { type: "number", default: 30, integer: true, min: 1, description: "period of the safety-net resync of every instance" },
 } satisfies Schema;
+
+/** The hostname as a DNS label: lowercased, up to the first dot. */
+export function defaultNodeName(): string {
+  return os.hostname().toLowerCase().split(".")[0] ?? "";
+}
 
 export type AgentConfig = ConfigOf<typeof agentSchema>;
 

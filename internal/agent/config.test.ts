@@ -1,0 +1,50 @@
+// The agent's settings: configs/agent.yaml is valid against the schema, flags map as documented,
+// and driver names are checked.
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { loadConfig } from "../../pkg/config/index.js";
+import { agentSchema, buildDrivers, defaultNodeName } from "./index.js";
+
+const repo = fileURLToPath(new URL("../../../", import.meta.url));
+const dir = await mkdtemp(join(tmpdir(), "hv-agent-config-"));
+after(() => rm(dir, { recursive: true, force: true }));
+
+describe("agent config", () => {
+  it("loads configs/agent.yaml, and every setting in it is documented there", async () => {
+    const file = join(repo, "configs/agent.yaml");
+    const { config, sources } = await loadConfig(agentSchema, { argv: ["--config", file], env: {} });
+    assert.deepEqual(config.drivers, ["mock"]);
+    assert.equal(config.heartbeatTtl, 10);
+    assert.equal(config.nodeName, defaultNodeName(), "node-name is commented out: the hostname");
+    const fromFile = Object.entries(sources).filter(([, s]) => s === "file").map(([k]) => k);
+    const missing = Object.keys(agentSchema).filter((k) => k !== "node-name" && !fromFile.includes(k));
+    assert.deepEqual(missing, [], "every setting has a commented default in configs/agent.yaml");
+  });
+
+  it("takes the flags the e2e test and the docs use", async () => {
+    const { config } = await loadConfig(agentSchema, {
+      argv: ["--node-name", "node-a", "--etcd-endpoints", "http://a:2379,http://b:2379", "--heartbeat-ttl", "3", "--drivers", "mock", "--data-dir", "/tmp/x", "--label", "name=node-a", "--label", "zone=z", "--capacity-vcpus", "10", "--capacity-memory-mib", "10240"],
+      env: {},
+    });
+    assert.equal(config.nodeName, "node-a");
+    assert.deepEqual(config.etcdEndpoints, ["http://a:2379", "http://b:2379"]);
+    assert.equal(config.heartbeatTtl, 3);
+    assert.deepEqual(config.label, { name: "node-a", zone: "z" });
+    assert.equal(config.capacityVcpus, 10);
+    assert.equal(config.capacityMemoryMib, 10240);
+  });
+
+  it("builds the mock driver under data-dir/mock and names unknown drivers in the error", async () => {
+    const [d] = buildDrivers(["mock"], dir);
+    assert.equal(d?.name, "mock");
+    assert.equal((await d!.fingerprint()).attributes.state_dir, join(dir, "mock"));
+    await d!.close();
+    assert.throws(() => buildDrivers(["mock", "vmware"], dir), /drivers: unknown driver "vmware"; this agent supports mock/);
+    assert.throws(() => buildDrivers(["mock", "mock"], dir), /listed twice/);
+    assert.throws(() => buildDrivers([], dir), /at least one driver/);
+  });
+});

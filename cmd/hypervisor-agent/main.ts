@@ -60,7 +60,8 @@ async function main(argv: string[]): Promise<number> {
         break;
       } catch (e) {
         if (signal.aborted) return 0;
-        if (attempt === 1 || attempt % 10 === 0) log.warn({ endpoints: c.etcdEndpoints, err: (e as Error).message }, "etcd not reachable yet; retrying");
+        if (attempt === 1 || attempt % 10 === 0)
+          log.warn({ endpoints: c.etcdEndpoints, err: (e as Error).message }, "etcd not reachable yet; retrying");
         await sleep(1000, undefined, { signal }).catch(() => undefined);
       }
     }

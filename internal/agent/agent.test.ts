@@ -10,7 +10,14 @@ import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
-import { type Instance, InstanceSchema, type InstanceStatus, Phase, PowerState, RestartPolicy } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import {
+  type Instance,
+  InstanceSchema,
+  type InstanceStatus,
+  Phase,
+  PowerState,
+  RestartPolicy,
+} from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { setCordoned } from "../../pkg/cluster/registry/index.js";
@@ -40,7 +47,11 @@ interface Harness {
   dir: string;
 }
 
-function newInstance(name: string, node: string, over: { config?: Record<string, string>; policy?: RestartPolicy; driver?: string; desired?: PowerState } = {}): Instance {
+function newInstance(
+  name: string,
+  node: string,
+  over: { config?: Record<string, string>; policy?: RestartPolicy; driver?: string; desired?: PowerState } = {},
+): Instance {
   return create(InstanceSchema, {
     name,
     uid: randomUUID(),
@@ -78,10 +89,12 @@ async function status(store: Store, name: string): Promise<InstanceStatus | unde
   return kv ? fromBinary(InstanceSchema, kv.value).status : undefined;
 }
 
-const inPhase = (store: Store, name: string, phase: Phase, extra: (s: InstanceStatus) => boolean = () => true) => async () => {
-  const s = await status(store, name);
-  return s && s.phase === phase && extra(s) ? s : undefined;
-};
+const inPhase =
+  (store: Store, name: string, phase: Phase, extra: (s: InstanceStatus) => boolean = () => true) =>
+  async () => {
+    const s = await status(store, name);
+    return s && s.phase === phase && extra(s) ? s : undefined;
+  };
 
 function agentSuite(kind: string, open: Opener): void {
   describe(`agent on ${kind}`, () => {
@@ -99,7 +112,16 @@ function agentSuite(kind: string, open: Opener): void {
     });
 
     const boot = (node: string, driver: MockDriver, over: Partial<ConstructorParameters<typeof Agent>[0]> = {}) =>
-      new Agent({ store: h.store, nodeName: node, drivers: [driver], labels: { zone: "z1" }, heartbeatTtlSeconds: 2, dataDir: join(h.dir, node), resyncMs: 60_000, ...over });
+      new Agent({
+        store: h.store,
+        nodeName: node,
+        drivers: [driver],
+        labels: { zone: "z1" },
+        heartbeatTtlSeconds: 2,
+        dataDir: join(h.dir, node),
+        resyncMs: 60_000,
+        ...over,
+      });
     const mockOf = (node: string) => createMockDriver({ stateDir: join(h.dir, node, "mock") });
 
     describe("one agent", () => {
@@ -150,11 +172,17 @@ function agentSuite(kind: string, open: Opener): void {
         await assign(h.store, node, newInstance("web-2", node));
         await until("Running", inPhase(h.store, "web-2", Phase.RUNNING));
         await change(h.store, node, "web-2", (i) => (i.spec!.desiredPowerState = PowerState.STOPPED));
-        const stopped = await until("Stopped", inPhase(h.store, "web-2", Phase.STOPPED, (s) => s.observedGeneration === 2n));
+        const stopped = await until(
+          "Stopped",
+          inPhase(h.store, "web-2", Phase.STOPPED, (s) => s.observedGeneration === 2n),
+        );
         assert.ok(stopped.stopTime);
         assert.equal((await mock.inspect("web-2"))?.state, "stopped");
         await change(h.store, node, "web-2", (i) => (i.spec!.desiredPowerState = PowerState.RUNNING));
-        await until("Running again", inPhase(h.store, "web-2", Phase.RUNNING, (s) => s.observedGeneration === 3n));
+        await until(
+          "Running again",
+          inPhase(h.store, "web-2", Phase.RUNNING, (s) => s.observedGeneration === 3n),
+        );
         assert.equal((await mock.inspect("web-2"))?.state, "running");
       });
 
@@ -178,19 +206,29 @@ function agentSuite(kind: string, open: Opener): void {
         const first = await until("Running", inPhase(h.store, "rs-1", Phase.RUNNING));
         const before = (await mock.inspect("rs-1"))!;
         const inst = await change(h.store, node, "rs-1", (i) => (i.labels[RESTART_LABEL] = String(i.generation + 1n)));
-        const after = await until("restarted", inPhase(h.store, "rs-1", Phase.RUNNING, (s) => s.observedGeneration === inst.generation));
+        const after = await until(
+          "restarted",
+          inPhase(h.store, "rs-1", Phase.RUNNING, (s) => s.observedGeneration === inst.generation),
+        );
         const now = (await mock.inspect("rs-1"))!;
         assert.ok(now.startedAt! > before.startedAt!, "started again");
         assert.equal(now.details.start_count, "2");
         assert.notDeepEqual(after.startTime, first.startTime);
         // A later change that is not a restart (label still names an older generation) does not restart.
         const again = await change(h.store, node, "rs-1", (i) => (i.labels.other = "x"));
-        await until("observed", inPhase(h.store, "rs-1", Phase.RUNNING, (s) => s.observedGeneration === again.generation));
+        await until(
+          "observed",
+          inPhase(h.store, "rs-1", Phase.RUNNING, (s) => s.observedGeneration === again.generation),
+        );
         assert.equal((await mock.inspect("rs-1"))?.details.start_count, "2");
       });
 
       it("NEVER: an exit with a code is Failed with that code, an exit 0 is Stopped", async () => {
-        await assign(h.store, node, newInstance("exit-3", node, { policy: RestartPolicy.NEVER, config: { run_for: "200ms", exit_code: "3" } }));
+        await assign(
+          h.store,
+          node,
+          newInstance("exit-3", node, { policy: RestartPolicy.NEVER, config: { run_for: "200ms", exit_code: "3" } }),
+        );
         await assign(h.store, node, newInstance("exit-0", node, { policy: RestartPolicy.NEVER, config: { run_for: "200ms" } }));
         const failed = await until("Failed", inPhase(h.store, "exit-3", Phase.FAILED));
         assert.equal(failed.exitCode, 3);
@@ -202,7 +240,11 @@ function agentSuite(kind: string, open: Opener): void {
 
       it("ALWAYS and ON_FAILURE restart an exited instance, with a growing restart count", async () => {
         await assign(h.store, node, newInstance("loop-1", node, { policy: RestartPolicy.ALWAYS, config: { run_for: "100ms" } }));
-        await assign(h.store, node, newInstance("crash-1", node, { policy: RestartPolicy.ON_FAILURE, config: { run_for: "100ms", exit_code: "1" } }));
+        await assign(
+          h.store,
+          node,
+          newInstance("crash-1", node, { policy: RestartPolicy.ON_FAILURE, config: { run_for: "100ms", exit_code: "1" } }),
+        );
         await assign(h.store, node, newInstance("ok-1", node, { policy: RestartPolicy.ON_FAILURE, config: { run_for: "100ms" } }));
         await until("loop-1 restarted twice", async () => ((await status(h.store, "loop-1"))?.restartCount ?? 0) >= 2);
         await until("crash-1 restarted twice", async () => ((await status(h.store, "crash-1"))?.restartCount ?? 0) >= 2);
@@ -211,7 +253,11 @@ function agentSuite(kind: string, open: Opener): void {
       });
 
       it("reports a start error as Failed, and an unknown driver as Failed", async () => {
-        await assign(h.store, node, newInstance("bad-1", node, { policy: RestartPolicy.NEVER, config: { start_error: "no bootable disk" } }));
+        await assign(
+          h.store,
+          node,
+          newInstance("bad-1", node, { policy: RestartPolicy.NEVER, config: { start_error: "no bootable disk" } }),
+        );
         const s = await until("Failed", inPhase(h.store, "bad-1", Phase.FAILED));
         assert.match(s.message, /no bootable disk/);
         await assign(h.store, node, newInstance("vm-1", node, { driver: "libvirt" }));
@@ -230,7 +276,10 @@ function agentSuite(kind: string, open: Opener): void {
         const kv = (await h.store.get(keys.assignment(node, "quiet-1")))!;
         await h.store.put(keys.assignment(node, "quiet-1"), kv.value);
         await change(h.store, node, "web-1", (i) => (i.labels.touch = "1")); // a marker that a later event was handled
-        await until("later event handled", inPhase(h.store, "web-1", Phase.RUNNING, (s) => s.observedGeneration === 2n));
+        await until(
+          "later event handled",
+          inPhase(h.store, "web-1", Phase.RUNNING, (s) => s.observedGeneration === 2n),
+        );
         assert.equal((await h.store.get(keys.status("quiet-1")))!.modRevision, rev);
       });
     });

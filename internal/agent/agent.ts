@@ -83,7 +83,12 @@ export class Agent {
     this.nodeName = opts.nodeName;
     this.log = opts.logger ?? rootLogger("agent", { node: opts.nodeName });
     this.queue = new WorkQueue<string>({ logger: this.log, maxDelayMs: 30_000 });
-    const reconcilerOpts: ConstructorParameters<typeof Reconciler>[0] = { store: opts.store, nodeName: opts.nodeName, drivers: opts.drivers, log: this.log };
+    const reconcilerOpts: ConstructorParameters<typeof Reconciler>[0] = {
+      store: opts.store,
+      nodeName: opts.nodeName,
+      drivers: opts.drivers,
+      log: this.log,
+    };
     if (opts.defaultStopTimeoutMs !== undefined) reconcilerOpts.defaultStopTimeoutMs = opts.defaultStopTimeoutMs;
     this.reconciler = new Reconciler(reconcilerOpts);
     this.heartbeat = new Heartbeat(opts.store, opts.nodeName, { ttlSeconds: opts.heartbeatTtlSeconds ?? 10, logger: this.log });

@@ -20,14 +20,35 @@ describe("agent config", () => {
     assert.deepEqual(config.drivers, ["mock"]);
     assert.equal(config.heartbeatTtl, 10);
     assert.equal(config.nodeName, defaultNodeName(), "node-name is commented out: the hostname");
-    const fromFile = Object.entries(sources).filter(([, s]) => s === "file").map(([k]) => k);
+    const fromFile = Object.entries(sources)
+      .filter(([, s]) => s === "file")
+      .map(([k]) => k);
     const missing = Object.keys(agentSchema).filter((k) => k !== "node-name" && !fromFile.includes(k));
     assert.deepEqual(missing, [], "every setting has a commented default in configs/agent.yaml");
   });
 
   it("takes the flags the e2e test and the docs use", async () => {
     const { config } = await loadConfig(agentSchema, {
-      argv: ["--node-name", "node-a", "--etcd-endpoints", "http://a:2379,http://b:2379", "--heartbeat-ttl", "3", "--drivers", "mock", "--data-dir", "/tmp/x", "--label", "name=node-a", "--label", "zone=z", "--capacity-vcpus", "10", "--capacity-memory-mib", "10240"],
+      argv: [
+        "--node-name",
+        "node-a",
+        "--etcd-endpoints",
+        "http://a:2379,http://b:2379",
+        "--heartbeat-ttl",
+        "3",
+        "--drivers",
+        "mock",
+        "--data-dir",
+        "/tmp/x",
+        "--label",
+        "name=node-a",
+        "--label",
+        "zone=z",
+        "--capacity-vcpus",
+        "10",
+        "--capacity-memory-mib",
+        "10240",
+      ],
       env: {},
     });
     assert.equal(config.nodeName, "node-a");
@@ -40,9 +61,10 @@ describe("agent config", () => {
 
   it("builds the mock driver under data-dir/mock and names unknown drivers in the error", async () => {
     const [d] = buildDrivers(["mock"], dir);
-    assert.equal(d?.name, "mock");
-    assert.equal((await d!.fingerprint()).attributes.state_dir, join(dir, "mock"));
-    await d!.close();
+    assert.ok(d);
+    assert.equal(d.name, "mock");
+    assert.equal((await d.fingerprint()).attributes.state_dir, join(dir, "mock"));
+    await d.close();
     assert.throws(() => buildDrivers(["mock", "vmware"], dir), /drivers: unknown driver "vmware"; this agent supports mock/);
     assert.throws(() => buildDrivers(["mock", "mock"], dir), /listed twice/);
     assert.throws(() => buildDrivers([], dir), /at least one driver/);

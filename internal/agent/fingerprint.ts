@@ -54,11 +54,23 @@ export async function fingerprintNode(opts: NodeFingerprintOptions): Promise<Nod
 async function driverInfo(d: Driver, signal?: AbortSignal): Promise<DriverInfo> {
   try {
     const fp = await d.fingerprint(signal ? { signal } : {});
-    return create(DriverInfoSchema, { name: d.name, healthy: fp.healthy, version: fp.version, message: fp.message, attributes: fp.attributes, capabilities: d.capabilities });
+    return create(DriverInfoSchema, {
+      name: d.name,
+      healthy: fp.healthy,
+      version: fp.version,
+      message: fp.message,
+      attributes: fp.attributes,
+      capabilities: d.capabilities,
+    });
   } catch (e) {
     // A driver that cannot even fingerprint is reported unhealthy, not fatal: the node still
     // serves its other drivers, and the scheduler skips this one.
-    return create(DriverInfoSchema, { name: d.name, healthy: false, message: `fingerprint failed: ${(e as Error).message}`, capabilities: d.capabilities });
+    return create(DriverInfoSchema, {
+      name: d.name,
+      healthy: false,
+      message: `fingerprint failed: ${(e as Error).message}`,
+      capabilities: d.capabilities,
+    });
   }
 }
 

@@ -4,5 +4,13 @@
 export { Agent, AgentError, type AdoptionReport, type AgentOptions } from "./agent.js";
 export { agentSchema, buildDrivers, defaultNodeName, SUPPORTED_DRIVERS, type AgentConfig } from "./config.js";
 export { AGENT_VERSION, fingerprintNode, type Capacity, type NodeFingerprintOptions } from "./fingerprint.js";
-export { Reconciler, RESTART_LABEL, STOP_TIMEOUT_LABEL, StatusConflictError, statusOf, toDriverSpec, type ReconcilerOptions } from "./reconcile.js";
+export {
+  Reconciler,
+  RESTART_LABEL,
+  STOP_TIMEOUT_LABEL,
+  StatusConflictError,
+  statusOf,
+  toDriverSpec,
+  type ReconcilerOptions,
+} from "./reconcile.js";
 export { TerminalError, WorkQueue, type ProcessResult, type Processor, type WorkQueueOptions } from "./workqueue.js";

@@ -88,7 +88,10 @@ export class Reconciler {
 
   async reconcile(name: string, signal: AbortSignal): Promise<ProcessResult> {
     const { store, nodeName } = this.opts;
-    const [akv, skv] = await Promise.all([store.get(keys.assignment(nodeName, name), { signal }), store.get(keys.status(name), { signal })]);
+    const [akv, skv] = await Promise.all([
+      store.get(keys.assignment(nodeName, name), { signal }),
+      store.get(keys.status(name), { signal }),
+    ]);
     if (!akv) {
       this.restarts.delete(name);
       await this.destroyUnassigned(name, signal);
@@ -180,7 +183,11 @@ export class Reconciler {
     } else if (actual.state === "exited" || actual.state === "failed") {
       const failed = actual.state === "failed" || (actual.exitCode ?? 0) !== 0;
       const policy = inst.spec?.restartPolicy ?? RestartPolicy.UNSPECIFIED;
-      const restart = restartRequested || policy === RestartPolicy.ALWAYS || policy === RestartPolicy.UNSPECIFIED || (policy === RestartPolicy.ON_FAILURE && failed);
+      const restart =
+        restartRequested ||
+        policy === RestartPolicy.ALWAYS ||
+        policy === RestartPolicy.UNSPECIFIED ||
+        (policy === RestartPolicy.ON_FAILURE && failed);
       if (restart) {
         const r = this.restartState(name, inst.uid, actual);
         const notBefore = (actual.finishedAt ?? Date.now()) + this.restartDelay(r.consecutive);
@@ -240,7 +247,8 @@ export class Reconciler {
       r = { uid, consecutive: 0 };
       this.restarts.set(name, r);
     }
-    if (actual.startedAt !== undefined && actual.finishedAt !== undefined && actual.finishedAt - actual.startedAt >= STABLE_RUN_MS) r.consecutive = 0;
+    if (actual.startedAt !== undefined && actual.finishedAt !== undefined && actual.finishedAt - actual.startedAt >= STABLE_RUN_MS)
+      r.consecutive = 0;
     return r;
   }
 

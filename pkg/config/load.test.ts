@@ -28,13 +28,22 @@ async function yamlFile(text: string): Promise<string> {
 describe("config loader", () => {
   it("uses the defaults when nothing is given, with camelCase properties", async () => {
     const { config, sources, help } = await loadConfig(schema, { argv: [], env: {} });
-    assert.deepEqual(config, { nodeName: "host", heartbeatTtl: 10, dev: false, etcdEndpoints: ["http://127.0.0.1:2379"], label: {}, etcdPassword: "" });
+    assert.deepEqual(config, {
+      nodeName: "host",
+      heartbeatTtl: 10,
+      dev: false,
+      etcdEndpoints: ["http://127.0.0.1:2379"],
+      label: {},
+      etcdPassword: "",
+    });
     assert.equal(sources["node-name"], "default");
     assert.equal(help, false);
   });
 
   it("layers file < environment < flags", async () => {
-    const file = await yamlFile("node-name: from-file\nheartbeat-ttl: 5\netcd-endpoints: [http://a:2379, http://b:2379]\nlabel:\n  zone: z1\n");
+    const file = await yamlFile(
+      "node-name: from-file\nheartbeat-ttl: 5\netcd-endpoints: [http://a:2379, http://b:2379]\nlabel:\n  zone: z1\n",
+    );
     const { config, sources } = await loadConfig(schema, {
       argv: ["--config", file, "--node-name", "from-flag", "--label", "rack=r1", "--label=row=2", "--dev"],
       env: { HYPERVISOR_NODE_NAME: "from-env", HYPERVISOR_HEARTBEAT_TTL: "7", HYPERVISOR_UNRELATED: "x" },
@@ -44,14 +53,22 @@ describe("config loader", () => {
     assert.deepEqual(config.etcdEndpoints, ["http://a:2379", "http://b:2379"]);
     assert.deepEqual(config.label, { rack: "r1", row: "2" }, "a flag replaces the file's map; repeated flags accumulate");
     assert.equal(config.dev, true);
-    assert.deepEqual([sources["node-name"], sources["heartbeat-ttl"], sources["etcd-endpoints"], sources.dev], ["flag", "env", "file", "flag"]);
+    assert.deepEqual(
+      [sources["node-name"], sources["heartbeat-ttl"], sources["etcd-endpoints"], sources.dev],
+      ["flag", "env", "file", "flag"],
+    );
   });
 
   it("accepts a comma-separated string for a list, in YAML, env and flags", async () => {
     const file = await yamlFile("etcd-endpoints: http://a:1,http://b:2\n");
     assert.deepEqual((await loadConfig(schema, { argv: ["--config", file], env: {} })).config.etcdEndpoints, ["http://a:1", "http://b:2"]);
-    assert.deepEqual((await loadConfig(schema, { argv: [], env: { HYPERVISOR_ETCD_ENDPOINTS: "http://c:3" } })).config.etcdEndpoints, ["http://c:3"]);
-    assert.deepEqual((await loadConfig(schema, { argv: ["--etcd-endpoints", "x,y", "--etcd-endpoints", "z"], env: {} })).config.etcdEndpoints, ["x", "y", "z"]);
+    assert.deepEqual((await loadConfig(schema, { argv: [], env: { HYPERVISOR_ETCD_ENDPOINTS: "http://c:3" } })).config.etcdEndpoints, [
+      "http://c:3",
+    ]);
+    assert.deepEqual(
+      (await loadConfig(schema, { argv: ["--etcd-endpoints", "x,y", "--etcd-endpoints", "z"], env: {} })).config.etcdEndpoints,
+      ["x", "y", "z"],
+    );
   });
 
   it("parses boolean flags: --dev, --dev=false, --no-dev", async () => {
@@ -86,19 +103,35 @@ describe("config loader", () => {
     ];
     for (const [text, re] of cases) {
       const file = await yamlFile(text);
-      await assert.rejects(loadConfig(schema, { argv: ["--config", file], env: {} }), (e) => e instanceof ConfigError && re.test(e.message), text);
+      await assert.rejects(
+        loadConfig(schema, { argv: ["--config", file], env: {} }),
+        (e) => e instanceof ConfigError && re.test(e.message),
+        text,
+      );
     }
   });
 
   it("rejects bad environment values and flags, naming them", async () => {
-    await assert.rejects(loadConfig(schema, { argv: [], env: { HYPERVISOR_HEARTBEAT_TTL: "soon" } }), /environment variable HYPERVISOR_HEARTBEAT_TTL: expected a number, got "soon"/);
-    await assert.rejects(loadConfig(schema, { argv: ["--heartbeat-ttl", "0"], env: {} }), /heartbeat-ttl \(from flag\): must be at least 1, got 0/);
+    await assert.rejects(
+      loadConfig(schema, { argv: [], env: { HYPERVISOR_HEARTBEAT_TTL: "soon" } }),
+      /environment variable HYPERVISOR_HEARTBEAT_TTL: expected a number, got "soon"/,
+    );
+    await assert.rejects(
+      loadConfig(schema, { argv: ["--heartbeat-ttl", "0"], env: {} }),
+      /heartbeat-ttl \(from flag\): must be at least 1, got 0/,
+    );
     await assert.rejects(loadConfig(schema, { argv: ["--heartbeat-ttl", "1.5"], env: {} }), /expected an integer, got 1\.5/);
-    await assert.rejects(loadConfig(schema, { argv: ["--node-nam", "x"], env: {} }), /unknown flag --node-nam \(did you mean --node-name\?\)/);
+    await assert.rejects(
+      loadConfig(schema, { argv: ["--node-nam", "x"], env: {} }),
+      /unknown flag --node-nam \(did you mean --node-name\?\)/,
+    );
     await assert.rejects(loadConfig(schema, { argv: ["--node-name"], env: {} }), /flag --node-name needs a value/);
     await assert.rejects(loadConfig(schema, { argv: ["--label", "novalue"], env: {} }), /flag --label: expected key=value, got "novalue"/);
     await assert.rejects(loadConfig(schema, { argv: ["stray"], env: {} }), /unexpected argument "stray"/);
-    await assert.rejects(loadConfig(schema, { argv: ["--config", join(dir, "missing.yaml")], env: {} }), /config file .*missing\.yaml: ENOENT/);
+    await assert.rejects(
+      loadConfig(schema, { argv: ["--config", join(dir, "missing.yaml")], env: {} }),
+      /config file .*missing\.yaml: ENOENT/,
+    );
   });
 
   it("reads the default file when no --config is given, and --help skips it", async () => {

@@ -114,7 +114,7 @@ export async function loadConfig<S extends Schema>(schema: S, opts: LoadOptions 
     if (f.type === "number") checkNumber(f, v as number, sources[k] ?? "default", k);
     config[camelCase(k)] = v;
   }
-  const out: Loaded<S> = { config: config as ConfigOf<S>, sources: sources as Record<keyof S & string, Source>, help: flags.help };
+  const out: Loaded<S> = { config: config as ConfigOf<S>, sources, help: flags.help };
   if (file !== undefined) out.file = file;
   return out;
 }
@@ -134,7 +134,8 @@ export function parseFlags(schema: Schema, argv: string[]): ParsedFlags {
       out.help = true;
       continue;
     }
-    if (!arg.startsWith("--") || arg === "--") throw new ConfigError(`unexpected argument ${JSON.stringify(arg)}: settings are given as --name value`);
+    if (!arg.startsWith("--") || arg === "--")
+      throw new ConfigError(`unexpected argument ${JSON.stringify(arg)}: settings are given as --name value`);
     const eq = arg.indexOf("=");
     let name = eq >= 0 ? arg.slice(2, eq) : arg.slice(2);
     let inline: string | undefined = eq >= 0 ? arg.slice(eq + 1) : undefined;
@@ -174,7 +175,8 @@ export function parseYaml(schema: Schema, file: string, text: string): Record<st
   if (doc.errors.length > 0) throw new ConfigError(`config file ${file}: ${doc.errors[0]!.message.split("\n")[0]!}`);
   const data: unknown = doc.toJS();
   if (data === null || data === undefined) return {};
-  if (typeof data !== "object" || Array.isArray(data)) throw new ConfigError(`config file ${file}: expected a mapping of settings at the top level`);
+  if (typeof data !== "object" || Array.isArray(data))
+    throw new ConfigError(`config file ${file}: expected a mapping of settings at the top level`);
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(data as Record<string, unknown>)) {
     const field = schema[k];
@@ -251,7 +253,7 @@ const splitList = (s: string) =>
     .filter((x) => x !== "");
 
 function show(v: unknown): string {
-  const s = typeof v === "string" ? JSON.stringify(v) : JSON.stringify(v) ?? String(v);
+  const s = typeof v === "string" ? JSON.stringify(v) : (JSON.stringify(v) ?? String(v));
   return s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
 
@@ -282,10 +284,17 @@ function distance(a: string, b: string): number {
 
 /** Help text: one line per setting with its type, default and environment variable. */
 export function usage(schema: Schema, program: string, summary: string, envPrefix = "HYPERVISOR_"): string {
-  const lines = [`usage: ${program} [--config FILE] [--name value ...]`, "", summary, "", "settings (YAML key = flag; environment variable in brackets):"];
+  const lines = [
+    `usage: ${program} [--config FILE] [--name value ...]`,
+    "",
+    summary,
+    "",
+    "settings (YAML key = flag; environment variable in brackets):",
+  ];
   lines.push("  --config FILE              YAML file of settings (unknown keys are errors)");
   for (const [k, f] of Object.entries(schema)) {
-    const arg = f.type === "boolean" ? "" : f.type === "map" ? " k=v" : f.type === "string[]" ? " a,b" : f.type === "number" ? " N" : " VALUE";
+    const arg =
+      f.type === "boolean" ? "" : f.type === "map" ? " k=v" : f.type === "string[]" ? " a,b" : f.type === "number" ? " N" : " VALUE";
     const def = "secret" in f && f.secret ? "" : ` (default ${JSON.stringify(f.default)})`;
     lines.push(`  --${(k + arg).padEnd(25)} ${f.description}${def} [${envName(k, envPrefix)}]`);
   }

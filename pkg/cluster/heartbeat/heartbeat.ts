@@ -65,13 +65,18 @@ export class Heartbeat {
     await this.loop;
     const lease = this.leaseId;
     if (lease && this.opts.revokeOnStop !== false) {
-      await this.store.revokeLease(lease).catch((e: unknown) => this.log.warn({ err: e }, "could not revoke the heartbeat lease; it will expire"));
+      await this.store
+        .revokeLease(lease)
+        .catch((e: unknown) => this.log.warn({ err: e }, "could not revoke the heartbeat lease; it will expire"));
     }
   }
 
   private async establish(signal: AbortSignal): Promise<void> {
     const lease = await this.store.grantLease(this.ttlSeconds, { signal });
-    const value = toBinary(LivenessSchema, create(LivenessSchema, { node: this.node, leaseId: BigInt(lease), ttlSeconds: BigInt(this.ttlSeconds) }));
+    const value = toBinary(
+      LivenessSchema,
+      create(LivenessSchema, { node: this.node, leaseId: BigInt(lease), ttlSeconds: BigInt(this.ttlSeconds) }),
+    );
     try {
       await this.store.put(keys.alive(this.node), value, { signal, lease });
     } catch (e) {

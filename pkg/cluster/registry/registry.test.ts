@@ -25,7 +25,10 @@ function registrySuite(kind: string, open: Opener): void {
 
     it("registers, gets and lists a node", async () => {
       const nm = name();
-      const rec = await registerNode(store, create(NodeSchema, { name: nm, labels: { zone: "a" }, capacity: { vcpus: 4, memoryMib: 1024n } }));
+      const rec = await registerNode(
+        store,
+        create(NodeSchema, { name: nm, labels: { zone: "a" }, capacity: { vcpus: 4, memoryMib: 1024n } }),
+      );
       assert.ok(rec.modRevision > 0);
       const got = await getNode(store, nm);
       assert.equal(got?.node.labels.zone, "a");
@@ -70,7 +73,8 @@ function registrySuite(kind: string, open: Opener): void {
       const seen: NodeChange[] = [];
       const it = watchNodes(store, { signal: ctl.signal });
       const first = await it.next();
-      assert.equal(first.value?.type, "sync");
+      assert.equal(first.done, false);
+      assert.equal(first.value.type, "sync");
       const pump = (async () => {
         for await (const c of it) {
           seen.push(c);

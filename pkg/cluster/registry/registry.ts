@@ -53,7 +53,12 @@ export async function registerNode(store: Store, node: Node, opts: Options = {})
     const kv = await store.get(key, opts);
     const next = create(NodeSchema, node);
     next.cordoned = kv ? fromBinary(NodeSchema, kv.value).cordoned : false;
-    const res = await store.txn([kv ? ifModRevision(key, kv.modRevision) : ifAbsent(key)], [{ type: "put", key, value: encodeNode(next) }], [], opts);
+    const res = await store.txn(
+      [kv ? ifModRevision(key, kv.modRevision) : ifAbsent(key)],
+      [{ type: "put", key, value: encodeNode(next) }],
+      [],
+      opts,
+    );
     if (res.succeeded) return { node: next, modRevision: res.revision };
   }
   throw new ConflictError(`node ${node.name} changed on every one of ${MAX_ATTEMPTS} attempts to register it`);

@@ -182,8 +182,14 @@ export function runDriverConformance(
         while (Date.now() < deadline && !(seen.some((e) => e.state === "running") && seen.some((e) => e.state === "stopped"))) {
           await new Promise((r) => setTimeout(r, 50));
         }
-        assert.ok(seen.some((e) => e.state === "running" && e.uid === s.uid), `no running event (saw ${seen.map((e) => e.state).join(",")})`);
-        assert.ok(seen.some((e) => e.state === "stopped" && e.uid === s.uid), `no stopped event (saw ${seen.map((e) => e.state).join(",")})`);
+        assert.ok(
+          seen.some((e) => e.state === "running" && e.uid === s.uid),
+          `no running event (saw ${seen.map((e) => e.state).join(",")})`,
+        );
+        assert.ok(
+          seen.some((e) => e.state === "stopped" && e.uid === s.uid),
+          `no stopped event (saw ${seen.map((e) => e.state).join(",")})`,
+        );
       } finally {
         ctl.abort();
         await pump;

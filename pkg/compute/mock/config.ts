@@ -32,7 +32,8 @@ const KNOWN_KEYS = new Set(["run_for", "exit_code", "start_error", "start_delay"
 
 export function parseBehaviour(name: string, config: Record<string, string>): MockBehaviour {
   for (const k of Object.keys(config)) {
-    if (!KNOWN_KEYS.has(k)) throw new InvalidSpecError(`instance ${name}: unknown mock config key ${JSON.stringify(k)} (known: ${[...KNOWN_KEYS].join(", ")})`);
+    if (!KNOWN_KEYS.has(k))
+      throw new InvalidSpecError(`instance ${name}: unknown mock config key ${JSON.stringify(k)} (known: ${[...KNOWN_KEYS].join(", ")})`);
   }
   const b: MockBehaviour = { exitCode: 0, startDelayMs: 0, stopDelayMs: 0 };
   if (config.run_for !== undefined) b.runForMs = parseDuration(name, "run_for", config.run_for);

@@ -259,17 +259,20 @@ export class MockDriver implements StatsDriver {
     const at = exitTime(h);
     if (at === undefined || this.closed) return;
     const startedAt = h.startedAt;
-    const t = setTimeout(() => {
-      this.exitTimers.delete(name);
-      // Re-read: the instance may have been stopped, restarted or destroyed meanwhile.
-      void readHandle(this.dir, name)
-        .then((cur) => {
-          if (!cur || cur.startedAt !== startedAt) return;
-          const inst = describeHandle(cur, Math.max(this.now(), at));
-          if (inst.state === "exited") this.emit(name, inst.uid, "exited", inst.exitCode);
-        })
-        .catch(() => undefined);
-    }, Math.max(0, at - this.now()));
+    const t = setTimeout(
+      () => {
+        this.exitTimers.delete(name);
+        // Re-read: the instance may have been stopped, restarted or destroyed meanwhile.
+        void readHandle(this.dir, name)
+          .then((cur) => {
+            if (!cur || cur.startedAt !== startedAt) return;
+            const inst = describeHandle(cur, Math.max(this.now(), at));
+            if (inst.state === "exited") this.emit(name, inst.uid, "exited", inst.exitCode);
+          })
+          .catch(() => undefined);
+      },
+      Math.max(0, at - this.now()),
+    );
     t.unref(); // an armed exit must not keep a process alive
     this.exitTimers.set(name, t);
   }

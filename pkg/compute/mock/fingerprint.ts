@@ -14,6 +14,11 @@ export async function fingerprintMock(opts: MockDriverOptions, instances: number
     await access(opts.stateDir, constants.W_OK);
     return { healthy: true, version: MOCK_VERSION, message: "", attributes };
   } catch (e) {
-    return { healthy: false, version: MOCK_VERSION, message: `state dir ${opts.stateDir} is not writable: ${(e as Error).message}`, attributes };
+    return {
+      healthy: false,
+      version: MOCK_VERSION,
+      message: `state dir ${opts.stateDir} is not writable: ${(e as Error).message}`,
+      attributes,
+    };
   }
 }

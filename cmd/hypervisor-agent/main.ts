@@ -1,9 +1,8 @@
 #!/usr/bin/env node
 // hypervisor-agent entry point: settings (file, environment, flags) → etcd store + drivers →
 // Agent, until SIGTERM/SIGINT. Exit codes: 0 clean stop, 1 runtime failure, 2 bad settings.
-import { setTimeout as sleep } from "node:timers/promises";
 import { Agent, agentSchema, buildDrivers, defaultNodeName } from "../../internal/agent/index.js";
-import { openEtcdStore, type EtcdStoreOptions } from "../../pkg/cluster/etcd/index.js";
+import { etcdOptions, openEtcdStore, waitForStore } from "../../pkg/cluster/etcd/index.js";
 import type { Driver } from "../../pkg/compute/driver/index.js";
 import { ConfigError, loadConfig, usage } from "../../pkg/config/index.js";
 import { logger } from "../../pkg/log/index.js";
@@ -41,30 +40,9 @@ async function main(argv: string[]): Promise<number> {
   const log = logger("agent", { node: c.nodeName });
   const signal = controller.signal;
 
-  const etcdOpts: EtcdStoreOptions = { endpoints: c.etcdEndpoints };
-  if (c.etcdCaFile) {
-    etcdOpts.tls = { caFile: c.etcdCaFile };
-    if (c.etcdCertFile) etcdOpts.tls.certFile = c.etcdCertFile;
-    if (c.etcdKeyFile) etcdOpts.tls.keyFile = c.etcdKeyFile;
-  }
-  if (c.etcdUsername) {
-    etcdOpts.username = c.etcdUsername;
-    etcdOpts.password = c.etcdPassword;
-  }
-  const store = await openEtcdStore(etcdOpts);
+  const store = await openEtcdStore(etcdOptions(c));
   try {
-    // etcd may come up after us (boot order, restarts): wait for it rather than exit.
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await store.ping({ signal });
-        break;
-      } catch (e) {
-        if (signal.aborted) return 0;
-        if (attempt === 1 || attempt % 10 === 0)
-          log.warn({ endpoints: c.etcdEndpoints, err: (e as Error).message }, "etcd not reachable yet; retrying");
-        await sleep(1000, undefined, { signal }).catch(() => undefined);
-      }
-    }
+    if (!(await waitForStore(store, c.etcdEndpoints, log, signal))) return 0;
     const agent = new Agent({
       store,
       nodeName: c.nodeName,

@@ -13,7 +13,7 @@
  * It runs in-process (the server's --dev mode, tests) or as the hypervisor-agent binary: it
  * only needs a Store and drivers.
  */
-import { create, equals, fromBinary } from "@bufbuild/protobuf";
+import { clone, create, equals, fromBinary } from "@bufbuild/protobuf";
 import { mkdir } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Node, NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
@@ -250,7 +250,7 @@ export class Agent {
 /** Equal apart from the registration time and the volatile driver attributes (instance counts). */
 function sameFingerprint(a: Node, b: Node): boolean {
   const strip = (n: Node) => {
-    const c = create(NodeSchema, n);
+    const c = clone(NodeSchema, n);
     c.registerTime = undefined;
     for (const d of c.drivers) delete d.attributes.instances;
     return c;

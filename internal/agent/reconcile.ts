@@ -16,7 +16,7 @@
  * Status is written only when it changed (update_time aside), with a compare on the assignment's
  * and the status's mod revisions so a stale reconcile can never overwrite a newer one.
  */
-import { create, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { clone, create, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs, timestampNow } from "@bufbuild/protobuf/wkt";
 import {
   type Instance,
@@ -307,8 +307,8 @@ export class StatusConflictError extends Error {
 }
 
 function sameStatus(a: InstanceStatus, b: InstanceStatus): boolean {
-  const x = create(InstanceStatusSchema, a);
-  const y = create(InstanceStatusSchema, b);
+  const x = clone(InstanceStatusSchema, a);
+  const y = clone(InstanceStatusSchema, b);
   x.updateTime = undefined;
   y.updateTime = undefined;
   return equals(InstanceStatusSchema, x, y);

@@ -7,7 +7,7 @@
  *     ──► txn[compare instance rev, assignment absent, allocation rev]
  *           delete instances/<n>, status/<n>; put allocations/<node> without the uid
  */
-import { create } from "@bufbuild/protobuf";
+import { clone, create } from "@bufbuild/protobuf";
 import { AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { ifAbsent, ifModRevision, keys, type Op } from "../../pkg/cluster/store/index.js";
 import type { Logger } from "../../pkg/log/index.js";
@@ -52,7 +52,7 @@ export class GcController {
         const a = informers.allocations.get(keys.allocation(node));
         compares.push(ifModRevision(keys.allocation(node), a?.modRevision ?? 0));
         if (a && a.value.instances[i.uid]) {
-          const alloc = create(AllocationSchema, a.value);
+          const alloc = clone(AllocationSchema, a.value);
           delete alloc.instances[i.uid];
           ops.push({ type: "put", key: keys.allocation(node), value: encodeAllocation(alloc) });
         }

@@ -9,7 +9,7 @@
  *   Delete ──► delete_time set ──(agent destroys, drops assignment)──► GC removes the record
  */
 import { randomUUID } from "node:crypto";
-import { create, equals } from "@bufbuild/protobuf";
+import { clone, create, equals } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
@@ -77,7 +77,7 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
       const { instance, rev } = await read(name, signal);
       const current = await view(instance, signal);
-      const next = create(InstanceSchema, instance);
+      const next = clone(InstanceSchema, instance);
       if (!change(next, current)) return current;
       next.generation = instance.generation + 1n;
       const ops: Op[] = [{ type: "put", key: keys.instance(name), value: encodeInstance(next) }];
@@ -98,7 +98,7 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       validateName("name", req.name);
       validateLabels("labels", req.labels);
       validateSpec(req.spec);
-      const spec = create(InstanceSpecSchema, req.spec);
+      const spec = clone(InstanceSpecSchema, req.spec);
       if (spec.desiredPowerState === PowerState.UNSPECIFIED) spec.desiredPowerState = PowerState.RUNNING;
       if (spec.restartPolicy === RestartPolicy.UNSPECIFIED) spec.restartPolicy = RestartPolicy.ON_FAILURE;
       const now = timestampNow();
@@ -159,7 +159,7 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
           }
           continue;
         }
-        const next = create(InstanceSchema, instance);
+        const next = clone(InstanceSchema, instance);
         next.deleteTime = timestampNow();
         next.generation = instance.generation + 1n;
         const res = await store.txn(

@@ -2,7 +2,7 @@
  * NodeService: nodes as the agents registered them, with what only the server knows added:
  * readiness (is the agent's lease alive?), what placements reserve, and the cordon flag.
  */
-import { create } from "@bufbuild/protobuf";
+import { clone, create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { type Node, NodeCondition, NodeSchema, NodeService, ResourcesSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { type InstanceService, PowerState, StopInstanceRequestSchema } from "../../api/gen/hypervisor/v1/instance_pb.js";
@@ -32,7 +32,7 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
     for (let i = 0; i < MAX_CAS_ATTEMPTS; i++) {
       const { node, rev } = await read(name, signal);
       if (node.cordoned === cordoned) return describe(node, signal);
-      const next = create(NodeSchema, node);
+      const next = clone(NodeSchema, node);
       next.cordoned = cordoned;
       const res = await store.txn([ifModRevision(keys.node(name), rev)], [{ type: "put", key: keys.node(name), value: encodeNode(next) }], [], { signal });
       if (res.succeeded) {
@@ -88,7 +88,7 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
 }
 
 export function withServerView(node: Node, alive: boolean, allocated: ReturnType<typeof allocationTotals> | undefined): Node {
-  const out = create(NodeSchema, node);
+  const out = clone(NodeSchema, node);
   out.condition = alive ? NodeCondition.READY : NodeCondition.NOT_READY;
   const a = allocated ?? allocationTotals(undefined);
   const cap = node.capacity;

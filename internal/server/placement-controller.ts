@@ -9,7 +9,7 @@
  * A failed compare means our copy was stale: wait for the informers to catch up and run again.
  * Instances that fit nowhere stay Pending with a message counting why.
  */
-import { create } from "@bufbuild/protobuf";
+import { clone, create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { type Instance, InstanceSchema, InstanceStatusSchema, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { type Allocation, AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
@@ -64,7 +64,7 @@ export class PlacementController {
     const views: NodeView[] = [];
     for (const { value: n } of informers.nodes.items.values()) {
       const a = informers.allocations.get(keys.allocation(n.name));
-      const alloc = a ? create(AllocationSchema, a.value) : create(AllocationSchema, {});
+      const alloc = a ? clone(AllocationSchema, a.value) : create(AllocationSchema, {});
       allocs.set(n.name, { alloc, rev: a?.modRevision ?? 0 });
       views.push({
         name: n.name,
@@ -93,7 +93,7 @@ export class PlacementController {
     for (const p of plan.placements) {
       const { instance, rev } = byName.get(p.instance)!;
       const a = allocs.get(p.node)!;
-      const next = create(InstanceSchema, instance);
+      const next = clone(InstanceSchema, instance);
       const now = timestampNow();
       next.status = create(InstanceStatusSchema, {
         phase: Phase.SCHEDULED,
@@ -102,7 +102,7 @@ export class PlacementController {
         scheduledTime: now,
         updateTime: now,
       });
-      const alloc = create(AllocationSchema, a.alloc);
+      const alloc = clone(AllocationSchema, a.alloc);
       alloc.instances[instance.uid] = requestOf(instance);
       const res = await store.txn(
         [ifModRevision(keys.instance(instance.name), rev), ifModRevision(keys.allocation(p.node), a.rev)],
@@ -129,7 +129,7 @@ export class PlacementController {
     for (const u of plan.unplaced) {
       const { instance, rev } = byName.get(u.instance)!;
       if (instance.status?.message === u.message) continue;
-      const next = create(InstanceSchema, instance);
+      const next = clone(InstanceSchema, instance);
       next.status = create(InstanceStatusSchema, { phase: Phase.PENDING, message: u.message, updateTime: timestampNow() });
       const res = await store.txn([ifModRevision(keys.instance(instance.name), rev)], [{ type: "put", key: keys.instance(instance.name), value: encodeInstance(next) }], [], { signal });
       if (res.succeeded) lastRev = Math.max(lastRev, res.revision);

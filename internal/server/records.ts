@@ -2,7 +2,7 @@
  * Encoding of the records the server keeps in the store, and the merge of an instance's spec
  * record with the status record its agent writes. All values are protobuf binary (api/gen).
  */
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { type Instance, InstanceSchema, InstanceStatusSchema, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { type Node, NodeSchema, type Resources, ResourcesSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
@@ -25,9 +25,9 @@ export function encodeAssignment(instance: Instance): Uint8Array {
  * reported on this very instance (same uid; a stale status of an older namesake is ignored).
  */
 export function merged(instance: Instance, status: Instance | undefined): Instance {
-  const out = create(InstanceSchema, instance);
+  const out = clone(InstanceSchema, instance);
   if (status && status.uid === instance.uid && status.status && status.status.phase !== Phase.UNSPECIFIED) {
-    out.status = create(InstanceStatusSchema, status.status);
+    out.status = clone(InstanceStatusSchema, status.status);
     if (!out.status.node) out.status.node = instance.status?.node ?? "";
     if (!out.status.scheduledTime && instance.status?.scheduledTime) out.status.scheduledTime = instance.status.scheduledTime;
   }

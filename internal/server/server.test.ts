@@ -9,7 +9,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, createRouterTransport, type Client, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
-import { InstanceService, Phase, PowerState, EventType } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { InstanceSchema, InstanceService, Phase, PowerState, EventType } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeCondition, NodeSchema, NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { keys, type Store } from "../../pkg/cluster/store/index.js";
 import { openEmbeddedStore } from "../../pkg/cluster/store/index.js";
@@ -220,6 +220,29 @@ for (const kind of ["embedded", "etcd"] as const)
       await instances.deleteInstance({ name: "watched" });
       await done;
       assert.ok(seen.some((e) => e.type === EventType.DELETED && e.name === "watched"));
+    });
+
+    it("watch follows every status the agent writes, however quickly they follow each other", async () => {
+      const ac = new AbortController();
+      const phases: Phase[] = [];
+      const done = (async () => {
+        for await (const ev of instances.watchInstances({ filter: { node: "large" } }, { signal: ac.signal })) {
+          if (ev.instance?.name === "big-one") phases.push(ev.instance.status?.phase ?? Phase.UNSPECIFIED);
+        }
+      })().catch((e: unknown) => {
+        if (!ac.signal.aborted) throw e;
+      });
+      await until("initial state", async () => phases.length > 0);
+      const uid = (await instances.getInstance({ name: "big-one" })).instance!.uid;
+      // Back to back, as an agent does when a start is quick: Creating, then Running.
+      for (const phase of [Phase.CREATING, Phase.RUNNING])
+        await store.put(keys.status("big-one"), toBinary(InstanceSchema, create(InstanceSchema, { name: "big-one", uid, status: { phase, node: "large" } })));
+      await until("the watch delivers Running", () => phases.at(-1) === Phase.RUNNING, 20_000);
+      ac.abort();
+      await done;
+      assert.deepEqual(phases.slice(-2), [Phase.CREATING, Phase.RUNNING]);
+      const listed = (await instances.getInstance({ name: "big-one" })).instance!;
+      assert.equal(listed.status?.phase, Phase.RUNNING);
     });
 
     it("delete of a placed instance waits for its agent, then the GC releases the node", async () => {

@@ -6,7 +6,7 @@
  *   agent:  get ──► copy cordoned from the stored record ──► txn[mod = rev] put ──► retry on conflict
  *   server: get ──► set cordoned ──────────────────────────► txn[mod = rev] put ──► retry on conflict
  */
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type Node, NodeSchema } from "../../../api/gen/hypervisor/v1/node_pb.js";
 import { baseName, ifAbsent, ifModRevision, keys, type KeyValue, type Options, type Store } from "../store/index.js";
 import { listWatch } from "./list-watch.js";
@@ -51,7 +51,7 @@ export async function registerNode(store: Store, node: Node, opts: Options = {})
   const key = keys.node(node.name);
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const kv = await store.get(key, opts);
-    const next = create(NodeSchema, node);
+    const next = clone(NodeSchema, node);
     next.cordoned = kv ? fromBinary(NodeSchema, kv.value).cordoned : false;
     const res = await store.txn(
       [kv ? ifModRevision(key, kv.modRevision) : ifAbsent(key)],
@@ -82,7 +82,7 @@ export async function setCordoned(store: Store, name: string, cordoned: boolean,
     if (!kv) throw new NodeNotFoundError(name);
     const rec = decodeNode(kv);
     if (rec.node.cordoned === cordoned) return rec;
-    const next = create(NodeSchema, rec.node);
+    const next = clone(NodeSchema, rec.node);
     next.cordoned = cordoned;
     const res = await store.txn([ifModRevision(key, kv.modRevision)], [{ type: "put", key, value: encodeNode(next) }], [], opts);
     if (res.succeeded) return { node: next, modRevision: res.revision };

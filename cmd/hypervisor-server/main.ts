@@ -1,0 +1,128 @@
+#!/usr/bin/env node
+// hypervisor-server entry point: settings (file, environment, flags) → store (etcd or embedded) →
+// Server (API on one port; scheduler and controllers while leader), plus with --dev an agent in
+// the same process. Until SIGTERM/SIGINT. Exit codes: 0 clean stop, 1 runtime failure, 2 bad settings.
+import { randomUUID } from "node:crypto";
+import { mkdir } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { Agent, buildDrivers, defaultNodeName } from "../../internal/agent/index.js";
+import { clientVersion } from "../../internal/ctl/cluster.js";
+import { checkServerConfig, serverSchema } from "../../internal/server/config.js";
+import { Server } from "../../internal/server/server.js";
+import { Election } from "../../pkg/cluster/election/index.js";
+import { etcdOptions, openEtcdStore, waitForStore } from "../../pkg/cluster/etcd/index.js";
+import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
+import { ConfigError, loadConfig, usage } from "../../pkg/config/index.js";
+import { logger } from "../../pkg/log/index.js";
+
+const controller = new AbortController();
+const onSignal = (): void => {
+  if (controller.signal.aborted) process.exit(130); // a second signal: give up at once
+  controller.abort();
+};
+process.on("SIGINT", onSignal);
+process.on("SIGTERM", onSignal);
+
+process.exitCode = await main(process.argv.slice(2));
+process.off("SIGINT", onSignal);
+process.off("SIGTERM", onSignal);
+
+async function main(argv: string[]): Promise<number> {
+  let loaded;
+  let listen;
+  try {
+    loaded = await loadConfig(serverSchema, { argv });
+    if (loaded.help) {
+      process.stdout.write(usage(serverSchema, "hypervisor-server", "Runs the cluster's API, scheduler and controllers.") + "\n");
+      return 0;
+    }
+    listen = checkServerConfig(loaded.config);
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    process.stderr.write(`hypervisor-server: ${e.message}\n`);
+    return 2;
+  }
+  const c = loaded.config;
+  const serverId = c.serverId || randomUUID().slice(0, 8);
+  const log = logger("server", { server: serverId });
+  const signal = controller.signal;
+  const dataDir = resolve(c.dataDir);
+
+  let store: Store;
+  if (c.store === "etcd") {
+    const etcd = await openEtcdStore(etcdOptions(c));
+    if (!(await waitForStore(etcd, c.etcdEndpoints, log, signal))) {
+      await etcd.close();
+      return 0;
+    }
+    store = etcd;
+  } else {
+    try {
+      await mkdir(dataDir, { recursive: true });
+      store = await openEmbeddedStore(join(dataDir, "store"));
+    } catch (e) {
+      log.error({ err: e, dataDir }, "cannot open the embedded store");
+      return 1;
+    }
+  }
+
+  let server: Server | undefined;
+  let agent: Agent | undefined;
+  const drivers = c.dev ? buildDrivers(["mock"], join(dataDir, "agent")) : [];
+  try {
+    server = new Server({
+      store,
+      host: listen.host,
+      port: listen.port,
+      version: clientVersion(),
+      algorithm: listen.algorithm,
+      serverId,
+      log,
+      // Replicas share etcd and elect one leader; the embedded store has one process by construction.
+      ...(c.store === "etcd" ? { leadership: new Election(store, "scheduler", serverId) } : {}),
+    });
+    try {
+      await server.start();
+    } catch (e) {
+      log.error({ err: e, listen: c.listen }, "server failed to start");
+      return 1;
+    }
+    if (c.dev) {
+      agent = new Agent({
+        store,
+        nodeName: defaultNodeName() || "dev",
+        drivers,
+        heartbeatTtlSeconds: c.heartbeatTtl,
+        dataDir: join(dataDir, "agent"),
+        logger: logger("agent", { node: defaultNodeName() }),
+      });
+      await agent.start(signal);
+      process.stdout.write(
+        [
+          "",
+          `hypervisor ${clientVersion()} is running on this machine (--dev: server and agent in one process)`,
+          `  API      ${server.url}   (gRPC, gRPC-Web and Connect)`,
+          `  metrics  ${server.url}/metrics`,
+          `  state    ${dataDir}`,
+          `  try      npx hypervisor-ctl --server ${server.url} node list`,
+          `  stop     Ctrl-C (instances keep their state; the next start adopts them)`,
+          "",
+          "",
+        ].join("\n"),
+      );
+    }
+    log.info({ config: loaded.file ?? "(none)", store: c.store, dev: c.dev }, "server running");
+    await new Promise<void>((done) => (signal.aborted ? done() : signal.addEventListener("abort", () => done(), { once: true })));
+    log.info("stopping");
+    return 0;
+  } catch (e) {
+    if (signal.aborted) return 0;
+    log.error({ err: e }, "server failed");
+    return 1;
+  } finally {
+    await agent?.stop().catch((e: unknown) => log.warn({ err: e }, "agent stop failed"));
+    await server?.stop().catch((e: unknown) => log.warn({ err: e }, "server stop failed"));
+    for (const d of drivers) await d.close().catch(() => undefined);
+    await store.close();
+  }
+}

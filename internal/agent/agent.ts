@@ -13,7 +13,7 @@
  * It runs in-process (the server's --dev mode, tests) or as the hypervisor-agent binary: it
  * only needs a Store and drivers.
  */
-import { clone, create, equals, fromBinary } from "@bufbuild/protobuf";
+import { clone, equals, fromBinary } from "@bufbuild/protobuf";
 import { mkdir } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Node, NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";

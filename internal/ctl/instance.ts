@@ -343,7 +343,10 @@ function goneGoal(): Goal {
 async function waitFor(ctx: Context, before: Instance, goal: Goal, timeoutMs: number): Promise<Instance | undefined> {
   const name = before.name;
   const timeout = AbortSignal.timeout(timeoutMs);
-  const signal = AbortSignal.any([ctx.signal, timeout]);
+  // Aborted on the way out: leaving the for-await alone does not close an HTTP/1.1 stream, and
+  // an open socket would keep the process alive after the answer is printed.
+  const done = new AbortController();
+  const signal = AbortSignal.any([ctx.signal, timeout, done.signal]);
   let last: Instance | undefined = before;
   const decide = async (i: Instance | undefined): Promise<boolean> => {
     const verdict = await goal.check(i);
@@ -392,5 +395,7 @@ async function waitFor(ctx: Context, before: Instance, goal: Goal, timeoutMs: nu
       );
     }
     throw e;
+  } finally {
+    done.abort();
   }
 }

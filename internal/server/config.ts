@@ -6,9 +6,17 @@ import { ConfigError, type ConfigOf, type Schema } from "../../pkg/config/index.
 import type { Algorithm } from "./scheduler.js";
 
 export const serverSchema = {
-  listen: { type: "string", default: "127.0.0.1:7070", description: "HOST:PORT of the API (gRPC, gRPC-Web, Connect), /metrics and /healthz" },
+  listen: {
+    type: "string",
+    default: "127.0.0.1:7070",
+    description: "HOST:PORT of the API (gRPC, gRPC-Web, Connect), /metrics and /healthz",
+  },
   store: { type: "string", default: "embedded", description: "cluster state: etcd or embedded (one machine, kept in data-dir)" },
-  "etcd-endpoints": { type: "string[]", default: ["http://127.0.0.1:2379"], description: "etcd client URLs, comma-separated (store: etcd)" },
+  "etcd-endpoints": {
+    type: "string[]",
+    default: ["http://127.0.0.1:2379"],
+    description: "etcd client URLs, comma-separated (store: etcd)",
+  },
   "etcd-ca-file": { type: "string", default: "", description: "CA certificate (PEM) to verify etcd; empty: no TLS" },
   "etcd-cert-file": { type: "string", default: "", description: "client certificate (PEM) for etcd" },
   "etcd-key-file": { type: "string", default: "", description: "client key (PEM) for etcd" },
@@ -35,10 +43,12 @@ export function checkServerConfig(c: ServerConfig): { host: string; port: number
   const port = m ? Number(m[2]) : NaN;
   if (!m || port > 65535) throw new ConfigError(`listen: ${JSON.stringify(c.listen)} is not HOST:PORT (port 0-65535)`, "listen");
   const host = m[1]!.replace(/^\[|\]$/g, "") || "0.0.0.0";
-  if (c.store !== "etcd" && c.store !== "embedded") throw new ConfigError(`store: ${JSON.stringify(c.store)} must be etcd or embedded`, "store");
+  if (c.store !== "etcd" && c.store !== "embedded")
+    throw new ConfigError(`store: ${JSON.stringify(c.store)} must be etcd or embedded`, "store");
   if (c.schedulerAlgorithm !== "binpack" && c.schedulerAlgorithm !== "spread")
     throw new ConfigError(`scheduler-algorithm: ${JSON.stringify(c.schedulerAlgorithm)} must be binpack or spread`, "scheduler-algorithm");
-  if (c.store === "etcd" && c.etcdEndpoints.length === 0) throw new ConfigError("etcd-endpoints: at least one endpoint is required with store: etcd", "etcd-endpoints");
+  if (c.store === "etcd" && c.etcdEndpoints.length === 0)
+    throw new ConfigError("etcd-endpoints: at least one endpoint is required with store: etcd", "etcd-endpoints");
   if (!c.dataDir) throw new ConfigError("data-dir: must not be empty", "data-dir");
   if (c.serverId && !/^[a-zA-Z0-9._-]{1,63}$/.test(c.serverId))
     throw new ConfigError(`server-id: ${JSON.stringify(c.serverId)} must be 1-63 of a-z A-Z 0-9 . _ -`, "server-id");

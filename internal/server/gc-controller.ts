@@ -7,7 +7,7 @@
  *     ──► txn[compare instance rev, assignment absent, allocation rev]
  *           delete instances/<n>, status/<n>; put allocations/<node> without the uid
  */
-import { clone, create } from "@bufbuild/protobuf";
+import { clone } from "@bufbuild/protobuf";
 import { AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { ifAbsent, ifModRevision, keys, type Op } from "../../pkg/cluster/store/index.js";
 import type { Logger } from "../../pkg/log/index.js";

@@ -149,7 +149,10 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
           // Never placed: nothing runs anywhere, so the record can go at once.
           const res = await store.txn(
             [ifModRevision(keys.instance(req.name), rev)],
-            [{ type: "delete", key: keys.instance(req.name) }, { type: "delete", key: keys.status(req.name) }],
+            [
+              { type: "delete", key: keys.instance(req.name) },
+              { type: "delete", key: keys.status(req.name) },
+            ],
             [],
             { signal: hctx.signal },
           );

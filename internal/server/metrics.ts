@@ -24,7 +24,16 @@ export const metrics = {
     help: "Placements refused by a revision compare (stale snapshot); they are replanned",
     registers: [registry],
   }),
-  nodes: new Gauge({ name: "hypervisor_nodes", help: "Registered nodes by condition", labelNames: ["condition"] as const, registers: [registry] }),
+  nodes: new Gauge({
+    name: "hypervisor_nodes",
+    help: "Registered nodes by condition",
+    labelNames: ["condition"] as const,
+    registers: [registry],
+  }),
   instances: new Gauge({ name: "hypervisor_instances", help: "Instances by phase", labelNames: ["phase"] as const, registers: [registry] }),
-  leader: new Gauge({ name: "hypervisor_server_is_leader", help: "1 when this server runs the scheduler and controllers", registers: [registry] }),
+  leader: new Gauge({
+    name: "hypervisor_server_is_leader",
+    help: "1 when this server runs the scheduler and controllers",
+    registers: [registry],
+  }),
 };

@@ -40,7 +40,8 @@ export class NodeController {
       const now = informers.alive.get(keys.alive(n.name)) !== undefined;
       const before = this.ready.get(n.name);
       if (before !== now) {
-        if (before !== undefined || !now) this.log.info({ node: n.name }, now ? "node is Ready" : "node is NotReady: its heartbeat lease expired");
+        if (before !== undefined || !now)
+          this.log.info({ node: n.name }, now ? "node is Ready" : "node is NotReady: its heartbeat lease expired");
         this.ready.set(n.name, now);
       }
       if (now) ready++;

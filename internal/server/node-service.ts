@@ -17,7 +17,10 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
   const { store } = ctx;
 
   async function describe(node: Node, signal: AbortSignal): Promise<Node> {
-    const [alive, alloc] = await Promise.all([store.get(keys.alive(node.name), { signal }), store.get(keys.allocation(node.name), { signal })]);
+    const [alive, alloc] = await Promise.all([
+      store.get(keys.alive(node.name), { signal }),
+      store.get(keys.allocation(node.name), { signal }),
+    ]);
     return withServerView(node, alive !== undefined, alloc ? allocationTotals(decodeAllocation(alloc)) : undefined);
   }
 
@@ -34,7 +37,12 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
       if (node.cordoned === cordoned) return describe(node, signal);
       const next = clone(NodeSchema, node);
       next.cordoned = cordoned;
-      const res = await store.txn([ifModRevision(keys.node(name), rev)], [{ type: "put", key: keys.node(name), value: encodeNode(next) }], [], { signal });
+      const res = await store.txn(
+        [ifModRevision(keys.node(name), rev)],
+        [{ type: "put", key: keys.node(name), value: encodeNode(next) }],
+        [],
+        { signal },
+      );
       if (res.succeeded) {
         ctx.log.info({ node: name, cordoned }, cordoned ? "node cordoned" : "node uncordoned");
         return describe(next, signal);

@@ -72,7 +72,11 @@ export class PlacementController {
         ready: informers.alive.get(keys.alive(n.name)) !== undefined,
         cordoned: n.cordoned,
         drivers: Object.fromEntries(n.drivers.map((d) => [d.name, d.healthy])),
-        capacity: { vcpus: n.capacity?.vcpus ?? 0, memoryMib: Number(n.capacity?.memoryMib ?? 0n), diskGib: Number(n.capacity?.diskGib ?? 0n) },
+        capacity: {
+          vcpus: n.capacity?.vcpus ?? 0,
+          memoryMib: Number(n.capacity?.memoryMib ?? 0n),
+          diskGib: Number(n.capacity?.diskGib ?? 0n),
+        },
         allocated: allocationTotals(alloc),
       });
     }
@@ -131,7 +135,12 @@ export class PlacementController {
       if (instance.status?.message === u.message) continue;
       const next = clone(InstanceSchema, instance);
       next.status = create(InstanceStatusSchema, { phase: Phase.PENDING, message: u.message, updateTime: timestampNow() });
-      const res = await store.txn([ifModRevision(keys.instance(instance.name), rev)], [{ type: "put", key: keys.instance(instance.name), value: encodeInstance(next) }], [], { signal });
+      const res = await store.txn(
+        [ifModRevision(keys.instance(instance.name), rev)],
+        [{ type: "put", key: keys.instance(instance.name), value: encodeInstance(next) }],
+        [],
+        { signal },
+      );
       if (res.succeeded) lastRev = Math.max(lastRev, res.revision);
       this.log.info({ instance: u.instance, reason: u.message }, "instance cannot be placed yet");
     }

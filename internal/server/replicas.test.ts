@@ -15,7 +15,6 @@ import { startEtcd, type EtcdProcess } from "../../test/support/etcd.js";
 import { until } from "../../test/support/procs.js";
 import { Server } from "./server.js";
 
-
 describe("server replicas on one etcd", () => {
   let etcd: EtcdProcess;
   const stores: Store[] = [];

@@ -57,9 +57,15 @@ describe("scheduler", () => {
   it("binpack fills one node before the next; spread alternates", () => {
     const reqs = [req("i1"), req("i2"), req("i3"), req("i4")];
     const bin = schedule([node("a"), node("b")], reqs, "binpack");
-    assert.deepEqual(bin.placements.map((p) => p.node), ["a", "a", "a", "a"]);
+    assert.deepEqual(
+      bin.placements.map((p) => p.node),
+      ["a", "a", "a", "a"],
+    );
     const spread = schedule([node("a"), node("b")], reqs, "spread");
-    assert.deepEqual(spread.placements.map((p) => p.node), ["a", "b", "a", "b"]);
+    assert.deepEqual(
+      spread.placements.map((p) => p.node),
+      ["a", "b", "a", "b"],
+    );
   });
 
   it("does not modify the snapshot it is given", () => {
@@ -77,33 +83,40 @@ describe("scheduler", () => {
     });
     const arbReq = fc.record({ vcpus: fc.integer({ min: 1, max: 8 }), mem: fc.integer({ min: 1, max: 8192 }) });
     fc.assert(
-      fc.property(fc.array(arbNode, { maxLength: 8 }), fc.array(arbReq, { maxLength: 30 }), fc.constantFrom("binpack", "spread"), (ns, rs, algo) => {
-        const nodes = ns.map((n, i) => node(`n${i}`, { ready: n.ready, cordoned: n.cordoned, capacity: { vcpus: n.vcpus, memoryMib: n.mem, diskGib: 0 } }));
-        const requests = rs.map((r, i) => req(`r${i}`, { vcpus: r.vcpus, memoryMib: r.mem }));
-        const plan = schedule(nodes, requests, algo);
-        assert.equal(plan.placements.length + plan.unplaced.length, requests.length);
-        const used = new Map<string, { c: number; m: number }>();
-        for (const p of plan.placements) {
-          const n = nodes.find((x) => x.name === p.node)!;
-          assert.ok(n.ready && !n.cordoned, "placed on an unavailable node");
-          const r = requests.find((x) => x.name === p.instance)!;
-          const u = used.get(p.node) ?? { c: 0, m: 0 };
-          u.c += r.vcpus;
-          u.m += r.memoryMib;
-          used.set(p.node, u);
-          assert.ok(u.c <= n.capacity.vcpus && u.m <= n.capacity.memoryMib, `node ${p.node} over-committed`);
-        }
-        // An unplaced request really fitted nowhere at the moment it was considered: re-check
-        // against the final allocation (which only grew), so it must still fit nowhere.
-        for (const u of plan.unplaced) {
-          const r = requests.find((x) => x.name === u.instance)!;
-          for (const n of nodes) {
-            const got = used.get(n.name) ?? { c: 0, m: 0 };
-            const fits = n.ready && !n.cordoned && got.c + r.vcpus <= n.capacity.vcpus && got.m + r.memoryMib <= n.capacity.memoryMib;
-            assert.ok(!fits, `${u.instance} was left unplaced although ${n.name} fits it`);
+      fc.property(
+        fc.array(arbNode, { maxLength: 8 }),
+        fc.array(arbReq, { maxLength: 30 }),
+        fc.constantFrom("binpack", "spread"),
+        (ns, rs, algo) => {
+          const nodes = ns.map((n, i) =>
+            node(`n${i}`, { ready: n.ready, cordoned: n.cordoned, capacity: { vcpus: n.vcpus, memoryMib: n.mem, diskGib: 0 } }),
+          );
+          const requests = rs.map((r, i) => req(`r${i}`, { vcpus: r.vcpus, memoryMib: r.mem }));
+          const plan = schedule(nodes, requests, algo);
+          assert.equal(plan.placements.length + plan.unplaced.length, requests.length);
+          const used = new Map<string, { c: number; m: number }>();
+          for (const p of plan.placements) {
+            const n = nodes.find((x) => x.name === p.node)!;
+            assert.ok(n.ready && !n.cordoned, "placed on an unavailable node");
+            const r = requests.find((x) => x.name === p.instance)!;
+            const u = used.get(p.node) ?? { c: 0, m: 0 };
+            u.c += r.vcpus;
+            u.m += r.memoryMib;
+            used.set(p.node, u);
+            assert.ok(u.c <= n.capacity.vcpus && u.m <= n.capacity.memoryMib, `node ${p.node} over-committed`);
           }
-        }
-      }),
+          // An unplaced request really fitted nowhere at the moment it was considered: re-check
+          // against the final allocation (which only grew), so it must still fit nowhere.
+          for (const u of plan.unplaced) {
+            const r = requests.find((x) => x.name === u.instance)!;
+            for (const n of nodes) {
+              const got = used.get(n.name) ?? { c: 0, m: 0 };
+              const fits = n.ready && !n.cordoned && got.c + r.vcpus <= n.capacity.vcpus && got.m + r.memoryMib <= n.capacity.memoryMib;
+              assert.ok(!fits, `${u.instance} was left unplaced although ${n.name} fits it`);
+            }
+          }
+        },
+      ),
       { numRuns: 300 },
     );
   });

@@ -18,7 +18,6 @@ import { startEtcd, type EtcdProcess } from "../../test/support/etcd.js";
 import { until } from "../../test/support/procs.js";
 import { Server } from "./server.js";
 
-
 async function addNode(store: Store, name: string, vcpus: number, memoryMib: number, labels: Record<string, string> = {}): Promise<void> {
   const node = create(NodeSchema, {
     name,
@@ -236,7 +235,10 @@ for (const kind of ["embedded", "etcd"] as const)
       const uid = (await instances.getInstance({ name: "big-one" })).instance!.uid;
       // Back to back, as an agent does when a start is quick: Creating, then Running.
       for (const phase of [Phase.CREATING, Phase.RUNNING])
-        await store.put(keys.status("big-one"), toBinary(InstanceSchema, create(InstanceSchema, { name: "big-one", uid, status: { phase, node: "large" } })));
+        await store.put(
+          keys.status("big-one"),
+          toBinary(InstanceSchema, create(InstanceSchema, { name: "big-one", uid, status: { phase, node: "large" } })),
+        );
       await until("the watch delivers Running", () => phases.at(-1) === Phase.RUNNING, 20_000);
       ac.abort();
       await done;

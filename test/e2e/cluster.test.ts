@@ -38,7 +38,9 @@ describe("cluster end to end (etcd, server, two agents, ctl)", { timeout: 600_00
   const agents = new Map<string, Proc>();
 
   const ctl = async (...args: string[]): Promise<string> => {
-    const { stdout } = await run(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, ...args], { timeout: 120_000 });
+    const { stdout } = await run(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, ...args], {
+      timeout: 120_000,
+    });
     return stdout;
   };
   const ctlFails = async (...args: string[]): Promise<{ code: number; stderr: string; stdout: string }> => {
@@ -50,7 +52,8 @@ describe("cluster end to end (etcd, server, two agents, ctl)", { timeout: 600_00
     }
     throw new Error(`hypervisor-ctl ${args.join(" ")} succeeded but should have failed`);
   };
-  const instances = async (): Promise<JsonInstance[]> => (JSON.parse(await ctl("instance", "list", "-o", "json")) as { items: JsonInstance[] }).items;
+  const instances = async (): Promise<JsonInstance[]> =>
+    (JSON.parse(await ctl("instance", "list", "-o", "json")) as { items: JsonInstance[] }).items;
   const nodes = async (): Promise<JsonNode[]> => (JSON.parse(await ctl("node", "list", "-o", "json")) as { items: JsonNode[] }).items;
   const startServer = () =>
     new Proc("server", [
@@ -110,7 +113,9 @@ describe("cluster end to end (etcd, server, two agents, ctl)", { timeout: 600_00
 
   it("runs 20 instances on the two nodes within capacity", async () => {
     await Promise.all(
-      Array.from({ length: 20 }, (_, i) => ctl("instance", "create", `web-${i}`, "--driver", "mock", "--vcpus", "1", "--memory", "512", "--label", "app=web")),
+      Array.from({ length: 20 }, (_, i) =>
+        ctl("instance", "create", `web-${i}`, "--driver", "mock", "--vcpus", "1", "--memory", "512", "--label", "app=web"),
+      ),
     );
     const all = await until("20 Running", async () => {
       const list = await instances();
@@ -159,7 +164,10 @@ describe("cluster end to end (etcd, server, two agents, ctl)", { timeout: 600_00
       assert.notEqual(r.code, 0);
       assert.match(r.stderr, /invalid_argument|InvalidArgument|invalid argument/i);
     }
-    assert.deepEqual((await instances()).map((i) => i.uid), before.map((i) => i.uid));
+    assert.deepEqual(
+      (await instances()).map((i) => i.uid),
+      before.map((i) => i.uid),
+    );
   });
 
   it("marks a killed agent's node NotReady after the TTL, and adopts its instances when it returns", async () => {
@@ -169,7 +177,11 @@ describe("cluster end to end (etcd, server, two agents, ctl)", { timeout: 600_00
     const startTimes = new Map(onA.map((i) => [i.name, i.status?.startTime]));
     const filesBefore = await mockInstancesOn("node-a");
     await victim.kill9();
-    await until("node-a NotReady", async () => (await nodes()).find((n) => n.name === "node-a")?.condition === "NODE_CONDITION_NOT_READY", (TTL + 10) * 1000);
+    await until(
+      "node-a NotReady",
+      async () => (await nodes()).find((n) => n.name === "node-a")?.condition === "NODE_CONDITION_NOT_READY",
+      (TTL + 10) * 1000,
+    );
     assert.equal((await nodes()).find((n) => n.name === "node-b")?.condition, "NODE_CONDITION_READY");
 
     const back = startAgent("node-a");
@@ -192,7 +204,10 @@ describe("cluster end to end (etcd, server, two agents, ctl)", { timeout: 600_00
       const list = await instances();
       return list.length === before.length && list.every((i) => i.status?.phase === "PHASE_RUNNING") ? list : undefined;
     });
-    assert.deepEqual(after.map((i) => [i.name, i.uid, i.status?.node]), before.map((i) => [i.name, i.uid, i.status?.node]));
+    assert.deepEqual(
+      after.map((i) => [i.name, i.uid, i.status?.node]),
+      before.map((i) => [i.name, i.uid, i.status?.node]),
+    );
     // And it still schedules.
     await ctl("instance", "create", "after-restart", "--driver", "mock", "--vcpus", "1", "--memory", "64", "--wait");
   });

@@ -27,11 +27,19 @@ describe("api/gen", () => {
     const out = mkdtempSync(join(tmpdir(), "hv-proto-"));
     try {
       execFileSync(buf, ["generate", "-o", out], { cwd: root, stdio: "pipe" });
-      const fresh = files(join(out, "api/gen")).map((f) => relative(join(out, "api/gen"), f)).sort();
-      const committed = files(join(root, "api/gen")).map((f) => relative(join(root, "api/gen"), f)).sort();
+      const fresh = files(join(out, "api/gen"))
+        .map((f) => relative(join(out, "api/gen"), f))
+        .sort();
+      const committed = files(join(root, "api/gen"))
+        .map((f) => relative(join(root, "api/gen"), f))
+        .sort();
       assert.deepEqual(committed, fresh, "generated file set differs: run make proto");
       for (const f of fresh) {
-        assert.equal(readFileSync(join(root, "api/gen", f), "utf8"), readFileSync(join(out, "api/gen", f), "utf8"), `${f} is stale: run make proto`);
+        assert.equal(
+          readFileSync(join(root, "api/gen", f), "utf8"),
+          readFileSync(join(out, "api/gen", f), "utf8"),
+          `${f} is stale: run make proto`,
+        );
       }
     } finally {
       rmSync(out, { recursive: true, force: true });

@@ -33,7 +33,10 @@ export class Proc {
     readonly args: string[],
     env: Record<string, string> = {},
   ) {
-    this.child = spawn(process.execPath, args, { env: { ...process.env, HYPERVISOR_LOG_LEVEL: "info", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    this.child = spawn(process.execPath, args, {
+      env: { ...process.env, HYPERVISOR_LOG_LEVEL: "info", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     const collect = (b: Buffer) => {
       this.output.push(...b.toString().split("\n").filter(Boolean));
       if (this.output.length > 5000) this.output.splice(0, this.output.length - 5000);
@@ -85,7 +88,12 @@ export class Proc {
 }
 
 /** Polls fn until it returns a truthy value; fails with `what` after the timeout. */
-export async function until<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 60_000, everyMs = 100): Promise<T> {
+export async function until<T>(
+  what: string,
+  fn: () => Promise<T | undefined | false> | T | undefined | false,
+  timeoutMs = 60_000,
+  everyMs = 100,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
   for (;;) {
@@ -95,7 +103,7 @@ export async function until<T>(what: string, fn: () => Promise<T | undefined | f
     } catch (e) {
       lastError = e;
     }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${lastError ? ` (last error: ${String(lastError)})` : ""}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${lastError ? ` (last error: ${lastError instanceof Error ? lastError.message : JSON.stringify(lastError)})` : ""}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }

@@ -88,7 +88,10 @@ describe("etcd store under cancellations", () => {
       done.abort();
       for (let i = 0; i < 5; i++) await assert.rejects(store.get("/cancel/0", { signal: done.signal }));
       await store.put("/cancel/after", new Uint8Array([9]));
-      assert.deepEqual((await store.range("/cancel/")).kvs.map((kv) => kv.key), ["/cancel/0", "/cancel/1", "/cancel/2", "/cancel/3", "/cancel/4", "/cancel/after"]);
+      assert.deepEqual(
+        (await store.range("/cancel/")).kvs.map((kv) => kv.key),
+        ["/cancel/0", "/cancel/1", "/cancel/2", "/cancel/3", "/cancel/4", "/cancel/after"],
+      );
     } finally {
       await store.close();
       await etcd.stop();

@@ -6,7 +6,7 @@
  *   agent:  get ──► copy cordoned from the stored record ──► txn[mod = rev] put ──► retry on conflict
  *   server: get ──► set cordoned ──────────────────────────► txn[mod = rev] put ──► retry on conflict
  */
-import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { clone, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type Node, NodeSchema } from "../../../api/gen/hypervisor/v1/node_pb.js";
 import { baseName, ifAbsent, ifModRevision, keys, type KeyValue, type Options, type Store } from "../store/index.js";
 import { listWatch } from "./list-watch.js";

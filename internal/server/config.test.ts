@@ -1,0 +1,62 @@
+// Server settings: the YAML file, environment and flags through the shared loader, and the checks
+// the schema's types cannot express (listen address, store kind, algorithm).
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { loadConfig } from "../../pkg/config/index.js";
+import { binPath } from "../../test/support/procs.js";
+import { checkServerConfig, serverSchema } from "./config.js";
+
+const repo = fileURLToPath(new URL("../../../", import.meta.url));
+
+describe("server config", () => {
+  it("configs/server.yaml loads, and flags override it", async () => {
+    const { config, sources } = await loadConfig(serverSchema, {
+      argv: [
+        "--config",
+        `${repo}configs/server.yaml`,
+        "--listen",
+        "127.0.0.1:9999",
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        "http://a:1,http://b:2",
+      ],
+      env: {},
+    });
+    assert.equal(sources.listen, "flag");
+    assert.equal(sources["data-dir"], "file");
+    assert.deepEqual(config.etcdEndpoints, ["http://a:1", "http://b:2"]);
+    assert.deepEqual(checkServerConfig(config), { host: "127.0.0.1", port: 9999, algorithm: "binpack" });
+  });
+
+  it("accepts IPv6 and empty hosts", async () => {
+    const load = async (listen: string) =>
+      checkServerConfig((await loadConfig(serverSchema, { argv: ["--listen", listen], env: {} })).config);
+    assert.deepEqual(await load("[::1]:7070"), { host: "::1", port: 7070, algorithm: "binpack" });
+    assert.deepEqual(await load(":7070"), { host: "0.0.0.0", port: 7070, algorithm: "binpack" });
+  });
+
+  for (const [args, message] of [
+    [["--listen", "7070"], /listen: "7070" is not HOST:PORT/],
+    [["--listen", "host:70000"], /listen: "host:70000" is not HOST:PORT/],
+    [["--store", "postgres"], /store: "postgres" must be etcd or embedded/],
+    [["--scheduler-algorithm", "random"], /scheduler-algorithm: "random" must be binpack or spread/],
+    [["--server-id", "a b"], /server-id: "a b"/],
+  ] as const)
+    it(`rejects ${args.join(" ")}`, async () => {
+      const { config } = await loadConfig(serverSchema, { argv: [...args], env: {} });
+      assert.throws(() => checkServerConfig(config), message);
+    });
+
+  it("the binary exits 2 on bad settings, naming them, before touching any store", async () => {
+    const err = await promisify(execFile)(process.execPath, [binPath("hypervisor-server"), "--store", "postgres"]).then(
+      () => assert.fail("should have failed"),
+      (e: { code: number; stderr: string }) => e,
+    );
+    assert.equal(err.code, 2);
+    assert.match(err.stderr, /^hypervisor-server: store: "postgres" must be etcd or embedded\n$/);
+  });
+});

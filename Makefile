@@ -5,7 +5,7 @@ TESTS = $(shell find dist -name '*.test.js' -not -path '*/node_modules/*' | sort
 SHORT_TESTS = $(shell find dist -name '*.test.js' -not -path '*/node_modules/*' -not -path 'dist/test/e2e/*' | sort)
 
 .PHONY: all build build-server build-agent build-ctl proto deps test test-short test-coverage lint fmt \
-	run run-server run-agent bench clean
+	run run-server run-agent etcd stop-etcd bench clean
 
 all: lint build test
 
@@ -43,14 +43,24 @@ lint: node_modules/.package-lock.json
 fmt: node_modules/.package-lock.json
 	npx prettier --write .
 
+# One machine, one process, no etcd: the embedded store in .data/server.
 run: deps build
-	node dist/cmd/hypervisor-server/main.js --dev --config configs/server.yaml
+	node dist/cmd/hypervisor-server/main.js --dev --store embedded --config configs/server.yaml
 
-run-server: deps build
+# A server and agents (each `make run-agent` in its own terminal, with --node-name for more than
+# one) sharing a local etcd on 127.0.0.1:2379, started here if it is not running (data in
+# .data/etcd; `make stop-etcd` stops it by its pid file).
+run-server: deps build etcd
 	node dist/cmd/hypervisor-server/main.js --config configs/server.yaml
 
-run-agent: deps build
+run-agent: deps build etcd
 	node dist/cmd/hypervisor-agent/main.js --config configs/agent.yaml
+
+etcd:
+	@bash scripts/start-etcd.sh 2379 $(CURDIR)/.data/etcd >/dev/null
+
+stop-etcd:
+	@bash scripts/stop-etcd.sh $(CURDIR)/.data/etcd
 
 bench: deps build
 	node dist/bench/main.js

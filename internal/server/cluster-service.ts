@@ -1,11 +1,9 @@
 /** ClusterService: version, health of the store and the controllers, and counts. */
 import type { ServiceImpl } from "@connectrpc/connect";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
-import { Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { keys } from "../../pkg/cluster/store/index.js";
 import type { ServerContext } from "./context.js";
-import { phaseName } from "./instance-service.js";
-import { merged } from "./records.js";
+import { instancesByPhase } from "./records.js";
 
 export const API_VERSION = "hypervisor.v1";
 
@@ -35,12 +33,7 @@ export function clusterService(ctx: ServerContext): ServiceImpl<typeof ClusterSe
         if (informers.alive.get(keys.alive(n.name))) nodesReady++;
         if (n.cordoned) nodesCordoned++;
       }
-      const byPhase: Record<string, number> = {};
-      for (const [key, { value }] of informers.instances.items) {
-        const i = merged(value, informers.statuses.get(keys.status(key.slice(keys.instances.length)))?.value);
-        const p = phaseName(i.status?.phase ?? Phase.UNSPECIFIED);
-        byPhase[p] = (byPhase[p] ?? 0) + 1;
-      }
+      const byPhase = Object.fromEntries(instancesByPhase(informers));
       return {
         nodes: informers.nodes.items.size,
         nodesReady,

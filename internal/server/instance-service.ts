@@ -29,16 +29,11 @@ import {
 import { ifAbsent, ifModRevision, keys, type Op } from "../../pkg/cluster/store/index.js";
 import { AsyncQueue } from "./async-queue.js";
 import type { ServerContext } from "./context.js";
-import { decodeInstance, encodeAssignment, encodeInstance, merged } from "./records.js";
+import { decodeInstance, encodeAssignment, encodeInstance, merged, phaseName } from "./records.js";
 import { RESTART_LABEL, RESERVED_LABEL_PREFIX, parseLabelSelector, show, validateLabels, validateName, validateSpec } from "./validate.js";
 
 export const STOP_TIMEOUT_LABEL = `${RESERVED_LABEL_PREFIX}stop-timeout-seconds`;
 const MAX_CAS_ATTEMPTS = 20;
-
-export function phaseName(p: Phase): string {
-  const n = Phase[p] ?? "UNSPECIFIED";
-  return n.charAt(0) + n.slice(1).toLowerCase();
-}
 
 interface Matcher {
   (i: Instance): boolean;

@@ -30,10 +30,27 @@ export const metrics = {
     labelNames: ["condition"] as const,
     registers: [registry],
   }),
-  instances: new Gauge({ name: "hypervisor_instances", help: "Instances by phase", labelNames: ["phase"] as const, registers: [registry] }),
+  // Counted when scraped, from the serving replica's informers (setInstanceSource).
+  instances: new Gauge({
+    name: "hypervisor_instances",
+    help: "Instances by phase",
+    labelNames: ["phase"] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [phase, n] of instanceSource?.() ?? []) this.set({ phase }, n);
+    },
+  }),
   leader: new Gauge({
     name: "hypervisor_server_is_leader",
     help: "1 when this server runs the scheduler and controllers",
     registers: [registry],
   }),
 };
+
+let instanceSource: (() => Map<string, number>) | undefined;
+
+/** Where the instances gauge reads its counts per phase at scrape time. */
+export function setInstanceSource(fn: (() => Map<string, number>) | undefined): void {
+  instanceSource = fn;
+}

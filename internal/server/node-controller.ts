@@ -1,17 +1,14 @@
 /*
  * The node controller (leader only) watches agent liveness. A node whose lease expired is
  * NotReady (readiness is derived from alive/<node> wherever it is shown); this controller logs
- * the transitions and keeps the node and instance gauges current. Re-scheduling the instances of
+ * the transitions and keeps the node gauges current. Re-scheduling the instances of
  * a dead node (HA restart) builds on it.
  */
-import { Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { keys } from "../../pkg/cluster/store/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
-import { phaseName } from "./instance-service.js";
 import { kickedLoop } from "./kicked-loop.js";
 import { metrics } from "./metrics.js";
-import { merged } from "./records.js";
 
 export class NodeController {
   private readonly log: Logger;
@@ -24,7 +21,7 @@ export class NodeController {
   async run(signal: AbortSignal): Promise<void> {
     const { informers } = this.ctx;
     const loop = kickedLoop(async () => (this.pass(), false), 5000, this.log);
-    const offs = [informers.nodes.subscribe(loop.kick), informers.alive.subscribe(loop.kick), informers.statuses.subscribe(loop.kick)];
+    const offs = [informers.nodes.subscribe(loop.kick), informers.alive.subscribe(loop.kick)];
     try {
       await loop.run(signal);
     } finally {
@@ -40,8 +37,9 @@ export class NodeController {
       const now = informers.alive.get(keys.alive(n.name)) !== undefined;
       const before = this.ready.get(n.name);
       if (before !== now) {
-        if (before !== undefined || !now)
-          this.log.info({ node: n.name }, now ? "node is Ready" : "node is NotReady: its heartbeat lease expired");
+        // A node registers before its first heartbeat: NotReady is news only after Ready.
+        if (now) this.log.info({ node: n.name }, "node is Ready");
+        else if (before) this.log.warn({ node: n.name }, "node is NotReady: its heartbeat lease expired");
         this.ready.set(n.name, now);
       }
       if (now) ready++;
@@ -49,13 +47,5 @@ export class NodeController {
     }
     metrics.nodes.set({ condition: "ready" }, ready);
     metrics.nodes.set({ condition: "not_ready" }, notReady);
-    const byPhase = new Map<string, number>();
-    for (const [key, { value }] of informers.instances.items) {
-      const i = merged(value, informers.statuses.get(keys.status(key.slice(keys.instances.length)))?.value);
-      const p = phaseName(i.status?.phase ?? Phase.UNSPECIFIED);
-      byPhase.set(p, (byPhase.get(p) ?? 0) + 1);
-    }
-    metrics.instances.reset();
-    for (const [p, n] of byPhase) metrics.instances.set({ phase: p }, n);
   }
 }

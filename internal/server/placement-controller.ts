@@ -21,6 +21,11 @@ import { metrics } from "./metrics.js";
 import { allocationTotals, encodeAllocation, encodeAssignment, encodeInstance, requestOf } from "./records.js";
 import { type Algorithm, type NodeView, type PlacementRequest, schedule } from "./scheduler.js";
 
+/** Instances per placement txn: 2 puts and 1 compare each, well inside etcd's default --max-txn-ops of 128. */
+const MAX_BATCH = 40;
+/** Node batches written at once. */
+const PARALLEL_NODES = 16;
+
 export class PlacementController {
   private readonly log: Logger;
 
@@ -94,41 +99,33 @@ export class PlacementController {
     let lastRev = 0;
     let conflicts = 0;
 
+    // One txn per node and batch: binpack sends many instances to one node, and placing them one
+    // txn at a time would chain every placement on the previous one's round trip. Nodes go in
+    // parallel; a lost compare fails only that node's batch, which the next pass replans.
+    const byNode = new Map<string, typeof plan.placements>();
     for (const p of plan.placements) {
-      const { instance, rev } = byName.get(p.instance)!;
-      const a = allocs.get(p.node)!;
-      const next = clone(InstanceSchema, instance);
-      const now = timestampNow();
-      next.status = create(InstanceStatusSchema, {
-        phase: Phase.SCHEDULED,
-        node: p.node,
-        message: "",
-        scheduledTime: now,
-        updateTime: now,
-      });
-      const alloc = clone(AllocationSchema, a.alloc);
-      alloc.instances[instance.uid] = requestOf(instance);
-      const res = await store.txn(
-        [ifModRevision(keys.instance(instance.name), rev), ifModRevision(keys.allocation(p.node), a.rev)],
-        [
-          { type: "put", key: keys.instance(instance.name), value: encodeInstance(next) },
-          { type: "put", key: keys.assignment(p.node, instance.name), value: encodeAssignment(next) },
-          { type: "put", key: keys.allocation(p.node), value: encodeAllocation(alloc) },
-        ],
-        [],
-        { signal },
-      );
-      if (res.succeeded) {
-        placed++;
-        lastRev = res.revision;
-        allocs.set(p.node, { alloc, rev: res.revision });
-        metrics.placements.inc();
-        this.log.debug({ instance: instance.name, node: p.node }, "placed");
-      } else {
-        conflicts++;
-        metrics.placementConflicts.inc();
-      }
+      const list = byNode.get(p.node) ?? [];
+      list.push(p);
+      byNode.set(p.node, list);
     }
+    // A node's batches run in order (each compares the allocation the previous one wrote).
+    const jobs = [...byNode].map(([node, list]) => ({ node, names: list.map((p) => p.instance) }));
+    let nextJob = 0;
+    const worker = async () => {
+      for (let job = jobs[nextJob++]; job; job = jobs[nextJob++]) {
+        for (let i = 0; i < job.names.length; i += MAX_BATCH) {
+          const names = job.names.slice(i, i + MAX_BATCH);
+          const { revision } = await this.placeBatch(job.node, names, byName, allocs, signal);
+          if (!revision) {
+            conflicts++;
+            break; // the rest of this node's plan assumed this batch: replan
+          }
+          placed += names.length;
+          lastRev = Math.max(lastRev, revision);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(PARALLEL_NODES, jobs.length) }, worker));
 
     for (const u of plan.unplaced) {
       const { instance, rev } = byName.get(u.instance)!;
@@ -150,5 +147,44 @@ export class PlacementController {
     if (lastRev > 0) await this.ctx.informers.instances.waitForRevision(lastRev, signal);
     if (conflicts > 0) this.log.info({ conflicts }, "placement conflicts; replanning");
     return { placed, conflicts };
+  }
+
+  /**
+   * Places `names` on `node` in one txn: every instance unchanged since we read it, the node's
+   * allocation unchanged, then each instance Scheduled with its assignment, and the allocation.
+   * Returns the revision written, or 0 when a compare failed (nothing written).
+   */
+  private async placeBatch(
+    node: string,
+    names: string[],
+    byName: Map<string, { instance: Instance; rev: number }>,
+    allocs: Map<string, { alloc: Allocation; rev: number }>,
+    signal: AbortSignal,
+  ): Promise<{ revision: number }> {
+    const a = allocs.get(node)!;
+    const alloc = clone(AllocationSchema, a.alloc);
+    const now = timestampNow();
+    const compares = [ifModRevision(keys.allocation(node), a.rev)];
+    const puts: { type: "put"; key: string; value: Uint8Array }[] = [];
+    for (const name of names) {
+      const { instance, rev } = byName.get(name)!;
+      const next = clone(InstanceSchema, instance);
+      next.status = create(InstanceStatusSchema, { phase: Phase.SCHEDULED, node, message: "", scheduledTime: now, updateTime: now });
+      alloc.instances[instance.uid] = requestOf(instance);
+      compares.push(ifModRevision(keys.instance(name), rev));
+      puts.push({ type: "put", key: keys.instance(name), value: encodeInstance(next) });
+      puts.push({ type: "put", key: keys.assignment(node, name), value: encodeAssignment(next) });
+    }
+    puts.push({ type: "put", key: keys.allocation(node), value: encodeAllocation(alloc) });
+    const res = await this.ctx.store.txn(compares, puts, [], { signal });
+    if (!res.succeeded) {
+      metrics.placementConflicts.inc();
+      return { revision: 0 };
+    }
+    // The next batch for this node compares against what we just wrote.
+    allocs.set(node, { alloc, rev: res.revision });
+    metrics.placements.inc(names.length);
+    this.log.debug({ node, instances: names }, "placed");
+    return { revision: res.revision };
   }
 }

@@ -7,7 +7,8 @@ import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { type Instance, InstanceSchema, InstanceStatusSchema, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { type Node, NodeSchema, type Resources, ResourcesSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { type Allocation, AllocationSchema, AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import type { KeyValue } from "../../pkg/cluster/store/index.js";
+import { keys, type KeyValue } from "../../pkg/cluster/store/index.js";
+import type { Informers } from "./context.js";
 
 export const decodeInstance = (kv: KeyValue): Instance => fromBinary(InstanceSchema, kv.value);
 export const decodeNode = (kv: KeyValue): Node => fromBinary(NodeSchema, kv.value);
@@ -32,6 +33,18 @@ export function merged(instance: Instance, status: Instance | undefined): Instan
     if (!out.status.scheduledTime && instance.status?.scheduledTime) out.status.scheduledTime = instance.status.scheduledTime;
   }
   return out;
+}
+
+/** "Running" for Phase.RUNNING. */
+export function phaseName(p: Phase): string {
+  const n = Phase[p] ?? "UNSPECIFIED";
+  return n.charAt(0) + n.slice(1).toLowerCase();
+}
+
+/** The phase `merged(instance, status)` would show, without copying anything. */
+export function mergedPhase(instance: Instance, status: Instance | undefined): Phase {
+  const reported = status && status.uid === instance.uid ? (status.status?.phase ?? Phase.UNSPECIFIED) : Phase.UNSPECIFIED;
+  return reported !== Phase.UNSPECIFIED ? reported : (instance.status?.phase ?? Phase.UNSPECIFIED);
 }
 
 export function instancePhase(i: Instance): Phase {
@@ -61,4 +74,14 @@ export function allocationTotals(a: Allocation | undefined): { vcpus: number; me
 
 export function touch(i: Instance): void {
   if (i.status) i.status.updateTime = timestampNow();
+}
+
+/** Instances per phase name ("Running": 3), from the informers' copies. */
+export function instancesByPhase(informers: Pick<Informers, "instances" | "statuses">): Map<string, number> {
+  const byPhase = new Map<string, number>();
+  for (const [key, { value }] of informers.instances.items) {
+    const p = phaseName(mergedPhase(value, informers.statuses.get(keys.status(key.slice(keys.instances.length)))?.value));
+    byPhase.set(p, (byPhase.get(p) ?? 0) + 1);
+  }
+  return byPhase;
 }

@@ -294,4 +294,14 @@ for (const kind of ["embedded", "etcd"] as const)
       assert.equal(counts.nodes, 2);
       assert.equal(counts.nodesReady, 2);
     });
+
+    it("/metrics counts instances by phase as GetCounts does", async () => {
+      const counts = await createClient(ClusterService, transport).getCounts({});
+      const m = await (await fetch(`${server.url}/metrics`)).text();
+      const gauge = Object.fromEntries(
+        [...m.matchAll(/^hypervisor_instances\{phase="(\w+)"\} (\d+)$/gm)].map((x) => [x[1]!, Number(x[2])]),
+      );
+      assert.ok(Object.keys(gauge).length > 0, "the gauge has series");
+      assert.deepEqual(gauge, counts.instancesByPhase);
+    });
   });

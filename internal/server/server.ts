@@ -22,11 +22,11 @@ import { GcController } from "./gc-controller.js";
 import { listen, type Listening } from "./http.js";
 import { Informer } from "./informer.js";
 import { instanceService } from "./instance-service.js";
-import { metrics, registry } from "./metrics.js";
+import { metrics, registry, setInstanceSource } from "./metrics.js";
 import { NodeController } from "./node-controller.js";
 import { nodeService } from "./node-service.js";
 import { PlacementController } from "./placement-controller.js";
-import { decodeAllocation, decodeNode } from "./records.js";
+import { decodeAllocation, decodeNode, instancesByPhase } from "./records.js";
 import type { Algorithm } from "./scheduler.js";
 
 export interface ServerOptions {
@@ -116,6 +116,7 @@ export class Server {
       if (Number(req.headers["content-length"] ?? 0) > maxBytes) req.resume();
       handler(req, res);
     });
+    setInstanceSource(() => instancesByPhase(this.ctx.informers));
     this.tasks.push(this.leaderLoop(signal));
     this.log.info({ url: this.url, store: this.opts.store.kind }, "server listening");
   }

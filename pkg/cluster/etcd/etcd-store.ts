@@ -19,6 +19,7 @@
  * etcd3 errors become the store's typed errors (mapError); nothing above this file sees an etcd3
  * type.
  */
+import { getMaxListeners, setMaxListeners } from "node:events";
 import { readFile } from "node:fs/promises";
 import {
   ClientClosedError,
@@ -55,6 +56,9 @@ import {
   type WatchEvent,
   type WatchOptions,
 } from "../store/index.js";
+
+/** Calls in flight on one caller signal before Node warns of a listener leak. */
+const MAX_CALLS_PER_SIGNAL = 10_000;
 
 const log = logger("etcd-store");
 
@@ -328,6 +332,9 @@ export class EtcdStore implements Store {
       const aborted = new Promise<never>((_, reject) => {
         // The abort reason as is (an AbortError DOMException by default), as fetch and timers do.
         onAbort = () => reject(signal.reason as Error);
+        // One listener per call in flight, removed when it ends: a controller's signal legitimately
+        // carries hundreds at once, which is not the leak Node's default limit of 10 warns about.
+        if (getMaxListeners(signal) < MAX_CALLS_PER_SIGNAL) setMaxListeners(MAX_CALLS_PER_SIGNAL, signal);
         signal.addEventListener("abort", onAbort, { once: true });
       });
       work.catch(() => undefined); // the abandoned call may still fail; nobody is waiting for it

@@ -3,42 +3,22 @@
 // Agent, until SIGTERM/SIGINT. Exit codes: 0 clean stop, 1 runtime failure, 2 bad settings.
 import { Agent, agentSchema, buildDrivers, defaultNodeName } from "../../internal/agent/index.js";
 import { etcdOptions, openEtcdStore, waitForStore } from "../../pkg/cluster/etcd/index.js";
-import type { Driver } from "../../pkg/compute/driver/index.js";
-import { ConfigError, loadConfig, usage } from "../../pkg/config/index.js";
+import type { Loaded } from "../../pkg/config/index.js";
+import { runDaemon, untilAborted } from "../../pkg/daemon/index.js";
 import { logger } from "../../pkg/log/index.js";
 
-const controller = new AbortController();
-const onSignal = (): void => {
-  if (controller.signal.aborted) process.exit(130); // a second signal: give up at once
-  controller.abort();
-};
-process.on("SIGINT", onSignal);
-process.on("SIGTERM", onSignal);
+await runDaemon({
+  name: "hypervisor-agent",
+  about: "Runs the instances the cluster assigns to this node.",
+  schema: agentSchema,
+  run,
+});
 
-process.exitCode = await main(process.argv.slice(2));
-process.off("SIGINT", onSignal);
-process.off("SIGTERM", onSignal);
-
-async function main(argv: string[]): Promise<number> {
-  let loaded;
-  let drivers: Driver[];
-  try {
-    loaded = await loadConfig(agentSchema, { argv });
-    if (loaded.help) {
-      process.stdout.write(usage(agentSchema, "hypervisor-agent", "Runs the instances the cluster assigns to this node.") + "\n");
-      return 0;
-    }
-    const c = loaded.config;
-    drivers = buildDrivers(c.drivers, c.dataDir, { vcpus: c.capacityVcpus || undefined, memoryMiB: c.capacityMemoryMib || undefined });
-  } catch (e) {
-    if (!(e instanceof ConfigError)) throw e;
-    process.stderr.write(`hypervisor-agent: ${e.message}\n`);
-    return 2;
-  }
+async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Promise<number> {
   const c = loaded.config;
+  const drivers = buildDrivers(c.drivers, c.dataDir, { vcpus: c.capacityVcpus || undefined, memoryMiB: c.capacityMemoryMib || undefined });
   c.nodeName ||= defaultNodeName();
   const log = logger("agent", { node: c.nodeName });
-  const signal = controller.signal;
 
   const store = await openEtcdStore(etcdOptions(c));
   try {
@@ -64,7 +44,7 @@ async function main(argv: string[]): Promise<number> {
       return 1;
     }
     log.info({ config: loaded.file ?? "(none)", drivers: c.drivers, etcd: c.etcdEndpoints }, "agent running");
-    await new Promise<void>((resolve) => (signal.aborted ? resolve() : signal.addEventListener("abort", () => resolve(), { once: true })));
+    await untilAborted(signal);
     log.info("stopping; instances keep running");
     await agent.stop();
     return 0;

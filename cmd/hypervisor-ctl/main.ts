@@ -1,24 +1,12 @@
 #!/usr/bin/env node
 // hypervisor-ctl entry point: wires the process (argv, stdio, env, signals) to internal/ctl.
 import { run } from "../../internal/ctl/index.js";
+import { abortOnSignals } from "../../pkg/daemon/index.js";
 
-const controller = new AbortController();
 // First Ctrl-C cancels the running call or watch cleanly; a second one gives up at once, so a
 // stuck connection never traps the user.
-const onSignal = (): void => {
-  if (controller.signal.aborted) process.exit(130);
-  controller.abort();
-};
-process.on("SIGINT", onSignal);
-process.on("SIGTERM", onSignal);
-
-const code = await run(process.argv.slice(2), {
-  stdout: process.stdout,
-  stderr: process.stderr,
-  env: process.env,
-  signal: controller.signal,
-});
+const { signal, dispose } = abortOnSignals();
+const code = await run(process.argv.slice(2), { stdout: process.stdout, stderr: process.stderr, env: process.env, signal });
 // exitCode rather than exit(): stdout may still be flushing into a pipe.
 process.exitCode = code;
-process.off("SIGINT", onSignal);
-process.off("SIGTERM", onSignal);
+dispose();

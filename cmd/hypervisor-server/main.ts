@@ -6,46 +6,28 @@ import { randomUUID } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { Agent, buildDrivers, defaultNodeName } from "../../internal/agent/index.js";
-import { clientVersion } from "../../internal/ctl/cluster.js";
 import { checkServerConfig, serverSchema } from "../../internal/server/config.js";
 import { Server } from "../../internal/server/server.js";
 import { Election } from "../../pkg/cluster/election/index.js";
 import { etcdOptions, openEtcdStore, waitForStore } from "../../pkg/cluster/etcd/index.js";
 import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
-import { ConfigError, loadConfig, usage } from "../../pkg/config/index.js";
+import type { Loaded } from "../../pkg/config/index.js";
+import { runDaemon, untilAborted } from "../../pkg/daemon/index.js";
 import { logger } from "../../pkg/log/index.js";
+import { packageVersion } from "../../pkg/version/index.js";
 
-const controller = new AbortController();
-const onSignal = (): void => {
-  if (controller.signal.aborted) process.exit(130); // a second signal: give up at once
-  controller.abort();
-};
-process.on("SIGINT", onSignal);
-process.on("SIGTERM", onSignal);
+await runDaemon({
+  name: "hypervisor-server",
+  about: "Runs the cluster's API, scheduler and controllers.",
+  schema: serverSchema,
+  run,
+});
 
-process.exitCode = await main(process.argv.slice(2));
-process.off("SIGINT", onSignal);
-process.off("SIGTERM", onSignal);
-
-async function main(argv: string[]): Promise<number> {
-  let loaded;
-  let listen;
-  try {
-    loaded = await loadConfig(serverSchema, { argv });
-    if (loaded.help) {
-      process.stdout.write(usage(serverSchema, "hypervisor-server", "Runs the cluster's API, scheduler and controllers.") + "\n");
-      return 0;
-    }
-    listen = checkServerConfig(loaded.config);
-  } catch (e) {
-    if (!(e instanceof ConfigError)) throw e;
-    process.stderr.write(`hypervisor-server: ${e.message}\n`);
-    return 2;
-  }
+async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Promise<number> {
+  const listen = checkServerConfig(loaded.config);
   const c = loaded.config;
   const serverId = c.serverId || randomUUID().slice(0, 8);
   const log = logger("server", { server: serverId });
-  const signal = controller.signal;
   const dataDir = resolve(c.dataDir);
 
   let store: Store;
@@ -74,7 +56,7 @@ async function main(argv: string[]): Promise<number> {
       store,
       host: listen.host,
       port: listen.port,
-      version: clientVersion(),
+      version: packageVersion(),
       algorithm: listen.algorithm,
       serverId,
       log,
@@ -100,7 +82,7 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(
         [
           "",
-          `hypervisor ${clientVersion()} is running on this machine (--dev: server and agent in one process)`,
+          `hypervisor ${packageVersion()} is running on this machine (--dev: server and agent in one process)`,
           `  API      ${server.url}   (gRPC, gRPC-Web and Connect)`,
           `  metrics  ${server.url}/metrics`,
           `  state    ${dataDir}`,
@@ -112,7 +94,7 @@ async function main(argv: string[]): Promise<number> {
       );
     }
     log.info({ config: loaded.file ?? "(none)", store: c.store, dev: c.dev }, "server running");
-    await new Promise<void>((done) => (signal.aborted ? done() : signal.addEventListener("abort", () => done(), { once: true })));
+    await untilAborted(signal);
     log.info("stopping");
     return 0;
   } catch (e) {

@@ -28,15 +28,12 @@ import {
   RestartPolicy,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { ifModRevision, keys, type Store } from "../../pkg/cluster/store/index.js";
+import { ifModRevision, keys, RESTART_LABEL, STOP_TIMEOUT_LABEL, type Store } from "../../pkg/cluster/store/index.js";
 import { InvalidSpecError, StartError, type Driver, type DriverInstance, type DriverInstanceSpec } from "../../pkg/compute/driver/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ProcessResult } from "./workqueue.js";
 
-/** Set by the server's RestartInstance to the generation that asks for the restart. */
-export const RESTART_LABEL = "hypervisor.io/restart-requested";
-/** Set by the server's StopInstance when the user gave a timeout (seconds). */
-export const STOP_TIMEOUT_LABEL = "hypervisor.io/stop-timeout-seconds";
+export { RESTART_LABEL, STOP_TIMEOUT_LABEL };
 
 export interface ReconcilerOptions {
   store: Store;

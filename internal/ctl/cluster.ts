@@ -2,23 +2,15 @@
  * `cluster status` and `version`: what an operator runs first, so one screen answers "which
  * server, is it healthy, who leads, how much is there".
  */
-import { readFileSync } from "node:fs";
 import { toJson } from "@bufbuild/protobuf";
 import { Command } from "commander";
 import { GetCountsResponseSchema, GetHealthResponseSchema, GetVersionResponseSchema } from "../../api/gen/hypervisor/v1/cluster_pb.js";
 import type { Context } from "./context.js";
 import * as output from "./output.js";
+import { packageVersion } from "../../pkg/version/index.js";
 
-/** The package version, read from package.json at the repository (or install) root. */
-export function clientVersion(): string {
-  try {
-    // Compiled to dist/internal/ctl/: three levels below the root, as is internal/ctl/ when run from source.
-    const pkg = JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version?: unknown };
-    return typeof pkg.version === "string" ? pkg.version : "unknown";
-  } catch {
-    return "unknown";
-  }
-}
+/** This client's version: the package's. */
+export const clientVersion = packageVersion;
 
 export function clusterCommand(ctx: Context): Command {
   const cmd = new Command("cluster").description("cluster-wide information");

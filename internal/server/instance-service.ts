@@ -26,13 +26,13 @@ import {
   type WatchInstancesResponse,
   WatchInstancesResponseSchema,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { ifAbsent, ifModRevision, keys, type Op } from "../../pkg/cluster/store/index.js";
+import { ifAbsent, ifModRevision, keys, STOP_TIMEOUT_LABEL, type Op } from "../../pkg/cluster/store/index.js";
 import { AsyncQueue } from "./async-queue.js";
 import type { ServerContext } from "./context.js";
 import { decodeInstance, encodeAssignment, encodeInstance, merged, phaseName } from "./records.js";
-import { RESTART_LABEL, RESERVED_LABEL_PREFIX, parseLabelSelector, show, validateLabels, validateName, validateSpec } from "./validate.js";
+import { RESTART_LABEL, parseLabelSelector, show, validateLabels, validateName, validateSpec } from "./validate.js";
 
-export const STOP_TIMEOUT_LABEL = `${RESERVED_LABEL_PREFIX}stop-timeout-seconds`;
+export { STOP_TIMEOUT_LABEL };
 const MAX_CAS_ATTEMPTS = 20;
 
 interface Matcher {

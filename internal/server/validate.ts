@@ -9,9 +9,8 @@ import type { InstanceSpec } from "../../api/gen/hypervisor/v1/instance_pb.js";
 /** Drivers the platform knows. A known driver that no node has leaves the instance Pending. */
 export const KNOWN_DRIVERS = ["libvirt", "containerd", "firecracker", "mock"] as const;
 
-/** Label keys under this prefix are set by the system, never by users. */
-export const RESERVED_LABEL_PREFIX = "hypervisor.io/";
-export const RESTART_LABEL = "hypervisor.io/restart-requested";
+import { RESERVED_LABEL_PREFIX, RESTART_LABEL } from "../../pkg/cluster/store/index.js";
+export { RESERVED_LABEL_PREFIX, RESTART_LABEL };
 
 export const LIMITS = {
   maxVcpus: 1024,

@@ -15,5 +15,5 @@ export type {
 } from "./store.js";
 export { ifAbsent, ifModRevision, ifPresent } from "./store.js";
 export { CompactedError, LeaseNotFoundError, StoreError, StoreUnavailableError } from "./errors.js";
-export { keys, baseName, parseAssignmentKey, ROOT } from "./keys.js";
+export { keys, baseName, parseAssignmentKey, ROOT, RESERVED_LABEL_PREFIX, RESTART_LABEL, STOP_TIMEOUT_LABEL } from "./keys.js";
 export { EmbeddedStore, openEmbeddedStore, type EmbeddedStoreOptions } from "./embedded.js";

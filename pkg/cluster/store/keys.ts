@@ -32,3 +32,13 @@ export function parseAssignmentKey(key: string): [string, string] | undefined {
   if (rest.length !== 2 || !rest[0] || !rest[1]) return undefined;
   return [rest[0], rest[1]];
 }
+
+/*
+ * Labels through which the server tells agents what a spec cannot say. Label keys under the
+ * reserved prefix are set by the system, never by users.
+ */
+export const RESERVED_LABEL_PREFIX = "hypervisor.io/";
+/** Set by RestartInstance to the generation that asks for the restart. */
+export const RESTART_LABEL = `${RESERVED_LABEL_PREFIX}restart-requested`;
+/** Set by StopInstance when the user gave a timeout (seconds). */
+export const STOP_TIMEOUT_LABEL = `${RESERVED_LABEL_PREFIX}stop-timeout-seconds`;

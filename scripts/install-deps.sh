@@ -8,6 +8,14 @@ need_apt=()
 if [[ "${1:-}" != "--node-only" ]]; then
   command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
   command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
+  # libvirt + QEMU (the libvirt driver and its tests), and what builds the test guest's initramfs.
+  [[ -x /usr/sbin/libvirtd ]] || need_apt+=(libvirt-daemon libvirt-daemon-driver-qemu)
+  command -v virsh >/dev/null 2>&1 || need_apt+=(libvirt-clients)
+  command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)
+  command -v qemu-img >/dev/null 2>&1 || need_apt+=(qemu-utils)
+  [[ -x /bin/busybox ]] || need_apt+=(busybox-static)
+  command -v cpio >/dev/null 2>&1 || need_apt+=(cpio)
+  command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 fi
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

@@ -13,17 +13,18 @@
  * It runs in-process (the server's --dev mode, tests) or as the hypervisor-agent binary: it
  * only needs a Store and drivers.
  */
-import { clone, equals, fromBinary } from "@bufbuild/protobuf";
+import { clone, create, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { mkdir } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Node, NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
-import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { AgentEndpointSchema, AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { Heartbeat } from "../../pkg/cluster/heartbeat/index.js";
 import { listWatch, registerNode } from "../../pkg/cluster/registry/index.js";
 import { baseName, keys, type Store } from "../../pkg/cluster/store/index.js";
-import type { Driver } from "../../pkg/compute/driver/index.js";
+import { type Driver, hasLogs } from "../../pkg/compute/driver/index.js";
 import { logger as rootLogger, type Logger } from "../../pkg/log/index.js";
 import { fingerprintNode, type Capacity } from "./fingerprint.js";
+import { AgentEndpoint } from "./endpoint.js";
 import { Reconciler } from "./reconcile.js";
 import { WorkQueue } from "./workqueue.js";
 
@@ -46,6 +47,11 @@ export interface AgentOptions {
   address?: string;
   /** Stop timeout for instances without one (default 30 s). */
   defaultStopTimeoutMs?: number;
+  /**
+   * HOST:PORT of the agent's endpoint (console logs for the server); default 127.0.0.1:0 (a free
+   * loopback port, enough when the server runs on this machine). Empty: no endpoint.
+   */
+  listen?: string;
 }
 
 export interface AdoptionReport {
@@ -73,6 +79,7 @@ export class Agent {
   private readonly assigned = new Set<string>();
   private node: Node | undefined;
   private started = false;
+  private endpoint: AgentEndpoint | undefined;
   private report: AdoptionReport = { adopted: [], orphans: [] };
 
   constructor(private readonly opts: AgentOptions) {
@@ -113,6 +120,7 @@ export class Agent {
     this.log.info({ drivers: this.node.drivers.map((d) => `${d.name}${d.healthy ? "" : " (unhealthy)"}`) }, "node registered");
     await this.heartbeat.start(s);
     try {
+      await this.startEndpoint(s);
       this.report = await this.adopt(s);
       let listed!: () => void;
       const firstList = new Promise<void>((resolve) => (listed = resolve));
@@ -134,7 +142,43 @@ export class Agent {
   async stop(): Promise<void> {
     this.ctl.abort();
     await Promise.allSettled(this.loops);
+    if (this.endpoint) {
+      await this.endpoint.close();
+      await this.opts.store.delete(keys.agent(this.nodeName)).catch(() => undefined);
+      this.endpoint = undefined;
+    }
     await this.heartbeat.stop();
+  }
+
+  /** Serves console logs to the server, and publishes where (agents/<node>). */
+  private async startEndpoint(signal: AbortSignal): Promise<void> {
+    const listen = this.opts.listen ?? "127.0.0.1:0";
+    if (!listen) return;
+    const m = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]*):(\d{1,5})$/.exec(listen);
+    if (!m) throw new AgentError(`listen: ${JSON.stringify(listen)} is not HOST:PORT`);
+    const host = m[1]!.replace(/^\[|\]$/g, "") || "0.0.0.0";
+    const endpoint = new AgentEndpoint({ logFile: (name) => this.logFile(name, signal) }, this.log);
+    const port = await endpoint.listen(host, Number(m[2]));
+    this.endpoint = endpoint;
+    // Unspecified addresses are not reachable as such: advertise the node's address.
+    const advertised = host === "0.0.0.0" || host === "::" ? this.node?.address || "127.0.0.1" : host;
+    const url = `http://${advertised.includes(":") ? `[${advertised}]` : advertised}:${port}`;
+    await this.opts.store.put(
+      keys.agent(this.nodeName),
+      toBinary(AgentEndpointSchema, create(AgentEndpointSchema, { url, token: endpoint.token })),
+      { signal },
+    );
+    this.log.info({ url }, "agent endpoint listening");
+  }
+
+  private async logFile(name: string, signal: AbortSignal): Promise<{ path: string } | { status: 404 | 409; message: string }> {
+    const kv = await this.opts.store.get(keys.assignment(this.nodeName, name), { signal });
+    const inst = kv ? fromBinary(AssignmentSchema, kv.value).instance : undefined;
+    if (!inst) return { status: 404, message: `instance ${name} is not assigned to node ${this.nodeName}` };
+    const driver = this.opts.drivers.find((d) => d.name === inst.spec?.driver);
+    if (!driver) return { status: 409, message: `driver ${inst.spec?.driver ?? ""} is not available on node ${this.nodeName}` };
+    if (!hasLogs(driver)) return { status: 409, message: `driver ${driver.name} keeps no console log` };
+    return { path: driver.logFile(name) };
   }
 
   /**

@@ -29,7 +29,15 @@ import {
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { ifModRevision, keys, RESTART_LABEL, STOP_TIMEOUT_LABEL, type Store } from "../../pkg/cluster/store/index.js";
-import { InvalidSpecError, StartError, type Driver, type DriverInstance, type DriverInstanceSpec } from "../../pkg/compute/driver/index.js";
+import {
+  type BalloonDriver,
+  hasBalloon,
+  InvalidSpecError,
+  StartError,
+  type Driver,
+  type DriverInstance,
+  type DriverInstanceSpec,
+} from "../../pkg/compute/driver/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ProcessResult } from "./workqueue.js";
 
@@ -72,6 +80,8 @@ interface Ctx {
 export class Reconciler {
   private readonly drivers = new Map<string, Driver>();
   private readonly restarts = new Map<string, RestartState>();
+  /** Balloon target last applied per instance: uid/startedAt/MiB. */
+  private readonly balloons = new Map<string, string>();
   private readonly defaultStopTimeoutMs: number;
   private readonly restartDelayMs: number;
   private readonly maxRestartDelayMs: number;
@@ -208,6 +218,8 @@ export class Reconciler {
       requeueAfterMs = Math.max(this.restartDelay(r.consecutive), 1);
     }
 
+    if (actual.state === "running" && hasBalloon(driver)) actual = await this.balloon(driver, inst, actual, signal);
+
     const status = statusOf(actual, desired);
     if (note !== undefined) status.message = note;
     status.restartCount = restartCount;
@@ -218,6 +230,21 @@ export class Reconciler {
   /** Forgets in-memory state of instances that are gone (called by the agent on resync). */
   prune(assigned: Set<string>): void {
     for (const n of this.restarts.keys()) if (!assigned.has(n)) this.restarts.delete(n);
+    for (const n of this.balloons.keys()) if (!assigned.has(n)) this.balloons.delete(n);
+  }
+
+  /**
+   * Applies spec.memory_target_mib (0: all of memory_mib) to a running instance, once per target
+   * and boot: the guest may take a while to reach it, and asking again would change nothing.
+   */
+  private async balloon(driver: BalloonDriver, inst: Instance, actual: DriverInstance, signal: AbortSignal): Promise<DriverInstance> {
+    const target = Number(inst.spec?.memoryTargetMib || inst.spec?.memoryMib || 0n);
+    const key = `${inst.uid}/${actual.startedAt ?? 0}/${target}`;
+    if (target <= 0 || this.balloons.get(inst.name) === key) return actual;
+    await driver.setMemory(inst.name, target, { signal });
+    this.balloons.set(inst.name, key);
+    this.opts.log.info({ instance: inst.name, memoryMiB: target }, "memory target set");
+    return (await driver.inspect(inst.name, { signal })) ?? actual;
   }
 
   private async start(driver: Driver, name: string, signal: AbortSignal): Promise<DriverInstance> {

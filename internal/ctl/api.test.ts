@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { clone, create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
@@ -100,6 +100,18 @@ const instanceImpl: ServiceImpl<typeof InstanceService> = {
   stopInstance(req) {
     fake.stopped.push(req);
     return { instance: get(req.name) };
+  },
+  setInstanceMemory(req) {
+    fake.calls.push(`set-memory ${req.name} ${req.memoryMib}`);
+    const i = clone(InstanceSchema, get(req.name));
+    if (i.spec) i.spec.memoryTargetMib = req.memoryMib;
+    return { instance: i };
+  },
+  async *getInstanceLogs(req) {
+    fake.calls.push(`logs ${req.name} follow=${req.follow} tail=${req.tailBytes}`);
+    get(req.name);
+    yield { data: new TextEncoder().encode("HYPERVISOR-GUEST-READY\n") };
+    yield { data: new TextEncoder().encode("second chunk\n") };
   },
   restartInstance(req) {
     fake.calls.push(`restart ${req.name}`);
@@ -446,6 +458,27 @@ describe("hypervisor-ctl against an API over HTTP", () => {
       const r = await ctl(["instance", "delete", "web-1", "--wait"]);
       assert.deepEqual(r, { code: 0, stdout: "instance/web-1 deleted\n", stderr: "" });
       assert.deepEqual(fake.calls, ["delete web-1", "get web-1"]);
+    });
+
+    it("logs prints the streamed chunks as they come, with --follow and --tail passed on", async () => {
+      fake.instances.set("vm-1", instance("vm-1", Phase.RUNNING));
+      const r = await ctl(["instance", "logs", "vm-1", "--tail", "4096"]);
+      assert.deepEqual(r, { code: 0, stdout: "HYPERVISOR-GUEST-READY\nsecond chunk\n", stderr: "" });
+      const f = await ctl(["instance", "logs", "vm-1", "-f"]);
+      assert.equal(f.code, 0);
+      assert.deepEqual(fake.calls, ["logs vm-1 follow=false tail=4096", "logs vm-1 follow=true tail=0"]);
+      const missing = await ctl(["instance", "logs", "nope"]);
+      assert.equal(missing.code, ExitCode.Api);
+      assert.match(missing.stderr, /not found/);
+    });
+
+    it("set-memory sends MiB from a quantity and refuses a malformed one before calling", async () => {
+      fake.instances.set("vm-1", instance("vm-1", Phase.RUNNING));
+      const r = await ctl(["instance", "set-memory", "vm-1", "1Gi"]);
+      assert.deepEqual(r, { code: 0, stdout: "instance/vm-1 memory target set to 1024Mi\n", stderr: "" });
+      const bad = await ctl(["instance", "set-memory", "vm-1", "lots"]);
+      assert.equal(bad.code, ExitCode.Usage);
+      assert.deepEqual(fake.calls, ["set-memory vm-1 1024"]);
     });
   });
 

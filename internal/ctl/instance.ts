@@ -42,6 +42,8 @@ export function instanceCommand(ctx: Context): Command {
   cmd.addCommand(powerCommand(ctx, "stop"));
   cmd.addCommand(powerCommand(ctx, "restart"));
   cmd.addCommand(deleteCommand(ctx));
+  cmd.addCommand(logsCommand(ctx));
+  cmd.addCommand(setMemoryCommand(ctx));
   return cmd;
 }
 
@@ -249,6 +251,41 @@ function powerCommand(ctx: Context, action: "start" | "stop" | "restart"): Comma
     );
   });
   return cmd;
+}
+
+/** The serial console log, streamed as it arrives (the one command that writes while it runs). */
+function logsCommand(ctx: Context): Command {
+  return new Command("logs")
+    .description("print an instance's console log (VMs: the serial console)")
+    .argument("<name>", "instance name")
+    .option("-f, --follow", "keep printing new output until Ctrl-C")
+    .option("--tail <bytes>", "start this many bytes from the end (0: the whole log)", flags.positiveInt)
+    .action(async (name: string, opts: { follow?: boolean; tail?: number }) => {
+      const decoder = new TextDecoder();
+      const stream = ctx
+        .clients()
+        .instances.getInstanceLogs({ name, follow: opts.follow ?? false, tailBytes: BigInt(opts.tail ?? 0) }, { signal: ctx.signal });
+      try {
+        for await (const chunk of stream) ctx.io.stdout.write(decoder.decode(chunk.data, { stream: true }));
+      } catch (e) {
+        // Ctrl-C ends a follow: that is its normal way out, not an error.
+        if (!(opts.follow && ctx.signal.aborted)) throw e;
+      }
+      const rest = decoder.decode();
+      if (rest) ctx.io.stdout.write(rest);
+    });
+}
+
+function setMemoryCommand(ctx: Context): Command {
+  return new Command("set-memory")
+    .description("set the guest memory target (balloon) of a VM; 0 gives it all its memory again")
+    .argument("<name>", "instance name")
+    .argument("<memory>", "MiB, or a quantity like 512Mi or 2Gi", flags.memoryMib)
+    .action(async (name: string, memoryMib: bigint) => {
+      const { instance } = await ctx.clients().instances.setInstanceMemory({ name, memoryMib }, { signal: ctx.signal });
+      if (!instance) throw new CliError("the server returned no instance", ExitCode.Api);
+      report(ctx, instance, `memory target set to ${memoryMib === 0n ? "all memory" : `${memoryMib}Mi`}`);
+    });
 }
 
 function deleteCommand(ctx: Context): Command {

@@ -9,7 +9,7 @@
  *   Delete ──► delete_time set ──(agent destroys, drops assignment)──► GC removes the record
  */
 import { randomUUID } from "node:crypto";
-import { clone, create, equals } from "@bufbuild/protobuf";
+import { clone, create, equals, fromBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
@@ -29,8 +29,9 @@ import {
 import { ifAbsent, ifModRevision, keys, STOP_TIMEOUT_LABEL, type Op } from "../../pkg/cluster/store/index.js";
 import { AsyncQueue } from "./async-queue.js";
 import type { ServerContext } from "./context.js";
+import { AgentEndpointSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { decodeInstance, encodeAssignment, encodeInstance, merged, phaseName } from "./records.js";
-import { RESTART_LABEL, parseLabelSelector, show, validateLabels, validateName, validateSpec } from "./validate.js";
+import { RESTART_LABEL, invalid, parseLabelSelector, show, validateLabels, validateName, validateSpec } from "./validate.js";
 
 export { STOP_TIMEOUT_LABEL };
 const MAX_CAS_ATTEMPTS = 20;
@@ -82,6 +83,24 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       if (res.succeeded) return view(next, signal);
     }
     throw new ConnectError(`instance ${show(name)} is changing too fast; try again`, Code.Aborted);
+  }
+
+  /**
+   * The instance's driver must offer `cap` on the node it is placed on (or, not placed yet, on
+   * some node): otherwise the action cannot ever work, which is FailedPrecondition.
+   */
+  function requireCapability(i: Instance, cap: "balloon" | "logs", action: string): void {
+    const driver = i.spec?.driver ?? "";
+    const node = i.status?.node ?? "";
+    const nodes = node
+      ? [ctx.informers.nodes.get(keys.node(node))?.value].filter((n) => n !== undefined)
+      : [...ctx.informers.nodes.items.values()].map((x) => x.value);
+    const infos = nodes.flatMap((n) => n.drivers.filter((d) => d.name === driver));
+    if (!infos.some((d) => d.capabilities?.[cap]))
+      throw new ConnectError(
+        `driver ${driver} ${cap === "balloon" ? "has no memory balloon" : "keeps no console log"}${node ? ` on node ${node}` : ""}; ${action} needs one`,
+        Code.FailedPrecondition,
+      );
   }
 
   function refuseIfDeleting(i: Instance, action: string): void {
@@ -213,6 +232,56 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
         return true;
       });
       return { instance };
+    },
+
+    async setInstanceMemory(req, hctx) {
+      validateName("name", req.name);
+      const { instance: stored } = await read(req.name, hctx.signal);
+      const max = stored.spec?.memoryMib ?? 0n;
+      if (req.memoryMib !== 0n && (req.memoryMib < 16n || req.memoryMib > max))
+        throw invalid("memory_mib", `${req.memoryMib} must be 0 (all memory) or from 16 to the instance's ${max} MiB`);
+      requireCapability(stored, "balloon", "set-memory");
+      const instance = await mutate(req.name, hctx.signal, (next) => {
+        refuseIfDeleting(next, "set-memory");
+        if (next.spec!.memoryTargetMib === req.memoryMib) return false;
+        next.spec!.memoryTargetMib = req.memoryMib;
+        return true;
+      });
+      return { instance };
+    },
+
+    async *getInstanceLogs(req, hctx) {
+      validateName("name", req.name);
+      const current = await view((await read(req.name, hctx.signal)).instance, hctx.signal);
+      const node = current.status?.node ?? "";
+      if (node === "")
+        throw new ConnectError(
+          `instance ${req.name} is ${phaseName(current.status?.phase ?? Phase.UNSPECIFIED)}; logs need it placed on a node`,
+          Code.FailedPrecondition,
+        );
+      requireCapability(current, "logs", "logs");
+      const kv = await store.get(keys.agent(node), { signal: hctx.signal });
+      if (!kv) throw new ConnectError(`the agent of node ${node} publishes no endpoint (is it running?)`, Code.Unavailable);
+      const ep = fromBinary(AgentEndpointSchema, kv.value);
+      const url = `${ep.url}/v1/instances/${encodeURIComponent(req.name)}/logs?follow=${req.follow ? 1 : 0}&tail=${req.tailBytes}`;
+      let res: Response;
+      try {
+        res = await fetch(url, { headers: { authorization: `Bearer ${ep.token}` }, signal: hctx.signal });
+      } catch (e) {
+        if (hctx.signal.aborted) return;
+        throw new ConnectError(`agent of node ${node} at ${ep.url}: ${(e as Error).message}`, Code.Unavailable);
+      }
+      if (!res.ok || !res.body) {
+        const text = (await res.text().catch(() => "")).trim();
+        const code = res.status === 404 ? Code.NotFound : res.status === 409 ? Code.FailedPrecondition : Code.Unavailable;
+        throw new ConnectError(`agent of node ${node}: ${text || `HTTP ${res.status}`}`, code);
+      }
+      try {
+        for await (const chunk of res.body) yield { data: chunk as Uint8Array };
+      } catch (e) {
+        if (hctx.signal.aborted) return;
+        throw new ConnectError(`log stream from node ${node} broke: ${(e as Error).message}`, Code.Unavailable);
+      }
     },
 
     async *watchInstances(req, hctx: HandlerContext) {

@@ -198,6 +198,32 @@ for (const kind of ["embedded", "etcd"] as const)
       assert.equal(started.generation, gen + 1n);
     });
 
+    it("set-memory and logs check the size and the driver's capabilities, changing nothing when refused", async () => {
+      const before = (await instances.getInstance({ name: "big-one" })).instance!;
+      await assert.rejects(instances.setInstanceMemory({ name: "big-one", memoryMib: 8n }), (e: unknown) => {
+        const ce = ConnectError.from(e);
+        return (
+          ce.code === Code.InvalidArgument && ce.rawMessage === "memory_mib: 8 must be 0 (all memory) or from 16 to the instance's 2048 MiB"
+        );
+      });
+      await assert.rejects(instances.setInstanceMemory({ name: "big-one", memoryMib: 1024n }), (e: unknown) => {
+        const ce = ConnectError.from(e);
+        return (
+          ce.code === Code.FailedPrecondition && ce.rawMessage === "driver mock has no memory balloon on node large; set-memory needs one"
+        );
+      });
+      await assert.rejects(
+        (async () => {
+          for await (const _ of instances.getInstanceLogs({ name: "big-one" })) void _;
+        })(),
+        (e: unknown) =>
+          ConnectError.from(e).code === Code.FailedPrecondition && /driver mock keeps no console log/.test(ConnectError.from(e).rawMessage),
+      );
+      const after = (await instances.getInstance({ name: "big-one" })).instance!;
+      assert.equal(after.generation, before.generation);
+      assert.equal(after.spec?.memoryTargetMib, 0n);
+    });
+
     it("watch sends the current list, a SYNCED marker, then changes", async () => {
       const ac = new AbortController();
       const seen: { type: EventType; name: string }[] = [];

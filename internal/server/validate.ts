@@ -100,6 +100,11 @@ export function validateSpec(spec: InstanceSpec | undefined): asserts spec is In
   validateSize("spec.vcpus", spec.vcpus, LIMITS.maxVcpus, "vCPUs", true);
   validateSize("spec.memory_mib", spec.memoryMib, LIMITS.maxMemoryMiB, "MiB", true);
   validateSize("spec.disk_gib", spec.diskGib, LIMITS.maxDiskGiB, "GiB", false);
+  if (spec.memoryTargetMib !== 0n && (spec.memoryTargetMib < 16n || spec.memoryTargetMib > spec.memoryMib))
+    throw invalid(
+      "spec.memory_target_mib",
+      `${spec.memoryTargetMib} must be 0 (all memory) or from 16 to spec.memory_mib (${spec.memoryMib})`,
+    );
   validateString("spec.image", spec.image, LIMITS.maxImageBytes);
   validateString("spec.kernel", spec.kernel, LIMITS.maxImageBytes);
   validateString("spec.initrd", spec.initrd, LIMITS.maxImageBytes);

@@ -17,6 +17,7 @@ export const keys = {
   statuses: `${ROOT}status/`,
   status: (name: string) => `${ROOT}status/${name}`,
   election: (name: string) => `${ROOT}election/${name}`,
+  agent: (node: string) => `${ROOT}agents/${node}`,
   events: `${ROOT}events/`,
 } as const;
 

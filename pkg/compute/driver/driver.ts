@@ -54,6 +54,8 @@ export interface Capabilities {
   stats: boolean;
   snapshot: boolean;
   migrate: boolean;
+  /** Keeps a console log per instance (LogsDriver). */
+  logs: boolean;
 }
 
 export interface Fingerprint {
@@ -123,6 +125,12 @@ export interface BalloonDriver extends Driver {
   setMemory(name: string, memoryMiB: number, opts?: Signalled): Promise<void>;
 }
 
+export interface LogsDriver extends Driver {
+  /** Path of the instance's console log on this node (it may not exist yet). */
+  logFile(name: string): string;
+}
+
 export const hasStats = (d: Driver): d is StatsDriver => d.capabilities.stats;
 export const hasConsole = (d: Driver): d is ConsoleDriver => d.capabilities.console;
 export const hasBalloon = (d: Driver): d is BalloonDriver => d.capabilities.balloon;
+export const hasLogs = (d: Driver): d is LogsDriver => d.capabilities.logs;

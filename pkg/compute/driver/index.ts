@@ -12,8 +12,9 @@ export type {
   DriverState,
   Fingerprint,
   InstanceStats,
+  LogsDriver,
   Signalled,
   StatsDriver,
 } from "./driver.js";
-export { hasBalloon, hasConsole, hasStats } from "./driver.js";
+export { hasBalloon, hasConsole, hasLogs, hasStats } from "./driver.js";
 export { DriverError, InstanceNotFoundError, InvalidSpecError, StartError } from "./errors.js";

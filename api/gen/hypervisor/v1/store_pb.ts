@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hypervisor/v1/store.proto.
  */
 export const file_hypervisor_v1_store: GenFile = /*@__PURE__*/
-  fileDesc("ChloeXBlcnZpc29yL3YxL3N0b3JlLnByb3RvEg1oeXBlcnZpc29yLnYxIjcKCkFzc2lnbm1lbnQSKQoIaW5zdGFuY2UYASABKAsyFy5oeXBlcnZpc29yLnYxLkluc3RhbmNlIpUBCgpBbGxvY2F0aW9uEjsKCWluc3RhbmNlcxgBIAMoCzIoLmh5cGVydmlzb3IudjEuQWxsb2NhdGlvbi5JbnN0YW5jZXNFbnRyeRpKCg5JbnN0YW5jZXNFbnRyeRILCgNrZXkYASABKAkSJwoFdmFsdWUYAiABKAsyGC5oeXBlcnZpc29yLnYxLlJlc291cmNlczoCOAEiPwoITGl2ZW5lc3MSDAoEbm9kZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoAxITCgt0dGxfc2Vjb25kcxgDIAEoA2IGcHJvdG8z", [file_hypervisor_v1_instance, file_hypervisor_v1_node]);
+  fileDesc("ChloeXBlcnZpc29yL3YxL3N0b3JlLnByb3RvEg1oeXBlcnZpc29yLnYxIjcKCkFzc2lnbm1lbnQSKQoIaW5zdGFuY2UYASABKAsyFy5oeXBlcnZpc29yLnYxLkluc3RhbmNlIpUBCgpBbGxvY2F0aW9uEjsKCWluc3RhbmNlcxgBIAMoCzIoLmh5cGVydmlzb3IudjEuQWxsb2NhdGlvbi5JbnN0YW5jZXNFbnRyeRpKCg5JbnN0YW5jZXNFbnRyeRILCgNrZXkYASABKAkSJwoFdmFsdWUYAiABKAsyGC5oeXBlcnZpc29yLnYxLlJlc291cmNlczoCOAEiPwoITGl2ZW5lc3MSDAoEbm9kZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoAxITCgt0dGxfc2Vjb25kcxgDIAEoAyIrCg1BZ2VudEVuZHBvaW50EgsKA3VybBgBIAEoCRINCgV0b2tlbhgCIAEoCWIGcHJvdG8z", [file_hypervisor_v1_instance, file_hypervisor_v1_node]);
 
 /**
  * /hypervisor/v1/assignments/<node>/<uid>: what a node must run, written by the scheduler and
@@ -86,4 +86,29 @@ export type Liveness = Message<"hypervisor.v1.Liveness"> & {
  */
 export const LivenessSchema: GenMessage<Liveness> = /*@__PURE__*/
   messageDesc(file_hypervisor_v1_store, 2);
+
+/**
+ * /hypervisor/v1/agents/<node>: where the server reaches an agent's own endpoint (console logs),
+ * and the bearer token it must present. Kept out of Node, which the API returns to clients.
+ *
+ * @generated from message hypervisor.v1.AgentEndpoint
+ */
+export type AgentEndpoint = Message<"hypervisor.v1.AgentEndpoint"> & {
+  /**
+   * @generated from field: string url = 1;
+   */
+  url: string;
+
+  /**
+   * @generated from field: string token = 2;
+   */
+  token: string;
+};
+
+/**
+ * Describes the message hypervisor.v1.AgentEndpoint.
+ * Use `create(AgentEndpointSchema)` to create a new message.
+ */
+export const AgentEndpointSchema: GenMessage<AgentEndpoint> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_store, 3);
 

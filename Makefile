@@ -43,9 +43,10 @@ lint: node_modules/.package-lock.json
 fmt: node_modules/.package-lock.json
 	npx prettier --write .
 
-# One machine, one process, no etcd: the embedded store in .data/server.
+# One machine, one process, no etcd: the embedded store in .data/server, libvirtd started if
+# needed, and one demo VM (scripts/run-dev.sh says how to read its console).
 run: deps build
-	node dist/cmd/hypervisor-server/main.js --dev --store embedded --config configs/server.yaml
+	@bash scripts/run-dev.sh
 
 # A server and agents (each `make run-agent` in its own terminal, with --node-name for more than
 # one) sharing a local etcd on 127.0.0.1:2379, started here if it is not running (data in

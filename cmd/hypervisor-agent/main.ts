@@ -16,8 +16,8 @@ await runDaemon({
 
 async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Promise<number> {
   const c = loaded.config;
-  const drivers = buildDrivers(c.drivers, c.dataDir, { vcpus: c.capacityVcpus || undefined, memoryMiB: c.capacityMemoryMib || undefined });
   c.nodeName ||= defaultNodeName();
+  const drivers = buildDrivers(c.drivers, c.dataDir, { vcpus: c.capacityVcpus || undefined, memoryMiB: c.capacityMemoryMib || undefined }, c);
   const log = logger("agent", { node: c.nodeName });
 
   const store = await openEtcdStore(etcdOptions(c));
@@ -35,6 +35,7 @@ async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Pro
       resyncMs: c.resyncSeconds * 1000,
       capacity: { vcpus: c.capacityVcpus, memoryMiB: c.capacityMemoryMib, diskGiB: c.capacityDiskGib },
       address: c.address,
+      listen: c.listen,
     });
     try {
       await agent.start(signal);

@@ -5,9 +5,10 @@
 import { randomUUID } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { Agent, buildDrivers, defaultNodeName } from "../../internal/agent/index.js";
+import { Agent, buildDrivers, defaultNodeName, LIBVIRT_DEFAULTS } from "../../internal/agent/index.js";
 import { checkServerConfig, serverSchema } from "../../internal/server/config.js";
 import { Server } from "../../internal/server/server.js";
+import type { Driver } from "../../pkg/compute/driver/index.js";
 import { Election } from "../../pkg/cluster/election/index.js";
 import { etcdOptions, openEtcdStore, waitForStore } from "../../pkg/cluster/etcd/index.js";
 import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
@@ -50,7 +51,18 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
 
   let server: Server | undefined;
   let agent: Agent | undefined;
-  const drivers = c.dev ? buildDrivers(["mock"], join(dataDir, "agent")) : [];
+  const devNode = c.nodeName || defaultNodeName() || "dev";
+  let drivers: Driver[] = [];
+  if (c.dev) {
+    const imageDir = resolve(c.libvirtImageDir || join(dataDir, "images"));
+    await mkdir(imageDir, { recursive: true });
+    drivers = buildDrivers(c.devDrivers, join(dataDir, "agent"), {}, {
+      ...LIBVIRT_DEFAULTS,
+      nodeName: devNode,
+      libvirtSocket: c.libvirtSocket,
+      libvirtImageDir: imageDir,
+    });
+  }
   try {
     server = new Server({
       store,
@@ -72,11 +84,11 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
     if (c.dev) {
       agent = new Agent({
         store,
-        nodeName: defaultNodeName() || "dev",
+        nodeName: devNode,
         drivers,
         heartbeatTtlSeconds: c.heartbeatTtl,
         dataDir: join(dataDir, "agent"),
-        logger: logger("agent", { node: defaultNodeName() }),
+        logger: logger("agent", { node: devNode }),
       });
       await agent.start(signal);
       process.stdout.write(

@@ -194,7 +194,18 @@ export class Agent {
     }
     const report: AdoptionReport = { adopted: [], orphans: [] };
     for (const d of this.opts.drivers) {
-      for (const inst of await d.list({ signal })) {
+      let found;
+      try {
+        found = await d.list({ signal });
+      } catch (e) {
+        if (signal.aborted) throw e;
+        // A runtime that is down (libvirtd not answering) must not keep the node from starting;
+        // its instances are neither adopted nor destroyed now. The reconciler inspects each
+        // assigned one again and reports it once the runtime answers.
+        this.log.warn({ driver: d.name, err: (e as Error).message }, "driver cannot list its instances; adoption skipped for it");
+        continue;
+      }
+      for (const inst of found) {
         const w = wanted.get(inst.name);
         if (w && w.uid === inst.uid && w.driver === d.name) {
           report.adopted.push(inst.name);

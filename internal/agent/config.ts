@@ -6,6 +6,7 @@
 import os from "node:os";
 import { join } from "node:path";
 import type { Driver } from "../../pkg/compute/driver/index.js";
+import { createLibvirtDriver, parseNetwork } from "../../pkg/compute/libvirt/index.js";
 import { createMockDriver } from "../../pkg/compute/mock/index.js";
 import { ConfigError, type ConfigOf, type Schema } from "../../pkg/config/index.js";
 
@@ -28,7 +29,7 @@ export const agentSchema = {
     min: 1,
     description: "liveness lease TTL in seconds; the node is NotReady this long after the agent dies",
   },
-  drivers: { type: "string[]", default: ["mock"], description: "drivers to run, comma-separated (mock)" },
+  drivers: { type: "string[]", default: ["mock"], description: "drivers to run, comma-separated (mock, libvirt)" },
   "data-dir": { type: "string", default: "/var/lib/hypervisor/agent", description: "agent and driver state" },
   label: { type: "map", default: {}, description: "node label k=v (repeatable)" },
   address: { type: "string", default: "", description: "address the cluster reaches this node at; empty: first non-loopback IPv4" },
@@ -41,6 +42,20 @@ export const agentSchema = {
     min: 0,
     description: "disk to offer in GiB; 0: size of data-dir's filesystem",
   },
+  listen: {
+    type: "string",
+    default: "127.0.0.1:0",
+    description: "HOST:PORT of the agent endpoint the server fetches console logs from (port 0: any free port)",
+  },
+  "libvirt-socket": { type: "string", default: "/var/run/libvirt/libvirt-sock", description: "libvirtd's unix socket (libvirt driver)" },
+  "libvirt-uri": { type: "string", default: "qemu:///system", description: "libvirt connection URI (libvirt driver)" },
+  "libvirt-image-dir": {
+    type: "string",
+    default: "/var/lib/hypervisor/images",
+    description: "base disk images, kernels and initrds that VM specs may name (libvirt driver)",
+  },
+  "libvirt-network": { type: "string", default: "user", description: "VM NICs: user, none or bridge:<name> (libvirt driver)" },
+  "libvirt-domain-type": { type: "string", default: "auto", description: "kvm, qemu (TCG) or auto: kvm when /dev/kvm works (libvirt driver)" },
   workers: { type: "number", default: 4, integer: true, min: 1, description: "instances reconciled in parallel" },
   "resync-seconds": {
     type: "number",
@@ -58,11 +73,34 @@ export function defaultNodeName(): string {
 
 export type AgentConfig = ConfigOf<typeof agentSchema>;
 
-/** Drivers this build can run. libvirt and containerd join when their packages land. */
-export const SUPPORTED_DRIVERS = ["mock"] as const;
+/** Drivers this build can run. containerd joins when its package lands. */
+export const SUPPORTED_DRIVERS = ["mock", "libvirt"] as const;
+
+export interface LibvirtSettings {
+  /** The node the agent runs as: the owner recorded in its domains. */
+  nodeName?: string;
+  libvirtSocket: string;
+  libvirtUri: string;
+  libvirtImageDir: string;
+  libvirtNetwork: string;
+  libvirtDomainType: string;
+}
+
+export const LIBVIRT_DEFAULTS: LibvirtSettings = {
+  libvirtSocket: agentSchema["libvirt-socket"].default,
+  libvirtUri: agentSchema["libvirt-uri"].default,
+  libvirtImageDir: agentSchema["libvirt-image-dir"].default,
+  libvirtNetwork: agentSchema["libvirt-network"].default,
+  libvirtDomainType: agentSchema["libvirt-domain-type"].default,
+};
 
 /** Builds the named drivers, each with its state under dataDir/<driver>. */
-export function buildDrivers(names: string[], dataDir: string, capacity: { vcpus?: number; memoryMiB?: number } = {}): Driver[] {
+export function buildDrivers(
+  names: string[],
+  dataDir: string,
+  capacity: { vcpus?: number; memoryMiB?: number } = {},
+  libvirt: LibvirtSettings = LIBVIRT_DEFAULTS,
+): Driver[] {
   if (names.length === 0) throw new ConfigError("drivers: at least one driver is required", "drivers");
   const seen = new Set<string>();
   return names.map((name) => {
@@ -71,6 +109,26 @@ export function buildDrivers(names: string[], dataDir: string, capacity: { vcpus
     switch (name) {
       case "mock":
         return createMockDriver({ stateDir: join(dataDir, "mock"), capacity });
+      case "libvirt": {
+        const type = libvirt.libvirtDomainType;
+        if (type !== "auto" && type !== "kvm" && type !== "qemu")
+          throw new ConfigError(`libvirt-domain-type: ${JSON.stringify(type)} must be auto, kvm or qemu`, "libvirt-domain-type");
+        let network;
+        try {
+          network = parseNetwork("libvirt-network", libvirt.libvirtNetwork);
+        } catch (e) {
+          throw new ConfigError((e as Error).message, "libvirt-network");
+        }
+        return createLibvirtDriver({
+          stateDir: join(dataDir, "libvirt"),
+          imageDir: libvirt.libvirtImageDir,
+          socketPath: libvirt.libvirtSocket,
+          uri: libvirt.libvirtUri,
+          network,
+          domainType: type,
+          ...(libvirt.nodeName ? { owner: libvirt.nodeName } : {}),
+        });
+      }
       default:
         throw new ConfigError(
           `drivers: unknown driver ${JSON.stringify(name)}; this agent supports ${SUPPORTED_DRIVERS.join(", ")}`,

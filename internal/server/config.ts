@@ -26,6 +26,18 @@ export const serverSchema = {
   "scheduler-algorithm": { type: "string", default: "binpack", description: "placement: binpack (fill nodes first) or spread (even load)" },
   "server-id": { type: "string", default: "", description: "identity of this replica in leader election; empty: random per start" },
   dev: { type: "boolean", default: false, description: "one-machine mode: also run an agent in this process" },
+  "node-name": { type: "string", default: "", description: "node name of the in-process agent (--dev); empty: the hostname" },
+  "dev-drivers": {
+    type: "string[]",
+    default: ["mock", "libvirt"],
+    description: "drivers of the in-process agent (--dev); one whose runtime does not answer is reported unhealthy until it does",
+  },
+  "libvirt-socket": { type: "string", default: "/var/run/libvirt/libvirt-sock", description: "libvirtd's unix socket (--dev agent)" },
+  "libvirt-image-dir": {
+    type: "string",
+    default: "",
+    description: "base images, kernels and initrds VM specs may name (--dev agent); empty: data-dir/images",
+  },
   "heartbeat-ttl": {
     type: "number",
     default: 10,
@@ -50,6 +62,8 @@ export function checkServerConfig(c: ServerConfig): { host: string; port: number
   if (c.store === "etcd" && c.etcdEndpoints.length === 0)
     throw new ConfigError("etcd-endpoints: at least one endpoint is required with store: etcd", "etcd-endpoints");
   if (!c.dataDir) throw new ConfigError("data-dir: must not be empty", "data-dir");
+  if (c.nodeName && !/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(c.nodeName))
+    throw new ConfigError(`node-name: ${JSON.stringify(c.nodeName)} is not a DNS label`, "node-name");
   if (c.serverId && !/^[a-zA-Z0-9._-]{1,63}$/.test(c.serverId))
     throw new ConfigError(`server-id: ${JSON.stringify(c.serverId)} must be 1-63 of a-z A-Z 0-9 . _ -`, "server-id");
   return { host, port, algorithm: c.schedulerAlgorithm };

@@ -32,8 +32,10 @@ export class Proc {
     readonly name: string,
     readonly args: string[],
     env: Record<string, string> = {},
+    /** The program; node by default, `args` then starting with the script. */
+    command: string = process.execPath,
   ) {
-    this.child = spawn(process.execPath, args, {
+    this.child = spawn(command, args, {
       env: { ...process.env, HYPERVISOR_LOG_LEVEL: "info", ...env },
       stdio: ["ignore", "pipe", "pipe"],
     });

@@ -9,6 +9,7 @@ import { buildDomainXml, type DomainParams, domainName, esc, parseDomainXml } fr
 const base: DomainParams = {
   name: "web-1",
   uid: "0b7f6a52-2f0e-4d3e-9a43-6f7c1f2b9e11",
+  owner: "node-1",
   labels: { app: "web" },
   type: "qemu",
   vcpus: 1,
@@ -63,7 +64,7 @@ describe("domain XML", () => {
     assert.match(xml, /<stats period="2"\/>/);
     assert.doesNotMatch(xml, /<disk/);
     const facts = parseDomainXml(xml);
-    assert.deepEqual(facts.instance, { name: "web-1", uid: base.uid, labels: { app: "web" } });
+    assert.deepEqual(facts.instance, { name: "web-1", uid: base.uid, owner: "node-1", labels: { app: "web" } });
     assert.equal(facts.serialLog, base.serialLog);
     assert.equal(facts.memoryKiB, 128 * 1024);
     assert.equal(domainName("web-1"), "hv-web-1");
@@ -108,6 +109,7 @@ describe("domain XML", () => {
   for (const [what, params, message] of [
     ["a name that is not a DNS label", { name: "web_1<x>" }, /name: "web_1<x>" is not a DNS label/],
     ["a uid with markup", { uid: "a'/><x" }, /uid: .* is not a uid/],
+    ["an owner with markup", { owner: "n</hv:owner>" }, /owner: .* is not a node name/],
     ["zero vcpus", { vcpus: 0 }, /vcpus: 0 must be an integer from 1/],
     ["fractional memory", { memoryMiB: 1.5 }, /memory_mib: 1.5 must be an integer/],
     ["a label key with markup", { labels: { "a<b": "x" } }, /labels: key "a<b" is not a label key/],
@@ -133,6 +135,7 @@ describe("domain XML", () => {
     <ns0:instance xmlns:ns0="${"https://hypervisor.dev/xmlns/instance/v1"}">
       <ns0:name>web-1</ns0:name>
       <ns0:uid>u-1</ns0:uid>
+      <ns0:owner>node-1</ns0:owner>
       <ns0:labels>
         <ns0:label key='a'>x &amp; y</ns0:label>
       </ns0:labels>
@@ -147,7 +150,7 @@ describe("domain XML", () => {
   </devices>
 </domain>`;
     const f = parseDomainXml(live);
-    assert.deepEqual(f.instance, { name: "web-1", uid: "u-1", labels: { a: "x & y" } });
+    assert.deepEqual(f.instance, { name: "web-1", uid: "u-1", owner: "node-1", labels: { a: "x & y" } });
     assert.equal(f.vncPort, 5901);
     assert.equal(f.currentMemoryKiB, 98304);
     assert.equal(f.disk, undefined, "a cdrom is not the instance's disk");

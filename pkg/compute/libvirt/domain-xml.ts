@@ -22,6 +22,8 @@ export interface DomainParams {
   /** Instance name (DNS label) and uid. */
   name: string;
   uid: string;
+  /** The agent (node) that manages the domain; others on the same libvirtd leave it alone. */
+  owner: string;
   labels: Record<string, string>;
   type: "kvm" | "qemu";
   vcpus: number;
@@ -41,6 +43,8 @@ export interface DomainParams {
 
 const NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const UID_RE = /^[A-Za-z0-9-]{1,64}$/;
+/** Node names, as the agent accepts them (DNS label). */
+export const OWNER_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const BRIDGE_RE = /^[A-Za-z0-9_.-]{1,15}$/;
 /** Label keys: the API's syntax (prefix/name); checked again here, the XML must not trust callers. */
 const LABEL_KEY_RE = /^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$/;
@@ -66,6 +70,7 @@ function positiveInt(field: string, v: number, max: number): number {
 export function buildDomainXml(p: DomainParams): string {
   if (!NAME_RE.test(p.name)) throw new InvalidSpecError(`name: ${JSON.stringify(p.name)} is not a DNS label`);
   if (!UID_RE.test(p.uid)) throw new InvalidSpecError(`uid: ${JSON.stringify(p.uid)} is not a uid`);
+  if (!OWNER_RE.test(p.owner)) throw new InvalidSpecError(`owner: ${JSON.stringify(p.owner)} is not a node name`);
   const vcpus = positiveInt("vcpus", p.vcpus, 512);
   const mem = positiveInt("memory_mib", p.memoryMiB, 16 * 1024 * 1024);
   const period = Number.isInteger(p.balloonStatsPeriod) && p.balloonStatsPeriod >= 0 ? p.balloonStatsPeriod : 0;
@@ -142,6 +147,7 @@ export function buildDomainXml(p: DomainParams): string {
     `    <hv:instance xmlns:hv="${METADATA_NS}">`,
     `      <hv:name>${esc(p.name)}</hv:name>`,
     `      <hv:uid>${esc(p.uid)}</hv:uid>`,
+    `      <hv:owner>${esc(p.owner)}</hv:owner>`,
     `      <hv:labels>`,
     ...labels,
     `      </hv:labels>`,
@@ -174,7 +180,7 @@ export function buildDomainXml(p: DomainParams): string {
 /** What the driver needs from a domain's (live or inactive) XML. */
 export interface DomainFacts {
   /** Our metadata; undefined for a domain that is not ours. */
-  instance?: { name: string; uid: string; labels: Record<string, string> };
+  instance?: { name: string; uid: string; owner: string; labels: Record<string, string> };
   /** Live VNC port (-1 or undefined while not running). */
   vncPort?: number;
   disk?: string;
@@ -246,7 +252,8 @@ export function parseDomainXml(xml: string): DomainFacts {
     }
     const name = text(v[`${prefix}name`]);
     const uid = text(v[`${prefix}uid`]);
-    if (name && uid) facts.instance = { name, uid, labels };
+    const owner = text(v[`${prefix}owner`]) ?? "";
+    if (name && uid) facts.instance = { name, uid, owner, labels };
   }
   facts.memoryKiB = kib(root.memory);
   facts.currentMemoryKiB = kib(root.currentMemory);

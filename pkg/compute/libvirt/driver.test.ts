@@ -1,0 +1,227 @@
+// The libvirt driver against the real libvirtd and real QEMU guests (TCG where there is no KVM):
+// the conformance suite every driver runs, then what only VMs have: the serial log, ACPI stop,
+// disk overlays, the balloon, VNC, and hostile values in the domain XML. virsh is the independent
+// witness of what libvirt really holds (the driver itself never runs it).
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { GUEST_READY_MARKER, testGuest } from "../../../test/support/guest.js";
+import { ensureLibvirtd } from "../../../test/support/libvirt.js";
+import { until } from "../../../test/support/procs.js";
+import { runDriverConformance } from "../driver/conformance.js";
+import { type DriverInstanceSpec, InvalidSpecError } from "../driver/index.js";
+import { LibvirtDriver } from "./driver.js";
+
+const run = promisify(execFile);
+const virsh = async (...args: string[]) => (await run("virsh", ["-c", "qemu:///system", ...args])).stdout.trim();
+const domainExists = async (name: string) =>
+  run("virsh", ["-c", "qemu:///system", "dominfo", `hv-${name}`]).then(
+    () => true,
+    () => false,
+  );
+
+let dir: string;
+let imageDir: string;
+let cmdline: string;
+let socket: string;
+const drivers: LibvirtDriver[] = [];
+
+/** Domains of this test process; another agent or test on the same libvirtd never sees them. */
+const OWNER = `lvt-${process.pid}`;
+
+async function makeDriver(owner = OWNER): Promise<LibvirtDriver> {
+  const d = new LibvirtDriver({ stateDir: join(dir, owner === OWNER ? "state" : `state-${owner}`), imageDir, socketPath: socket, domainType: "qemu", owner });
+  drivers.push(d);
+  return d;
+}
+
+function vmSpec(name: string, uid: string, extra: Partial<DriverInstanceSpec> = {}): DriverInstanceSpec {
+  return {
+    name,
+    uid,
+    labels: { suite: "libvirt" },
+    image: "",
+    vcpus: 1,
+    memoryMiB: 128,
+    diskGiB: 0,
+    command: [],
+    args: [],
+    env: {},
+    kernel: "vmlinuz",
+    initrd: "initrd.img",
+    cmdline,
+    config: {},
+    ...extra,
+  };
+}
+
+async function waitForMarker(d: LibvirtDriver, name: string, marker = GUEST_READY_MARKER): Promise<string> {
+  return until(`${marker} in the serial log of ${name}`, async () => {
+    const text = await readFile(d.logFile(name), "utf8").catch(() => "");
+    return text.includes(marker) ? text : undefined;
+  }, 180_000, 250);
+}
+
+before(async () => {
+  socket = await ensureLibvirtd();
+  const guest = await testGuest();
+  dir = await mkdtemp(join(tmpdir(), "hv-libvirt-"));
+  // QEMU runs as libvirt-qemu: it must be able to reach the state and image directories.
+  await chmod(dir, 0o755);
+  imageDir = join(dir, "images");
+  await mkdir(imageDir, { mode: 0o755 });
+  await copyFile(guest.kernel, join(imageDir, "vmlinuz"));
+  await copyFile(guest.initrd, join(imageDir, "initrd.img"));
+  await run("qemu-img", ["create", "-q", "-f", "qcow2", join(imageDir, "base.qcow2"), "64M"]);
+  await chmod(join(imageDir, "base.qcow2"), 0o644);
+  cmdline = guest.cmdline;
+});
+
+after(async () => {
+  // Whatever a failed test left behind: only our own domains (hv-lvt-*, hv-conf-*).
+  const d = await makeDriver();
+  for (const i of await d.list().catch(() => [])) if (i.name.startsWith("lvt-") || i.name.startsWith("conf-")) await d.destroy(i.name).catch(() => undefined);
+  for (const x of drivers) await x.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+runDriverConformance(
+  "libvirt",
+  makeDriver,
+  (name, uid, hooks) => {
+    if (hooks?.exit && hooks.exit.code !== 0) return undefined; // a VM's own poweroff is exit 0
+    return vmSpec(name, uid, hooks?.exit ? { cmdline: `${cmdline} hv.poweroff_after=2` } : {});
+  },
+  { deadlineMs: 180_000, stopTimeoutMs: 60_000 },
+);
+
+describe("libvirt driver: what VMs have", () => {
+  it("boots the guest: its marker reaches the serial log, and the domain is what virsh sees", async () => {
+    const d = await makeDriver();
+    const name = `lvt-boot-${randomUUID().slice(0, 6)}`;
+    await d.create(vmSpec(name, randomUUID()));
+    const started = await d.start(name);
+    assert.equal(started.state, "running");
+    await waitForMarker(d, name);
+    assert.equal(await virsh("domstate", `hv-${name}`), "running");
+    await d.destroy(name);
+  });
+
+  it("stop is an ACPI shutdown the guest acts on, well before the timeout", async () => {
+    const d = await makeDriver();
+    const name = `lvt-acpi-${randomUUID().slice(0, 6)}`;
+    await d.create(vmSpec(name, randomUUID()));
+    await d.start(name);
+    await waitForMarker(d, name);
+    const stopped = await d.stop(name, 120_000);
+    assert.equal(stopped.state, "stopped");
+    assert.equal(await virsh("domstate", `hv-${name}`), "shut off");
+    // The guest's init logs the power button before powering off: proof it was not a destroy.
+    assert.match(await readFile(d.logFile(name), "utf8"), /HYPERVISOR-GUEST-POWEROFF/);
+    await d.destroy(name);
+  });
+
+  it("boots with a qcow2 overlay on a base image; delete leaves no domain, no overlay and no log", async () => {
+    const d = await makeDriver();
+    const name = `lvt-disk-${randomUUID().slice(0, 6)}`;
+    const uid = randomUUID();
+    await d.create(vmSpec(name, uid, { image: "base.qcow2" }));
+    const overlay = join(dir, "state", "disks", `${name}-${uid}.qcow2`);
+    const info = JSON.parse((await run("qemu-img", ["info", "--output=json", "-U", overlay])).stdout) as { "backing-filename"?: string; format?: string };
+    assert.equal(info.format, "qcow2");
+    assert.equal(info["backing-filename"], join(imageDir, "base.qcow2"));
+    await d.start(name);
+    await waitForMarker(d, name);
+    assert.match(await virsh("domblklist", `hv-${name}`), new RegExp(overlay.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")));
+    await d.destroy(name);
+    assert.equal(await domainExists(name), false, "no domain");
+    await assert.rejects(stat(overlay), "no overlay");
+    await assert.rejects(stat(d.logFile(name)), "no log");
+    assert.equal((await stat(join(imageDir, "base.qcow2"))).isFile(), true, "the base image stays");
+  });
+
+  it("set-memory lowers the balloon target and the guest's stats show it", async () => {
+    const d = await makeDriver();
+    const name = `lvt-balloon-${randomUUID().slice(0, 6)}`;
+    await d.create(vmSpec(name, randomUUID(), { memoryMiB: 256 }));
+    await d.start(name);
+    await waitForMarker(d, name);
+    await d.setMemory(name, 160);
+    const stats = await until("actual_balloon at 160 MiB", async () => {
+      const s = await d.memoryStats(name);
+      return s.actual_balloon === 160n * 1024n ? s : undefined;
+    }, 120_000, 500);
+    assert.equal(stats.actual_balloon, 163_840n);
+    const limits = await d.stats(name);
+    assert.equal(limits.memoryLimitBytes, 160 * 1024 * 1024);
+    await assert.rejects(d.setMemory(name, 512), (e: unknown) => e instanceof InvalidSpecError && /from 16 to the instance's 256 MiB/.test(e.message));
+    await d.destroy(name);
+  });
+
+  it("records a VNC port on loopback that answers an RFB handshake", async () => {
+    const d = await makeDriver();
+    const name = `lvt-vnc-${randomUUID().slice(0, 6)}`;
+    await d.create(vmSpec(name, randomUUID()));
+    const running = await d.start(name);
+    const port = Number(running.details.vnc_port);
+    assert.ok(port >= 5900, `vnc_port ${running.details.vnc_port}`);
+    assert.deepEqual(await d.console(name), { kind: "vnc", host: "127.0.0.1", port });
+    const banner = await new Promise<string>((resolve, reject) => {
+      const s = connect(port, "127.0.0.1");
+      s.once("data", (b) => {
+        s.destroy();
+        resolve(b.toString("latin1"));
+      });
+      s.once("error", reject);
+    });
+    assert.match(banner, /^RFB 003\.00\d\n$/);
+    await d.destroy(name);
+  });
+
+  it("leaves another agent's domains alone: not listed, not inspected, not destroyed, not replaced", async () => {
+    const mine = await makeDriver();
+    const theirs = await makeDriver(`other-${process.pid}`);
+    const name = `lvt-own-${randomUUID().slice(0, 6)}`;
+    const uid = randomUUID();
+    await theirs.create(vmSpec(name, uid));
+    assert.ok((await theirs.list()).some((i) => i.name === name));
+    assert.equal((await mine.list()).some((i) => i.name === name), false, "not in my list");
+    assert.equal(await mine.inspect(name), undefined);
+    await assert.rejects(mine.destroy(name), /managed by other-\d+, not by lvt-\d+; not destroying it/);
+    await assert.rejects(mine.create(vmSpec(name, randomUUID())), /exists and is managed by other-\d+/);
+    assert.equal(await domainExists(name), true, "still there");
+    assert.equal((await theirs.inspect(name))?.uid, uid);
+    await theirs.destroy(name);
+    assert.equal(await domainExists(name), false);
+  });
+
+  it("keeps XML metacharacters in labels as data, and refuses names and paths it cannot accept", async () => {
+    const d = await makeDriver();
+    const name = `lvt-xml-${randomUUID().slice(0, 6)}`;
+    const labels = { app: `</hv:label></hv:labels><devices><disk type='file'><source file='/etc/shadow'/>`, "x.io/q": `"'&<>` };
+    await d.create(vmSpec(name, randomUUID(), { labels }));
+    const xml = await virsh("dumpxml", `hv-${name}`);
+    assert.doesNotMatch(xml, /\/etc\/shadow'\/>/, "no injected element");
+    assert.equal((await virsh("domblklist", `hv-${name}`)).includes("/etc/shadow"), false);
+    const listed = (await d.list()).find((i) => i.name === name);
+    assert.ok(listed, "the domain is ours and listed");
+    await d.destroy(name);
+
+    for (const [spec, message] of [
+      [vmSpec("Bad<Name>", randomUUID()), /name: "Bad<Name>" is not a DNS label/],
+      [vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { kernel: "../../../../etc/passwd" }), /kernel: .* (outside the image directory|not found)/],
+      [vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { image: "/etc/passwd" }), /image: "\/etc\/passwd" is outside the image directory/],
+      [vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { config: { network: "bridge:br0'/><x" } }), /bridge .* is not an interface name/],
+      [vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { command: ["/bin/sh"] }), /command, args and env are for containers/],
+    ] as const) {
+      await assert.rejects(d.create(spec), (e: unknown) => e instanceof InvalidSpecError && message.test(e.message));
+      assert.equal(await domainExists(spec.name), false, `nothing defined for ${spec.name}`);
+    }
+  });
+});

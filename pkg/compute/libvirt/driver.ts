@@ -1,0 +1,594 @@
+/*
+ * The libvirt driver: QEMU/KVM virtual machines through libvirtd's own RPC protocol (./rpc), no
+ * virsh, no native addon. Domain type kvm where /dev/kvm works, qemu (TCG) elsewhere.
+ *
+ *   create ─► overlay (qemu-img) + define XML ─► Created (shut off, never started)
+ *   start  ─► domain create ─► Running ──stop(timeout)──► ACPI shutdown … destroy at the timeout ─► Stopped
+ *                                  │
+ *                                  └─ guest powers off / crashes ─► Exited (0) / Exited (1)
+ *   destroy ─► destroy + undefine + overlay, log and handle removed
+ *
+ * One libvirt connection per driver, opened lazily and re-opened after it drops; one lifecycle
+ * event subscription on it feeds stop()'s waits and events() without polling.
+ */
+import { existsSync, constants as fsConstants } from "node:fs";
+import { access, mkdir, readdir } from "node:fs/promises";
+import { hostname } from "node:os";
+import { dirname, join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { type Logger, logger } from "../../log/index.js";
+import {
+  type BalloonDriver,
+  type Capabilities,
+  type ConsoleDriver,
+  type ConsoleEndpoint,
+  DriverError,
+  type DriverEvent,
+  type DriverInstance,
+  type DriverInstanceSpec,
+  type Fingerprint,
+  type InstanceStats,
+  type LogsDriver,
+  InvalidSpecError,
+  type Signalled,
+  StartError,
+  type StatsDriver,
+} from "../driver/index.js";
+import { buildDomainXml, DOMAIN_PREFIX, domainName, type NetworkSetting, OWNER_RE, parseDomainXml } from "./domain-xml.js";
+import { type LibvirtHandle, HANDLE_VERSION, readHandle, removeHandle, writeHandle } from "./handle.js";
+import { checkTraversable, createOverlay, overlayPath, removeFile, resolveImage } from "./images.js";
+import {
+  type Domain,
+  DomainState,
+  isNoDomain,
+  isOperationInvalid,
+  LibvirtConnection,
+  LifecycleEvent,
+  ShutoffReason,
+  uuidString,
+} from "./rpc/index.js";
+
+export interface LibvirtDriverOptions {
+  /** Handles, overlays (disks/) and serial logs (logs/). */
+  stateDir: string;
+  /** Base images, kernels and initrds that specs may name. */
+  imageDir: string;
+  /**
+   * Who manages the domains this driver creates: the node name. Domains of another owner on the
+   * same libvirtd (another agent, a test) are not listed, adopted or destroyed. Default: hostname.
+   */
+  owner?: string;
+  socketPath?: string;
+  uri?: string;
+  network?: NetworkSetting;
+  /** kvm, qemu (TCG) or auto (kvm when /dev/kvm can be opened). */
+  domainType?: "auto" | "kvm" | "qemu";
+  /** Seconds between guest memory statistics (virtio-balloon); default 2. */
+  balloonStatsPeriod?: number;
+  log?: Logger;
+}
+
+/** Keys a spec's driver_config may set for this driver. */
+const CONFIG_KEYS = ["network"] as const;
+
+export const libvirtCapabilities: Capabilities = { console: true, balloon: true, stats: true, snapshot: false, migrate: false, logs: true };
+
+type Waiter = (ev: { name: string; event: number }) => void;
+
+export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver, LogsDriver {
+  readonly name = "libvirt";
+  readonly capabilities = libvirtCapabilities;
+  private readonly socketPath: string;
+  private readonly uri: string;
+  private readonly log: Logger;
+  private conn: Promise<LibvirtConnection> | undefined;
+  private closed = false;
+  private readonly waiters = new Set<Waiter>();
+  private pump: Promise<void> | undefined;
+  private readonly pumpStop = new AbortController();
+  private resolvedType: "kvm" | "qemu" | undefined;
+  private readonly owner: string;
+
+  constructor(private readonly opts: LibvirtDriverOptions) {
+    this.owner = opts.owner ?? (hostname().toLowerCase().split(".")[0] || "localhost");
+    if (!OWNER_RE.test(this.owner)) throw new DriverError(`libvirt owner ${JSON.stringify(this.owner)} is not a node name (DNS label)`);
+    this.socketPath = opts.socketPath ?? "/var/run/libvirt/libvirt-sock";
+    this.uri = opts.uri ?? "qemu:///system";
+    this.log = opts.log ?? logger("libvirt");
+  }
+
+  private get handles(): string {
+    return join(this.opts.stateDir, "instances");
+  }
+
+  private logPath(name: string): string {
+    if (!NAME_RE.test(name)) throw new InvalidSpecError(`name: ${JSON.stringify(name)} is not a DNS label`);
+    return join(this.opts.stateDir, "logs", `${name}.log`);
+  }
+
+  /** The serial console log of an instance (what `hypervisor-ctl instance logs` streams). */
+  logFile(name: string): string {
+    return this.logPath(name);
+  }
+
+  // ── connection ────────────────────────────────────────────────────────────────────────────
+
+  private async connection(): Promise<LibvirtConnection> {
+    if (this.closed) throw new DriverError("libvirt driver is closed");
+    if (!this.conn) {
+      const p = LibvirtConnection.open(this.socketPath, this.uri);
+      this.conn = p;
+      p.then(
+        (c) => {
+          void c.closed.then((why) => {
+            if (this.conn === p) this.conn = undefined;
+            if (!this.closed) this.log.warn({ err: why.message }, "libvirt connection lost; reconnecting on next use");
+          });
+          this.startPump();
+        },
+        () => {
+          if (this.conn === p) this.conn = undefined;
+        },
+      );
+    }
+    try {
+      return await this.conn;
+    } catch (e) {
+      throw new DriverError(`libvirtd at ${this.socketPath}: ${(e as Error).message}`);
+    }
+  }
+
+  /** One lifecycle subscription per driver, re-established after a reconnect. */
+  private startPump(): void {
+    if (this.pump) return;
+    const signal = this.pumpStop.signal;
+    this.pump = (async () => {
+      while (!signal.aborted && !this.closed) {
+        try {
+          const c = await this.connection();
+          for await (const ev of c.lifecycleEvents({ signal })) {
+            if (!ev.domain.name.startsWith(DOMAIN_PREFIX)) continue;
+            const name = ev.domain.name.slice(DOMAIN_PREFIX.length);
+            for (const w of this.waiters) w({ name, event: ev.event });
+          }
+        } catch (e) {
+          if (signal.aborted || this.closed) return;
+          this.log.debug({ err: (e as Error).message }, "lifecycle events interrupted; resubscribing");
+          await sleep(500, undefined, { signal }).catch(() => undefined);
+        }
+      }
+    })();
+  }
+
+  private async domainType(): Promise<"kvm" | "qemu"> {
+    if (this.resolvedType) return this.resolvedType;
+    const want = this.opts.domainType ?? "auto";
+    if (want !== "auto") return (this.resolvedType = want);
+    const kvm = existsSync("/dev/kvm") && (await access("/dev/kvm", fsConstants.R_OK | fsConstants.W_OK).then(() => true, () => false));
+    return (this.resolvedType = kvm ? "kvm" : "qemu");
+  }
+
+  private async lookup(name: string): Promise<Domain | undefined> {
+    const c = await this.connection();
+    try {
+      return await c.lookupByName(domainName(name));
+    } catch (e) {
+      if (isNoDomain(e)) return undefined;
+      throw e;
+    }
+  }
+
+  // ── contract ──────────────────────────────────────────────────────────────────────────────
+
+  async fingerprint(): Promise<Fingerprint> {
+    try {
+      const c = await this.connection();
+      const [lib, hv, info, host] = await Promise.all([c.getLibVersion(), c.getVersion(), c.nodeGetInfo(), c.getHostname()]);
+      const type = await this.domainType();
+      return {
+        healthy: true,
+        version: versionString(lib),
+        message: "",
+        attributes: {
+          libvirt_version: versionString(lib),
+          qemu_version: versionString(hv),
+          domain_type: type,
+          accel: type === "kvm" ? "kvm" : "tcg",
+          host_cpus: String(info.cpus),
+          host_memory_mib: String(Number(info.memoryKiB / 1024n)),
+          hostname: host,
+        },
+      };
+    } catch (e) {
+      return { healthy: false, version: "", message: (e as Error).message, attributes: {} };
+    }
+  }
+
+  async create(spec: DriverInstanceSpec, opts: Signalled = {}): Promise<DriverInstance> {
+    opts.signal?.throwIfAborted();
+    // Checked before the name reaches libvirt or a path.
+    if (!NAME_RE.test(spec.name)) throw new InvalidSpecError(`name: ${JSON.stringify(spec.name)} is not a DNS label`);
+    const foreign = await this.foreignOwner(spec.name);
+    if (foreign !== undefined) throw new DriverError(`domain ${domainName(spec.name)} exists and is managed by ${foreign || "something else"}, not by ${this.owner}`);
+    const existing = await this.inspect(spec.name);
+    if (existing) {
+      if (existing.uid !== spec.uid) throw new DriverError(`domain ${domainName(spec.name)} exists with another instance (uid ${existing.uid})`);
+      return existing;
+    }
+    for (const k of Object.keys(spec.config))
+      if (!(CONFIG_KEYS as readonly string[]).includes(k))
+        throw new InvalidSpecError(`driver_config: unknown key ${JSON.stringify(k)} for libvirt (known: ${CONFIG_KEYS.join(", ")})`);
+    if (spec.command.length || spec.args.length || Object.keys(spec.env).length)
+      throw new InvalidSpecError("command, args and env are for containers; a libvirt VM boots a kernel or a disk image");
+    const network = spec.config.network !== undefined ? parseNetwork("driver_config.network", spec.config.network) : (this.opts.network ?? { mode: "user" });
+
+    const dir = this.opts.imageDir;
+    const kernel = spec.kernel ? await resolveImage(dir, "kernel", spec.kernel) : undefined;
+    const initrd = spec.initrd ? await resolveImage(dir, "initrd", spec.initrd) : undefined;
+    const base = spec.image ? await resolveImage(dir, "image", spec.image) : undefined;
+    if (!kernel && !base) throw new InvalidSpecError("image or kernel: a libvirt VM boots a disk image or a kernel, and neither is set");
+    if (!kernel && (spec.initrd || spec.cmdline)) throw new InvalidSpecError("initrd and cmdline need a kernel");
+
+    await mkdir(join(this.opts.stateDir, "logs"), { recursive: true, mode: 0o755 });
+    const serialLog = this.logPath(spec.name);
+    const disk = base ? overlayPath(this.opts.stateDir, spec.name, spec.uid) : undefined;
+    // Validate the whole definition before touching disks: a refused spec leaves nothing behind.
+    const params = {
+      name: spec.name,
+      uid: spec.uid,
+      owner: this.owner,
+      labels: spec.labels,
+      type: await this.domainType(),
+      vcpus: spec.vcpus,
+      memoryMiB: spec.memoryMiB,
+      kernel,
+      initrd,
+      cmdline: spec.cmdline || undefined,
+      disk,
+      serialLog,
+      network,
+      balloonStatsPeriod: this.opts.balloonStatsPeriod ?? 2,
+    };
+    const xml = buildDomainXml(params);
+    const handle: LibvirtHandle = { version: HANDLE_VERSION, name: spec.name, uid: spec.uid, createdAt: Date.now(), stopRequested: false, serialLog, disk };
+    await writeHandle(this.handles, handle);
+    try {
+      if (base && disk) {
+        await checkTraversable(this.opts.stateDir);
+        await checkTraversable(dirname(base));
+        await createOverlay(base, disk, spec.diskGiB);
+      }
+      const c = await this.connection();
+      await c.defineXml(xml);
+    } catch (e) {
+      await removeFile(disk).catch(() => undefined);
+      await removeHandle(this.handles, spec.name).catch(() => undefined);
+      throw e;
+    }
+    this.log.info({ instance: spec.name, type: params.type, disk: disk ?? "", kernel: kernel ?? "" }, "domain defined");
+    return (await this.inspect(spec.name))!;
+  }
+
+  async start(name: string, opts: Signalled = {}): Promise<DriverInstance> {
+    opts.signal?.throwIfAborted();
+    const dom = await this.mustLookup(name);
+    const c = await this.connection();
+    const { state } = await c.getState(dom);
+    if (state === DomainState.RUNNING || state === DomainState.BLOCKED || state === DomainState.PAUSED) return (await this.inspect(name))!;
+    const h = await this.handle(name);
+    try {
+      await c.domainCreate(dom);
+    } catch (e) {
+      throw new StartError(`start domain ${dom.name}: ${(e as Error).message}`);
+    }
+    await writeHandle(this.handles, { ...h, startedAt: Date.now(), finishedAt: undefined, stopRequested: false });
+    return (await this.inspect(name))!;
+  }
+
+  async stop(name: string, timeoutMs: number, opts: Signalled = {}): Promise<DriverInstance> {
+    const dom = await this.lookup(name);
+    if (!dom) throw new DriverError(`no domain ${domainName(name)}`);
+    const c = await this.connection();
+    if (!isActive((await c.getState(dom)).state)) return (await this.inspect(name))!;
+    const h = await this.handle(name);
+    await writeHandle(this.handles, { ...h, stopRequested: true });
+
+    // Subscribe before asking, so a quick guest cannot power off between the two.
+    let off: (() => void) | undefined;
+    const stopped = new Promise<void>((resolve) => {
+      const w: Waiter = (ev) => {
+        if (ev.name === name && ev.event === LifecycleEvent.STOPPED) resolve();
+      };
+      this.waiters.add(w);
+      off = () => this.waiters.delete(w);
+    });
+    try {
+      // A guest still booting has no power-button handler yet and drops the press, so it is
+      // repeated until the guest acts on it or the timeout is reached.
+      const deadline = Date.now() + Math.max(0, timeoutMs);
+      let nextPress = 0;
+      while (Date.now() < deadline && !opts.signal?.aborted && isActive((await c.getState(dom)).state)) {
+        if (Date.now() >= nextPress) {
+          try {
+            await c.shutdown(dom, SHUTDOWN_ACPI);
+          } catch (e) {
+            if (!isOperationInvalid(e)) throw e; // not running any more: fine
+          }
+          nextPress = Date.now() + ACPI_REPEAT_MS;
+        }
+        // Events wake us; the re-check covers an event lost to a reconnect.
+        const wait = Math.max(0, Math.min(1000, deadline - Date.now()));
+        await Promise.race([stopped, sleep(wait, undefined, opts.signal ? { signal: opts.signal } : {}).catch(() => undefined)]);
+      }
+      if (isActive((await c.getState(dom)).state)) {
+        this.log.info({ instance: name, timeoutMs }, "guest ignored ACPI shutdown; destroying");
+        try {
+          await c.destroy(dom, 0);
+        } catch (e) {
+          if (!isOperationInvalid(e)) throw e;
+        }
+      }
+    } finally {
+      off?.();
+    }
+    await writeHandle(this.handles, { ...(await this.handle(name)), stopRequested: true, finishedAt: Date.now() });
+    return (await this.inspect(name))!;
+  }
+
+  async destroy(name: string, opts: Signalled & { force?: boolean } = {}): Promise<void> {
+    opts.signal?.throwIfAborted();
+    const dom = await this.lookup(name);
+    const h = await readHandle(this.handles, name);
+    let disk = h?.disk;
+    if (dom) {
+      const c = await this.connection();
+      const facts = parseDomainXml(await c.getXmlDesc(dom, XML_INACTIVE));
+      if (!facts.instance) throw new DriverError(`domain ${dom.name} is not managed by hypervisor; not destroying it`);
+      if (facts.instance.owner !== this.owner)
+        throw new DriverError(`domain ${dom.name} is managed by ${facts.instance.owner || "another agent"}, not by ${this.owner}; not destroying it`);
+      disk ??= facts.disk;
+      if (isActive((await c.getState(dom)).state)) {
+        try {
+          await c.destroy(dom, 0);
+        } catch (e) {
+          if (!isOperationInvalid(e)) throw e;
+        }
+      }
+      try {
+        await c.undefine(dom, UNDEFINE_FLAGS);
+      } catch (e) {
+        if (!isNoDomain(e)) throw e;
+      }
+    }
+    await removeFile(disk);
+    await removeFile(h?.serialLog ?? this.logPath(name));
+    await removeHandle(this.handles, name);
+  }
+
+  async inspect(name: string, opts: Signalled = {}): Promise<DriverInstance | undefined> {
+    opts.signal?.throwIfAborted();
+    const dom = await this.lookup(name);
+    if (!dom) return undefined;
+    const c = await this.connection();
+    const [{ state, reason }, xml] = await Promise.all([c.getState(dom), c.getXmlDesc(dom, 0)]);
+    const facts = parseDomainXml(xml);
+    // A domain named like ours but not ours, or another agent's on the same libvirtd.
+    if (!facts.instance || facts.instance.owner !== this.owner) return undefined;
+    let h = await readHandle(this.handles, name);
+    const inst: DriverInstance = {
+      name,
+      uid: facts.instance.uid,
+      state: "created",
+      addresses: [],
+      details: { domain: dom.name, domain_uuid: uuidString(dom.uuid) },
+    };
+    if (facts.memoryKiB) inst.details.memory_max_mib = String(Math.round(facts.memoryKiB / 1024));
+    if (facts.currentMemoryKiB) inst.details.memory_target_mib = String(Math.round(facts.currentMemoryKiB / 1024));
+    if (h?.startedAt !== undefined) inst.startedAt = h.startedAt;
+    if (isActive(state)) {
+      inst.state = "running";
+      if (state === DomainState.PAUSED) inst.message = "paused";
+      if (facts.vncPort !== undefined && facts.vncPort > 0) {
+        inst.details.vnc_port = String(facts.vncPort);
+        inst.details.vnc_host = "127.0.0.1";
+      }
+      // Started outside our start() (e.g. by hand): record it, so the next look agrees.
+      if (h && h.startedAt === undefined) {
+        h = { ...h, startedAt: Date.now() };
+        await writeHandle(this.handles, h);
+        inst.startedAt = h.startedAt;
+      }
+      return inst;
+    }
+    if (!h || h.startedAt === undefined) return inst; // defined, never started: created
+    if (h.finishedAt === undefined) {
+      h = { ...h, finishedAt: Date.now() };
+      await writeHandle(this.handles, h);
+    }
+    inst.finishedAt = h.finishedAt;
+    if (h.stopRequested) {
+      inst.state = "stopped";
+    } else if (state === DomainState.CRASHED || (state === DomainState.SHUTOFF && reason === ShutoffReason.CRASHED)) {
+      inst.state = "exited";
+      inst.exitCode = 1;
+      inst.message = "guest crashed";
+    } else if (state === DomainState.SHUTOFF && reason === ShutoffReason.FAILED) {
+      inst.state = "failed";
+      inst.message = "domain failed to start";
+    } else if (state === DomainState.SHUTOFF && reason === ShutoffReason.DESTROYED) {
+      inst.state = "exited";
+      inst.exitCode = 137;
+      inst.message = "domain destroyed outside hypervisor";
+    } else {
+      inst.state = "exited";
+      inst.exitCode = 0;
+      inst.message = "guest powered off";
+    }
+    return inst;
+  }
+
+  async list(opts: Signalled = {}): Promise<DriverInstance[]> {
+    opts.signal?.throwIfAborted();
+    const c = await this.connection();
+    const out: DriverInstance[] = [];
+    for (const d of await c.listAllDomains(0)) {
+      if (!d.name.startsWith(DOMAIN_PREFIX)) continue;
+      const i = await this.inspect(d.name.slice(DOMAIN_PREFIX.length)).catch((e: unknown) => {
+        if (isNoDomain(e)) return undefined; // undefined between list and inspect
+        throw e;
+      });
+      if (i) out.push(i);
+    }
+    return out.sort((a, b) => (a.name < b.name ? -1 : 1));
+  }
+
+  async *events(opts: Required<Signalled>): AsyncIterable<DriverEvent> {
+    const queue: string[] = [];
+    let wake: (() => void) | undefined;
+    const w: Waiter = (ev) => {
+      if (ev.event === LifecycleEvent.UNDEFINED || ev.event === LifecycleEvent.DEFINED) return;
+      queue.push(ev.name);
+      wake?.();
+    };
+    this.waiters.add(w);
+    const onAbort = () => wake?.();
+    opts.signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      await this.connection(); // starts the subscription
+      while (!opts.signal.aborted) {
+        const name = queue.shift();
+        if (name === undefined) {
+          await new Promise<void>((r) => (wake = r));
+          wake = undefined;
+          continue;
+        }
+        // The event says "look again", not what to think: re-read the domain.
+        const i = await this.inspect(name).catch(() => undefined);
+        if (!i) continue;
+        const ev: DriverEvent = { name, uid: i.uid, state: i.state, time: Date.now() };
+        if (i.exitCode !== undefined) ev.exitCode = i.exitCode;
+        if (i.message !== undefined) ev.message = i.message;
+        yield ev;
+      }
+    } finally {
+      this.waiters.delete(w);
+      opts.signal.removeEventListener("abort", onAbort);
+    }
+  }
+
+  async stats(name: string): Promise<InstanceStats> {
+    const dom = await this.mustLookup(name);
+    const c = await this.connection();
+    const [info, mem] = await Promise.all([c.getInfo(dom), c.memoryStats(dom)]);
+    const balloon = mem.actual_balloon ?? info.memoryKiB;
+    const used = mem.available !== undefined && mem.unused !== undefined ? mem.available - mem.unused : (mem.rss ?? 0n);
+    return { cpuTimeNs: Number(info.cpuTimeNs), memoryUsedBytes: Number(used) * 1024, memoryLimitBytes: Number(balloon) * 1024 };
+  }
+
+  /** The guest's balloon statistics as libvirt reports them (KiB). */
+  async memoryStats(name: string): Promise<Record<string, bigint>> {
+    const dom = await this.mustLookup(name);
+    return (await this.connection()).memoryStats(dom);
+  }
+
+  async console(name: string): Promise<ConsoleEndpoint> {
+    const i = await this.inspect(name);
+    if (!i) throw new DriverError(`no domain ${domainName(name)}`);
+    const port = Number(i.details.vnc_port);
+    if (i.state !== "running" || !port) throw new DriverError(`instance ${name} is ${i.state}; its console needs it running`);
+    return { kind: "vnc", host: "127.0.0.1", port };
+  }
+
+  async setMemory(name: string, memoryMiB: number): Promise<void> {
+    const dom = await this.mustLookup(name);
+    const c = await this.connection();
+    const facts = parseDomainXml(await c.getXmlDesc(dom, 0));
+    const maxMiB = Math.floor((facts.memoryKiB ?? 0) / 1024);
+    if (!Number.isInteger(memoryMiB) || memoryMiB < 16 || memoryMiB > maxMiB)
+      throw new InvalidSpecError(`memory_mib: ${memoryMiB} must be an integer from 16 to the instance's ${maxMiB} MiB`);
+    const active = isActive((await c.getState(dom)).state);
+    // Live: the balloon target now; config: what the next boot starts with.
+    await c.setMemory(dom, BigInt(memoryMiB) * 1024n, active ? MEM_LIVE | MEM_CONFIG : MEM_CONFIG);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.pumpStop.abort();
+    await this.pump?.catch(() => undefined);
+    const c = await this.conn?.catch(() => undefined);
+    this.conn = undefined;
+    await c?.close().catch(() => undefined);
+  }
+
+  // ── helpers ───────────────────────────────────────────────────────────────────────────────
+
+  private async mustLookup(name: string): Promise<Domain> {
+    const dom = await this.lookup(name);
+    if (!dom) throw new DriverError(`no domain ${domainName(name)}`);
+    return dom;
+  }
+
+  /** The handle, rebuilt from the domain when the file is gone (state dir wiped, old agent). */
+  private async handle(name: string): Promise<LibvirtHandle> {
+    const h = await readHandle(this.handles, name);
+    if (h) return h;
+    const dom = await this.mustLookup(name);
+    const facts = parseDomainXml(await (await this.connection()).getXmlDesc(dom, XML_INACTIVE));
+    if (!facts.instance || facts.instance.owner !== this.owner) throw new DriverError(`domain ${dom.name} is not managed by this agent (${this.owner})`);
+    return {
+      version: HANDLE_VERSION,
+      name,
+      uid: facts.instance.uid,
+      createdAt: Date.now(),
+      stopRequested: false,
+      disk: facts.disk,
+      serialLog: facts.serialLog ?? this.logPath(name),
+    };
+  }
+
+  /** The owner of a domain with this instance's name that is not ours ("" if not hypervisor's); undefined if none. */
+  private async foreignOwner(name: string): Promise<string | undefined> {
+    const dom = await this.lookup(name);
+    if (!dom) return undefined;
+    const facts = parseDomainXml(await (await this.connection()).getXmlDesc(dom, XML_INACTIVE));
+    if (facts.instance?.owner === this.owner) return undefined;
+    return facts.instance?.owner ?? "";
+  }
+
+  /** Names of instances with a handle on disk (state that outlived its domain is cleaned by destroy). */
+  async handleNames(): Promise<string[]> {
+    const files = await readdir(this.handles).catch(() => [] as string[]);
+    return files.filter((f) => f.endsWith(".json")).map((f) => f.slice(0, -5));
+  }
+}
+
+const NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+const SHUTDOWN_ACPI = 1;
+/** How often stop() presses the power button again while the guest is still up. */
+const ACPI_REPEAT_MS = 3000;
+const XML_INACTIVE = 2;
+const MEM_LIVE = 1;
+const MEM_CONFIG = 2;
+/** Managed save, snapshot metadata and NVRAM go with the domain. */
+const UNDEFINE_FLAGS = 1 | 2 | 4;
+
+function isActive(state: number): boolean {
+  return state === DomainState.RUNNING || state === DomainState.BLOCKED || state === DomainState.PAUSED || state === DomainState.SHUTDOWN || state === DomainState.PMSUSPENDED;
+}
+
+function versionString(v: number | bigint): string {
+  const n = Number(v);
+  return `${Math.floor(n / 1_000_000)}.${Math.floor(n / 1000) % 1000}.${n % 1000}`;
+}
+
+/** "user", "none" or "bridge:<name>". */
+export function parseNetwork(field: string, v: string): NetworkSetting {
+  if (v === "user" || v === "none") return { mode: v };
+  const m = /^bridge:(.+)$/.exec(v);
+  if (m) return { mode: "bridge", bridge: m[1]! };
+  throw new InvalidSpecError(`${field}: ${JSON.stringify(v)} must be user, none or bridge:<name>`);
+}
+
+export function createLibvirtDriver(opts: LibvirtDriverOptions): LibvirtDriver {
+  return new LibvirtDriver(opts);
+}

@@ -1,0 +1,175 @@
+// A real VM end to end: etcd, hypervisor-server, a hypervisor-agent with the libvirt driver on the
+// real libvirtd, driven through hypervisor-ctl. Create → Running → console log (also followed) →
+// set-memory reaches the guest's balloon → kill -9 of the agent and a new one adopts the running
+// domain (same domain id: not restarted, not duplicated) → delete leaves no domain.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { execFile, spawn } from "node:child_process";
+import { chmod, copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { startEtcd, type EtcdProcess } from "../support/etcd.js";
+import { GUEST_READY_MARKER, testGuest } from "../support/guest.js";
+import { ensureLibvirtd } from "../support/libvirt.js";
+import { binPath, freePort, Proc, until } from "../support/procs.js";
+
+const run = promisify(execFile);
+const virsh = async (...args: string[]) => (await run("virsh", ["-c", "qemu:///system", ...args])).stdout.trim();
+
+interface JsonInstance {
+  name: string;
+  uid: string;
+  status?: { phase?: string; node?: string; startTime?: string; details?: Record<string, string> };
+}
+
+describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)", { timeout: 900_000 }, () => {
+  let dir: string;
+  let etcd: EtcdProcess;
+  let port: number;
+  let server: Proc;
+  let agent: Proc;
+  const vm = `e2e-vm-${process.pid}`;
+
+  const ctl = async (...args: string[]) =>
+    (await run(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, ...args], { timeout: 300_000 })).stdout;
+  const get = async () => JSON.parse(await ctl("instance", "get", vm, "-o", "json")) as JsonInstance;
+  const startAgent = () =>
+    new Proc("agent", [
+      binPath("hypervisor-agent"),
+      "--node-name",
+      "vm-node",
+      "--etcd-endpoints",
+      etcd.endpoint,
+      "--heartbeat-ttl",
+      "3",
+      "--drivers",
+      "mock,libvirt",
+      "--data-dir",
+      join(dir, "agent"),
+      "--libvirt-image-dir",
+      join(dir, "images"),
+      "--libvirt-domain-type",
+      "qemu",
+    ]);
+
+  before(async () => {
+    await ensureLibvirtd();
+    const guest = await testGuest();
+    dir = await mkdtemp(join(tmpdir(), "hv-e2e-vm-"));
+    await chmod(dir, 0o755); // QEMU (libvirt-qemu) reaches the agent's state through it
+    await mkdir(join(dir, "images"), { mode: 0o755 });
+    await copyFile(guest.kernel, join(dir, "images", "vmlinuz"));
+    await copyFile(guest.initrd, join(dir, "images", "initrd.img"));
+    await writeFile(
+      join(dir, "vm.yaml"),
+      [
+        `name: ${vm}`,
+        "spec:",
+        "  driver: libvirt",
+        "  vcpus: 1",
+        "  memoryMib: 256",
+        "  kernel: vmlinuz",
+        "  initrd: initrd.img",
+        `  cmdline: ${JSON.stringify(guest.cmdline)}`,
+        "",
+      ].join("\n"),
+    );
+    etcd = await startEtcd();
+    port = await freePort();
+    server = new Proc("server", [binPath("hypervisor-server"), "--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, "server")]);
+    await server.waitFor(/server listening/);
+    agent = startAgent();
+    await agent.waitFor(/agent started/);
+  });
+
+  after(async () => {
+    await run("virsh", ["-c", "qemu:///system", "destroy", `hv-${vm}`]).catch(() => undefined);
+    await run("virsh", ["-c", "qemu:///system", "undefine", `hv-${vm}`]).catch(() => undefined);
+    await agent?.stop();
+    await server?.stop();
+    await etcd?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("creates the VM and --wait returns once it runs; the node reports the libvirt driver healthy", async () => {
+    const nodes = JSON.parse(await ctl("node", "get", "vm-node", "-o", "json")) as { drivers?: { name: string; healthy?: boolean; attributes?: Record<string, string> }[] };
+    const lv = nodes.drivers?.find((d) => d.name === "libvirt");
+    assert.equal(lv?.healthy, true);
+    assert.match(lv?.attributes?.libvirt_version ?? "", /^\d+\.\d+\.\d+$/);
+    await ctl("instance", "create", "-f", join(dir, "vm.yaml"), "--wait", "--timeout", "5m");
+    const i = await get();
+    assert.equal(i.status?.phase, "PHASE_RUNNING");
+    assert.equal(await virsh("domstate", `hv-${vm}`), "running");
+  });
+
+  it("prints the serial console log, and -f follows it", async () => {
+    const log = await until("the guest marker in `instance logs`", async () => {
+      const out = await ctl("instance", "logs", vm);
+      return out.includes(GUEST_READY_MARKER) ? out : undefined;
+    }, 300_000, 1000);
+    assert.match(log, /Linux version 6\.1/);
+    const tail = await ctl("instance", "logs", vm, "--tail", "64");
+    assert.ok(tail.length <= 64 && tail.length > 0, `--tail 64 printed ${tail.length} bytes`);
+
+    const follower = spawn(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, "instance", "logs", vm, "-f"]);
+    let followed = "";
+    follower.stdout.on("data", (b: Buffer) => (followed += b.toString()));
+    const exited = new Promise<number | null>((resolve) => follower.once("exit", (code) => resolve(code)));
+    await until("the follower printed the log", () => followed.includes(GUEST_READY_MARKER), 60_000);
+    follower.kill("SIGINT");
+    assert.equal(await exited, 0, "Ctrl-C ends a follow with exit 0");
+  });
+
+  it("set-memory reaches the guest's balloon", async () => {
+    await ctl("instance", "set-memory", vm, "160");
+    const actual = await until("dommemstat actual 163840", async () => {
+      const stats = await virsh("dommemstat", `hv-${vm}`);
+      return /^actual 163840$/m.test(stats) ? stats : undefined;
+    }, 120_000, 500);
+    assert.match(actual, /^actual 163840$/m);
+    const i = JSON.parse(await ctl("instance", "get", vm, "-o", "json")) as { spec?: { memoryTargetMib?: string } };
+    assert.equal(i.spec?.memoryTargetMib, "160");
+  });
+
+  it("a new agent adopts the running VM after kill -9: same domain id, same start time", async () => {
+    const before = await get();
+    const domId = await virsh("domid", `hv-${vm}`);
+    await agent.kill9();
+    agent = startAgent();
+    await agent.waitFor(/adoption done/);
+    await agent.waitFor(/agent started/);
+    const after = await until("Running again", async () => {
+      const i = await get();
+      return i.status?.phase === "PHASE_RUNNING" ? i : undefined;
+    });
+    assert.equal(await virsh("domid", `hv-${vm}`), domId, "the same QEMU process: not restarted");
+    assert.equal(after.status?.startTime, before.status?.startTime);
+    assert.equal((await virsh("list", "--all", "--name")).split("\n").filter((n) => n === `hv-${vm}`).length, 1, "not duplicated");
+  });
+
+  it("restart boots the guest again; stop shuts it off through ACPI; start brings it back", async () => {
+    const before = await get();
+    const domId = await virsh("domid", `hv-${vm}`);
+    await ctl("instance", "restart", vm, "--wait", "--timeout", "5m");
+    const restarted = await get();
+    assert.equal(restarted.status?.phase, "PHASE_RUNNING");
+    assert.notEqual(restarted.status?.startTime, before.status?.startTime, "a new start time");
+    assert.notEqual(await virsh("domid", `hv-${vm}`), domId, "a new QEMU process");
+
+    await ctl("instance", "stop", vm, "--wait", "--timeout", "5m");
+    assert.equal((await get()).status?.phase, "PHASE_STOPPED");
+    assert.equal(await virsh("domstate", `hv-${vm}`), "shut off");
+    // The guest saw the power button (the restart's stop and this one), not a pulled plug.
+    assert.match(await ctl("instance", "logs", vm), /HYPERVISOR-GUEST-POWEROFF/);
+
+    await ctl("instance", "start", vm, "--wait", "--timeout", "5m");
+    assert.equal((await get()).status?.phase, "PHASE_RUNNING");
+    assert.equal(await virsh("domstate", `hv-${vm}`), "running");
+  });
+
+  it("delete --wait leaves no domain", async () => {
+    await ctl("instance", "delete", vm, "--wait", "--timeout", "3m");
+    await assert.rejects(run("virsh", ["-c", "qemu:///system", "dominfo", `hv-${vm}`]));
+  });
+});

@@ -1,0 +1,70 @@
+// `make run` as a user meets it (scripts/run-dev.sh): a one-machine cluster that boots one demo VM
+// on the real libvirtd and says how to read its console; stopping it keeps the VM, and the next
+// run adopts it rather than booting another. Own port, data directory, node and VM name, so a
+// developer's real `make run` on the same machine is left alone.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { GUEST_READY_MARKER } from "../support/guest.js";
+import { ensureLibvirtd } from "../support/libvirt.js";
+import { binPath, freePort, Proc, repoRoot, until } from "../support/procs.js";
+
+const run = promisify(execFile);
+const virsh = async (...args: string[]) => (await run("virsh", ["-c", "qemu:///system", ...args])).stdout.trim();
+
+describe("make run (scripts/run-dev.sh)", { timeout: 900_000 }, () => {
+  let dir: string;
+  let port: number;
+  let proc: Proc | undefined;
+  const vm = `demo-e2e-${process.pid}`;
+  const env = () => ({
+    HYPERVISOR_LISTEN: `127.0.0.1:${port}`,
+    HYPERVISOR_DATA_DIR: dir,
+    HYPERVISOR_NODE_NAME: `run-e2e-${process.pid}`,
+    DEMO_VM: vm,
+  });
+  const ctl = async (...args: string[]) =>
+    (await run(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, ...args], { timeout: 120_000 })).stdout;
+
+  before(async () => {
+    await ensureLibvirtd();
+    dir = await mkdtemp(join(tmpdir(), "hv-run-"));
+    port = await freePort();
+  });
+
+  after(async () => {
+    await proc?.stop(30_000);
+    await run("virsh", ["-c", "qemu:///system", "destroy", `hv-${vm}`]).catch(() => undefined);
+    await run("virsh", ["-c", "qemu:///system", "undefine", `hv-${vm}`]).catch(() => undefined);
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("boots a demo VM, prints how to read its console, and the log has the guest's marker", async () => {
+    proc = new Proc("make run", [join(repoRoot, "scripts/run-dev.sh")], env(), "bash");
+    await proc.waitFor(/A demo VM is running on the libvirt driver/, 600_000);
+    assert.ok(proc.output.some((l) => l.includes(`hypervisor-ctl instance logs ${vm} -f`)), proc.tail());
+    const i = JSON.parse(await ctl("instance", "get", vm, "-o", "json")) as { spec?: { driver?: string }; status?: { phase?: string } };
+    assert.equal(i.spec?.driver, "libvirt");
+    assert.equal(i.status?.phase, "PHASE_RUNNING");
+    assert.equal(await virsh("domstate", `hv-${vm}`), "running");
+    await until("the guest marker in the demo VM's log", async () => (await ctl("instance", "logs", vm)).includes(GUEST_READY_MARKER), 300_000, 1000);
+  });
+
+  it("Ctrl-C stops the cluster and keeps the VM; the next run adopts it", async () => {
+    const domId = await virsh("domid", `hv-${vm}`);
+    assert.equal(await proc!.stop(30_000), 0);
+    assert.equal(await virsh("domstate", `hv-${vm}`), "running", "the VM outlives the server");
+    proc = new Proc("make run again", [join(repoRoot, "scripts/run-dev.sh")], env(), "bash");
+    await proc.waitFor(/A demo VM is running on the libvirt driver/, 600_000);
+    assert.equal(await virsh("domid", `hv-${vm}`), domId, "adopted, not booted again");
+    assert.ok(proc.output.some((l) => /adopted instance/.test(l) && l.includes(vm)), proc.tail());
+    await ctl("instance", "delete", vm, "--wait", "--timeout", "3m");
+    await assert.rejects(virsh("dominfo", `hv-${vm}`));
+    assert.equal(await proc.stop(30_000), 0);
+    proc = undefined;
+  });
+});

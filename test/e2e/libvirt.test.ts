@@ -8,6 +8,7 @@ import { execFile, spawn } from "node:child_process";
 import { chmod, copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { connect } from "node:net";
 import { promisify } from "node:util";
 import { startEtcd, type EtcdProcess } from "../support/etcd.js";
 import { GUEST_READY_MARKER, testGuest } from "../support/guest.js";
@@ -71,7 +72,8 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
         "  memoryMib: 256",
         "  kernel: vmlinuz",
         "  initrd: initrd.img",
-        `  cmdline: ${JSON.stringify(guest.cmdline)}`,
+        // Without `quiet`: the console log then shows the kernel booting, not only the marker.
+        `  cmdline: ${JSON.stringify(guest.cmdline.replace(/ ?\bquiet\b/, ""))}`,
         "",
       ].join("\n"),
     );
@@ -101,6 +103,26 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
     const i = await get();
     assert.equal(i.status?.phase, "PHASE_RUNNING");
     assert.equal(await virsh("domstate", `hv-${vm}`), "running");
+    // The VNC port the status records is the domain's, on loopback, and speaks RFB.
+    const port = Number(i.status?.details?.vnc_port);
+    const display = await virsh("vncdisplay", `hv-${vm}`); // e.g. 127.0.0.1:0, display N is port 5900+N
+    assert.equal(port, 5900 + Number(display.split(":").pop()));
+    const banner = await new Promise<string>((resolve, reject) => {
+      const s = connect(port, "127.0.0.1");
+      s.once("data", (b) => (s.destroy(), resolve(b.toString("latin1"))));
+      s.once("error", reject);
+    });
+    assert.match(banner, /^RFB 003\.00\d\n$/);
+  });
+
+  it("refuses a name with XML metacharacters with InvalidArgument, and defines nothing", async () => {
+    const bad = await run(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, "instance", "create", "x'/><disk", "--driver", "libvirt", "--kernel", "vmlinuz"]).then(
+      () => assert.fail("created"),
+      (e: { code?: number; stderr?: string }) => e,
+    );
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr ?? "", /invalid_argument: .*name/);
+    assert.doesNotMatch(await virsh("list", "--all", "--name"), /disk/);
   });
 
   it("prints the serial console log, and -f follows it", async () => {

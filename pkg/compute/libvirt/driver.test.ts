@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, stat } from "node:fs/promises";
-import { connect } from "node:net";
+import { connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -199,6 +199,56 @@ describe("libvirt driver: what VMs have", () => {
     assert.equal((await theirs.inspect(name))?.uid, uid);
     await theirs.destroy(name);
     assert.equal(await domainExists(name), false);
+  });
+
+  it("reconnects after the libvirt connection drops: the VM keeps running, calls and events resume", async () => {
+    // A unix-socket relay in front of libvirtd that the test can cut, as a daemon restart would.
+    const relayPath = join(dir, `relay-${randomUUID().slice(0, 6)}.sock`);
+    const pairs = new Set<Socket>();
+    const relay = createServer((client) => {
+      const upstream = connect(socket);
+      for (const s of [client, upstream]) {
+        pairs.add(s);
+        s.on("error", () => undefined);
+        s.on("close", () => pairs.delete(s));
+      }
+      client.pipe(upstream).pipe(client);
+      client.on("close", () => upstream.destroy());
+      upstream.on("close", () => client.destroy());
+    });
+    await new Promise<void>((resolve) => relay.listen(relayPath, resolve));
+    const d = new LibvirtDriver({ stateDir: join(dir, "state"), imageDir, socketPath: relayPath, domainType: "qemu", owner: OWNER });
+    drivers.push(d);
+    const name = `lvt-reconn-${randomUUID().slice(0, 6)}`;
+    try {
+      await d.create(vmSpec(name, randomUUID()));
+      const started = await d.start(name);
+      await waitForMarker(d, name);
+      const domId = await virsh("domid", `hv-${name}`);
+      const ac = new AbortController();
+      const seen: string[] = [];
+      const watching = (async () => {
+        for await (const ev of d.events({ signal: ac.signal })) if (ev.name === name) seen.push(ev.state);
+      })();
+      assert.ok(pairs.size > 0, "the driver is connected through the relay");
+      for (const s of pairs) s.destroy();
+      // The next call opens a new connection; the domain was never touched.
+      const again = await until("inspect after the drop", () => d.inspect(name).catch(() => undefined), 30_000, 200);
+      assert.equal(again.state, "running");
+      assert.equal(again.startedAt, started.startedAt);
+      assert.equal(await virsh("domid", `hv-${name}`), domId);
+      // Events flow again on the new connection: stop is seen without polling.
+      await until("event subscription re-established", () => pairs.size >= 2, 30_000, 100);
+      await d.stop(name, 60_000);
+      await until("a stopped event after the reconnect", () => seen.includes("stopped"), 60_000, 100);
+      ac.abort();
+      await watching;
+    } finally {
+      await d.destroy(name).catch(() => undefined);
+      await d.close();
+      await new Promise<void>((resolve) => relay.close(() => resolve()));
+      for (const s of pairs) s.destroy();
+    }
   });
 
   it("keeps XML metacharacters in labels as data, and refuses names and paths it cannot accept", async () => {

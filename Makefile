@@ -65,6 +65,7 @@ stop-etcd:
 
 bench: deps build
 	node dist/bench/main.js
+	node dist/bench/libvirt.js
 
 clean:
 	rm -rf dist coverage coverage.html

@@ -241,6 +241,11 @@ export class Reconciler {
     const target = Number(inst.spec?.memoryTargetMib || inst.spec?.memoryMib || 0n);
     const key = `${inst.uid}/${actual.startedAt ?? 0}/${target}`;
     if (target <= 0 || this.balloons.get(inst.name) === key) return actual;
+    // Already there (a fresh boot at full memory, or an adopted VM): nothing to ask the driver.
+    if (actual.details.memory_target_mib === String(target)) {
+      this.balloons.set(inst.name, key);
+      return actual;
+    }
     await driver.setMemory(inst.name, target, { signal });
     this.balloons.set(inst.name, key);
     this.opts.log.info({ instance: inst.name, memoryMiB: target }, "memory target set");

@@ -102,6 +102,28 @@ runDriverConformance(
 );
 
 describe("libvirt driver: what VMs have", () => {
+  it("fingerprints the node as virsh sees it: versions, tcg, CPUs and memory", async () => {
+    const fp = await (await makeDriver()).fingerprint();
+    assert.equal(fp.healthy, true, fp.message);
+    const a = fp.attributes;
+    const version = await virsh("version");
+    assert.ok(version.includes(`Using library: libvirt ${a.libvirt_version}`), `${a.libvirt_version} in ${version}`);
+    assert.ok(version.includes(`Running hypervisor: QEMU ${a.qemu_version}`), `${a.qemu_version} in ${version}`);
+    assert.equal(fp.version, a.libvirt_version);
+    assert.deepEqual([a.domain_type, a.accel], ["qemu", "tcg"]);
+    const nodeinfo = await virsh("nodeinfo");
+    assert.match(nodeinfo, new RegExp(`CPU\\(s\\):\\s+${a.host_cpus}\\n`));
+    const kib = Number(/Memory size:\s+(\d+) KiB/.exec(nodeinfo)?.[1]);
+    assert.equal(a.host_memory_mib, String(Math.floor(kib / 1024)));
+    assert.equal(a.hostname, await virsh("hostname"));
+    // No libvirtd at the socket: unhealthy with the reason, not a throw.
+    const gone = new LibvirtDriver({ stateDir: join(dir, "gone"), imageDir, socketPath: join(dir, "no-such.sock"), owner: OWNER });
+    const down = await gone.fingerprint();
+    assert.equal(down.healthy, false);
+    assert.match(down.message, /no-such\.sock: .*ENOENT/);
+    await gone.close();
+  });
+
   it("boots the guest: its marker reaches the serial log, and the domain is what virsh sees", async () => {
     const d = await makeDriver();
     const name = `lvt-boot-${randomUUID().slice(0, 6)}`;

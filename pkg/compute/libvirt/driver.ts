@@ -35,11 +35,16 @@ import {
   type StatsDriver,
 } from "../driver/index.js";
 import { buildDomainXml, DOMAIN_PREFIX, domainName, type NetworkSetting, OWNER_RE, parseDomainXml } from "./domain-xml.js";
+import { fingerprintLibvirt } from "./fingerprint.js";
 import { type LibvirtHandle, HANDLE_VERSION, readHandle, removeHandle, writeHandle } from "./handle.js";
 import { checkTraversable, createOverlay, overlayPath, removeFile, resolveImage } from "./images.js";
 import {
   type Domain,
+  DomainMemoryModFlags,
+  DomainShutdownFlags,
   DomainState,
+  DomainUndefineFlags,
+  DomainXmlFlags,
   isNoDomain,
   isOperationInvalid,
   LibvirtConnection,
@@ -182,23 +187,7 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
 
   async fingerprint(): Promise<Fingerprint> {
     try {
-      const c = await this.connection();
-      const [lib, hv, info, host] = await Promise.all([c.getLibVersion(), c.getVersion(), c.nodeGetInfo(), c.getHostname()]);
-      const type = await this.domainType();
-      return {
-        healthy: true,
-        version: versionString(lib),
-        message: "",
-        attributes: {
-          libvirt_version: versionString(lib),
-          qemu_version: versionString(hv),
-          domain_type: type,
-          accel: type === "kvm" ? "kvm" : "tcg",
-          host_cpus: String(info.cpus),
-          host_memory_mib: String(Number(info.memoryKiB / 1024n)),
-          hostname: host,
-        },
-      };
+      return await fingerprintLibvirt(await this.connection(), await this.domainType());
     } catch (e) {
       return { healthy: false, version: "", message: (e as Error).message, attributes: {} };
     }
@@ -563,22 +552,17 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
 }
 
 const NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
-const SHUTDOWN_ACPI = 1;
+const SHUTDOWN_ACPI = DomainShutdownFlags.ACPI_POWER_BTN;
 /** How often stop() presses the power button again while the guest is still up. */
 const ACPI_REPEAT_MS = 3000;
-const XML_INACTIVE = 2;
-const MEM_LIVE = 1;
-const MEM_CONFIG = 2;
+const XML_INACTIVE = DomainXmlFlags.INACTIVE;
+const MEM_LIVE = DomainMemoryModFlags.LIVE;
+const MEM_CONFIG = DomainMemoryModFlags.CONFIG;
 /** Managed save, snapshot metadata and NVRAM go with the domain. */
-const UNDEFINE_FLAGS = 1 | 2 | 4;
+const UNDEFINE_FLAGS = DomainUndefineFlags.MANAGED_SAVE | DomainUndefineFlags.SNAPSHOTS_METADATA | DomainUndefineFlags.NVRAM;
 
 function isActive(state: number): boolean {
   return state === DomainState.RUNNING || state === DomainState.BLOCKED || state === DomainState.PAUSED || state === DomainState.SHUTDOWN || state === DomainState.PMSUSPENDED;
-}
-
-function versionString(v: number | bigint): string {
-  const n = Number(v);
-  return `${Math.floor(n / 1_000_000)}.${Math.floor(n / 1000) % 1000}.${n % 1000}`;
 }
 
 /** "user", "none" or "bridge:<name>". */

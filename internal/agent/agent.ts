@@ -15,16 +15,17 @@
  */
 import { clone, create, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Node, NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { AgentEndpointSchema, AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { Heartbeat } from "../../pkg/cluster/heartbeat/index.js";
 import { listWatch, registerNode } from "../../pkg/cluster/registry/index.js";
 import { baseName, keys, type Store } from "../../pkg/cluster/store/index.js";
-import { type Driver, hasLogs } from "../../pkg/compute/driver/index.js";
+import { type Driver, hasImages, hasLogs, InvalidSpecError } from "../../pkg/compute/driver/index.js";
 import { logger as rootLogger, type Logger } from "../../pkg/log/index.js";
 import { fingerprintNode, type Capacity } from "./fingerprint.js";
-import { AgentEndpoint } from "./endpoint.js";
+import { AgentEndpoint, type EndpointImage, type Refusal } from "./endpoint.js";
 import { Reconciler } from "./reconcile.js";
 import { WorkQueue } from "./workqueue.js";
 
@@ -157,7 +158,15 @@ export class Agent {
     const m = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]*):(\d{1,5})$/.exec(listen);
     if (!m) throw new AgentError(`listen: ${JSON.stringify(listen)} is not HOST:PORT`);
     const host = m[1]!.replace(/^\[|\]$/g, "") || "0.0.0.0";
-    const endpoint = new AgentEndpoint({ logFile: (name) => this.logFile(name, signal) }, this.log);
+    const endpoint = new AgentEndpoint(
+      {
+        logFile: (name) => this.logFile(name, signal),
+        importImage: (driver, file) => this.importImage(driver, file, signal),
+        listImages: () => this.listImages(signal),
+      },
+      this.log,
+      join(this.opts.dataDir, "spool"),
+    );
     const port = await endpoint.listen(host, Number(m[2]));
     this.endpoint = endpoint;
     // Unspecified addresses are not reachable as such: advertise the node's address.
@@ -179,6 +188,26 @@ export class Agent {
     if (!driver) return { status: 409, message: `driver ${inst.spec?.driver ?? ""} is not available on node ${this.nodeName}` };
     if (!hasLogs(driver)) return { status: 409, message: `driver ${driver.name} keeps no console log` };
     return { path: driver.logFile(name) };
+  }
+
+  private async importImage(name: string, file: string, signal: AbortSignal): Promise<EndpointImage[] | Refusal> {
+    const driver = this.opts.drivers.find((d) => d.name === name);
+    if (!driver) return { status: 409, message: `driver ${name} is not running on node ${this.nodeName}` };
+    if (!hasImages(driver)) return { status: 409, message: `driver ${name} keeps no images` };
+    try {
+      const images = await driver.importImage(file, { signal });
+      this.log.info({ driver: name, images: images.map((i) => i.name) }, "image imported");
+      return images.map((i) => ({ ...i, driver: name }));
+    } catch (e) {
+      if (e instanceof InvalidSpecError) return { status: 400, message: e.message };
+      throw e;
+    }
+  }
+
+  private async listImages(signal: AbortSignal): Promise<EndpointImage[]> {
+    const out: EndpointImage[] = [];
+    for (const d of this.opts.drivers) if (hasImages(d)) for (const i of await d.listImages({ signal })) out.push({ ...i, driver: d.name });
+    return out;
   }
 
   /**

@@ -1,16 +1,22 @@
 /*
- * The agent's own HTTP endpoint, for what cannot travel through the store: console logs.
+ * The agent's own HTTP endpoint, for what cannot travel through the store: console logs and
+ * image uploads.
  *
  *   server ──GET /v1/instances/<name>/logs?follow=1&tail=N, Authorization: Bearer <token>──► agent
  *          ◄── the log's bytes (chunked), then new bytes as the runtime appends them ──
+ *   server ──POST /v1/images/import?driver=D, body: an OCI image tarball──► agent
+ *          ◄── {"images": [...]} once the driver has imported it (400: not an image) ──
+ *   server ──GET /v1/images──► agent ◄── {"images": [...]} of every driver with an image store
  *
  * The URL and a random token are published in agents/<node>; only cluster members (who can read
  * the store) can present the token. Names are checked against the DNS-label syntax before any
  * path is built from them.
  */
 import { randomBytes, timingSafeEqual } from "node:crypto";
-import { createReadStream } from "node:fs";
-import { stat } from "node:fs/promises";
+import { createReadStream, createWriteStream } from "node:fs";
+import { mkdir, stat, unlink } from "node:fs/promises";
+import { join } from "node:path";
+import { pipeline } from "node:stream/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -20,10 +26,32 @@ const NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 /** How often a followed log is checked for growth. */
 const FOLLOW_POLL_MS = 200;
 
-export interface LogSource {
-  /** The log file of an instance on this node, or an error message to answer 404/409 with. */
-  logFile(name: string): Promise<{ path: string } | { status: 404 | 409; message: string }>;
+/** An answer the endpoint turns into an HTTP error: 400 bad input, 404 unknown, 409 not possible here. */
+export interface Refusal {
+  status: 400 | 404 | 409;
+  message: string;
 }
+
+/** An image as the endpoint reports it (JSON). */
+export interface EndpointImage {
+  name: string;
+  digest: string;
+  sizeBytes: number;
+  driver: string;
+  createdAt?: number;
+}
+
+export interface EndpointSource {
+  /** The log file of an instance on this node, or why not. */
+  logFile(name: string): Promise<{ path: string } | Refusal>;
+  /** Imports the tarball at `file` with the named driver. */
+  importImage(driver: string, file: string): Promise<EndpointImage[] | Refusal>;
+  listImages(): Promise<EndpointImage[]>;
+}
+
+/** Uploads larger than this are refused before they fill the disk. */
+export const MAX_IMAGE_BYTES = 16 * 1024 ** 3;
+const DRIVER_RE = /^[a-z][a-z0-9-]{0,31}$/;
 
 export class AgentEndpoint {
   readonly token = randomBytes(24).toString("base64url");
@@ -31,8 +59,10 @@ export class AgentEndpoint {
   private readonly open = new Set<ServerResponse>();
 
   constructor(
-    private readonly source: LogSource,
+    private readonly source: EndpointSource,
     private readonly log: Logger,
+    /** Where uploads are spooled while a driver imports them. */
+    private readonly spoolDir: string,
   ) {}
 
   /** Listens on host:port (port 0: any free one); resolves with the bound port. */
@@ -65,6 +95,8 @@ export class AgentEndpoint {
     try {
       if (!this.authorized(req)) return fail(401, "missing or wrong token");
       const url = new URL(req.url ?? "/", "http://agent");
+      if (url.pathname === "/v1/images/import" && req.method === "POST") return await this.importImage(url, req, res);
+      if (url.pathname === "/v1/images" && req.method === "GET") return json(res, 200, { images: await this.source.listImages() });
       const m = /^\/v1\/instances\/([^/]+)\/logs$/.exec(url.pathname);
       if (req.method !== "GET" || !m) return fail(404, "not found");
       const name = decodeURIComponent(m[1]!);
@@ -80,6 +112,29 @@ export class AgentEndpoint {
       this.log.warn({ err: e }, "log request failed");
       if (!res.headersSent) fail(500, (e as Error).message);
       else res.destroy();
+    }
+  }
+
+  /** Spools the body to a file, hands it to the driver, answers with what it imported. */
+  private async importImage(url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const driver = url.searchParams.get("driver") ?? "";
+    if (!DRIVER_RE.test(driver)) return json(res, 400, { error: `driver ${JSON.stringify(driver)} is not a driver name` });
+    const declared = Number(req.headers["content-length"] ?? "0");
+    if (declared > MAX_IMAGE_BYTES) return json(res, 413, { error: `image of ${declared} bytes is over the ${MAX_IMAGE_BYTES}-byte limit` });
+    await mkdir(this.spoolDir, { recursive: true, mode: 0o700 });
+    const file = join(this.spoolDir, `import-${randomBytes(8).toString("hex")}.tar`);
+    try {
+      let received = 0;
+      req.on("data", (chunk: Buffer) => {
+        received += chunk.length;
+        if (received > MAX_IMAGE_BYTES) req.destroy(new Error(`image upload over the ${MAX_IMAGE_BYTES}-byte limit`));
+      });
+      await pipeline(req, createWriteStream(file, { mode: 0o600 }));
+      const result = await this.source.importImage(driver, file);
+      if ("status" in result) return json(res, result.status, { error: result.message });
+      json(res, 200, { images: result });
+    } finally {
+      await unlink(file).catch(() => undefined);
     }
   }
 
@@ -123,4 +178,9 @@ export class AgentEndpoint {
       rs.pipe(res, { end: false });
     });
   }
+}
+
+function json(res: ServerResponse, status: number, body: unknown): void {
+  res.writeHead(status, { "content-type": "application/json" });
+  res.end(JSON.stringify(body));
 }

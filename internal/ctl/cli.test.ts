@@ -127,6 +127,7 @@ function paths(cmd: Command, prefix = ""): string[] {
 const EXPECTED = [
   "node list", "node get", "node cordon", "node uncordon", "node drain",
   "instance create", "instance list", "instance get", "instance start", "instance stop", "instance restart", "instance delete",
+  "instance logs", "instance set-memory", "image import", "image list",
   "cluster status", "completion", "version",
 ]; // prettier-ignore
 
@@ -164,7 +165,7 @@ describe("completion", () => {
 
   it("completes commands, aliases, flags and flag values in a real bash", async () => {
     const { stdout: script } = await runCli(["completion", "bash"]);
-    assert.deepEqual(await complete(script, ""), ["node", "instance", "cluster", "completion", "version"]);
+    assert.deepEqual(await complete(script, ""), ["node", "instance", "image", "cluster", "completion", "version"]);
     assert.deepEqual(await complete(script, "inst"), ["instance"]);
     assert.deepEqual(await complete(script, "instance", "st"), ["start", "stop"]);
     assert.deepEqual(await complete(script, "instances", "ls", "--ph"), ["--phase"]);

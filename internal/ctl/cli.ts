@@ -9,6 +9,7 @@ import { createClients, DEFAULT_SERVER, type Clients } from "./client.js";
 import { completionCommand } from "./completion.js";
 import type { Context, Io } from "./context.js";
 import { describeError, ExitCode } from "./errors.js";
+import { imageCommand } from "./image.js";
 import { instanceCommand } from "./instance.js";
 import { nodeCommand } from "./node.js";
 import { FORMATS, type Format } from "./output.js";
@@ -28,6 +29,7 @@ export function buildProgram(ctx: Context, io: Io): Command {
     .addOption(new Option("-o, --output <format>", "output format").choices(FORMATS).default("table"));
   program.addCommand(nodeCommand(ctx));
   program.addCommand(instanceCommand(ctx));
+  program.addCommand(imageCommand(ctx));
   program.addCommand(clusterCommand(ctx));
   program.addCommand(completionCommand(ctx));
   program.addCommand(versionCommand(ctx));

@@ -1,10 +1,12 @@
 /*
  * The API clients a command uses, over the Connect protocol on HTTP/1.1: it passes through any
- * proxy and is what `curl` speaks, and the server serves it on the same port as gRPC.
+ * proxy and is what `curl` speaks, and the server serves it on the same port as gRPC. Image
+ * imports stream from the client, which needs HTTP/2 (h2c on the same port).
  */
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
+import { ImageService } from "../../api/gen/hypervisor/v1/image_pb.js";
 import { InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { usageError } from "./errors.js";
@@ -16,6 +18,8 @@ export interface Clients {
   readonly instances: Client<typeof InstanceService>;
   readonly nodes: Client<typeof NodeService>;
   readonly cluster: Client<typeof ClusterService>;
+  /** Over HTTP/2: an image import streams the upload, which HTTP/1.1 cannot carry. */
+  readonly images: Client<typeof ImageService>;
 }
 
 /** Checks the URL first so a typo is a usage error naming it, not a confusing network error. */
@@ -37,5 +41,6 @@ export function createClients(server: string): Clients {
     instances: createClient(InstanceService, transport),
     nodes: createClient(NodeService, transport),
     cluster: createClient(ClusterService, transport),
+    images: createClient(ImageService, createConnectTransport({ baseUrl: serverUrl(server), httpVersion: "2" })),
   };
 }

@@ -12,11 +12,13 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Handler as NodeHandlerFn } from "./http.js";
 import { fromBinary } from "@bufbuild/protobuf";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
+import { ImageService } from "../../api/gen/hypervisor/v1/image_pb.js";
 import { InstanceSchema, InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { keys, type Store, StoreError, StoreUnavailableError } from "../../pkg/cluster/store/index.js";
 import { type Logger, logger } from "../../pkg/log/index.js";
 import { clusterService } from "./cluster-service.js";
+import { imageService } from "./image-service.js";
 import type { Informers, ServerContext } from "./context.js";
 import { GcController } from "./gc-controller.js";
 import { listen, type Listening } from "./http.js";
@@ -97,6 +99,7 @@ export class Server {
     router.service(InstanceService, instances);
     router.service(NodeService, nodeService(this.ctx, instances));
     router.service(ClusterService, clusterService(this.ctx));
+    router.service(ImageService, imageService(this.ctx));
   };
 
   async start(): Promise<void> {

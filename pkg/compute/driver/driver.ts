@@ -56,6 +56,8 @@ export interface Capabilities {
   migrate: boolean;
   /** Keeps a console log per instance (LogsDriver). */
   logs: boolean;
+  /** Keeps an image store that takes OCI tarball imports (ImageDriver). */
+  images: boolean;
 }
 
 export interface Fingerprint {
@@ -130,7 +132,29 @@ export interface LogsDriver extends Driver {
   logFile(name: string): string;
 }
 
+/** An image in a driver's store on this node. */
+export interface DriverImage {
+  /** Reference, e.g. docker.io/library/alpine:3.20. */
+  name: string;
+  /** Digest of the manifest or index the name points to. */
+  digest: string;
+  sizeBytes: number;
+  /** Milliseconds since the epoch. */
+  createdAt?: number;
+}
+
+export interface ImageDriver extends Driver {
+  /**
+   * Imports an OCI image layout tarball (docker save / ctr export) from a local file: content,
+   * image records, and whatever the driver must unpack to run it. Resolves with the images the
+   * tarball named. Throws InvalidSpecError for a tarball that is not one, leaving nothing behind.
+   */
+  importImage(file: string, opts?: Signalled): Promise<DriverImage[]>;
+  listImages(opts?: Signalled): Promise<DriverImage[]>;
+}
+
 export const hasStats = (d: Driver): d is StatsDriver => d.capabilities.stats;
 export const hasConsole = (d: Driver): d is ConsoleDriver => d.capabilities.console;
 export const hasBalloon = (d: Driver): d is BalloonDriver => d.capabilities.balloon;
 export const hasLogs = (d: Driver): d is LogsDriver => d.capabilities.logs;
+export const hasImages = (d: Driver): d is ImageDriver => d.capabilities.images;

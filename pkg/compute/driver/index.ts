@@ -7,14 +7,16 @@ export type {
   BalloonDriver,
   Driver,
   DriverEvent,
+  DriverImage,
   DriverInstance,
   DriverInstanceSpec,
   DriverState,
   Fingerprint,
+  ImageDriver,
   InstanceStats,
   LogsDriver,
   Signalled,
   StatsDriver,
 } from "./driver.js";
-export { hasBalloon, hasConsole, hasLogs, hasStats } from "./driver.js";
+export { hasBalloon, hasConsole, hasImages, hasLogs, hasStats } from "./driver.js";
 export { DriverError, InstanceNotFoundError, InvalidSpecError, StartError } from "./errors.js";

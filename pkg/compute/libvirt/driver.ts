@@ -76,7 +76,7 @@ export interface LibvirtDriverOptions {
 /** Keys a spec's driver_config may set for this driver. */
 const CONFIG_KEYS = ["network"] as const;
 
-export const libvirtCapabilities: Capabilities = { console: true, balloon: true, stats: true, snapshot: false, migrate: false, logs: true };
+export const libvirtCapabilities: Capabilities = { console: true, balloon: true, stats: true, snapshot: false, migrate: false, logs: true, images: false };
 
 type Waiter = (ev: { name: string; event: number }) => void;
 

@@ -1,0 +1,193 @@
+/*
+ * ImageService: images live in each node's driver (containerd's image store), so the server
+ * holds none. An import is spooled to a temporary file once, then sent to the agent endpoint of
+ * every node asked, in parallel; a listing asks every Ready node's agent.
+ *
+ *   ctl ──stream {target}, {chunk}…──► server ──validates target first (before any upload)
+ *                                        │ spool ──POST /v1/images/import?driver=D──► agent(s)
+ *   ctl ◄── {results: per node images or error} ◄────────────────────────────────────┘
+ */
+import { createReadStream, createWriteStream, type WriteStream } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { finished } from "node:stream/promises";
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import {
+  type Image,
+  ImageSchema,
+  type ImageService,
+  type ImportTarget,
+  NodeImportSchema,
+  type NodeImport,
+} from "../../api/gen/hypervisor/v1/image_pb.js";
+import { AgentEndpointSchema, type AgentEndpoint } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { keys } from "../../pkg/cluster/store/index.js";
+import type { ServerContext } from "./context.js";
+import { show, validateName } from "./validate.js";
+
+const DEFAULT_DRIVER = "containerd";
+const DRIVER_RE = /^[a-z][a-z0-9-]{0,31}$/;
+
+/** What an agent answers for an image (internal/agent/endpoint.ts). */
+interface AgentImage {
+  name: string;
+  digest: string;
+  sizeBytes: number;
+  driver: string;
+  createdAt?: number;
+}
+
+export function imageService(ctx: ServerContext): ServiceImpl<typeof ImageService> {
+  const { store, informers } = ctx;
+  const ready = (node: string) => informers.alive.get(keys.alive(node)) !== undefined;
+  const nodeRecord = (node: string) => informers.nodes.get(keys.node(node))?.value;
+
+  async function endpointOf(node: string, signal: AbortSignal): Promise<AgentEndpoint> {
+    const kv = await store.get(keys.agent(node), { signal });
+    if (!kv) throw new Error(`the agent of node ${node} publishes no endpoint (is it running?)`);
+    return fromBinary(AgentEndpointSchema, kv.value);
+  }
+
+  /** The nodes an import goes to, checked before a byte is uploaded. */
+  function targets(t: ImportTarget): { driver: string; nodes: string[] } {
+    const driver = t.driver || DEFAULT_DRIVER;
+    if (!DRIVER_RE.test(driver)) throw new ConnectError(`target.driver: ${show(driver)} is not a driver name`, Code.InvalidArgument);
+    if (t.allNodes && t.nodes.length) throw new ConnectError("target: name nodes or ask for all_nodes, not both", Code.InvalidArgument);
+    if (t.allNodes) {
+      const nodes = [...informers.nodes.items.values()]
+        .map((i) => i.value)
+        .filter((n) => ready(n.name) && n.drivers.some((d) => d.name === driver && d.healthy))
+        .map((n) => n.name)
+        .sort();
+      if (!nodes.length) throw new ConnectError(`target.all_nodes: no Ready node has driver ${driver} healthy`, Code.FailedPrecondition);
+      return { driver, nodes };
+    }
+    if (!t.nodes.length) throw new ConnectError("target.nodes: name at least one node, or ask for all_nodes", Code.InvalidArgument);
+    const seen = new Set<string>();
+    for (const name of t.nodes) {
+      validateName("target.nodes", name);
+      if (seen.has(name)) throw new ConnectError(`target.nodes: ${show(name)} is named twice`, Code.InvalidArgument);
+      seen.add(name);
+      const node = nodeRecord(name);
+      if (!node) throw new ConnectError(`target.nodes: node ${show(name)} not found`, Code.NotFound);
+      if (!ready(name)) throw new ConnectError(`target.nodes: node ${name} is NotReady`, Code.FailedPrecondition);
+      const d = node.drivers.find((x) => x.name === driver);
+      if (!d) throw new ConnectError(`target.nodes: node ${name} has no driver ${driver}`, Code.FailedPrecondition);
+      if (!d.healthy) throw new ConnectError(`target.nodes: driver ${driver} on node ${name} is unhealthy: ${d.message}`, Code.FailedPrecondition);
+    }
+    return { driver, nodes: t.nodes };
+  }
+
+  /** Sends the spooled tarball to one node's agent; an error becomes the node's result. */
+  async function importOn(node: string, driver: string, file: string, size: number, signal: AbortSignal): Promise<NodeImport & { status?: number }> {
+    const result = create(NodeImportSchema, { node });
+    try {
+      const ep = await endpointOf(node, signal);
+      const res = await fetch(`${ep.url}/v1/images/import?driver=${encodeURIComponent(driver)}`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${ep.token}`, "content-type": "application/x-tar", "content-length": String(size) },
+        body: Readable.toWeb(createReadStream(file)),
+        duplex: "half",
+        signal,
+      });
+      const body = (await res.json().catch(() => ({}))) as { images?: AgentImage[]; error?: string };
+      if (!res.ok) return Object.assign(result, { error: body.error ?? `HTTP ${res.status}`, status: res.status });
+      result.images = (body.images ?? []).map((i) => toImage(i, node));
+    } catch (e) {
+      if (signal.aborted) throw e;
+      result.error = `agent of node ${node}: ${(e as Error).message}`;
+    }
+    return result;
+  }
+
+  return {
+    async importImage(requests, hctx) {
+      let target: { driver: string; nodes: string[] } | undefined;
+      let dir: string | undefined;
+      let out: WriteStream | undefined;
+      let size = 0;
+      try {
+        for await (const req of requests) {
+          if (req.part.case === "target") {
+            if (target) throw new ConnectError("target: sent twice; send it once, first", Code.InvalidArgument);
+            target = targets(req.part.value);
+            dir = await mkdtemp(join(tmpdir(), "hv-import-"));
+            out = createWriteStream(join(dir, "image.tar"), { mode: 0o600 });
+          } else if (req.part.case === "chunk") {
+            if (!out) throw new ConnectError("target: the first message must name where the image goes", Code.InvalidArgument);
+            size += req.part.value.length;
+            if (!out.write(req.part.value)) await new Promise<void>((resolve) => out!.once("drain", () => resolve()));
+          }
+        }
+        if (!target || !out || !dir) throw new ConnectError("target: the first message must name where the image goes", Code.InvalidArgument);
+        out.end();
+        await finished(out);
+        if (size === 0) throw new ConnectError("chunk: the image tarball is empty", Code.InvalidArgument);
+        const file = join(dir, "image.tar");
+        const { driver, nodes } = target;
+        const results = await Promise.all(nodes.map((n) => importOn(n, driver, file, size, hctx.signal)));
+        const failed = results.filter((r) => r.error);
+        if (failed.length === results.length) {
+          // Nowhere: an error, so the caller's exit status says so. A tarball every node refused
+          // as malformed is the caller's input, not the cluster's state.
+          const bad = failed.every((r) => r.status === 400);
+          throw new ConnectError(
+            failed.map((r) => (nodes.length > 1 ? `node ${r.node}: ${r.error}` : r.error)).join("; "),
+            bad ? Code.InvalidArgument : Code.Unavailable,
+          );
+        }
+        ctx.log.info({ driver, nodes, bytes: size, failed: failed.map((r) => r.node) }, "image imported");
+        return { results: results.map(({ status: _status, ...r }) => create(NodeImportSchema, r)) };
+      } finally {
+        out?.destroy();
+        if (dir) await rm(dir, { recursive: true, force: true });
+      }
+    },
+
+    async listImages(req, hctx) {
+      if (req.driver && !DRIVER_RE.test(req.driver)) throw new ConnectError(`driver: ${show(req.driver)} is not a driver name`, Code.InvalidArgument);
+      let nodes: string[];
+      if (req.node) {
+        validateName("node", req.node);
+        if (!nodeRecord(req.node)) throw new ConnectError(`node ${show(req.node)} not found`, Code.NotFound);
+        nodes = [req.node];
+      } else {
+        nodes = [...informers.nodes.items.values()].map((i) => i.value.name).filter(ready).sort();
+      }
+      const images: Image[] = [];
+      const unreachable: Record<string, string> = {};
+      await Promise.all(
+        nodes.map(async (node) => {
+          try {
+            if (!ready(node)) throw new Error(`node ${node} is NotReady`);
+            const ep = await endpointOf(node, hctx.signal);
+            const res = await fetch(`${ep.url}/v1/images`, { headers: { authorization: `Bearer ${ep.token}` }, signal: hctx.signal });
+            const body = (await res.json().catch(() => ({}))) as { images?: AgentImage[]; error?: string };
+            if (!res.ok) throw new Error(body.error ?? `HTTP ${res.status}`);
+            for (const i of body.images ?? []) if (!req.driver || i.driver === req.driver) images.push(toImage(i, node));
+          } catch (e) {
+            if (hctx.signal.aborted) throw e;
+            unreachable[node] = (e as Error).message;
+          }
+        }),
+      );
+      images.sort((a, b) => (a.node === b.node ? (a.name < b.name ? -1 : 1) : a.node < b.node ? -1 : 1));
+      return { images, unreachable };
+    },
+  };
+}
+
+function toImage(i: AgentImage, node: string): Image {
+  return create(ImageSchema, {
+    name: i.name,
+    digest: i.digest,
+    sizeBytes: BigInt(Math.max(0, Math.trunc(i.sizeBytes))),
+    node,
+    driver: i.driver,
+    ...(i.createdAt ? { createTime: timestampFromMs(i.createdAt) } : {}),
+  });
+}

@@ -24,6 +24,7 @@ build-server build-agent build-ctl: build
 proto: node_modules/.package-lock.json
 	npx buf lint
 	npx buf generate
+	npx buf generate pkg/compute/containerd/proto --template buf.gen.containerd.yaml
 
 test: deps build
 	HYPERVISOR_TEST_TIMEOUT=$${HYPERVISOR_TEST_TIMEOUT:-600000} $(NODE_TEST) --test-timeout=600000 $(TESTS)

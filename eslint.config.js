@@ -3,7 +3,7 @@
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["api/gen/**", "dist/**", "node_modules/**", "coverage/**", "**/*.js", "**/*.mjs"] },
+  { ignores: ["api/gen/**", "pkg/compute/containerd/gen/**", "dist/**", "node_modules/**", "coverage/**", "**/*.js", "**/*.mjs"] },
   ...tseslint.configs.recommendedTypeChecked,
   {
     languageOptions: { parserOptions: { project: "./tsconfig.json", tsconfigRootDir: import.meta.dirname } },

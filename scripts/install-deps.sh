@@ -13,6 +13,9 @@ if [[ "${1:-}" != "--node-only" ]]; then
   command -v virsh >/dev/null 2>&1 || need_apt+=(libvirt-clients)
   command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)
   command -v qemu-img >/dev/null 2>&1 || need_apt+=(qemu-utils)
+  # containerd + runc (the containerd driver and its tests); busybox-static also fills their test image.
+  command -v containerd >/dev/null 2>&1 || need_apt+=(containerd)
+  command -v runc >/dev/null 2>&1 || need_apt+=(runc)
   [[ -x /bin/busybox ]] || need_apt+=(busybox-static)
   command -v cpio >/dev/null 2>&1 || need_apt+=(cpio)
   command -v curl >/dev/null 2>&1 || need_apt+=(curl)

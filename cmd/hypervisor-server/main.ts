@@ -5,7 +5,7 @@
 import { randomUUID } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { Agent, buildDrivers, defaultNodeName, LIBVIRT_DEFAULTS } from "../../internal/agent/index.js";
+import { Agent, buildDrivers, defaultNodeName, DRIVER_DEFAULTS } from "../../internal/agent/index.js";
 import { checkServerConfig, serverSchema } from "../../internal/server/config.js";
 import { Server } from "../../internal/server/server.js";
 import type { Driver } from "../../pkg/compute/driver/index.js";
@@ -57,9 +57,10 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
     const imageDir = resolve(c.libvirtImageDir || join(dataDir, "images"));
     await mkdir(imageDir, { recursive: true });
     drivers = buildDrivers(c.devDrivers, join(dataDir, "agent"), {}, {
-      ...LIBVIRT_DEFAULTS,
+      ...DRIVER_DEFAULTS,
       nodeName: devNode,
       libvirtSocket: c.libvirtSocket,
+      containerdSocket: c.containerdSocket,
       libvirtImageDir: imageDir,
     });
   }

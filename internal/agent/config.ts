@@ -6,6 +6,7 @@
 import os from "node:os";
 import { join } from "node:path";
 import type { Driver } from "../../pkg/compute/driver/index.js";
+import { createContainerdDriver } from "../../pkg/compute/containerd/index.js";
 import { createLibvirtDriver, parseNetwork } from "../../pkg/compute/libvirt/index.js";
 import { createMockDriver } from "../../pkg/compute/mock/index.js";
 import { ConfigError, type ConfigOf, type Schema } from "../../pkg/config/index.js";
@@ -29,7 +30,7 @@ export const agentSchema = {
     min: 1,
     description: "liveness lease TTL in seconds; the node is NotReady this long after the agent dies",
   },
-  drivers: { type: "string[]", default: ["mock"], description: "drivers to run, comma-separated (mock, libvirt)" },
+  drivers: { type: "string[]", default: ["mock"], description: "drivers to run, comma-separated (mock, libvirt, containerd)" },
   "data-dir": { type: "string", default: "/var/lib/hypervisor/agent", description: "agent and driver state" },
   label: { type: "map", default: {}, description: "node label k=v (repeatable)" },
   address: { type: "string", default: "", description: "address the cluster reaches this node at; empty: first non-loopback IPv4" },
@@ -56,6 +57,14 @@ export const agentSchema = {
   },
   "libvirt-network": { type: "string", default: "user", description: "VM NICs: user, none or bridge:<name> (libvirt driver)" },
   "libvirt-domain-type": { type: "string", default: "auto", description: "kvm, qemu (TCG) or auto: kvm when /dev/kvm works (libvirt driver)" },
+  "containerd-socket": { type: "string", default: "/run/containerd/containerd.sock", description: "containerd's gRPC socket (containerd driver)" },
+  "containerd-namespace": { type: "string", default: "hypervisor", description: "containerd namespace the agent's containers and images live in" },
+  "containerd-snapshotter": {
+    type: "string",
+    default: "",
+    description: "snapshotter for container filesystems; empty: the namespace's containerd.io/defaults/snapshotter label, else overlayfs",
+  },
+  "containerd-network": { type: "string", default: "none", description: "container networking: none (own namespace, loopback only) or host" },
   workers: { type: "number", default: 4, integer: true, min: 1, description: "instances reconciled in parallel" },
   "resync-seconds": {
     type: "number",
@@ -73,10 +82,11 @@ export function defaultNodeName(): string {
 
 export type AgentConfig = ConfigOf<typeof agentSchema>;
 
-/** Drivers this build can run. containerd joins when its package lands. */
-export const SUPPORTED_DRIVERS = ["mock", "libvirt"] as const;
+/** Drivers this build can run. */
+export const SUPPORTED_DRIVERS = ["mock", "libvirt", "containerd"] as const;
 
-export interface LibvirtSettings {
+/** What the runtime drivers need to know (agent settings, or the --dev server's). */
+export interface DriverSettings {
   /** The node the agent runs as: the owner recorded in its domains. */
   nodeName?: string;
   libvirtSocket: string;
@@ -84,14 +94,22 @@ export interface LibvirtSettings {
   libvirtImageDir: string;
   libvirtNetwork: string;
   libvirtDomainType: string;
+  containerdSocket?: string;
+  containerdNamespace?: string;
+  containerdSnapshotter?: string;
+  containerdNetwork?: string;
 }
 
-export const LIBVIRT_DEFAULTS: LibvirtSettings = {
+export const DRIVER_DEFAULTS: DriverSettings = {
   libvirtSocket: agentSchema["libvirt-socket"].default,
   libvirtUri: agentSchema["libvirt-uri"].default,
   libvirtImageDir: agentSchema["libvirt-image-dir"].default,
   libvirtNetwork: agentSchema["libvirt-network"].default,
   libvirtDomainType: agentSchema["libvirt-domain-type"].default,
+  containerdSocket: agentSchema["containerd-socket"].default,
+  containerdNamespace: agentSchema["containerd-namespace"].default,
+  containerdSnapshotter: agentSchema["containerd-snapshotter"].default,
+  containerdNetwork: agentSchema["containerd-network"].default,
 };
 
 /** Builds the named drivers, each with its state under dataDir/<driver>. */
@@ -99,7 +117,7 @@ export function buildDrivers(
   names: string[],
   dataDir: string,
   capacity: { vcpus?: number; memoryMiB?: number } = {},
-  libvirt: LibvirtSettings = LIBVIRT_DEFAULTS,
+  settings: DriverSettings = DRIVER_DEFAULTS,
 ): Driver[] {
   if (names.length === 0) throw new ConfigError("drivers: at least one driver is required", "drivers");
   const seen = new Set<string>();
@@ -110,23 +128,39 @@ export function buildDrivers(
       case "mock":
         return createMockDriver({ stateDir: join(dataDir, "mock"), capacity });
       case "libvirt": {
-        const type = libvirt.libvirtDomainType;
+        const type = settings.libvirtDomainType;
         if (type !== "auto" && type !== "kvm" && type !== "qemu")
           throw new ConfigError(`libvirt-domain-type: ${JSON.stringify(type)} must be auto, kvm or qemu`, "libvirt-domain-type");
         let network;
         try {
-          network = parseNetwork("libvirt-network", libvirt.libvirtNetwork);
+          network = parseNetwork("libvirt-network", settings.libvirtNetwork);
         } catch (e) {
           throw new ConfigError((e as Error).message, "libvirt-network");
         }
         return createLibvirtDriver({
           stateDir: join(dataDir, "libvirt"),
-          imageDir: libvirt.libvirtImageDir,
-          socketPath: libvirt.libvirtSocket,
-          uri: libvirt.libvirtUri,
+          imageDir: settings.libvirtImageDir,
+          socketPath: settings.libvirtSocket,
+          uri: settings.libvirtUri,
           network,
           domainType: type,
-          ...(libvirt.nodeName ? { owner: libvirt.nodeName } : {}),
+          ...(settings.nodeName ? { owner: settings.nodeName } : {}),
+        });
+      }
+      case "containerd": {
+        const network = settings.containerdNetwork ?? "none";
+        if (network !== "none" && network !== "host")
+          throw new ConfigError(`containerd-network: ${JSON.stringify(network)} must be none or host`, "containerd-network");
+        const namespace = settings.containerdNamespace ?? "hypervisor";
+        if (!/^[A-Za-z0-9]+([._-][A-Za-z0-9]+)*$/.test(namespace))
+          throw new ConfigError(`containerd-namespace: ${JSON.stringify(namespace)} is not a containerd namespace name`, "containerd-namespace");
+        return createContainerdDriver({
+          stateDir: join(dataDir, "containerd"),
+          socketPath: settings.containerdSocket ?? "/run/containerd/containerd.sock",
+          namespace,
+          network,
+          ...(settings.containerdSnapshotter ? { snapshotter: settings.containerdSnapshotter } : {}),
+          ...(settings.nodeName ? { owner: settings.nodeName } : {}),
         });
       }
       default:

@@ -29,10 +29,15 @@ export const serverSchema = {
   "node-name": { type: "string", default: "", description: "node name of the in-process agent (--dev); empty: the hostname" },
   "dev-drivers": {
     type: "string[]",
-    default: ["mock", "libvirt"],
+    default: ["mock", "libvirt", "containerd"],
     description: "drivers of the in-process agent (--dev); one whose runtime does not answer is reported unhealthy until it does",
   },
   "libvirt-socket": { type: "string", default: "/var/run/libvirt/libvirt-sock", description: "libvirtd's unix socket (--dev agent)" },
+  "containerd-socket": {
+    type: "string",
+    default: "/run/hypervisor-containerd/containerd.sock",
+    description: "containerd's gRPC socket (--dev agent; scripts/start-containerd.sh starts one there)",
+  },
   "libvirt-image-dir": {
     type: "string",
     default: "",

@@ -1,0 +1,210 @@
+// Containers end to end on a two-agent cluster: etcd, hypervisor-server, two hypervisor-agents
+// with the containerd driver on the real containerd (one namespace of the test's own, each agent
+// owning its containers), driven through hypervisor-ctl. Image import to every node, a service
+// with its log, a crash loop that backs off, kill -9 of an agent and adoption, stop, delete, and
+// the bad inputs a user will type.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { startEtcd, type EtcdProcess } from "../support/etcd.js";
+import { busyboxImage, BUSYBOX_REF, ensureContainerd } from "../support/containerd.js";
+import { binPath, freePort, Proc, until } from "../support/procs.js";
+import { ContainerdClient } from "../../pkg/compute/containerd/index.js";
+
+const run = promisify(execFile);
+
+interface JsonInstance {
+  name: string;
+  uid: string;
+  spec?: { driver?: string };
+  status?: { phase?: string; node?: string; startTime?: string; message?: string; restartCount?: number; exitCode?: number; details?: Record<string, string> };
+}
+
+describe("containers through the whole system (etcd, server, two agents with containerd, ctl)", { timeout: 600_000 }, () => {
+  const ns = `hvtest-e2e-${process.pid}`;
+  const nodes = [`ctr-a-${process.pid}`, `ctr-b-${process.pid}`];
+  let dir: string;
+  let socket: string;
+  let imageFile: string;
+  let etcd: EtcdProcess;
+  let port: number;
+  let server: Proc;
+  const agents = new Map<string, Proc>();
+
+  const ctlRaw = (...args: string[]) =>
+    run(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, ...args], { timeout: 120_000 });
+  const ctl = async (...args: string[]) => (await ctlRaw(...args)).stdout;
+  const ctlFails = (...args: string[]) =>
+    ctlRaw(...args).then(
+      () => assert.fail(`ctl ${args.join(" ")} succeeded`),
+      (e: { code?: number; stderr?: string }) => ({ code: e.code, stderr: e.stderr ?? "" }),
+    );
+  const get = async (name: string) => JSON.parse(await ctl("instance", "get", name, "-o", "json")) as JsonInstance;
+  const startAgent = (node: string) => {
+    const p = new Proc(`agent ${node}`, [
+      binPath("hypervisor-agent"),
+      "--node-name",
+      node,
+      "--etcd-endpoints",
+      etcd.endpoint,
+      "--heartbeat-ttl",
+      "3",
+      "--drivers",
+      "containerd",
+      "--containerd-socket",
+      socket,
+      "--containerd-namespace",
+      ns,
+      "--data-dir",
+      join(dir, node),
+    ]);
+    agents.set(node, p);
+    return p;
+  };
+
+  before(async () => {
+    socket = await ensureContainerd();
+    imageFile = (await busyboxImage()).file;
+    dir = await mkdtemp(join(tmpdir(), "hv-e2e-ctr-"));
+    etcd = await startEtcd();
+    port = await freePort();
+    server = new Proc("server", [binPath("hypervisor-server"), "--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, "server")]);
+    await server.waitFor(/server listening/);
+    for (const n of nodes) await startAgent(n).waitFor(/agent started/);
+    await until("both nodes Ready with containerd healthy", async () => {
+      const list = JSON.parse(await ctl("node", "list", "-o", "json")) as { items?: { name: string; condition?: string; drivers?: { name: string; healthy?: boolean }[] }[] };
+      const ready = (list.items ?? []).filter((n) => n.condition === "NODE_CONDITION_READY" && n.drivers?.some((d) => d.name === "containerd" && d.healthy));
+      return ready.length === 2;
+    });
+  });
+
+  after(async () => {
+    for (const a of agents.values()) await a.stop();
+    await server?.stop();
+    await etcd?.stop();
+    const c = new ContainerdClient({ socketPath: socket, namespace: ns });
+    for (const x of (await c.containers.list({}).catch(() => ({ containers: [] }))).containers) {
+      await c.tasks.kill({ containerId: x.id, signal: 9, all: true }).catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 200));
+      await c.tasks.delete({ containerId: x.id }).catch(() => undefined);
+      await c.containers.delete({ id: x.id }).catch(() => undefined);
+    }
+    for (const i of (await c.images.list({}).catch(() => ({ images: [] }))).images) await c.images.delete({ name: i.name, sync: true }).catch(() => undefined);
+    await c.namespaces.delete({ name: ns }).catch(() => undefined);
+    c.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("imports the image onto every node and lists it per node", async () => {
+    const out = await ctl("image", "import", imageFile, "--all");
+    for (const n of nodes) assert.match(out, new RegExp(`node/${n}: imported ${BUSYBOX_REF.replace(/\./g, "\\.")} \\(sha256:[0-9a-f]{64}\\)`));
+    const listed = JSON.parse(await ctl("image", "list", "-o", "json")) as { images?: { node: string; name: string; digest: string }[] };
+    assert.deepEqual(
+      (listed.images ?? []).filter((i) => i.name === BUSYBOX_REF).map((i) => i.node).sort(),
+      [...nodes].sort(),
+    );
+    const table = await ctl("image", "list", "--node", nodes[0]!);
+    assert.match(table, /NODE\s+DRIVER\s+NAME\s+DIGEST\s+SIZE/);
+    assert.equal(table.trim().split("\n").length, 2, table);
+  });
+
+  it("refuses bad imports with clear errors", async () => {
+    const garbage = join(dir, "garbage.tar");
+    await writeFile(garbage, Buffer.alloc(5000, 1));
+    const bad = await ctlFails("image", "import", garbage, "--node", nodes[0]!);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /invalid_argument: .*not a tar archive/);
+    const unknown = await ctlFails("image", "import", imageFile, "--node", "no-such-node");
+    assert.match(unknown.stderr, /not_found: target.nodes: node "no-such-node" not found/);
+    const none = await ctlFails("image", "import", imageFile);
+    assert.equal(none.code, 2);
+    assert.match(none.stderr, /--node NAME/);
+  });
+
+  it("runs a container created through ctl; its output is in `instance logs`; its memory limit is in its cgroup", async () => {
+    await ctl(
+      "instance", "create", "web", "--driver", "containerd", "--image", BUSYBOX_REF, "--memory", "64", "--vcpus", "1",
+      "--wait", "--timeout", "2m",
+      "--command", "sh", "--", "-c", "echo hello-e2e; trap 'echo bye; exit 0' TERM; while true; do sleep 1; done",
+    ); // prettier-ignore
+    const web = await get("web");
+    assert.equal(web.status?.phase, "PHASE_RUNNING");
+    await until("hello-e2e in the log", async () => (await ctl("instance", "logs", "web")).includes("hello-e2e"));
+    const limit = await readFile(`/sys/fs/cgroup/memory/${ns}-web/memory.limit_in_bytes`, "utf8").catch(() =>
+      readFile(`/sys/fs/cgroup/${ns}-web/memory.max`, "utf8"),
+    );
+    assert.equal(limit.trim(), String(64 << 20));
+  });
+
+  it("restarts a crashing container on failure, backing off between attempts", async () => {
+    await ctl("instance", "create", "crash", "--driver", "containerd", "--image", BUSYBOX_REF, "--vcpus", "1", "--memory", "32", "--restart-policy", "on-failure", "--command", "sh", "--", "-c", "echo crashing; exit 3");
+    const waits = new Set<number>();
+    const last = await until(
+      "three restarts",
+      async () => {
+        const i = await get("crash");
+        const m = /exited with code 3; restarting in (\d+)s/.exec(i.status?.message ?? "");
+        if (m) waits.add(Number(m[1]));
+        return (i.status?.restartCount ?? 0) >= 3 ? i : undefined;
+      },
+      120_000,
+      100,
+    );
+    assert.ok(Math.max(...waits) >= 2, `the wait grows between restarts: saw ${[...waits].join(", ")} s`);
+    assert.ok((await ctl("instance", "logs", "crash")).split("crashing").length - 1 >= 3, "each run wrote to the same log");
+    assert.equal(last.status?.exitCode, 3);
+    await ctl("instance", "delete", "crash", "--wait");
+  });
+
+  it("a container that runs to completion with restart never ends Stopped with exit code 0", async () => {
+    await ctl("instance", "create", "once", "--driver", "containerd", "--image", BUSYBOX_REF, "--vcpus", "1", "--memory", "32", "--restart-policy", "never", "--command", "echo", "--", "done-once");
+    const i = await until("once stopped", async () => {
+      const x = await get("once");
+      return x.status?.phase === "PHASE_STOPPED" ? x : undefined;
+    });
+    assert.equal(i.status?.exitCode ?? 0, 0);
+    assert.match(await ctl("instance", "logs", "once"), /done-once/);
+  });
+
+  it("a new agent adopts the running container after kill -9: same process, same start time", async () => {
+    const before = await get("web");
+    const node = before.status!.node!;
+    const pid = before.status?.details?.pid;
+    assert.ok(pid, "the status records the task's pid");
+    await agents.get(node)!.kill9();
+    const again = startAgent(node);
+    await again.waitFor(/adoption done/);
+    await again.waitFor(/agent started/);
+    const after = await until("web Running again", async () => {
+      const i = await get("web");
+      return i.status?.phase === "PHASE_RUNNING" ? i : undefined;
+    });
+    assert.equal(after.status?.details?.pid, pid, "not restarted");
+    assert.equal(after.status?.startTime, before.status?.startTime);
+    assert.ok(again.output.some((l) => /adopted instance/.test(l) && l.includes('"web"')), again.tail());
+  });
+
+  it("an image that is not on the node leaves the instance Failed with a clear message", async () => {
+    const r = await ctlFails("instance", "create", "ghost", "--driver", "containerd", "--image", "hypervisor.dev/ghost:1", "--vcpus", "1", "--memory", "32", "--wait", "--timeout", "1m", "--command", "true");
+    assert.equal(r.code, 5);
+    const g = await get("ghost");
+    assert.equal(g.status?.phase, "PHASE_FAILED");
+    assert.match(g.status?.message ?? "", /image: "hypervisor.dev\/ghost:1" is not on node ctr-[ab]-\d+; import it/);
+    await ctl("instance", "delete", "ghost", "--wait");
+  });
+
+  it("stop sends SIGTERM and the container goes; delete leaves nothing in containerd", async () => {
+    await ctl("instance", "stop", "web", "--wait", "--timeout-seconds", "10");
+    assert.equal((await get("web")).status?.phase, "PHASE_STOPPED");
+    assert.match(await ctl("instance", "logs", "web"), /bye/);
+    for (const n of ["web", "once"]) await ctl("instance", "delete", n, "--wait");
+    const c = new ContainerdClient({ socketPath: socket, namespace: ns });
+    const left = (await c.containers.list({})).containers.map((x) => x.id);
+    c.close();
+    assert.deepEqual(left, []);
+  });
+});

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # `make run`: a one-machine cluster (hypervisor-server --dev: server and agent in one process,
-# embedded store in .data/server) with one demo VM on the libvirt driver.
+# embedded store in .data/server) with one demo VM on the libvirt driver, and containerd with a
+# busybox image imported for containers.
 #
 #   libvirtd up (scripts/start-libvirtd.sh) ─► test guest built (scripts/build-test-guest.sh)
-#   ─► kernel + initrd in .data/server/images ─► server --dev ─► demo-vm created (once) ─► wait
+#   ─► kernel + initrd in .data/server/images ─► containerd up (scripts/start-containerd.sh)
+#   ─► server --dev ─► demo-vm created (once), busybox image imported ─► wait
 #
-# Without libvirt (libvirtd does not start) the cluster still runs, with the mock driver only.
+# A runtime that does not start leaves its driver unhealthy; the cluster runs with the others.
 # Ctrl-C stops the server; the VM keeps running and the next `make run` adopts it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +33,15 @@ else
   echo "run: libvirtd did not start; the cluster runs without VMs (mock driver only)" >&2
 fi
 
+ctr=0
+if sock=$(bash scripts/start-containerd.sh); then
+  export HYPERVISOR_CONTAINERD_SOCKET="${HYPERVISOR_CONTAINERD_SOCKET:-$sock}"
+  busybox=$(bash scripts/build-busybox-image.sh)
+  ctr=1
+else
+  echo "run: containerd did not start; the cluster runs without containers" >&2
+fi
+
 node dist/cmd/hypervisor-server/main.js --dev --store embedded --config configs/server.yaml &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null || true; wait "$server"; exit $?' INT TERM
@@ -40,6 +51,23 @@ for _ in $(seq 1 300); do
   kill -0 "$server" 2>/dev/null || { wait "$server"; exit $?; }
   sleep 0.2
 done
+
+if ((ctr)); then
+  # Imports are idempotent: the same tarball gives the same image again. The node may still be
+  # registering its drivers, so a refusal is retried for a while.
+  for _ in $(seq 1 60); do
+    if out=$(ctl image import "$busybox" --all 2>&1); then break; fi
+    sleep 0.5
+  done
+  [[ "$out" == *imported* ]] || echo "run: importing the busybox image failed: $out" >&2
+  cat <<EOF
+
+containerd is ready with a busybox image (hypervisor.dev/busybox:test). A container:
+  npx hypervisor-ctl instance create hello --driver containerd --image hypervisor.dev/busybox:test \\
+      --vcpus 1 --memory 64 --command sh -- -c 'while true; do date; sleep 2; done' --wait
+  npx hypervisor-ctl instance logs hello -f
+EOF
+fi
 
 if ((vm)); then
   if ! ctl instance get "$DEMO" >/dev/null 2>&1; then

@@ -9,6 +9,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { BUSYBOX_REF } from "../support/containerd.js";
 import { GUEST_READY_MARKER } from "../support/guest.js";
 import { ensureLibvirtd } from "../support/libvirt.js";
 import { binPath, freePort, Proc, repoRoot, until } from "../support/procs.js";
@@ -21,6 +22,7 @@ describe("make run (scripts/run-dev.sh)", { timeout: 900_000 }, () => {
   let port: number;
   let proc: Proc | undefined;
   const vm = `demo-e2e-${process.pid}`;
+  const container = `hello-e2e-${process.pid}`;
   const env = () => ({
     HYPERVISOR_LISTEN: `127.0.0.1:${port}`,
     HYPERVISOR_DATA_DIR: dir,
@@ -52,6 +54,15 @@ describe("make run (scripts/run-dev.sh)", { timeout: 900_000 }, () => {
     assert.equal(i.status?.phase, "PHASE_RUNNING");
     assert.equal(await virsh("domstate", `hv-${vm}`), "running");
     await until("the guest marker in the demo VM's log", async () => (await ctl("instance", "logs", vm)).includes(GUEST_READY_MARKER), 300_000, 1000);
+  });
+
+  it("has containerd ready with the busybox image: a container runs and logs on the same cluster", async () => {
+    assert.ok(proc!.output.some((l) => l.includes("containerd is ready with a busybox image")), proc!.tail());
+    const images = JSON.parse(await ctl("image", "list", "-o", "json")) as { images?: { name: string; node: string }[] };
+    assert.ok(images.images?.some((i) => i.name === BUSYBOX_REF && i.node === env().HYPERVISOR_NODE_NAME), JSON.stringify(images));
+    await ctl("instance", "create", container, "--driver", "containerd", "--image", BUSYBOX_REF, "--vcpus", "1", "--memory", "64", "--wait", "--command", "sh", "--", "-c", "echo hi-from-dev; sleep 3600");
+    await until("the container's output in its log", async () => (await ctl("instance", "logs", container)).includes("hi-from-dev"));
+    await ctl("instance", "delete", container, "--wait");
   });
 
   it("Ctrl-C stops the cluster and keeps the VM; the next run adopts it", async () => {

@@ -67,6 +67,7 @@ stop-etcd:
 bench: deps build
 	node dist/bench/main.js
 	node dist/bench/libvirt.js
+	node dist/bench/containerd.js
 
 clean:
 	rm -rf dist coverage coverage.html

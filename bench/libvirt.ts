@@ -20,7 +20,7 @@ import { promisify } from "node:util";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { InstanceService, Phase } from "../api/gen/hypervisor/v1/instance_pb.js";
-import { Agent, buildDrivers, LIBVIRT_DEFAULTS } from "../internal/agent/index.js";
+import { Agent, buildDrivers, DRIVER_DEFAULTS } from "../internal/agent/index.js";
 import { Server } from "../internal/server/server.js";
 import { openEtcdStore } from "../pkg/cluster/etcd/index.js";
 import { buildDomainXml } from "../pkg/compute/libvirt/index.js";
@@ -53,7 +53,12 @@ const store = await openEtcdStore({ endpoints: [etcd.endpoint] });
 const ac = new AbortController();
 setMaxListeners(32, ac.signal);
 const dataDir = join(dir, "agent");
-const drivers = buildDrivers(["libvirt"], dataDir, {}, { ...LIBVIRT_DEFAULTS, nodeName: NODE, libvirtSocket: socket, libvirtImageDir: images });
+const drivers = buildDrivers(
+  ["libvirt"],
+  dataDir,
+  {},
+  { ...DRIVER_DEFAULTS, nodeName: NODE, libvirtSocket: socket, libvirtImageDir: images },
+);
 let server: Server | undefined;
 let agent: Agent | undefined;
 const leftovers = new Set<string>();
@@ -161,7 +166,13 @@ function median(xs: number[]): number {
 
 async function waitGone(domain: string): Promise<void> {
   for (let i = 0; i < 600; i++) {
-    if (await virsh("dominfo", domain).then(() => false, () => true)) return;
+    if (
+      await virsh("dominfo", domain).then(
+        () => false,
+        () => true,
+      )
+    )
+      return;
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`bench: ${domain} still exists`);

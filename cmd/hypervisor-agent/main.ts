@@ -17,7 +17,12 @@ await runDaemon({
 async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Promise<number> {
   const c = loaded.config;
   c.nodeName ||= defaultNodeName();
-  const drivers = buildDrivers(c.drivers, c.dataDir, { vcpus: c.capacityVcpus || undefined, memoryMiB: c.capacityMemoryMib || undefined }, c);
+  const drivers = buildDrivers(
+    c.drivers,
+    c.dataDir,
+    { vcpus: c.capacityVcpus || undefined, memoryMiB: c.capacityMemoryMib || undefined },
+    c,
+  );
   const log = logger("agent", { node: c.nodeName });
 
   const store = await openEtcdStore(etcdOptions(c));

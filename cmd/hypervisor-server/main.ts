@@ -56,13 +56,18 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
   if (c.dev) {
     const imageDir = resolve(c.libvirtImageDir || join(dataDir, "images"));
     await mkdir(imageDir, { recursive: true });
-    drivers = buildDrivers(c.devDrivers, join(dataDir, "agent"), {}, {
-      ...DRIVER_DEFAULTS,
-      nodeName: devNode,
-      libvirtSocket: c.libvirtSocket,
-      containerdSocket: c.containerdSocket,
-      libvirtImageDir: imageDir,
-    });
+    drivers = buildDrivers(
+      c.devDrivers,
+      join(dataDir, "agent"),
+      {},
+      {
+        ...DRIVER_DEFAULTS,
+        nodeName: devNode,
+        libvirtSocket: c.libvirtSocket,
+        containerdSocket: c.containerdSocket,
+        libvirtImageDir: imageDir,
+      },
+    );
   }
   try {
     server = new Server({

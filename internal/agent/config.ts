@@ -56,15 +56,31 @@ export const agentSchema = {
     description: "base disk images, kernels and initrds that VM specs may name (libvirt driver)",
   },
   "libvirt-network": { type: "string", default: "user", description: "VM NICs: user, none or bridge:<name> (libvirt driver)" },
-  "libvirt-domain-type": { type: "string", default: "auto", description: "kvm, qemu (TCG) or auto: kvm when /dev/kvm works (libvirt driver)" },
-  "containerd-socket": { type: "string", default: "/run/containerd/containerd.sock", description: "containerd's gRPC socket (containerd driver)" },
-  "containerd-namespace": { type: "string", default: "hypervisor", description: "containerd namespace the agent's containers and images live in" },
+  "libvirt-domain-type": {
+    type: "string",
+    default: "auto",
+    description: "kvm, qemu (TCG) or auto: kvm when /dev/kvm works (libvirt driver)",
+  },
+  "containerd-socket": {
+    type: "string",
+    default: "/run/containerd/containerd.sock",
+    description: "containerd's gRPC socket (containerd driver)",
+  },
+  "containerd-namespace": {
+    type: "string",
+    default: "hypervisor",
+    description: "containerd namespace the agent's containers and images live in",
+  },
   "containerd-snapshotter": {
     type: "string",
     default: "",
     description: "snapshotter for container filesystems; empty: the namespace's containerd.io/defaults/snapshotter label, else overlayfs",
   },
-  "containerd-network": { type: "string", default: "none", description: "container networking: none (own namespace, loopback only) or host" },
+  "containerd-network": {
+    type: "string",
+    default: "none",
+    description: "container networking: none (own namespace, loopback only) or host",
+  },
   workers: { type: "number", default: 4, integer: true, min: 1, description: "instances reconciled in parallel" },
   "resync-seconds": {
     type: "number",
@@ -153,7 +169,10 @@ export function buildDrivers(
           throw new ConfigError(`containerd-network: ${JSON.stringify(network)} must be none or host`, "containerd-network");
         const namespace = settings.containerdNamespace ?? "hypervisor";
         if (!/^[A-Za-z0-9]+([._-][A-Za-z0-9]+)*$/.test(namespace))
-          throw new ConfigError(`containerd-namespace: ${JSON.stringify(namespace)} is not a containerd namespace name`, "containerd-namespace");
+          throw new ConfigError(
+            `containerd-namespace: ${JSON.stringify(namespace)} is not a containerd namespace name`,
+            "containerd-namespace",
+          );
         return createContainerdDriver({
           stateDir: join(dataDir, "containerd"),
           socketPath: settings.containerdSocket ?? "/run/containerd/containerd.sock",

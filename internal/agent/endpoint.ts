@@ -120,7 +120,8 @@ export class AgentEndpoint {
     const driver = url.searchParams.get("driver") ?? "";
     if (!DRIVER_RE.test(driver)) return json(res, 400, { error: `driver ${JSON.stringify(driver)} is not a driver name` });
     const declared = Number(req.headers["content-length"] ?? "0");
-    if (declared > MAX_IMAGE_BYTES) return json(res, 413, { error: `image of ${declared} bytes is over the ${MAX_IMAGE_BYTES}-byte limit` });
+    if (declared > MAX_IMAGE_BYTES)
+      return json(res, 413, { error: `image of ${declared} bytes is over the ${MAX_IMAGE_BYTES}-byte limit` });
     await mkdir(this.spoolDir, { recursive: true, mode: 0o700 });
     const file = join(this.spoolDir, `import-${randomBytes(8).toString("hex")}.tar`);
     try {

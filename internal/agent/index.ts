@@ -2,7 +2,15 @@
 // reconciles the instances assigned to it through a work queue. Used in-process (--dev, tests)
 // and by cmd/hypervisor-agent.
 export { Agent, AgentError, type AdoptionReport, type AgentOptions } from "./agent.js";
-export { agentSchema, buildDrivers, defaultNodeName, DRIVER_DEFAULTS, SUPPORTED_DRIVERS, type AgentConfig, type DriverSettings } from "./config.js";
+export {
+  agentSchema,
+  buildDrivers,
+  defaultNodeName,
+  DRIVER_DEFAULTS,
+  SUPPORTED_DRIVERS,
+  type AgentConfig,
+  type DriverSettings,
+} from "./config.js";
 export { AGENT_VERSION, fingerprintNode, type Capacity, type NodeFingerprintOptions } from "./fingerprint.js";
 export {
   Reconciler,

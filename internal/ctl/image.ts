@@ -53,7 +53,11 @@ export function imageCommand(ctx: Context): Command {
       else
         ctx.out(
           res.results
-            .map((r) => (r.error ? `node/${r.node}: failed: ${r.error}\n` : r.images.map((i) => `node/${r.node}: imported ${i.name} (${i.digest})\n`).join("")))
+            .map((r) =>
+              r.error
+                ? `node/${r.node}: failed: ${r.error}\n`
+                : r.images.map((i) => `node/${r.node}: imported ${i.name} (${i.digest})\n`).join(""),
+            )
             .join(""),
         );
       if (failed.length) throw new CliError(`image import failed on ${failed.map((r) => r.node).join(", ")}`, ExitCode.Api);

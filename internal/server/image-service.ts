@@ -77,13 +77,20 @@ export function imageService(ctx: ServerContext): ServiceImpl<typeof ImageServic
       if (!ready(name)) throw new ConnectError(`target.nodes: node ${name} is NotReady`, Code.FailedPrecondition);
       const d = node.drivers.find((x) => x.name === driver);
       if (!d) throw new ConnectError(`target.nodes: node ${name} has no driver ${driver}`, Code.FailedPrecondition);
-      if (!d.healthy) throw new ConnectError(`target.nodes: driver ${driver} on node ${name} is unhealthy: ${d.message}`, Code.FailedPrecondition);
+      if (!d.healthy)
+        throw new ConnectError(`target.nodes: driver ${driver} on node ${name} is unhealthy: ${d.message}`, Code.FailedPrecondition);
     }
     return { driver, nodes: t.nodes };
   }
 
   /** Sends the spooled tarball to one node's agent; an error becomes the node's result. */
-  async function importOn(node: string, driver: string, file: string, size: number, signal: AbortSignal): Promise<NodeImport & { status?: number }> {
+  async function importOn(
+    node: string,
+    driver: string,
+    file: string,
+    size: number,
+    signal: AbortSignal,
+  ): Promise<NodeImport & { status?: number }> {
     const result = create(NodeImportSchema, { node });
     try {
       const ep = await endpointOf(node, signal);
@@ -123,7 +130,8 @@ export function imageService(ctx: ServerContext): ServiceImpl<typeof ImageServic
             if (!out.write(req.part.value)) await new Promise<void>((resolve) => out!.once("drain", () => resolve()));
           }
         }
-        if (!target || !out || !dir) throw new ConnectError("target: the first message must name where the image goes", Code.InvalidArgument);
+        if (!target || !out || !dir)
+          throw new ConnectError("target: the first message must name where the image goes", Code.InvalidArgument);
         out.end();
         await finished(out);
         if (size === 0) throw new ConnectError("chunk: the image tarball is empty", Code.InvalidArgument);
@@ -149,14 +157,18 @@ export function imageService(ctx: ServerContext): ServiceImpl<typeof ImageServic
     },
 
     async listImages(req, hctx) {
-      if (req.driver && !DRIVER_RE.test(req.driver)) throw new ConnectError(`driver: ${show(req.driver)} is not a driver name`, Code.InvalidArgument);
+      if (req.driver && !DRIVER_RE.test(req.driver))
+        throw new ConnectError(`driver: ${show(req.driver)} is not a driver name`, Code.InvalidArgument);
       let nodes: string[];
       if (req.node) {
         validateName("node", req.node);
         if (!nodeRecord(req.node)) throw new ConnectError(`node ${show(req.node)} not found`, Code.NotFound);
         nodes = [req.node];
       } else {
-        nodes = [...informers.nodes.items.values()].map((i) => i.value.name).filter(ready).sort();
+        nodes = [...informers.nodes.items.values()]
+          .map((i) => i.value.name)
+          .filter(ready)
+          .sort();
       }
       const images: Image[] = [];
       const unreachable: Record<string, string> = {};

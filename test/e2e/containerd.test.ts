@@ -21,7 +21,15 @@ interface JsonInstance {
   name: string;
   uid: string;
   spec?: { driver?: string };
-  status?: { phase?: string; node?: string; startTime?: string; message?: string; restartCount?: number; exitCode?: number; details?: Record<string, string> };
+  status?: {
+    phase?: string;
+    node?: string;
+    startTime?: string;
+    message?: string;
+    restartCount?: number;
+    exitCode?: number;
+    details?: Record<string, string>;
+  };
 }
 
 describe("containers through the whole system (etcd, server, two agents with containerd, ctl)", { timeout: 600_000 }, () => {
@@ -72,12 +80,26 @@ describe("containers through the whole system (etcd, server, two agents with con
     dir = await mkdtemp(join(tmpdir(), "hv-e2e-ctr-"));
     etcd = await startEtcd();
     port = await freePort();
-    server = new Proc("server", [binPath("hypervisor-server"), "--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, "server")]);
+    server = new Proc("server", [
+      binPath("hypervisor-server"),
+      "--store",
+      "etcd",
+      "--etcd-endpoints",
+      etcd.endpoint,
+      "--listen",
+      `127.0.0.1:${port}`,
+      "--data-dir",
+      join(dir, "server"),
+    ]);
     await server.waitFor(/server listening/);
     for (const n of nodes) await startAgent(n).waitFor(/agent started/);
     await until("both nodes Ready with containerd healthy", async () => {
-      const list = JSON.parse(await ctl("node", "list", "-o", "json")) as { items?: { name: string; condition?: string; drivers?: { name: string; healthy?: boolean }[] }[] };
-      const ready = (list.items ?? []).filter((n) => n.condition === "NODE_CONDITION_READY" && n.drivers?.some((d) => d.name === "containerd" && d.healthy));
+      const list = JSON.parse(await ctl("node", "list", "-o", "json")) as {
+        items?: { name: string; condition?: string; drivers?: { name: string; healthy?: boolean }[] }[];
+      };
+      const ready = (list.items ?? []).filter(
+        (n) => n.condition === "NODE_CONDITION_READY" && n.drivers?.some((d) => d.name === "containerd" && d.healthy),
+      );
       return ready.length === 2;
     });
   });
@@ -93,7 +115,8 @@ describe("containers through the whole system (etcd, server, two agents with con
       await c.tasks.delete({ containerId: x.id }).catch(() => undefined);
       await c.containers.delete({ id: x.id }).catch(() => undefined);
     }
-    for (const i of (await c.images.list({}).catch(() => ({ images: [] }))).images) await c.images.delete({ name: i.name, sync: true }).catch(() => undefined);
+    for (const i of (await c.images.list({}).catch(() => ({ images: [] }))).images)
+      await c.images.delete({ name: i.name, sync: true }).catch(() => undefined);
     await c.namespaces.delete({ name: ns }).catch(() => undefined);
     c.close();
     await rm(dir, { recursive: true, force: true });
@@ -101,10 +124,14 @@ describe("containers through the whole system (etcd, server, two agents with con
 
   it("imports the image onto every node and lists it per node", async () => {
     const out = await ctl("image", "import", imageFile, "--all");
-    for (const n of nodes) assert.match(out, new RegExp(`node/${n}: imported ${BUSYBOX_REF.replace(/\./g, "\\.")} \\(sha256:[0-9a-f]{64}\\)`));
+    for (const n of nodes)
+      assert.match(out, new RegExp(`node/${n}: imported ${BUSYBOX_REF.replace(/\./g, "\\.")} \\(sha256:[0-9a-f]{64}\\)`));
     const listed = JSON.parse(await ctl("image", "list", "-o", "json")) as { images?: { node: string; name: string; digest: string }[] };
     assert.deepEqual(
-      (listed.images ?? []).filter((i) => i.name === BUSYBOX_REF).map((i) => i.node).sort(),
+      (listed.images ?? [])
+        .filter((i) => i.name === BUSYBOX_REF)
+        .map((i) => i.node)
+        .sort(),
       [...nodes].sort(),
     );
     const table = await ctl("image", "list", "--node", nodes[0]!);
@@ -141,7 +168,26 @@ describe("containers through the whole system (etcd, server, two agents with con
   });
 
   it("restarts a crashing container on failure, backing off between attempts", async () => {
-    await ctl("instance", "create", "crash", "--driver", "containerd", "--image", BUSYBOX_REF, "--vcpus", "1", "--memory", "32", "--restart-policy", "on-failure", "--command", "sh", "--", "-c", "echo crashing; exit 3");
+    await ctl(
+      "instance",
+      "create",
+      "crash",
+      "--driver",
+      "containerd",
+      "--image",
+      BUSYBOX_REF,
+      "--vcpus",
+      "1",
+      "--memory",
+      "32",
+      "--restart-policy",
+      "on-failure",
+      "--command",
+      "sh",
+      "--",
+      "-c",
+      "echo crashing; exit 3",
+    );
     const waits = new Set<number>();
     const last = await until(
       "three restarts",
@@ -161,7 +207,25 @@ describe("containers through the whole system (etcd, server, two agents with con
   });
 
   it("a container that runs to completion with restart never ends Stopped with exit code 0", async () => {
-    await ctl("instance", "create", "once", "--driver", "containerd", "--image", BUSYBOX_REF, "--vcpus", "1", "--memory", "32", "--restart-policy", "never", "--command", "echo", "--", "done-once");
+    await ctl(
+      "instance",
+      "create",
+      "once",
+      "--driver",
+      "containerd",
+      "--image",
+      BUSYBOX_REF,
+      "--vcpus",
+      "1",
+      "--memory",
+      "32",
+      "--restart-policy",
+      "never",
+      "--command",
+      "echo",
+      "--",
+      "done-once",
+    );
     const i = await until("once stopped", async () => {
       const x = await get("once");
       return x.status?.phase === "PHASE_STOPPED" ? x : undefined;
@@ -185,11 +249,31 @@ describe("containers through the whole system (etcd, server, two agents with con
     });
     assert.equal(after.status?.details?.pid, pid, "not restarted");
     assert.equal(after.status?.startTime, before.status?.startTime);
-    assert.ok(again.output.some((l) => /adopted instance/.test(l) && l.includes('"web"')), again.tail());
+    assert.ok(
+      again.output.some((l) => /adopted instance/.test(l) && l.includes('"web"')),
+      again.tail(),
+    );
   });
 
   it("an image that is not on the node leaves the instance Failed with a clear message", async () => {
-    const r = await ctlFails("instance", "create", "ghost", "--driver", "containerd", "--image", "hypervisor.dev/ghost:1", "--vcpus", "1", "--memory", "32", "--wait", "--timeout", "1m", "--command", "true");
+    const r = await ctlFails(
+      "instance",
+      "create",
+      "ghost",
+      "--driver",
+      "containerd",
+      "--image",
+      "hypervisor.dev/ghost:1",
+      "--vcpus",
+      "1",
+      "--memory",
+      "32",
+      "--wait",
+      "--timeout",
+      "1m",
+      "--command",
+      "true",
+    );
     assert.equal(r.code, 5);
     const g = await get("ghost");
     assert.equal(g.status?.phase, "PHASE_FAILED");

@@ -33,7 +33,8 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
   const vm = `e2e-vm-${process.pid}`;
 
   const ctl = async (...args: string[]) =>
-    (await run(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, ...args], { timeout: 300_000 })).stdout;
+    (await run(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, ...args], { timeout: 300_000 }))
+      .stdout;
   const get = async () => JSON.parse(await ctl("instance", "get", vm, "-o", "json")) as JsonInstance;
   const startAgent = () =>
     new Proc("agent", [
@@ -79,7 +80,17 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
     );
     etcd = await startEtcd();
     port = await freePort();
-    server = new Proc("server", [binPath("hypervisor-server"), "--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, "server")]);
+    server = new Proc("server", [
+      binPath("hypervisor-server"),
+      "--store",
+      "etcd",
+      "--etcd-endpoints",
+      etcd.endpoint,
+      "--listen",
+      `127.0.0.1:${port}`,
+      "--data-dir",
+      join(dir, "server"),
+    ]);
     await server.waitFor(/server listening/);
     agent = startAgent();
     await agent.waitFor(/agent started/);
@@ -95,7 +106,9 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
   });
 
   it("creates the VM and --wait returns once it runs; the node reports the libvirt driver healthy", async () => {
-    const nodes = JSON.parse(await ctl("node", "get", "vm-node", "-o", "json")) as { drivers?: { name: string; healthy?: boolean; attributes?: Record<string, string> }[] };
+    const nodes = JSON.parse(await ctl("node", "get", "vm-node", "-o", "json")) as {
+      drivers?: { name: string; healthy?: boolean; attributes?: Record<string, string> }[];
+    };
     const lv = nodes.drivers?.find((d) => d.name === "libvirt");
     assert.equal(lv?.healthy, true);
     assert.match(lv?.attributes?.libvirt_version ?? "", /^\d+\.\d+\.\d+$/);
@@ -116,7 +129,18 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
   });
 
   it("refuses a name with XML metacharacters with InvalidArgument, and defines nothing", async () => {
-    const bad = await run(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, "instance", "create", "x'/><disk", "--driver", "libvirt", "--kernel", "vmlinuz"]).then(
+    const bad = await run(process.execPath, [
+      binPath("hypervisor-ctl"),
+      "--server",
+      `http://127.0.0.1:${port}`,
+      "instance",
+      "create",
+      "x'/><disk",
+      "--driver",
+      "libvirt",
+      "--kernel",
+      "vmlinuz",
+    ]).then(
       () => assert.fail("created"),
       (e: { code?: number; stderr?: string }) => e,
     );
@@ -126,15 +150,28 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
   });
 
   it("prints the serial console log, and -f follows it", async () => {
-    const log = await until("the guest marker in `instance logs`", async () => {
-      const out = await ctl("instance", "logs", vm);
-      return out.includes(GUEST_READY_MARKER) ? out : undefined;
-    }, 300_000, 1000);
+    const log = await until(
+      "the guest marker in `instance logs`",
+      async () => {
+        const out = await ctl("instance", "logs", vm);
+        return out.includes(GUEST_READY_MARKER) ? out : undefined;
+      },
+      300_000,
+      1000,
+    );
     assert.match(log, /Linux version 6\.1/);
     const tail = await ctl("instance", "logs", vm, "--tail", "64");
     assert.ok(tail.length <= 64 && tail.length > 0, `--tail 64 printed ${tail.length} bytes`);
 
-    const follower = spawn(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, "instance", "logs", vm, "-f"]);
+    const follower = spawn(process.execPath, [
+      binPath("hypervisor-ctl"),
+      "--server",
+      `http://127.0.0.1:${port}`,
+      "instance",
+      "logs",
+      vm,
+      "-f",
+    ]);
     let followed = "";
     follower.stdout.on("data", (b: Buffer) => (followed += b.toString()));
     const exited = new Promise<number | null>((resolve) => follower.once("exit", (code) => resolve(code)));
@@ -145,10 +182,15 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
 
   it("set-memory reaches the guest's balloon", async () => {
     await ctl("instance", "set-memory", vm, "160");
-    const actual = await until("dommemstat actual 163840", async () => {
-      const stats = await virsh("dommemstat", `hv-${vm}`);
-      return /^actual 163840$/m.test(stats) ? stats : undefined;
-    }, 120_000, 500);
+    const actual = await until(
+      "dommemstat actual 163840",
+      async () => {
+        const stats = await virsh("dommemstat", `hv-${vm}`);
+        return /^actual 163840$/m.test(stats) ? stats : undefined;
+      },
+      120_000,
+      500,
+    );
     assert.match(actual, /^actual 163840$/m);
     const i = JSON.parse(await ctl("instance", "get", vm, "-o", "json")) as { spec?: { memoryTargetMib?: string } };
     assert.equal(i.spec?.memoryTargetMib, "160");

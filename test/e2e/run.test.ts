@@ -30,7 +30,8 @@ describe("make run (scripts/run-dev.sh)", { timeout: 900_000 }, () => {
     DEMO_VM: vm,
   });
   const ctl = async (...args: string[]) =>
-    (await run(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, ...args], { timeout: 120_000 })).stdout;
+    (await run(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, ...args], { timeout: 120_000 }))
+      .stdout;
 
   before(async () => {
     await ensureLibvirtd();
@@ -48,19 +49,51 @@ describe("make run (scripts/run-dev.sh)", { timeout: 900_000 }, () => {
   it("boots a demo VM, prints how to read its console, and the log has the guest's marker", async () => {
     proc = new Proc("make run", [join(repoRoot, "scripts/run-dev.sh")], env(), "bash");
     await proc.waitFor(/A demo VM is running on the libvirt driver/, 600_000);
-    assert.ok(proc.output.some((l) => l.includes(`hypervisor-ctl instance logs ${vm} -f`)), proc.tail());
+    assert.ok(
+      proc.output.some((l) => l.includes(`hypervisor-ctl instance logs ${vm} -f`)),
+      proc.tail(),
+    );
     const i = JSON.parse(await ctl("instance", "get", vm, "-o", "json")) as { spec?: { driver?: string }; status?: { phase?: string } };
     assert.equal(i.spec?.driver, "libvirt");
     assert.equal(i.status?.phase, "PHASE_RUNNING");
     assert.equal(await virsh("domstate", `hv-${vm}`), "running");
-    await until("the guest marker in the demo VM's log", async () => (await ctl("instance", "logs", vm)).includes(GUEST_READY_MARKER), 300_000, 1000);
+    await until(
+      "the guest marker in the demo VM's log",
+      async () => (await ctl("instance", "logs", vm)).includes(GUEST_READY_MARKER),
+      300_000,
+      1000,
+    );
   });
 
   it("has containerd ready with the busybox image: a container runs and logs on the same cluster", async () => {
-    assert.ok(proc!.output.some((l) => l.includes("containerd is ready with a busybox image")), proc!.tail());
+    assert.ok(
+      proc!.output.some((l) => l.includes("containerd is ready with a busybox image")),
+      proc!.tail(),
+    );
     const images = JSON.parse(await ctl("image", "list", "-o", "json")) as { images?: { name: string; node: string }[] };
-    assert.ok(images.images?.some((i) => i.name === BUSYBOX_REF && i.node === env().HYPERVISOR_NODE_NAME), JSON.stringify(images));
-    await ctl("instance", "create", container, "--driver", "containerd", "--image", BUSYBOX_REF, "--vcpus", "1", "--memory", "64", "--wait", "--command", "sh", "--", "-c", "echo hi-from-dev; sleep 3600");
+    assert.ok(
+      images.images?.some((i) => i.name === BUSYBOX_REF && i.node === env().HYPERVISOR_NODE_NAME),
+      JSON.stringify(images),
+    );
+    await ctl(
+      "instance",
+      "create",
+      container,
+      "--driver",
+      "containerd",
+      "--image",
+      BUSYBOX_REF,
+      "--vcpus",
+      "1",
+      "--memory",
+      "64",
+      "--wait",
+      "--command",
+      "sh",
+      "--",
+      "-c",
+      "echo hi-from-dev; sleep 3600",
+    );
     await until("the container's output in its log", async () => (await ctl("instance", "logs", container)).includes("hi-from-dev"));
     await ctl("instance", "delete", container, "--wait");
   });
@@ -72,7 +105,10 @@ describe("make run (scripts/run-dev.sh)", { timeout: 900_000 }, () => {
     proc = new Proc("make run again", [join(repoRoot, "scripts/run-dev.sh")], env(), "bash");
     await proc.waitFor(/A demo VM is running on the libvirt driver/, 600_000);
     assert.equal(await virsh("domid", `hv-${vm}`), domId, "adopted, not booted again");
-    assert.ok(proc.output.some((l) => /adopted instance/.test(l) && l.includes(vm)), proc.tail());
+    assert.ok(
+      proc.output.some((l) => /adopted instance/.test(l) && l.includes(vm)),
+      proc.tail(),
+    );
     await ctl("instance", "delete", vm, "--wait", "--timeout", "3m");
     await assert.rejects(virsh("dominfo", `hv-${vm}`));
     assert.equal(await proc.stop(30_000), 0);

@@ -178,7 +178,9 @@ export class ContainerdClient {
    */
   async writeContent(ref: string, data: Uint8Array | ContentSource, options: WriteContentOptions): Promise<WrittenContent> {
     const source: ContentSource =
-      data instanceof Uint8Array ? { size: data.byteLength, read: (from, length) => Promise.resolve(data.subarray(from, from + length)) } : data;
+      data instanceof Uint8Array
+        ? { size: data.byteLength, read: (from, length) => Promise.resolve(data.subarray(from, from + length)) }
+        : data;
     const total = BigInt(source.size);
     const requests = new RequestQueue<WriteRequest>();
     const responses = this.content.write(requests)[Symbol.asyncIterator]();

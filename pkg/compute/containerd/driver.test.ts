@@ -35,7 +35,23 @@ async function makeDriver(owner = OWNER): Promise<ContainerdDriver> {
 }
 
 function spec(name: string, uid: string, command: string[], extra: Partial<DriverInstanceSpec> = {}): DriverInstanceSpec {
-  return { name, uid, labels: {}, image: BUSYBOX_REF, vcpus: 1, memoryMiB: 64, diskGiB: 0, command, args: [], env: {}, kernel: "", initrd: "", cmdline: "", config: {}, ...extra };
+  return {
+    name,
+    uid,
+    labels: {},
+    image: BUSYBOX_REF,
+    vcpus: 1,
+    memoryMiB: 64,
+    diskGiB: 0,
+    command,
+    args: [],
+    env: {},
+    kernel: "",
+    initrd: "",
+    cmdline: "",
+    config: {},
+    ...extra,
+  };
 }
 
 /** A shell that stops at once on SIGTERM (PID 1 gets no default signal handlers). */
@@ -88,7 +104,11 @@ describe("containerd driver: what containers have", () => {
   it("writes stdout and stderr to the log, and records the exit code", async () => {
     const d = await makeDriver();
     const name = `echo-${randomUUID().slice(0, 6)}`;
-    await d.create(spec(name, randomUUID(), ["sh", "-c", "echo hello-from-container; echo to-stderr >&2; echo FOO=$FOO; exit 7"], { env: { FOO: "a b'c" } }));
+    await d.create(
+      spec(name, randomUUID(), ["sh", "-c", "echo hello-from-container; echo to-stderr >&2; echo FOO=$FOO; exit 7"], {
+        env: { FOO: "a b'c" },
+      }),
+    );
     await d.start(name);
     const exited = await until("exited", async () => {
       const i = await d.inspect(name);
@@ -126,7 +146,10 @@ describe("containerd driver: what containers have", () => {
     await d.create(spec(name, randomUUID(), SERVICE, { memoryMiB: 48, vcpus: 2 }));
     await d.start(name);
     const cg = `/sys/fs/cgroup/memory/${NS}-${name}`;
-    const v2 = await stat("/sys/fs/cgroup/cgroup.controllers").then(() => true, () => false);
+    const v2 = await stat("/sys/fs/cgroup/cgroup.controllers").then(
+      () => true,
+      () => false,
+    );
     if (v2) {
       assert.equal((await readFile(`/sys/fs/cgroup/${NS}-${name}/memory.max`, "utf8")).trim(), String(48 << 20));
     } else {
@@ -160,7 +183,10 @@ describe("containerd driver: what containers have", () => {
     const theirs = await makeDriver(`other-${process.pid}`);
     const name = `foreign-${randomUUID().slice(0, 6)}`;
     await theirs.create(spec(name, randomUUID(), SERVICE));
-    assert.equal((await mine.list()).some((i) => i.name === name), false);
+    assert.equal(
+      (await mine.list()).some((i) => i.name === name),
+      false,
+    );
     assert.equal(await mine.inspect(name), undefined);
     await assert.rejects(mine.destroy(name), /managed by other-\d+, not by ctd-\d+/);
     await assert.rejects(mine.create(spec(name, randomUUID(), SERVICE)), /exists and is managed by other-\d+/);
@@ -172,14 +198,21 @@ describe("containerd driver: what containers have", () => {
     const before = await ctr("containers", "ls", "-q");
     const beforeSnaps = await ctr("snapshots", "ls");
     const cases: [DriverInstanceSpec, RegExp][] = [
-      [spec(`noimg-${randomUUID().slice(0, 6)}`, randomUUID(), SERVICE, { image: "hypervisor.dev/nope:1" }), /image: "hypervisor.dev\/nope:1" is not on node ctd-\d+; import it/],
+      [
+        spec(`noimg-${randomUUID().slice(0, 6)}`, randomUUID(), SERVICE, { image: "hypervisor.dev/nope:1" }),
+        /image: "hypervisor.dev\/nope:1" is not on node ctd-\d+; import it/,
+      ],
       [spec(`empty-${randomUUID().slice(0, 6)}`, randomUUID(), [""]), /command: empty/],
       [spec(`env-${randomUUID().slice(0, 6)}`, randomUUID(), SERVICE, { env: { "A=B": "x" } }), /env: "A=B" is not a variable name/],
       [spec(`vm-${randomUUID().slice(0, 6)}`, randomUUID(), SERVICE, { kernel: "vmlinuz" }), /kernel, initrd and cmdline are for VMs/],
-      [spec(`net-${randomUUID().slice(0, 6)}`, randomUUID(), SERVICE, { config: { network: "bridge" } }), /driver_config.network: "bridge" must be none or host/],
+      [
+        spec(`net-${randomUUID().slice(0, 6)}`, randomUUID(), SERVICE, { config: { network: "bridge" } }),
+        /driver_config.network: "bridge" must be none or host/,
+      ],
       [spec("Bad_Name", randomUUID(), SERVICE), /name: "Bad_Name" is not a DNS label/],
     ];
-    for (const [s, re] of cases) await assert.rejects(d.create(s), (e: unknown) => e instanceof InvalidSpecError && re.test(e.message), s.name);
+    for (const [s, re] of cases)
+      await assert.rejects(d.create(s), (e: unknown) => e instanceof InvalidSpecError && re.test(e.message), s.name);
     assert.equal(await ctr("containers", "ls", "-q"), before, "no container");
     assert.equal(await ctr("snapshots", "ls"), beforeSnaps, "no snapshot");
 

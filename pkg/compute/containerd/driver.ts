@@ -73,7 +73,15 @@ export interface ContainerdDriverOptions {
   log?: Logger;
 }
 
-export const containerdCapabilities: Capabilities = { console: false, balloon: false, stats: true, snapshot: false, migrate: false, logs: true, images: true };
+export const containerdCapabilities: Capabilities = {
+  console: false,
+  balloon: false,
+  stats: true,
+  snapshot: false,
+  migrate: false,
+  logs: true,
+  images: true,
+};
 
 type Waiter = (name: string, topic: string) => void;
 
@@ -176,20 +184,28 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
     const existing = await this.container(spec.name);
     if (existing) {
       if (existing.labels[LABEL_OWNER] !== this.owner)
-        throw new DriverError(`container ${spec.name} exists and is managed by ${existing.labels[LABEL_OWNER] || "something else"}, not by ${this.owner}`);
-      if (existing.labels[LABEL_UID] !== spec.uid) throw new DriverError(`container ${spec.name} exists with another instance (uid ${existing.labels[LABEL_UID]})`);
+        throw new DriverError(
+          `container ${spec.name} exists and is managed by ${existing.labels[LABEL_OWNER] || "something else"}, not by ${this.owner}`,
+        );
+      if (existing.labels[LABEL_UID] !== spec.uid)
+        throw new DriverError(`container ${spec.name} exists with another instance (uid ${existing.labels[LABEL_UID]})`);
       return (await this.inspect(spec.name))!;
     }
     for (const k of Object.keys(spec.config))
       if (!(CONFIG_KEYS as readonly string[]).includes(k))
         throw new InvalidSpecError(`driver_config: unknown key ${JSON.stringify(k)} for containerd (known: ${CONFIG_KEYS.join(", ")})`);
     const network = (spec.config.network ?? this.opts.network ?? "none") as NetworkMode;
-    if (network !== "none" && network !== "host") throw new InvalidSpecError(`driver_config.network: ${JSON.stringify(spec.config.network)} must be none or host`);
+    if (network !== "none" && network !== "host")
+      throw new InvalidSpecError(`driver_config.network: ${JSON.stringify(spec.config.network)} must be none or host`);
     if (!spec.image) throw new InvalidSpecError("image: a container needs an image (import one with `hypervisor-ctl image import`)");
-    if (spec.kernel || spec.initrd || spec.cmdline) throw new InvalidSpecError("kernel, initrd and cmdline are for VMs; a container runs an image");
+    if (spec.kernel || spec.initrd || spec.cmdline)
+      throw new InvalidSpecError("kernel, initrd and cmdline are for VMs; a container runs an image");
 
     const image = await resolveImage(this.client, spec.image).catch((e: unknown) => {
-      if (isNotFound(e)) throw new InvalidSpecError(`image: ${JSON.stringify(spec.image)} is not on node ${this.owner}; import it with \`hypervisor-ctl image import\``);
+      if (isNotFound(e))
+        throw new InvalidSpecError(
+          `image: ${JSON.stringify(spec.image)} is not on node ${this.owner}; import it with \`hypervisor-ctl image import\``,
+        );
       throw e;
     });
     // Validated in full before anything is created in containerd.
@@ -198,12 +214,14 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
 
     const snapshotter = await this.snapshotter();
     await this.client.withTemporaryLease(async (c) => {
-      await c.snapshots.prepare({ snapshotter, key: spec.name, parent: image.chainId, labels: { [LABEL_UID]: spec.uid } }).catch(async (e: unknown) => {
-        // A snapshot left by a create that died half-way: ours by name, start clean.
-        if (!isAlreadyExists(e)) throw e;
-        await c.snapshots.remove({ snapshotter, key: spec.name });
-        await c.snapshots.prepare({ snapshotter, key: spec.name, parent: image.chainId, labels: { [LABEL_UID]: spec.uid } });
-      });
+      await c.snapshots
+        .prepare({ snapshotter, key: spec.name, parent: image.chainId, labels: { [LABEL_UID]: spec.uid } })
+        .catch(async (e: unknown) => {
+          // A snapshot left by a create that died half-way: ours by name, start clean.
+          if (!isAlreadyExists(e)) throw e;
+          await c.snapshots.remove({ snapshotter, key: spec.name });
+          await c.snapshots.prepare({ snapshotter, key: spec.name, parent: image.chainId, labels: { [LABEL_UID]: spec.uid } });
+        });
       try {
         await c.containers.create({
           container: {
@@ -230,11 +248,15 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
     this.startPump();
     const c = await this.mustContainer(name);
     const task = await this.task(name);
-    if (task && (task.status === Status.RUNNING || task.status === Status.PAUSED || task.status === Status.PAUSING)) return (await this.inspect(name))!;
+    if (task && (task.status === Status.RUNNING || task.status === Status.PAUSED || task.status === Status.PAUSING))
+      return (await this.inspect(name))!;
     // A finished run's task (kept for its exit status) goes before the next one.
     if (task) await this.client.tasks.delete({ containerId: name }).catch(ignoreNotFound);
     try {
-      const { mounts } = await this.client.snapshots.mounts({ snapshotter: c.snapshotter || (await this.snapshotter()), key: c.snapshotKey || name });
+      const { mounts } = await this.client.snapshots.mounts({
+        snapshotter: c.snapshotter || (await this.snapshotter()),
+        key: c.snapshotKey || name,
+      });
       const log = pathToFileURL(this.logFile(name)).href;
       await this.client.tasks.create({ containerId: name, rootfs: mounts, stdout: log, stderr: log });
       await this.setLabels(name, { [LABEL_STARTED]: String(Date.now()), [LABEL_FINISHED]: "", [LABEL_STOP]: "" });
@@ -250,7 +272,8 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
   async stop(name: string, timeoutMs: number, opts: Signalled = {}): Promise<DriverInstance> {
     await this.mustContainer(name);
     const task = await this.task(name);
-    if (!task || (task.status !== Status.RUNNING && task.status !== Status.PAUSED && task.status !== Status.PAUSING)) return (await this.inspect(name))!;
+    if (!task || (task.status !== Status.RUNNING && task.status !== Status.PAUSED && task.status !== Status.PAUSING))
+      return (await this.inspect(name))!;
     await this.setLabels(name, { [LABEL_STOP]: "1" });
     await this.kill(name, SIGTERM);
     if (!(await this.waitExit(name, timeoutMs, opts.signal))) {
@@ -266,7 +289,9 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
     const c = await this.container(name);
     if (c) {
       if (c.labels[LABEL_OWNER] !== this.owner)
-        throw new DriverError(`container ${name} is managed by ${c.labels[LABEL_OWNER] || "something else"}, not by ${this.owner}; not destroying it`);
+        throw new DriverError(
+          `container ${name} is managed by ${c.labels[LABEL_OWNER] || "something else"}, not by ${this.owner}; not destroying it`,
+        );
       const task = await this.task(name);
       if (task && task.status !== Status.STOPPED && task.status !== Status.CREATED) {
         await this.kill(name, SIGKILL);
@@ -274,7 +299,9 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
       }
       if (task) await this.client.tasks.delete({ containerId: name }).catch(ignoreNotFound);
       await this.client.containers.delete({ id: name }).catch(ignoreNotFound);
-      await this.client.snapshots.remove({ snapshotter: c.snapshotter || (await this.snapshotter()), key: c.snapshotKey || name }).catch(ignoreNotFound);
+      await this.client.snapshots
+        .remove({ snapshotter: c.snapshotter || (await this.snapshotter()), key: c.snapshotKey || name })
+        .catch(ignoreNotFound);
     }
     await rm(this.logFile(name), { force: true });
   }

@@ -28,7 +28,11 @@ export async function importImageArchive(client: ContainerdClient, file: string,
     return await client.withTemporaryLease(async (c) => {
       for (const { descriptor: d, labels } of archive.blobs) {
         const entry = tar.get(blobPath(d.digest))!;
-        const written = await c.writeContent(`hv-import-${d.digest}`, { size: entry.size, read: (from, n) => tar.readRange(entry, from, n) }, { expected: d.digest, labels });
+        const written = await c.writeContent(
+          `hv-import-${d.digest}`,
+          { size: entry.size, read: (from, n) => tar.readRange(entry, from, n) },
+          { expected: d.digest, labels },
+        );
         // Already there (an earlier import): its GC references may be missing; set them.
         if (!written.created && Object.keys(labels).length) await setLabels(c, d.digest, labels);
       }
@@ -45,7 +49,12 @@ export async function importImageArchive(client: ContainerdClient, file: string,
           if (!isNotFound(e)) throw e;
           await c.images.create({ image: record });
         }
-        out.push({ name: image.name, digest: image.target.digest, sizeBytes: imageSize(image.target, image.unpack), createdAt: Date.now() });
+        out.push({
+          name: image.name,
+          digest: image.target.digest,
+          sizeBytes: imageSize(image.target, image.unpack),
+          createdAt: Date.now(),
+        });
       }
       return out;
     });
@@ -64,9 +73,14 @@ async function unpack(c: ContainerdClient, u: Unpack, snapshotter: string): Prom
     const { mounts } = await c.snapshots.prepare({ snapshotter, key, parent: i ? chain[i - 1]! : "" });
     try {
       const layer = u.layers[i]!;
-      const { applied } = await c.diff.apply({ diff: { mediaType: layer.mediaType, digest: layer.digest, size: BigInt(layer.size) }, mounts });
+      const { applied } = await c.diff.apply({
+        diff: { mediaType: layer.mediaType, digest: layer.digest, size: BigInt(layer.size) },
+        mounts,
+      });
       if (applied?.digest !== u.diffIds[i])
-        throw new InvalidSpecError(`image archive: layer ${layer.digest} unpacks to ${applied?.digest ?? "nothing"}, the config says ${u.diffIds[i]}`);
+        throw new InvalidSpecError(
+          `image archive: layer ${layer.digest} unpacks to ${applied?.digest ?? "nothing"}, the config says ${u.diffIds[i]}`,
+        );
       try {
         await c.snapshots.commit({ snapshotter, name, key });
       } catch (e) {
@@ -130,7 +144,9 @@ export async function resolveImage(c: ContainerdClient, name: string): Promise<R
   if (!image?.target) throw new Error(`image ${name} has no target`);
   let manifest: Descriptor = { mediaType: image.target.mediaType, digest: image.target.digest, size: Number(image.target.size) };
   if (manifest.mediaType === MediaType.OCI_INDEX || manifest.mediaType === MediaType.DOCKER_LIST) {
-    const index = (await readJson(c, manifest.digest)) as { manifests?: (Descriptor & { platform?: { os?: string; architecture?: string } })[] };
+    const index = (await readJson(c, manifest.digest)) as {
+      manifests?: (Descriptor & { platform?: { os?: string; architecture?: string } })[];
+    };
     const p = hostPlatform();
     const m = (index.manifests ?? []).find((d) => !d.platform || (d.platform.os === p.os && d.platform.architecture === p.architecture));
     if (!m) throw new InvalidSpecError(`image: ${name} has no manifest for ${p.os}/${p.architecture}`);

@@ -29,5 +29,13 @@ export {
   type ContainerdEvent,
   type EventType,
 } from "./typeurl.js";
-export { ContainerdDriver, containerdCapabilities, createContainerdDriver, DEFAULT_NAMESPACE, LABEL_OWNER, LABEL_UID, type ContainerdDriverOptions } from "./driver.js";
+export {
+  ContainerdDriver,
+  containerdCapabilities,
+  createContainerdDriver,
+  DEFAULT_NAMESPACE,
+  LABEL_OWNER,
+  LABEL_UID,
+  type ContainerdDriverOptions,
+} from "./driver.js";
 export { importImageArchive, listImages, resolveImage } from "./images.js";

@@ -57,12 +57,15 @@ export interface OciArchive {
 }
 
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
-const NAME_RE = /^[a-z0-9]+([._-][a-z0-9]+)*(\.[a-z0-9-]+)*(:[0-9]+)?(\/[a-z0-9]+([._-]{1,2}[a-z0-9]+|-+[a-z0-9]+)*)*(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?$/;
+const NAME_RE =
+  /^[a-z0-9]+([._-][a-z0-9]+)*(\.[a-z0-9-]+)*(:[0-9]+)?(\/[a-z0-9]+([._-]{1,2}[a-z0-9]+|-+[a-z0-9]+)*)*(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?$/;
 const MAX_JSON = 4 << 20;
 
 /** GOARCH names of this host, as platforms in image indexes use them. */
 export function hostPlatform(): { os: string; architecture: string } {
-  const arch = ({ x64: "amd64", arm64: "arm64", arm: "arm", ppc64: "ppc64le", s390x: "s390x", riscv64: "riscv64" } as Record<string, string>)[process.arch];
+  const arch = (
+    { x64: "amd64", arm64: "arm64", arm: "arm", ppc64: "ppc64le", s390x: "s390x", riscv64: "riscv64" } as Record<string, string>
+  )[process.arch];
   return { os: "linux", architecture: arch ?? process.arch };
 }
 
@@ -83,11 +86,14 @@ export function chainIds(diffIds: readonly string[]): string[] {
 
 export async function readOciArchive(tar: TarIndex, platform = hostPlatform()): Promise<OciArchive> {
   if (!tar.get("oci-layout")) {
-    const docker = tar.get("manifest.json") ? " (a docker save from before Docker 25, without index.json, is not supported; re-export it with docker 25+ or `skopeo copy docker-archive:... oci-archive:...`)" : "";
+    const docker = tar.get("manifest.json")
+      ? " (a docker save from before Docker 25, without index.json, is not supported; re-export it with docker 25+ or `skopeo copy docker-archive:... oci-archive:...`)"
+      : "";
     throw new InvalidSpecError(`image archive: no oci-layout file: not an OCI image layout${docker}`);
   }
   const layout = json<{ imageLayoutVersion?: string }>(await tar.read("oci-layout", MAX_JSON), "oci-layout");
-  if (layout.imageLayoutVersion !== "1.0.0") throw new InvalidSpecError(`image archive: oci-layout version ${JSON.stringify(layout.imageLayoutVersion)} is not 1.0.0`);
+  if (layout.imageLayoutVersion !== "1.0.0")
+    throw new InvalidSpecError(`image archive: oci-layout version ${JSON.stringify(layout.imageLayoutVersion)} is not 1.0.0`);
   const index = json<{ manifests?: unknown }>(await tar.read("index.json", MAX_JSON), "index.json");
   const roots = descriptors(index.manifests, "index.json manifests");
 
@@ -114,12 +120,21 @@ function imageName(d: Descriptor): string | undefined {
   if (!full.includes("/") && !full.includes(":") && !full.includes(".")) return undefined;
   if (!NAME_RE.test(full)) throw new InvalidSpecError(`image archive: ${JSON.stringify(full)} is not an image reference`);
   const [first] = full.split("/");
-  const qualified = full.includes("/") && (first!.includes(".") || first!.includes(":") || first === "localhost") ? full : `docker.io/${full.includes("/") ? "" : "library/"}${full}`;
+  const qualified =
+    full.includes("/") && (first!.includes(".") || first!.includes(":") || first === "localhost")
+      ? full
+      : `docker.io/${full.includes("/") ? "" : "library/"}${full}`;
   return /:[\w][\w.-]*$/.test(qualified.split("/").pop()!) || qualified.includes("@") ? qualified : `${qualified}:latest`;
 }
 
 /** Records the blob and its children; resolves the manifest for `platform`. */
-async function walk(tar: TarIndex, d: Descriptor, platform: { os: string; architecture: string }, blobs: Map<string, Blob>, what: string): Promise<Unpack> {
+async function walk(
+  tar: TarIndex,
+  d: Descriptor,
+  platform: { os: string; architecture: string },
+  blobs: Map<string, Blob>,
+  what: string,
+): Promise<Unpack> {
   const body = await readBlob(tar, d, what);
   if (d.mediaType === MediaType.OCI_INDEX || d.mediaType === MediaType.DOCKER_LIST) {
     const children = descriptors(json<{ manifests?: unknown }>(body, what).manifests, `${what} manifests`);
@@ -170,7 +185,14 @@ function descriptors(v: unknown, what: string): Descriptor[] {
   if (!Array.isArray(v)) throw new InvalidSpecError(`image archive: ${what} is not a list`);
   return v.map((x, i) => {
     const d = x as Partial<Descriptor> | null;
-    if (!d || typeof d.mediaType !== "string" || typeof d.digest !== "string" || !DIGEST_RE.test(d.digest) || !Number.isSafeInteger(d.size) || d.size! < 0)
+    if (
+      !d ||
+      typeof d.mediaType !== "string" ||
+      typeof d.digest !== "string" ||
+      !DIGEST_RE.test(d.digest) ||
+      !Number.isSafeInteger(d.size) ||
+      d.size! < 0
+    )
       throw new InvalidSpecError(`image archive: ${what}[${i}] is not a descriptor (mediaType, sha256 digest, size)`);
     return d as Descriptor;
   });

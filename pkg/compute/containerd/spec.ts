@@ -72,9 +72,16 @@ export function buildRuntimeSpec(p: SpecParams): Record<string, unknown> {
     env.set(k, v);
   }
   if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1) throw new InvalidSpecError(`vcpus: ${spec.vcpus} must be a positive integer`);
-  if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < 4) throw new InvalidSpecError(`memory_mib: ${spec.memoryMiB} must be at least 4`);
+  if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < 4)
+    throw new InvalidSpecError(`memory_mib: ${spec.memoryMiB} must be at least 4`);
   const memory = spec.memoryMiB * 1024 * 1024;
-  const namespaces = [{ type: "pid" }, { type: "ipc" }, { type: "uts" }, { type: "mount" }, ...(p.network === "host" ? [] : [{ type: "network" }])];
+  const namespaces = [
+    { type: "pid" },
+    { type: "ipc" },
+    { type: "uts" },
+    { type: "mount" },
+    ...(p.network === "host" ? [] : [{ type: "network" }]),
+  ];
   return {
     ociVersion: OCI_VERSION,
     process: {
@@ -92,7 +99,12 @@ export function buildRuntimeSpec(p: SpecParams): Record<string, unknown> {
     mounts: [
       { destination: "/proc", type: "proc", source: "proc", options: ["nosuid", "noexec", "nodev"] },
       { destination: "/dev", type: "tmpfs", source: "tmpfs", options: ["nosuid", "strictatime", "mode=755", "size=65536k"] },
-      { destination: "/dev/pts", type: "devpts", source: "devpts", options: ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
+      {
+        destination: "/dev/pts",
+        type: "devpts",
+        source: "devpts",
+        options: ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+      },
       { destination: "/dev/shm", type: "tmpfs", source: "shm", options: ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
       { destination: "/dev/mqueue", type: "mqueue", source: "mqueue", options: ["nosuid", "noexec", "nodev"] },
       { destination: "/sys", type: "sysfs", source: "sysfs", options: ["nosuid", "noexec", "nodev", "ro"] },

@@ -89,7 +89,8 @@ async function readHeaders(fh: FileHandle, size: number): Promise<Map<string, Ta
     const type = String.fromCharCode(header[156]!);
     const entrySize = octal(header, 124, 12, pos);
     const dataAt = pos + BLOCK;
-    if (dataAt + entrySize > size) throw new InvalidSpecError(`image archive: entry at offset ${pos} runs past the end of the file (truncated?)`);
+    if (dataAt + entrySize > size)
+      throw new InvalidSpecError(`image archive: entry at offset ${pos} runs past the end of the file (truncated?)`);
     if (type === "L" || type === "x") {
       if (entrySize > 1 << 20) throw new InvalidSpecError(`image archive: extended header at offset ${pos} is ${entrySize} bytes`);
       const data = Buffer.alloc(entrySize);
@@ -100,7 +101,8 @@ async function readHeaders(fh: FileHandle, size: number): Promise<Map<string, Ta
       const prefix = cstring(header, 345, 155);
       const name = paxPath ?? longName ?? (prefix ? `${prefix}/${cstring(header, 0, 100)}` : cstring(header, 0, 100));
       const path = normalize(name);
-      if (path.split("/").includes("..")) throw new InvalidSpecError(`image archive: entry ${JSON.stringify(name)} climbs out of the archive`);
+      if (path.split("/").includes(".."))
+        throw new InvalidSpecError(`image archive: entry ${JSON.stringify(name)} climbs out of the archive`);
       entries.set(path, { path, offset: dataAt, size: entrySize });
       longName = paxPath = undefined;
     } else {
@@ -130,7 +132,8 @@ function octal(h: Buffer, at: number, len: number, pos: number): number {
   }
   const s = cstring(h, at, len).trim();
   if (s === "") return 0;
-  if (!/^[0-7]+$/.test(s)) throw new InvalidSpecError(`image archive: not a tar archive (bad number ${JSON.stringify(s)} at offset ${pos + at})`);
+  if (!/^[0-7]+$/.test(s))
+    throw new InvalidSpecError(`image archive: not a tar archive (bad number ${JSON.stringify(s)} at offset ${pos + at})`);
   return parseInt(s, 8);
 }
 
@@ -147,7 +150,8 @@ function paxValue(data: Buffer, key: string, pos: number): string | undefined {
     const space = data.indexOf(0x20, i);
     if (space < 0) break;
     const len = Number(data.toString("ascii", i, space));
-    if (!Number.isInteger(len) || len <= 0 || i + len > data.length) throw new InvalidSpecError(`image archive: bad pax header at offset ${pos}`);
+    if (!Number.isInteger(len) || len <= 0 || i + len > data.length)
+      throw new InvalidSpecError(`image archive: bad pax header at offset ${pos}`);
     const record = data.toString("utf8", space + 1, i + len - 1);
     const eq = record.indexOf("=");
     if (eq > 0 && record.slice(0, eq) === key) found = record.slice(eq + 1);

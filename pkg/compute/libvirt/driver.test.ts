@@ -36,7 +36,13 @@ const drivers: LibvirtDriver[] = [];
 const OWNER = `lvt-${process.pid}`;
 
 async function makeDriver(owner = OWNER): Promise<LibvirtDriver> {
-  const d = new LibvirtDriver({ stateDir: join(dir, owner === OWNER ? "state" : `state-${owner}`), imageDir, socketPath: socket, domainType: "qemu", owner });
+  const d = new LibvirtDriver({
+    stateDir: join(dir, owner === OWNER ? "state" : `state-${owner}`),
+    imageDir,
+    socketPath: socket,
+    domainType: "qemu",
+    owner,
+  });
   drivers.push(d);
   return d;
 }
@@ -62,10 +68,15 @@ function vmSpec(name: string, uid: string, extra: Partial<DriverInstanceSpec> = 
 }
 
 async function waitForMarker(d: LibvirtDriver, name: string, marker = GUEST_READY_MARKER): Promise<string> {
-  return until(`${marker} in the serial log of ${name}`, async () => {
-    const text = await readFile(d.logFile(name), "utf8").catch(() => "");
-    return text.includes(marker) ? text : undefined;
-  }, 180_000, 250);
+  return until(
+    `${marker} in the serial log of ${name}`,
+    async () => {
+      const text = await readFile(d.logFile(name), "utf8").catch(() => "");
+      return text.includes(marker) ? text : undefined;
+    },
+    180_000,
+    250,
+  );
 }
 
 before(async () => {
@@ -86,7 +97,8 @@ before(async () => {
 after(async () => {
   // Whatever a failed test left behind: only our own domains (hv-lvt-*, hv-conf-*).
   const d = await makeDriver();
-  for (const i of await d.list().catch(() => [])) if (i.name.startsWith("lvt-") || i.name.startsWith("conf-")) await d.destroy(i.name).catch(() => undefined);
+  for (const i of await d.list().catch(() => []))
+    if (i.name.startsWith("lvt-") || i.name.startsWith("conf-")) await d.destroy(i.name).catch(() => undefined);
   for (const x of drivers) await x.close();
   await rm(dir, { recursive: true, force: true });
 });
@@ -155,7 +167,10 @@ describe("libvirt driver: what VMs have", () => {
     const uid = randomUUID();
     await d.create(vmSpec(name, uid, { image: "base.qcow2" }));
     const overlay = join(dir, "state", "disks", `${name}-${uid}.qcow2`);
-    const info = JSON.parse((await run("qemu-img", ["info", "--output=json", "-U", overlay])).stdout) as { "backing-filename"?: string; format?: string };
+    const info = JSON.parse((await run("qemu-img", ["info", "--output=json", "-U", overlay])).stdout) as {
+      "backing-filename"?: string;
+      format?: string;
+    };
     assert.equal(info.format, "qcow2");
     assert.equal(info["backing-filename"], join(imageDir, "base.qcow2"));
     await d.start(name);
@@ -175,14 +190,22 @@ describe("libvirt driver: what VMs have", () => {
     await d.start(name);
     await waitForMarker(d, name);
     await d.setMemory(name, 160);
-    const stats = await until("actual_balloon at 160 MiB", async () => {
-      const s = await d.memoryStats(name);
-      return s.actual_balloon === 160n * 1024n ? s : undefined;
-    }, 120_000, 500);
+    const stats = await until(
+      "actual_balloon at 160 MiB",
+      async () => {
+        const s = await d.memoryStats(name);
+        return s.actual_balloon === 160n * 1024n ? s : undefined;
+      },
+      120_000,
+      500,
+    );
     assert.equal(stats.actual_balloon, 163_840n);
     const limits = await d.stats(name);
     assert.equal(limits.memoryLimitBytes, 160 * 1024 * 1024);
-    await assert.rejects(d.setMemory(name, 512), (e: unknown) => e instanceof InvalidSpecError && /from 16 to the instance's 256 MiB/.test(e.message));
+    await assert.rejects(
+      d.setMemory(name, 512),
+      (e: unknown) => e instanceof InvalidSpecError && /from 16 to the instance's 256 MiB/.test(e.message),
+    );
     await d.destroy(name);
   });
 
@@ -213,7 +236,11 @@ describe("libvirt driver: what VMs have", () => {
     const uid = randomUUID();
     await theirs.create(vmSpec(name, uid));
     assert.ok((await theirs.list()).some((i) => i.name === name));
-    assert.equal((await mine.list()).some((i) => i.name === name), false, "not in my list");
+    assert.equal(
+      (await mine.list()).some((i) => i.name === name),
+      false,
+      "not in my list",
+    );
     assert.equal(await mine.inspect(name), undefined);
     await assert.rejects(mine.destroy(name), /managed by other-\d+, not by lvt-\d+; not destroying it/);
     await assert.rejects(mine.create(vmSpec(name, randomUUID())), /exists and is managed by other-\d+/);
@@ -287,9 +314,18 @@ describe("libvirt driver: what VMs have", () => {
 
     for (const [spec, message] of [
       [vmSpec("Bad<Name>", randomUUID()), /name: "Bad<Name>" is not a DNS label/],
-      [vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { kernel: "../../../../etc/passwd" }), /kernel: .* (outside the image directory|not found)/],
-      [vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { image: "/etc/passwd" }), /image: "\/etc\/passwd" is outside the image directory/],
-      [vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { config: { network: "bridge:br0'/><x" } }), /bridge .* is not an interface name/],
+      [
+        vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { kernel: "../../../../etc/passwd" }),
+        /kernel: .* (outside the image directory|not found)/,
+      ],
+      [
+        vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { image: "/etc/passwd" }),
+        /image: "\/etc\/passwd" is outside the image directory/,
+      ],
+      [
+        vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { config: { network: "bridge:br0'/><x" } }),
+        /bridge .* is not an interface name/,
+      ],
       [vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { command: ["/bin/sh"] }), /command, args and env are for containers/],
     ] as const) {
       await assert.rejects(d.create(spec), (e: unknown) => e instanceof InvalidSpecError && message.test(e.message));

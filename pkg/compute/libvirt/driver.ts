@@ -76,7 +76,15 @@ export interface LibvirtDriverOptions {
 /** Keys a spec's driver_config may set for this driver. */
 const CONFIG_KEYS = ["network"] as const;
 
-export const libvirtCapabilities: Capabilities = { console: true, balloon: true, stats: true, snapshot: false, migrate: false, logs: true, images: false };
+export const libvirtCapabilities: Capabilities = {
+  console: true,
+  balloon: true,
+  stats: true,
+  snapshot: false,
+  migrate: false,
+  logs: true,
+  images: false,
+};
 
 type Waiter = (ev: { name: string; event: number }) => void;
 
@@ -169,7 +177,12 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
     if (this.resolvedType) return this.resolvedType;
     const want = this.opts.domainType ?? "auto";
     if (want !== "auto") return (this.resolvedType = want);
-    const kvm = existsSync("/dev/kvm") && (await access("/dev/kvm", fsConstants.R_OK | fsConstants.W_OK).then(() => true, () => false));
+    const kvm =
+      existsSync("/dev/kvm") &&
+      (await access("/dev/kvm", fsConstants.R_OK | fsConstants.W_OK).then(
+        () => true,
+        () => false,
+      ));
     return (this.resolvedType = kvm ? "kvm" : "qemu");
   }
 
@@ -198,10 +211,14 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
     // Checked before the name reaches libvirt or a path.
     if (!NAME_RE.test(spec.name)) throw new InvalidSpecError(`name: ${JSON.stringify(spec.name)} is not a DNS label`);
     const foreign = await this.foreignOwner(spec.name);
-    if (foreign !== undefined) throw new DriverError(`domain ${domainName(spec.name)} exists and is managed by ${foreign || "something else"}, not by ${this.owner}`);
+    if (foreign !== undefined)
+      throw new DriverError(
+        `domain ${domainName(spec.name)} exists and is managed by ${foreign || "something else"}, not by ${this.owner}`,
+      );
     const existing = await this.inspect(spec.name);
     if (existing) {
-      if (existing.uid !== spec.uid) throw new DriverError(`domain ${domainName(spec.name)} exists with another instance (uid ${existing.uid})`);
+      if (existing.uid !== spec.uid)
+        throw new DriverError(`domain ${domainName(spec.name)} exists with another instance (uid ${existing.uid})`);
       return existing;
     }
     for (const k of Object.keys(spec.config))
@@ -209,7 +226,10 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
         throw new InvalidSpecError(`driver_config: unknown key ${JSON.stringify(k)} for libvirt (known: ${CONFIG_KEYS.join(", ")})`);
     if (spec.command.length || spec.args.length || Object.keys(spec.env).length)
       throw new InvalidSpecError("command, args and env are for containers; a libvirt VM boots a kernel or a disk image");
-    const network = spec.config.network !== undefined ? parseNetwork("driver_config.network", spec.config.network) : (this.opts.network ?? { mode: "user" });
+    const network =
+      spec.config.network !== undefined
+        ? parseNetwork("driver_config.network", spec.config.network)
+        : (this.opts.network ?? { mode: "user" });
 
     const dir = this.opts.imageDir;
     const kernel = spec.kernel ? await resolveImage(dir, "kernel", spec.kernel) : undefined;
@@ -239,7 +259,15 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
       balloonStatsPeriod: this.opts.balloonStatsPeriod ?? 2,
     };
     const xml = buildDomainXml(params);
-    const handle: LibvirtHandle = { version: HANDLE_VERSION, name: spec.name, uid: spec.uid, createdAt: Date.now(), stopRequested: false, serialLog, disk };
+    const handle: LibvirtHandle = {
+      version: HANDLE_VERSION,
+      name: spec.name,
+      uid: spec.uid,
+      createdAt: Date.now(),
+      stopRequested: false,
+      serialLog,
+      disk,
+    };
     await writeHandle(this.handles, handle);
     try {
       if (base && disk) {
@@ -334,7 +362,9 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
       const facts = parseDomainXml(await c.getXmlDesc(dom, XML_INACTIVE));
       if (!facts.instance) throw new DriverError(`domain ${dom.name} is not managed by hypervisor; not destroying it`);
       if (facts.instance.owner !== this.owner)
-        throw new DriverError(`domain ${dom.name} is managed by ${facts.instance.owner || "another agent"}, not by ${this.owner}; not destroying it`);
+        throw new DriverError(
+          `domain ${dom.name} is managed by ${facts.instance.owner || "another agent"}, not by ${this.owner}; not destroying it`,
+        );
       disk ??= facts.disk;
       if (isActive((await c.getState(dom)).state)) {
         try {
@@ -523,7 +553,8 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
     if (h) return h;
     const dom = await this.mustLookup(name);
     const facts = parseDomainXml(await (await this.connection()).getXmlDesc(dom, XML_INACTIVE));
-    if (!facts.instance || facts.instance.owner !== this.owner) throw new DriverError(`domain ${dom.name} is not managed by this agent (${this.owner})`);
+    if (!facts.instance || facts.instance.owner !== this.owner)
+      throw new DriverError(`domain ${dom.name} is not managed by this agent (${this.owner})`);
     return {
       version: HANDLE_VERSION,
       name,
@@ -562,7 +593,13 @@ const MEM_CONFIG = DomainMemoryModFlags.CONFIG;
 const UNDEFINE_FLAGS = DomainUndefineFlags.MANAGED_SAVE | DomainUndefineFlags.SNAPSHOTS_METADATA | DomainUndefineFlags.NVRAM;
 
 function isActive(state: number): boolean {
-  return state === DomainState.RUNNING || state === DomainState.BLOCKED || state === DomainState.PAUSED || state === DomainState.SHUTDOWN || state === DomainState.PMSUSPENDED;
+  return (
+    state === DomainState.RUNNING ||
+    state === DomainState.BLOCKED ||
+    state === DomainState.PAUSED ||
+    state === DomainState.SHUTDOWN ||
+    state === DomainState.PMSUSPENDED
+  );
 }
 
 /** "user", "none" or "bridge:<name>". */

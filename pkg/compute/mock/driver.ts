@@ -31,7 +31,15 @@ import { describeHandle, exitTime, HANDLE_VERSION, readHandle, removeHandle, wri
 
 export const MOCK_DRIVER_NAME = "mock";
 
-const CAPABILITIES: Capabilities = { console: false, balloon: false, stats: true, snapshot: false, migrate: false, logs: false, images: false };
+const CAPABILITIES: Capabilities = {
+  console: false,
+  balloon: false,
+  stats: true,
+  snapshot: false,
+  migrate: false,
+  logs: false,
+  images: false,
+};
 
 // Instance names become file names: DNS-label syntax only, so no name can climb out of the
 // state directory ("../x", "a/b") or collide with the temp files (leading dot).

@@ -324,7 +324,9 @@ describe("RpcClient", () => {
   });
 
   it("rejects a reply whose procedure is not the call's", async () => {
-    const d = await fakeDaemon((p, sock) => void sock.write(encodePacket({ ...p.header, proc: p.header.proc + 1, type: MessageType.REPLY })));
+    const d = await fakeDaemon(
+      (p, sock) => void sock.write(encodePacket({ ...p.header, proc: p.header.proc + 1, type: MessageType.REPLY })),
+    );
     const c = await RpcClient.connect(d.path);
     try {
       await assert.rejects(c.call(7, undefined), PacketError);

@@ -55,7 +55,12 @@ function domainXml(name: string, uuid: string, memMiB = 128): string {
 }
 
 const markerSeen = (name: string) =>
-  until(`${GUEST_READY_MARKER} from ${name}`, async () => ((await readFile(join(dir, `${name}.log`), "utf8").catch(() => "")).includes(GUEST_READY_MARKER) ? true : undefined), 180_000, 250);
+  until(
+    `${GUEST_READY_MARKER} from ${name}`,
+    async () => ((await readFile(join(dir, `${name}.log`), "utf8").catch(() => "")).includes(GUEST_READY_MARKER) ? true : undefined),
+    180_000,
+    250,
+  );
 
 before(async () => {
   socket = await ensureLibvirtd();
@@ -111,7 +116,10 @@ describe("LibvirtConnection against libvirtd", () => {
     assert.equal(e.code, ErrorCode.NO_DOMAIN);
     assert.match(e.libvirtMessage, new RegExp(name));
     // A refused definition: the XML's own error, and the connection carries on.
-    await assert.rejects(conn.defineXml("<domain type='qemu'><name>x"), (e: unknown) => e instanceof LibvirtError && e.code === ErrorCode.XML_DETAIL && /Premature end of data/.test(e.libvirtMessage));
+    await assert.rejects(
+      conn.defineXml("<domain type='qemu'><name>x"),
+      (e: unknown) => e instanceof LibvirtError && e.code === ErrorCode.XML_DETAIL && /Premature end of data/.test(e.libvirtMessage),
+    );
     assert.ok((await conn.getHostname()).length > 0);
   });
 
@@ -132,7 +140,8 @@ describe("LibvirtConnection against libvirtd", () => {
     // A second domain with the same name and another UUID is refused, naming the one that exists.
     await assert.rejects(
       conn.createXml(domainXml(name, randomUUID())),
-      (e: unknown) => e instanceof LibvirtError && e.code === ErrorCode.OPERATION_FAILED && e.libvirtMessage.includes(`already exists with uuid ${uuid}`),
+      (e: unknown) =>
+        e instanceof LibvirtError && e.code === ErrorCode.OPERATION_FAILED && e.libvirtMessage.includes(`already exists with uuid ${uuid}`),
     );
     await conn.undefine(dom);
     await assert.rejects(conn.lookupByName(name), isNoDomain);
@@ -148,7 +157,8 @@ describe("LibvirtConnection against libvirtd", () => {
     const collecting = (async () => {
       for await (const ev of stream) if (ev.domain.name === name) events.push(ev);
     })();
-    const seen = (event: number) => until(`event ${event} for ${name}`, () => (events.some((e) => e.event === event) ? true : undefined), 60_000, 50);
+    const seen = (event: number) =>
+      until(`event ${event} for ${name}`, () => (events.some((e) => e.event === event) ? true : undefined), 60_000, 50);
 
     const defined = await conn.defineXml(domainXml(name, randomUUID(), 256));
     await seen(LifecycleEvent.DEFINED);
@@ -174,11 +184,19 @@ describe("LibvirtConnection against libvirtd", () => {
 
     // The balloon: lower the target live; the guest's driver gives the memory back.
     await conn.setMemory(dom, 160n * 1024n, 1 /* LIVE */);
-    const stats = await until("actual_balloon at 160 MiB", async () => {
-      const s = await conn.memoryStats(dom);
-      return s.actual_balloon === 160n * 1024n ? s : undefined;
-    }, 120_000, 500);
-    assert.ok(stats.rss !== undefined && stats.rss > 0n, `rss in ${JSON.stringify(stats, (_k, v: unknown) => (typeof v === "bigint" ? String(v) : v))}`);
+    const stats = await until(
+      "actual_balloon at 160 MiB",
+      async () => {
+        const s = await conn.memoryStats(dom);
+        return s.actual_balloon === 160n * 1024n ? s : undefined;
+      },
+      120_000,
+      500,
+    );
+    assert.ok(
+      stats.rss !== undefined && stats.rss > 0n,
+      `rss in ${JSON.stringify(stats, (_k, v: unknown) => (typeof v === "bigint" ? String(v) : v))}`,
+    );
     assert.match(await virsh("dommemstat", name), /actual 163840/);
 
     await conn.reboot(dom);
@@ -195,7 +213,14 @@ describe("LibvirtConnection against libvirtd", () => {
     ac.abort();
     await collecting; // an abort ends the iteration normally
     const kinds = events.map((e) => e.event);
-    for (const k of [LifecycleEvent.DEFINED, LifecycleEvent.STARTED, LifecycleEvent.SUSPENDED, LifecycleEvent.RESUMED, LifecycleEvent.STOPPED, LifecycleEvent.UNDEFINED])
+    for (const k of [
+      LifecycleEvent.DEFINED,
+      LifecycleEvent.STARTED,
+      LifecycleEvent.SUSPENDED,
+      LifecycleEvent.RESUMED,
+      LifecycleEvent.STOPPED,
+      LifecycleEvent.UNDEFINED,
+    ])
       assert.ok(kinds.includes(k), `event ${k} in ${kinds.join(",")}`);
     assert.ok(kinds.indexOf(LifecycleEvent.DEFINED) < kinds.indexOf(LifecycleEvent.STARTED));
     assert.ok(kinds.lastIndexOf(LifecycleEvent.STOPPED) < kinds.lastIndexOf(LifecycleEvent.UNDEFINED));
@@ -207,12 +232,30 @@ describe("LibvirtConnection against libvirtd", () => {
     await markerSeen(name);
     await conn.shutdown(dom, 1 /* ACPI_POWER_BTN */);
     // A transient domain disappears when it stops: lookup then fails NO_DOMAIN.
-    await until(`${name} gone`, () => conn.lookupByName(name).then(() => undefined, (e: unknown) => (isNoDomain(e) ? true : Promise.reject(e as Error))), 120_000, 250);
+    await until(
+      `${name} gone`,
+      () =>
+        conn.lookupByName(name).then(
+          () => undefined,
+          (e: unknown) => (isNoDomain(e) ? true : Promise.reject(e as Error)),
+        ),
+      120_000,
+      250,
+    );
     assert.match(await readFile(join(dir, `${name}.log`), "utf8"), /HYPERVISOR-GUEST-POWEROFF/);
   });
 
   it("keeps hundreds of calls in flight on one connection, each answered with its own reply", async () => {
-    const names = await Promise.all(Array.from({ length: 300 }, (_, i) => (i % 2 ? conn.getHostname() : conn.lookupByName(`rpct-none-${i}`).then(() => "found", (e: unknown) => (isNoDomain(e) ? `none-${i}` : "other")))));
+    const names = await Promise.all(
+      Array.from({ length: 300 }, (_, i) =>
+        i % 2
+          ? conn.getHostname()
+          : conn.lookupByName(`rpct-none-${i}`).then(
+              () => "found",
+              (e: unknown) => (isNoDomain(e) ? `none-${i}` : "other"),
+            ),
+      ),
+    );
     const host = await conn.getHostname();
     names.forEach((n, i) => assert.equal(n, i % 2 ? host : `none-${i}`));
     assert.equal(conn.rpc.inFlight, 0);

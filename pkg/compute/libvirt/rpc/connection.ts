@@ -106,8 +106,7 @@ export class LibvirtConnection {
       const auth = types.array((r) => r.i32(), AUTH_TYPE_LIST_MAX);
       types.end();
       if (auth.includes(AuthType.POLKIT)) await rpc.call(Procedure.AUTH_POLKIT, undefined, { signal });
-      else if (!auth.includes(AuthType.NONE) && auth.length > 0)
-        throw new AuthUnsupportedError(socketPath, auth);
+      else if (!auth.includes(AuthType.NONE) && auth.length > 0) throw new AuthUnsupportedError(socketPath, auth);
       const args = new XdrWriter()
         .optional(uri, (w, s) => void w.string(s))
         .u32(opts.flags ?? 0)
@@ -431,4 +430,3 @@ export class LibvirtConnection {
     };
   }
 }
-

@@ -94,19 +94,24 @@ describe("remote_error", () => {
   it("round-trips any remote_error (property)", () => {
     const optStr = fc.option(fc.string(), { nil: undefined });
     const uuid = fc.uint8Array({ minLength: 16, maxLength: 16 }).map((u) => Buffer.from(u));
-    const arb: fc.Arbitrary<RemoteError> = fc.record({
-      code: fc.integer({ min: 0, max: 120 }),
-      domain: fc.integer({ min: 0, max: 80 }),
-      message: optStr,
-      level: fc.integer({ min: 0, max: 2 }),
-      dom: fc.option(fc.record({ name: fc.string(), uuid, id: fc.integer({ min: -1, max: 1000 }) }, { noNullPrototype: true }), { nil: undefined }),
-      str1: optStr,
-      str2: optStr,
-      str3: optStr,
-      int1: fc.integer({ min: -0x80000000, max: 0x7fffffff }),
-      int2: fc.integer({ min: -0x80000000, max: 0x7fffffff }),
-      net: fc.option(fc.record({ name: fc.string(), uuid }, { noNullPrototype: true }), { nil: undefined }),
-    }, { noNullPrototype: true });
+    const arb: fc.Arbitrary<RemoteError> = fc.record(
+      {
+        code: fc.integer({ min: 0, max: 120 }),
+        domain: fc.integer({ min: 0, max: 80 }),
+        message: optStr,
+        level: fc.integer({ min: 0, max: 2 }),
+        dom: fc.option(fc.record({ name: fc.string(), uuid, id: fc.integer({ min: -1, max: 1000 }) }, { noNullPrototype: true }), {
+          nil: undefined,
+        }),
+        str1: optStr,
+        str2: optStr,
+        str3: optStr,
+        int1: fc.integer({ min: -0x80000000, max: 0x7fffffff }),
+        int2: fc.integer({ min: -0x80000000, max: 0x7fffffff }),
+        net: fc.option(fc.record({ name: fc.string(), uuid }, { noNullPrototype: true }), { nil: undefined }),
+      },
+      { noNullPrototype: true },
+    );
     fc.assert(fc.property(arb, (e) => assert.deepEqual(decodeRemoteError(encodeRemoteError(e)), e)));
   });
 

@@ -139,7 +139,9 @@ export class AuthUnsupportedError extends Error {
     /** AuthType values the daemon listed. */
     readonly authTypes: number[],
   ) {
-    super(`libvirt at ${socketPath} requires authentication types [${authTypes.join(", ")}]; this client speaks none (0) and polkit (2) only`);
+    super(
+      `libvirt at ${socketPath} requires authentication types [${authTypes.join(", ")}]; this client speaks none (0) and polkit (2) only`,
+    );
   }
 }
 

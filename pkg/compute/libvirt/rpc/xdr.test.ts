@@ -36,7 +36,10 @@ describe("XdrWriter", () => {
   it("writes an optional as a bool, then the value only when present", () => {
     const str = (w: XdrWriter, s: string) => void w.string(s);
     assert.equal(hex(new XdrWriter().optional<string>(undefined, str).finish()), "00000000");
-    assert.equal(hex(new XdrWriter().optional("qemu:///system", str).finish()), "00000001" + "0000000e" + "71656d753a2f2f2f73797374656d0000");
+    assert.equal(
+      hex(new XdrWriter().optional("qemu:///system", str).finish()),
+      "00000001" + "0000000e" + "71656d753a2f2f2f73797374656d0000",
+    );
   });
 
   it("writes variable arrays with a count and fixed arrays without one", () => {

@@ -281,6 +281,17 @@ describe("containers through the whole system (etcd, server, two agents with con
     await ctl("instance", "delete", "ghost", "--wait");
   });
 
+  it("restart runs the container again: a new process and start time, the same log", async () => {
+    const before = await get("web");
+    await ctl("instance", "restart", "web", "--wait");
+    const after = await get("web");
+    assert.equal(after.status?.phase, "PHASE_RUNNING");
+    assert.notEqual(after.status?.details?.pid, before.status?.details?.pid);
+    assert.notEqual(after.status?.startTime, before.status?.startTime);
+    await until("two runs in the log", async () => (await ctl("instance", "logs", "web")).split("hello-e2e").length - 1 >= 2);
+    assert.match(await ctl("instance", "logs", "web"), /bye/, "the first run was stopped with SIGTERM");
+  });
+
   it("stop sends SIGTERM and the container goes; delete leaves nothing in containerd", async () => {
     await ctl("instance", "stop", "web", "--wait", "--timeout-seconds", "10");
     assert.equal((await get("web")).status?.phase, "PHASE_STOPPED");

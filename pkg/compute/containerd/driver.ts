@@ -31,6 +31,7 @@ import {
   type ImageDriver,
   type InstanceStats,
   InvalidSpecError,
+  lookAgain,
   type LogsDriver,
   type Signalled,
   StartError,
@@ -367,37 +368,17 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
     return out.sort((a, b) => (a.name < b.name ? -1 : 1));
   }
 
-  async *events(opts: Required<Signalled>): AsyncIterable<DriverEvent> {
-    const queue: string[] = [];
-    let wake: (() => void) | undefined;
-    const w: Waiter = (name) => {
-      queue.push(name);
-      wake?.();
-    };
-    this.waiters.add(w);
-    const onAbort = () => wake?.();
-    opts.signal.addEventListener("abort", onAbort, { once: true });
+  events(opts: Required<Signalled>): AsyncIterable<DriverEvent> {
     this.startPump();
-    try {
-      while (!opts.signal.aborted) {
-        const name = queue.shift();
-        if (name === undefined) {
-          await new Promise<void>((r) => (wake = r));
-          wake = undefined;
-          continue;
-        }
-        // The event says "look again": the container's own state is the truth.
-        const i = await this.inspect(name).catch(() => undefined);
-        if (!i) continue;
-        const ev: DriverEvent = { name, uid: i.uid, state: i.state, time: Date.now() };
-        if (i.exitCode !== undefined) ev.exitCode = i.exitCode;
-        if (i.message !== undefined) ev.message = i.message;
-        yield ev;
-      }
-    } finally {
-      this.waiters.delete(w);
-      opts.signal.removeEventListener("abort", onAbort);
-    }
+    return lookAgain(
+      (onName) => {
+        const w: Waiter = (name) => onName(name);
+        this.waiters.add(w);
+        return () => this.waiters.delete(w);
+      },
+      (name) => this.inspect(name),
+      opts.signal,
+    );
   }
 
   async stats(name: string): Promise<InstanceStats> {

@@ -19,4 +19,5 @@ export type {
   StatsDriver,
 } from "./driver.js";
 export { hasBalloon, hasConsole, hasImages, hasLogs, hasStats } from "./driver.js";
+export { lookAgain } from "./look-again.js";
 export { DriverError, InstanceNotFoundError, InvalidSpecError, StartError } from "./errors.js";

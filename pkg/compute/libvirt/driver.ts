@@ -30,6 +30,7 @@ import {
   type InstanceStats,
   type LogsDriver,
   InvalidSpecError,
+  lookAgain,
   type Signalled,
   StartError,
   type StatsDriver,
@@ -462,37 +463,18 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
   }
 
   async *events(opts: Required<Signalled>): AsyncIterable<DriverEvent> {
-    const queue: string[] = [];
-    let wake: (() => void) | undefined;
-    const w: Waiter = (ev) => {
-      if (ev.event === LifecycleEvent.UNDEFINED || ev.event === LifecycleEvent.DEFINED) return;
-      queue.push(ev.name);
-      wake?.();
-    };
-    this.waiters.add(w);
-    const onAbort = () => wake?.();
-    opts.signal.addEventListener("abort", onAbort, { once: true });
-    try {
-      await this.connection(); // starts the subscription
-      while (!opts.signal.aborted) {
-        const name = queue.shift();
-        if (name === undefined) {
-          await new Promise<void>((r) => (wake = r));
-          wake = undefined;
-          continue;
-        }
-        // The event says "look again", not what to think: re-read the domain.
-        const i = await this.inspect(name).catch(() => undefined);
-        if (!i) continue;
-        const ev: DriverEvent = { name, uid: i.uid, state: i.state, time: Date.now() };
-        if (i.exitCode !== undefined) ev.exitCode = i.exitCode;
-        if (i.message !== undefined) ev.message = i.message;
-        yield ev;
-      }
-    } finally {
-      this.waiters.delete(w);
-      opts.signal.removeEventListener("abort", onAbort);
-    }
+    await this.connection(); // starts the subscription
+    yield* lookAgain(
+      (onName) => {
+        const w: Waiter = (ev) => {
+          if (ev.event !== LifecycleEvent.UNDEFINED && ev.event !== LifecycleEvent.DEFINED) onName(ev.name);
+        };
+        this.waiters.add(w);
+        return () => this.waiters.delete(w);
+      },
+      (name) => this.inspect(name),
+      opts.signal,
+    );
   }
 
   async stats(name: string): Promise<InstanceStats> {

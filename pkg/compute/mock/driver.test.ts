@@ -115,7 +115,15 @@ describe("mock driver behaviour", () => {
     const fp = await d.fingerprint();
     assert.equal(fp.attributes.capacity_vcpus, "10");
     assert.equal(fp.attributes.capacity_memory_mib, "10240");
-    assert.deepEqual(d.capabilities, { console: false, balloon: false, stats: true, snapshot: false, migrate: false, logs: false });
+    assert.deepEqual(d.capabilities, {
+      console: false,
+      balloon: false,
+      stats: true,
+      snapshot: false,
+      migrate: false,
+      logs: false,
+      images: false,
+    });
   });
 
   it("creating a namesake with another uid is refused", async () => {

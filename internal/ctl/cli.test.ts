@@ -60,6 +60,14 @@ describe("usage errors", () => {
     await usage(["instance", "create", "x", "-f", "/nonexistent/spec.yaml"], /cannot read spec file \/nonexistent\/spec\.yaml: ENOENT/);
   });
 
+  it("rejects image imports without a target, with two targets, or of a file that is not there", async () => {
+    await usage(["image", "import", "x.tar"], /name the nodes with --node NAME \(repeatable\), or use --all/);
+    await usage(["image", "import", "x.tar", "--all", "--node", "a"], /--node and --all exclude each other/);
+    await usage(["image", "import", "/nonexistent/x.tar", "--all"], /\/nonexistent\/x\.tar: no such file/);
+    await usage(["image", "import", "/tmp", "--node", "a"], /\/tmp: not a file/);
+    await usage(["image", "import"], /missing required argument 'file'/);
+  });
+
   it("rejects a server that is not a URL", async () => {
     await usage(["--server", "localhost:7070", "node", "list"], /--server must be an http\(s\) URL, got "localhost:7070"/);
   });

@@ -9,6 +9,12 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, createRouterTransport, type Client, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
+import {
+  ImageService,
+  ImportImageRequestSchema,
+  ImportTargetSchema,
+  type ImportImageRequest,
+} from "../../api/gen/hypervisor/v1/image_pb.js";
 import { InstanceSchema, InstanceService, Phase, PowerState, EventType } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeCondition, NodeSchema, NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { keys, type Store } from "../../pkg/cluster/store/index.js";
@@ -222,6 +228,49 @@ for (const kind of ["embedded", "etcd"] as const)
       const after = (await instances.getInstance({ name: "big-one" })).instance!;
       assert.equal(after.generation, before.generation);
       assert.equal(after.spec?.memoryTargetMib, 0n);
+    });
+
+    it("image import checks its target before taking any bytes; list checks its filters", async () => {
+      const images = createClient(ImageService, createConnectTransport({ baseUrl: server.url, httpVersion: "2" }));
+      const refused = async (parts: ImportImageRequest["part"][], code: Code, message: RegExp) =>
+        assert.rejects(
+          images.importImage(
+            (async function* () {
+              for (const part of parts) yield create(ImportImageRequestSchema, { part });
+            })(),
+          ),
+          (e: unknown) => ConnectError.from(e).code === code && message.test(ConnectError.from(e).rawMessage),
+        );
+      const chunk = { case: "chunk" as const, value: new Uint8Array(10) };
+      const target = (t: { driver?: string; nodes?: string[]; allNodes?: boolean }) => ({
+        case: "target" as const,
+        value: create(ImportTargetSchema, t),
+      });
+      await refused([chunk], Code.InvalidArgument, /^target: the first message must name where the image goes$/);
+      await refused([], Code.InvalidArgument, /^target: the first message must name where the image goes$/);
+      await refused(
+        [target({ nodes: ["large"], allNodes: true }), chunk],
+        Code.InvalidArgument,
+        /name nodes or ask for all_nodes, not both/,
+      );
+      await refused([target({}), chunk], Code.InvalidArgument, /target.nodes: name at least one node, or ask for all_nodes/);
+      await refused([target({ nodes: ["Bad/Name"] })], Code.InvalidArgument, /target.nodes/);
+      await refused([target({ nodes: ["nowhere"] }), chunk], Code.NotFound, /node "nowhere" not found/);
+      await refused([target({ nodes: ["large"] }), chunk], Code.FailedPrecondition, /node large has no driver containerd/);
+      await refused(
+        [target({ nodes: ["large"], driver: "mock" }), target({ nodes: ["large"], driver: "mock" })],
+        Code.InvalidArgument,
+        /target: sent twice/,
+      );
+      await refused([target({ nodes: ["large"], driver: "mock" })], Code.InvalidArgument, /chunk: the image tarball is empty/);
+      await refused([target({ allNodes: true }), chunk], Code.FailedPrecondition, /no Ready node has driver containerd healthy/);
+      await refused([target({ driver: "Mock!", nodes: ["large"] })], Code.InvalidArgument, /target.driver: "Mock!" is not a driver name/);
+      await assert.rejects(images.listImages({ node: "nowhere" }), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
+      await assert.rejects(images.listImages({ driver: "x y" }), (e: unknown) => ConnectError.from(e).code === Code.InvalidArgument);
+      // Nodes without an agent endpoint are reported, not fatal.
+      const listed = await images.listImages({});
+      assert.deepEqual(listed.images, []);
+      assert.match(listed.unreachable["large"] ?? "", /publishes no endpoint/);
     });
 
     it("watch sends the current list, a SYNCED marker, then changes", async () => {

@@ -76,6 +76,7 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
       port: listen.port,
       version: packageVersion(),
       algorithm: listen.algorithm,
+      consoleTicketTtlMs: c.consoleTicketTtl * 1000,
       serverId,
       log,
       // Replicas share etcd and elect one leader; the embedded store has one process by construction.

@@ -22,7 +22,16 @@ import { AgentEndpointSchema, AssignmentSchema } from "../../api/gen/hypervisor/
 import { Heartbeat } from "../../pkg/cluster/heartbeat/index.js";
 import { listWatch, registerNode } from "../../pkg/cluster/registry/index.js";
 import { baseName, keys, type Store } from "../../pkg/cluster/store/index.js";
-import { type Driver, hasImages, hasLogs, InvalidSpecError } from "../../pkg/compute/driver/index.js";
+import {
+  type ConsoleEndpoint,
+  type ConsoleKind,
+  type Driver,
+  DriverError,
+  hasConsole,
+  hasImages,
+  hasLogs,
+  InvalidSpecError,
+} from "../../pkg/compute/driver/index.js";
 import { logger as rootLogger, type Logger } from "../../pkg/log/index.js";
 import { fingerprintNode, type Capacity } from "./fingerprint.js";
 import { AgentEndpoint, type EndpointImage, type Refusal } from "./endpoint.js";
@@ -163,6 +172,7 @@ export class Agent {
         logFile: (name) => this.logFile(name, signal),
         importImage: (driver, file) => this.importImage(driver, file, signal),
         listImages: () => this.listImages(signal),
+        console: (name, kind) => this.console(name, kind, signal),
       },
       this.log,
       join(this.opts.dataDir, "spool"),
@@ -188,6 +198,21 @@ export class Agent {
     if (!driver) return { status: 409, message: `driver ${inst.spec?.driver ?? ""} is not available on node ${this.nodeName}` };
     if (!hasLogs(driver)) return { status: 409, message: `driver ${driver.name} keeps no console log` };
     return { path: driver.logFile(name) };
+  }
+
+  private async console(name: string, kind: ConsoleKind, signal: AbortSignal): Promise<ConsoleEndpoint | Refusal> {
+    const kv = await this.opts.store.get(keys.assignment(this.nodeName, name), { signal });
+    const inst = kv ? fromBinary(AssignmentSchema, kv.value).instance : undefined;
+    if (!inst) return { status: 404, message: `instance ${name} is not assigned to node ${this.nodeName}` };
+    const driver = this.opts.drivers.find((d) => d.name === inst.spec?.driver);
+    if (!driver) return { status: 409, message: `driver ${inst.spec?.driver ?? ""} is not available on node ${this.nodeName}` };
+    if (!hasConsole(driver)) return { status: 409, message: `driver ${driver.name} has no console` };
+    try {
+      return await driver.console(name, kind, { signal });
+    } catch (e) {
+      if (e instanceof DriverError) return { status: 409, message: e.message };
+      throw e;
+    }
   }
 
   private async importImage(name: string, file: string, signal: AbortSignal): Promise<EndpointImage[] | Refusal> {

@@ -7,6 +7,8 @@
  *   server ──POST /v1/images/import?driver=D, body: an OCI image tarball──► agent
  *          ◄── {"images": [...]} once the driver has imported it (400: not an image) ──
  *   server ──GET /v1/images──► agent ◄── {"images": [...]} of every driver with an image store
+ *   server ──GET /v1/instances/<name>/console?kind=vnc|serial, Upgrade: hypervisor-console──► agent
+ *          ◄── 101, then the raw bytes of the VNC server or the serial pty, both ways ──
  *
  * The URL and a random token are published in agents/<node>; only cluster members (who can read
  * the store) can present the token. Names are checked against the DNS-label syntax before any
@@ -18,8 +20,11 @@ import { mkdir, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import { type AddressInfo, connect, type Socket } from "node:net";
+import { closeSync, constants as fs, openSync } from "node:fs";
+import { ReadStream as TtyReadStream, WriteStream as TtyWriteStream } from "node:tty";
 import { setTimeout as sleep } from "node:timers/promises";
+import type { ConsoleEndpoint, ConsoleKind } from "../../pkg/compute/driver/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 
 const NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
@@ -47,7 +52,12 @@ export interface EndpointSource {
   /** Imports the tarball at `file` with the named driver. */
   importImage(driver: string, file: string): Promise<EndpointImage[] | Refusal>;
   listImages(): Promise<EndpointImage[]>;
+  /** Where the console of a running instance on this node is, or why not. */
+  console(name: string, kind: ConsoleKind): Promise<ConsoleEndpoint | Refusal>;
 }
+
+/** The Upgrade token of a console tunnel. */
+export const CONSOLE_UPGRADE = "hypervisor-console";
 
 /** Uploads larger than this are refused before they fill the disk. */
 export const MAX_IMAGE_BYTES = 16 * 1024 ** 3;
@@ -57,6 +67,7 @@ export class AgentEndpoint {
   readonly token = randomBytes(24).toString("base64url");
   private server: Server | undefined;
   private readonly open = new Set<ServerResponse>();
+  private readonly tunnels = new Set<Socket>();
 
   constructor(
     private readonly source: EndpointSource,
@@ -68,6 +79,7 @@ export class AgentEndpoint {
   /** Listens on host:port (port 0: any free one); resolves with the bound port. */
   async listen(host: string, port: number): Promise<number> {
     const server = createServer((req, res) => void this.handle(req, res));
+    server.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => void this.tunnel(req, socket, head));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
@@ -78,6 +90,7 @@ export class AgentEndpoint {
 
   async close(): Promise<void> {
     for (const res of this.open) res.destroy();
+    for (const t of this.tunnels) t.destroy();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }
 
@@ -112,6 +125,49 @@ export class AgentEndpoint {
       this.log.warn({ err: e }, "log request failed");
       if (!res.headersSent) fail(500, (e as Error).message);
       else res.destroy();
+    }
+  }
+
+  /**
+   * A console tunnel: after the checks, 101 and then raw bytes both ways between the server's
+   * socket and the console (a TCP connection to the VNC server, or the serial pty in raw mode).
+   * Either side closing closes the other.
+   */
+  private async tunnel(req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
+    const refuse = (status: number, message: string) => {
+      socket.end(
+        `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n${message}\n`,
+      );
+    };
+    socket.on("error", () => undefined);
+    try {
+      if (!this.authorized(req)) return refuse(401, "missing or wrong token");
+      const url = new URL(req.url ?? "/", "http://agent");
+      const m = /^\/v1\/instances\/([^/]+)\/console$/.exec(url.pathname);
+      if (!m || (req.headers.upgrade ?? "").toLowerCase() !== CONSOLE_UPGRADE) return refuse(404, "not found");
+      const name = decodeURIComponent(m[1]!);
+      if (!NAME_RE.test(name)) return refuse(400, `instance name ${JSON.stringify(name)} is not a DNS label`);
+      const kind = url.searchParams.get("kind");
+      if (kind !== "vnc" && kind !== "serial") return refuse(400, `kind ${JSON.stringify(kind)} must be vnc or serial`);
+      const found = await this.source.console(name, kind);
+      if ("status" in found) return refuse(found.status, found.message);
+      const peer = found.kind === "vnc" ? await dial(found.host, found.port) : openPty(found.path);
+      socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: ${CONSOLE_UPGRADE}\r\nconnection: Upgrade\r\n\r\n`);
+      this.tunnels.add(socket);
+      const end = () => {
+        this.tunnels.delete(socket);
+        socket.destroy();
+        peer.close();
+      };
+      socket.once("close", end);
+      peer.onClose(end);
+      if (head.length) peer.write(head);
+      // pipe() pauses the faster side when the other's buffer is full: backpressure both ways.
+      socket.pipe(peer.writable, { end: false });
+      peer.readable.pipe(socket, { end: false });
+    } catch (e) {
+      this.log.warn({ err: e }, "console tunnel failed");
+      refuse(502, (e as Error).message);
     }
   }
 
@@ -184,4 +240,68 @@ export class AgentEndpoint {
 function json(res: ServerResponse, status: number, body: unknown): void {
   res.writeHead(status, { "content-type": "application/json" });
   res.end(JSON.stringify(body));
+}
+
+const STATUS_TEXT: Record<number, string> = {
+  400: "Bad Request",
+  401: "Unauthorized",
+  404: "Not Found",
+  409: "Conflict",
+  502: "Bad Gateway",
+};
+
+/** One end of a console: something to read from and write to, and to close. */
+interface Peer {
+  readable: NodeJS.ReadableStream;
+  writable: NodeJS.WritableStream;
+  write(b: Buffer): void;
+  onClose(fn: () => void): void;
+  close(): void;
+}
+
+function dial(host: string, port: number): Promise<Peer> {
+  return new Promise((resolve, reject) => {
+    const s = connect(port, host);
+    s.once("error", reject);
+    s.once("connect", () => {
+      s.removeListener("error", reject);
+      s.on("error", () => undefined);
+      resolve({
+        readable: s,
+        writable: s,
+        write: (b) => void s.write(b),
+        onClose: (fn) => void s.once("close", fn),
+        close: () => s.destroy(),
+      });
+    });
+  });
+}
+
+/** The pty in raw mode (no echo, no line editing), read and written through libuv's tty handle. */
+function openPty(path: string): Peer {
+  // Two descriptors: libuv will not watch one fd with two handles.
+  const rfd = openSync(path, fs.O_RDONLY | fs.O_NOCTTY);
+  let wfd: number;
+  try {
+    wfd = openSync(path, fs.O_WRONLY | fs.O_NOCTTY);
+  } catch (e) {
+    closeSync(rfd);
+    throw e;
+  }
+  const rd = new TtyReadStream(rfd);
+  rd.setRawMode(true);
+  const wr = new TtyWriteStream(wfd);
+  rd.on("error", () => undefined);
+  wr.on("error", () => undefined);
+  let closed = false;
+  const listeners: (() => void)[] = [];
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    rd.destroy();
+    wr.destroy();
+    for (const fn of listeners) fn();
+  };
+  rd.once("close", close);
+  return { readable: rd, writable: wr, write: (b) => void wr.write(b), onClose: (fn) => void listeners.push(fn), close };
 }

@@ -43,6 +43,13 @@ export const serverSchema = {
     default: "",
     description: "base images, kernels and initrds VM specs may name (--dev agent); empty: data-dir/images",
   },
+  "console-ticket-ttl": {
+    type: "number",
+    default: 30,
+    integer: true,
+    min: 1,
+    description: "seconds a console ticket may wait to be used (it works once)",
+  },
   "heartbeat-ttl": {
     type: "number",
     default: 10,

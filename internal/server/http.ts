@@ -23,8 +23,15 @@ export interface Listening {
   close(): Promise<void>;
 }
 
-export async function listen(host: string, port: number, handler: Handler): Promise<Listening> {
+/** WebSocket and other HTTP/1.1 upgrades (consoles). */
+export type UpgradeHandler = (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => void;
+
+export async function listen(host: string, port: number, handler: Handler, onUpgrade?: UpgradeHandler): Promise<Listening> {
   const h1 = http.createServer(handler as http.RequestListener);
+  h1.on("upgrade", (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
+    if (onUpgrade) onUpgrade(req, socket, head);
+    else socket.destroy();
+  });
   const h2 = http2.createServer({}, handler as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void);
   // Streaming watches stay open for long: no idle timeouts on our side.
   h1.keepAliveTimeout = 65_000;

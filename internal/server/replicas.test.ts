@@ -52,7 +52,12 @@ describe("server replicas on one etcd", () => {
     assert.equal(servers.filter((s) => s.leading).length, 1);
     const leader = servers.find((s) => s.leading)!;
     const follower = servers.find((s) => !s.leading)!;
-    const health = await createClient(ClusterService, createConnectTransport({ baseUrl: follower.url, httpVersion: "1.1" })).getHealth({});
+    const cluster = createClient(ClusterService, createConnectTransport({ baseUrl: follower.url, httpVersion: "1.1" }));
+    // The follower learns who leads from the election key's watch, a moment after the leader knows.
+    const health = await until("the follower names the leader", async () => {
+      const h = await cluster.getHealth({});
+      return h.leaderId ? h : undefined;
+    });
     assert.equal(health.serverId, follower.serverId);
     assert.equal(health.leaderId, leader.serverId);
 

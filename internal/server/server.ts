@@ -13,6 +13,8 @@ import type { Handler as NodeHandlerFn } from "./http.js";
 import { fromBinary } from "@bufbuild/protobuf";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
 import { ImageService } from "../../api/gen/hypervisor/v1/image_pb.js";
+import { ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
+import { ConsoleProxy, consoleService } from "./console.js";
 import { InstanceSchema, InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { keys, type Store, StoreError, StoreUnavailableError } from "../../pkg/cluster/store/index.js";
@@ -45,6 +47,8 @@ export interface ServerOptions {
   leadership?: Leadership;
   /** Largest accepted request body. */
   readMaxBytes?: number;
+  /** How long a console ticket may wait to be used (default 30 s). */
+  consoleTicketTtlMs?: number;
   /** Serves paths the API does not (the web UI). */
   fallback?: NodeHandlerFn;
   log?: Logger;
@@ -64,6 +68,7 @@ export class Server {
   private readonly tasks: Promise<void>[] = [];
   private isLeader = false;
   private readonly health: Record<string, string> = { informers: "starting" };
+  private readonly consoles: ConsoleProxy;
 
   constructor(private readonly opts: ServerOptions) {
     this.serverId = opts.serverId ?? randomUUID().slice(0, 8);
@@ -87,6 +92,7 @@ export class Server {
       leader: () => (opts.leadership ? opts.leadership.leader() : this.serverId),
       componentHealth: () => ({ ...this.health }),
     };
+    this.consoles = new ConsoleProxy(this.ctx);
   }
 
   get url(): string {
@@ -100,6 +106,7 @@ export class Server {
     router.service(NodeService, nodeService(this.ctx, instances));
     router.service(ClusterService, clusterService(this.ctx));
     router.service(ImageService, imageService(this.ctx));
+    router.service(ConsoleService, consoleService(this.ctx, this.opts.consoleTicketTtlMs));
   };
 
   async start(): Promise<void> {
@@ -113,12 +120,17 @@ export class Server {
       fallback: (req, res) => void this.serveOther(req, res),
     });
     const maxBytes = this.opts.readMaxBytes ?? 4 * 1024 * 1024;
-    this.listening = await listen(this.opts.host, this.opts.port, (req, res) => {
-      // An oversized body is refused from its Content-Length without being read; drain it so the
-      // client, still uploading, receives the ResourceExhausted answer instead of a reset.
-      if (Number(req.headers["content-length"] ?? 0) > maxBytes) req.resume();
-      handler(req, res);
-    });
+    this.listening = await listen(
+      this.opts.host,
+      this.opts.port,
+      (req, res) => {
+        // An oversized body is refused from its Content-Length without being read; drain it so the
+        // client, still uploading, receives the ResourceExhausted answer instead of a reset.
+        if (Number(req.headers["content-length"] ?? 0) > maxBytes) req.resume();
+        handler(req, res);
+      },
+      (req, socket, head) => this.consoles.handleUpgrade(req, socket, head),
+    );
     setInstanceSource(() => instancesByPhase(this.ctx.informers));
     this.tasks.push(this.leaderLoop(signal));
     this.log.info({ url: this.url, store: this.opts.store.kind }, "server listening");
@@ -126,6 +138,7 @@ export class Server {
 
   async stop(): Promise<void> {
     this.abort.abort();
+    this.consoles.close();
     await this.listening?.close();
     await Promise.allSettled(this.tasks);
   }

@@ -11,7 +11,11 @@ import { join } from "node:path";
 import { connect } from "node:net";
 import { promisify } from "node:util";
 import { startEtcd, type EtcdProcess } from "../support/etcd.js";
-import { GUEST_READY_MARKER, testGuest } from "../support/guest.js";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import WebSocket from "ws";
+import { ConsoleKind, ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
+import { GUEST_CMD_DONE, GUEST_READY_MARKER, testGuest } from "../support/guest.js";
 import { ensureLibvirtd } from "../support/libvirt.js";
 import { binPath, freePort, Proc, until } from "../support/procs.js";
 
@@ -90,6 +94,8 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
       `127.0.0.1:${port}`,
       "--data-dir",
       join(dir, "server"),
+      "--console-ticket-ttl",
+      "2",
     ]);
     await server.waitFor(/server listening/);
     agent = startAgent();
@@ -196,6 +202,71 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
     assert.equal(i.spec?.memoryTargetMib, "160");
   });
 
+  it("opens the VM's VNC console over a WebSocket with a ticket that works once", async () => {
+    const consoles = createClient(ConsoleService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }));
+    const { ticket, path, expireTime } = await consoles.createConsoleTicket({ name: vm, kind: ConsoleKind.VNC });
+    assert.equal(path, `/console/${ticket}`);
+    assert.ok(expireTime && Number(expireTime.seconds) * 1000 > Date.now() - 1000);
+    const ws = new WebSocket(`ws://127.0.0.1:${port}${path}`, ["binary"]);
+    const first = await new Promise<Buffer>((resolve, reject) => {
+      ws.once("message", (data: Buffer, isBinary: boolean) => (isBinary ? resolve(data) : reject(new Error("a text frame"))));
+      ws.once("error", reject);
+    });
+    assert.match(first.toString("latin1"), /^RFB 003\.00\d\n$/, "the VNC server's banner, through server and agent");
+    assert.equal(ws.protocol, "binary");
+    // Our side of the handshake goes through too: the server answers with its security types.
+    ws.send(Buffer.from("RFB 003.008\n"));
+    const security = await new Promise<Buffer>((resolve) => ws.once("message", (d: Buffer) => resolve(d)));
+    assert.ok(security.length >= 2 && security[0]! >= 1, `security types ${security.toString("hex")}`);
+    const closed = new Promise<void>((resolve) => ws.once("close", () => resolve()));
+    ws.close();
+    await closed;
+
+    assert.equal(await refusedWith(`ws://127.0.0.1:${port}${path}`), 403, "a used ticket is refused");
+    assert.equal(await refusedWith(`ws://127.0.0.1:${port}/console/${"A".repeat(43)}`), 403, "a forged ticket is refused");
+    assert.equal(await refusedWith(`ws://127.0.0.1:${port}/console/x'%20or%201=1`), 403, "garbage is refused");
+    const late = await consoles.createConsoleTicket({ name: vm, kind: ConsoleKind.VNC });
+    await new Promise((r) => setTimeout(r, 2500)); // the server runs with --console-ticket-ttl 2
+    assert.equal(await refusedWith(`ws://127.0.0.1:${port}${late.path}`), 403, "an expired ticket is refused");
+    await assert.rejects(
+      consoles.createConsoleTicket({ name: vm, kind: ConsoleKind.UNSPECIFIED }),
+      (e: unknown) => ConnectError.from(e).code === Code.InvalidArgument,
+    );
+    await assert.rejects(
+      consoles.createConsoleTicket({ name: "nope", kind: ConsoleKind.VNC }),
+      (e: unknown) => ConnectError.from(e).code === Code.NotFound,
+    );
+  });
+
+  it("opens the serial console: a command typed there gets its answer back", async () => {
+    const consoles = createClient(ConsoleService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }));
+    for (const n of [6, 7]) {
+      // Twice: closing the first console releases the pty for the next.
+      const { path } = await consoles.createConsoleTicket({ name: vm, kind: ConsoleKind.SERIAL });
+      const ws = new WebSocket(`ws://127.0.0.1:${port}${path}`);
+      await new Promise<void>((resolve, reject) => {
+        ws.once("open", () => resolve());
+        ws.once("error", reject);
+      });
+      let got = "";
+      ws.on("message", (d: Buffer) => (got += d.toString("utf8")));
+      const answer = await until(
+        `the answer to echo on the serial console (${n})`,
+        async () => {
+          ws.send(Buffer.from(`echo serial-$((${n}*7))\n`));
+          await new Promise((r) => setTimeout(r, 500));
+          return got.includes(`serial-${n * 7}`) && got.includes(GUEST_CMD_DONE) ? got : undefined;
+        },
+        60_000,
+        0,
+      );
+      assert.match(answer, new RegExp(`serial-${n * 7}\r?\n`));
+      const closed = new Promise<void>((resolve) => ws.once("close", () => resolve()));
+      ws.close();
+      await closed;
+    }
+  });
+
   it("a new agent adopts the running VM after kill -9: same domain id, same start time", async () => {
     const before = await get();
     const domId = await virsh("domid", `hv-${vm}`);
@@ -223,6 +294,11 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
 
     await ctl("instance", "stop", vm, "--wait", "--timeout", "5m");
     assert.equal((await get()).status?.phase, "PHASE_STOPPED");
+    const consoles = createClient(ConsoleService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }));
+    await assert.rejects(consoles.createConsoleTicket({ name: vm, kind: ConsoleKind.VNC }), (e: unknown) => {
+      const ce = ConnectError.from(e);
+      return ce.code === Code.FailedPrecondition && ce.rawMessage === `instance ${vm} is Stopped; a console needs it Running`;
+    });
     assert.equal(await virsh("domstate", `hv-${vm}`), "shut off");
     // The guest saw the power button (the restart's stop and this one), not a pulled plug.
     assert.match(await ctl("instance", "logs", vm), /HYPERVISOR-GUEST-POWEROFF/);
@@ -237,3 +313,19 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
     await assert.rejects(run("virsh", ["-c", "qemu:///system", "dominfo", `hv-${vm}`]));
   });
 });
+
+/** The HTTP status a WebSocket handshake is refused with (fails the test if it is accepted). */
+function refusedWith(url: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url);
+    ws.once("unexpected-response", (_req, res) => {
+      resolve(res.statusCode ?? 0);
+      ws.terminate();
+    });
+    ws.once("open", () => {
+      ws.terminate();
+      reject(new Error(`${url} was accepted`));
+    });
+    ws.once("error", () => undefined);
+  });
+}

@@ -19,6 +19,7 @@ export const keys = {
   election: (name: string) => `${ROOT}election/${name}`,
   agent: (node: string) => `${ROOT}agents/${node}`,
   events: `${ROOT}events/`,
+  consoleTicket: (hash: string) => `${ROOT}consoletickets/${hash}`,
 } as const;
 
 /** The last path segment of a key. */

@@ -113,14 +113,14 @@ export interface StatsDriver extends Driver {
   stats(name: string, opts?: Signalled): Promise<InstanceStats>;
 }
 
-export interface ConsoleEndpoint {
-  kind: "vnc" | "serial";
-  host: string;
-  port: number;
-}
+export type ConsoleKind = "vnc" | "serial";
+
+/** Where a console's bytes are: a TCP server on the node (VNC), or a pty device (serial). */
+export type ConsoleEndpoint = { kind: "vnc"; host: string; port: number } | { kind: "serial"; path: string };
 
 export interface ConsoleDriver extends Driver {
-  console(name: string, opts?: Signalled): Promise<ConsoleEndpoint>;
+  /** Throws DriverError when the instance is not running or has no console of that kind. */
+  console(name: string, kind: ConsoleKind, opts?: Signalled): Promise<ConsoleEndpoint>;
 }
 
 export interface BalloonDriver extends Driver {

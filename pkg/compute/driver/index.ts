@@ -4,6 +4,7 @@ export type {
   Capabilities,
   ConsoleDriver,
   ConsoleEndpoint,
+  ConsoleKind,
   BalloonDriver,
   Driver,
   DriverEvent,

@@ -185,6 +185,8 @@ export interface DomainFacts {
   vncPort?: number;
   disk?: string;
   serialLog?: string;
+  /** The serial console's pty on the host (running domains). */
+  serialPty?: string;
   memoryKiB?: number;
   currentMemoryKiB?: number;
 }
@@ -268,6 +270,9 @@ export function parseDomainXml(xml: string): DomainFacts {
   for (const s of (devices.serial ?? []) as XmlNode[]) {
     const f = (s.log as XmlNode | undefined)?.["@file"];
     if (typeof f === "string") facts.serialLog = f;
+    // Live XML only: the pty QEMU allocated for the guest's ttyS0.
+    const pty = (s.source as XmlNode | undefined)?.["@path"];
+    if (s["@type"] === "pty" && typeof pty === "string") facts.serialPty = pty;
   }
   return facts;
 }

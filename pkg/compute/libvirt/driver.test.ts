@@ -216,7 +216,8 @@ describe("libvirt driver: what VMs have", () => {
     const running = await d.start(name);
     const port = Number(running.details.vnc_port);
     assert.ok(port >= 5900, `vnc_port ${running.details.vnc_port}`);
-    assert.deepEqual(await d.console(name), { kind: "vnc", host: "127.0.0.1", port });
+    assert.deepEqual(await d.console(name, "vnc"), { kind: "vnc", host: "127.0.0.1", port });
+    assert.match(((await d.console(name, "serial")) as { path: string }).path, /^\/dev\/pts\/\d+$/);
     const banner = await new Promise<string>((resolve, reject) => {
       const s = connect(port, "127.0.0.1");
       s.once("data", (b) => {

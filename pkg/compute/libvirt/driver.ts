@@ -22,6 +22,7 @@ import {
   type Capabilities,
   type ConsoleDriver,
   type ConsoleEndpoint,
+  type ConsoleKind,
   DriverError,
   type DriverEvent,
   type DriverInstance,
@@ -492,12 +493,18 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
     return (await this.connection()).memoryStats(dom);
   }
 
-  async console(name: string): Promise<ConsoleEndpoint> {
-    const i = await this.inspect(name);
-    if (!i) throw new DriverError(`no domain ${domainName(name)}`);
-    const port = Number(i.details.vnc_port);
-    if (i.state !== "running" || !port) throw new DriverError(`instance ${name} is ${i.state}; its console needs it running`);
-    return { kind: "vnc", host: "127.0.0.1", port };
+  async console(name: string, kind: ConsoleKind): Promise<ConsoleEndpoint> {
+    const dom = await this.mustLookup(name);
+    const c = await this.connection();
+    if (!isActive((await c.getState(dom)).state)) throw new DriverError(`instance ${name} is not running; its console needs it running`);
+    const facts = parseDomainXml(await c.getXmlDesc(dom, 0));
+    if (kind === "serial") {
+      // Only a path libvirt itself allocated under /dev/pts is ever opened.
+      if (!facts.serialPty || !/^\/dev\/pts\/\d+$/.test(facts.serialPty)) throw new DriverError(`instance ${name} has no serial pty`);
+      return { kind: "serial", path: facts.serialPty };
+    }
+    if (!facts.vncPort || facts.vncPort <= 0) throw new DriverError(`instance ${name} has no VNC display`);
+    return { kind: "vnc", host: "127.0.0.1", port: facts.vncPort };
   }
 
   async setMemory(name: string, memoryMiB: number): Promise<void> {

@@ -4,6 +4,8 @@
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { ConsoleKind } from "./console_pb.js";
+import { file_hypervisor_v1_console } from "./console_pb.js";
 import type { Instance } from "./instance_pb.js";
 import { file_hypervisor_v1_instance } from "./instance_pb.js";
 import type { Resources } from "./node_pb.js";
@@ -14,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hypervisor/v1/store.proto.
  */
 export const file_hypervisor_v1_store: GenFile = /*@__PURE__*/
-  fileDesc("ChloeXBlcnZpc29yL3YxL3N0b3JlLnByb3RvEg1oeXBlcnZpc29yLnYxIjcKCkFzc2lnbm1lbnQSKQoIaW5zdGFuY2UYASABKAsyFy5oeXBlcnZpc29yLnYxLkluc3RhbmNlIpUBCgpBbGxvY2F0aW9uEjsKCWluc3RhbmNlcxgBIAMoCzIoLmh5cGVydmlzb3IudjEuQWxsb2NhdGlvbi5JbnN0YW5jZXNFbnRyeRpKCg5JbnN0YW5jZXNFbnRyeRILCgNrZXkYASABKAkSJwoFdmFsdWUYAiABKAsyGC5oeXBlcnZpc29yLnYxLlJlc291cmNlczoCOAEiPwoITGl2ZW5lc3MSDAoEbm9kZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoAxITCgt0dGxfc2Vjb25kcxgDIAEoAyIrCg1BZ2VudEVuZHBvaW50EgsKA3VybBgBIAEoCRINCgV0b2tlbhgCIAEoCWIGcHJvdG8z", [file_hypervisor_v1_instance, file_hypervisor_v1_node]);
+  fileDesc("ChloeXBlcnZpc29yL3YxL3N0b3JlLnByb3RvEg1oeXBlcnZpc29yLnYxIjcKCkFzc2lnbm1lbnQSKQoIaW5zdGFuY2UYASABKAsyFy5oeXBlcnZpc29yLnYxLkluc3RhbmNlIpUBCgpBbGxvY2F0aW9uEjsKCWluc3RhbmNlcxgBIAMoCzIoLmh5cGVydmlzb3IudjEuQWxsb2NhdGlvbi5JbnN0YW5jZXNFbnRyeRpKCg5JbnN0YW5jZXNFbnRyeRILCgNrZXkYASABKAkSJwoFdmFsdWUYAiABKAsyGC5oeXBlcnZpc29yLnYxLlJlc291cmNlczoCOAEiPwoITGl2ZW5lc3MSDAoEbm9kZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoAxITCgt0dGxfc2Vjb25kcxgDIAEoAyIrCg1BZ2VudEVuZHBvaW50EgsKA3VybBgBIAEoCRINCgV0b2tlbhgCIAEoCSKEAQoTQ29uc29sZVRpY2tldFJlY29yZBIQCghpbnN0YW5jZRgBIAEoCRILCgN1aWQYAiABKAkSKAoEa2luZBgDIAEoDjIaLmh5cGVydmlzb3IudjEuQ29uc29sZUtpbmQSDAoEbm9kZRgEIAEoCRIWCg5leHBpcmVfdW5peF9tcxgFIAEoA2IGcHJvdG8z", [file_hypervisor_v1_console, file_hypervisor_v1_instance, file_hypervisor_v1_node]);
 
 /**
  * /hypervisor/v1/assignments/<node>/<uid>: what a node must run, written by the scheduler and
@@ -111,4 +113,45 @@ export type AgentEndpoint = Message<"hypervisor.v1.AgentEndpoint"> & {
  */
 export const AgentEndpointSchema: GenMessage<AgentEndpoint> = /*@__PURE__*/
   messageDesc(file_hypervisor_v1_store, 3);
+
+/**
+ * /hypervisor/v1/consoletickets/<sha256 of the ticket>: a console ticket not yet used, under a
+ * lease of its lifetime. Keyed by the hash so the store never holds a usable ticket; taking it is
+ * a transaction that deletes it, so it works once across every server replica.
+ *
+ * @generated from message hypervisor.v1.ConsoleTicketRecord
+ */
+export type ConsoleTicketRecord = Message<"hypervisor.v1.ConsoleTicketRecord"> & {
+  /**
+   * @generated from field: string instance = 1;
+   */
+  instance: string;
+
+  /**
+   * @generated from field: string uid = 2;
+   */
+  uid: string;
+
+  /**
+   * @generated from field: hypervisor.v1.ConsoleKind kind = 3;
+   */
+  kind: ConsoleKind;
+
+  /**
+   * @generated from field: string node = 4;
+   */
+  node: string;
+
+  /**
+   * @generated from field: int64 expire_unix_ms = 5;
+   */
+  expireUnixMs: bigint;
+};
+
+/**
+ * Describes the message hypervisor.v1.ConsoleTicketRecord.
+ * Use `create(ConsoleTicketRecordSchema)` to create a new message.
+ */
+export const ConsoleTicketRecordSchema: GenMessage<ConsoleTicketRecord> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_store, 4);
 

@@ -1,0 +1,194 @@
+/*
+ * Consoles in the browser: a ticket from ConsoleService, then a WebSocket on /console/<ticket>
+ * that the server splices onto a tunnel to the agent of the instance's node.
+ *
+ *   CreateConsoleTicket ──► Running? driver has consoles? ──► consoletickets/<sha256> under a lease
+ *   browser ──GET /console/<ticket>, Upgrade: websocket──► server
+ *            ticket taken in one txn (delete if present) · unexpired · instance still the same
+ *            (anything else: 403 before any connection towards the instance)
+ *        server ──GET /v1/instances/<name>/console?kind=…, Upgrade: hypervisor-console──► agent
+ *        agent ──► VNC server (TCP) or serial pty ── raw bytes ──
+ *   browser ◄══ binary WebSocket frames ══► server ◄══ raw bytes ══► agent ◄══► console
+ *
+ * Backpressure: each direction is a stream pipe, which pauses the source while the sink's buffer
+ * is full. Either end closing closes the other.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { request, type IncomingMessage } from "node:http";
+import type { Socket } from "node:net";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import { createWebSocketStream, WebSocketServer, type WebSocket } from "ws";
+import { ConsoleKind, type ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
+import { Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { AgentEndpointSchema, ConsoleTicketRecordSchema, type ConsoleTicketRecord } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { ifModRevision, keys } from "../../pkg/cluster/store/index.js";
+import type { ServerContext } from "./context.js";
+import { decodeInstance, merged, phaseName } from "./records.js";
+import { show, validateName } from "./validate.js";
+
+export const CONSOLE_PATH = "/console/";
+const CONSOLE_UPGRADE = "hypervisor-console";
+/** 32 random bytes, base64url. */
+const TICKET_RE = /^[A-Za-z0-9_-]{43}$/;
+export const DEFAULT_TICKET_TTL_MS = 30_000;
+
+const hash = (ticket: string) => createHash("sha256").update(ticket).digest("hex");
+const kindName = (k: ConsoleKind) => (k === ConsoleKind.VNC ? "vnc" : "serial");
+
+export function consoleService(ctx: ServerContext, ttlMs = DEFAULT_TICKET_TTL_MS): ServiceImpl<typeof ConsoleService> {
+  const { store, informers } = ctx;
+  return {
+    async createConsoleTicket(req, hctx) {
+      validateName("name", req.name);
+      if (req.kind !== ConsoleKind.VNC && req.kind !== ConsoleKind.SERIAL)
+        throw new ConnectError(
+          `kind: ${show(ConsoleKind[req.kind] ?? req.kind)} must be CONSOLE_KIND_VNC or CONSOLE_KIND_SERIAL`,
+          Code.InvalidArgument,
+        );
+      const kv = await store.get(keys.instance(req.name), { signal: hctx.signal });
+      if (!kv) throw new ConnectError(`instance ${show(req.name)} not found`, Code.NotFound);
+      const st = await store.get(keys.status(req.name), { signal: hctx.signal });
+      const inst = merged(decodeInstance(kv), st ? decodeInstance(st) : undefined);
+      const phase = inst.status?.phase ?? Phase.UNSPECIFIED;
+      if (phase !== Phase.RUNNING)
+        throw new ConnectError(`instance ${req.name} is ${phaseName(phase)}; a console needs it Running`, Code.FailedPrecondition);
+      const node = inst.status?.node ?? "";
+      const driver = informers.nodes.get(keys.node(node))?.value.drivers.find((d) => d.name === inst.spec?.driver);
+      if (!driver?.capabilities?.console)
+        throw new ConnectError(`driver ${inst.spec?.driver ?? ""} on node ${node} has no console`, Code.FailedPrecondition);
+      const ticket = randomBytes(32).toString("base64url");
+      const expires = Date.now() + ttlMs;
+      const record = create(ConsoleTicketRecordSchema, {
+        instance: inst.name,
+        uid: inst.uid,
+        kind: req.kind,
+        node,
+        expireUnixMs: BigInt(expires),
+      });
+      // The lease only cleans up tickets nobody used; validity is the expiry in the record.
+      const lease = await store.grantLease(Math.ceil(ttlMs / 1000) + 1, { signal: hctx.signal });
+      await store.put(keys.consoleTicket(hash(ticket)), toBinary(ConsoleTicketRecordSchema, record), { lease, signal: hctx.signal });
+      ctx.log.info({ instance: inst.name, kind: kindName(req.kind), node }, "console ticket issued");
+      return { ticket, path: `${CONSOLE_PATH}${ticket}`, expireTime: timestampFromMs(expires), kind: req.kind };
+    },
+  };
+}
+
+export class ConsoleProxy {
+  private readonly wss = new WebSocketServer({
+    noServer: true,
+    perMessageDeflate: false,
+    // noVNC asks for "binary"; plain clients ask for nothing.
+    handleProtocols: (protocols) => (protocols.has("binary") ? "binary" : false),
+  });
+  private readonly open = new Set<{ close(): void }>();
+
+  constructor(private readonly ctx: ServerContext) {}
+
+  /** For the HTTP/1.1 server's 'upgrade' event. Answers 404 for paths that are not consoles. */
+  handleUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    socket.on("error", () => undefined);
+    void this.upgrade(req, socket, head).catch((e: unknown) => {
+      this.ctx.log.warn({ err: e }, "console upgrade failed");
+      refuse(socket, 502, (e as Error).message);
+    });
+  }
+
+  /** Closes every open console. */
+  close(): void {
+    for (const c of this.open) c.close();
+    this.wss.close();
+  }
+
+  private async upgrade(req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
+    const path = new URL(req.url ?? "/", "http://server").pathname;
+    if (!path.startsWith(CONSOLE_PATH)) return refuse(socket, 404, "not found");
+    if ((req.headers.upgrade ?? "").toLowerCase() !== "websocket") return refuse(socket, 400, "a console is a WebSocket");
+    const ticket = path.slice(CONSOLE_PATH.length);
+    const record = TICKET_RE.test(ticket) ? await this.take(ticket) : undefined;
+    if (!record) return refuse(socket, 403, "console ticket unknown, already used or expired");
+    if (Number(record.expireUnixMs) < Date.now()) return refuse(socket, 403, "console ticket unknown, already used or expired");
+    // The instance may have been replaced (deleted and created again) since the ticket was issued.
+    const inst = this.ctx.informers.instances.get(keys.instance(record.instance))?.value;
+    if (!inst || inst.uid !== record.uid) return refuse(socket, 410, `instance ${record.instance} is gone`);
+
+    const agent = await this.tunnel(record);
+    if ("status" in agent) return refuse(socket, agent.status, agent.message);
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.splice(ws, agent.socket, record));
+  }
+
+  /** Deletes the ticket's record if it is there; only the caller that deleted it gets it. */
+  private async take(ticket: string): Promise<ConsoleTicketRecord | undefined> {
+    const key = keys.consoleTicket(hash(ticket));
+    const kv = await this.ctx.store.get(key);
+    if (!kv) return undefined;
+    const res = await this.ctx.store.txn([ifModRevision(key, kv.modRevision)], [{ type: "delete", key }], []);
+    return res.succeeded ? fromBinary(ConsoleTicketRecordSchema, kv.value) : undefined;
+  }
+
+  /** Opens the tunnel to the agent of the instance's node. */
+  private async tunnel(record: ConsoleTicketRecord): Promise<{ socket: Socket } | { status: number; message: string }> {
+    const kv = await this.ctx.store.get(keys.agent(record.node));
+    if (!kv) return { status: 503, message: `the agent of node ${record.node} publishes no endpoint` };
+    const ep = fromBinary(AgentEndpointSchema, kv.value);
+    const url = new URL(`/v1/instances/${encodeURIComponent(record.instance)}/console?kind=${kindName(record.kind)}`, ep.url);
+    return new Promise((resolve) => {
+      const r = request(url, { headers: { authorization: `Bearer ${ep.token}`, connection: "Upgrade", upgrade: CONSOLE_UPGRADE } });
+      r.once("upgrade", (_res, socket, rest) => {
+        if (rest.length) socket.unshift(rest);
+        resolve({ socket });
+      });
+      r.once("response", (res) => {
+        let text = "";
+        res.setEncoding("utf8");
+        res.on("data", (c: string) => (text += c));
+        res.on("end", () =>
+          resolve({ status: res.statusCode === 409 || res.statusCode === 404 ? 409 : 502, message: `node ${record.node}: ${text.trim()}` }),
+        );
+      });
+      r.once("error", (e) => resolve({ status: 502, message: `agent of node ${record.node} at ${ep.url}: ${e.message}` }));
+      r.end();
+    });
+  }
+
+  private splice(ws: WebSocket, agent: Socket, record: ConsoleTicketRecord): void {
+    const browser = createWebSocketStream(ws);
+    const entry = {
+      close: () => {
+        browser.destroy();
+        agent.destroy();
+      },
+    };
+    this.open.add(entry);
+    const end = () => {
+      this.open.delete(entry);
+      entry.close();
+    };
+    browser.on("error", end);
+    agent.on("error", end);
+    browser.once("close", end);
+    agent.once("close", end);
+    browser.pipe(agent);
+    agent.pipe(browser);
+    this.ctx.log.info({ instance: record.instance, kind: kindName(record.kind) }, "console opened");
+  }
+}
+
+function refuse(socket: Socket, status: number, message: string): void {
+  const text: Record<number, string> = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    409: "Conflict",
+    410: "Gone",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+  };
+  if (socket.writable)
+    socket.end(
+      `HTTP/1.1 ${status} ${text[status] ?? "Error"}\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(message) + 1}\r\n\r\n${message}\n`,
+    );
+  else socket.destroy();
+}

@@ -17,6 +17,7 @@ node_modules/.package-lock.json: package.json package-lock.json
 
 build: node_modules/.package-lock.json
 	npx tsc -p tsconfig.json
+	npx vite build --logLevel warn
 
 # The three binaries share one compile; these targets exist for parity with the Go layout.
 build-server build-agent build-ctl: build
@@ -39,6 +40,7 @@ test-coverage: deps build
 lint: node_modules/.package-lock.json
 	npx eslint .
 	npx tsc -p tsconfig.json --noEmit
+	npx vue-tsc -p tsconfig.ui.json --noEmit
 	npx buf lint
 
 fmt: node_modules/.package-lock.json

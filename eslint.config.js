@@ -3,7 +3,7 @@
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["api/gen/**", "pkg/compute/containerd/gen/**", "dist/**", "node_modules/**", "coverage/**", "**/*.js", "**/*.mjs"] },
+  { ignores: ["api/gen/**", "pkg/compute/containerd/gen/**", "dist/**", "node_modules/**", "coverage/**", "**/*.js", "**/*.mjs", "vite.config.ts"] },
   ...tseslint.configs.recommendedTypeChecked,
   {
     languageOptions: { parserOptions: { project: "./tsconfig.json", tsconfigRootDir: import.meta.dirname } },
@@ -19,5 +19,10 @@ export default tseslint.config(
       "@typescript-eslint/no-non-null-assertion": "off",
       "@typescript-eslint/only-throw-error": "error",
     },
+  },
+  {
+    // The browser side has its own tsconfig (DOM, bundler resolution); .vue files are checked by vue-tsc.
+    files: ["control_and_manage_plane/**/*.ts", "pkg/virtual-apps-and-desktop/**/*.ts"],
+    languageOptions: { parserOptions: { project: "./tsconfig.ui.json", tsconfigRootDir: import.meta.dirname } },
   },
 );

@@ -19,6 +19,10 @@ if [[ "${1:-}" != "--node-only" ]]; then
   [[ -x /bin/busybox ]] || need_apt+=(busybox-static)
   command -v cpio >/dev/null 2>&1 || need_apt+=(cpio)
   command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+  # The UI's browser tests (playwright-core drives Debian's Chromium) and the console benchmark's
+  # reference proxy.
+  [[ -x /usr/bin/chromium ]] || need_apt+=(chromium)
+  command -v websockify >/dev/null 2>&1 || need_apt+=(websockify)
 fi
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

@@ -6,6 +6,7 @@
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
+import { ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
 import { ImageService } from "../../api/gen/hypervisor/v1/image_pb.js";
 import { InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
@@ -20,6 +21,7 @@ export interface Clients {
   readonly cluster: Client<typeof ClusterService>;
   /** Over HTTP/2: an image import streams the upload, which HTTP/1.1 cannot carry. */
   readonly images: Client<typeof ImageService>;
+  readonly consoles: Client<typeof ConsoleService>;
 }
 
 /** Checks the URL first so a typo is a usage error naming it, not a confusing network error. */
@@ -42,5 +44,6 @@ export function createClients(server: string): Clients {
     nodes: createClient(NodeService, transport),
     cluster: createClient(ClusterService, transport),
     images: createClient(ImageService, createConnectTransport({ baseUrl: serverUrl(server), httpVersion: "2" })),
+    consoles: createClient(ConsoleService, transport),
   };
 }

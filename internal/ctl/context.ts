@@ -15,6 +15,8 @@ export interface Io {
   readonly stdout: Writer;
   readonly stderr: Writer;
   readonly env: Readonly<Record<string, string | undefined>>;
+  /** For interactive commands (instance console); absent in tests that do not need it. */
+  readonly stdin?: NodeJS.ReadableStream & { isTTY?: boolean; setRawMode?(raw: boolean): unknown };
   /** Aborted on Ctrl-C; every blocking call listens to it. */
   readonly signal?: AbortSignal;
   /** For ages in tables; tests fix it so output is deterministic. */

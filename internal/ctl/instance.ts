@@ -22,6 +22,7 @@ import {
   PowerState,
   WatchInstancesResponseSchema,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { consoleCommand } from "./console.js";
 import type { Context } from "./context.js";
 import { CliError, ExitCode, usageError } from "./errors.js";
 import * as flags from "./flags.js";
@@ -44,6 +45,7 @@ export function instanceCommand(ctx: Context): Command {
   cmd.addCommand(deleteCommand(ctx));
   cmd.addCommand(logsCommand(ctx));
   cmd.addCommand(setMemoryCommand(ctx));
+  cmd.addCommand(consoleCommand(ctx));
   return cmd;
 }
 

@@ -267,6 +267,34 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
     }
   });
 
+  it("`instance console` attaches this terminal to the serial console; Ctrl-] detaches", async () => {
+    const child = spawn(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, "instance", "console", vm], {
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (b: Buffer) => (out += b.toString()));
+    child.stderr.on("data", (b: Buffer) => (err += b.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+    await until("connected", () => err.includes("Connected to the serial console"), 30_000);
+    await until(
+      "the answer through ctl",
+      async () => {
+        child.stdin.write("echo ctl-$((6*7))\n");
+        await new Promise((r) => setTimeout(r, 500));
+        return out.includes("ctl-42");
+      },
+      60_000,
+      0,
+    );
+    child.stdin.write(Buffer.from([0x1d]));
+    assert.equal(await exited, 0);
+    assert.match(err, /Detached/);
+    const vnc = await ctl("instance", "console", vm, "--vnc");
+    assert.match(vnc, new RegExp(`open in a browser: http://127\\.0\\.0\\.1:${port}/desktop/\\?instance=${vm}`));
+    assert.match(vnc, /websocket \(one use, valid \d+s\): ws:\/\/127\.0\.0\.1:\d+\/console\/[A-Za-z0-9_-]{43}/);
+  });
+
   it("a new agent adopts the running VM after kill -9: same domain id, same start time", async () => {
     const before = await get();
     const domId = await virsh("domid", `hv-${vm}`);

@@ -28,6 +28,7 @@ import { ContainerdClient } from "../pkg/compute/containerd/index.js";
 import { hasImages } from "../pkg/compute/driver/index.js";
 import { busyboxImage, BUSYBOX_REF, ensureContainerd } from "../test/support/containerd.js";
 import { startEtcd } from "../test/support/etcd.js";
+import { median, waitUntil } from "./util.js";
 
 const run = promisify(execFile);
 const num = (name: string, def: number): number => {
@@ -177,24 +178,10 @@ try {
   await rm(dir, { recursive: true, force: true });
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((x, y) => x - y);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
 async function waitFor(cond: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await cond())) {
     if (Date.now() > deadline) throw new Error("bench: timed out");
     await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-async function waitUntil(cond: () => boolean, timeoutMs = 120_000, everyMs = 20): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error("bench: timed out waiting for the cluster");
-    await new Promise((r) => setTimeout(r, everyMs));
   }
 }

@@ -27,6 +27,7 @@ import { buildDomainXml } from "../pkg/compute/libvirt/index.js";
 import { startEtcd } from "../test/support/etcd.js";
 import { testGuest } from "../test/support/guest.js";
 import { ensureLibvirtd } from "../test/support/libvirt.js";
+import { median, waitUntil } from "./util.js";
 
 const run = promisify(execFile);
 const virsh = (...args: string[]) => run("virsh", ["-c", "qemu:///system", ...args]);
@@ -158,12 +159,6 @@ try {
   await rm(dir, { recursive: true, force: true });
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((x, y) => x - y);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
 async function waitGone(domain: string): Promise<void> {
   for (let i = 0; i < 600; i++) {
     if (
@@ -176,12 +171,4 @@ async function waitGone(domain: string): Promise<void> {
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`bench: ${domain} still exists`);
-}
-
-async function waitUntil(cond: () => boolean, timeoutMs = 120_000, everyMs = 20): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error("bench: timed out waiting for the cluster");
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
 }

@@ -22,6 +22,7 @@ import { Server } from "../internal/server/server.js";
 import { openEtcdStore } from "../pkg/cluster/etcd/index.js";
 import { startEtcd } from "../test/support/etcd.js";
 import { measurePuts } from "./etcd-baseline.js";
+import { waitUntil } from "./util.js";
 
 const num = (name: string, def: number): number => {
   const v = Number(process.env[name] ?? def);
@@ -107,12 +108,4 @@ try {
   await store.close();
   await etcd.stop();
   await rm(dir, { recursive: true, force: true });
-}
-
-async function waitUntil(cond: () => boolean, timeoutMs = 120_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error("bench: timed out waiting for the cluster");
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }

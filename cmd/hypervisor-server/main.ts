@@ -8,6 +8,7 @@ import { join, resolve } from "node:path";
 import { Agent, buildDrivers, defaultNodeName, DRIVER_DEFAULTS } from "../../internal/agent/index.js";
 import { checkServerConfig, serverSchema } from "../../internal/server/config.js";
 import { Server } from "../../internal/server/server.js";
+import { staticUi } from "../../internal/server/static.js";
 import type { Driver } from "../../pkg/compute/driver/index.js";
 import { Election } from "../../pkg/cluster/election/index.js";
 import { etcdOptions, openEtcdStore, waitForStore } from "../../pkg/cluster/etcd/index.js";
@@ -77,6 +78,8 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
       version: packageVersion(),
       algorithm: listen.algorithm,
       consoleTicketTtlMs: c.consoleTicketTtl * 1000,
+      // The web UI (dist/ui, built by make build) for every path the API does not answer.
+      fallback: staticUi(),
       serverId,
       log,
       // Replicas share etcd and elect one leader; the embedded store has one process by construction.
@@ -103,6 +106,7 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
           "",
           `hypervisor ${packageVersion()} is running on this machine (--dev: server and agent in one process)`,
           `  API      ${server.url}   (gRPC, gRPC-Web and Connect)`,
+          `  UI       ${server.url}/`,
           `  metrics  ${server.url}/metrics`,
           `  state    ${dataDir}`,
           `  try      npx hypervisor-ctl --server ${server.url} node list`,

@@ -1,0 +1,17 @@
+// One Connect transport to the server that served this page (same origin: no CORS, the API and
+// the UI share hypervisor-server's port), and a typed client per service.
+import { createClient, type Client } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-web";
+import { ClusterService } from "../../../api/gen/hypervisor/v1/cluster_pb.js";
+import { ConsoleService } from "../../../api/gen/hypervisor/v1/console_pb.js";
+import { ImageService } from "../../../api/gen/hypervisor/v1/image_pb.js";
+import { InstanceService } from "../../../api/gen/hypervisor/v1/instance_pb.js";
+import { NodeService } from "../../../api/gen/hypervisor/v1/node_pb.js";
+
+const transport = createConnectTransport({ baseUrl: window.location.origin });
+
+export const instanceClient: Client<typeof InstanceService> = createClient(InstanceService, transport);
+export const nodeClient: Client<typeof NodeService> = createClient(NodeService, transport);
+export const clusterClient: Client<typeof ClusterService> = createClient(ClusterService, transport);
+export const imageClient: Client<typeof ImageService> = createClient(ImageService, transport);
+export const consoleClient: Client<typeof ConsoleService> = createClient(ConsoleService, transport);

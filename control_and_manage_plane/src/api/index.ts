@@ -1,0 +1,33 @@
+// The browser's side of the API: Connect clients to the serving server, the server's validation
+// rules mirrored for forms, its refusals mapped to form fields, and how API values read on screen.
+export { clusterClient, consoleClient, imageClient, instanceClient, nodeClient } from "./clients.js";
+export { Code, errorCode, errorText, fieldOfError, fieldPath, isCode } from "./errors.js";
+export {
+  ago,
+  clock,
+  conditionName,
+  instanceState,
+  isTransitional,
+  labelText,
+  mib,
+  nodeReady,
+  PHASES,
+  phaseFromKey,
+  phaseName,
+  phaseTone,
+  toDate,
+  type Tone,
+} from "./format.js";
+export {
+  checkMemory,
+  checkName,
+  checkText,
+  checkVcpus,
+  KNOWN_DRIVERS,
+  LIMITS,
+  parseLabels,
+  parseSelector,
+  show,
+  splitCommand,
+  type DriverName,
+} from "./validate.js";

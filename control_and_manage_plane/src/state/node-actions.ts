@@ -1,0 +1,59 @@
+// Cordon, uncordon and drain, each confirmed first (they change where work may run, and drain
+// stops everything on the node), reported in the server's words when refused.
+import { reactive } from "vue";
+import type { Node } from "../../../api/gen/hypervisor/v1/node_pb.js";
+import { nodeClient } from "../api/index.js";
+import { confirm } from "./confirm.js";
+import { notify, notifyError } from "./notify.js";
+
+export type NodeAction = "cordon" | "uncordon" | "drain";
+
+/** node → action in flight. */
+export const nodeInFlight = reactive(new Map<string, NodeAction>());
+
+const ASK: Record<NodeAction, (name: string) => { headline: string; description: string; confirmText: string }> = {
+  cordon: (name) => ({
+    headline: `Cordon ${name}?`,
+    description: "No new instances will be placed on this node. What runs there keeps running.",
+    confirmText: "Cordon",
+  }),
+  uncordon: (name) => ({
+    headline: `Uncordon ${name}?`,
+    description: "The scheduler may place new instances on this node again.",
+    confirmText: "Uncordon",
+  }),
+  drain: (name) => ({
+    headline: `Drain ${name}?`,
+    description: "The node is cordoned and every instance running on it is stopped.",
+    confirmText: "Drain",
+  }),
+};
+
+/** Returns the node as the server now has it, or undefined when cancelled or refused. */
+export async function runNodeAction(name: string, action: NodeAction): Promise<Node | undefined> {
+  if (nodeInFlight.has(name)) return undefined;
+  if (!(await confirm(ASK[action](name)))) return undefined;
+  nodeInFlight.set(name, action);
+  try {
+    switch (action) {
+      case "cordon":
+        return (await nodeClient.cordonNode({ name })).node;
+      case "uncordon":
+        return (await nodeClient.uncordonNode({ name })).node;
+      case "drain": {
+        const res = await nodeClient.drainNode({ name });
+        notify(
+          res.stoppedInstances.length
+            ? `Drained ${name}: stopping ${res.stoppedInstances.join(", ")}`
+            : `Drained ${name}: nothing was running`,
+        );
+        return res.node;
+      }
+    }
+  } catch (e) {
+    notifyError(`${action} ${name} failed`, e);
+    return undefined;
+  } finally {
+    nodeInFlight.delete(name);
+  }
+}

@@ -1,0 +1,75 @@
+/*
+ * The HTML5 desktop page: one instance's console, full window. /desktop/?instance=<name> shows the
+ * graphical console (noVNC); &kind=serial shows the serial console in a terminal instead. The
+ * console code (tickets, sessions) is the management UI's (control_and_manage_plane/src/console).
+ */
+import type { ConsoleState } from "../../../control_and_manage_plane/src/console/ticket.js";
+import "./desktop.css";
+
+export interface DesktopUi {
+  instance: string;
+  screen: HTMLElement;
+  button(id: "cad" | "paste" | "fit" | "reconnect"): HTMLButtonElement;
+  /** Shows the console's state in the bar (and in data-state, for tests). */
+  show(state: ConsoleState, nextAttemptAt?: number): void;
+}
+
+const NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+function element<T extends HTMLElement>(id: string): T {
+  const el = document.getElementById(id);
+  if (!el) throw new Error(`the page has no #${id}`);
+  return el as T;
+}
+
+function fail(message: string): void {
+  const status = element("status");
+  status.textContent = message;
+  status.dataset.state = "disconnected";
+  for (const b of document.querySelectorAll("#bar button")) (b as HTMLButtonElement).disabled = true;
+  const p = document.createElement("p");
+  p.className = "error";
+  p.textContent = message;
+  element("screen").append(p);
+}
+
+async function start(): Promise<void> {
+  const params = new URLSearchParams(location.search);
+  const instance = params.get("instance") ?? "";
+  const kind = params.get("kind") ?? "vnc";
+  if (!NAME_RE.test(instance)) return fail(`instance=${JSON.stringify(instance)}: the page needs ?instance=<name> (a DNS label)`);
+  if (kind !== "vnc" && kind !== "serial") return fail(`kind=${JSON.stringify(kind)} must be vnc or serial`);
+  document.title = `${instance} · ${kind === "serial" ? "serial console" : "desktop"}`;
+  element("title").textContent = instance;
+
+  const status = element("status");
+  let countdown: ReturnType<typeof setInterval> | undefined;
+  const ui: DesktopUi = {
+    instance,
+    screen: element("screen"),
+    button: (id) => element<HTMLButtonElement>(id),
+    show(state, nextAttemptAt) {
+      if (countdown !== undefined) clearInterval(countdown);
+      countdown = undefined;
+      status.dataset.state = state.phase;
+      const render = () => {
+        let text = state.phase === "connecting" ? "Connecting…" : state.phase === "connected" ? "Connected" : "Disconnected";
+        if (state.reason) text += `: ${state.reason}`;
+        if (nextAttemptAt !== undefined) text += ` (retrying in ${Math.max(0, Math.ceil((nextAttemptAt - Date.now()) / 1000))} s)`;
+        status.textContent = text;
+        status.title = text;
+      };
+      render();
+      if (nextAttemptAt !== undefined) countdown = setInterval(render, 1000);
+    },
+  };
+  // Each view is its own chunk: the serial page does not load noVNC, nor the desktop xterm.js.
+  if (kind === "serial") {
+    document.body.classList.add("serial");
+    (await import("./serial-view.js")).startSerial(ui);
+  } else {
+    (await import("./vnc-view.js")).startVnc(ui);
+  }
+}
+
+start().catch((e: unknown) => fail(`the page failed to start: ${e instanceof Error ? e.message : String(e)}`));

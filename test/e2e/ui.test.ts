@@ -1,0 +1,360 @@
+// The management UI in a real browser against the real system: etcd, hypervisor-server (serving
+// the built UI from dist/ui), one hypervisor-agent with the mock driver, Debian's Chromium.
+//
+//   static files + SPA fallback ─► create through the form → row appears → Running (same page,
+//   no reload, no polling) ─► detail page, "no console log" ─► stop from the list, delete from
+//   the detail page → the list follows ─► form errors: the client's and the server's, each under
+//   its field ─► dashboard ─► cordon/uncordon ─► a 400 px window
+import { after, afterEach, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { request } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import type { Browser, Page } from "playwright-core";
+import { InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { NodeCondition, NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
+import { launchBrowser, screenshot } from "../support/browser.js";
+import { startEtcd, type EtcdProcess } from "../support/etcd.js";
+import { binPath, freePort, Proc, repoRoot, until } from "../support/procs.js";
+
+const APP_INDEX = join(repoRoot, "dist/ui/control_and_manage_plane/index.html");
+
+/** GET with the path sent as written (fetch would normalise "/../"). */
+function rawGet(
+  port: number,
+  path: string,
+): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: "127.0.0.1", port, path, method: "GET" }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (c: string) => (body += c));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+describe("management UI in the browser (etcd, server, mock agent, Chromium)", { timeout: 300_000 }, () => {
+  let dir: string;
+  let etcd: EtcdProcess;
+  let port: number;
+  let base: string;
+  let server: Proc;
+  let agent: Proc;
+  let browser: Browser;
+  let page: Page;
+  /** Connect calls the page made, by method name. */
+  const calls: string[] = [];
+  /** Uncaught exceptions in the page: none is acceptable. */
+  const pageErrors: string[] = [];
+  const transport = () => createConnectTransport({ baseUrl: base, httpVersion: "1.1" });
+  const instancesApi = () => createClient(InstanceService, transport());
+
+  const row = (name: string) => page.locator(`[data-testid="instance-row"][data-name="${name}"]`);
+  const rowState = (name: string, state: string) => row(name).locator(`[data-testid="instance-state"] [data-state="${state}"]`);
+
+  before(async () => {
+    if (!existsSync(APP_INDEX)) throw new Error(`${APP_INDEX} is missing: build the UI first (npx vite build, or make build)`);
+    dir = await mkdtemp(join(tmpdir(), "hv-e2e-ui-"));
+    etcd = await startEtcd();
+    port = await freePort();
+    base = `http://127.0.0.1:${port}`;
+    server = new Proc("server", [
+      binPath("hypervisor-server"),
+      "--store",
+      "etcd",
+      "--etcd-endpoints",
+      etcd.endpoint,
+      "--listen",
+      `127.0.0.1:${port}`,
+      "--data-dir",
+      join(dir, "server"),
+    ]);
+    await server.waitFor(/server listening/);
+    agent = new Proc("agent", [
+      binPath("hypervisor-agent"),
+      "--node-name",
+      "ui-node",
+      "--etcd-endpoints",
+      etcd.endpoint,
+      "--heartbeat-ttl",
+      "3",
+      "--drivers",
+      "mock",
+      "--data-dir",
+      join(dir, "agent"),
+      "--label",
+      "zone=test",
+      "--capacity-vcpus",
+      "8",
+      "--capacity-memory-mib",
+      "8192",
+    ]);
+    const nodes = createClient(NodeService, transport());
+    await until("node ui-node Ready", async () =>
+      (await nodes.listNodes({})).nodes.some((n) => n.name === "ui-node" && n.condition === NodeCondition.READY),
+    );
+    // Company for the screenshots, created outside the UI (the list must show them too).
+    const api = instancesApi();
+    for (const [name, app] of [
+      ["web-1", "web"],
+      ["web-2", "web"],
+      ["db-1", "db"],
+    ] as const)
+      await api.createInstance({ name, labels: { app }, spec: { driver: "mock", vcpus: 1, memoryMib: 256n } });
+
+    browser = await launchBrowser();
+    page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    page.on("pageerror", (e) => pageErrors.push(e.message));
+    page.on("request", (r) => {
+      const m = /\/hypervisor\.v1\.\w+\/(\w+)$/.exec(new URL(r.url()).pathname);
+      if (m) calls.push(m[1]!);
+    });
+  });
+
+  afterEach(() => {
+    assert.deepEqual(pageErrors.splice(0), [], "uncaught errors in the page");
+  });
+
+  after(async () => {
+    await browser?.close().catch(() => undefined);
+    await agent?.stop();
+    await server?.stop();
+    await etcd?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it("serves the app, its hashed assets, the SPA fallback and the desktop page next to the API", async () => {
+    const index = await fetch(`${base}/`);
+    assert.equal(index.status, 200);
+    assert.match(index.headers.get("content-type") ?? "", /^text\/html/);
+    assert.equal(index.headers.get("cache-control"), "no-cache");
+    const html = await index.text();
+    const deep = await fetch(`${base}/instances/anything`);
+    assert.equal(await deep.text(), html, "an app route gets the app's index.html");
+
+    const asset = /src="(\/assets\/[^"]+\.js)"/.exec(html)?.[1];
+    assert.ok(asset, "index.html loads a script from /assets/");
+    const js = await fetch(`${base}${asset}`);
+    assert.equal(js.status, 200);
+    assert.match(js.headers.get("content-type") ?? "", /^text\/javascript/);
+    assert.match(js.headers.get("cache-control") ?? "", /immutable/);
+    const again = await fetch(`${base}${asset}`, { headers: { "if-none-match": js.headers.get("etag") ?? "" } });
+    assert.equal(again.status, 304);
+
+    assert.equal((await fetch(`${base}/assets/missing-0123abcd.js`)).status, 404, "a missing asset is not answered with HTML");
+    const traversal = await rawGet(port, "/../../../../etc/passwd");
+    assert.equal(traversal.status, 404);
+    assert.doesNotMatch(traversal.body, /root:/);
+    assert.equal((await rawGet(port, "/%2e%2e/%2e%2e/etc/passwd")).status, 404);
+
+    const desktop = await fetch(`${base}/desktop/`);
+    assert.equal(desktop.status, 200);
+    assert.notEqual(await desktop.text(), html, "/desktop/ is the desktop page, not the app");
+
+    // The API, /healthz and unknown RPCs are not swallowed by the fallback.
+    assert.equal((await fetch(`${base}/healthz`)).status, 200);
+    const unknownRpc = await fetch(`${base}/hypervisor.v1.InstanceService/NoSuchMethod`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{}",
+    });
+    assert.equal(unknownRpc.status, 404);
+    assert.equal((await instancesApi().listInstances({})).instances.length, 3);
+  });
+
+  it("creates an instance through the form; it appears and reaches Running without a reload", async () => {
+    await page.goto(`${base}/instances`);
+    await row("web-1").waitFor();
+    await page.locator('[data-testid="instances-loading"]').waitFor({ state: "detached" });
+    await page.evaluate("window.__samePage = true");
+
+    await page.click('[data-testid="create-instance"]');
+    await page.locator('[data-testid="create-dialog"][open]').waitFor();
+    assert.equal(await page.locator('[data-testid="create-driver"]').evaluate((el) => (el as unknown as { value: string }).value), "mock");
+    await page.locator('[data-testid="create-name"] input').fill("ui-web");
+    await page.locator('[data-testid="create-vcpus"] input').fill("2");
+    await page.locator('[data-testid="create-memory"] input').fill("128");
+    await page.locator('[data-testid="create-labels"] input').fill("app=ui, tier=front");
+    await page.click('[data-testid="create-submit"]');
+
+    await row("ui-web").waitFor();
+    await rowState("ui-web", "Running").waitFor();
+    assert.equal(await page.evaluate("window.__samePage"), true, "the page was not reloaded");
+    assert.equal(calls.filter((c) => c === "WatchInstances").length, 1, "one live stream");
+    assert.equal(calls.filter((c) => c === "ListInstances" || c === "GetInstance").length, 0, "no polling for instances");
+
+    const created = (await instancesApi().getInstance({ name: "ui-web" })).instance!;
+    assert.equal(created.spec?.vcpus, 2);
+    assert.equal(created.spec?.memoryMib, 128n);
+    assert.deepEqual(created.labels, { app: "ui", tier: "front" });
+
+    // Created elsewhere while the page is open: it shows up; deleted elsewhere: it goes.
+    await instancesApi().createInstance({ name: "api-made", spec: { driver: "mock", vcpus: 1, memoryMib: 64n } });
+    await rowState("api-made", "Running").waitFor();
+    await instancesApi().deleteInstance({ name: "api-made" });
+    await row("api-made").waitFor({ state: "detached" });
+    await screenshot(page, "instances");
+  });
+
+  it("shows spec, status and 'no console log' on the detail page of a mock instance", async () => {
+    await row("ui-web").locator("a").click();
+    await page.locator('[data-testid="instance-page"][data-name="ui-web"]').waitFor();
+    const spec = await page.locator('[data-testid="instance-spec"]').innerText();
+    assert.match(spec, /mock/);
+    assert.match(spec, /128 MiB/);
+    assert.match(await page.locator('[data-testid="instance-status"]').innerText(), /ui-node/);
+    await page.click('[data-testid="tab-logs"]');
+    const none = page.locator('[data-testid="log-none"]');
+    await none.waitFor();
+    assert.match(await none.innerText(), /No console log/);
+    assert.match(await none.innerText(), /mock keeps no console log/);
+    await page.click('[data-testid="tab-console"]');
+    await page.locator('[data-testid="console-none"]').waitFor();
+    await page.click('[data-testid="back"]');
+    await row("ui-web").waitFor();
+  });
+
+  it("stops from the list and deletes from the detail page; the list follows", async () => {
+    await row("ui-web").locator('[data-testid="action-stop"]').click();
+    await rowState("ui-web", "Stopped").waitFor();
+    assert.equal(await row("ui-web").locator('[data-testid="action-start"]').isDisabled(), false, "a stopped instance can be started");
+
+    await row("ui-web").locator("a").click();
+    await page.locator('[data-testid="instance-page"][data-name="ui-web"]').waitFor();
+    await page.click('[data-testid="action-delete"]');
+    await page.locator('[data-testid="confirm-dialog"][open]').waitFor();
+    await page.click('[data-testid="confirm-ok"]');
+    await page.locator('[data-testid="instances-page"]').waitFor();
+    await row("ui-web").waitFor({ state: "detached" });
+    await until("ui-web gone from the API", async () => {
+      try {
+        await instancesApi().getInstance({ name: "ui-web" });
+        return false;
+      } catch (e) {
+        return ConnectError.from(e).code === Code.NotFound;
+      }
+    });
+    assert.equal(await page.evaluate("window.__samePage"), true, "still the same page");
+  });
+
+  it("puts the client's and the server's form errors under the field they are about", async () => {
+    const creates = () => calls.filter((c) => c === "CreateInstance").length;
+    await page.click('[data-testid="create-instance"]');
+    await page.locator('[data-testid="create-dialog"][open]').waitFor();
+    const name = page.locator('[data-testid="create-name"]');
+    const labels = page.locator('[data-testid="create-labels"]');
+
+    // Client side: caught before anything is sent, in the server's words.
+    const before = creates();
+    await name.locator("input").fill("Bad_Name");
+    await page.click('[data-testid="create-submit"]');
+    const nameError = name.locator('[part="error"]');
+    await nameError.waitFor();
+    assert.match(await nameError.innerText(), /^name: "Bad_Name" is not a valid name/);
+    assert.equal(creates(), before, "nothing sent");
+
+    // Server side, with a field prefix: reserved label keys are the server's policy.
+    const expected = await instancesApi()
+      .createInstance({ name: "ui-reserved", labels: { "hypervisor.io/owner": "me" }, spec: { driver: "mock", vcpus: 1, memoryMib: 64n } })
+      .then(
+        () => assert.fail("the server accepted a reserved label key"),
+        (e: unknown) => ConnectError.from(e).rawMessage,
+      );
+    assert.match(expected, /^labels\["hypervisor.io\/owner"\]: /);
+    await name.locator("input").fill("ui-reserved");
+    await labels.locator("input").fill("hypervisor.io/owner=me");
+    await page.click('[data-testid="create-submit"]');
+    const labelError = labels.locator('[part="error"]');
+    await labelError.waitFor();
+    assert.equal(await labelError.innerText(), expected);
+    assert.equal(creates(), before + 1, "this one was the server's to refuse");
+    assert.equal(await nameError.count(), 0, "the name is fine now");
+
+    // Server side, AlreadyExists: about the name.
+    await labels.locator("input").fill("");
+    await name.locator("input").fill("web-1");
+    await page.click('[data-testid="create-submit"]');
+    await nameError.waitFor();
+    assert.equal(await nameError.innerText(), 'instance "web-1" already exists');
+    assert.equal(await page.locator('[data-testid="create-dialog"][open]').count(), 1, "the dialog stays open to fix the form");
+
+    await page.click('[data-testid="create-cancel"]');
+    await page.locator('[data-testid="create-dialog"][open]').waitFor({ state: "detached" });
+    await assert.rejects(instancesApi().getInstance({ name: "ui-reserved" }), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
+  });
+
+  it("shows health, nodes, instances by phase, capacity and recent events on the dashboard", async () => {
+    await page.click('[data-testid="nav-dashboard"]');
+    await page.locator('[data-testid="dashboard-page"]').waitFor();
+    await page.locator('[data-testid="health-state"]', { hasText: "Healthy" }).waitFor();
+    assert.equal(await page.locator('[data-testid="nodes-ready"]').innerText(), "1");
+    assert.equal(await page.locator('[data-testid="instances-total"]').innerText(), "3");
+    assert.match(await page.locator('[data-testid="phase-Running"]').innerText(), /3 Running/);
+    // 3 instances × 1 vCPU out of 8, 3 × 256 MiB out of 8 GiB, once ui-web's reservation is released.
+    const capacity = page.locator('[data-testid="dashboard-capacity"]');
+    await capacity.filter({ hasText: "3 vCPU / 8 vCPU" }).waitFor();
+    assert.match(await capacity.innerText(), /768 MiB \/ 8 GiB/);
+    const events = await page.locator('[data-testid="dashboard-events"]').innerText();
+    assert.match(events, /ui-web\s+deleted/);
+    assert.match(events, /ui-web\s+is Stopped/);
+
+    // Snackbars close by themselves: wait, so that the screenshot shows the page.
+    await page.waitForFunction("document.querySelectorAll('mdui-snackbar').length === 0");
+    await screenshot(page, "dashboard");
+
+    // The theme toggles between light and dark, and back.
+    const theme = async () => String(await page.evaluate("document.documentElement.className")).match(/mdui-theme-(light|dark)/)?.[1];
+    const first = await theme();
+    assert.ok(first, "a theme class on <html>");
+    await page.click('[data-testid="theme-toggle"]');
+    assert.equal(await theme(), first === "light" ? "dark" : "light");
+    await page.click('[data-testid="theme-toggle"]');
+    assert.equal(await theme(), first);
+  });
+
+  it("cordons and uncordons a node after confirmation", async () => {
+    const nodes = createClient(NodeService, transport());
+    await page.click('[data-testid="nav-nodes"]');
+    const node = page.locator('[data-testid="node-row"][data-name="ui-node"]');
+    await node.locator('[data-testid="driver-mock"][data-healthy="true"]').waitFor();
+
+    await node.locator('[data-testid="node-cordon"]').click();
+    await page.locator('[data-testid="confirm-dialog"][open]').waitFor();
+    await page.click('[data-testid="confirm-ok"]');
+    await node.locator('[data-testid="node-cordoned"]').waitFor();
+    assert.equal((await nodes.getNode({ name: "ui-node" })).node?.cordoned, true);
+
+    await node.locator('[data-testid="node-uncordon"]').click();
+    await page.locator('[data-testid="confirm-dialog"][open]').waitFor();
+    await page.click('[data-testid="confirm-ok"]');
+    await node.locator('[data-testid="node-cordoned"]').waitFor({ state: "detached" });
+    assert.equal((await nodes.getNode({ name: "ui-node" })).node?.cordoned, false);
+  });
+
+  it("renders the instance list in a 400 px wide window", async () => {
+    const narrow = await browser.newPage({ viewport: { width: 400, height: 800 } });
+    try {
+      await narrow.goto(`${base}/instances`);
+      const first = narrow.locator('[data-testid="instance-row"][data-name="db-1"]');
+      await first.waitFor();
+      await first.locator('[data-state="Running"]').waitFor();
+      // The navigation is a bottom bar, not a rail; nothing is wider than the window.
+      assert.equal(await narrow.locator('mdui-navigation-bar[data-testid="nav"]').count(), 1);
+      assert.equal(await narrow.locator("mdui-navigation-rail").count(), 0);
+      const box = await first.boundingBox();
+      assert.ok(box && box.x >= 0 && box.x + box.width <= 400, `row inside the window: ${JSON.stringify(box)}`);
+      assert.ok(Number(await narrow.evaluate("document.documentElement.scrollWidth")) <= 400, "no horizontal scrolling");
+      assert.equal(await narrow.locator('[data-testid="instance-row"]').count(), 3);
+      await screenshot(narrow, "instances-narrow");
+    } finally {
+      await narrow.close();
+    }
+  });
+});

@@ -3,7 +3,18 @@
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["api/gen/**", "pkg/compute/containerd/gen/**", "dist/**", "node_modules/**", "coverage/**", "**/*.js", "**/*.mjs", "vite.config.ts"] },
+  {
+    ignores: [
+      "api/gen/**",
+      "pkg/compute/containerd/gen/**",
+      "dist/**",
+      "node_modules/**",
+      "coverage/**",
+      "**/*.js",
+      "**/*.mjs",
+      "vite.config.ts",
+    ],
+  },
   ...tseslint.configs.recommendedTypeChecked,
   {
     languageOptions: { parserOptions: { project: "./tsconfig.json", tsconfigRootDir: import.meta.dirname } },

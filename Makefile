@@ -70,6 +70,7 @@ bench: deps build
 	node dist/bench/main.js
 	node dist/bench/libvirt.js
 	node dist/bench/containerd.js
+	node dist/bench/console.js
 
 clean:
 	rm -rf dist coverage coverage.html

@@ -68,6 +68,8 @@ export class AgentEndpoint {
   private server: Server | undefined;
   private readonly open = new Set<ServerResponse>();
   private readonly tunnels = new Set<Socket>();
+  /** The open serial console of each instance: a pty read by two would split the guest's output. */
+  private readonly serials = new Map<string, () => void>();
 
   constructor(
     private readonly source: EndpointSource,
@@ -151,14 +153,19 @@ export class AgentEndpoint {
       if (kind !== "vnc" && kind !== "serial") return refuse(400, `kind ${JSON.stringify(kind)} must be vnc or serial`);
       const found = await this.source.console(name, kind);
       if ("status" in found) return refuse(found.status, found.message);
+      // The newest serial console wins, as with `virsh console --force`: the previous one closes
+      // before this one opens the pty, so every byte the guest writes reaches the current viewer.
+      if (found.kind === "serial") this.serials.get(name)?.();
       const peer = found.kind === "vnc" ? await dial(found.host, found.port) : openPty(found.path);
       socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: ${CONSOLE_UPGRADE}\r\nconnection: Upgrade\r\n\r\n`);
       this.tunnels.add(socket);
       const end = () => {
         this.tunnels.delete(socket);
+        if (this.serials.get(name) === end) this.serials.delete(name);
         socket.destroy();
         peer.close();
       };
+      if (found.kind === "serial") this.serials.set(name, end);
       socket.once("close", end);
       peer.onClose(end);
       if (head.length) peer.write(head);

@@ -267,6 +267,36 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
     }
   });
 
+  it("a second serial console replaces the first, so no output is split between them", async () => {
+    const consoles = createClient(ConsoleService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }));
+    const open = async () => {
+      const { path } = await consoles.createConsoleTicket({ name: vm, kind: ConsoleKind.SERIAL });
+      const ws = new WebSocket(`ws://127.0.0.1:${port}${path}`);
+      await new Promise<void>((resolve, reject) => {
+        ws.once("open", () => resolve());
+        ws.once("error", reject);
+      });
+      return ws;
+    };
+    const first = await open();
+    const firstClosed = new Promise<void>((resolve) => first.once("close", () => resolve()));
+    const second = await open();
+    await firstClosed;
+    let got = "";
+    second.on("message", (d: Buffer) => (got += d.toString("utf8")));
+    await until(
+      "the answer on the second console",
+      async () => {
+        second.send(Buffer.from("echo second-$((9*9))\n"));
+        await new Promise((r) => setTimeout(r, 500));
+        return got.includes("second-81") && got.includes(GUEST_CMD_DONE);
+      },
+      60_000,
+      0,
+    );
+    second.close();
+  });
+
   it("`instance console` attaches this terminal to the serial console; Ctrl-] detaches", async () => {
     const child = spawn(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, "instance", "console", vm], {
       stdio: ["pipe", "pipe", "pipe"],

@@ -190,22 +190,26 @@ export class Agent {
     this.log.info({ url }, "agent endpoint listening");
   }
 
-  private async logFile(name: string, signal: AbortSignal): Promise<{ path: string } | { status: 404 | 409; message: string }> {
+  /** The driver running an instance assigned to this node, or why there is none. */
+  private async assignedDriver(name: string, signal: AbortSignal): Promise<Driver | Refusal> {
     const kv = await this.opts.store.get(keys.assignment(this.nodeName, name), { signal });
     const inst = kv ? fromBinary(AssignmentSchema, kv.value).instance : undefined;
     if (!inst) return { status: 404, message: `instance ${name} is not assigned to node ${this.nodeName}` };
     const driver = this.opts.drivers.find((d) => d.name === inst.spec?.driver);
     if (!driver) return { status: 409, message: `driver ${inst.spec?.driver ?? ""} is not available on node ${this.nodeName}` };
+    return driver;
+  }
+
+  private async logFile(name: string, signal: AbortSignal): Promise<{ path: string } | Refusal> {
+    const driver = await this.assignedDriver(name, signal);
+    if ("status" in driver) return driver;
     if (!hasLogs(driver)) return { status: 409, message: `driver ${driver.name} keeps no console log` };
     return { path: driver.logFile(name) };
   }
 
   private async console(name: string, kind: ConsoleKind, signal: AbortSignal): Promise<ConsoleEndpoint | Refusal> {
-    const kv = await this.opts.store.get(keys.assignment(this.nodeName, name), { signal });
-    const inst = kv ? fromBinary(AssignmentSchema, kv.value).instance : undefined;
-    if (!inst) return { status: 404, message: `instance ${name} is not assigned to node ${this.nodeName}` };
-    const driver = this.opts.drivers.find((d) => d.name === inst.spec?.driver);
-    if (!driver) return { status: 409, message: `driver ${inst.spec?.driver ?? ""} is not available on node ${this.nodeName}` };
+    const driver = await this.assignedDriver(name, signal);
+    if ("status" in driver) return driver;
     if (!hasConsole(driver)) return { status: 409, message: `driver ${driver.name} has no console` };
     try {
       return await driver.console(name, kind, { signal });

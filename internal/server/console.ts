@@ -22,10 +22,10 @@ import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { createWebSocketStream, WebSocketServer, type WebSocket } from "ws";
 import { ConsoleKind, type ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
 import { Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { AgentEndpointSchema, ConsoleTicketRecordSchema, type ConsoleTicketRecord } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { ConsoleTicketRecordSchema, type ConsoleTicketRecord } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { ifModRevision, keys } from "../../pkg/cluster/store/index.js";
 import type { ServerContext } from "./context.js";
-import { decodeInstance, merged, phaseName } from "./records.js";
+import { agentEndpoint, decodeInstance, merged, phaseName } from "./records.js";
 import { show, validateName } from "./validate.js";
 
 export const CONSOLE_PATH = "/console/";
@@ -130,9 +130,8 @@ export class ConsoleProxy {
 
   /** Opens the tunnel to the agent of the instance's node. */
   private async tunnel(record: ConsoleTicketRecord): Promise<{ socket: Socket } | { status: number; message: string }> {
-    const kv = await this.ctx.store.get(keys.agent(record.node));
-    if (!kv) return { status: 503, message: `the agent of node ${record.node} publishes no endpoint` };
-    const ep = fromBinary(AgentEndpointSchema, kv.value);
+    const ep = await agentEndpoint(this.ctx.store, record.node);
+    if (!ep) return { status: 503, message: `the agent of node ${record.node} publishes no endpoint` };
     const url = new URL(`/v1/instances/${encodeURIComponent(record.instance)}/console?kind=${kindName(record.kind)}`, ep.url);
     return new Promise((resolve) => {
       const r = request(url, { headers: { authorization: `Bearer ${ep.token}`, connection: "Upgrade", upgrade: CONSOLE_UPGRADE } });

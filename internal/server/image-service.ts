@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { finished } from "node:stream/promises";
-import { create, fromBinary } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import {
@@ -24,7 +24,8 @@ import {
   NodeImportSchema,
   type NodeImport,
 } from "../../api/gen/hypervisor/v1/image_pb.js";
-import { AgentEndpointSchema, type AgentEndpoint } from "../../api/gen/hypervisor/v1/store_pb.js";
+import type { AgentEndpoint } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { agentEndpoint } from "./records.js";
 import { keys } from "../../pkg/cluster/store/index.js";
 import type { ServerContext } from "./context.js";
 import { show, validateName } from "./validate.js";
@@ -47,9 +48,9 @@ export function imageService(ctx: ServerContext): ServiceImpl<typeof ImageServic
   const nodeRecord = (node: string) => informers.nodes.get(keys.node(node))?.value;
 
   async function endpointOf(node: string, signal: AbortSignal): Promise<AgentEndpoint> {
-    const kv = await store.get(keys.agent(node), { signal });
-    if (!kv) throw new Error(`the agent of node ${node} publishes no endpoint (is it running?)`);
-    return fromBinary(AgentEndpointSchema, kv.value);
+    const ep = await agentEndpoint(store, node, signal);
+    if (!ep) throw new Error(`the agent of node ${node} publishes no endpoint (is it running?)`);
+    return ep;
   }
 
   /** The nodes an import goes to, checked before a byte is uploaded. */

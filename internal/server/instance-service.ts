@@ -9,7 +9,7 @@
  *   Delete ──► delete_time set ──(agent destroys, drops assignment)──► GC removes the record
  */
 import { randomUUID } from "node:crypto";
-import { clone, create, equals, fromBinary } from "@bufbuild/protobuf";
+import { clone, create, equals } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
@@ -29,8 +29,7 @@ import {
 import { ifAbsent, ifModRevision, keys, STOP_TIMEOUT_LABEL, type Op } from "../../pkg/cluster/store/index.js";
 import { AsyncQueue } from "./async-queue.js";
 import type { ServerContext } from "./context.js";
-import { AgentEndpointSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { decodeInstance, encodeAssignment, encodeInstance, merged, phaseName } from "./records.js";
+import { agentEndpoint, decodeInstance, encodeAssignment, encodeInstance, merged, phaseName } from "./records.js";
 import { RESTART_LABEL, invalid, parseLabelSelector, show, validateLabels, validateName, validateSpec } from "./validate.js";
 
 export { STOP_TIMEOUT_LABEL };
@@ -260,9 +259,8 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
           Code.FailedPrecondition,
         );
       requireCapability(current, "logs", "logs");
-      const kv = await store.get(keys.agent(node), { signal: hctx.signal });
-      if (!kv) throw new ConnectError(`the agent of node ${node} publishes no endpoint (is it running?)`, Code.Unavailable);
-      const ep = fromBinary(AgentEndpointSchema, kv.value);
+      const ep = await agentEndpoint(store, node, hctx.signal);
+      if (!ep) throw new ConnectError(`the agent of node ${node} publishes no endpoint (is it running?)`, Code.Unavailable);
       const url = `${ep.url}/v1/instances/${encodeURIComponent(req.name)}/logs?follow=${req.follow ? 1 : 0}&tail=${req.tailBytes}`;
       let res: Response;
       try {

@@ -6,8 +6,14 @@ import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { type Instance, InstanceSchema, InstanceStatusSchema, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { type Node, NodeSchema, type Resources, ResourcesSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
-import { type Allocation, AllocationSchema, AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { keys, type KeyValue } from "../../pkg/cluster/store/index.js";
+import {
+  type AgentEndpoint,
+  AgentEndpointSchema,
+  type Allocation,
+  AllocationSchema,
+  AssignmentSchema,
+} from "../../api/gen/hypervisor/v1/store_pb.js";
+import { keys, type KeyValue, type Store } from "../../pkg/cluster/store/index.js";
 import type { Informers } from "./context.js";
 
 export const decodeInstance = (kv: KeyValue): Instance => fromBinary(InstanceSchema, kv.value);
@@ -84,4 +90,10 @@ export function instancesByPhase(informers: Pick<Informers, "instances" | "statu
     byPhase.set(p, (byPhase.get(p) ?? 0) + 1);
   }
   return byPhase;
+}
+
+/** Where the server reaches a node's agent (agents/<node>), or undefined if it publishes none. */
+export async function agentEndpoint(store: Store, node: string, signal?: AbortSignal): Promise<AgentEndpoint | undefined> {
+  const kv = await store.get(keys.agent(node), signal ? { signal } : {});
+  return kv ? fromBinary(AgentEndpointSchema, kv.value) : undefined;
 }

@@ -72,3 +72,15 @@ export function failedState(e: unknown): ConsoleState {
   if (e instanceof TicketError) return { phase: "disconnected", reason: e.message, final: e.final };
   return { phase: "disconnected", reason: e instanceof Error ? e.message : String(e) };
 }
+
+/** What a console component shows for its state. */
+export function stateLabel(state: ConsoleState): string {
+  switch (state.phase) {
+    case "connecting":
+      return "Connecting…";
+    case "connected":
+      return "Connected";
+    default:
+      return state.reason ? `Disconnected: ${state.reason}` : "Disconnected";
+  }
+}

@@ -78,6 +78,7 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
       version: packageVersion(),
       algorithm: listen.algorithm,
       consoleTicketTtlMs: c.consoleTicketTtl * 1000,
+      consoleLocalDirect: c.consoleLocalDirect,
       // The web UI (dist/ui, built by make build) for every path the API does not answer.
       fallback: staticUi(),
       serverId,

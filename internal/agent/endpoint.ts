@@ -112,6 +112,8 @@ export class AgentEndpoint {
       const url = new URL(req.url ?? "/", "http://agent");
       if (url.pathname === "/v1/images/import" && req.method === "POST") return await this.importImage(url, req, res);
       if (url.pathname === "/v1/images" && req.method === "GET") return json(res, 200, { images: await this.source.listImages() });
+      const a = /^\/v1\/instances\/([^/]+)\/console\/address$/.exec(url.pathname);
+      if (a && req.method === "GET") return await this.consoleAddress(decodeURIComponent(a[1]!), url, res);
       const m = /^\/v1\/instances\/([^/]+)\/logs$/.exec(url.pathname);
       if (req.method !== "GET" || !m) return fail(404, "not found");
       const name = decodeURIComponent(m[1]!);
@@ -157,6 +159,7 @@ export class AgentEndpoint {
       // before this one opens the pty, so every byte the guest writes reaches the current viewer.
       if (found.kind === "serial") this.serials.get(name)?.();
       const peer = found.kind === "vnc" ? await dial(found.host, found.port) : openPty(found.path);
+      socket.setNoDelay(true);
       socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: ${CONSOLE_UPGRADE}\r\nconnection: Upgrade\r\n\r\n`);
       this.tunnels.add(socket);
       const end = () => {
@@ -176,6 +179,21 @@ export class AgentEndpoint {
       this.log.warn({ err: e }, "console tunnel failed");
       refuse(502, (e as Error).message);
     }
+  }
+
+  /**
+   * Where a VM's VNC server listens, for a server on this machine (it reached this endpoint on a
+   * loopback address) to dial it without the tunnel's extra hop. Serial consoles are only
+   * tunnelled: the agent keeps one reader per pty.
+   */
+  private async consoleAddress(name: string, url: URL, res: ServerResponse): Promise<void> {
+    if (!NAME_RE.test(name)) return json(res, 400, { error: `instance name ${JSON.stringify(name)} is not a DNS label` });
+    const kind = url.searchParams.get("kind");
+    if (kind !== "vnc") return json(res, 400, { error: `kind ${JSON.stringify(kind)}: only vnc consoles have an address` });
+    const found = await this.source.console(name, kind);
+    if ("status" in found) return json(res, found.status, { error: found.message });
+    if (found.kind !== "vnc") return json(res, 502, { error: `the driver gave a ${found.kind} console for vnc` });
+    json(res, 200, { host: found.host, port: found.port });
   }
 
   /** Spools the body to a file, hands it to the driver, answers with what it imported. */
@@ -268,7 +286,7 @@ interface Peer {
 
 function dial(host: string, port: number): Promise<Peer> {
   return new Promise((resolve, reject) => {
-    const s = connect(port, host);
+    const s = connect({ port, host, noDelay: true });
     s.once("error", reject);
     s.once("connect", () => {
       s.removeListener("error", reject);

@@ -50,6 +50,11 @@ export const serverSchema = {
     min: 1,
     description: "seconds a console ticket may wait to be used (it works once)",
   },
+  "console-local-direct": {
+    type: "boolean",
+    default: true,
+    description: "dial the VNC server of a VM whose agent is on this machine (loopback endpoint) directly; false: always through the agent",
+  },
   "heartbeat-ttl": {
     type: "number",
     default: 10,

@@ -9,20 +9,23 @@
  *        server ──GET /v1/instances/<name>/console?kind=…, Upgrade: hypervisor-console──► agent
  *        agent ──► VNC server (TCP) or serial pty ── raw bytes ──
  *   browser ◄══ binary WebSocket frames ══► server ◄══ raw bytes ══► agent ◄══► console
+ *   A node whose agent is on this machine (loopback endpoint), VNC: the agent names the address
+ *   (GET /v1/instances/<name>/console/address) and the server dials it:
+ *   browser ◄══ binary WebSocket frames ══► server ◄══ raw bytes ══► VNC server
  *
- * Backpressure: each direction is a stream pipe, which pauses the source while the sink's buffer
- * is full. Either end closing closes the other.
+ * Backpressure: each direction pauses its source while the sink's buffer is full (see splice).
+ * Either end closing closes the other.
  */
 import { createHash, randomBytes } from "node:crypto";
 import { request, type IncomingMessage } from "node:http";
-import type { Socket } from "node:net";
+import { createConnection, isIP, type Socket } from "node:net";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import { createWebSocketStream, WebSocketServer, type WebSocket } from "ws";
+import { WebSocketServer, type WebSocket } from "ws";
 import { ConsoleKind, type ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
 import { Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { ConsoleTicketRecordSchema, type ConsoleTicketRecord } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { ConsoleTicketRecordSchema, type AgentEndpoint, type ConsoleTicketRecord } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { ifModRevision, keys } from "../../pkg/cluster/store/index.js";
 import type { ServerContext } from "./context.js";
 import { agentEndpoint, decodeInstance, merged, phaseName } from "./records.js";
@@ -33,6 +36,9 @@ const CONSOLE_UPGRADE = "hypervisor-console";
 /** 32 random bytes, base64url. */
 const TICKET_RE = /^[A-Za-z0-9_-]{43}$/;
 export const DEFAULT_TICKET_TTL_MS = 30_000;
+/** Bytes queued towards the browser above which reading from the agent pauses, and below which it resumes. */
+const SPLICE_HIGH_WATER = 1 << 20;
+const SPLICE_LOW_WATER = 256 << 10;
 
 const hash = (ticket: string) => createHash("sha256").update(ticket).digest("hex");
 const kindName = (k: ConsoleKind) => (k === ConsoleKind.VNC ? "vnc" : "serial");
@@ -76,6 +82,12 @@ export function consoleService(ctx: ServerContext, ttlMs = DEFAULT_TICKET_TTL_MS
   };
 }
 
+/** The console's end of a splice: the agent's tunnel, or the VNC server itself. */
+interface Peer {
+  socket: Socket;
+  via: "agent" | "direct";
+}
+
 export class ConsoleProxy {
   private readonly wss = new WebSocketServer({
     noServer: true,
@@ -85,7 +97,11 @@ export class ConsoleProxy {
   });
   private readonly open = new Set<{ close(): void }>();
 
-  constructor(private readonly ctx: ServerContext) {}
+  constructor(
+    private readonly ctx: ServerContext,
+    /** Dial a VNC server on this machine directly rather than through its agent's tunnel (see connect). */
+    private readonly localDirect = true,
+  ) {}
 
   /** For the HTTP/1.1 server's 'upgrade' event. Answers 404 for paths that are not consoles. */
   handleUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
@@ -114,9 +130,44 @@ export class ConsoleProxy {
     const inst = this.ctx.informers.instances.get(keys.instance(record.instance))?.value;
     if (!inst || inst.uid !== record.uid) return refuse(socket, 410, `instance ${record.instance} is gone`);
 
-    const agent = await this.tunnel(record);
-    if ("status" in agent) return refuse(socket, agent.status, agent.message);
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.splice(ws, agent.socket, record));
+    const peer = await this.connect(record);
+    if ("status" in peer) return refuse(socket, peer.status, peer.message);
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.splice(ws, peer, record));
+  }
+
+  /**
+   * A socket to the instance's console. The agent of its node owns the way there: a tunnel through
+   * it in general; but when the agent is on this machine (its endpoint is a loopback address, so the
+   * two share a network namespace) and the console is a VNC server on loopback, the agent names
+   * the address and the server dials it, one hop fewer for every frame.
+   */
+  private async connect(record: ConsoleTicketRecord): Promise<Peer | { status: number; message: string }> {
+    const ep = await agentEndpoint(this.ctx.store, record.node);
+    if (!ep) return { status: 503, message: `the agent of node ${record.node} publishes no endpoint` };
+    if (!this.localDirect || record.kind !== ConsoleKind.VNC || !isLoopback(new URL(ep.url).hostname)) return this.tunnel(record, ep);
+    const url = new URL(`/v1/instances/${encodeURIComponent(record.instance)}/console/address?kind=vnc`, ep.url);
+    let res: Response;
+    try {
+      res = await fetch(url, { headers: { authorization: `Bearer ${ep.token}` }, signal: AbortSignal.timeout(10_000) });
+    } catch (e) {
+      return { status: 502, message: `agent of node ${record.node} at ${ep.url}: ${(e as Error).message}` };
+    }
+    const body = (await res.json().catch(() => ({}))) as { host?: unknown; port?: unknown; error?: unknown };
+    if (!res.ok)
+      return {
+        status: res.status === 409 || res.status === 404 ? 409 : 502,
+        message: `node ${record.node}: ${typeof body.error === "string" ? body.error : res.statusText}`,
+      };
+    const { host, port } = body;
+    // Anything but a loopback VNC server is not this machine's to dial: the agent tunnels it.
+    if (typeof host !== "string" || !isLoopback(host) || !Number.isInteger(port)) return this.tunnel(record, ep);
+    return new Promise((resolve) => {
+      const s = createConnection({ host, port: port as number, noDelay: true });
+      s.once("connect", () => resolve({ socket: s, via: "direct" }));
+      s.once("error", (e) =>
+        resolve({ status: 502, message: `VNC server of ${record.instance} at ${host}:${String(port)}: ${e.message}` }),
+      );
+    });
   }
 
   /** Deletes the ticket's record if it is there; only the caller that deleted it gets it. */
@@ -129,15 +180,13 @@ export class ConsoleProxy {
   }
 
   /** Opens the tunnel to the agent of the instance's node. */
-  private async tunnel(record: ConsoleTicketRecord): Promise<{ socket: Socket } | { status: number; message: string }> {
-    const ep = await agentEndpoint(this.ctx.store, record.node);
-    if (!ep) return { status: 503, message: `the agent of node ${record.node} publishes no endpoint` };
+  private tunnel(record: ConsoleTicketRecord, ep: AgentEndpoint): Promise<Peer | { status: number; message: string }> {
     const url = new URL(`/v1/instances/${encodeURIComponent(record.instance)}/console?kind=${kindName(record.kind)}`, ep.url);
     return new Promise((resolve) => {
       const r = request(url, { headers: { authorization: `Bearer ${ep.token}`, connection: "Upgrade", upgrade: CONSOLE_UPGRADE } });
       r.once("upgrade", (_res, socket, rest) => {
         if (rest.length) socket.unshift(rest);
-        resolve({ socket });
+        resolve({ socket, via: "agent" });
       });
       r.once("response", (res) => {
         let text = "";
@@ -152,27 +201,57 @@ export class ConsoleProxy {
     });
   }
 
-  private splice(ws: WebSocket, agent: Socket, record: ConsoleTicketRecord): void {
-    const browser = createWebSocketStream(ws);
+  /**
+   * Frames both ways without a stream layer in between: each chunk read from the peer (the agent's
+   * tunnel or the VNC server) is one binary message; each message is written to the peer as it
+   * comes. Backpressure by hand: reading the peer pauses while more than SPLICE_HIGH_WATER bytes
+   * wait to reach the browser, and the WebSocket pauses while the peer's socket buffer is full.
+   */
+  private splice(ws: WebSocket, { socket: peer, via }: Peer, record: ConsoleTicketRecord): void {
+    peer.setNoDelay(true);
+    let queued = 0;
     const entry = {
       close: () => {
-        browser.destroy();
-        agent.destroy();
+        ws.terminate();
+        peer.destroy();
       },
     };
     this.open.add(entry);
     const end = () => {
-      this.open.delete(entry);
+      if (!this.open.delete(entry)) return;
       entry.close();
     };
-    browser.on("error", end);
-    agent.on("error", end);
-    browser.once("close", end);
-    agent.once("close", end);
-    browser.pipe(agent);
-    agent.pipe(browser);
-    this.ctx.log.info({ instance: record.instance, kind: kindName(record.kind) }, "console opened");
+    const sent = (n: number) => (err?: Error) => {
+      queued -= n;
+      if (err) return end();
+      if (queued <= SPLICE_LOW_WATER && peer.isPaused()) peer.resume();
+    };
+    peer.on("data", (b: Buffer) => {
+      queued += b.length;
+      ws.send(b, { binary: true }, sent(b.length));
+      if (queued > SPLICE_HIGH_WATER) peer.pause();
+    });
+    ws.on("message", (data: Buffer | ArrayBuffer | Buffer[]) => {
+      const b = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
+      if (!peer.write(b) && !ws.isPaused) {
+        ws.pause();
+        peer.once("drain", () => ws.resume());
+      }
+    });
+    ws.on("error", end);
+    peer.on("error", end);
+    ws.once("close", end);
+    peer.once("close", end);
+    peer.once("end", end);
+    this.ctx.log.info({ instance: record.instance, kind: kindName(record.kind), via }, "console opened");
   }
+}
+
+/** 127.0.0.0/8, ::1 or localhost: an address that only reaches this machine. */
+function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, "");
+  if (h === "localhost" || h === "::1") return true;
+  return isIP(h) === 4 && h.startsWith("127.");
 }
 
 function refuse(socket: Socket, status: number, message: string): void {

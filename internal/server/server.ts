@@ -49,6 +49,8 @@ export interface ServerOptions {
   readMaxBytes?: number;
   /** How long a console ticket may wait to be used (default 30 s). */
   consoleTicketTtlMs?: number;
+  /** Dial the VNC server of a VM whose agent is on this machine directly (default true); false: always through the agent. */
+  consoleLocalDirect?: boolean;
   /** Serves paths the API does not (the web UI). */
   fallback?: NodeHandlerFn;
   log?: Logger;
@@ -92,7 +94,7 @@ export class Server {
       leader: () => (opts.leadership ? opts.leadership.leader() : this.serverId),
       componentHealth: () => ({ ...this.health }),
     };
-    this.consoles = new ConsoleProxy(this.ctx);
+    this.consoles = new ConsoleProxy(this.ctx, this.opts.consoleLocalDirect ?? true);
   }
 
   get url(): string {

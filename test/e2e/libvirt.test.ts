@@ -202,25 +202,36 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
     assert.equal(i.spec?.memoryTargetMib, "160");
   });
 
-  it("opens the VM's VNC console over a WebSocket with a ticket that works once", async () => {
+  it("opens the VM's VNC console over a WebSocket with a ticket that works once, directly and through the agent", async () => {
     const consoles = createClient(ConsoleService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }));
     const { ticket, path, expireTime } = await consoles.createConsoleTicket({ name: vm, kind: ConsoleKind.VNC });
     assert.equal(path, `/console/${ticket}`);
     assert.ok(expireTime && Number(expireTime.seconds) * 1000 > Date.now() - 1000);
-    const ws = new WebSocket(`ws://127.0.0.1:${port}${path}`, ["binary"]);
-    const first = await new Promise<Buffer>((resolve, reject) => {
-      ws.once("message", (data: Buffer, isBinary: boolean) => (isBinary ? resolve(data) : reject(new Error("a text frame"))));
-      ws.once("error", reject);
-    });
-    assert.match(first.toString("latin1"), /^RFB 003\.00\d\n$/, "the VNC server's banner, through server and agent");
-    assert.equal(ws.protocol, "binary");
-    // Our side of the handshake goes through too: the server answers with its security types.
-    ws.send(Buffer.from("RFB 003.008\n"));
-    const security = await new Promise<Buffer>((resolve) => ws.once("message", (d: Buffer) => resolve(d)));
-    assert.ok(security.length >= 2 && security[0]! >= 1, `security types ${security.toString("hex")}`);
-    const closed = new Promise<void>((resolve) => ws.once("close", () => resolve()));
-    ws.close();
-    await closed;
+    // The agent is on this machine: the server dials the VNC server the agent names.
+    await rfbThrough(`ws://127.0.0.1:${port}${path}`);
+    await until(
+      "the server's log of the console",
+      () => server.output.some((l) => /console opened.*"via":"direct"|"via":"direct".*console opened/.test(l)),
+      10_000,
+    );
+
+    // A replica that always tunnels through the agent, as for a node on another machine; the
+    // ticket comes from the first server: tickets live in etcd, any replica takes them.
+    const tunnelPort = await freePort();
+    const viaAgent = new Proc("server-via-agent", [
+      binPath("hypervisor-server"),
+      ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${tunnelPort}`],
+      ...["--data-dir", join(dir, "server-via-agent"), "--no-console-local-direct"],
+    ]);
+    try {
+      await viaAgent.waitFor(/server listening/);
+      const t = await consoles.createConsoleTicket({ name: vm, kind: ConsoleKind.VNC });
+      await rfbThrough(`ws://127.0.0.1:${tunnelPort}${t.path}`);
+      await until("the tunnel in the log", () => viaAgent.output.some((l) => /"via":"agent"/.test(l)), 10_000);
+      assert.equal(await refusedWith(`ws://127.0.0.1:${port}${t.path}`), 403, "a ticket used on one replica is used on all");
+    } finally {
+      await viaAgent.stop();
+    }
 
     assert.equal(await refusedWith(`ws://127.0.0.1:${port}${path}`), 403, "a used ticket is refused");
     assert.equal(await refusedWith(`ws://127.0.0.1:${port}/console/${"A".repeat(43)}`), 403, "a forged ticket is refused");
@@ -373,6 +384,24 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
 });
 
 /** The HTTP status a WebSocket handshake is refused with (fails the test if it is accepted). */
+/** Opens a VNC console WebSocket: the server's banner comes through, and our side of the handshake reaches it. */
+async function rfbThrough(url: string): Promise<void> {
+  const ws = new WebSocket(url, ["binary"]);
+  const first = await new Promise<Buffer>((resolve, reject) => {
+    ws.once("message", (data: Buffer, isBinary: boolean) => (isBinary ? resolve(data) : reject(new Error("a text frame"))));
+    ws.once("error", reject);
+  });
+  assert.match(first.toString("latin1"), /^RFB 003\.00\d\n$/, "the VNC server's banner");
+  assert.equal(ws.protocol, "binary");
+  // The server answers our version with its security types.
+  ws.send(Buffer.from("RFB 003.008\n"));
+  const security = await new Promise<Buffer>((resolve) => ws.once("message", (d: Buffer) => resolve(d)));
+  assert.ok(security.length >= 2 && security[0]! >= 1, `security types ${security.toString("hex")}`);
+  const closed = new Promise<void>((resolve) => ws.once("close", () => resolve()));
+  ws.close();
+  await closed;
+}
+
 function refusedWith(url: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url);

@@ -21,7 +21,7 @@ import { ConsoleKind, ConsoleService } from "../../api/gen/hypervisor/v1/console
 import { InstanceService, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { launchBrowser, screenshot } from "../support/browser.js";
 import { startEtcd, type EtcdProcess } from "../support/etcd.js";
-import { GUEST_CMD_DONE, GUEST_READY_MARKER, testGuest } from "../support/guest.js";
+import { GUEST_CMD_DONE, GUEST_CTRL_ALT_DEL_MARKER, GUEST_READY_MARKER, testGuest } from "../support/guest.js";
 import { ensureLibvirtd } from "../support/libvirt.js";
 import { binPath, freePort, Proc, repoRoot, until } from "../support/procs.js";
 
@@ -54,6 +54,11 @@ describe("consoles in the browser: the desktop page and the app's Console tab on
   const vm = `ui-vm-${process.pid}`;
   const api = () => createConnectTransport({ baseUrl: base, httpVersion: "1.1" });
 
+  const startServer = () =>
+    new Proc("server", [
+      binPath("hypervisor-server"),
+      ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", new URL(base).host, "--data-dir", join(dir, "server")],
+    ]);
   const startAgent = () =>
     new Proc("agent", [
       binPath("hypervisor-agent"),
@@ -83,19 +88,8 @@ describe("consoles in the browser: the desktop page and the app's Console tab on
     await copyFile(guest.kernel, join(dir, "images", "vmlinuz"));
     await copyFile(guest.initrd, join(dir, "images", "initrd.img"));
     etcd = await startEtcd();
-    const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
-    server = new Proc("server", [
-      binPath("hypervisor-server"),
-      "--store",
-      "etcd",
-      "--etcd-endpoints",
-      etcd.endpoint,
-      "--listen",
-      `127.0.0.1:${port}`,
-      "--data-dir",
-      join(dir, "server"),
-    ]);
+    base = `http://127.0.0.1:${await freePort()}`;
+    server = startServer();
     await server.waitFor(/server listening/);
     agent = startAgent();
     await agent.waitFor(/agent started/);
@@ -260,16 +254,37 @@ describe("consoles in the browser: the desktop page and the app's Console tab on
     }
   });
 
-  it("reconnects by itself after the agent dies, and Reconnect opens a new console", async () => {
+  it("sends Ctrl-Alt-Del to the guest from the page's button", async () => {
+    const { page } = await openDesktop("");
+    const serial = await openSerialSocket();
+    try {
+      await until("the picture", () => painted(page), 60_000, 250);
+      assert.ok(!serial.received().includes(GUEST_CTRL_ALT_DEL_MARKER));
+      await page.locator("#cad").click();
+      await until(
+        "the guest's Ctrl-Alt-Del marker on the serial console",
+        () => serial.received().includes(GUEST_CTRL_ALT_DEL_MARKER),
+        30_000,
+        200,
+      );
+    } finally {
+      await serial.close();
+      await page.close();
+    }
+  });
+
+  it("reconnects by itself after the server dies, and Reconnect opens a new console", async () => {
     const { page, sockets } = await openDesktop("");
     try {
       await until("the picture", () => painted(page), 60_000, 250);
       const status = page.locator('[data-testid="desktop-status"]');
-      await agent.kill9();
+      // The server carries the console (the agent is on this machine, so the server dials the
+      // VNC server itself): losing the server drops the console, and the page retries.
+      await server.kill9();
       await page.locator('[data-testid="desktop-status"][data-state="disconnected"]').waitFor({ timeout: 30_000 });
       assert.match((await status.textContent()) ?? "", /retrying in \d+ s/);
-      agent = startAgent();
-      await agent.waitFor(/agent started/);
+      server = startServer();
+      await server.waitFor(/server listening/);
       await page.locator('[data-testid="desktop-status"][data-state="connected"]').waitFor({ timeout: 120_000 });
       await until("the picture after reconnecting", () => painted(page), 60_000, 250);
 

@@ -17,6 +17,8 @@ export const GUEST_READY_MARKER = "HYPERVISOR-GUEST-READY";
 export const GUEST_POWEROFF_MARKER = "HYPERVISOR-GUEST-POWEROFF";
 export const GUEST_EXIT_MARKER = "HYPERVISOR-GUEST-EXIT";
 export const GUEST_CMD_DONE = "HYPERVISOR-GUEST-CMD-DONE";
+/** Printed on the serial console when Ctrl-Alt-Del reaches the guest's keyboard. */
+export const GUEST_CTRL_ALT_DEL_MARKER = "HYPERVISOR-GUEST-CTRL-ALT-DEL";
 
 /** The default command line: serial console, no kernel chatter (it slows TCG), no reboot on panic. */
 export const GUEST_CMDLINE = "console=ttyS0 panic=-1 quiet";

@@ -17,7 +17,9 @@ import { clone, create, equals, fromBinary, toBinary } from "@bufbuild/protobuf"
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { type Node, NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
+import { type Node, NodeSchema, ResourcesSchema, TaintSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
+import { TaintEffect } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import type { TaintSetting } from "./config.js";
 import { AgentEndpointSchema, AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { Heartbeat } from "../../pkg/cluster/heartbeat/index.js";
 import { listWatch, registerNode } from "../../pkg/cluster/registry/index.js";
@@ -54,6 +56,10 @@ export interface AgentOptions {
   resyncMs?: number;
   /** Capacity to offer instead of the detected one (simulated nodes). */
   capacity?: Capacity;
+  /** Held back for the host: the scheduler offers capacity minus this. */
+  reserved?: { vcpus: number; memoryMiB: number; diskGiB: number };
+  /** Node taints (see Placement.tolerations). */
+  taints?: TaintSetting[];
   address?: string;
   /** Stop timeout for instances without one (default 30 s). */
   defaultStopTimeoutMs?: number;
@@ -346,7 +352,7 @@ export class Agent {
     }
   }
 
-  private fingerprint(signal: AbortSignal): Promise<Node> {
+  private async fingerprint(signal: AbortSignal): Promise<Node> {
     const o: Parameters<typeof fingerprintNode>[0] = {
       nodeName: this.nodeName,
       labels: this.opts.labels ?? {},
@@ -356,7 +362,18 @@ export class Agent {
     };
     if (this.opts.capacity) o.capacity = this.opts.capacity;
     if (this.opts.address) o.address = this.opts.address;
-    return fingerprintNode(o);
+    const node = await fingerprintNode(o);
+    node.taints = (this.opts.taints ?? []).map((t) =>
+      create(TaintSchema, {
+        key: t.key,
+        value: t.value,
+        effect: t.effect === "NoSchedule" ? TaintEffect.NO_SCHEDULE : TaintEffect.PREFER_NO_SCHEDULE,
+      }),
+    );
+    const r = this.opts.reserved;
+    if (r && (r.vcpus || r.memoryMiB || r.diskGiB))
+      node.reserved = create(ResourcesSchema, { vcpus: r.vcpus, memoryMib: BigInt(r.memoryMiB), diskGib: BigInt(r.diskGiB) });
+    return node;
   }
 }
 

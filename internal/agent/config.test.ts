@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { loadConfig } from "../../pkg/config/index.js";
-import { agentSchema, buildDrivers, defaultNodeName } from "./index.js";
+import { agentSchema, buildDrivers, defaultNodeName, parseTaints } from "./index.js";
 
 const repo = fileURLToPath(new URL("../../../", import.meta.url));
 const dir = await mkdtemp(join(tmpdir(), "hv-agent-config-"));
@@ -68,5 +68,18 @@ describe("agent config", () => {
     assert.throws(() => buildDrivers(["mock", "vmware"], dir), /drivers: unknown driver "vmware"; this agent supports mock/);
     assert.throws(() => buildDrivers(["mock", "mock"], dir), /listed twice/);
     assert.throws(() => buildDrivers([], dir), /at least one driver/);
+  });
+
+  it("parses taints with and without a value, and names a malformed one", () => {
+    assert.deepEqual(parseTaints(["dedicated=db:NoSchedule", "maintenance:PreferNoSchedule", "example.com/gpu=a100:NoSchedule"]), [
+      { key: "dedicated", value: "db", effect: "NoSchedule" },
+      { key: "maintenance", value: "", effect: "PreferNoSchedule" },
+      { key: "example.com/gpu", value: "a100", effect: "NoSchedule" },
+    ]);
+    for (const bad of ["dedicated=db", "dedicated=db:NoExecute", "=db:NoSchedule", "a=b c:NoSchedule", "k=v:NoSchedule;rm"])
+      assert.throws(
+        () => parseTaints([bad]),
+        (e: Error) => e.message.startsWith(`taint: ${JSON.stringify(bad)} is not KEY=VALUE:EFFECT`),
+      );
   });
 });

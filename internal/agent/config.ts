@@ -81,6 +81,20 @@ export const agentSchema = {
     default: "none",
     description: "container networking: none (own namespace, loopback only) or host",
   },
+  taint: {
+    type: "string[]",
+    default: [],
+    description: "node taints KEY=VALUE:EFFECT or KEY:EFFECT, EFFECT NoSchedule or PreferNoSchedule, comma-separated",
+  },
+  "reserved-vcpus": {
+    type: "number",
+    default: 0,
+    integer: true,
+    min: 0,
+    description: "vCPUs held back for the host, never offered to instances",
+  },
+  "reserved-memory-mib": { type: "number", default: 0, integer: true, min: 0, description: "memory in MiB held back for the host" },
+  "reserved-disk-gib": { type: "number", default: 0, integer: true, min: 0, description: "disk in GiB held back for the host" },
   workers: { type: "number", default: 4, integer: true, min: 1, description: "instances reconciled in parallel" },
   "resync-seconds": {
     type: "number",
@@ -188,5 +202,27 @@ export function buildDrivers(
           "drivers",
         );
     }
+  });
+}
+
+export interface TaintSetting {
+  key: string;
+  value: string;
+  effect: "NoSchedule" | "PreferNoSchedule";
+}
+
+const TAINT_RE =
+  /^([A-Za-z0-9][A-Za-z0-9_./-]{0,252})(?:=([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?)?:(NoSchedule|PreferNoSchedule)$/;
+
+/** "dedicated=db:NoSchedule" or "maintenance:PreferNoSchedule" → taint; ConfigError naming the setting. */
+export function parseTaints(list: string[]): TaintSetting[] {
+  return list.map((t) => {
+    const m = TAINT_RE.exec(t);
+    if (!m)
+      throw new ConfigError(
+        `taint: ${JSON.stringify(t)} is not KEY=VALUE:EFFECT or KEY:EFFECT (EFFECT NoSchedule or PreferNoSchedule)`,
+        "taint",
+      );
+    return { key: m[1]!, value: m[2] ?? "", effect: m[4] as TaintSetting["effect"] };
   });
 }

@@ -7,9 +7,11 @@ export {
   buildDrivers,
   defaultNodeName,
   DRIVER_DEFAULTS,
+  parseTaints,
   SUPPORTED_DRIVERS,
   type AgentConfig,
   type DriverSettings,
+  type TaintSetting,
 } from "./config.js";
 export { AGENT_VERSION, fingerprintNode, type Capacity, type NodeFingerprintOptions } from "./fingerprint.js";
 export {

@@ -101,6 +101,19 @@ const instanceImpl: ServiceImpl<typeof InstanceService> = {
     fake.stopped.push(req);
     return { instance: get(req.name) };
   },
+  explainInstance(req) {
+    fake.calls.push(`explain ${req.name}`);
+    get(req.name);
+    return {
+      summary: "1/3 nodes feasible; best node-b",
+      best: "node-b",
+      nodes: [
+        { node: "node-b", feasible: true, score: 62.5, scoreParts: { binpack: 62.5 } },
+        { node: "node-a", feasible: false, reason: "insufficient memory" },
+        { node: "node-c", feasible: false, reason: "untolerated taint dedicated" },
+      ],
+    };
+  },
   setInstanceMemory(req) {
     fake.calls.push(`set-memory ${req.name} ${req.memoryMib}`);
     const i = clone(InstanceSchema, get(req.name));
@@ -470,6 +483,28 @@ describe("hypervisor-ctl against an API over HTTP", () => {
       const missing = await ctl(["instance", "logs", "nope"]);
       assert.equal(missing.code, ExitCode.Api);
       assert.match(missing.stderr, /not found/);
+    });
+
+    it("explain prints the summary and one row per node", async () => {
+      fake.instances.set("web-1", instance("web-1", Phase.PENDING));
+      const r = await ctl(["instance", "explain", "web-1"]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(
+        r.stdout,
+        [
+          "1/3 nodes feasible; best node-b",
+          "",
+          "NODE     VERDICT    SCORE   DETAILS",
+          "node-b   feasible   62.5    binpack 62.5",
+          "node-a   no         -       insufficient memory",
+          "node-c   no         -       untolerated taint dedicated",
+          "",
+        ].join("\n"),
+      );
+      const json = JSON.parse((await ctl(["instance", "explain", "web-1", "-o", "json"])).stdout) as { best: string; nodes: unknown[] };
+      assert.equal(json.best, "node-b");
+      assert.equal(json.nodes.length, 3);
+      assert.equal((await ctl(["instance", "explain", "nope"])).code, ExitCode.Api);
     });
 
     it("set-memory sends MiB from a quantity and refuses a malformed one before calling", async () => {

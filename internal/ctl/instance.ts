@@ -13,6 +13,7 @@ import { TimestampSchema, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { Command, Option } from "commander";
 import {
+  ExplainInstanceResponseSchema,
   CreateInstanceRequestSchema,
   EventType,
   type Instance,
@@ -46,6 +47,7 @@ export function instanceCommand(ctx: Context): Command {
   cmd.addCommand(logsCommand(ctx));
   cmd.addCommand(setMemoryCommand(ctx));
   cmd.addCommand(consoleCommand(ctx));
+  cmd.addCommand(explainCommand(ctx));
   return cmd;
 }
 
@@ -275,6 +277,18 @@ function logsCommand(ctx: Context): Command {
       }
       const rest = decoder.decode();
       if (rest) ctx.io.stdout.write(rest);
+    });
+}
+
+function explainCommand(ctx: Context): Command {
+  return new Command("explain")
+    .description("show every node's verdict on an instance: feasible and its score, or the first filter it fails")
+    .argument("<name>", "instance name")
+    .action(async (name: string) => {
+      const res = await ctx.clients().instances.explainInstance({ name }, { signal: ctx.signal });
+      const format = ctx.format();
+      if (format !== "table") return ctx.out(output.message(ExplainInstanceResponseSchema, res, format));
+      ctx.out(`${res.summary}\n\n${output.verdictTable(res.nodes)}`);
     });
 }
 

@@ -6,7 +6,7 @@
 import { toJson, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import YAML from "yaml";
-import { Phase, type Instance } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { Phase, type Instance, type NodeVerdict } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeCondition, type Node } from "../../api/gen/hypervisor/v1/node_pb.js";
 
 export const FORMATS = ["table", "json", "yaml"] as const;
@@ -131,3 +131,23 @@ export function nodeTable(nodes: readonly Node[], now: Date): string {
 
 /** Phases in lifecycle order, as phaseName spells them, for sorting counts. */
 export const PHASE_ORDER = ["Pending", "Scheduled", "Creating", "Running", "Stopping", "Stopped", "Failed", "Unknown"];
+
+/** NODE VERDICT SCORE DETAILS: feasible nodes with their score parts, the others with the reason. */
+export function verdictTable(nodes: readonly NodeVerdict[]): string {
+  const num = (x: number) => (Number.isInteger(x) ? String(x) : x.toFixed(1));
+  return table(
+    ["NODE", "VERDICT", "SCORE", "DETAILS"],
+    nodes.map((v) =>
+      v.feasible
+        ? [
+            v.node,
+            "feasible",
+            num(v.score),
+            Object.entries(v.scoreParts)
+              .map(([k, x]) => `${k} ${num(x)}`)
+              .join(", "),
+          ]
+        : [v.node, "no", "-", v.reason],
+    ),
+  );
+}

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { RestartPolicy } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { LabelOperator, RestartPolicy, Strategy, TaintEffect, TolerationOperator } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { CliError, ExitCode } from "./errors.js";
 import { parseSpec, readSpecFile } from "./spec-file.js";
 
@@ -86,6 +86,50 @@ spec:
     usage(
       "name: x\nspec: {restartPolicy: sometimes}\n",
       /spec\.restartPolicy: unknown value "sometimes" \(one of never, on-failure, always\)/,
+    );
+  });
+
+  it("reads placement terms in lists, with Kubernetes-style short enum names, and names a bad one by index", () => {
+    const r = parseSpec(
+      [
+        "name: web-1",
+        "labels: {app: web}",
+        "spec:",
+        "  driver: mock",
+        "  vcpus: 1",
+        "  memoryMib: 64",
+        "  placement:",
+        "    nodeRequirements:",
+        "      - {key: zone, operator: NotIn, values: [c]}",
+        "      - {key: ssd, operator: exists}",
+        "    tolerations: [{key: dedicated, operator: Equal, value: db, effect: NoSchedule}]",
+        "    affinity: [{anti: true, required: true}]",
+        "    spread: [{topologyKey: zone, maxSkew: 1}]",
+        "    maxPerNode: 2",
+        "    strategy: spread",
+        "    preferences: [{requirement: {key: tier, operator: in, values: [fast]}, weight: 30}]",
+        "",
+      ].join("\n"),
+      "spec.yaml",
+    );
+    const p = r.spec?.placement;
+    assert.deepEqual(
+      p?.nodeRequirements.map((q) => [q.key, q.operator, q.values]),
+      [
+        ["zone", LabelOperator.NOT_IN, ["c"]],
+        ["ssd", LabelOperator.EXISTS, []],
+      ],
+    );
+    assert.equal(p?.tolerations[0]?.effect, TaintEffect.NO_SCHEDULE);
+    assert.equal(p?.tolerations[0]?.operator, TolerationOperator.EQUAL);
+    assert.equal(p?.affinity[0]?.anti, true);
+    assert.equal(p?.spread[0]?.topologyKey, "zone");
+    assert.equal(p?.maxPerNode, 2);
+    assert.equal(p?.strategy, Strategy.SPREAD);
+    assert.equal(p?.preferences[0]?.requirement?.operator, LabelOperator.IN);
+    usage(
+      "name: x\nspec: {placement: {nodeRequirements: [{key: a, operator: exists}, {key: b, operator: sometimes}]}}\n",
+      /spec\.placement\.nodeRequirements\[1\]\.operator: unknown value "sometimes" \(one of in, not-in, exists, does-not-exist\)/,
     );
   });
 

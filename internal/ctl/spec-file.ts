@@ -67,6 +67,11 @@ function checkMessage(desc: DescMessage, value: unknown, path: string, source: s
       out[key] = checkMessage(field.message, v, p, source);
       continue;
     }
+    if (field.fieldKind === "list" && field.listKind === "message" && Array.isArray(v)) {
+      const element = field.message;
+      out[key] = v.map((e, i) => checkMessage(element, e, `${p}[${i}]`, source));
+      continue;
+    }
     out[key] = field.fieldKind === "enum" && typeof v === "string" ? enumName(field.enum, v, p, source) : (v as JsonValue);
     checkField(desc, key, out[key], p, source);
   }
@@ -86,11 +91,15 @@ function checkField(desc: DescMessage, key: string, value: JsonValue, path: stri
   }
 }
 
-/** Accepts "RESTART_POLICY_ALWAYS" (protobuf JSON), "ALWAYS", "always" and "on-failure". */
+/** Accepts "RESTART_POLICY_ALWAYS" (protobuf JSON), "ALWAYS", "always", "on-failure" and "OnFailure". */
 function enumName(desc: DescEnum, value: string, path: string, source: string): string {
   const prefix = (desc.sharedPrefix ?? "").toUpperCase();
   const wanted = value.toUpperCase().replace(/-/g, "_");
-  const hit = desc.values.find((v) => v.name === value || v.name === wanted || v.name === prefix + wanted);
+  // "NotIn", "not-in" and "notin" all name NOT_IN; "NoSchedule" names NO_SCHEDULE.
+  const bare = (n: string) => n.replace(/_/g, "");
+  const hit = desc.values.find(
+    (v) => v.name === value || v.name === wanted || v.name === prefix + wanted || bare(v.name) === bare(prefix + wanted),
+  );
   if (hit && hit.number !== 0) return hit.name;
   const names = desc.values.filter((v) => v.number !== 0).map((v) => v.name.slice(prefix.length).toLowerCase().replace(/_/g, "-"));
   throw usageError(`${source}: ${path}: unknown value "${value}" (one of ${names.join(", ")})`);

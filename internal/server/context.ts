@@ -5,6 +5,7 @@ import type { Allocation } from "../../api/gen/hypervisor/v1/store_pb.js";
 import type { Store } from "../../pkg/cluster/store/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { Informer } from "./informer.js";
+import type { Algorithm } from "./scheduler.js";
 
 export interface Informers {
   instances: Informer<Instance>;
@@ -24,6 +25,8 @@ export interface ServerContext {
   log: Logger;
   serverId: string;
   version: string;
+  /** The cluster's default scoring (--scheduler-algorithm). */
+  algorithm: Algorithm;
   /** Current scheduler leader id ("" if unknown). */
   leader(): string;
   /** Component name → error message ("" = healthy). */

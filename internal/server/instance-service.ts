@@ -29,7 +29,9 @@ import {
 import { ifAbsent, ifModRevision, keys, STOP_TIMEOUT_LABEL, type Op } from "../../pkg/cluster/store/index.js";
 import { AsyncQueue } from "./async-queue.js";
 import type { ServerContext } from "./context.js";
+import { nodeView, placedViews, placementRequest } from "./placement-input.js";
 import { agentEndpoint, decodeInstance, encodeAssignment, encodeInstance, merged, phaseName } from "./records.js";
+import { verdicts } from "./scheduler.js";
 import { RESTART_LABEL, invalid, parseLabelSelector, show, validateLabels, validateName, validateSpec } from "./validate.js";
 
 export { STOP_TIMEOUT_LABEL };
@@ -110,7 +112,7 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
     async createInstance(req, hctx) {
       validateName("name", req.name);
       validateLabels("labels", req.labels);
-      validateSpec(req.spec);
+      validateSpec(req.spec, req.labels);
       const spec = clone(InstanceSpecSchema, req.spec);
       if (spec.desiredPowerState === PowerState.UNSPECIFIED) spec.desiredPowerState = PowerState.RUNNING;
       if (spec.restartPolicy === RestartPolicy.UNSPECIFIED) spec.restartPolicy = RestartPolicy.ON_FAILURE;
@@ -134,6 +136,30 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
     async getInstance(req, hctx) {
       const { instance } = await read(req.name, hctx.signal);
       return { instance: await view(instance, hctx.signal) };
+    },
+
+    async explainInstance(req, hctx) {
+      const { instance } = await read(req.name, hctx.signal);
+      if (!instance.spec) throw new ConnectError(`instance ${instance.name} has no spec`, Code.FailedPrecondition);
+      const r = placementRequest(instance);
+      const at = instance.status?.node ?? "";
+      // As if it were being placed now: a placed instance does not count against itself.
+      const nodes = [...ctx.informers.nodes.items.values()].map(({ value }) => {
+        const v = nodeView(value, ctx.informers);
+        if (value.name === at) {
+          v.allocated.vcpus -= r.vcpus;
+          v.allocated.memoryMib -= r.memoryMib;
+          v.allocated.diskGib -= r.diskGib;
+          v.allocated.count--;
+        }
+        return v;
+      });
+      const v = verdicts(nodes, r, ctx.algorithm, placedViews(ctx.informers, instance.name));
+      return {
+        summary: at ? `placed on ${at}; now: ${v.summary}` : v.summary,
+        best: v.best,
+        nodes: v.verdicts.map((x) => ({ node: x.node, feasible: x.feasible, reason: x.reason, score: x.score, scoreParts: x.parts })),
+      };
     },
 
     async listInstances(req, hctx) {

@@ -18,8 +18,9 @@ import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
 import { kickedLoop } from "./kicked-loop.js";
 import { metrics } from "./metrics.js";
-import { allocationTotals, encodeAllocation, encodeAssignment, encodeInstance, requestOf } from "./records.js";
-import { type Algorithm, type NodeView, type PlacementRequest, schedule } from "./scheduler.js";
+import { needsGroups, nodeView, placedViews, placementRequest } from "./placement-input.js";
+import { encodeAllocation, encodeAssignment, encodeInstance, requestOf } from "./records.js";
+import { type Algorithm, type NodeView, schedule } from "./scheduler.js";
 
 /** Instances per placement txn: 2 puts and 1 compare each, well inside etcd's default --max-txn-ops of 128. */
 const MAX_BATCH = 40;
@@ -69,31 +70,13 @@ export class PlacementController {
     const views: NodeView[] = [];
     for (const { value: n } of informers.nodes.items.values()) {
       const a = informers.allocations.get(keys.allocation(n.name));
-      const alloc = a ? clone(AllocationSchema, a.value) : create(AllocationSchema, {});
-      allocs.set(n.name, { alloc, rev: a?.modRevision ?? 0 });
-      views.push({
-        name: n.name,
-        labels: n.labels,
-        ready: informers.alive.get(keys.alive(n.name)) !== undefined,
-        cordoned: n.cordoned,
-        drivers: Object.fromEntries(n.drivers.map((d) => [d.name, d.healthy])),
-        capacity: {
-          vcpus: n.capacity?.vcpus ?? 0,
-          memoryMib: Number(n.capacity?.memoryMib ?? 0n),
-          diskGib: Number(n.capacity?.diskGib ?? 0n),
-        },
-        allocated: allocationTotals(alloc),
-      });
+      allocs.set(n.name, { alloc: a ? clone(AllocationSchema, a.value) : create(AllocationSchema, {}), rev: a?.modRevision ?? 0 });
+      views.push(nodeView(n, informers));
     }
-    const requests: PlacementRequest[] = pending.map(({ instance: i }) => ({
-      name: i.name,
-      driver: i.spec!.driver,
-      vcpus: i.spec!.vcpus,
-      memoryMib: Number(i.spec!.memoryMib),
-      diskGib: Number(i.spec!.diskGib),
-      nodeSelector: i.spec!.nodeSelector,
-    }));
-    const plan = schedule(views, requests, this.algorithm);
+    const requests = pending.map(({ instance }) => placementRequest(instance));
+    // Instances already placed matter only to group constraints (affinity, spread, max per node).
+    const onNodes = requests.some(needsGroups) ? placedViews(informers) : [];
+    const plan = schedule(views, requests, this.algorithm, { placed: onNodes });
     const byName = new Map(pending.map((p) => [p.instance.name, p]));
     let placed = 0;
     let lastRev = 0;

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, createRouterTransport, type Client, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
@@ -15,8 +15,17 @@ import {
   ImportTargetSchema,
   type ImportImageRequest,
 } from "../../api/gen/hypervisor/v1/image_pb.js";
-import { InstanceSchema, InstanceService, Phase, PowerState, EventType } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { NodeCondition, NodeSchema, NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
+import {
+  EventType,
+  InstanceSchema,
+  InstanceService,
+  LabelOperator,
+  Phase,
+  PowerState,
+  Strategy,
+  TaintEffect,
+} from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { NodeCondition, NodeSchema, NodeService, ResourcesSchema, TaintSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { keys, type Store } from "../../pkg/cluster/store/index.js";
 import { openEmbeddedStore } from "../../pkg/cluster/store/index.js";
 import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
@@ -24,8 +33,16 @@ import { startEtcd, type EtcdProcess } from "../../test/support/etcd.js";
 import { until } from "../../test/support/procs.js";
 import { Server } from "./server.js";
 
-async function addNode(store: Store, name: string, vcpus: number, memoryMib: number, labels: Record<string, string> = {}): Promise<void> {
+async function addNode(
+  store: Store,
+  name: string,
+  vcpus: number,
+  memoryMib: number,
+  labels: Record<string, string> = {},
+  more: { taints?: MessageInitShape<typeof TaintSchema>[]; reserved?: MessageInitShape<typeof ResourcesSchema> } = {},
+): Promise<void> {
   const node = create(NodeSchema, {
+    ...more,
     name,
     labels,
     capacity: { vcpus, memoryMib: BigInt(memoryMib), diskGib: 100n },
@@ -122,6 +139,51 @@ for (const kind of ["embedded", "etcd"] as const)
           Code.InvalidArgument,
           /^spec\.command\[0\]: .* control characters/,
         ],
+        [
+          "requirement without operator",
+          { name: "x", spec: { ...good, placement: { nodeRequirements: [{ key: "zone", values: ["a"] }] } } },
+          Code.InvalidArgument,
+          /^spec\.placement\.node_requirements\[0\]\.operator: is required/,
+        ],
+        [
+          "in without values",
+          { name: "x", spec: { ...good, placement: { nodeRequirements: [{ key: "zone", operator: LabelOperator.IN }] } } },
+          Code.InvalidArgument,
+          /^spec\.placement\.node_requirements\[0\]\.values: needs at least one value/,
+        ],
+        [
+          "requirement value",
+          {
+            name: "x",
+            spec: { ...good, placement: { nodeRequirements: [{ key: "zone", operator: LabelOperator.IN, values: ["a'b"] }] } },
+          },
+          Code.InvalidArgument,
+          /^spec\.placement\.node_requirements\[0\]\.values\[0\]: "a'b" is not a valid label value/,
+        ],
+        [
+          "group without labels",
+          { name: "x", spec: { ...good, placement: { maxPerNode: 1 } } },
+          Code.InvalidArgument,
+          /^spec\.placement\.max_per_node_selector: is empty and the instance has no labels/,
+        ],
+        [
+          "preferred weight",
+          { name: "x", labels: { app: "w" }, spec: { ...good, placement: { affinity: [{ weight: 500 }] } } },
+          Code.InvalidArgument,
+          /^spec\.placement\.affinity\[0\]\.weight: 500 must be from 1 to 100/,
+        ],
+        [
+          "spread without key",
+          { name: "x", labels: { app: "w" }, spec: { ...good, placement: { spread: [{ maxSkew: 1 }] } } },
+          Code.InvalidArgument,
+          /^spec\.placement\.spread\[0\]\.topology_key: is required/,
+        ],
+        [
+          "unknown strategy",
+          { name: "x", spec: { ...good, placement: { strategy: 9 as Strategy } } },
+          Code.InvalidArgument,
+          /^spec\.placement\.strategy: "9" is not a strategy/,
+        ],
       ];
       for (const [what, req, code, msg] of cases) {
         await assert.rejects(instances.createInstance(req), (e: unknown) => {
@@ -186,6 +248,58 @@ for (const kind of ["embedded", "etcd"] as const)
       assert.equal(node.instanceCount, 1);
       assert.equal(node.allocatable?.vcpus, 6);
       assert.equal(node.allocatable?.memoryMib, 6144n);
+    });
+
+    it("places by taints, requirements and anti-affinity, and explains every node's verdict", async () => {
+      await addNode(store, "gpu-1", 8, 8192, { zone: "a" }, { taints: [{ key: "gpu", value: "", effect: TaintEffect.NO_SCHEDULE }] });
+      await addNode(store, "zb-1", 8, 8192, { zone: "b" }, { reserved: { vcpus: 6, memoryMib: 0n, diskGib: 0n } });
+      const spec = (over: object) => ({ driver: "mock", vcpus: 1, memoryMib: 64n, ...over });
+      const anti = { anti: true, required: true };
+      const zone = (values: string[]) => ({ nodeRequirements: [{ key: "zone", operator: LabelOperator.IN, values }] });
+      // zb-1 has two CPUs left after its reservation; gpu-1 needs a toleration.
+      await instances.createInstance({
+        name: "db-1",
+        labels: { app: "db" },
+        spec: spec({ placement: { ...zone(["a", "b"]), affinity: [anti] } }),
+      });
+      await instances.createInstance({
+        name: "db-2",
+        labels: { app: "db" },
+        spec: spec({ placement: { ...zone(["a", "b"]), affinity: [anti] } }),
+      });
+      const placed = await until("db-1 placed", async () => {
+        const i = (await instances.getInstance({ name: "db-1" })).instance!;
+        return i.status?.node ? i : undefined;
+      });
+      assert.equal(placed.status?.node, "zb-1");
+      const stuck = await until("db-2's reason", async () => {
+        const i = (await instances.getInstance({ name: "db-2" })).instance!;
+        return i.status?.message.includes("untolerated taint gpu") ? i : undefined;
+      });
+      assert.equal(stuck.status?.phase, Phase.PENDING);
+      assert.match(
+        stuck.status.message,
+        /^0\/\d+ nodes available: .*1 anti-affinity.*1 untolerated taint gpu|^0\/\d+ nodes available: .*1 untolerated taint gpu.*1 anti-affinity/,
+      );
+
+      const why = await instances.explainInstance({ name: "db-2" });
+      assert.equal(why.best, "");
+      const verdict = (n: string) => why.nodes.find((v) => v.node === n);
+      assert.equal(verdict("gpu-1")?.reason, "untolerated taint gpu");
+      assert.equal(verdict("zb-1")?.reason, "anti-affinity");
+      assert.equal(verdict("large")?.reason, "node requirement zone");
+      const ok = await instances.explainInstance({ name: "db-1" });
+      assert.match(ok.summary, /^placed on zb-1; now: 1\/\d+ nodes feasible; best zb-1$/, "it does not count against itself");
+      assert.equal(ok.nodes[0]?.node, "zb-1");
+      assert.ok(ok.nodes[0]?.feasible && "binpack" in ok.nodes[0].scoreParts);
+      await assert.rejects(instances.explainInstance({ name: "nope" }), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
+      // Leave nothing behind for the tests that follow: play the agent's part for db-1.
+      await instances.deleteInstance({ name: "db-2" });
+      await instances.deleteInstance({ name: "db-1" });
+      await store.delete(keys.assignment("zb-1", "db-1"));
+      await until("both gone", async () => !(await store.get(keys.instance("db-1"))) && !(await store.get(keys.instance("db-2"))));
+      await store.delete(keys.node("gpu-1"));
+      await store.delete(keys.node("zb-1"));
     });
 
     it("start/stop mirror desired state into the assignment; restart needs Running", async () => {

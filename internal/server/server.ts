@@ -91,6 +91,7 @@ export class Server {
       log: this.log,
       serverId: this.serverId,
       version: opts.version,
+      algorithm: opts.algorithm ?? "binpack",
       leader: () => (opts.leadership ? opts.leadership.leader() : this.serverId),
       componentHealth: () => ({ ...this.health }),
     };
@@ -152,7 +153,7 @@ export class Server {
       this.log.info("leading: running the scheduler and controllers");
       try {
         await Promise.all([
-          new PlacementController(this.ctx, this.opts.algorithm ?? "binpack").run(leaderSignal),
+          new PlacementController(this.ctx, this.ctx.algorithm).run(leaderSignal),
           new GcController(this.ctx).run(leaderSignal),
           new NodeController(this.ctx).run(leaderSignal),
         ]);

@@ -4,7 +4,15 @@
  * before validation has passed.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { InstanceSpec } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import {
+  type InstanceSpec,
+  LabelOperator,
+  type LabelRequirement,
+  type Placement,
+  Strategy,
+  TaintEffect,
+  TolerationOperator,
+} from "../../api/gen/hypervisor/v1/instance_pb.js";
 
 /** Drivers the platform knows. A known driver that no node has leaves the instance Pending. */
 export const KNOWN_DRIVERS = ["libvirt", "containerd", "firecracker", "mock"] as const;
@@ -91,7 +99,8 @@ function validateSize(field: string, value: number | bigint, max: number, unit: 
   if (n > max) throw invalid(field, `${n} ${unit} is more than the maximum of ${max} ${unit}`);
 }
 
-export function validateSpec(spec: InstanceSpec | undefined): asserts spec is InstanceSpec {
+/** `labels`: the instance's own, the default group of placement terms. */
+export function validateSpec(spec: InstanceSpec | undefined, labels: Record<string, string> = {}): asserts spec is InstanceSpec {
   if (!spec) throw invalid("spec", "is required");
   if (spec.driver === "") throw invalid("spec.driver", `is required (one of ${KNOWN_DRIVERS.join(", ")})`);
   if (!(KNOWN_DRIVERS as readonly string[]).includes(spec.driver)) {
@@ -117,6 +126,86 @@ export function validateSpec(spec: InstanceSpec | undefined): asserts spec is In
   if (spec.driver === "firecracker" && spec.kernel === "") {
     throw invalid("spec.kernel", "is required for the firecracker driver (microVMs boot a kernel directly)");
   }
+  if (spec.placement) validatePlacement("spec.placement", spec.placement, labels);
+}
+
+/** Most entries in each list of a placement: the scheduler evaluates them for every node. */
+const MAX_PLACEMENT_TERMS = 32;
+
+function validatePlacement(field: string, p: Placement, labels: Record<string, string>): void {
+  for (const [name, list] of [
+    ["node_requirements", p.nodeRequirements],
+    ["tolerations", p.tolerations],
+    ["affinity", p.affinity],
+    ["spread", p.spread],
+    ["preferences", p.preferences],
+  ] as const) {
+    if (list.length > MAX_PLACEMENT_TERMS)
+      throw invalid(`${field}.${name}`, `has ${list.length} entries; at most ${MAX_PLACEMENT_TERMS} allowed`);
+  }
+  p.nodeRequirements.forEach((r, i) => validateRequirement(`${field}.node_requirements[${i}]`, r));
+  p.tolerations.forEach((t, i) => {
+    const f = `${field}.tolerations[${i}]`;
+    if (!(t.operator in TolerationOperator)) throw invalid(`${f}.operator`, `${show(t.operator)} is not an operator`);
+    if (t.operator === TolerationOperator.EXISTS) {
+      if (t.key !== "") validateLabelKey(`${f}.key`, t.key);
+      if (t.value !== "") throw invalid(`${f}.value`, `must be empty with operator EXISTS, got ${show(t.value)}`);
+    } else {
+      validateLabelKey(`${f}.key`, t.key);
+      validateLabelValue(`${f}.value`, t.value);
+    }
+    if (!(t.effect in TaintEffect)) throw invalid(`${f}.effect`, `${show(t.effect)} is not a taint effect`);
+  });
+  const groupOf = (f: string, selector: Record<string, string>) => {
+    validateLabels(f, selector, true);
+    if (Object.keys(selector).length === 0 && Object.keys(labels).length === 0)
+      throw invalid(f, "is empty and the instance has no labels: name the group of instances this counts");
+  };
+  p.affinity.forEach((a, i) => {
+    const f = `${field}.affinity[${i}]`;
+    groupOf(`${f}.match_labels`, a.matchLabels);
+    if (a.topologyKey !== "") validateLabelKey(`${f}.topology_key`, a.topologyKey);
+    if (a.required && a.weight !== 0) throw invalid(`${f}.weight`, `must be 0 for a required term, got ${a.weight}`);
+    if (!a.required && (a.weight < 1 || a.weight > 100))
+      throw invalid(`${f}.weight`, `${a.weight} must be from 1 to 100 for a preferred term`);
+  });
+  p.spread.forEach((sp, i) => {
+    const f = `${field}.spread[${i}]`;
+    if (sp.topologyKey === "") throw invalid(`${f}.topology_key`, "is required (the node label to spread over, e.g. zone)");
+    validateLabelKey(`${f}.topology_key`, sp.topologyKey);
+    if (sp.maxSkew > 1000) throw invalid(`${f}.max_skew`, `${sp.maxSkew} is more than 1000`);
+    groupOf(`${f}.match_labels`, sp.matchLabels);
+  });
+  if (p.maxPerNode > 0) groupOf(`${field}.max_per_node_selector`, p.maxPerNodeSelector);
+  else if (Object.keys(p.maxPerNodeSelector).length > 0)
+    throw invalid(`${field}.max_per_node_selector`, "is set but max_per_node is 0 (no limit)");
+  if (!(p.strategy in Strategy)) throw invalid(`${field}.strategy`, `${show(p.strategy)} is not a strategy`);
+  p.preferences.forEach((x, i) => {
+    const f = `${field}.preferences[${i}]`;
+    if (!x.requirement) throw invalid(`${f}.requirement`, "is required");
+    validateRequirement(`${f}.requirement`, x.requirement);
+    if (x.weight === 0 || x.weight < -100 || x.weight > 100) throw invalid(`${f}.weight`, `${x.weight} must be from -100 to 100, not 0`);
+  });
+}
+
+function validateRequirement(field: string, r: LabelRequirement): void {
+  validateLabelKey(`${field}.key`, r.key);
+  const withValues = r.operator === LabelOperator.IN || r.operator === LabelOperator.NOT_IN;
+  if (r.operator === LabelOperator.UNSPECIFIED || !(r.operator in LabelOperator))
+    throw invalid(`${field}.operator`, `is required: IN, NOT_IN, EXISTS or DOES_NOT_EXIST (got ${show(r.operator)})`);
+  if (withValues && r.values.length === 0) throw invalid(`${field}.values`, "needs at least one value with IN and NOT_IN");
+  if (!withValues && r.values.length > 0) throw invalid(`${field}.values`, "must be empty with EXISTS and DOES_NOT_EXIST");
+  if (r.values.length > LIMITS.maxListEntries)
+    throw invalid(`${field}.values`, `has ${r.values.length} entries; at most ${LIMITS.maxListEntries} allowed`);
+  r.values.forEach((v, i) => validateLabelValue(`${field}.values[${i}]`, v));
+}
+
+function validateLabelKey(field: string, k: string): void {
+  if (!LABEL_KEY_RE.test(k)) throw invalid(field, `${show(k)} is not a valid label key`);
+}
+
+function validateLabelValue(field: string, v: string): void {
+  if (!LABEL_VALUE_RE.test(v)) throw invalid(field, `${show(v)} is not a valid label value: at most 63 letters, digits, '-', '_', '.'`);
 }
 
 /** "k=v,k2=v2" → record. */

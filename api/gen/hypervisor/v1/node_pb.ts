@@ -6,13 +6,15 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { TaintEffect } from "./instance_pb.js";
+import { file_hypervisor_v1_instance } from "./instance_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file hypervisor/v1/node.proto.
  */
 export const file_hypervisor_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChhoeXBlcnZpc29yL3YxL25vZGUucHJvdG8SDWh5cGVydmlzb3IudjEikQQKBE5vZGUSDAoEbmFtZRgBIAEoCRIvCgZsYWJlbHMYAiADKAsyHy5oeXBlcnZpc29yLnYxLk5vZGUuTGFiZWxzRW50cnkSKgoIY2FwYWNpdHkYAyABKAsyGC5oeXBlcnZpc29yLnYxLlJlc291cmNlcxItCgthbGxvY2F0YWJsZRgEIAEoCzIYLmh5cGVydmlzb3IudjEuUmVzb3VyY2VzEioKB2RyaXZlcnMYBSADKAsyGS5oeXBlcnZpc29yLnYxLkRyaXZlckluZm8SLwoJY29uZGl0aW9uGAYgASgOMhwuaHlwZXJ2aXNvci52MS5Ob2RlQ29uZGl0aW9uEhAKCGNvcmRvbmVkGAcgASgIEhUKDWFnZW50X3ZlcnNpb24YCCABKAkSDwoHYWRkcmVzcxgJIAEoCRIxCg1yZWdpc3Rlcl90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5oZWFydGJlYXRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOaW5zdGFuY2VfY291bnQYDCABKA0SEAoIaG9zdG5hbWUYDSABKAkSCgoCb3MYDiABKAkSDAoEYXJjaBgPIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkAKCVJlc291cmNlcxINCgV2Y3B1cxgBIAEoDRISCgptZW1vcnlfbWliGAIgASgEEhAKCGRpc2tfZ2liGAMgASgEIvgBCgpEcml2ZXJJbmZvEgwKBG5hbWUYASABKAkSDwoHaGVhbHRoeRgCIAEoCBIPCgd2ZXJzaW9uGAMgASgJEg8KB21lc3NhZ2UYBCABKAkSPQoKYXR0cmlidXRlcxgFIAMoCzIpLmh5cGVydmlzb3IudjEuRHJpdmVySW5mby5BdHRyaWJ1dGVzRW50cnkSNwoMY2FwYWJpbGl0aWVzGAYgASgLMiEuaHlwZXJ2aXNvci52MS5Ecml2ZXJDYXBhYmlsaXRpZXMaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEihgEKEkRyaXZlckNhcGFiaWxpdGllcxIPCgdjb25zb2xlGAEgASgIEg8KB2JhbGxvb24YAiABKAgSDQoFc3RhdHMYAyABKAgSEAoIc25hcHNob3QYBCABKAgSDwoHbWlncmF0ZRgFIAEoCBIMCgRsb2dzGAYgASgIEg4KBmltYWdlcxgHIAEoCCISChBMaXN0Tm9kZXNSZXF1ZXN0IjcKEUxpc3ROb2Rlc1Jlc3BvbnNlEiIKBW5vZGVzGAEgAygLMhMuaHlwZXJ2aXNvci52MS5Ob2RlIh4KDkdldE5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNAoPR2V0Tm9kZVJlc3BvbnNlEiEKBG5vZGUYASABKAsyEy5oeXBlcnZpc29yLnYxLk5vZGUiIQoRQ29yZG9uTm9kZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSI3ChJDb3Jkb25Ob2RlUmVzcG9uc2USIQoEbm9kZRgBIAEoCzITLmh5cGVydmlzb3IudjEuTm9kZSIjChNVbmNvcmRvbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiOQoUVW5jb3Jkb25Ob2RlUmVzcG9uc2USIQoEbm9kZRgBIAEoCzITLmh5cGVydmlzb3IudjEuTm9kZSIgChBEcmFpbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiUQoRRHJhaW5Ob2RlUmVzcG9uc2USIQoEbm9kZRgBIAEoCzITLmh5cGVydmlzb3IudjEuTm9kZRIZChFzdG9wcGVkX2luc3RhbmNlcxgCIAMoCSpnCg1Ob2RlQ29uZGl0aW9uEh4KGk5PREVfQ09ORElUSU9OX1VOU1BFQ0lGSUVEEAASGAoUTk9ERV9DT05ESVRJT05fUkVBRFkQARIcChhOT0RFX0NPTkRJVElPTl9OT1RfUkVBRFkQAjKjAwoLTm9kZVNlcnZpY2USTgoJTGlzdE5vZGVzEh8uaHlwZXJ2aXNvci52MS5MaXN0Tm9kZXNSZXF1ZXN0GiAuaHlwZXJ2aXNvci52MS5MaXN0Tm9kZXNSZXNwb25zZRJICgdHZXROb2RlEh0uaHlwZXJ2aXNvci52MS5HZXROb2RlUmVxdWVzdBoeLmh5cGVydmlzb3IudjEuR2V0Tm9kZVJlc3BvbnNlElEKCkNvcmRvbk5vZGUSIC5oeXBlcnZpc29yLnYxLkNvcmRvbk5vZGVSZXF1ZXN0GiEuaHlwZXJ2aXNvci52MS5Db3Jkb25Ob2RlUmVzcG9uc2USVwoMVW5jb3Jkb25Ob2RlEiIuaHlwZXJ2aXNvci52MS5VbmNvcmRvbk5vZGVSZXF1ZXN0GiMuaHlwZXJ2aXNvci52MS5VbmNvcmRvbk5vZGVSZXNwb25zZRJOCglEcmFpbk5vZGUSHy5oeXBlcnZpc29yLnYxLkRyYWluTm9kZVJlcXVlc3QaIC5oeXBlcnZpc29yLnYxLkRyYWluTm9kZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChhoeXBlcnZpc29yL3YxL25vZGUucHJvdG8SDWh5cGVydmlzb3IudjEi4wQKBE5vZGUSDAoEbmFtZRgBIAEoCRIvCgZsYWJlbHMYAiADKAsyHy5oeXBlcnZpc29yLnYxLk5vZGUuTGFiZWxzRW50cnkSKgoIY2FwYWNpdHkYAyABKAsyGC5oeXBlcnZpc29yLnYxLlJlc291cmNlcxItCgthbGxvY2F0YWJsZRgEIAEoCzIYLmh5cGVydmlzb3IudjEuUmVzb3VyY2VzEioKB2RyaXZlcnMYBSADKAsyGS5oeXBlcnZpc29yLnYxLkRyaXZlckluZm8SLwoJY29uZGl0aW9uGAYgASgOMhwuaHlwZXJ2aXNvci52MS5Ob2RlQ29uZGl0aW9uEhAKCGNvcmRvbmVkGAcgASgIEhUKDWFnZW50X3ZlcnNpb24YCCABKAkSDwoHYWRkcmVzcxgJIAEoCRIxCg1yZWdpc3Rlcl90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5oZWFydGJlYXRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOaW5zdGFuY2VfY291bnQYDCABKA0SEAoIaG9zdG5hbWUYDSABKAkSCgoCb3MYDiABKAkSDAoEYXJjaBgPIAEoCRIkCgZ0YWludHMYECADKAsyFC5oeXBlcnZpc29yLnYxLlRhaW50EioKCHJlc2VydmVkGBEgASgLMhguaHlwZXJ2aXNvci52MS5SZXNvdXJjZXMaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJPCgVUYWludBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSKgoGZWZmZWN0GAMgASgOMhouaHlwZXJ2aXNvci52MS5UYWludEVmZmVjdCJACglSZXNvdXJjZXMSDQoFdmNwdXMYASABKA0SEgoKbWVtb3J5X21pYhgCIAEoBBIQCghkaXNrX2dpYhgDIAEoBCL4AQoKRHJpdmVySW5mbxIMCgRuYW1lGAEgASgJEg8KB2hlYWx0aHkYAiABKAgSDwoHdmVyc2lvbhgDIAEoCRIPCgdtZXNzYWdlGAQgASgJEj0KCmF0dHJpYnV0ZXMYBSADKAsyKS5oeXBlcnZpc29yLnYxLkRyaXZlckluZm8uQXR0cmlidXRlc0VudHJ5EjcKDGNhcGFiaWxpdGllcxgGIAEoCzIhLmh5cGVydmlzb3IudjEuRHJpdmVyQ2FwYWJpbGl0aWVzGjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIoYBChJEcml2ZXJDYXBhYmlsaXRpZXMSDwoHY29uc29sZRgBIAEoCBIPCgdiYWxsb29uGAIgASgIEg0KBXN0YXRzGAMgASgIEhAKCHNuYXBzaG90GAQgASgIEg8KB21pZ3JhdGUYBSABKAgSDAoEbG9ncxgGIAEoCBIOCgZpbWFnZXMYByABKAgiEgoQTGlzdE5vZGVzUmVxdWVzdCI3ChFMaXN0Tm9kZXNSZXNwb25zZRIiCgVub2RlcxgBIAMoCzITLmh5cGVydmlzb3IudjEuTm9kZSIeCg5HZXROb2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjQKD0dldE5vZGVSZXNwb25zZRIhCgRub2RlGAEgASgLMhMuaHlwZXJ2aXNvci52MS5Ob2RlIiEKEUNvcmRvbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNwoSQ29yZG9uTm9kZVJlc3BvbnNlEiEKBG5vZGUYASABKAsyEy5oeXBlcnZpc29yLnYxLk5vZGUiIwoTVW5jb3Jkb25Ob2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjkKFFVuY29yZG9uTm9kZVJlc3BvbnNlEiEKBG5vZGUYASABKAsyEy5oeXBlcnZpc29yLnYxLk5vZGUiIAoQRHJhaW5Ob2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIlEKEURyYWluTm9kZVJlc3BvbnNlEiEKBG5vZGUYASABKAsyEy5oeXBlcnZpc29yLnYxLk5vZGUSGQoRc3RvcHBlZF9pbnN0YW5jZXMYAiADKAkqZwoNTm9kZUNvbmRpdGlvbhIeChpOT0RFX0NPTkRJVElPTl9VTlNQRUNJRklFRBAAEhgKFE5PREVfQ09ORElUSU9OX1JFQURZEAESHAoYTk9ERV9DT05ESVRJT05fTk9UX1JFQURZEAIyowMKC05vZGVTZXJ2aWNlEk4KCUxpc3ROb2RlcxIfLmh5cGVydmlzb3IudjEuTGlzdE5vZGVzUmVxdWVzdBogLmh5cGVydmlzb3IudjEuTGlzdE5vZGVzUmVzcG9uc2USSAoHR2V0Tm9kZRIdLmh5cGVydmlzb3IudjEuR2V0Tm9kZVJlcXVlc3QaHi5oeXBlcnZpc29yLnYxLkdldE5vZGVSZXNwb25zZRJRCgpDb3Jkb25Ob2RlEiAuaHlwZXJ2aXNvci52MS5Db3Jkb25Ob2RlUmVxdWVzdBohLmh5cGVydmlzb3IudjEuQ29yZG9uTm9kZVJlc3BvbnNlElcKDFVuY29yZG9uTm9kZRIiLmh5cGVydmlzb3IudjEuVW5jb3Jkb25Ob2RlUmVxdWVzdBojLmh5cGVydmlzb3IudjEuVW5jb3Jkb25Ob2RlUmVzcG9uc2USTgoJRHJhaW5Ob2RlEh8uaHlwZXJ2aXNvci52MS5EcmFpbk5vZGVSZXF1ZXN0GiAuaHlwZXJ2aXNvci52MS5EcmFpbk5vZGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_hypervisor_v1_instance]);
 
 /**
  * A Node is one compute host run by a hypervisor-agent. The agent writes the record; the server
@@ -97,6 +99,20 @@ export type Node = Message<"hypervisor.v1.Node"> & {
    * @generated from field: string arch = 15;
    */
   arch: string;
+
+  /**
+   * Set by the agent's configuration (--taint); see Placement.tolerations.
+   *
+   * @generated from field: repeated hypervisor.v1.Taint taints = 16;
+   */
+  taints: Taint[];
+
+  /**
+   * Held back for the host (the agent's --reserved-*): capacity minus this is what instances get.
+   *
+   * @generated from field: hypervisor.v1.Resources reserved = 17;
+   */
+  reserved?: Resources | undefined;
 };
 
 /**
@@ -105,6 +121,33 @@ export type Node = Message<"hypervisor.v1.Node"> & {
  */
 export const NodeSchema: GenMessage<Node> = /*@__PURE__*/
   messageDesc(file_hypervisor_v1_node, 0);
+
+/**
+ * @generated from message hypervisor.v1.Taint
+ */
+export type Taint = Message<"hypervisor.v1.Taint"> & {
+  /**
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * @generated from field: string value = 2;
+   */
+  value: string;
+
+  /**
+   * @generated from field: hypervisor.v1.TaintEffect effect = 3;
+   */
+  effect: TaintEffect;
+};
+
+/**
+ * Describes the message hypervisor.v1.Taint.
+ * Use `create(TaintSchema)` to create a new message.
+ */
+export const TaintSchema: GenMessage<Taint> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_node, 1);
 
 /**
  * @generated from message hypervisor.v1.Resources
@@ -131,7 +174,7 @@ export type Resources = Message<"hypervisor.v1.Resources"> & {
  * Use `create(ResourcesSchema)` to create a new message.
  */
 export const ResourcesSchema: GenMessage<Resources> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 1);
+  messageDesc(file_hypervisor_v1_node, 2);
 
 /**
  * @generated from message hypervisor.v1.DriverInfo
@@ -173,7 +216,7 @@ export type DriverInfo = Message<"hypervisor.v1.DriverInfo"> & {
  * Use `create(DriverInfoSchema)` to create a new message.
  */
 export const DriverInfoSchema: GenMessage<DriverInfo> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 2);
+  messageDesc(file_hypervisor_v1_node, 3);
 
 /**
  * @generated from message hypervisor.v1.DriverCapabilities
@@ -224,7 +267,7 @@ export type DriverCapabilities = Message<"hypervisor.v1.DriverCapabilities"> & {
  * Use `create(DriverCapabilitiesSchema)` to create a new message.
  */
 export const DriverCapabilitiesSchema: GenMessage<DriverCapabilities> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 3);
+  messageDesc(file_hypervisor_v1_node, 4);
 
 /**
  * @generated from message hypervisor.v1.ListNodesRequest
@@ -237,7 +280,7 @@ export type ListNodesRequest = Message<"hypervisor.v1.ListNodesRequest"> & {
  * Use `create(ListNodesRequestSchema)` to create a new message.
  */
 export const ListNodesRequestSchema: GenMessage<ListNodesRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 4);
+  messageDesc(file_hypervisor_v1_node, 5);
 
 /**
  * @generated from message hypervisor.v1.ListNodesResponse
@@ -254,7 +297,7 @@ export type ListNodesResponse = Message<"hypervisor.v1.ListNodesResponse"> & {
  * Use `create(ListNodesResponseSchema)` to create a new message.
  */
 export const ListNodesResponseSchema: GenMessage<ListNodesResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 5);
+  messageDesc(file_hypervisor_v1_node, 6);
 
 /**
  * @generated from message hypervisor.v1.GetNodeRequest
@@ -271,7 +314,7 @@ export type GetNodeRequest = Message<"hypervisor.v1.GetNodeRequest"> & {
  * Use `create(GetNodeRequestSchema)` to create a new message.
  */
 export const GetNodeRequestSchema: GenMessage<GetNodeRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 6);
+  messageDesc(file_hypervisor_v1_node, 7);
 
 /**
  * @generated from message hypervisor.v1.GetNodeResponse
@@ -288,7 +331,7 @@ export type GetNodeResponse = Message<"hypervisor.v1.GetNodeResponse"> & {
  * Use `create(GetNodeResponseSchema)` to create a new message.
  */
 export const GetNodeResponseSchema: GenMessage<GetNodeResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 7);
+  messageDesc(file_hypervisor_v1_node, 8);
 
 /**
  * @generated from message hypervisor.v1.CordonNodeRequest
@@ -305,7 +348,7 @@ export type CordonNodeRequest = Message<"hypervisor.v1.CordonNodeRequest"> & {
  * Use `create(CordonNodeRequestSchema)` to create a new message.
  */
 export const CordonNodeRequestSchema: GenMessage<CordonNodeRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 8);
+  messageDesc(file_hypervisor_v1_node, 9);
 
 /**
  * @generated from message hypervisor.v1.CordonNodeResponse
@@ -322,7 +365,7 @@ export type CordonNodeResponse = Message<"hypervisor.v1.CordonNodeResponse"> & {
  * Use `create(CordonNodeResponseSchema)` to create a new message.
  */
 export const CordonNodeResponseSchema: GenMessage<CordonNodeResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 9);
+  messageDesc(file_hypervisor_v1_node, 10);
 
 /**
  * @generated from message hypervisor.v1.UncordonNodeRequest
@@ -339,7 +382,7 @@ export type UncordonNodeRequest = Message<"hypervisor.v1.UncordonNodeRequest"> &
  * Use `create(UncordonNodeRequestSchema)` to create a new message.
  */
 export const UncordonNodeRequestSchema: GenMessage<UncordonNodeRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 10);
+  messageDesc(file_hypervisor_v1_node, 11);
 
 /**
  * @generated from message hypervisor.v1.UncordonNodeResponse
@@ -356,7 +399,7 @@ export type UncordonNodeResponse = Message<"hypervisor.v1.UncordonNodeResponse">
  * Use `create(UncordonNodeResponseSchema)` to create a new message.
  */
 export const UncordonNodeResponseSchema: GenMessage<UncordonNodeResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 11);
+  messageDesc(file_hypervisor_v1_node, 12);
 
 /**
  * @generated from message hypervisor.v1.DrainNodeRequest
@@ -373,7 +416,7 @@ export type DrainNodeRequest = Message<"hypervisor.v1.DrainNodeRequest"> & {
  * Use `create(DrainNodeRequestSchema)` to create a new message.
  */
 export const DrainNodeRequestSchema: GenMessage<DrainNodeRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 12);
+  messageDesc(file_hypervisor_v1_node, 13);
 
 /**
  * @generated from message hypervisor.v1.DrainNodeResponse
@@ -397,7 +440,7 @@ export type DrainNodeResponse = Message<"hypervisor.v1.DrainNodeResponse"> & {
  * Use `create(DrainNodeResponseSchema)` to create a new message.
  */
 export const DrainNodeResponseSchema: GenMessage<DrainNodeResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 13);
+  messageDesc(file_hypervisor_v1_node, 14);
 
 /**
  * @generated from enum hypervisor.v1.NodeCondition

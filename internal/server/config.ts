@@ -50,6 +50,13 @@ export const serverSchema = {
     min: 1,
     description: "seconds a console ticket may wait to be used (it works once)",
   },
+  "ha-grace-period": {
+    type: "number",
+    default: 60,
+    integer: true,
+    min: 1,
+    description: "seconds a node stays NotReady before its instances (restart policy other than never) are placed on other nodes",
+  },
   "console-local-direct": {
     type: "boolean",
     default: true,

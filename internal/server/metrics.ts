@@ -24,6 +24,11 @@ export const metrics = {
     help: "Placements refused by a revision compare (stale snapshot); they are replanned",
     registers: [registry],
   }),
+  haReschedules: new Counter({
+    name: "hypervisor_ha_reschedules_total",
+    help: "Instances sent back to the scheduler because their node stayed NotReady past the HA grace period",
+    registers: [registry],
+  }),
   nodes: new Gauge({
     name: "hypervisor_nodes",
     help: "Registered nodes by condition",

@@ -15,6 +15,7 @@ import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
 import { ImageService } from "../../api/gen/hypervisor/v1/image_pb.js";
 import { ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
 import { ConsoleProxy, consoleService } from "./console.js";
+import { HaController } from "./ha-controller.js";
 import { InstanceSchema, InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { keys, type Store, StoreError, StoreUnavailableError } from "../../pkg/cluster/store/index.js";
@@ -49,6 +50,8 @@ export interface ServerOptions {
   readMaxBytes?: number;
   /** How long a console ticket may wait to be used (default 30 s). */
   consoleTicketTtlMs?: number;
+  /** How long a node stays NotReady before its instances are placed elsewhere (default 60 s). */
+  haGraceMs?: number;
   /** Dial the VNC server of a VM whose agent is on this machine directly (default true); false: always through the agent. */
   consoleLocalDirect?: boolean;
   /** Serves paths the API does not (the web UI). */
@@ -156,6 +159,7 @@ export class Server {
           new PlacementController(this.ctx, this.ctx.algorithm).run(leaderSignal),
           new GcController(this.ctx).run(leaderSignal),
           new NodeController(this.ctx).run(leaderSignal),
+          new HaController(this.ctx, this.opts.haGraceMs).run(leaderSignal),
         ]);
       } finally {
         this.isLeader = false;

@@ -1,0 +1,122 @@
+/*
+ * The HA controller (leader only) moves instances off nodes that stay NotReady. Once a node's
+ * lease has been gone for the grace period (as this leader saw it: a new leader waits a whole
+ * period again), each instance assigned there whose restart policy is not "never" goes back to
+ * Pending for the scheduler to place elsewhere, in one transaction per instance:
+ *
+ *   compare instances/<n> rev (nobody moved or changed it since we read it: once only)
+ *           alive/<node> absent  (the node did not come back meanwhile)
+ *           allocations/<node> rev
+ *   delete  assignments/<node>/<n>, status/<n>      put instances/<n> Pending, allocations/<node> without it
+ *
+ * Fencing: the old node's agent, if it comes back, finds no assignment for the instance and
+ * destroys its copy (on adoption, or when the assignment's deletion reaches its watch), and its
+ * status writes compare that assignment, so it can no longer report on the instance.
+ * An instance being deleted on a dead node loses its assignment the same way, so the GC can finish.
+ */
+import { clone, create } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { InstanceSchema, InstanceStatusSchema, Phase, RestartPolicy } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { ifAbsent, ifModRevision, keys, type Op } from "../../pkg/cluster/store/index.js";
+import type { Logger } from "../../pkg/log/index.js";
+import type { ServerContext } from "./context.js";
+import { kickedLoop } from "./kicked-loop.js";
+import { metrics } from "./metrics.js";
+import { encodeAllocation, encodeInstance } from "./records.js";
+
+export const DEFAULT_HA_GRACE_MS = 60_000;
+
+export class HaController {
+  private readonly log: Logger;
+  /** Node → when this leader first saw it NotReady. */
+  private readonly downSince = new Map<string, number>();
+
+  constructor(
+    private readonly ctx: ServerContext,
+    private readonly graceMs = DEFAULT_HA_GRACE_MS,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.log = ctx.log.child({ component: "ha" });
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    const { informers } = this.ctx;
+    // Also on a timer: the grace period ends without any event.
+    const loop = kickedLoop((s) => this.pass(s).then((r) => r.conflicts > 0), Math.max(250, Math.min(this.graceMs / 4, 5000)), this.log);
+    const offs = [informers.nodes.subscribe(loop.kick), informers.alive.subscribe(loop.kick), informers.assignments.subscribe(loop.kick)];
+    try {
+      await loop.run(signal);
+    } finally {
+      offs.forEach((off) => off());
+    }
+  }
+
+  async pass(signal: AbortSignal): Promise<{ moved: number; conflicts: number }> {
+    const { informers, store } = this.ctx;
+    const now = this.now();
+    const expired: string[] = [];
+    for (const { value: n } of informers.nodes.items.values()) {
+      if (informers.alive.get(keys.alive(n.name)) !== undefined) {
+        this.downSince.delete(n.name);
+        continue;
+      }
+      const since = this.downSince.get(n.name) ?? now;
+      this.downSince.set(n.name, since);
+      if (now - since >= this.graceMs) expired.push(n.name);
+    }
+    for (const name of this.downSince.keys()) if (!informers.nodes.get(keys.node(name))) this.downSince.delete(name);
+
+    let moved = 0;
+    let conflicts = 0;
+    for (const node of expired) {
+      const prefix = keys.assignmentsOf(node);
+      const names = [...informers.assignments.items.keys()].filter((k) => k.startsWith(prefix)).map((k) => k.slice(prefix.length));
+      for (const name of names) {
+        const item = informers.instances.get(keys.instance(name));
+        if (!item || item.value.status?.node !== node) continue;
+        const i = item.value;
+        const deleting = Boolean(i.deleteTime);
+        if (!deleting && i.spec?.restartPolicy === RestartPolicy.NEVER) continue;
+        const a = informers.allocations.get(keys.allocation(node));
+        const compares = [
+          ifModRevision(keys.instance(name), item.modRevision),
+          ifAbsent(keys.alive(node)),
+          ifModRevision(keys.allocation(node), a?.modRevision ?? 0),
+        ];
+        const ops: Op[] = [
+          { type: "delete", key: keys.assignment(node, name) },
+          { type: "delete", key: keys.status(name) },
+        ];
+        if (a?.value.instances[i.uid]) {
+          const alloc = clone(AllocationSchema, a.value);
+          delete alloc.instances[i.uid];
+          ops.push({ type: "put", key: keys.allocation(node), value: encodeAllocation(alloc) });
+        }
+        const seconds = Math.round(this.graceMs / 1000);
+        if (!deleting) {
+          const next = clone(InstanceSchema, i);
+          next.status = create(InstanceStatusSchema, {
+            phase: Phase.PENDING,
+            message: `rescheduling: node ${node} NotReady for ${seconds}s`,
+            updateTime: timestampNow(),
+            restartCount: i.status?.restartCount ?? 0,
+          });
+          ops.push({ type: "put", key: keys.instance(name), value: encodeInstance(next) });
+        }
+        const res = await store.txn(compares, ops, [], { signal });
+        if (!res.succeeded) {
+          conflicts++;
+          continue;
+        }
+        moved++;
+        if (!deleting) metrics.haReschedules.inc();
+        this.log.warn(
+          { instance: name, node, graceSeconds: seconds },
+          deleting ? "released a deleted instance from a lost node" : "rescheduling an instance from a lost node",
+        );
+      }
+    }
+    return { moved, conflicts };
+  }
+}

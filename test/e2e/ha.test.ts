@@ -1,0 +1,211 @@
+// HA with real processes: a real etcd, two hypervisor-servers (one elected leader), three
+// hypervisor-agents (mock driver).
+//
+//   kill -9 an agent → NotReady after the TTL → after the grace period its instances come back on
+//   the other nodes, once each (restart policy never: left where it was) → the agent restarts →
+//   it destroys its old copies (fenced), nothing runs twice
+//   kill -9 the leader in the middle of 200 creates → the other server leads → every instance
+//   ends Running exactly once
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fromBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
+import { InstanceService, Phase, RestartPolicy, Strategy, type Instance } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
+import { keys, type Store } from "../../pkg/cluster/store/index.js";
+import { startEtcd, type EtcdProcess } from "../support/etcd.js";
+import { binPath, freePort, Proc, until } from "../support/procs.js";
+
+const TTL = 2;
+const GRACE = 3;
+
+describe("HA: lost nodes and a lost leader (etcd, two servers, three agents)", { timeout: 600_000 }, () => {
+  let dir: string;
+  let etcd: EtcdProcess;
+  let store: Store;
+  const servers = new Map<string, { proc: Proc; port: number }>();
+  const agents = new Map<string, Proc>();
+
+  const startServer = (id: string, port: number) => {
+    const proc = new Proc(`server ${id}`, [
+      binPath("hypervisor-server"),
+      ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`],
+      ...["--data-dir", join(dir, id), "--server-id", id, "--ha-grace-period", String(GRACE)],
+    ]);
+    servers.set(id, { proc, port });
+    return proc;
+  };
+  const startAgent = (name: string) => {
+    const p = new Proc(`agent ${name}`, [
+      binPath("hypervisor-agent"),
+      ...["--node-name", name, "--etcd-endpoints", etcd.endpoint, "--heartbeat-ttl", String(TTL), "--drivers", "mock"],
+      ...["--data-dir", join(dir, name), "--capacity-vcpus", "400", "--capacity-memory-mib", "409600"],
+    ]);
+    agents.set(name, p);
+    return p;
+  };
+  const api = (id: string): Client<typeof InstanceService> =>
+    createClient(InstanceService, createConnectTransport({ baseUrl: `http://127.0.0.1:${servers.get(id)!.port}`, httpVersion: "1.1" }));
+  const leaderId = async (): Promise<string> => {
+    for (const id of servers.keys()) {
+      if (!servers.get(id)!.proc.running) continue;
+      const cluster = createClient(
+        ClusterService,
+        createConnectTransport({ baseUrl: `http://127.0.0.1:${servers.get(id)!.port}`, httpVersion: "1.1" }),
+      );
+      const h = await cluster.getHealth({}).catch(() => undefined);
+      if (h?.leaderId && servers.get(h.leaderId)?.proc.running) return h.leaderId;
+    }
+    return "";
+  };
+  const anyServer = () => [...servers.keys()].find((id) => servers.get(id)!.proc.running)!;
+  const list = async (): Promise<Instance[]> => (await api(anyServer()).listInstances({})).instances;
+  const mockFiles = async (node: string) => (await readdir(join(dir, node, "mock")).catch(() => [])).filter((f) => f.endsWith(".json"));
+  /** Assignment keys per instance name: each placed instance must have exactly one. */
+  const assignments = async (): Promise<Map<string, string[]>> => {
+    const out = new Map<string, string[]>();
+    for (const kv of (await store.range(keys.assignments)).kvs) {
+      const [node, name] = kv.key.slice(keys.assignments.length).split("/") as [string, string];
+      assert.equal(fromBinary(AssignmentSchema, kv.value).instance?.name, name);
+      out.set(name, [...(out.get(name) ?? []), node]);
+    }
+    return out;
+  };
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "hv-e2e-ha-"));
+    etcd = await startEtcd();
+    store = await openEtcdStore({ endpoints: [etcd.endpoint] });
+    for (const id of ["s1", "s2"]) await startServer(id, await freePort()).waitFor(/server listening/);
+    for (const n of ["ha-a", "ha-b", "ha-c"]) await startAgent(n).waitFor(/agent started/);
+  });
+
+  after(async () => {
+    for (const a of agents.values()) await a.stop();
+    for (const s of servers.values()) await s.proc.stop();
+    await store?.close();
+    await etcd?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("moves a lost node's instances to the others after the grace period, once each, and fences the old copies", async () => {
+    const client = api("s1");
+    for (let i = 0; i < 9; i++)
+      await client.createInstance({
+        name: `ha-${i}`,
+        labels: { app: "ha" },
+        spec: {
+          driver: "mock",
+          vcpus: 1,
+          memoryMib: 64n,
+          restartPolicy: RestartPolicy.ALWAYS,
+          placement: { strategy: Strategy.SPREAD, maxPerNode: 6 },
+        },
+      });
+    await client.createInstance({
+      name: "ha-never",
+      spec: { driver: "mock", vcpus: 1, memoryMib: 64n, restartPolicy: RestartPolicy.NEVER, nodeSelector: {} },
+    });
+    const running = await until(
+      "all Running",
+      async () => {
+        const all = await list();
+        return all.length === 10 && all.every((i) => i.status?.phase === Phase.RUNNING) ? all : undefined;
+      },
+      60_000,
+    );
+    const neverNode = running.find((i) => i.name === "ha-never")!.status!.node;
+    const victim = neverNode; // the node with the never-restart instance, and three of the others
+    const lost = running.filter((i) => i.status?.node === victim && i.name !== "ha-never").map((i) => i.name);
+    assert.ok(lost.length >= 1, "spread put some of them there");
+    assert.equal((await mockFiles(victim)).length, lost.length + 1);
+
+    await agents.get(victim)!.kill9();
+    const moved = await until(
+      "the lost node's instances Running elsewhere",
+      async () => {
+        const all = await list();
+        const ok = lost.every((n) => {
+          const i = all.find((x) => x.name === n);
+          return i?.status?.phase === Phase.RUNNING && i.status.node !== victim;
+        });
+        return ok ? all : undefined;
+      },
+      60_000,
+      250,
+    );
+    const stayed = moved.find((i) => i.name === "ha-never")!;
+    assert.equal(stayed.status?.node, victim, "restart policy never: not moved");
+    const a = await assignments();
+    for (const n of lost) assert.equal(a.get(n)?.length, 1, `${n} assigned once: ${a.get(n)?.join(",")}`);
+    for (const n of lost) assert.notEqual(a.get(n)?.[0], victim);
+    assert.deepEqual(a.get("ha-never"), [victim]);
+    for (const i of moved)
+      assert.ok(i.status?.phase === Phase.RUNNING || i.name === "ha-never", `${i.name} ${Phase[i.status?.phase ?? 0]}`);
+    // Each moved instance was rescheduled once (the leader's log says so once per instance).
+    const logs = [...servers.values()].flatMap((s) => s.proc.output).filter((l) => /rescheduling an instance from a lost node/.test(l));
+    for (const n of lost) assert.equal(logs.filter((l) => l.includes(`"instance":"${n}"`)).length, 1, `${n} rescheduled once`);
+
+    // The node comes back: its agent destroys the copies it no longer owns and keeps ha-never.
+    await startAgent(victim).waitFor(/agent started/);
+    await until("the old copies destroyed", async () => (await mockFiles(victim)).length === 1, 30_000);
+    const after = await list();
+    assert.ok(
+      after.every((i) => i.status?.phase === Phase.RUNNING),
+      "all Running, none twice",
+    );
+    assert.equal(after.filter((i) => i.status?.node === victim).length, 1);
+  });
+
+  it("loses no create and doubles none when the leader is killed in the middle of 200", async () => {
+    const leader = await until("a leader", async () => (await leaderId()) || undefined, 30_000);
+    const other = [...servers.keys()].find((id) => id !== leader)!;
+    const names = Array.from({ length: 200 }, (_, i) => `burst-${i}`);
+    let sent = 0;
+    const create = async (name: string) => {
+      for (;;) {
+        // Half through the leader while it lives; after that (and on any failure) the other one.
+        const via = servers.get(leader)!.proc.running && sent % 2 === 0 ? leader : other;
+        try {
+          await api(via).createInstance({ name, labels: { app: "burst" }, spec: { driver: "mock", vcpus: 1, memoryMib: 16n } });
+          return;
+        } catch (e) {
+          // The create may have landed before the connection died: AlreadyExists is success.
+          if (ConnectError.from(e).code === Code.AlreadyExists) return;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+    };
+    const burst = (async () => {
+      for (let i = 0; i < names.length; i += 10) {
+        await Promise.all(names.slice(i, i + 10).map(create));
+        sent += 10;
+      }
+    })();
+    await until("a quarter sent", () => sent >= 50, 60_000, 20);
+    await servers.get(leader)!.proc.kill9();
+    await burst;
+    await until("the other server leads", async () => (await leaderId()) === other, 30_000);
+    const all = await until(
+      "every create Running",
+      async () => {
+        const got = (await api(other).listInstances({ filter: { labelSelector: "app=burst" } })).instances;
+        return got.length === 200 && got.every((i) => i.status?.phase === Phase.RUNNING) ? got : undefined;
+      },
+      120_000,
+      500,
+    );
+    assert.deepEqual(all.map((i) => i.name).sort(), [...names].sort());
+    const a = await assignments();
+    for (const n of names) assert.equal(a.get(n)?.length, 1, `${n} placed exactly once`);
+    let files = 0;
+    for (const node of ["ha-a", "ha-b", "ha-c"]) files += (await mockFiles(node)).filter((f) => f.startsWith("burst-")).length;
+    assert.equal(files, 200, "200 mock instances run, none twice");
+  });
+});

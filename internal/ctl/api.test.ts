@@ -157,7 +157,10 @@ const nodeImpl: ServiceImpl<typeof NodeService> = {
   },
   cordonNode: (req) => ({ node: create(NodeSchema, { ...nodeA, name: req.name, cordoned: true }) }),
   uncordonNode: (req) => ({ node: create(NodeSchema, { ...nodeA, name: req.name }) }),
-  drainNode: (req) => ({ node: create(NodeSchema, { ...nodeA, name: req.name, cordoned: true }), stoppedInstances: ["web-1", "web-2"] }),
+  drainNode: (req) =>
+    req.move
+      ? { node: create(NodeSchema, { ...nodeA, name: req.name, cordoned: true, draining: true }), movingInstances: ["web-1"] }
+      : { node: create(NodeSchema, { ...nodeA, name: req.name, cordoned: true }), stoppedInstances: ["web-1", "web-2"] },
 };
 
 const clusterImpl: ServiceImpl<typeof ClusterService> = {
@@ -537,6 +540,7 @@ describe("hypervisor-ctl against an API over HTTP", () => {
       assert.equal((await ctl(["node", "drain", "node-a"])).stdout, "node/node-a drained; stopping web-1, web-2\n");
       const drained = JSON.parse((await ctl(["node", "drain", "node-a", "-o", "json"])).stdout) as { stoppedInstances: string[] };
       assert.deepEqual(drained.stoppedInstances, ["web-1", "web-2"]);
+      assert.equal((await ctl(["node", "drain", "node-a", "--move"])).stdout, "node/node-a draining; moving web-1\n");
       assert.deepEqual(await ctl(["node", "get", "nope"]), { code: 1, stdout: "", stderr: `error: not_found: node "nope" not found\n` });
     });
 

@@ -1,6 +1,6 @@
 /*
  * `node` commands. Nodes are registered by their agents, so the CLI only reads them and toggles
- * what the API owns: the cordon flag, and drain (cordon plus stopping what runs there).
+ * what the API owns: the cordon flag, and drain (cordon plus stopping or moving what runs there).
  */
 import { Command } from "commander";
 import { DrainNodeResponseSchema, type Node, NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
@@ -50,12 +50,17 @@ export function nodeCommand(ctx: Context): Command {
 
   cmd
     .command("drain")
-    .description("cordon a node and stop every instance on it")
+    .description("cordon a node and stop every instance on it, or with --move place them on other nodes")
     .argument("<name>", "node name")
-    .action(async (name: string) => {
-      const res = await ctx.clients().nodes.drainNode({ name }, { signal: ctx.signal });
+    .option("--move", "move the instances to other nodes, each group within its disruption budget, instead of stopping them")
+    .action(async (name: string, opts: { move?: boolean }) => {
+      const res = await ctx.clients().nodes.drainNode({ name, move: Boolean(opts.move) }, { signal: ctx.signal });
       const format = ctx.format();
       if (format !== "table") return ctx.out(output.message(DrainNodeResponseSchema, res, format));
+      if (opts.move) {
+        const moving = res.movingInstances.length > 0 ? `; moving ${res.movingInstances.join(", ")}` : "; no instances to move";
+        return ctx.out(`node/${name} draining${moving}\n`);
+      }
       const stopped = res.stoppedInstances.length > 0 ? `; stopping ${res.stoppedInstances.join(", ")}` : "; no instances to stop";
       ctx.out(`node/${name} drained${stopped}\n`);
     });

@@ -97,7 +97,7 @@ export const NODE_COLUMNS = ["NAME", "STATUS", "DRIVERS", "CPU", "MEMORY", "INST
 /** "Ready", "NotReady", "Unknown", with ",SchedulingDisabled" when cordoned (as kubectl shows it). */
 export function nodeStatus(n: Node): string {
   const ready = n.condition === NodeCondition.READY ? "Ready" : n.condition === NodeCondition.NOT_READY ? "NotReady" : "Unknown";
-  return n.cordoned ? `${ready},SchedulingDisabled` : ready;
+  return n.draining ? `${ready},Draining` : n.cordoned ? `${ready},SchedulingDisabled` : ready;
 }
 
 /** Reserved/total: what is left to schedule is what an operator looks for first. */

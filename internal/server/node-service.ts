@@ -1,6 +1,6 @@
 /*
  * NodeService: nodes as the agents registered them, with what only the server knows added:
- * readiness (is the agent's lease alive?), what placements reserve, and the cordon flag.
+ * readiness (is the agent's lease alive?), what placements reserve, and the cordon and drain flags.
  */
 import { clone, create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
@@ -31,12 +31,14 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
     return { node: decodeNode(kv), rev: kv.modRevision };
   }
 
-  async function setCordoned(name: string, cordoned: boolean, signal: AbortSignal): Promise<Node> {
+  /** Uncordon also ends a drain in progress; a drain with move sets draining as well. */
+  async function setFlags(name: string, cordoned: boolean, draining: boolean, signal: AbortSignal): Promise<Node> {
     for (let i = 0; i < MAX_CAS_ATTEMPTS; i++) {
       const { node, rev } = await read(name, signal);
-      if (node.cordoned === cordoned) return describe(node, signal);
+      if (node.cordoned === cordoned && node.draining === draining) return describe(node, signal);
       const next = clone(NodeSchema, node);
       next.cordoned = cordoned;
+      next.draining = draining;
       const res = await store.txn(
         [ifModRevision(keys.node(name), rev)],
         [{ type: "put", key: keys.node(name), value: encodeNode(next) }],
@@ -44,7 +46,7 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
         { signal },
       );
       if (res.succeeded) {
-        ctx.log.info({ node: name, cordoned }, cordoned ? "node cordoned" : "node uncordoned");
+        ctx.log.info({ node: name, cordoned, draining }, draining ? "node draining" : cordoned ? "node cordoned" : "node uncordoned");
         return describe(next, signal);
       }
     }
@@ -69,19 +71,29 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
     },
 
     async cordonNode(req, hctx) {
-      return { node: await setCordoned(req.name, true, hctx.signal) };
+      const { node } = await read(req.name, hctx.signal);
+      return { node: await setFlags(req.name, true, node.draining, hctx.signal) };
     },
 
     async uncordonNode(req, hctx) {
-      return { node: await setCordoned(req.name, false, hctx.signal) };
+      return { node: await setFlags(req.name, false, false, hctx.signal) };
     },
 
     async drainNode(req, hctx) {
-      const node = await setCordoned(req.name, true, hctx.signal);
-      const assigned = await store.range(keys.assignmentsOf(req.name), { signal: hctx.signal });
+      const prefix = keys.assignmentsOf(req.name);
+      if (req.move) {
+        // The leader's drain controller moves them, as their budgets allow.
+        const node = await setFlags(req.name, true, true, hctx.signal);
+        const assigned = await store.range(prefix, { signal: hctx.signal });
+        const moving = assigned.kvs.map((kv) => kv.key.slice(prefix.length));
+        ctx.log.info({ node: req.name, moving: moving.length }, "node drain started: moving its instances");
+        return { node, movingInstances: moving };
+      }
+      const node = await setFlags(req.name, true, false, hctx.signal);
+      const assigned = await store.range(prefix, { signal: hctx.signal });
       const stopped: string[] = [];
       for (const kv of assigned.kvs) {
-        const name = kv.key.slice(keys.assignmentsOf(req.name).length);
+        const name = kv.key.slice(prefix.length);
         const spec = await store.get(keys.instance(name), { signal: hctx.signal });
         if (!spec) continue;
         const inst = decodeInstance(spec);

@@ -15,6 +15,7 @@ import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
 import { ImageService } from "../../api/gen/hypervisor/v1/image_pb.js";
 import { ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
 import { ConsoleProxy, consoleService } from "./console.js";
+import { DrainController } from "./drain-controller.js";
 import { HaController } from "./ha-controller.js";
 import { InstanceSchema, InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
@@ -160,6 +161,7 @@ export class Server {
           new GcController(this.ctx).run(leaderSignal),
           new NodeController(this.ctx).run(leaderSignal),
           new HaController(this.ctx, this.opts.haGraceMs).run(leaderSignal),
+          new DrainController(this.ctx).run(leaderSignal),
         ]);
       } finally {
         this.isLeader = false;

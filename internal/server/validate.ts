@@ -179,6 +179,11 @@ function validatePlacement(field: string, p: Placement, labels: Record<string, s
   if (p.maxPerNode > 0) groupOf(`${field}.max_per_node_selector`, p.maxPerNodeSelector);
   else if (Object.keys(p.maxPerNodeSelector).length > 0)
     throw invalid(`${field}.max_per_node_selector`, "is set but max_per_node is 0 (no limit)");
+  if (p.disruptionBudget) {
+    const f = `${field}.disruption_budget`;
+    if (p.disruptionBudget.maxUnavailable < 1) throw invalid(`${f}.max_unavailable`, "must be at least 1");
+    groupOf(`${f}.match_labels`, p.disruptionBudget.matchLabels);
+  }
   if (!(p.strategy in Strategy)) throw invalid(`${field}.strategy`, `${show(p.strategy)} is not a strategy`);
   p.preferences.forEach((x, i) => {
     const f = `${field}.preferences[${i}]`;

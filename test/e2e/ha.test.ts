@@ -4,6 +4,7 @@
 //   kill -9 an agent → NotReady after the TTL → after the grace period its instances come back on
 //   the other nodes, once each (restart policy never: left where it was) → the agent restarts →
 //   it destroys its old copies (fenced), nothing runs twice
+//   drain --move a node → its instances run elsewhere, a group never more down than its budget
 //   kill -9 the leader in the middle of 200 creates → the other server leads → every instance
 //   ends Running exactly once
 import { after, before, describe, it } from "node:test";
@@ -15,7 +16,16 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
-import { InstanceService, Phase, RestartPolicy, Strategy, type Instance } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
+import {
+  EventType,
+  InstanceService,
+  LabelOperator,
+  Phase,
+  RestartPolicy,
+  Strategy,
+  type Instance,
+} from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
 import { keys, type Store } from "../../pkg/cluster/store/index.js";
@@ -161,6 +171,75 @@ describe("HA: lost nodes and a lost leader (etcd, two servers, three agents)", {
       "all Running, none twice",
     );
     assert.equal(after.filter((i) => i.status?.node === victim).length, 1);
+  });
+
+  it("drain --move moves a node's instances elsewhere, never taking more of a group down than its budget allows", async () => {
+    const client = api("s1");
+    const group = Array.from({ length: 6 }, (_, i) => `dr-${i}`);
+    for (const name of group)
+      await client.createInstance({
+        name,
+        labels: { app: "dr" },
+        spec: {
+          driver: "mock",
+          vcpus: 1,
+          memoryMib: 16n,
+          placement: {
+            // All on ha-a to begin with, so that draining it moves the whole group.
+            preferences: [{ requirement: { key: "hypervisor.dev/node", operator: LabelOperator.IN, values: ["ha-a"] }, weight: 100 }],
+            disruptionBudget: { maxUnavailable: 1 },
+          },
+        },
+      });
+    await until(
+      "the group Running on ha-a",
+      async () => {
+        const all = (await client.listInstances({ filter: { labelSelector: "app=dr" } })).instances;
+        return (all.length === 6 && all.every((i) => i.status?.phase === Phase.RUNNING && i.status.node === "ha-a")) || undefined;
+      },
+      60_000,
+    );
+
+    // Every change the server reports, in order: how many of the group are down at each moment.
+    const ac = new AbortController();
+    const phase = new Map<string, Phase>();
+    let worst = 0;
+    let synced = false;
+    const watching = (async () => {
+      for await (const ev of client.watchInstances({ filter: { labelSelector: "app=dr" } }, { signal: ac.signal })) {
+        if (ev.type === EventType.SYNCED) synced = true;
+        if (!ev.instance) continue;
+        phase.set(ev.instance.name, ev.instance.status?.phase ?? Phase.UNSPECIFIED);
+        if (synced) worst = Math.max(worst, [...phase.values()].filter((p) => p !== Phase.RUNNING).length);
+      }
+    })().catch(() => undefined);
+    await until("the watch's first list", () => synced, 10_000, 20);
+
+    const nodes = createClient(
+      NodeService,
+      createConnectTransport({ baseUrl: `http://127.0.0.1:${servers.get("s1")!.port}`, httpVersion: "1.1" }),
+    );
+    const res = await nodes.drainNode({ name: "ha-a", move: true });
+    assert.equal(res.node?.draining, true);
+    assert.equal(res.node?.cordoned, true);
+    for (const name of group) assert.ok(res.movingInstances.includes(name), `${name} to move`);
+    const done = await until(
+      "the group Running elsewhere and the drain finished",
+      async () => {
+        const all = (await client.listInstances({ filter: { labelSelector: "app=dr" } })).instances;
+        const n = (await nodes.getNode({ name: "ha-a" })).node!;
+        return all.every((i) => i.status?.phase === Phase.RUNNING && i.status.node !== "ha-a") && !n.draining ? { all, n } : undefined;
+      },
+      120_000,
+      250,
+    );
+    ac.abort();
+    await watching;
+    assert.equal(done.n.cordoned, true, "a drained node stays cordoned");
+    assert.equal(worst, 1, "one of the group down at a time (budget 1), and the moves did happen one by one");
+    assert.equal((await assignments()).get("dr-0")?.length, 1);
+    assert.deepEqual(await mockFiles("ha-a").then((f) => f.filter((x) => x.startsWith("dr-"))), [], "the old copies are gone");
+    await nodes.uncordonNode({ name: "ha-a" });
   });
 
   it("loses no create and doubles none when the leader is killed in the middle of 200", async () => {

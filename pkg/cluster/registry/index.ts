@@ -10,6 +10,7 @@ export {
   registerNode,
   RegistryError,
   setCordoned,
+  setNodeFlags,
   watchNodes,
   type NodeChange,
   type NodeRecord,

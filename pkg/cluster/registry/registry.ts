@@ -43,7 +43,8 @@ export const encodeNode = (n: Node): Uint8Array => toBinary(NodeSchema, n);
 export const decodeNode = (kv: KeyValue): NodeRecord => ({ node: fromBinary(NodeSchema, kv.value), modRevision: kv.modRevision });
 
 /**
- * Creates or replaces the node's record with `node`, keeping the cordoned flag the server set.
+ * Creates or replaces the node's record with `node`, keeping the flags the server set (cordoned,
+ * draining).
  * Returns what was written.
  */
 export async function registerNode(store: Store, node: Node, opts: Options = {}): Promise<NodeRecord> {
@@ -52,7 +53,9 @@ export async function registerNode(store: Store, node: Node, opts: Options = {})
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const kv = await store.get(key, opts);
     const next = clone(NodeSchema, node);
-    next.cordoned = kv ? fromBinary(NodeSchema, kv.value).cordoned : false;
+    const prev = kv ? fromBinary(NodeSchema, kv.value) : undefined;
+    next.cordoned = prev?.cordoned ?? false;
+    next.draining = prev?.draining ?? false;
     const res = await store.txn(
       [kv ? ifModRevision(key, kv.modRevision) : ifAbsent(key)],
       [{ type: "put", key, value: encodeNode(next) }],
@@ -75,19 +78,32 @@ export async function listNodes(store: Store, opts: Options = {}): Promise<{ nod
 }
 
 /** Sets the server-owned cordoned flag (compare-and-swap); a no-op if it already has that value. */
-export async function setCordoned(store: Store, name: string, cordoned: boolean, opts: Options = {}): Promise<NodeRecord> {
+export function setCordoned(store: Store, name: string, cordoned: boolean, opts: Options = {}): Promise<NodeRecord> {
+  return setNodeFlags(store, name, { cordoned }, opts);
+}
+
+/**
+ * Sets the server-owned flags given (compare-and-swap); a no-op if they already have those values.
+ */
+export async function setNodeFlags(
+  store: Store,
+  name: string,
+  flags: { cordoned?: boolean; draining?: boolean },
+  opts: Options = {},
+): Promise<NodeRecord> {
   const key = keys.node(name);
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const kv = await store.get(key, opts);
     if (!kv) throw new NodeNotFoundError(name);
     const rec = decodeNode(kv);
-    if (rec.node.cordoned === cordoned) return rec;
     const next = clone(NodeSchema, rec.node);
-    next.cordoned = cordoned;
+    if (flags.cordoned !== undefined) next.cordoned = flags.cordoned;
+    if (flags.draining !== undefined) next.draining = flags.draining;
+    if (next.cordoned === rec.node.cordoned && next.draining === rec.node.draining) return rec;
     const res = await store.txn([ifModRevision(key, kv.modRevision)], [{ type: "put", key, value: encodeNode(next) }], [], opts);
     if (res.succeeded) return { node: next, modRevision: res.revision };
   }
-  throw new ConflictError(`node ${name} changed on every one of ${MAX_ATTEMPTS} attempts to set cordoned=${cordoned}`);
+  throw new ConflictError(`node ${name} changed on every one of ${MAX_ATTEMPTS} attempts to set ${JSON.stringify(flags)}`);
 }
 
 /**

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hypervisor/v1/instance.proto.
  */
 export const file_hypervisor_v1_instance: GenFile = /*@__PURE__*/
-  fileDesc("ChxoeXBlcnZpc29yL3YxL2luc3RhbmNlLnByb3RvEg1oeXBlcnZpc29yLnYxItkCCghJbnN0YW5jZRIMCgRuYW1lGAEgASgJEgsKA3VpZBgCIAEoCRIzCgZsYWJlbHMYAyADKAsyIy5oeXBlcnZpc29yLnYxLkluc3RhbmNlLkxhYmVsc0VudHJ5EikKBHNwZWMYBCABKAsyGy5oeXBlcnZpc29yLnYxLkluc3RhbmNlU3BlYxItCgZzdGF0dXMYBSABKAsyHS5oeXBlcnZpc29yLnYxLkluc3RhbmNlU3RhdHVzEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtkZWxldGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKZ2VuZXJhdGlvbhgIIAEoAxotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIr0FCgxJbnN0YW5jZVNwZWMSDgoGZHJpdmVyGAEgASgJEg0KBWltYWdlGAIgASgJEg0KBXZjcHVzGAMgASgNEhIKCm1lbW9yeV9taWIYBCABKAQSEAoIZGlza19naWIYBSABKAQSDwoHY29tbWFuZBgGIAMoCRIMCgRhcmdzGAcgAygJEjEKA2VudhgIIAMoCzIkLmh5cGVydmlzb3IudjEuSW5zdGFuY2VTcGVjLkVudkVudHJ5Eg4KBmtlcm5lbBgJIAEoCRIOCgZpbml0cmQYCiABKAkSDwoHY21kbGluZRgLIAEoCRJECg1ub2RlX3NlbGVjdG9yGAwgAygLMi0uaHlwZXJ2aXNvci52MS5JbnN0YW5jZVNwZWMuTm9kZVNlbGVjdG9yRW50cnkSNAoOcmVzdGFydF9wb2xpY3kYDSABKA4yHC5oeXBlcnZpc29yLnYxLlJlc3RhcnRQb2xpY3kSNgoTZGVzaXJlZF9wb3dlcl9zdGF0ZRgOIAEoDjIZLmh5cGVydmlzb3IudjEuUG93ZXJTdGF0ZRJECg1kcml2ZXJfY29uZmlnGA8gAygLMi0uaHlwZXJ2aXNvci52MS5JbnN0YW5jZVNwZWMuRHJpdmVyQ29uZmlnRW50cnkSGQoRbWVtb3J5X3RhcmdldF9taWIYECABKAQSKwoJcGxhY2VtZW50GBEgASgLMhguaHlwZXJ2aXNvci52MS5QbGFjZW1lbnQaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARozChFOb2RlU2VsZWN0b3JFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjMKEURyaXZlckNvbmZpZ0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi2AMKCVBsYWNlbWVudBI6ChFub2RlX3JlcXVpcmVtZW50cxgBIAMoCzIfLmh5cGVydmlzb3IudjEuTGFiZWxSZXF1aXJlbWVudBIuCgt0b2xlcmF0aW9ucxgCIAMoCzIZLmh5cGVydmlzb3IudjEuVG9sZXJhdGlvbhItCghhZmZpbml0eRgDIAMoCzIbLmh5cGVydmlzb3IudjEuQWZmaW5pdHlUZXJtEi8KBnNwcmVhZBgEIAMoCzIfLmh5cGVydmlzb3IudjEuU3ByZWFkQ29uc3RyYWludBIUCgxtYXhfcGVyX25vZGUYBSABKA0STwoVbWF4X3Blcl9ub2RlX3NlbGVjdG9yGAYgAygLMjAuaHlwZXJ2aXNvci52MS5QbGFjZW1lbnQuTWF4UGVyTm9kZVNlbGVjdG9yRW50cnkSKQoIc3RyYXRlZ3kYByABKA4yFy5oeXBlcnZpc29yLnYxLlN0cmF0ZWd5EjIKC3ByZWZlcmVuY2VzGAggAygLMh0uaHlwZXJ2aXNvci52MS5Ob2RlUHJlZmVyZW5jZRo5ChdNYXhQZXJOb2RlU2VsZWN0b3JFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIl8KEExhYmVsUmVxdWlyZW1lbnQSCwoDa2V5GAEgASgJEi4KCG9wZXJhdG9yGAIgASgOMhwuaHlwZXJ2aXNvci52MS5MYWJlbE9wZXJhdG9yEg4KBnZhbHVlcxgDIAMoCSKJAQoKVG9sZXJhdGlvbhILCgNrZXkYASABKAkSMwoIb3BlcmF0b3IYAiABKA4yIS5oeXBlcnZpc29yLnYxLlRvbGVyYXRpb25PcGVyYXRvchINCgV2YWx1ZRgDIAEoCRIqCgZlZmZlY3QYBCABKA4yGi5oeXBlcnZpc29yLnYxLlRhaW50RWZmZWN0IswBCgxBZmZpbml0eVRlcm0SQgoMbWF0Y2hfbGFiZWxzGAEgAygLMiwuaHlwZXJ2aXNvci52MS5BZmZpbml0eVRlcm0uTWF0Y2hMYWJlbHNFbnRyeRIUCgx0b3BvbG9neV9rZXkYAiABKAkSDAoEYW50aRgDIAEoCBIQCghyZXF1aXJlZBgEIAEoCBIOCgZ3ZWlnaHQYBSABKAUaMgoQTWF0Y2hMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIssBChBTcHJlYWRDb25zdHJhaW50EhQKDHRvcG9sb2d5X2tleRgBIAEoCRIQCghtYXhfc2tldxgCIAEoDRJGCgxtYXRjaF9sYWJlbHMYAyADKAsyMC5oeXBlcnZpc29yLnYxLlNwcmVhZENvbnN0cmFpbnQuTWF0Y2hMYWJlbHNFbnRyeRITCgtiZXN0X2VmZm9ydBgEIAEoCBoyChBNYXRjaExhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiVgoOTm9kZVByZWZlcmVuY2USNAoLcmVxdWlyZW1lbnQYASABKAsyHy5oeXBlcnZpc29yLnYxLkxhYmVsUmVxdWlyZW1lbnQSDgoGd2VpZ2h0GAIgASgFIt8DCg5JbnN0YW5jZVN0YXR1cxIjCgVwaGFzZRgBIAEoDjIULmh5cGVydmlzb3IudjEuUGhhc2USDAoEbm9kZRgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEjIKDnNjaGVkdWxlZF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglzdG9wX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglhZGRyZXNzZXMYCCADKAkSEQoJZXhpdF9jb2RlGAkgASgFEhsKE29ic2VydmVkX2dlbmVyYXRpb24YCiABKAMSOwoHZGV0YWlscxgLIAMoCzIqLmh5cGVydmlzb3IudjEuSW5zdGFuY2VTdGF0dXMuRGV0YWlsc0VudHJ5EhUKDXJlc3RhcnRfY291bnQYDCABKA0aLgoMRGV0YWlsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiwQEKFUNyZWF0ZUluc3RhbmNlUmVxdWVzdBIMCgRuYW1lGAEgASgJEkAKBmxhYmVscxgCIAMoCzIwLmh5cGVydmlzb3IudjEuQ3JlYXRlSW5zdGFuY2VSZXF1ZXN0LkxhYmVsc0VudHJ5EikKBHNwZWMYAyABKAsyGy5oeXBlcnZpc29yLnYxLkluc3RhbmNlU3BlYxotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkMKFkNyZWF0ZUluc3RhbmNlUmVzcG9uc2USKQoIaW5zdGFuY2UYASABKAsyFy5oeXBlcnZpc29yLnYxLkluc3RhbmNlIiIKEkdldEluc3RhbmNlUmVxdWVzdBIMCgRuYW1lGAEgASgJIkAKE0dldEluc3RhbmNlUmVzcG9uc2USKQoIaW5zdGFuY2UYASABKAsyFy5oeXBlcnZpc29yLnYxLkluc3RhbmNlIlsKDkluc3RhbmNlRmlsdGVyEhYKDmxhYmVsX3NlbGVjdG9yGAEgASgJEgwKBG5vZGUYAiABKAkSIwoFcGhhc2UYAyABKA4yFC5oeXBlcnZpc29yLnYxLlBoYXNlIkUKFExpc3RJbnN0YW5jZXNSZXF1ZXN0Ei0KBmZpbHRlchgBIAEoCzIdLmh5cGVydmlzb3IudjEuSW5zdGFuY2VGaWx0ZXIiQwoVTGlzdEluc3RhbmNlc1Jlc3BvbnNlEioKCWluc3RhbmNlcxgBIAMoCzIXLmh5cGVydmlzb3IudjEuSW5zdGFuY2UiJQoVRGVsZXRlSW5zdGFuY2VSZXF1ZXN0EgwKBG5hbWUYASABKAkiQwoWRGVsZXRlSW5zdGFuY2VSZXNwb25zZRIpCghpbnN0YW5jZRgBIAEoCzIXLmh5cGVydmlzb3IudjEuSW5zdGFuY2UiJAoUU3RhcnRJbnN0YW5jZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSJCChVTdGFydEluc3RhbmNlUmVzcG9uc2USKQoIaW5zdGFuY2UYASABKAsyFy5oeXBlcnZpc29yLnYxLkluc3RhbmNlIjwKE1N0b3BJbnN0YW5jZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYAiABKA0iQQoUU3RvcEluc3RhbmNlUmVzcG9uc2USKQoIaW5zdGFuY2UYASABKAsyFy5oeXBlcnZpc29yLnYxLkluc3RhbmNlIiYKFlJlc3RhcnRJbnN0YW5jZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSJEChdSZXN0YXJ0SW5zdGFuY2VSZXNwb25zZRIpCghpbnN0YW5jZRgBIAEoCzIXLmh5cGVydmlzb3IudjEuSW5zdGFuY2UiPAoYU2V0SW5zdGFuY2VNZW1vcnlSZXF1ZXN0EgwKBG5hbWUYASABKAkSEgoKbWVtb3J5X21pYhgCIAEoBCJGChlTZXRJbnN0YW5jZU1lbW9yeVJlc3BvbnNlEikKCGluc3RhbmNlGAEgASgLMhcuaHlwZXJ2aXNvci52MS5JbnN0YW5jZSJKChZHZXRJbnN0YW5jZUxvZ3NSZXF1ZXN0EgwKBG5hbWUYASABKAkSDgoGZm9sbG93GAIgASgIEhIKCnRhaWxfYnl0ZXMYAyABKAQiJwoXR2V0SW5zdGFuY2VMb2dzUmVzcG9uc2USDAoEZGF0YRgBIAEoDCJGChVXYXRjaEluc3RhbmNlc1JlcXVlc3QSLQoGZmlsdGVyGAEgASgLMh0uaHlwZXJ2aXNvci52MS5JbnN0YW5jZUZpbHRlciJrChZXYXRjaEluc3RhbmNlc1Jlc3BvbnNlEiYKBHR5cGUYASABKA4yGC5oeXBlcnZpc29yLnYxLkV2ZW50VHlwZRIpCghpbnN0YW5jZRgCIAEoCzIXLmh5cGVydmlzb3IudjEuSW5zdGFuY2UiJgoWRXhwbGFpbkluc3RhbmNlUmVxdWVzdBIMCgRuYW1lGAEgASgJImMKF0V4cGxhaW5JbnN0YW5jZVJlc3BvbnNlEg8KB3N1bW1hcnkYASABKAkSKQoFbm9kZXMYAiADKAsyGi5oeXBlcnZpc29yLnYxLk5vZGVWZXJkaWN0EgwKBGJlc3QYAyABKAkiwAEKC05vZGVWZXJkaWN0EgwKBG5vZGUYASABKAkSEAoIZmVhc2libGUYAiABKAgSDgoGcmVhc29uGAMgASgJEg0KBXNjb3JlGAQgASgBEj8KC3Njb3JlX3BhcnRzGAUgAygLMiouaHlwZXJ2aXNvci52MS5Ob2RlVmVyZGljdC5TY29yZVBhcnRzRW50cnkaMQoPU2NvcmVQYXJ0c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAToCOAEqTwoIU3RyYXRlZ3kSGAoUU1RSQVRFR1lfVU5TUEVDSUZJRUQQABIUChBTVFJBVEVHWV9CSU5QQUNLEAESEwoPU1RSQVRFR1lfU1BSRUFEEAIqnwEKDUxhYmVsT3BlcmF0b3ISHgoaTEFCRUxfT1BFUkFUT1JfVU5TUEVDSUZJRUQQABIVChFMQUJFTF9PUEVSQVRPUl9JThABEhkKFUxBQkVMX09QRVJBVE9SX05PVF9JThACEhkKFUxBQkVMX09QRVJBVE9SX0VYSVNUUxADEiEKHUxBQkVMX09QRVJBVE9SX0RPRVNfTk9UX0VYSVNUEAQqeAoSVG9sZXJhdGlvbk9wZXJhdG9yEiMKH1RPTEVSQVRJT05fT1BFUkFUT1JfVU5TUEVDSUZJRUQQABIdChlUT0xFUkFUSU9OX09QRVJBVE9SX0VRVUFMEAESHgoaVE9MRVJBVElPTl9PUEVSQVRPUl9FWElTVFMQAipuCgtUYWludEVmZmVjdBIcChhUQUlOVF9FRkZFQ1RfVU5TUEVDSUZJRUQQABIcChhUQUlOVF9FRkZFQ1RfTk9fU0NIRURVTEUQARIjCh9UQUlOVF9FRkZFQ1RfUFJFRkVSX05PX1NDSEVEVUxFEAIqgwEKDVJlc3RhcnRQb2xpY3kSHgoaUkVTVEFSVF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIYChRSRVNUQVJUX1BPTElDWV9ORVZFUhABEh0KGVJFU1RBUlRfUE9MSUNZX09OX0ZBSUxVUkUQAhIZChVSRVNUQVJUX1BPTElDWV9BTFdBWVMQAypbCgpQb3dlclN0YXRlEhsKF1BPV0VSX1NUQVRFX1VOU1BFQ0lGSUVEEAASFwoTUE9XRVJfU1RBVEVfUlVOTklORxABEhcKE1BPV0VSX1NUQVRFX1NUT1BQRUQQAiqmAQoFUGhhc2USFQoRUEhBU0VfVU5TUEVDSUZJRUQQABIRCg1QSEFTRV9QRU5ESU5HEAESEwoPUEhBU0VfU0NIRURVTEVEEAISEgoOUEhBU0VfQ1JFQVRJTkcQAxIRCg1QSEFTRV9SVU5OSU5HEAQSEgoOUEhBU0VfU1RPUFBJTkcQBRIRCg1QSEFTRV9TVE9QUEVEEAYSEAoMUEhBU0VfRkFJTEVEEAcqhQEKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASFAoQRVZFTlRfVFlQRV9BRERFRBABEhcKE0VWRU5UX1RZUEVfTU9ESUZJRUQQAhIWChJFVkVOVF9UWVBFX0RFTEVURUQQAxIVChFFVkVOVF9UWVBFX1NZTkNFRBAEMqcICg9JbnN0YW5jZVNlcnZpY2USXQoOQ3JlYXRlSW5zdGFuY2USJC5oeXBlcnZpc29yLnYxLkNyZWF0ZUluc3RhbmNlUmVxdWVzdBolLmh5cGVydmlzb3IudjEuQ3JlYXRlSW5zdGFuY2VSZXNwb25zZRJUCgtHZXRJbnN0YW5jZRIhLmh5cGVydmlzb3IudjEuR2V0SW5zdGFuY2VSZXF1ZXN0GiIuaHlwZXJ2aXNvci52MS5HZXRJbnN0YW5jZVJlc3BvbnNlEloKDUxpc3RJbnN0YW5jZXMSIy5oeXBlcnZpc29yLnYxLkxpc3RJbnN0YW5jZXNSZXF1ZXN0GiQuaHlwZXJ2aXNvci52MS5MaXN0SW5zdGFuY2VzUmVzcG9uc2USXQoORGVsZXRlSW5zdGFuY2USJC5oeXBlcnZpc29yLnYxLkRlbGV0ZUluc3RhbmNlUmVxdWVzdBolLmh5cGVydmlzb3IudjEuRGVsZXRlSW5zdGFuY2VSZXNwb25zZRJaCg1TdGFydEluc3RhbmNlEiMuaHlwZXJ2aXNvci52MS5TdGFydEluc3RhbmNlUmVxdWVzdBokLmh5cGVydmlzb3IudjEuU3RhcnRJbnN0YW5jZVJlc3BvbnNlElcKDFN0b3BJbnN0YW5jZRIiLmh5cGVydmlzb3IudjEuU3RvcEluc3RhbmNlUmVxdWVzdBojLmh5cGVydmlzb3IudjEuU3RvcEluc3RhbmNlUmVzcG9uc2USYAoPUmVzdGFydEluc3RhbmNlEiUuaHlwZXJ2aXNvci52MS5SZXN0YXJ0SW5zdGFuY2VSZXF1ZXN0GiYuaHlwZXJ2aXNvci52MS5SZXN0YXJ0SW5zdGFuY2VSZXNwb25zZRJfCg5XYXRjaEluc3RhbmNlcxIkLmh5cGVydmlzb3IudjEuV2F0Y2hJbnN0YW5jZXNSZXF1ZXN0GiUuaHlwZXJ2aXNvci52MS5XYXRjaEluc3RhbmNlc1Jlc3BvbnNlMAESZgoRU2V0SW5zdGFuY2VNZW1vcnkSJy5oeXBlcnZpc29yLnYxLlNldEluc3RhbmNlTWVtb3J5UmVxdWVzdBooLmh5cGVydmlzb3IudjEuU2V0SW5zdGFuY2VNZW1vcnlSZXNwb25zZRJiCg9HZXRJbnN0YW5jZUxvZ3MSJS5oeXBlcnZpc29yLnYxLkdldEluc3RhbmNlTG9nc1JlcXVlc3QaJi5oeXBlcnZpc29yLnYxLkdldEluc3RhbmNlTG9nc1Jlc3BvbnNlMAESYAoPRXhwbGFpbkluc3RhbmNlEiUuaHlwZXJ2aXNvci52MS5FeHBsYWluSW5zdGFuY2VSZXF1ZXN0GiYuaHlwZXJ2aXNvci52MS5FeHBsYWluSW5zdGFuY2VSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChxoeXBlcnZpc29yL3YxL2luc3RhbmNlLnByb3RvEg1oeXBlcnZpc29yLnYxItkCCghJbnN0YW5jZRIMCgRuYW1lGAEgASgJEgsKA3VpZBgCIAEoCRIzCgZsYWJlbHMYAyADKAsyIy5oeXBlcnZpc29yLnYxLkluc3RhbmNlLkxhYmVsc0VudHJ5EikKBHNwZWMYBCABKAsyGy5oeXBlcnZpc29yLnYxLkluc3RhbmNlU3BlYxItCgZzdGF0dXMYBSABKAsyHS5oeXBlcnZpc29yLnYxLkluc3RhbmNlU3RhdHVzEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtkZWxldGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKZ2VuZXJhdGlvbhgIIAEoAxotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIr0FCgxJbnN0YW5jZVNwZWMSDgoGZHJpdmVyGAEgASgJEg0KBWltYWdlGAIgASgJEg0KBXZjcHVzGAMgASgNEhIKCm1lbW9yeV9taWIYBCABKAQSEAoIZGlza19naWIYBSABKAQSDwoHY29tbWFuZBgGIAMoCRIMCgRhcmdzGAcgAygJEjEKA2VudhgIIAMoCzIkLmh5cGVydmlzb3IudjEuSW5zdGFuY2VTcGVjLkVudkVudHJ5Eg4KBmtlcm5lbBgJIAEoCRIOCgZpbml0cmQYCiABKAkSDwoHY21kbGluZRgLIAEoCRJECg1ub2RlX3NlbGVjdG9yGAwgAygLMi0uaHlwZXJ2aXNvci52MS5JbnN0YW5jZVNwZWMuTm9kZVNlbGVjdG9yRW50cnkSNAoOcmVzdGFydF9wb2xpY3kYDSABKA4yHC5oeXBlcnZpc29yLnYxLlJlc3RhcnRQb2xpY3kSNgoTZGVzaXJlZF9wb3dlcl9zdGF0ZRgOIAEoDjIZLmh5cGVydmlzb3IudjEuUG93ZXJTdGF0ZRJECg1kcml2ZXJfY29uZmlnGA8gAygLMi0uaHlwZXJ2aXNvci52MS5JbnN0YW5jZVNwZWMuRHJpdmVyQ29uZmlnRW50cnkSGQoRbWVtb3J5X3RhcmdldF9taWIYECABKAQSKwoJcGxhY2VtZW50GBEgASgLMhguaHlwZXJ2aXNvci52MS5QbGFjZW1lbnQaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARozChFOb2RlU2VsZWN0b3JFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjMKEURyaXZlckNvbmZpZ0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEilAQKCVBsYWNlbWVudBI6ChFub2RlX3JlcXVpcmVtZW50cxgBIAMoCzIfLmh5cGVydmlzb3IudjEuTGFiZWxSZXF1aXJlbWVudBIuCgt0b2xlcmF0aW9ucxgCIAMoCzIZLmh5cGVydmlzb3IudjEuVG9sZXJhdGlvbhItCghhZmZpbml0eRgDIAMoCzIbLmh5cGVydmlzb3IudjEuQWZmaW5pdHlUZXJtEi8KBnNwcmVhZBgEIAMoCzIfLmh5cGVydmlzb3IudjEuU3ByZWFkQ29uc3RyYWludBIUCgxtYXhfcGVyX25vZGUYBSABKA0STwoVbWF4X3Blcl9ub2RlX3NlbGVjdG9yGAYgAygLMjAuaHlwZXJ2aXNvci52MS5QbGFjZW1lbnQuTWF4UGVyTm9kZVNlbGVjdG9yRW50cnkSKQoIc3RyYXRlZ3kYByABKA4yFy5oeXBlcnZpc29yLnYxLlN0cmF0ZWd5EjIKC3ByZWZlcmVuY2VzGAggAygLMh0uaHlwZXJ2aXNvci52MS5Ob2RlUHJlZmVyZW5jZRI6ChFkaXNydXB0aW9uX2J1ZGdldBgJIAEoCzIfLmh5cGVydmlzb3IudjEuRGlzcnVwdGlvbkJ1ZGdldBo5ChdNYXhQZXJOb2RlU2VsZWN0b3JFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqcBChBEaXNydXB0aW9uQnVkZ2V0EkYKDG1hdGNoX2xhYmVscxgBIAMoCzIwLmh5cGVydmlzb3IudjEuRGlzcnVwdGlvbkJ1ZGdldC5NYXRjaExhYmVsc0VudHJ5EhcKD21heF91bmF2YWlsYWJsZRgCIAEoDRoyChBNYXRjaExhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiXwoQTGFiZWxSZXF1aXJlbWVudBILCgNrZXkYASABKAkSLgoIb3BlcmF0b3IYAiABKA4yHC5oeXBlcnZpc29yLnYxLkxhYmVsT3BlcmF0b3ISDgoGdmFsdWVzGAMgAygJIokBCgpUb2xlcmF0aW9uEgsKA2tleRgBIAEoCRIzCghvcGVyYXRvchgCIAEoDjIhLmh5cGVydmlzb3IudjEuVG9sZXJhdGlvbk9wZXJhdG9yEg0KBXZhbHVlGAMgASgJEioKBmVmZmVjdBgEIAEoDjIaLmh5cGVydmlzb3IudjEuVGFpbnRFZmZlY3QizAEKDEFmZmluaXR5VGVybRJCCgxtYXRjaF9sYWJlbHMYASADKAsyLC5oeXBlcnZpc29yLnYxLkFmZmluaXR5VGVybS5NYXRjaExhYmVsc0VudHJ5EhQKDHRvcG9sb2d5X2tleRgCIAEoCRIMCgRhbnRpGAMgASgIEhAKCHJlcXVpcmVkGAQgASgIEg4KBndlaWdodBgFIAEoBRoyChBNYXRjaExhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiywEKEFNwcmVhZENvbnN0cmFpbnQSFAoMdG9wb2xvZ3lfa2V5GAEgASgJEhAKCG1heF9za2V3GAIgASgNEkYKDG1hdGNoX2xhYmVscxgDIAMoCzIwLmh5cGVydmlzb3IudjEuU3ByZWFkQ29uc3RyYWludC5NYXRjaExhYmVsc0VudHJ5EhMKC2Jlc3RfZWZmb3J0GAQgASgIGjIKEE1hdGNoTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJWCg5Ob2RlUHJlZmVyZW5jZRI0CgtyZXF1aXJlbWVudBgBIAEoCzIfLmh5cGVydmlzb3IudjEuTGFiZWxSZXF1aXJlbWVudBIOCgZ3ZWlnaHQYAiABKAUi3wMKDkluc3RhbmNlU3RhdHVzEiMKBXBoYXNlGAEgASgOMhQuaHlwZXJ2aXNvci52MS5QaGFzZRIMCgRub2RlGAIgASgJEg8KB21lc3NhZ2UYAyABKAkSMgoOc2NoZWR1bGVkX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCXN0b3BfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWFkZHJlc3NlcxgIIAMoCRIRCglleGl0X2NvZGUYCSABKAUSGwoTb2JzZXJ2ZWRfZ2VuZXJhdGlvbhgKIAEoAxI7CgdkZXRhaWxzGAsgAygLMiouaHlwZXJ2aXNvci52MS5JbnN0YW5jZVN0YXR1cy5EZXRhaWxzRW50cnkSFQoNcmVzdGFydF9jb3VudBgMIAEoDRouCgxEZXRhaWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLBAQoVQ3JlYXRlSW5zdGFuY2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSQAoGbGFiZWxzGAIgAygLMjAuaHlwZXJ2aXNvci52MS5DcmVhdGVJbnN0YW5jZVJlcXVlc3QuTGFiZWxzRW50cnkSKQoEc3BlYxgDIAEoCzIbLmh5cGVydmlzb3IudjEuSW5zdGFuY2VTcGVjGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQwoWQ3JlYXRlSW5zdGFuY2VSZXNwb25zZRIpCghpbnN0YW5jZRgBIAEoCzIXLmh5cGVydmlzb3IudjEuSW5zdGFuY2UiIgoSR2V0SW5zdGFuY2VSZXF1ZXN0EgwKBG5hbWUYASABKAkiQAoTR2V0SW5zdGFuY2VSZXNwb25zZRIpCghpbnN0YW5jZRgBIAEoCzIXLmh5cGVydmlzb3IudjEuSW5zdGFuY2UiWwoOSW5zdGFuY2VGaWx0ZXISFgoObGFiZWxfc2VsZWN0b3IYASABKAkSDAoEbm9kZRgCIAEoCRIjCgVwaGFzZRgDIAEoDjIULmh5cGVydmlzb3IudjEuUGhhc2UiRQoUTGlzdEluc3RhbmNlc1JlcXVlc3QSLQoGZmlsdGVyGAEgASgLMh0uaHlwZXJ2aXNvci52MS5JbnN0YW5jZUZpbHRlciJDChVMaXN0SW5zdGFuY2VzUmVzcG9uc2USKgoJaW5zdGFuY2VzGAEgAygLMhcuaHlwZXJ2aXNvci52MS5JbnN0YW5jZSIlChVEZWxldGVJbnN0YW5jZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSJDChZEZWxldGVJbnN0YW5jZVJlc3BvbnNlEikKCGluc3RhbmNlGAEgASgLMhcuaHlwZXJ2aXNvci52MS5JbnN0YW5jZSIkChRTdGFydEluc3RhbmNlUmVxdWVzdBIMCgRuYW1lGAEgASgJIkIKFVN0YXJ0SW5zdGFuY2VSZXNwb25zZRIpCghpbnN0YW5jZRgBIAEoCzIXLmh5cGVydmlzb3IudjEuSW5zdGFuY2UiPAoTU3RvcEluc3RhbmNlUmVxdWVzdBIMCgRuYW1lGAEgASgJEhcKD3RpbWVvdXRfc2Vjb25kcxgCIAEoDSJBChRTdG9wSW5zdGFuY2VSZXNwb25zZRIpCghpbnN0YW5jZRgBIAEoCzIXLmh5cGVydmlzb3IudjEuSW5zdGFuY2UiJgoWUmVzdGFydEluc3RhbmNlUmVxdWVzdBIMCgRuYW1lGAEgASgJIkQKF1Jlc3RhcnRJbnN0YW5jZVJlc3BvbnNlEikKCGluc3RhbmNlGAEgASgLMhcuaHlwZXJ2aXNvci52MS5JbnN0YW5jZSI8ChhTZXRJbnN0YW5jZU1lbW9yeVJlcXVlc3QSDAoEbmFtZRgBIAEoCRISCgptZW1vcnlfbWliGAIgASgEIkYKGVNldEluc3RhbmNlTWVtb3J5UmVzcG9uc2USKQoIaW5zdGFuY2UYASABKAsyFy5oeXBlcnZpc29yLnYxLkluc3RhbmNlIkoKFkdldEluc3RhbmNlTG9nc1JlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZmb2xsb3cYAiABKAgSEgoKdGFpbF9ieXRlcxgDIAEoBCInChdHZXRJbnN0YW5jZUxvZ3NSZXNwb25zZRIMCgRkYXRhGAEgASgMIkYKFVdhdGNoSW5zdGFuY2VzUmVxdWVzdBItCgZmaWx0ZXIYASABKAsyHS5oeXBlcnZpc29yLnYxLkluc3RhbmNlRmlsdGVyImsKFldhdGNoSW5zdGFuY2VzUmVzcG9uc2USJgoEdHlwZRgBIAEoDjIYLmh5cGVydmlzb3IudjEuRXZlbnRUeXBlEikKCGluc3RhbmNlGAIgASgLMhcuaHlwZXJ2aXNvci52MS5JbnN0YW5jZSImChZFeHBsYWluSW5zdGFuY2VSZXF1ZXN0EgwKBG5hbWUYASABKAkiYwoXRXhwbGFpbkluc3RhbmNlUmVzcG9uc2USDwoHc3VtbWFyeRgBIAEoCRIpCgVub2RlcxgCIAMoCzIaLmh5cGVydmlzb3IudjEuTm9kZVZlcmRpY3QSDAoEYmVzdBgDIAEoCSLAAQoLTm9kZVZlcmRpY3QSDAoEbm9kZRgBIAEoCRIQCghmZWFzaWJsZRgCIAEoCBIOCgZyZWFzb24YAyABKAkSDQoFc2NvcmUYBCABKAESPwoLc2NvcmVfcGFydHMYBSADKAsyKi5oeXBlcnZpc29yLnYxLk5vZGVWZXJkaWN0LlNjb3JlUGFydHNFbnRyeRoxCg9TY29yZVBhcnRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4ASpPCghTdHJhdGVneRIYChRTVFJBVEVHWV9VTlNQRUNJRklFRBAAEhQKEFNUUkFURUdZX0JJTlBBQ0sQARITCg9TVFJBVEVHWV9TUFJFQUQQAiqfAQoNTGFiZWxPcGVyYXRvchIeChpMQUJFTF9PUEVSQVRPUl9VTlNQRUNJRklFRBAAEhUKEUxBQkVMX09QRVJBVE9SX0lOEAESGQoVTEFCRUxfT1BFUkFUT1JfTk9UX0lOEAISGQoVTEFCRUxfT1BFUkFUT1JfRVhJU1RTEAMSIQodTEFCRUxfT1BFUkFUT1JfRE9FU19OT1RfRVhJU1QQBCp4ChJUb2xlcmF0aW9uT3BlcmF0b3ISIwofVE9MRVJBVElPTl9PUEVSQVRPUl9VTlNQRUNJRklFRBAAEh0KGVRPTEVSQVRJT05fT1BFUkFUT1JfRVFVQUwQARIeChpUT0xFUkFUSU9OX09QRVJBVE9SX0VYSVNUUxACKm4KC1RhaW50RWZmZWN0EhwKGFRBSU5UX0VGRkVDVF9VTlNQRUNJRklFRBAAEhwKGFRBSU5UX0VGRkVDVF9OT19TQ0hFRFVMRRABEiMKH1RBSU5UX0VGRkVDVF9QUkVGRVJfTk9fU0NIRURVTEUQAiqDAQoNUmVzdGFydFBvbGljeRIeChpSRVNUQVJUX1BPTElDWV9VTlNQRUNJRklFRBAAEhgKFFJFU1RBUlRfUE9MSUNZX05FVkVSEAESHQoZUkVTVEFSVF9QT0xJQ1lfT05fRkFJTFVSRRACEhkKFVJFU1RBUlRfUE9MSUNZX0FMV0FZUxADKlsKClBvd2VyU3RhdGUSGwoXUE9XRVJfU1RBVEVfVU5TUEVDSUZJRUQQABIXChNQT1dFUl9TVEFURV9SVU5OSU5HEAESFwoTUE9XRVJfU1RBVEVfU1RPUFBFRBACKqYBCgVQaGFzZRIVChFQSEFTRV9VTlNQRUNJRklFRBAAEhEKDVBIQVNFX1BFTkRJTkcQARITCg9QSEFTRV9TQ0hFRFVMRUQQAhISCg5QSEFTRV9DUkVBVElORxADEhEKDVBIQVNFX1JVTk5JTkcQBBISCg5QSEFTRV9TVE9QUElORxAFEhEKDVBIQVNFX1NUT1BQRUQQBhIQCgxQSEFTRV9GQUlMRUQQByqFAQoJRXZlbnRUeXBlEhoKFkVWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIUChBFVkVOVF9UWVBFX0FEREVEEAESFwoTRVZFTlRfVFlQRV9NT0RJRklFRBACEhYKEkVWRU5UX1RZUEVfREVMRVRFRBADEhUKEUVWRU5UX1RZUEVfU1lOQ0VEEAQypwgKD0luc3RhbmNlU2VydmljZRJdCg5DcmVhdGVJbnN0YW5jZRIkLmh5cGVydmlzb3IudjEuQ3JlYXRlSW5zdGFuY2VSZXF1ZXN0GiUuaHlwZXJ2aXNvci52MS5DcmVhdGVJbnN0YW5jZVJlc3BvbnNlElQKC0dldEluc3RhbmNlEiEuaHlwZXJ2aXNvci52MS5HZXRJbnN0YW5jZVJlcXVlc3QaIi5oeXBlcnZpc29yLnYxLkdldEluc3RhbmNlUmVzcG9uc2USWgoNTGlzdEluc3RhbmNlcxIjLmh5cGVydmlzb3IudjEuTGlzdEluc3RhbmNlc1JlcXVlc3QaJC5oeXBlcnZpc29yLnYxLkxpc3RJbnN0YW5jZXNSZXNwb25zZRJdCg5EZWxldGVJbnN0YW5jZRIkLmh5cGVydmlzb3IudjEuRGVsZXRlSW5zdGFuY2VSZXF1ZXN0GiUuaHlwZXJ2aXNvci52MS5EZWxldGVJbnN0YW5jZVJlc3BvbnNlEloKDVN0YXJ0SW5zdGFuY2USIy5oeXBlcnZpc29yLnYxLlN0YXJ0SW5zdGFuY2VSZXF1ZXN0GiQuaHlwZXJ2aXNvci52MS5TdGFydEluc3RhbmNlUmVzcG9uc2USVwoMU3RvcEluc3RhbmNlEiIuaHlwZXJ2aXNvci52MS5TdG9wSW5zdGFuY2VSZXF1ZXN0GiMuaHlwZXJ2aXNvci52MS5TdG9wSW5zdGFuY2VSZXNwb25zZRJgCg9SZXN0YXJ0SW5zdGFuY2USJS5oeXBlcnZpc29yLnYxLlJlc3RhcnRJbnN0YW5jZVJlcXVlc3QaJi5oeXBlcnZpc29yLnYxLlJlc3RhcnRJbnN0YW5jZVJlc3BvbnNlEl8KDldhdGNoSW5zdGFuY2VzEiQuaHlwZXJ2aXNvci52MS5XYXRjaEluc3RhbmNlc1JlcXVlc3QaJS5oeXBlcnZpc29yLnYxLldhdGNoSW5zdGFuY2VzUmVzcG9uc2UwARJmChFTZXRJbnN0YW5jZU1lbW9yeRInLmh5cGVydmlzb3IudjEuU2V0SW5zdGFuY2VNZW1vcnlSZXF1ZXN0GiguaHlwZXJ2aXNvci52MS5TZXRJbnN0YW5jZU1lbW9yeVJlc3BvbnNlEmIKD0dldEluc3RhbmNlTG9ncxIlLmh5cGVydmlzb3IudjEuR2V0SW5zdGFuY2VMb2dzUmVxdWVzdBomLmh5cGVydmlzb3IudjEuR2V0SW5zdGFuY2VMb2dzUmVzcG9uc2UwARJgCg9FeHBsYWluSW5zdGFuY2USJS5oeXBlcnZpc29yLnYxLkV4cGxhaW5JbnN0YW5jZVJlcXVlc3QaJi5oeXBlcnZpc29yLnYxLkV4cGxhaW5JbnN0YW5jZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * An Instance is one workload: a VM (libvirt), a container (containerd) or a microVM (firecracker).
@@ -255,6 +255,13 @@ export type Placement = Message<"hypervisor.v1.Placement"> & {
    * @generated from field: repeated hypervisor.v1.NodePreference preferences = 8;
    */
   preferences: NodePreference[];
+
+  /**
+   * How many of the group may be down at once while nodes drain.
+   *
+   * @generated from field: hypervisor.v1.DisruptionBudget disruption_budget = 9;
+   */
+  disruptionBudget?: DisruptionBudget | undefined;
 };
 
 /**
@@ -263,6 +270,35 @@ export type Placement = Message<"hypervisor.v1.Placement"> & {
  */
 export const PlacementSchema: GenMessage<Placement> = /*@__PURE__*/
   messageDesc(file_hypervisor_v1_instance, 2);
+
+/**
+ * Planned disruptions (a drain moving instances) wait while this many of the group are not
+ * Running. Instances stopped on purpose are not counted in the group.
+ *
+ * @generated from message hypervisor.v1.DisruptionBudget
+ */
+export type DisruptionBudget = Message<"hypervisor.v1.DisruptionBudget"> & {
+  /**
+   * The group; empty: instances with this instance's labels.
+   *
+   * @generated from field: map<string, string> match_labels = 1;
+   */
+  matchLabels: { [key: string]: string };
+
+  /**
+   * At least 1.
+   *
+   * @generated from field: uint32 max_unavailable = 2;
+   */
+  maxUnavailable: number;
+};
+
+/**
+ * Describes the message hypervisor.v1.DisruptionBudget.
+ * Use `create(DisruptionBudgetSchema)` to create a new message.
+ */
+export const DisruptionBudgetSchema: GenMessage<DisruptionBudget> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_instance, 3);
 
 /**
  * @generated from message hypervisor.v1.LabelRequirement
@@ -291,7 +327,7 @@ export type LabelRequirement = Message<"hypervisor.v1.LabelRequirement"> & {
  * Use `create(LabelRequirementSchema)` to create a new message.
  */
 export const LabelRequirementSchema: GenMessage<LabelRequirement> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 3);
+  messageDesc(file_hypervisor_v1_instance, 4);
 
 /**
  * @generated from message hypervisor.v1.Toleration
@@ -328,7 +364,7 @@ export type Toleration = Message<"hypervisor.v1.Toleration"> & {
  * Use `create(TolerationSchema)` to create a new message.
  */
 export const TolerationSchema: GenMessage<Toleration> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 4);
+  messageDesc(file_hypervisor_v1_instance, 5);
 
 /**
  * @generated from message hypervisor.v1.AffinityTerm
@@ -373,7 +409,7 @@ export type AffinityTerm = Message<"hypervisor.v1.AffinityTerm"> & {
  * Use `create(AffinityTermSchema)` to create a new message.
  */
 export const AffinityTermSchema: GenMessage<AffinityTerm> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 5);
+  messageDesc(file_hypervisor_v1_instance, 6);
 
 /**
  * @generated from message hypervisor.v1.SpreadConstraint
@@ -413,7 +449,7 @@ export type SpreadConstraint = Message<"hypervisor.v1.SpreadConstraint"> & {
  * Use `create(SpreadConstraintSchema)` to create a new message.
  */
 export const SpreadConstraintSchema: GenMessage<SpreadConstraint> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 6);
+  messageDesc(file_hypervisor_v1_instance, 7);
 
 /**
  * @generated from message hypervisor.v1.NodePreference
@@ -437,7 +473,7 @@ export type NodePreference = Message<"hypervisor.v1.NodePreference"> & {
  * Use `create(NodePreferenceSchema)` to create a new message.
  */
 export const NodePreferenceSchema: GenMessage<NodePreference> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 7);
+  messageDesc(file_hypervisor_v1_instance, 8);
 
 /**
  * @generated from message hypervisor.v1.InstanceStatus
@@ -513,7 +549,7 @@ export type InstanceStatus = Message<"hypervisor.v1.InstanceStatus"> & {
  * Use `create(InstanceStatusSchema)` to create a new message.
  */
 export const InstanceStatusSchema: GenMessage<InstanceStatus> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 8);
+  messageDesc(file_hypervisor_v1_instance, 9);
 
 /**
  * @generated from message hypervisor.v1.CreateInstanceRequest
@@ -540,7 +576,7 @@ export type CreateInstanceRequest = Message<"hypervisor.v1.CreateInstanceRequest
  * Use `create(CreateInstanceRequestSchema)` to create a new message.
  */
 export const CreateInstanceRequestSchema: GenMessage<CreateInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 9);
+  messageDesc(file_hypervisor_v1_instance, 10);
 
 /**
  * @generated from message hypervisor.v1.CreateInstanceResponse
@@ -557,7 +593,7 @@ export type CreateInstanceResponse = Message<"hypervisor.v1.CreateInstanceRespon
  * Use `create(CreateInstanceResponseSchema)` to create a new message.
  */
 export const CreateInstanceResponseSchema: GenMessage<CreateInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 10);
+  messageDesc(file_hypervisor_v1_instance, 11);
 
 /**
  * @generated from message hypervisor.v1.GetInstanceRequest
@@ -574,7 +610,7 @@ export type GetInstanceRequest = Message<"hypervisor.v1.GetInstanceRequest"> & {
  * Use `create(GetInstanceRequestSchema)` to create a new message.
  */
 export const GetInstanceRequestSchema: GenMessage<GetInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 11);
+  messageDesc(file_hypervisor_v1_instance, 12);
 
 /**
  * @generated from message hypervisor.v1.GetInstanceResponse
@@ -591,7 +627,7 @@ export type GetInstanceResponse = Message<"hypervisor.v1.GetInstanceResponse"> &
  * Use `create(GetInstanceResponseSchema)` to create a new message.
  */
 export const GetInstanceResponseSchema: GenMessage<GetInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 12);
+  messageDesc(file_hypervisor_v1_instance, 13);
 
 /**
  * @generated from message hypervisor.v1.InstanceFilter
@@ -620,7 +656,7 @@ export type InstanceFilter = Message<"hypervisor.v1.InstanceFilter"> & {
  * Use `create(InstanceFilterSchema)` to create a new message.
  */
 export const InstanceFilterSchema: GenMessage<InstanceFilter> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 13);
+  messageDesc(file_hypervisor_v1_instance, 14);
 
 /**
  * @generated from message hypervisor.v1.ListInstancesRequest
@@ -637,7 +673,7 @@ export type ListInstancesRequest = Message<"hypervisor.v1.ListInstancesRequest">
  * Use `create(ListInstancesRequestSchema)` to create a new message.
  */
 export const ListInstancesRequestSchema: GenMessage<ListInstancesRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 14);
+  messageDesc(file_hypervisor_v1_instance, 15);
 
 /**
  * @generated from message hypervisor.v1.ListInstancesResponse
@@ -654,7 +690,7 @@ export type ListInstancesResponse = Message<"hypervisor.v1.ListInstancesResponse
  * Use `create(ListInstancesResponseSchema)` to create a new message.
  */
 export const ListInstancesResponseSchema: GenMessage<ListInstancesResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 15);
+  messageDesc(file_hypervisor_v1_instance, 16);
 
 /**
  * @generated from message hypervisor.v1.DeleteInstanceRequest
@@ -671,7 +707,7 @@ export type DeleteInstanceRequest = Message<"hypervisor.v1.DeleteInstanceRequest
  * Use `create(DeleteInstanceRequestSchema)` to create a new message.
  */
 export const DeleteInstanceRequestSchema: GenMessage<DeleteInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 16);
+  messageDesc(file_hypervisor_v1_instance, 17);
 
 /**
  * @generated from message hypervisor.v1.DeleteInstanceResponse
@@ -688,7 +724,7 @@ export type DeleteInstanceResponse = Message<"hypervisor.v1.DeleteInstanceRespon
  * Use `create(DeleteInstanceResponseSchema)` to create a new message.
  */
 export const DeleteInstanceResponseSchema: GenMessage<DeleteInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 17);
+  messageDesc(file_hypervisor_v1_instance, 18);
 
 /**
  * @generated from message hypervisor.v1.StartInstanceRequest
@@ -705,7 +741,7 @@ export type StartInstanceRequest = Message<"hypervisor.v1.StartInstanceRequest">
  * Use `create(StartInstanceRequestSchema)` to create a new message.
  */
 export const StartInstanceRequestSchema: GenMessage<StartInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 18);
+  messageDesc(file_hypervisor_v1_instance, 19);
 
 /**
  * @generated from message hypervisor.v1.StartInstanceResponse
@@ -722,7 +758,7 @@ export type StartInstanceResponse = Message<"hypervisor.v1.StartInstanceResponse
  * Use `create(StartInstanceResponseSchema)` to create a new message.
  */
 export const StartInstanceResponseSchema: GenMessage<StartInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 19);
+  messageDesc(file_hypervisor_v1_instance, 20);
 
 /**
  * @generated from message hypervisor.v1.StopInstanceRequest
@@ -746,7 +782,7 @@ export type StopInstanceRequest = Message<"hypervisor.v1.StopInstanceRequest"> &
  * Use `create(StopInstanceRequestSchema)` to create a new message.
  */
 export const StopInstanceRequestSchema: GenMessage<StopInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 20);
+  messageDesc(file_hypervisor_v1_instance, 21);
 
 /**
  * @generated from message hypervisor.v1.StopInstanceResponse
@@ -763,7 +799,7 @@ export type StopInstanceResponse = Message<"hypervisor.v1.StopInstanceResponse">
  * Use `create(StopInstanceResponseSchema)` to create a new message.
  */
 export const StopInstanceResponseSchema: GenMessage<StopInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 21);
+  messageDesc(file_hypervisor_v1_instance, 22);
 
 /**
  * @generated from message hypervisor.v1.RestartInstanceRequest
@@ -780,7 +816,7 @@ export type RestartInstanceRequest = Message<"hypervisor.v1.RestartInstanceReque
  * Use `create(RestartInstanceRequestSchema)` to create a new message.
  */
 export const RestartInstanceRequestSchema: GenMessage<RestartInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 22);
+  messageDesc(file_hypervisor_v1_instance, 23);
 
 /**
  * @generated from message hypervisor.v1.RestartInstanceResponse
@@ -797,7 +833,7 @@ export type RestartInstanceResponse = Message<"hypervisor.v1.RestartInstanceResp
  * Use `create(RestartInstanceResponseSchema)` to create a new message.
  */
 export const RestartInstanceResponseSchema: GenMessage<RestartInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 23);
+  messageDesc(file_hypervisor_v1_instance, 24);
 
 /**
  * @generated from message hypervisor.v1.SetInstanceMemoryRequest
@@ -821,7 +857,7 @@ export type SetInstanceMemoryRequest = Message<"hypervisor.v1.SetInstanceMemoryR
  * Use `create(SetInstanceMemoryRequestSchema)` to create a new message.
  */
 export const SetInstanceMemoryRequestSchema: GenMessage<SetInstanceMemoryRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 24);
+  messageDesc(file_hypervisor_v1_instance, 25);
 
 /**
  * @generated from message hypervisor.v1.SetInstanceMemoryResponse
@@ -838,7 +874,7 @@ export type SetInstanceMemoryResponse = Message<"hypervisor.v1.SetInstanceMemory
  * Use `create(SetInstanceMemoryResponseSchema)` to create a new message.
  */
 export const SetInstanceMemoryResponseSchema: GenMessage<SetInstanceMemoryResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 25);
+  messageDesc(file_hypervisor_v1_instance, 26);
 
 /**
  * @generated from message hypervisor.v1.GetInstanceLogsRequest
@@ -867,7 +903,7 @@ export type GetInstanceLogsRequest = Message<"hypervisor.v1.GetInstanceLogsReque
  * Use `create(GetInstanceLogsRequestSchema)` to create a new message.
  */
 export const GetInstanceLogsRequestSchema: GenMessage<GetInstanceLogsRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 26);
+  messageDesc(file_hypervisor_v1_instance, 27);
 
 /**
  * @generated from message hypervisor.v1.GetInstanceLogsResponse
@@ -884,7 +920,7 @@ export type GetInstanceLogsResponse = Message<"hypervisor.v1.GetInstanceLogsResp
  * Use `create(GetInstanceLogsResponseSchema)` to create a new message.
  */
 export const GetInstanceLogsResponseSchema: GenMessage<GetInstanceLogsResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 27);
+  messageDesc(file_hypervisor_v1_instance, 28);
 
 /**
  * @generated from message hypervisor.v1.WatchInstancesRequest
@@ -901,7 +937,7 @@ export type WatchInstancesRequest = Message<"hypervisor.v1.WatchInstancesRequest
  * Use `create(WatchInstancesRequestSchema)` to create a new message.
  */
 export const WatchInstancesRequestSchema: GenMessage<WatchInstancesRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 28);
+  messageDesc(file_hypervisor_v1_instance, 29);
 
 /**
  * @generated from message hypervisor.v1.WatchInstancesResponse
@@ -923,7 +959,7 @@ export type WatchInstancesResponse = Message<"hypervisor.v1.WatchInstancesRespon
  * Use `create(WatchInstancesResponseSchema)` to create a new message.
  */
 export const WatchInstancesResponseSchema: GenMessage<WatchInstancesResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 29);
+  messageDesc(file_hypervisor_v1_instance, 30);
 
 /**
  * @generated from message hypervisor.v1.ExplainInstanceRequest
@@ -940,7 +976,7 @@ export type ExplainInstanceRequest = Message<"hypervisor.v1.ExplainInstanceReque
  * Use `create(ExplainInstanceRequestSchema)` to create a new message.
  */
 export const ExplainInstanceRequestSchema: GenMessage<ExplainInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 30);
+  messageDesc(file_hypervisor_v1_instance, 31);
 
 /**
  * @generated from message hypervisor.v1.ExplainInstanceResponse
@@ -973,7 +1009,7 @@ export type ExplainInstanceResponse = Message<"hypervisor.v1.ExplainInstanceResp
  * Use `create(ExplainInstanceResponseSchema)` to create a new message.
  */
 export const ExplainInstanceResponseSchema: GenMessage<ExplainInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 31);
+  messageDesc(file_hypervisor_v1_instance, 32);
 
 /**
  * @generated from message hypervisor.v1.NodeVerdict
@@ -1014,7 +1050,7 @@ export type NodeVerdict = Message<"hypervisor.v1.NodeVerdict"> & {
  * Use `create(NodeVerdictSchema)` to create a new message.
  */
 export const NodeVerdictSchema: GenMessage<NodeVerdict> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_instance, 32);
+  messageDesc(file_hypervisor_v1_instance, 33);
 
 /**
  * @generated from enum hypervisor.v1.Strategy

@@ -1,0 +1,159 @@
+/*
+ * The drain controller (leader only) moves the instances off draining nodes (DrainNode with move;
+ * the node is cordoned too, so the scheduler places them elsewhere), each group within its
+ * disruption budget:
+ *
+ *   for each instance assigned to a draining node:
+ *     its budget's group (match_labels, else its labels), members meant to run (not stopped on
+ *     purpose, not being deleted) ── unavailable = members not Running (moving ones included)
+ *     unavailable < max_unavailable (or no budget) ──► txn[compare instance rev, allocation rev]
+ *         delete assignments/<node>/<n>, status/<n>; put instances/<n> Pending; allocation without it
+ *     otherwise wait: a moved member Running again on its new node frees the budget
+ *   a draining node with nothing assigned ──► draining cleared (it stays cordoned)
+ *
+ * The old node's agent sees its assignment go and destroys its copy; the new node's agent
+ * creates it from the spec (no live migration).
+ */
+import { clone, create } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { type Instance, InstanceSchema, InstanceStatusSchema, Phase, PowerState } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
+import { AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { ifModRevision, keys, type Op } from "../../pkg/cluster/store/index.js";
+import type { Logger } from "../../pkg/log/index.js";
+import type { ServerContext } from "./context.js";
+import { kickedLoop } from "./kicked-loop.js";
+import { encodeAllocation, encodeInstance, encodeNode } from "./records.js";
+
+function matches(labels: Record<string, string>, selector: Record<string, string>): boolean {
+  for (const k in selector) if (labels[k] !== selector[k]) return false;
+  return true;
+}
+
+export class DrainController {
+  private readonly log: Logger;
+
+  constructor(private readonly ctx: ServerContext) {
+    this.log = ctx.log.child({ component: "drain" });
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    const { informers } = this.ctx;
+    const loop = kickedLoop((s) => this.pass(s).then((r) => r.conflicts > 0), 2000, this.log);
+    const offs = [informers.nodes, informers.assignments, informers.statuses, informers.instances].map((i) => i.subscribe(loop.kick));
+    try {
+      await loop.run(signal);
+    } finally {
+      offs.forEach((off) => off());
+    }
+  }
+
+  async pass(signal: AbortSignal): Promise<{ moved: number; waiting: number; conflicts: number }> {
+    const { informers, store } = this.ctx;
+    let moved = 0;
+    let waiting = 0;
+    let conflicts = 0;
+    const draining = [...informers.nodes.items.values()].filter(({ value }) => value.draining);
+    if (draining.length === 0) return { moved, waiting, conflicts };
+    /** Moves made in this pass per budget group, which the informers do not show yet. */
+    const movedIn = new Map<string, number>();
+    let lastRev = 0;
+
+    for (const { value: node, modRevision: nodeRev } of draining) {
+      const prefix = keys.assignmentsOf(node.name);
+      const names = [...informers.assignments.items.keys()].filter((k) => k.startsWith(prefix)).map((k) => k.slice(prefix.length));
+      if (names.length === 0) {
+        // Done: clear the flag if nothing changed the node meanwhile (an uncordon already did).
+        const next = clone(NodeSchema, node);
+        next.draining = false;
+        const res = await store.txn(
+          [ifModRevision(keys.node(node.name), nodeRev)],
+          [{ type: "put", key: keys.node(node.name), value: encodeNode(next) }],
+          [],
+          { signal },
+        );
+        if (res.succeeded) this.log.info({ node: node.name }, "node drained: its instances run elsewhere");
+        else conflicts++;
+        continue;
+      }
+      for (const name of names) {
+        const item = informers.instances.get(keys.instance(name));
+        if (!item || item.value.status?.node !== node.name || item.value.deleteTime) continue; // deleting: its agent finishes it
+        const i = item.value;
+        const budget = i.spec?.placement?.disruptionBudget;
+        let group = "";
+        if (budget && budget.maxUnavailable > 0) {
+          const selector = Object.keys(budget.matchLabels).length ? budget.matchLabels : i.labels;
+          group = JSON.stringify(Object.entries(selector).sort());
+          const down = this.unavailable(selector) + (movedIn.get(group) ?? 0);
+          if (down >= budget.maxUnavailable) {
+            waiting++;
+            continue;
+          }
+        }
+        const a = informers.allocations.get(keys.allocation(node.name));
+        const ops: Op[] = [
+          { type: "delete", key: keys.assignment(node.name, name) },
+          { type: "delete", key: keys.status(name) },
+        ];
+        if (a?.value.instances[i.uid]) {
+          const alloc = clone(AllocationSchema, a.value);
+          delete alloc.instances[i.uid];
+          ops.push({ type: "put", key: keys.allocation(node.name), value: encodeAllocation(alloc) });
+        }
+        const next = clone(InstanceSchema, i);
+        next.status = create(InstanceStatusSchema, {
+          phase: Phase.PENDING,
+          message: `moving: node ${node.name} is draining`,
+          updateTime: timestampNow(),
+          restartCount: i.status?.restartCount ?? 0,
+        });
+        ops.push({ type: "put", key: keys.instance(name), value: encodeInstance(next) });
+        const res = await store.txn(
+          [ifModRevision(keys.instance(name), item.modRevision), ifModRevision(keys.allocation(node.name), a?.modRevision ?? 0)],
+          ops,
+          [],
+          { signal },
+        );
+        if (!res.succeeded) {
+          conflicts++;
+          continue;
+        }
+        moved++;
+        lastRev = Math.max(lastRev, res.revision);
+        // Counted as down until the informers show it Pending (then unavailable() counts it).
+        if (group && this.running(i)) movedIn.set(group, (movedIn.get(group) ?? 0) + 1);
+        this.log.info({ instance: name, node: node.name }, "moving an instance off a draining node");
+      }
+    }
+    // The next pass must see these moves, or it would count the moved instances as still Running.
+    if (lastRev)
+      await Promise.all([informers.instances.waitForRevision(lastRev, signal), informers.statuses.waitForRevision(lastRev, signal)]);
+    return { moved, waiting, conflicts };
+  }
+
+  /** Members of the group meant to run that are not Running now. */
+  private unavailable(selector: Record<string, string>): number {
+    const { informers } = this.ctx;
+    let down = 0;
+    for (const { value } of informers.instances.items.values()) {
+      if (!this.member(value, selector)) continue;
+      if (!this.running(value)) down++;
+    }
+    return down;
+  }
+
+  /**
+   * Running where it is placed now: the status must come from the instance's current node, so a
+   * stale status of the node it left (not yet deleted in our copy) does not count.
+   */
+  private running(i: Instance): boolean {
+    const node = i.status?.node;
+    const st = this.ctx.informers.statuses.get(keys.status(i.name))?.value;
+    return Boolean(node) && st?.uid === i.uid && st.status?.node === node && st.status?.phase === Phase.RUNNING;
+  }
+
+  private member(i: Instance, selector: Record<string, string>): boolean {
+    return !i.deleteTime && i.spec?.desiredPowerState !== PowerState.STOPPED && matches(i.labels, selector);
+  }
+}

@@ -71,6 +71,7 @@ bench: deps build
 	node dist/bench/libvirt.js
 	node dist/bench/containerd.js
 	node dist/bench/console.js
+	node dist/bench/scale.js
 
 clean:
 	rm -rf dist coverage coverage.html

@@ -154,6 +154,11 @@ export class Agent {
     this.log.info({ assigned: this.assigned.size }, "agent started");
   }
 
+  /** How many times the heartbeat lease expired and had to be granted again (the node was NotReady). */
+  get heartbeatRegrants(): number {
+    return this.heartbeat.regrants;
+  }
+
   /** Ends every loop and revokes the lease. Instances keep running. Idempotent. */
   async stop(): Promise<void> {
     this.ctl.abort();

@@ -155,17 +155,25 @@ export class Reconciler {
     }
 
     const desired = inst.spec?.desiredPowerState === PowerState.STOPPED ? PowerState.STOPPED : PowerState.RUNNING;
+    // Creating is reported only if creating and starting take a while: a quick start goes from
+    // Scheduled to Running with one status write instead of two.
+    let creating: DeferredStatus | undefined;
     if (!actual) {
-      await this.write(ctx, { phase: Phase.CREATING, message: "" }, false);
+      creating = new DeferredStatus(() => this.write(ctx, { phase: Phase.CREATING, message: "" }, false), CREATING_REPORT_DELAY_MS);
       try {
         actual = await driver.create(toDriverSpec(inst), { signal });
       } catch (e) {
+        await creating.done();
         if (!(e instanceof InvalidSpecError)) throw e;
         await this.write(ctx, { phase: Phase.FAILED, message: e.message }, true);
         return {}; // retrying a spec the driver rejects cannot help
       }
       log.info("instance created");
     }
+    const write = async (fields: StatusFields, final: boolean) => {
+      await creating?.done();
+      await this.write(ctx, fields, final);
+    };
 
     const observed = ctx.prev?.observedGeneration ?? 0n;
     const restartRequested = inst.generation > observed && inst.labels[RESTART_LABEL] === String(inst.generation);
@@ -175,12 +183,12 @@ export class Reconciler {
 
     if (desired === PowerState.STOPPED) {
       if (actual.state === "running") {
-        await this.write(ctx, { ...statusOf(actual, desired), phase: Phase.STOPPING, message: "" }, false);
+        await write({ ...statusOf(actual, desired), phase: Phase.STOPPING, message: "" }, false);
         actual = await driver.stop(name, this.stopTimeoutMs(inst), { signal });
         log.info("instance stopped");
       }
     } else if (actual.state === "running" && restartRequested) {
-      await this.write(ctx, { ...statusOf(actual, desired), phase: Phase.STOPPING, message: "restarting" }, false);
+      await write({ ...statusOf(actual, desired), phase: Phase.STOPPING, message: "restarting" }, false);
       await driver.stop(name, this.stopTimeoutMs(inst), { signal });
       actual = await this.start(driver, name, signal);
       log.info("instance restarted on request");
@@ -223,7 +231,7 @@ export class Reconciler {
     const status = statusOf(actual, desired);
     if (note !== undefined) status.message = note;
     status.restartCount = restartCount;
-    await this.write(ctx, status, true);
+    await write(status, true);
     return requeueAfterMs !== undefined ? { requeueAfterMs } : {};
   }
 
@@ -392,4 +400,25 @@ export function toDriverSpec(inst: Instance): DriverInstanceSpec {
     cmdline: spec?.cmdline ?? "",
     config: { ...(spec?.driverConfig ?? {}) },
   };
+}
+
+/** How long creating and starting may take before the agent reports Creating. */
+const CREATING_REPORT_DELAY_MS = 1000;
+
+/** A status write that happens only if done() has not been called within `delayMs`. */
+class DeferredStatus {
+  private readonly timer: NodeJS.Timeout;
+  private written: Promise<void> | undefined;
+
+  constructor(write: () => Promise<void>, delayMs: number) {
+    this.timer = setTimeout(() => {
+      this.written = write().catch(() => undefined); // a lost race is settled by the final write
+    }, delayMs);
+  }
+
+  /** Cancels the write if it has not started; waits for it if it has. */
+  async done(): Promise<void> {
+    clearTimeout(this.timer);
+    await this.written;
+  }
 }

@@ -39,8 +39,21 @@ export class DrainController {
 
   async run(signal: AbortSignal): Promise<void> {
     const { informers } = this.ctx;
-    const loop = kickedLoop((s) => this.pass(s).then((r) => r.conflicts > 0), 2000, this.log);
-    const offs = [informers.nodes, informers.assignments, informers.statuses, informers.instances].map((i) => i.subscribe(loop.kick));
+    const loop = kickedLoop((s) => this.pass(s).then((r) => r.conflicts > 0), 2000, this.log, 250);
+    // Instance, status and assignment changes matter only while some node drains.
+    const draining = () => [...informers.nodes.items.values()].some(({ value }) => value.draining);
+    let active = draining();
+    const offs = [
+      informers.nodes.subscribe(() => {
+        active = draining();
+        loop.kick();
+      }),
+      ...[informers.assignments, informers.statuses, informers.instances].map((i) =>
+        i.subscribe(() => {
+          if (active) loop.kick();
+        }),
+      ),
+    ];
     try {
       await loop.run(signal);
     } finally {

@@ -17,6 +17,8 @@ import { encodeAllocation } from "./records.js";
 
 export class GcController {
   private readonly log: Logger;
+  /** Keys of instances with delete_time set, kept from the informer's events. */
+  private readonly deleting = new Set<string>();
 
   constructor(private readonly ctx: ServerContext) {
     this.log = ctx.log.child({ component: "gc" });
@@ -25,7 +27,19 @@ export class GcController {
   async run(signal: AbortSignal): Promise<void> {
     const { informers } = this.ctx;
     const loop = kickedLoop((s) => this.pass(s).then((r) => r.conflicts > 0), 10_000, this.log);
-    const offs = [informers.instances.subscribe(loop.kick), informers.assignments.subscribe(loop.kick)];
+    // Only deletions concern the GC: keep their keys, so a pass does not scan every instance.
+    for (const [key, { value }] of informers.instances.items) if (value.deleteTime) this.deleting.add(key);
+    const offs = [
+      informers.instances.subscribe((ev) => {
+        if (ev.value?.deleteTime) {
+          this.deleting.add(ev.key);
+          loop.kick();
+        } else this.deleting.delete(ev.key);
+      }),
+      informers.assignments.subscribe((ev) => {
+        if (ev.type === "delete" && this.deleting.size > 0) loop.kick();
+      }),
+    ];
     try {
       await loop.run(signal);
     } finally {
@@ -37,8 +51,13 @@ export class GcController {
     const { informers, store } = this.ctx;
     let removed = 0;
     let conflicts = 0;
-    for (const { value: i, modRevision } of [...informers.instances.items.values()]) {
-      if (!i.deleteTime) continue;
+    for (const key of [...this.deleting]) {
+      const item = informers.instances.get(key);
+      if (!item?.value.deleteTime) {
+        this.deleting.delete(key);
+        continue;
+      }
+      const { value: i, modRevision } = item;
       const node = i.status?.node ?? "";
       const assignment = keys.assignment(node, i.name);
       if (node !== "" && informers.assignments.get(assignment)) continue; // the agent is not done yet

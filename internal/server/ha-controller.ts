@@ -43,8 +43,14 @@ export class HaController {
   async run(signal: AbortSignal): Promise<void> {
     const { informers } = this.ctx;
     // Also on a timer: the grace period ends without any event.
-    const loop = kickedLoop((s) => this.pass(s).then((r) => r.conflicts > 0), Math.max(250, Math.min(this.graceMs / 4, 5000)), this.log);
-    const offs = [informers.nodes.subscribe(loop.kick), informers.alive.subscribe(loop.kick), informers.assignments.subscribe(loop.kick)];
+    const loop = kickedLoop(
+      (s) => this.pass(s).then((r) => r.conflicts > 0),
+      Math.max(250, Math.min(this.graceMs / 4, 5000)),
+      this.log,
+      1000,
+    );
+    // Assignments matter only on a node past its grace period; the timer looks at those again.
+    const offs = [informers.nodes.subscribe(loop.kick), informers.alive.subscribe(loop.kick)];
     try {
       await loop.run(signal);
     } finally {

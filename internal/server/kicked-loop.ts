@@ -11,8 +11,14 @@ export interface KickedLoop {
   run: (signal: AbortSignal) => Promise<void>;
 }
 
-export function kickedLoop(pass: (signal: AbortSignal) => Promise<boolean>, periodMs: number, log: Logger): KickedLoop {
+/**
+ * `minIntervalMs`: at least this long from one pass's start to the next, however often it is
+ * kicked; for controllers whose pass walks every node, which a burst of events (thousands of
+ * leases changing) would otherwise run back to back.
+ */
+export function kickedLoop(pass: (signal: AbortSignal) => Promise<boolean>, periodMs: number, log: Logger, minIntervalMs = 0): KickedLoop {
   let dirty = true;
+  let lastStart = -Infinity;
   let wake: (() => void) | undefined;
   const kick = () => {
     dirty = true;
@@ -28,6 +34,10 @@ export function kickedLoop(pass: (signal: AbortSignal) => Promise<boolean>, peri
           continue;
         }
         dirty = false;
+        const wait = lastStart + minIntervalMs - performance.now();
+        if (wait > 0) await sleep(wait, signal);
+        if (signal.aborted) break;
+        lastStart = performance.now();
         try {
           if (await pass(signal)) {
             dirty = true;

@@ -20,7 +20,7 @@ export class NodeController {
 
   async run(signal: AbortSignal): Promise<void> {
     const { informers } = this.ctx;
-    const loop = kickedLoop(async () => (this.pass(), false), 5000, this.log);
+    const loop = kickedLoop(async () => (this.pass(), false), 5000, this.log, 1000);
     const offs = [informers.nodes.subscribe(loop.kick), informers.alive.subscribe(loop.kick)];
     try {
       await loop.run(signal);

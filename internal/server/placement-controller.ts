@@ -13,9 +13,11 @@ import { clone, create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { type Instance, InstanceSchema, InstanceStatusSchema, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { type Allocation, AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import type { Node } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { ifModRevision, keys } from "../../pkg/cluster/store/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
+import type { Item } from "./informer.js";
 import { kickedLoop } from "./kicked-loop.js";
 import { metrics } from "./metrics.js";
 import { needsGroups, nodeView, placedViews, placementRequest } from "./placement-input.js";
@@ -29,6 +31,7 @@ const PARALLEL_NODES = 16;
 
 export class PlacementController {
   private readonly log: Logger;
+  private readonly views = new Map<string, { node: Node; alloc: Item<Allocation> | undefined; ready: boolean; view: NodeView }>();
 
   constructor(
     private readonly ctx: ServerContext,
@@ -66,13 +69,12 @@ export class PlacementController {
     // Oldest first: fairness, and a deterministic order for a given snapshot.
     pending.sort((a, b) => Number(a.instance.createTime?.seconds ?? 0n) - Number(b.instance.createTime?.seconds ?? 0n) || a.rev - b.rev);
 
+    // Allocations are copied only for the nodes that get placements (placeBatch).
     const allocs = new Map<string, { alloc: Allocation; rev: number }>();
     const views: NodeView[] = [];
-    for (const { value: n } of informers.nodes.items.values()) {
-      const a = informers.allocations.get(keys.allocation(n.name));
-      allocs.set(n.name, { alloc: a ? clone(AllocationSchema, a.value) : create(AllocationSchema, {}), rev: a?.modRevision ?? 0 });
-      views.push(nodeView(n, informers));
-    }
+    for (const { value: n } of informers.nodes.items.values()) views.push(this.view(n));
+    if (this.views.size > views.length)
+      for (const name of this.views.keys()) if (!informers.nodes.get(keys.node(name))) this.views.delete(name);
     const requests = pending.map(({ instance }) => placementRequest(instance));
     // Instances already placed matter only to group constraints (affinity, spread, max per node).
     const onNodes = requests.some(needsGroups) ? placedViews(informers) : [];
@@ -133,6 +135,21 @@ export class PlacementController {
   }
 
   /**
+   * The scheduler's view of a node, rebuilt only when the node's record, its allocation or its
+   * liveness changed: a pass over 5,000 nodes otherwise rebuilds 5,000 views to change a few.
+   */
+  private view(n: Node): NodeView {
+    const { informers } = this.ctx;
+    const alloc = informers.allocations.get(keys.allocation(n.name));
+    const ready = informers.alive.get(keys.alive(n.name)) !== undefined;
+    const c = this.views.get(n.name);
+    if (c && c.node === n && c.alloc === alloc && c.ready === ready) return c.view;
+    const view = nodeView(n, informers);
+    this.views.set(n.name, { node: n, alloc, ready, view });
+    return view;
+  }
+
+  /**
    * Places `names` on `node` in one txn: every instance unchanged since we read it, the node's
    * allocation unchanged, then each instance Scheduled with its assignment, and the allocation.
    * Returns the revision written, or 0 when a compare failed (nothing written).
@@ -144,7 +161,12 @@ export class PlacementController {
     allocs: Map<string, { alloc: Allocation; rev: number }>,
     signal: AbortSignal,
   ): Promise<{ revision: number }> {
-    const a = allocs.get(node)!;
+    let a = allocs.get(node);
+    if (!a) {
+      // The first batch for this node in this pass: start from the informer's copy.
+      const item = this.ctx.informers.allocations.get(keys.allocation(node));
+      a = { alloc: item?.value ?? create(AllocationSchema, {}), rev: item?.modRevision ?? 0 };
+    }
     const alloc = clone(AllocationSchema, a.alloc);
     const now = timestampNow();
     const compares = [ifModRevision(keys.allocation(node), a.rev)];

@@ -10,7 +10,7 @@
  *   watch() ───────► one Watch stream per call: create_request, then responses split into one
  *                    batch per revision; compact_revision in a response ──► CompactedError
  *   leases ────────► leaseGrant / leaseRevoke / leaseTimeToLive          (unary)
- *                    keepAliveOnce: one LeaseKeepAlive stream per call, one request, one answer
+ *                    keepAliveOnce: one request on one of 16 LeaseKeepAlive streams kept open
  *
  * Leases use the low-level RPCs rather than etcd3's Lease class, which keeps itself alive: here the
  * caller keeps a lease alive with keepAliveOnce (the agent's heartbeat), so that stopping the
@@ -111,6 +111,20 @@ const COMPARE_RESULT = {
 const GRPC_DEADLINE_EXCEEDED = 4;
 const GRPC_UNAVAILABLE = 14;
 
+/** LeaseKeepAlive streams a store spreads its leases over (see keepAliveShared). */
+const KEEPALIVE_STREAMS = 16;
+/** How long a keep-alive may wait for etcd's answer before its stream is given up. */
+const KEEPALIVE_TIMEOUT_MS = 5000;
+
+interface KeepAlives {
+  stream: Duplex<{ ID: string }, { ID: string; TTL: string }>;
+  /** Lease id → callers waiting for its answer. */
+  waiters: Map<string, { resolve(ttl: number): void; reject(e: Error): void }[]>;
+  /** performance.now() of the last answer (or of the opening). */
+  lastAnswer: number;
+  fail(e: Error): void;
+}
+
 /** Minimal shape of the gRPC duplex streams etcd3 hands out; `on` is what we use of them. */
 interface Duplex<Req, Res> {
   write(item: Req): void;
@@ -123,6 +137,8 @@ interface Duplex<Req, Res> {
 export class EtcdStore implements Store {
   readonly kind = "etcd";
   private closed = false;
+  /** The shared LeaseKeepAlive streams (keepAliveShared) by slot, each opened on first use. */
+  private readonly keepAlives = new Map<number, Promise<KeepAlives>>();
   /** Wakes every running watch, so close() ends them with StoreUnavailableError. */
   private readonly wakers = new Set<() => void>();
 
@@ -204,26 +220,85 @@ export class EtcdStore implements Store {
   }
 
   async keepAliveOnce(lease: string, opts?: Options): Promise<number> {
-    const ttl = await this.call(
-      opts,
-      async () => {
-        const stream = (await this.client.leaseClient.leaseKeepAlive()) as unknown as Duplex<{ ID: string }, { TTL: string }>;
-        try {
-          return await new Promise<number>((resolve, reject) => {
-            stream.on("data", (r) => resolve(Number(r.TTL)));
-            stream.on("error", reject);
-            stream.on("end", () => reject(new StoreUnavailableError("lease keepalive stream ended")));
-            stream.write({ ID: lease });
-          });
-        } finally {
-          stream.cancel();
-        }
-      },
-      lease,
-    );
+    const ttl = await this.call(opts, () => this.keepAliveShared(lease), lease);
     // etcd answers a keep-alive of an expired or unknown lease with TTL 0 rather than an error.
     if (ttl <= 0) throw new LeaseNotFoundError(lease);
     return ttl;
+  }
+
+  /**
+   * One request on one of the store's LeaseKeepAlive streams, kept open and shared by the leases
+   * of this store that hash to it (etcd answers each request with the lease's id): a process
+   * keeping thousands of leases alive (the scale bench's simulated nodes) opens no stream per
+   * keep-alive. A stream that fails,
+   * ends or stays silent past KEEPALIVE_TIMEOUT_MS fails its waiters and is replaced on next use.
+   */
+  private async keepAliveShared(lease: string): Promise<number> {
+    // etcd answers the requests of one stream one after the other, each after the applied index
+    // catches up: spread the leases over a few streams so a busy etcd does not queue them all.
+    let h = 0;
+    for (let i = 0; i < lease.length; i++) h = (h * 31 + lease.charCodeAt(i)) >>> 0;
+    const ka = await this.keepAliveStream(h % KEEPALIVE_STREAMS);
+    return new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        const e = new StoreUnavailableError(`no keep-alive answer for lease ${lease} in ${KEEPALIVE_TIMEOUT_MS} ms`);
+        // A stream that answered nobody for that long is dead: replace it. Otherwise only this
+        // caller gives up (its heartbeat retries); the others' answers are on their way.
+        if (performance.now() - ka.lastAnswer >= KEEPALIVE_TIMEOUT_MS) return ka.fail(e);
+        const list = ka.waiters.get(lease);
+        const at = list?.indexOf(settle) ?? -1;
+        if (at >= 0) list!.splice(at, 1);
+        settle.reject(e);
+      }, KEEPALIVE_TIMEOUT_MS);
+      const settle = {
+        resolve: (ttl: number) => (clearTimeout(timer), resolve(ttl)),
+        reject: (e: Error) => (clearTimeout(timer), reject(e)),
+      };
+      const list = ka.waiters.get(lease) ?? [];
+      list.push(settle);
+      ka.waiters.set(lease, list);
+      ka.stream.write({ ID: lease });
+    });
+  }
+
+  private keepAliveStream(slot: number): Promise<KeepAlives> {
+    let ka = this.keepAlives.get(slot);
+    if (!ka) {
+      const opening: Promise<KeepAlives> = this.openKeepAlives(() => {
+        if (this.keepAlives.get(slot) === opening) this.keepAlives.delete(slot);
+      });
+      this.keepAlives.set(slot, opening);
+      opening.catch(() => {
+        if (this.keepAlives.get(slot) === opening) this.keepAlives.delete(slot);
+      });
+      ka = opening;
+    }
+    return ka;
+  }
+
+  private async openKeepAlives(forget: () => void): Promise<KeepAlives> {
+    const stream = (await this.client.leaseClient.leaseKeepAlive()) as unknown as Duplex<{ ID: string }, { ID: string; TTL: string }>;
+    const ka: KeepAlives = {
+      stream,
+      waiters: new Map(),
+      lastAnswer: performance.now(),
+      fail: (e) => {
+        forget();
+        stream.cancel();
+        for (const list of ka.waiters.values()) for (const w of list) w.reject(e);
+        ka.waiters.clear();
+      },
+    };
+    stream.on("data", (r) => {
+      ka.lastAnswer = performance.now();
+      const list = ka.waiters.get(String(r.ID));
+      if (!list) return;
+      ka.waiters.delete(String(r.ID));
+      for (const w of list) w.resolve(Number(r.TTL));
+    });
+    stream.on("error", (e) => ka.fail(e instanceof Error ? e : new StoreUnavailableError(String(e))));
+    stream.on("end", () => ka.fail(new StoreUnavailableError("lease keepalive stream ended")));
+    return ka;
   }
 
   async revokeLease(lease: string, opts?: Options): Promise<void> {
@@ -249,6 +324,8 @@ export class EtcdStore implements Store {
     if (!this.closed) {
       this.closed = true;
       for (const wake of this.wakers) wake();
+      for (const ka of this.keepAlives.values())
+        void ka.then((k) => k.fail(new StoreUnavailableError("store is closed"))).catch(() => undefined);
       this.client.close();
     }
     return Promise.resolve();

@@ -1,0 +1,143 @@
+/*
+ * For the scale bench's simulated nodes: many agents in one process, each watching its own
+ * assignments/<node>/ prefix, served from ONE etcd watch on assignments/ instead of one gRPC
+ * stream per agent. Everything else (reads, writes, txns, leases) goes to the real store as is.
+ *
+ * This only trims the simulation's own cost: on real machines each agent is its own process with
+ * its own watch, which etcd serves without trouble; one Node process holding 5,000 watch streams
+ * would measure the simulator, not the control plane. The server under test is untouched.
+ *
+ *   etcd ──watch assignments/ from R──► SharedWatchStore ──batches per node prefix──► agent watches
+ *
+ * A node's batches are kept (the bench's volume is small) so a watch opened later, from any
+ * revision at or after R, replays what it missed; one from before R falls back to the real store.
+ */
+import type {
+  KeyValue,
+  Options,
+  RangeOptions,
+  RangeResult,
+  Store,
+  TxnResult,
+  WatchBatch,
+  WatchOptions,
+} from "../pkg/cluster/store/index.js";
+import type { Compare, Op } from "../pkg/cluster/store/index.js";
+
+export class SharedWatchStore implements Store {
+  readonly kind: string;
+  private readonly perPrefix = new Map<string, { batches: WatchBatch[]; wake: Set<() => void> }>();
+  private from = 0;
+  private failure: Error | undefined;
+
+  constructor(
+    private readonly inner: Store,
+    /** e.g. /hypervisor/v1/assignments/ : watches of its sub-prefixes are shared. */
+    private readonly root: string,
+  ) {
+    this.kind = inner.kind;
+  }
+
+  /** Opens the one watch; call before any agent starts. */
+  async start(signal: AbortSignal): Promise<void> {
+    this.from = (await this.inner.revision()) + 1;
+    void (async () => {
+      try {
+        for await (const batch of this.inner.watch(this.root, { fromRevision: this.from, signal })) {
+          const byPrefix = new Map<string, WatchBatch>();
+          for (const ev of batch.events) {
+            const rest = ev.kv.key.slice(this.root.length);
+            const prefix = this.root + rest.slice(0, rest.indexOf("/") + 1);
+            let b = byPrefix.get(prefix);
+            if (!b) byPrefix.set(prefix, (b = { revision: batch.revision, events: [] }));
+            b.events.push(ev);
+          }
+          for (const [prefix, b] of byPrefix) {
+            const ch = this.channel(prefix);
+            ch.batches.push(b);
+            for (const w of ch.wake) w();
+          }
+        }
+      } catch (e) {
+        if (!signal.aborted) this.failure = e as Error;
+      }
+      for (const ch of this.perPrefix.values()) for (const w of ch.wake) w();
+    })();
+  }
+
+  watch(prefix: string, opts: WatchOptions = {}): AsyncIterable<WatchBatch> {
+    const from = opts.fromRevision ?? 0;
+    if (!prefix.startsWith(this.root) || prefix === this.root || from < this.from || this.from === 0) return this.inner.watch(prefix, opts);
+    return this.replay(prefix, from, opts.signal);
+  }
+
+  private async *replay(prefix: string, from: number, signal?: AbortSignal): AsyncGenerator<WatchBatch> {
+    const ch = this.channel(prefix);
+    let i = 0;
+    while (!signal?.aborted) {
+      if (this.failure) throw this.failure;
+      for (; i < ch.batches.length; i++) {
+        const b = ch.batches[i]!;
+        if (b.revision >= from) yield b;
+      }
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          ch.wake.delete(done);
+          signal?.removeEventListener("abort", done);
+          resolve();
+        };
+        ch.wake.add(done);
+        signal?.addEventListener("abort", done, { once: true });
+      });
+    }
+  }
+
+  private channel(prefix: string) {
+    let ch = this.perPrefix.get(prefix);
+    if (!ch) this.perPrefix.set(prefix, (ch = { batches: [], wake: new Set() }));
+    return ch;
+  }
+
+  get(key: string, opts?: Options): Promise<KeyValue | undefined> {
+    return this.inner.get(key, opts);
+  }
+  range(prefix: string, opts?: RangeOptions): Promise<RangeResult> {
+    return this.inner.range(prefix, opts);
+  }
+  put(key: string, value: Uint8Array, opts?: Options & { lease?: string }): Promise<number> {
+    return this.inner.put(key, value, opts);
+  }
+  delete(key: string, opts?: Options): Promise<number> {
+    return this.inner.delete(key, opts);
+  }
+  deletePrefix(prefix: string, opts?: Options): Promise<number> {
+    return this.inner.deletePrefix(prefix, opts);
+  }
+  txn(compares: Compare[], success: Op[], failure?: Op[], opts?: Options): Promise<TxnResult> {
+    return this.inner.txn(compares, success, failure, opts);
+  }
+  revision(opts?: Options): Promise<number> {
+    return this.inner.revision(opts);
+  }
+  compact(revision: number, opts?: Options): Promise<void> {
+    return this.inner.compact(revision, opts);
+  }
+  grantLease(ttlSeconds: number, opts?: Options): Promise<string> {
+    return this.inner.grantLease(ttlSeconds, opts);
+  }
+  keepAliveOnce(lease: string, opts?: Options): Promise<number> {
+    return this.inner.keepAliveOnce(lease, opts);
+  }
+  revokeLease(lease: string, opts?: Options): Promise<void> {
+    return this.inner.revokeLease(lease, opts);
+  }
+  leaseTimeToLive(lease: string, opts?: Options): Promise<number> {
+    return this.inner.leaseTimeToLive(lease, opts);
+  }
+  ping(opts?: Options): Promise<void> {
+    return this.inner.ping(opts);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}

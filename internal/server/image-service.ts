@@ -102,8 +102,10 @@ export function imageService(ctx: ServerContext): ServiceImpl<typeof ImageServic
         duplex: "half",
         signal,
       });
-      const body = (await res.json().catch(() => ({}))) as { images?: AgentImage[]; error?: string };
-      if (!res.ok) return Object.assign(result, { error: body.error ?? `HTTP ${res.status}`, status: res.status });
+      const text = await res.text();
+      const body = parseJson(text) as { images?: AgentImage[]; error?: string };
+      // The agent's own failures come as JSON {error}; anything else as text (a 500's message).
+      if (!res.ok) return Object.assign(result, { error: body.error ?? (text.trim() || `HTTP ${res.status}`), status: res.status });
       result.images = (body.images ?? []).map((i) => toImage(i, node));
     } catch (e) {
       if (signal.aborted) throw e;
@@ -203,4 +205,12 @@ function toImage(i: AgentImage, node: string): Image {
     driver: i.driver,
     ...(i.createdAt ? { createTime: timestampFromMs(i.createdAt) } : {}),
   });
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return {};
+  }
 }

@@ -101,6 +101,23 @@ describe("containerd driver: what containers have", () => {
     assert.match(await ctr("images", "ls", "-q"), new RegExp(BUSYBOX_REF.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")));
   });
 
+  it("imports the same image several times at once (two agents on one containerd, import --all)", async () => {
+    // From nothing, so that the imports race to write every blob and to create the record.
+    await ctr("images", "rm", "--sync", BUSYBOX_REF);
+    const blobs = (await ctr("content", "ls", "-q")).split("\n").filter(Boolean);
+    if (blobs.length) await ctr("content", "rm", ...blobs);
+    assert.equal((await ctr("content", "ls", "-q")).trim(), "", "no content left to start from");
+    const d = await makeDriver();
+    const all = await Promise.all([d.importImage(imageFile), d.importImage(imageFile), (await makeDriver("other")).importImage(imageFile)]);
+    for (const images of all)
+      assert.deepEqual(
+        images.map((i) => i.name),
+        [BUSYBOX_REF],
+      );
+    assert.equal(new Set(all.map((images) => images[0]!.digest)).size, 1);
+    assert.equal((await d.listImages()).filter((i) => i.name === BUSYBOX_REF).length, 1);
+  });
+
   it("writes stdout and stderr to the log, and records the exit code", async () => {
     const d = await makeDriver();
     const name = `echo-${randomUUID().slice(0, 6)}`;

@@ -13,7 +13,7 @@ import { randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { type DriverImage, InvalidSpecError } from "../driver/index.js";
-import { ImageSchema } from "./gen/containerd/services/images/v1/images_pb.js";
+import { type Image, ImageSchema } from "./gen/containerd/services/images/v1/images_pb.js";
 import { type ContainerdClient, isAlreadyExists, isNotFound } from "./client.js";
 import { blobPath, chainIds, MediaType, readOciArchive, type Descriptor, type Unpack, hostPlatform } from "./oci.js";
 import { TarIndex } from "./tar.js";
@@ -28,8 +28,10 @@ export async function importImageArchive(client: ContainerdClient, file: string,
     return await client.withTemporaryLease(async (c) => {
       for (const { descriptor: d, labels } of archive.blobs) {
         const entry = tar.get(blobPath(d.digest))!;
+        // A ref of its own: two imports of one image at once (two agents on one containerd, or
+        // `--all`) would otherwise find the ref locked, and one's abort would end the other's ingest.
         const written = await c.writeContent(
-          `hv-import-${d.digest}`,
+          `hv-import-${randomBytes(6).toString("hex")}-${d.digest}`,
           { size: entry.size, read: (from, n) => tar.readRange(entry, from, n) },
           { expected: d.digest, labels },
         );
@@ -43,12 +45,7 @@ export async function importImageArchive(client: ContainerdClient, file: string,
           name: image.name,
           target: { mediaType: image.target.mediaType, digest: image.target.digest, size: BigInt(image.target.size) },
         });
-        try {
-          await c.images.update({ image: record, updateMask: { paths: ["target"] } });
-        } catch (e) {
-          if (!isNotFound(e)) throw e;
-          await c.images.create({ image: record });
-        }
+        await putImage(c, record);
         out.push({
           name: image.name,
           digest: image.target.digest,
@@ -60,6 +57,24 @@ export async function importImageArchive(client: ContainerdClient, file: string,
     });
   } finally {
     await tar.close();
+  }
+}
+
+/** Creates or updates the image record; a concurrent import creating it first is fine. */
+async function putImage(c: ContainerdClient, record: Image): Promise<void> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await c.images.update({ image: record, updateMask: { paths: ["target"] } });
+      return;
+    } catch (e) {
+      if (!isNotFound(e)) throw e;
+    }
+    try {
+      await c.images.create({ image: record });
+      return;
+    } catch (e) {
+      if (!isAlreadyExists(e) || attempt >= 3) throw e; // created meanwhile: update it
+    }
   }
 }
 

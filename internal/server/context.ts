@@ -20,7 +20,10 @@ export interface Informers {
 }
 
 export interface ServerContext {
+  /** Writes through it are tracked (writtenAt). */
   store: Store;
+  /** Revision of this server's last put under a watched prefix: what a cached read waits for. */
+  writtenAt: (prefix: string) => number;
   informers: Informers;
   log: Logger;
   serverId: string;

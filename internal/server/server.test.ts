@@ -220,6 +220,8 @@ for (const kind of ["embedded", "etcd"] as const)
 
     it("keeps an instance Pending with a reason, then places it when a node fits", async () => {
       await instances.createInstance({ name: "big-one", spec: { driver: "mock", vcpus: 2, memoryMib: 2048n } });
+      // Lists come from the informers; they wait for this server's own writes (read your writes).
+      assert.ok((await instances.listInstances({})).instances.some((i) => i.name === "big-one"));
       await assert.rejects(
         instances.createInstance({ name: "big-one", spec: { driver: "mock", vcpus: 1, memoryMib: 1n } }),
         (e: unknown) => ConnectError.from(e).code === Code.AlreadyExists,

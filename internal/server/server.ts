@@ -17,6 +17,7 @@ import { ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
 import { ConsoleProxy, consoleService } from "./console.js";
 import { DrainController } from "./drain-controller.js";
 import { HaController } from "./ha-controller.js";
+import { trackWrites } from "./write-tracker.js";
 import { InstanceSchema, InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { keys, type Store, StoreError, StoreUnavailableError } from "../../pkg/cluster/store/index.js";
@@ -89,8 +90,10 @@ export class Server {
       allocations: new Informer(store, keys.allocations, decodeAllocation, this.log),
       assignments: new Informer(store, keys.assignments, () => true as const, this.log),
     };
+    const tracked = trackWrites(store, [keys.instances, keys.statuses]);
     this.ctx = {
-      store,
+      store: tracked.store,
+      writtenAt: tracked.writtenAt,
       informers,
       log: this.log,
       serverId: this.serverId,

@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import type { Browser, Page } from "playwright-core";
-import { InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { InstanceService, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeCondition, NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { launchBrowser, screenshot } from "../support/browser.js";
 import { startEtcd, type EtcdProcess } from "../support/etcd.js";
@@ -336,6 +336,41 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
     await page.click('[data-testid="confirm-ok"]');
     await node.locator('[data-testid="node-cordoned"]').waitFor({ state: "detached" });
     assert.equal((await nodes.getNode({ name: "ui-node" })).node?.cordoned, false);
+  });
+
+  it("moves a node's instances away after confirmation; uncordon ends the drain", async () => {
+    const nodes = createClient(NodeService, transport());
+    const instances = instancesApi();
+    const node = page.locator('[data-testid="node-row"][data-name="ui-node"]');
+    await node.locator('[data-testid="node-move"]').click();
+    await page.locator('[data-testid="confirm-dialog"][open]').waitFor();
+    await page.click('[data-testid="confirm-ok"]');
+    await node.locator('[data-testid="node-draining"]').waitFor();
+    assert.equal((await nodes.getNode({ name: "ui-node" })).node?.draining, true);
+    // The only node is draining: db-1 leaves it and waits, Pending, for a place to go.
+    const pending = await until(
+      "db-1 off the draining node",
+      async () => {
+        const i = (await instances.getInstance({ name: "db-1" })).instance!;
+        return i.status?.phase === Phase.PENDING && !i.status.node ? i : undefined;
+      },
+      30_000,
+    );
+    assert.ok(pending.status?.message, "a Pending instance says why");
+
+    await node.locator('[data-testid="node-uncordon"]').click();
+    await page.locator('[data-testid="confirm-dialog"][open]').waitFor();
+    await page.click('[data-testid="confirm-ok"]');
+    await node.locator('[data-testid="node-draining"]').waitFor({ state: "detached" });
+    const back = await until(
+      "db-1 Running again",
+      async () => {
+        const i = (await instances.getInstance({ name: "db-1" })).instance!;
+        return i.status?.phase === Phase.RUNNING ? i : undefined;
+      },
+      30_000,
+    );
+    assert.equal(back.status?.node, "ui-node");
   });
 
   it("renders the instance list in a 400 px wide window", async () => {

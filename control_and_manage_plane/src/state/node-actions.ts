@@ -1,12 +1,13 @@
-// Cordon, uncordon and drain, each confirmed first (they change where work may run, and drain
-// stops everything on the node), reported in the server's words when refused.
+// Cordon, uncordon, drain and move, each confirmed first (they change where work may run; drain
+// stops everything on the node, move re-creates it elsewhere), reported in the server's words
+// when refused.
 import { reactive } from "vue";
 import type { Node } from "../../../api/gen/hypervisor/v1/node_pb.js";
 import { nodeClient } from "../api/index.js";
 import { confirm } from "./confirm.js";
 import { notify, notifyError } from "./notify.js";
 
-export type NodeAction = "cordon" | "uncordon" | "drain";
+export type NodeAction = "cordon" | "uncordon" | "drain" | "move";
 
 /** node → action in flight. */
 export const nodeInFlight = reactive(new Map<string, NodeAction>());
@@ -27,6 +28,12 @@ const ASK: Record<NodeAction, (name: string) => { headline: string; description:
     description: "The node is cordoned and every instance running on it is stopped.",
     confirmText: "Drain",
   }),
+  move: (name) => ({
+    headline: `Move everything off ${name}?`,
+    description:
+      "The node is cordoned and its instances are re-created on other nodes, each group within its disruption budget (no live migration: a VM restarts from its spec).",
+    confirmText: "Move",
+  }),
 };
 
 /** Returns the node as the server now has it, or undefined when cancelled or refused. */
@@ -46,6 +53,13 @@ export async function runNodeAction(name: string, action: NodeAction): Promise<N
           res.stoppedInstances.length
             ? `Drained ${name}: stopping ${res.stoppedInstances.join(", ")}`
             : `Drained ${name}: nothing was running`,
+        );
+        return res.node;
+      }
+      case "move": {
+        const res = await nodeClient.drainNode({ name, move: true });
+        notify(
+          res.movingInstances.length ? `Draining ${name}: moving ${res.movingInstances.join(", ")}` : `Draining ${name}: nothing to move`,
         );
         return res.node;
       }

@@ -392,4 +392,26 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
       await narrow.close();
     }
   });
+
+  it("explains on the instance page why a Pending instance is not placed, node by node", async () => {
+    const instances = instancesApi();
+    await instances.createInstance({
+      name: "ui-nowhere",
+      spec: { driver: "mock", vcpus: 1, memoryMib: 64n, nodeSelector: { zone: "nowhere" } },
+    });
+    try {
+      await page.goto(`${base}/instances/ui-nowhere`);
+      const row = page.locator('[data-testid="explain-row"][data-node="ui-node"]');
+      await row.waitFor();
+      assert.equal(await row.getAttribute("data-feasible"), "false");
+      assert.match((await row.textContent()) ?? "", /node selector mismatch/);
+      assert.equal(
+        (await page.locator('[data-testid="explain-summary"]').textContent())?.trim(),
+        "0/1 nodes available: 1 node selector mismatch",
+      );
+      await screenshot(page, "instance-explain");
+    } finally {
+      await instances.deleteInstance({ name: "ui-nowhere" });
+    }
+  });
 });

@@ -14,21 +14,15 @@
  * The old node's agent sees its assignment go and destroys its copy; the new node's agent
  * creates it from the spec (no live migration).
  */
-import { clone, create } from "@bufbuild/protobuf";
-import { timestampNow } from "@bufbuild/protobuf/wkt";
-import { type Instance, InstanceSchema, InstanceStatusSchema, Phase, PowerState } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { clone } from "@bufbuild/protobuf";
+import { type Instance, Phase, PowerState } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
-import { AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { ifModRevision, keys, type Op } from "../../pkg/cluster/store/index.js";
+import { ifModRevision, keys } from "../../pkg/cluster/store/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
 import { kickedLoop } from "./kicked-loop.js";
-import { encodeAllocation, encodeInstance, encodeNode } from "./records.js";
-
-function matches(labels: Record<string, string>, selector: Record<string, string>): boolean {
-  for (const k in selector) if (labels[k] !== selector[k]) return false;
-  return true;
-}
+import { encodeNode, unplace } from "./records.js";
+import { labelsMatch } from "./scheduler.js";
 
 export class DrainController {
   private readonly log: Logger;
@@ -104,30 +98,8 @@ export class DrainController {
             continue;
           }
         }
-        const a = informers.allocations.get(keys.allocation(node.name));
-        const ops: Op[] = [
-          { type: "delete", key: keys.assignment(node.name, name) },
-          { type: "delete", key: keys.status(name) },
-        ];
-        if (a?.value.instances[i.uid]) {
-          const alloc = clone(AllocationSchema, a.value);
-          delete alloc.instances[i.uid];
-          ops.push({ type: "put", key: keys.allocation(node.name), value: encodeAllocation(alloc) });
-        }
-        const next = clone(InstanceSchema, i);
-        next.status = create(InstanceStatusSchema, {
-          phase: Phase.PENDING,
-          message: `moving: node ${node.name} is draining`,
-          updateTime: timestampNow(),
-          restartCount: i.status?.restartCount ?? 0,
-        });
-        ops.push({ type: "put", key: keys.instance(name), value: encodeInstance(next) });
-        const res = await store.txn(
-          [ifModRevision(keys.instance(name), item.modRevision), ifModRevision(keys.allocation(node.name), a?.modRevision ?? 0)],
-          ops,
-          [],
-          { signal },
-        );
+        const { compares, ops } = unplace(informers, i, item.modRevision, node.name, `moving: node ${node.name} is draining`);
+        const res = await store.txn(compares, ops, [], { signal });
         if (!res.succeeded) {
           conflicts++;
           continue;
@@ -167,6 +139,6 @@ export class DrainController {
   }
 
   private member(i: Instance, selector: Record<string, string>): boolean {
-    return !i.deleteTime && i.spec?.desiredPowerState !== PowerState.STOPPED && matches(i.labels, selector);
+    return !i.deleteTime && i.spec?.desiredPowerState !== PowerState.STOPPED && labelsMatch(i.labels, selector);
   }
 }

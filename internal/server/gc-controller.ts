@@ -7,13 +7,11 @@
  *     ──► txn[compare instance rev, assignment absent, allocation rev]
  *           delete instances/<n>, status/<n>; put allocations/<node> without the uid
  */
-import { clone } from "@bufbuild/protobuf";
-import { AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { ifAbsent, ifModRevision, keys, type Op } from "../../pkg/cluster/store/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
 import { kickedLoop } from "./kicked-loop.js";
-import { encodeAllocation } from "./records.js";
+import { releaseAllocation } from "./records.js";
 
 export class GcController {
   private readonly log: Logger;
@@ -67,14 +65,9 @@ export class GcController {
       ];
       const compares = [ifModRevision(keys.instance(i.name), modRevision)];
       if (node !== "") {
-        compares.push(ifAbsent(assignment));
-        const a = informers.allocations.get(keys.allocation(node));
-        compares.push(ifModRevision(keys.allocation(node), a?.modRevision ?? 0));
-        if (a && a.value.instances[i.uid]) {
-          const alloc = clone(AllocationSchema, a.value);
-          delete alloc.instances[i.uid];
-          ops.push({ type: "put", key: keys.allocation(node), value: encodeAllocation(alloc) });
-        }
+        const release = releaseAllocation(informers, node, i.uid);
+        compares.push(ifAbsent(assignment), release.compare);
+        ops.push(...release.ops);
       }
       const res = await store.txn(compares, ops, [], { signal });
       if (res.succeeded) {

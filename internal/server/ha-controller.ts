@@ -14,16 +14,13 @@
  * status writes compare that assignment, so it can no longer report on the instance.
  * An instance being deleted on a dead node loses its assignment the same way, so the GC can finish.
  */
-import { clone, create } from "@bufbuild/protobuf";
-import { timestampNow } from "@bufbuild/protobuf/wkt";
-import { InstanceSchema, InstanceStatusSchema, Phase, RestartPolicy } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { ifAbsent, ifModRevision, keys, type Op } from "../../pkg/cluster/store/index.js";
+import { RestartPolicy } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { ifAbsent, keys } from "../../pkg/cluster/store/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
 import { kickedLoop } from "./kicked-loop.js";
 import { metrics } from "./metrics.js";
-import { encodeAllocation, encodeInstance } from "./records.js";
+import { unplace } from "./records.js";
 
 export const DEFAULT_HA_GRACE_MS = 60_000;
 
@@ -84,32 +81,15 @@ export class HaController {
         const i = item.value;
         const deleting = Boolean(i.deleteTime);
         if (!deleting && i.spec?.restartPolicy === RestartPolicy.NEVER) continue;
-        const a = informers.allocations.get(keys.allocation(node));
-        const compares = [
-          ifModRevision(keys.instance(name), item.modRevision),
-          ifAbsent(keys.alive(node)),
-          ifModRevision(keys.allocation(node), a?.modRevision ?? 0),
-        ];
-        const ops: Op[] = [
-          { type: "delete", key: keys.assignment(node, name) },
-          { type: "delete", key: keys.status(name) },
-        ];
-        if (a?.value.instances[i.uid]) {
-          const alloc = clone(AllocationSchema, a.value);
-          delete alloc.instances[i.uid];
-          ops.push({ type: "put", key: keys.allocation(node), value: encodeAllocation(alloc) });
-        }
         const seconds = Math.round(this.graceMs / 1000);
-        if (!deleting) {
-          const next = clone(InstanceSchema, i);
-          next.status = create(InstanceStatusSchema, {
-            phase: Phase.PENDING,
-            message: `rescheduling: node ${node} NotReady for ${seconds}s`,
-            updateTime: timestampNow(),
-            restartCount: i.status?.restartCount ?? 0,
-          });
-          ops.push({ type: "put", key: keys.instance(name), value: encodeInstance(next) });
-        }
+        const { compares, ops } = unplace(
+          informers,
+          i,
+          item.modRevision,
+          node,
+          deleting ? undefined : `rescheduling: node ${node} NotReady for ${seconds}s`,
+        );
+        compares.push(ifAbsent(keys.alive(node))); // the node did not come back meanwhile
         const res = await store.txn(compares, ops, [], { signal });
         if (!res.succeeded) {
           conflicts++;

@@ -84,10 +84,9 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
       if (req.move) {
         // What is there before the flag goes up: the leader's drain controller starts moving
         // them (as their budgets allow) as soon as it sees the node draining.
-        await read(req.name, hctx.signal);
         const assigned = await store.range(prefix, { signal: hctx.signal });
         const moving = assigned.kvs.map((kv) => kv.key.slice(prefix.length));
-        const node = await setFlags(req.name, true, true, hctx.signal);
+        const node = await setFlags(req.name, true, true, hctx.signal); // checks the name, NotFound
         ctx.log.info({ node: req.name, moving: moving.length }, "node drain started: moving its instances");
         return { node, movingInstances: moving };
       }

@@ -13,7 +13,7 @@ import {
   AllocationSchema,
   AssignmentSchema,
 } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { keys, type KeyValue, type Store } from "../../pkg/cluster/store/index.js";
+import { type Compare, ifModRevision, keys, type KeyValue, type Op, type Store } from "../../pkg/cluster/store/index.js";
 import type { Informers } from "./context.js";
 
 export const decodeInstance = (kv: KeyValue): Instance => fromBinary(InstanceSchema, kv.value);
@@ -96,4 +96,45 @@ export function instancesByPhase(informers: Pick<Informers, "instances" | "statu
 export async function agentEndpoint(store: Store, node: string, signal?: AbortSignal): Promise<AgentEndpoint | undefined> {
   const kv = await store.get(keys.agent(node), signal ? { signal } : {});
   return kv ? fromBinary(AgentEndpointSchema, kv.value) : undefined;
+}
+
+/**
+ * The node's allocation without the instance `uid`: the compare on the allocation's revision,
+ * and the put (none when the allocation does not hold it).
+ */
+export function releaseAllocation(informers: Informers, node: string, uid: string): { compare: Compare; ops: Op[] } {
+  const a = informers.allocations.get(keys.allocation(node));
+  const compare = ifModRevision(keys.allocation(node), a?.modRevision ?? 0);
+  if (!a?.value.instances[uid]) return { compare, ops: [] };
+  const alloc = clone(AllocationSchema, a.value);
+  delete alloc.instances[uid];
+  return { compare, ops: [{ type: "put", key: keys.allocation(node), value: encodeAllocation(alloc) }] };
+}
+
+/**
+ * Takes instance `i` (read at revision `rev`) off `node` in one txn's worth of compares and ops:
+ * its assignment and status go and the node's allocation drops it; with `pending`, the instance
+ * goes back to Pending with that message for the scheduler to place again (the HA and drain
+ * controllers), without it the record stays as it is (a deletion the GC then finishes).
+ */
+export function unplace(
+  informers: Informers,
+  i: Instance,
+  rev: number,
+  node: string,
+  pending?: string,
+): { compares: Compare[]; ops: Op[] } {
+  const release = releaseAllocation(informers, node, i.uid);
+  const ops: Op[] = [{ type: "delete", key: keys.assignment(node, i.name) }, { type: "delete", key: keys.status(i.name) }, ...release.ops];
+  if (pending !== undefined) {
+    const next = clone(InstanceSchema, i);
+    next.status = create(InstanceStatusSchema, {
+      phase: Phase.PENDING,
+      message: pending,
+      updateTime: timestampNow(),
+      restartCount: i.status?.restartCount ?? 0,
+    });
+    ops.push({ type: "put", key: keys.instance(i.name), value: encodeInstance(next) });
+  }
+  return { compares: [ifModRevision(keys.instance(i.name), rev), release.compare], ops };
 }

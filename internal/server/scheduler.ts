@@ -179,7 +179,8 @@ export function tolerates(tolerations: readonly TolerationView[], t: TaintView):
   );
 }
 
-function matches(labels: Record<string, string>, selector: Record<string, string>): boolean {
+/** Whether `labels` hold every key=value of `selector` (an empty selector matches everything). */
+export function labelsMatch(labels: Record<string, string>, selector: Record<string, string>): boolean {
   for (const k in selector) if (labels[k] !== selector[k]) return false;
   return true;
 }
@@ -230,14 +231,14 @@ class Groups {
     // Groups built later count this placement from here.
     this.added.push({ node, labels });
     for (const g of this.bySelector.values()) {
-      if (matches(labels, g.selector)) g.perNode.set(node, (g.perNode.get(node) ?? 0) + 1);
+      if (labelsMatch(labels, g.selector)) g.perNode.set(node, (g.perNode.get(node) ?? 0) + 1);
     }
     const n = this.nodes.get(node);
     for (const [id, d] of this.domains) {
       const bar = id.lastIndexOf("|");
       const g = this.bySelector.get(id.slice(0, bar))!;
       const v = n && labelOf(n, id.slice(bar + 1));
-      if (v !== undefined && matches(labels, g.selector)) d.set(v, (d.get(v) ?? 0) + 1);
+      if (v !== undefined && labelsMatch(labels, g.selector)) d.set(v, (d.get(v) ?? 0) + 1);
     }
   }
 
@@ -247,7 +248,7 @@ class Groups {
     if (!g) {
       g = { selector, perNode: new Map() };
       for (const list of [this.placed, this.added])
-        for (const p of list) if (matches(p.labels, selector)) g.perNode.set(p.node, (g.perNode.get(p.node) ?? 0) + 1);
+        for (const p of list) if (labelsMatch(p.labels, selector)) g.perNode.set(p.node, (g.perNode.get(p.node) ?? 0) + 1);
       this.bySelector.set(id, g);
     }
     return g;

@@ -14,6 +14,7 @@
  *
  * placements/s is printed as a ratio to raw puts/s (goal: at least 0.30).
  */
+import { readFileSync } from "node:fs";
 import { access, constants, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -48,6 +49,8 @@ const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
 };
+/** Clock ticks per second of /proc/<pid>/stat times (USER_HZ, 100 on Linux). */
+const TICKS = 100;
 const log = (s: string) => console.error(`[scale] ${s}`);
 
 // The simulated nodes' mock state (a file per instance) on tmpfs when there is one: on real
@@ -196,6 +199,7 @@ try {
     })(),
   ];
 
+  const cpuBefore = cpuTimes();
   const started = performance.now();
   let next = 0;
   await Promise.all(
@@ -214,6 +218,7 @@ try {
   await until("every instance Running", () => (allRunning && allScheduled ? true : undefined), 1_800_000, 200);
   probing = false;
   await Promise.all(probes);
+  const cpuAfter = cpuTimes();
   const regrants = fleets.reduce((n, p) => n + lostLeases(p), 0) - regrantsBefore;
   if (regrants || notReady)
     for (const p of fleets)
@@ -246,6 +251,8 @@ try {
     "API ListInstances (label filter)",
     `p50 ${median(listMs).toFixed(1)} ms, p99 ${pct(listMs, 99).toFixed(1)} ms (${listMs.length} calls)`,
   );
+  const cpu = Object.keys(cpuAfter).map((k) => `${k} ${(cpuAfter[k]! - (cpuBefore[k] ?? 0)).toFixed(1)}`);
+  row("CPU seconds during the run", cpu.join(", "));
   row("nodes falsely NotReady", `${notReady} alive keys lost, ${regrants} leases re-granted (goal: 0)`);
 } finally {
   ac.abort();
@@ -257,6 +264,27 @@ try {
   await store.close();
   await etcd.stop();
   await rm(dir, { recursive: true, force: true });
+}
+
+/**
+ * CPU seconds (user + system) each process has used so far, from /proc: where the run's time goes
+ * on a machine whose cores every process shares.
+ */
+function cpuTimes(): Record<string, number> {
+  const of = (pid: number) => {
+    try {
+      // Fields after the command name, which is in parentheses and may hold spaces.
+      const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+      return (Number(f[11]) + Number(f[12])) / TICKS;
+    } catch {
+      return 0;
+    }
+  };
+  const own = process.cpuUsage();
+  const out: Record<string, number> = { etcd: of(etcd.pid) };
+  for (const p of procs) out[p.name] = of(p.pid);
+  out.bench = (own.user + own.system) / 1e6;
+  return out;
 }
 
 function sleep(ms: number): Promise<void> {

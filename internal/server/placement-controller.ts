@@ -8,16 +8,19 @@
  *
  * A failed compare means our copy was stale: wait for the informers to catch up and run again.
  * Instances that fit nowhere stay Pending with a message counting why.
+ *
+ * A pass costs what changed, not the cluster's size: the Pending instances and the scheduler's
+ * node views are kept up to date from the informers' events, so a pass over 10,000 instances on
+ * 5,000 nodes neither scans the instances nor rebuilds every node's view.
  */
 import { clone, create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { type Instance, InstanceSchema, InstanceStatusSchema, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { type Allocation, AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import type { Node } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { ifModRevision, keys } from "../../pkg/cluster/store/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
-import type { Item } from "./informer.js";
+import type { InformerEvent, Item } from "./informer.js";
 import { kickedLoop } from "./kicked-loop.js";
 import { metrics } from "./metrics.js";
 import { needsGroups, nodeView, placedViews, placementRequest } from "./placement-input.js";
@@ -31,7 +34,13 @@ const PARALLEL_NODES = 16;
 
 export class PlacementController {
   private readonly log: Logger;
-  private readonly views = new Map<string, { node: Node; alloc: Item<Allocation> | undefined; ready: boolean; view: NodeView }>();
+  /** Pending instances (no node, not being deleted), as the informer holds them. */
+  private readonly pending = new Map<string, { instance: Instance; rev: number }>();
+  /** The scheduler's view of each node; rebuilt for the names in `stale`. */
+  private readonly views = new Map<string, NodeView>();
+  private readonly stale = new Set<string>();
+  /** `views` sorted by name, as the scheduler walks them; undefined when a node came or went. */
+  private sorted: NodeView[] | undefined;
 
   constructor(
     private readonly ctx: ServerContext,
@@ -46,12 +55,41 @@ export class PlacementController {
   async run(signal: AbortSignal): Promise<void> {
     const { informers } = this.ctx;
     const loop = kickedLoop((s) => this.pass(s).then((r) => r.conflicts > 0), this.retryMs, this.log);
-    const offs = [informers.instances, informers.nodes, informers.alive, informers.allocations].map((inf) => inf.subscribe(loop.kick));
+    // Subscribed before the first scan, so nothing between the two is missed.
+    const onInstance = (ev: InformerEvent<Instance>) => {
+      if (this.track(ev.key, ev.type === "put" ? informers.instances.get(ev.key) : undefined)) loop.kick();
+    };
+    const onNode = (prefix: string) => (ev: { key: string }) => {
+      this.stale.add(ev.key.slice(prefix.length));
+      loop.kick();
+    };
+    const offs = [
+      informers.instances.subscribe(onInstance),
+      informers.nodes.subscribe(onNode(keys.nodes)),
+      informers.alive.subscribe(onNode(keys.alivePrefix)),
+      informers.allocations.subscribe(onNode(keys.allocations)),
+    ];
+    this.pending.clear();
+    for (const [key, item] of informers.instances.items) this.track(key, item);
+    this.views.clear();
+    this.sorted = undefined;
+    for (const { value } of informers.nodes.items.values()) this.stale.add(value.name);
     try {
       await loop.run(signal);
     } finally {
       offs.forEach((off) => off());
     }
+  }
+
+  /** Keeps `pending` in step with one instance key; true if it is (or was) Pending. */
+  private track(key: string, item: Item<Instance> | undefined): boolean {
+    const i = item?.value;
+    const name = key.slice(keys.instances.length);
+    if (i && !i.deleteTime && (i.status?.node ?? "") === "" && i.spec) {
+      this.pending.set(name, { instance: i, rev: item.modRevision });
+      return true;
+    }
+    return this.pending.delete(name);
   }
 
   /** One scheduling pass over every Pending instance. */
@@ -61,20 +99,14 @@ export class PlacementController {
 
   private async placeAll(signal: AbortSignal): Promise<{ placed: number; conflicts: number }> {
     const { informers, store } = this.ctx;
-    const pending: { instance: Instance; rev: number }[] = [];
-    for (const { value, modRevision } of informers.instances.items.values()) {
-      if (!value.deleteTime && (value.status?.node ?? "") === "" && value.spec) pending.push({ instance: value, rev: modRevision });
-    }
-    if (pending.length === 0) return { placed: 0, conflicts: 0 };
+    if (this.pending.size === 0) return { placed: 0, conflicts: 0 };
+    const pending = [...this.pending.values()];
     // Oldest first: fairness, and a deterministic order for a given snapshot.
     pending.sort((a, b) => Number(a.instance.createTime?.seconds ?? 0n) - Number(b.instance.createTime?.seconds ?? 0n) || a.rev - b.rev);
 
     // Allocations are copied only for the nodes that get placements (placeBatch).
     const allocs = new Map<string, { alloc: Allocation; rev: number }>();
-    const views: NodeView[] = [];
-    for (const { value: n } of informers.nodes.items.values()) views.push(this.view(n));
-    if (this.views.size > views.length)
-      for (const name of this.views.keys()) if (!informers.nodes.get(keys.node(name))) this.views.delete(name);
+    const views = this.nodeViews();
     const requests = pending.map(({ instance }) => placementRequest(instance));
     // Instances already placed matter only to group constraints (affinity, spread, max per node).
     const onNodes = requests.some(needsGroups) ? placedViews(informers) : [];
@@ -135,18 +167,41 @@ export class PlacementController {
   }
 
   /**
-   * The scheduler's view of a node, rebuilt only when the node's record, its allocation or its
-   * liveness changed: a pass over 5,000 nodes otherwise rebuilds 5,000 views to change a few.
+   * Every node's view, by name: only the nodes whose record, allocation or liveness changed since
+   * the last pass are rebuilt, and the order is kept unless a node came or went.
    */
-  private view(n: Node): NodeView {
+  private nodeViews(): NodeView[] {
     const { informers } = this.ctx;
-    const alloc = informers.allocations.get(keys.allocation(n.name));
-    const ready = informers.alive.get(keys.alive(n.name)) !== undefined;
-    const c = this.views.get(n.name);
-    if (c && c.node === n && c.alloc === alloc && c.ready === ready) return c.view;
-    const view = nodeView(n, informers);
-    this.views.set(n.name, { node: n, alloc, ready, view });
-    return view;
+    for (const name of this.stale) {
+      const n = informers.nodes.get(keys.node(name))?.value;
+      const had = this.views.has(name);
+      if (n) this.views.set(name, nodeView(n, informers));
+      else this.views.delete(name);
+      if (had !== (n !== undefined)) this.sorted = undefined;
+      else if (n && this.sorted) {
+        const at = this.indexOf(name);
+        if (at >= 0) this.sorted[at] = this.views.get(name)!;
+        else this.sorted = undefined;
+      }
+    }
+    this.stale.clear();
+    this.sorted ??= [...this.views.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return this.sorted;
+  }
+
+  /** Binary search of `sorted` by name. */
+  private indexOf(name: string): number {
+    const a = this.sorted!;
+    let lo = 0;
+    let hi = a.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const m = a[mid]!.name;
+      if (m === name) return mid;
+      if (m < name) lo = mid + 1;
+      else hi = mid - 1;
+    }
+    return -1;
   }
 
   /**

@@ -48,6 +48,16 @@ describe("scheduler", () => {
     assert.match(none.unplaced[0].message, /^0\/7 nodes available: 3 node selector mismatch, 1 cordoned/);
   });
 
+  it("leaves the caller's node views as they were, in their order", () => {
+    const nodes = [node("b"), node("a", { allocated: { vcpus: 1, memoryMib: 512, diskGib: 0, count: 1 } })];
+    const before = structuredClone(nodes);
+    const plan = schedule(nodes, [req("i1"), req("i2"), req("i3")], "binpack");
+    assert.equal(plan.placements.length, 3);
+    assert.deepEqual(nodes, before);
+    // And a second pass over the same snapshot plans the same: nothing carried over.
+    assert.deepEqual(schedule(nodes, [req("i1"), req("i2"), req("i3")], "binpack"), plan);
+  });
+
   it("reports capacity reasons and an empty cluster", () => {
     const plan = schedule([node("a"), node("b")], [req("big", { memoryMib: 8192 })], "spread");
     assert.equal(plan.unplaced[0]?.message, "0/2 nodes available: 2 insufficient memory");

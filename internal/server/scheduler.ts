@@ -257,9 +257,10 @@ class Groups {
 
 /** One scheduling pass's state: node views with allocations that grow as requests are placed. */
 class Pass {
-  readonly views: NodeView[];
+  readonly views: readonly NodeView[];
   readonly byName: Map<string, NodeView>;
   readonly groups: Groups;
+  private readonly added = new Map<string, NodeView["allocated"]>();
   /** Where the next request starts looking. */
   private next = 0;
 
@@ -269,12 +270,19 @@ class Pass {
     private readonly algorithm: Algorithm,
     private readonly limit: number,
   ) {
-    // Copies of the allocations: the snapshot stays read-only for the caller.
-    this.views = nodes
-      .map((n) => ({ ...n, allocated: { ...n.allocated } }))
-      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    // By name, for a deterministic order; a caller that keeps its nodes sorted (the placement
+    // controller) saves the copy and the sort.
+    this.views = isSortedByName(nodes) ? nodes : [...nodes].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     this.byName = new Map(this.views.map((n) => [n.name, n]));
     this.groups = new Groups(placed, this.byName);
+  }
+
+  /**
+   * What is allocated on n so far in this pass. The snapshot stays read-only for the caller:
+   * a node gets its own copy when the pass first places something on it.
+   */
+  allocated(n: NodeView): NodeView["allocated"] {
+    return this.added.get(n.name) ?? n.allocated;
   }
 
   /** The first filter `n` fails for `r`, or undefined. */
@@ -282,9 +290,10 @@ class Pass {
     const why = staticInfeasibility(n, r);
     if (why) return why;
     const reserved = n.reserved;
-    if (n.allocated.vcpus + r.vcpus > n.capacity.vcpus - (reserved?.vcpus ?? 0)) return "insufficient cpu";
-    if (n.allocated.memoryMib + r.memoryMib > n.capacity.memoryMib - (reserved?.memoryMib ?? 0)) return "insufficient memory";
-    if (r.diskGib > 0 && n.allocated.diskGib + r.diskGib > n.capacity.diskGib - (reserved?.diskGib ?? 0)) return "insufficient disk";
+    const a = this.allocated(n);
+    if (a.vcpus + r.vcpus > n.capacity.vcpus - (reserved?.vcpus ?? 0)) return "insufficient cpu";
+    if (a.memoryMib + r.memoryMib > n.capacity.memoryMib - (reserved?.memoryMib ?? 0)) return "insufficient memory";
+    if (r.diskGib > 0 && a.diskGib + r.diskGib > n.capacity.diskGib - (reserved?.diskGib ?? 0)) return "insufficient disk";
     if (r.maxPerNode && this.groups.onNode(r.maxPerNodeSelector ?? {}, n.name) >= r.maxPerNode) return "max per node";
     for (const a of r.affinity ?? []) {
       if (!a.required) continue;
@@ -303,43 +312,46 @@ class Pass {
     return undefined;
   }
 
-  score(
-    n: NodeView,
-    r: PlacementRequest,
-    spreadDomains: (s: SpreadView) => SpreadDomains,
-  ): { score: number; parts: Record<string, number> } {
+  /**
+   * n's score for r; with `parts`, also each term of it by name (for explain). Called for every
+   * feasible node a request looks at, so it allocates nothing without `parts`.
+   */
+  score(n: NodeView, r: PlacementRequest, spreadDomains: (s: SpreadView) => SpreadDomains, parts?: Record<string, number>): number {
     const reserved = n.reserved;
+    const a = this.allocated(n);
     const cpuCap = n.capacity.vcpus - (reserved?.vcpus ?? 0);
     const memCap = n.capacity.memoryMib - (reserved?.memoryMib ?? 0);
-    const cpu = cpuCap > 0 ? (n.allocated.vcpus + r.vcpus) / cpuCap : 1;
-    const mem = memCap > 0 ? (n.allocated.memoryMib + r.memoryMib) / memCap : 1;
+    const cpu = cpuCap > 0 ? (a.vcpus + r.vcpus) / cpuCap : 1;
+    const mem = memCap > 0 ? (a.memoryMib + r.memoryMib) / memCap : 1;
     const util = (cpu + mem) / 2;
     const strategy = r.strategy ?? this.algorithm;
-    const parts: Record<string, number> = { [strategy]: 100 * (strategy === "binpack" ? util : 1 - util) };
+    const base = 100 * (strategy === "binpack" ? util : 1 - util);
     let preferences = 0;
     for (const p of r.preferences ?? []) if (requirementHolds((k) => labelOf(n, k), p.requirement)) preferences += p.weight;
-    if (preferences) parts.preferences = preferences;
     let affinity = 0;
-    for (const a of r.affinity ?? []) {
-      if (a.required) continue;
-      const domain = labelOf(n, a.topologyKey);
-      const present = domain !== undefined && this.inDomain(a.selector, a.topologyKey, domain) > 0;
-      if (present) affinity += a.anti ? -a.weight : a.weight;
+    for (const x of r.affinity ?? []) {
+      if (x.required) continue;
+      const domain = labelOf(n, x.topologyKey);
+      const present = domain !== undefined && this.inDomain(x.selector, x.topologyKey, domain) > 0;
+      if (present) affinity += x.anti ? -x.weight : x.weight;
     }
-    if (affinity) parts.affinity = affinity;
-    const untolerated = (n.taints ?? []).filter((t) => t.effect === "PreferNoSchedule" && !tolerates(r.tolerations ?? [], t)).length;
-    if (untolerated) parts.taints = -50 * untolerated;
+    let untolerated = 0;
+    for (const t of n.taints ?? []) if (t.effect === "PreferNoSchedule" && !tolerates(r.tolerations ?? [], t)) untolerated++;
     let spread = 0;
-    for (const s of r.spread ?? []) {
-      const domain = labelOf(n, s.topologyKey);
+    for (const sc of r.spread ?? []) {
+      const domain = labelOf(n, sc.topologyKey);
       if (domain === undefined) continue;
-      const d = spreadDomains(s);
+      const d = spreadDomains(sc);
       spread -= 10 * ((d.counts.get(domain) ?? 0) + 1 - d.min);
     }
-    if (spread) parts.spread = spread;
-    let score = 0;
-    for (const k in parts) score += parts[k]!;
-    return { score, parts };
+    if (parts) {
+      parts[strategy] = base;
+      if (preferences) parts.preferences = preferences;
+      if (affinity) parts.affinity = affinity;
+      if (untolerated) parts.taints = -50 * untolerated;
+      if (spread) parts.spread = spread;
+    }
+    return base + preferences + affinity - 50 * untolerated + spread;
   }
 
   /** Places r if it can: the chosen node, or the reasons it fits nowhere. */
@@ -359,7 +371,7 @@ class Pass {
         continue;
       }
       feasible++;
-      const { score } = this.score(n, r, spreadDomains);
+      const score = this.score(n, r, spreadDomains);
       if (score > bestScore || (score === bestScore && best && n.name < best.name)) {
         best = n;
         bestScore = score;
@@ -367,10 +379,12 @@ class Pass {
     }
     if (total) this.next = (this.next + i) % total;
     if (!best) return { reasons };
-    best.allocated.vcpus += r.vcpus;
-    best.allocated.memoryMib += r.memoryMib;
-    best.allocated.diskGib += r.diskGib;
-    best.allocated.count++;
+    let a = this.added.get(best.name);
+    if (!a) this.added.set(best.name, (a = { ...best.allocated }));
+    a.vcpus += r.vcpus;
+    a.memoryMib += r.memoryMib;
+    a.diskGib += r.diskGib;
+    a.count++;
     this.groups.add(best.name, r.labels ?? {});
     return { node: best.name };
   }
@@ -381,7 +395,9 @@ class Pass {
     const out: Verdict[] = this.views.map((n) => {
       const why = this.infeasibility(n, r, spreadDomains);
       if (why) return { node: n.name, feasible: false, reason: why, score: 0, parts: {} };
-      return { node: n.name, feasible: true, reason: "", ...this.score(n, r, spreadDomains) };
+      const parts: Record<string, number> = {};
+      const score = this.score(n, r, spreadDomains, parts);
+      return { node: n.name, feasible: true, reason: "", score, parts };
     });
     return out.sort((a, b) => Number(b.feasible) - Number(a.feasible) || b.score - a.score || (a.node < b.node ? -1 : 1));
   }
@@ -416,6 +432,11 @@ class Pass {
       return d;
     };
   }
+}
+
+function isSortedByName(nodes: readonly NodeView[]): boolean {
+  for (let i = 1; i < nodes.length; i++) if (nodes[i - 1]!.name >= nodes[i]!.name) return false;
+  return true;
 }
 
 interface SpreadDomains {

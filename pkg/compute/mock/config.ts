@@ -20,8 +20,12 @@ export interface MockBehaviour {
 }
 
 export interface MockDriverOptions {
-  /** Directory holding one JSON file per instance; created if missing. */
-  stateDir: string;
+  /**
+   * Directory holding one JSON file per instance; created if missing. Absent: instances live in
+   * the driver object's memory only (the scale bench's simulated nodes), so nothing is adopted
+   * after a restart.
+   */
+  stateDir?: string;
   /** Capacity to report in the fingerprint attributes (simulated nodes in scale tests). */
   capacity?: { vcpus?: number; memoryMiB?: number };
   /** Clock, for tests that want to move time; default Date.now. */

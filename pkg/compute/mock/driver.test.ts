@@ -162,3 +162,31 @@ describe("mock driver behaviour", () => {
     await fresh.close();
   });
 });
+
+describe("mock driver without a state directory (the scale bench's simulated nodes)", () => {
+  it("runs instances in memory, each driver object its own, and timed exits still happen", async () => {
+    const a = createMockDriver({});
+    const b = createMockDriver({});
+    assert.equal((await a.fingerprint()).healthy, true);
+    assert.equal((await a.fingerprint()).attributes.state_dir, "(memory)");
+    await a.create(mockSpec("mem-1", "u-mem-1"));
+    const running = await a.start("mem-1");
+    assert.equal(running.state, "running");
+    assert.equal((await a.inspect("mem-1"))?.startedAt, running.startedAt);
+    assert.equal(await b.inspect("mem-1"), undefined, "another driver object shares nothing");
+    await a.create(mockSpec("mem-2", "u-mem-2", { run_for: "50ms", exit_code: "4" }));
+    await a.start("mem-2");
+    await new Promise((r) => setTimeout(r, 120));
+    const exited = await a.inspect("mem-2");
+    assert.equal(exited?.state, "exited");
+    assert.equal(exited?.exitCode, 4);
+    assert.deepEqual((await a.list()).map((i) => i.name).sort(), ["mem-1", "mem-2"]);
+    assert.equal((await a.stop("mem-1", 1000)).state, "stopped");
+    await a.destroy("mem-1");
+    await a.destroy("mem-2");
+    assert.deepEqual(await a.list(), []);
+    await assert.rejects(a.start("mem-1"), InstanceNotFoundError);
+    await a.close();
+    await b.close();
+  });
+});

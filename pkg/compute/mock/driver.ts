@@ -8,7 +8,6 @@
  * computed from timestamps on every read; a timer per running instance only exists to emit the
  * exit event on time, and is re-armed when a new driver object recovers the state directory.
  */
-import { mkdir, readdir } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   DriverError,
@@ -27,7 +26,7 @@ import {
 } from "../driver/index.js";
 import { parseBehaviour, type MockDriverOptions } from "./config.js";
 import { fingerprintMock } from "./fingerprint.js";
-import { describeHandle, exitTime, HANDLE_VERSION, readHandle, removeHandle, writeHandle, type MockHandle } from "./handle.js";
+import { describeHandle, exitTime, fileHandles, HANDLE_VERSION, type HandleStore, memoryHandles, type MockHandle } from "./handle.js";
 
 export const MOCK_DRIVER_NAME = "mock";
 
@@ -63,7 +62,7 @@ export class MockDriver implements StatsDriver {
   readonly capabilities = CAPABILITIES;
   readonly counters: MockCounters = { creates: 0, starts: 0, stops: 0, destroys: 0 };
 
-  private readonly dir: string;
+  private readonly store: HandleStore;
   private readonly now: () => number;
   private readonly locks = new Map<string, Promise<unknown>>();
   private readonly exitTimers = new Map<string, NodeJS.Timeout>();
@@ -72,7 +71,7 @@ export class MockDriver implements StatsDriver {
   private closed = false;
 
   constructor(private readonly opts: MockDriverOptions) {
-    this.dir = opts.stateDir;
+    this.store = opts.stateDir === undefined ? memoryHandles() : fileHandles(opts.stateDir);
     this.now = opts.now ?? Date.now;
   }
 
@@ -88,7 +87,7 @@ export class MockDriver implements StatsDriver {
     parseBehaviour(spec.name, spec.config);
     await this.recover();
     return this.locked(spec.name, opts.signal, async () => {
-      const existing = await readHandle(this.dir, spec.name);
+      const existing = await this.store.read(spec.name);
       if (existing) {
         if (existing.spec.uid !== spec.uid) {
           throw new DriverError(`instance ${spec.name} already exists with uid ${existing.spec.uid}, not ${spec.uid}`);
@@ -96,7 +95,7 @@ export class MockDriver implements StatsDriver {
         return describeHandle(existing, this.now());
       }
       const h: MockHandle = { version: HANDLE_VERSION, spec: structuredClone(spec), createdAt: this.now(), startCount: 0 };
-      await writeHandle(this.dir, h);
+      await this.store.write(h);
       this.counters.creates++;
       return this.changed(h);
     });
@@ -114,7 +113,7 @@ export class MockDriver implements StatsDriver {
       if (b.startError !== undefined) {
         h.failedMessage = b.startError;
         h.failedAt = this.now();
-        await writeHandle(this.dir, h);
+        await this.store.write(h);
         this.changed(h);
         throw new StartError(`instance ${name}: ${b.startError}`);
       }
@@ -123,7 +122,7 @@ export class MockDriver implements StatsDriver {
       delete h.failedMessage;
       delete h.failedAt;
       h.startCount++;
-      await writeHandle(this.dir, h);
+      await this.store.write(h);
       this.counters.starts++;
       return this.changed(h);
     });
@@ -140,7 +139,7 @@ export class MockDriver implements StatsDriver {
       const delay = Math.min(parseBehaviour(name, h.spec.config).stopDelayMs, Math.max(0, timeoutMs));
       if (delay > 0) await sleep(delay, undefined, { signal: opts.signal });
       h.stoppedAt = this.now();
-      await writeHandle(this.dir, h);
+      await this.store.write(h);
       this.counters.stops++;
       return this.changed(h);
     });
@@ -150,10 +149,10 @@ export class MockDriver implements StatsDriver {
     checkName(name);
     await this.recover();
     await this.locked(name, opts.signal, async () => {
-      const h = await readHandle(this.dir, name);
+      const h = await this.store.read(name);
       if (!h) return;
       this.disarm(name);
-      await removeHandle(this.dir, name);
+      await this.store.remove(name);
       this.counters.destroys++;
     });
   }
@@ -162,7 +161,7 @@ export class MockDriver implements StatsDriver {
     checkName(name);
     opts.signal?.throwIfAborted();
     await this.recover();
-    const h = await readHandle(this.dir, name);
+    const h = await this.store.read(name);
     return h ? describeHandle(h, this.now()) : undefined;
   }
 
@@ -216,24 +215,24 @@ export class MockDriver implements StatsDriver {
   private recover(): Promise<void> {
     if (this.closed) return Promise.reject(new DriverError("mock driver is closed"));
     this.recovered ??= (async () => {
-      await mkdir(this.dir, { recursive: true });
+      await this.store.open();
       for (const h of await this.handles()) this.arm(h);
     })();
     return this.recovered;
   }
 
   private async handles(): Promise<MockHandle[]> {
-    const names = (await readdir(this.dir)).filter((f) => f.endsWith(".json") && !f.startsWith(".")).map((f) => f.slice(0, -5));
+    const names = await this.store.names();
     const out: MockHandle[] = [];
     for (const n of names.sort()) {
-      const h = await readHandle(this.dir, n); // may have been destroyed since readdir
+      const h = await this.store.read(n); // may have been destroyed since it was listed
       if (h) out.push(h);
     }
     return out;
   }
 
   private async mustRead(name: string): Promise<MockHandle> {
-    const h = await readHandle(this.dir, name);
+    const h = await this.store.read(name);
     if (!h) throw new InstanceNotFoundError(name);
     return h;
   }
@@ -271,7 +270,8 @@ export class MockDriver implements StatsDriver {
       () => {
         this.exitTimers.delete(name);
         // Re-read: the instance may have been stopped, restarted or destroyed meanwhile.
-        void readHandle(this.dir, name)
+        void this.store
+          .read(name)
           .then((cur) => {
             if (!cur || cur.startedAt !== startedAt) return;
             const inst = describeHandle(cur, Math.max(this.now(), at));
@@ -308,7 +308,7 @@ function checkName(name: string): void {
   }
 }
 
-/** A mock driver keeping its state in opts.stateDir. */
+/** A mock driver keeping its state in opts.stateDir (or in memory without one). */
 export function createMockDriver(opts: MockDriverOptions): MockDriver {
   return new MockDriver(opts) satisfies StatsDriver;
 }

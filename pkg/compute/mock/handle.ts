@@ -11,7 +11,7 @@
  *              failed
  */
 import { randomBytes } from "node:crypto";
-import { readFile, rename, unlink, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { DriverInstance, DriverInstanceSpec, DriverState } from "../driver/index.js";
 import { parseBehaviour } from "./config.js";
@@ -108,6 +108,43 @@ export async function removeHandle(dir: string, name: string): Promise<void> {
   await unlink(handlePath(dir, name)).catch((e: NodeJS.ErrnoException) => {
     if (e.code !== "ENOENT") throw e;
   });
+}
+
+/** Where a mock driver keeps its handles. */
+export interface HandleStore {
+  /** Prepares the store (creates the directory). */
+  open(): Promise<void>;
+  read(name: string): Promise<MockHandle | undefined>;
+  write(h: MockHandle): Promise<void>;
+  remove(name: string): Promise<void>;
+  names(): Promise<string[]>;
+}
+
+/** One JSON file per instance in `dir`: survives the agent's death (adoption). */
+export function fileHandles(dir: string): HandleStore {
+  return {
+    open: async () => void (await mkdir(dir, { recursive: true })),
+    read: (name) => readHandle(dir, name),
+    write: (h) => writeHandle(dir, h),
+    remove: (name) => removeHandle(dir, name),
+    names: async () => (await readdir(dir)).filter((f) => f.endsWith(".json") && !f.startsWith(".")).map((f) => f.slice(0, -5)),
+  };
+}
+
+/**
+ * Handles in memory, gone with the driver object: for the scale bench's simulated nodes, whose
+ * files would be on their own machines' disks, not on the control plane's. Copies in and out, as
+ * a file would, so a caller changing a handle changes nothing until it writes it.
+ */
+export function memoryHandles(): HandleStore {
+  const m = new Map<string, MockHandle>();
+  return {
+    open: () => Promise.resolve(),
+    read: (name) => Promise.resolve(m.has(name) ? structuredClone(m.get(name)) : undefined),
+    write: (h) => Promise.resolve(void m.set(h.spec.name, structuredClone(h))),
+    remove: (name) => Promise.resolve(void m.delete(name)),
+    names: () => Promise.resolve([...m.keys()]),
+  };
 }
 
 /** A stable fake address in 10.88.0.0/16 derived from the uid, so status has something to show. */

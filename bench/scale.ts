@@ -199,6 +199,10 @@ try {
     })(),
   ];
 
+  // What the cluster costs at rest (5,000 leases kept alive, no instance changing), for scale.
+  const idleFrom = cpuTimes();
+  await sleep(5000);
+  const idleTo = cpuTimes();
   const cpuBefore = cpuTimes();
   const started = performance.now();
   let next = 0;
@@ -253,6 +257,8 @@ try {
   );
   const cpu = Object.keys(cpuAfter).map((k) => `${k} ${(cpuAfter[k]! - (cpuBefore[k] ?? 0)).toFixed(1)}`);
   row("CPU seconds during the run", cpu.join(", "));
+  const idle = Object.keys(idleTo).map((k) => `${k} ${((100 * (idleTo[k]! - (idleFrom[k] ?? 0))) / 5).toFixed(0)}%`);
+  row("CPU at rest before it (5 s)", idle.join(", "));
   row("nodes falsely NotReady", `${notReady} alive keys lost, ${regrants} leases re-granted (goal: 0)`);
 } finally {
   ac.abort();

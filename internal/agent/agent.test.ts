@@ -284,6 +284,87 @@ function agentSuite(kind: string, open: Opener): void {
       });
     });
 
+    describe("reads", () => {
+      const node = `n-${kind === "etcd" ? "e" : "m"}-reads`;
+      let agent: Agent;
+      let mock: MockDriver;
+      /** Keys the agent read with get, in order. */
+      const gets: string[] = [];
+      before(async () => {
+        mock = mockOf(node);
+        const counting = new Proxy(h.store, {
+          get(target, prop, receiver) {
+            if (prop === "get")
+              return (key: string, o?: Parameters<Store["get"]>[1]) => {
+                gets.push(key);
+                return target.get(key, o);
+              };
+            const v = Reflect.get(target, prop, receiver) as unknown;
+            return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+          },
+        });
+        // One worker: a slow start of one instance holds back the events of another.
+        agent = boot(node, mock, { store: counting, workers: 1 });
+        await agent.start();
+      });
+      after(async () => {
+        await agent.stop();
+        await mock.close();
+      });
+
+      it("runs a new assignment without reading its assignment or status back", async () => {
+        gets.length = 0;
+        await assign(h.store, node, newInstance("lean-1", node));
+        await until("Running", inPhase(h.store, "lean-1", Phase.RUNNING));
+        // Driver events (created, started) queue it again: those reconciles read nothing either.
+        await change(h.store, node, "lean-1", (i) => (i.labels.touch = "1"));
+        await until(
+          "observed",
+          inPhase(h.store, "lean-1", Phase.RUNNING, (s) => s.observedGeneration === 2n),
+        );
+        assert.deepEqual(gets, []);
+      });
+
+      it("writes the status again after the instance was moved away and back (its status deleted)", async () => {
+        const inst = newInstance("lean-2", node);
+        await assign(h.store, node, inst);
+        await until("Running", inPhase(h.store, "lean-2", Phase.RUNNING));
+        // The only worker busy for 1.5 s, so both changes below reach the agent as one.
+        await assign(h.store, node, newInstance("slow-1", node, { config: { start_delay: "1500ms" } }));
+        await until("slow-1 starting", async () => (await mock.inspect("slow-1")) !== undefined);
+        // As the HA and drain controllers unplace: assignment and status go in one txn …
+        await h.store.txn(
+          [],
+          [
+            { type: "delete", key: keys.assignment(node, "lean-2") },
+            { type: "delete", key: keys.status("lean-2") },
+          ],
+        );
+        // … and the scheduler puts it back here, the same instance.
+        await assign(h.store, node, inst);
+        const s = await until("Running again", inPhase(h.store, "lean-2", Phase.RUNNING));
+        assert.equal(s.node, node);
+      });
+
+      it("takes over the status another node left for a new assignment", async () => {
+        const inst = newInstance("lean-3", node);
+        const left = create(InstanceSchema, {
+          name: inst.name,
+          uid: inst.uid,
+          status: { phase: Phase.RUNNING, node: "elsewhere", restartCount: 2 },
+        });
+        await h.store.put(keys.status("lean-3"), toBinary(InstanceSchema, left));
+        gets.length = 0;
+        await assign(h.store, node, inst);
+        const s = await until(
+          "Running here",
+          inPhase(h.store, "lean-3", Phase.RUNNING, (x) => x.node === node),
+        );
+        assert.equal(s.restartCount, 2, "the status read after the conflict carries on");
+        assert.deepEqual(gets, [keys.status("lean-3")], "one read, after the write found a status");
+      });
+    });
+
     describe("agent restart", () => {
       const node = `n-${kind === "etcd" ? "e" : "m"}-restart`;
 

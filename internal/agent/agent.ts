@@ -23,7 +23,7 @@ import type { TaintSetting } from "./config.js";
 import { AgentEndpointSchema, AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { Heartbeat } from "../../pkg/cluster/heartbeat/index.js";
 import { listWatch, registerNode } from "../../pkg/cluster/registry/index.js";
-import { baseName, keys, type Store } from "../../pkg/cluster/store/index.js";
+import { baseName, keys, type KeyValue, type Store } from "../../pkg/cluster/store/index.js";
 import {
   type ConsoleEndpoint,
   type ConsoleKind,
@@ -93,6 +93,10 @@ export class Agent {
   private readonly loops: Promise<void>[] = [];
   /** Instance names assigned here as of the last watch event. */
   private readonly assigned = new Set<string>();
+  /** Their assignments as the watch delivered them, for the reconciler (no read per reconcile). */
+  private readonly assignmentKvs = new Map<string, KeyValue>();
+  /** Assigned by an event with version 1 (a new key) and not yet reconciled. */
+  private readonly fresh = new Set<string>();
   private node: Node | undefined;
   private started = false;
   private endpoint: AgentEndpoint | undefined;
@@ -111,6 +115,10 @@ export class Agent {
       nodeName: opts.nodeName,
       drivers: opts.drivers,
       log: this.log,
+      assignments: {
+        get: (name) => this.assignmentKvs.get(name),
+        takeFresh: (name) => this.fresh.delete(name),
+      },
     };
     if (opts.defaultStopTimeoutMs !== undefined) reconcilerOpts.defaultStopTimeoutMs = opts.defaultStopTimeoutMs;
     this.reconciler = new Reconciler(reconcilerOpts);
@@ -296,12 +304,15 @@ export class Agent {
     const onError = (e: unknown) => this.log.warn({ err: e }, "assignment watch failed; listing again");
     for await (const ev of listWatch(this.opts.store, prefix, { signal, onError })) {
       if (ev.type === "snapshot") {
-        const now = new Set(ev.kvs.map((kv) => baseName(kv.key)));
+        const now = new Map(ev.kvs.map((kv) => [baseName(kv.key), kv]));
         // Names that disappeared while we were not watching still need their instance removed.
         for (const n of this.assigned) if (!now.has(n)) this.queue.add(n);
         this.assigned.clear();
-        for (const n of now) {
+        this.assignmentKvs.clear();
+        this.fresh.clear(); // a listed key may have had a status for a while: read it
+        for (const [n, kv] of now) {
           this.assigned.add(n);
+          this.assignmentKvs.set(n, kv);
           this.queue.add(n);
         }
         listed();
@@ -309,8 +320,15 @@ export class Agent {
       }
       for (const e of ev.batch.events) {
         const n = baseName(e.kv.key);
-        if (e.type === "put") this.assigned.add(n);
-        else this.assigned.delete(n);
+        if (e.type === "put") {
+          this.assigned.add(n);
+          this.assignmentKvs.set(n, e.kv);
+          if (e.kv.version === 1) this.fresh.add(n);
+        } else {
+          this.assigned.delete(n);
+          this.assignmentKvs.delete(n);
+          this.fresh.delete(n);
+        }
         this.queue.add(n);
       }
     }

@@ -1,7 +1,7 @@
 /*
  * Reconcile one instance: make the driver's instance match the assignment, then report it in
- * status/<name>. Level-triggered: every call re-reads the assignment, the status and the driver,
- * and the same call is safe to run twice; nothing depends on which event caused it.
+ * status/<name>. Level-triggered: every call looks at the assignment, the status and the driver
+ * as they are, and the same call is safe to run twice; nothing depends on which event caused it.
  *
  *   no assignment ─────────────────────────────► destroy any local instance of that name (orphan)
  *   delete_time set ───────────────────────────► destroy ──► txn delete assignment + status
@@ -15,6 +15,14 @@
  * observed_generation and labels["hypervisor.io/restart-requested"] equals that generation.
  * Status is written only when it changed (update_time aside), with a compare on the assignment's
  * and the status's mod revisions so a stale reconcile can never overwrite a newer one.
+ *
+ * Reads: the assignment comes from the agent's watch (opts.assignments), and the status from
+ * what this reconciler last wrote, so a reconcile usually costs no etcd round trip before its
+ * write. Both are proved by that write's compares: a conflict drops the cached status, and the
+ * retry reads it. A status is read from etcd only the first time after the agent starts, after a
+ * conflict, or when the assignment is not new; a new assignment (created after the watch began)
+ * is taken to have no status yet — only a move from another node leaves one, and the compare
+ * catches that.
  */
 import { clone, create, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs, timestampNow } from "@bufbuild/protobuf/wkt";
@@ -28,7 +36,7 @@ import {
   RestartPolicy,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { ifModRevision, keys, RESTART_LABEL, STOP_TIMEOUT_LABEL, type Store } from "../../pkg/cluster/store/index.js";
+import { ifModRevision, keys, type KeyValue, RESTART_LABEL, STOP_TIMEOUT_LABEL, type Store } from "../../pkg/cluster/store/index.js";
 import {
   type BalloonDriver,
   hasBalloon,
@@ -48,11 +56,34 @@ export interface ReconcilerOptions {
   nodeName: string;
   drivers: Driver[];
   log: Logger;
+  /** The agent's copy of its assignments; without it every reconcile reads the assignment. */
+  assignments?: AssignmentCache;
   /** Stop timeout when the instance has none (default 30 s). */
   defaultStopTimeoutMs?: number;
   /** First restart delay after the first immediate one (default 1 s), doubled up to maxRestartDelayMs. */
   restartDelayMs?: number;
   maxRestartDelayMs?: number;
+}
+
+/** The agent's assignments as its watch last saw them. */
+export interface AssignmentCache {
+  get(name: string): KeyValue | undefined;
+  /**
+   * Consumes the mark of an assignment created after the watch started (version 1 in an event):
+   * its status is taken to be absent until a write proves otherwise.
+   */
+  takeFresh(name: string): boolean;
+}
+
+/**
+ * A status as stored: its revision (0: absent) and the record (undefined: absent), for one
+ * incarnation of the assignment (its create revision): an instance moved away and back has had
+ * its status deleted meanwhile.
+ */
+interface CachedStatus {
+  rev: number;
+  record: Instance | undefined;
+  assignment: number;
 }
 
 /** Status fields as the reconciler builds them (plain values, no message type tag). */
@@ -71,6 +102,8 @@ interface Ctx {
   name: string;
   inst: Instance;
   assignmentRev: number;
+  /** The assignment's create revision: which incarnation of it the status belongs to. */
+  assignmentCreated: number;
   statusRev: number;
   /** The status last written for this very instance (same uid), if any. */
   prev: InstanceStatus | undefined;
@@ -82,6 +115,8 @@ export class Reconciler {
   private readonly restarts = new Map<string, RestartState>();
   /** Balloon target last applied per instance: uid/startedAt/MiB. */
   private readonly balloons = new Map<string, string>();
+  /** status/<name> as this reconciler last wrote or read it, while the name is assigned here. */
+  private readonly statuses = new Map<string, CachedStatus>();
   private readonly defaultStopTimeoutMs: number;
   private readonly restartDelayMs: number;
   private readonly maxRestartDelayMs: number;
@@ -94,13 +129,11 @@ export class Reconciler {
   }
 
   async reconcile(name: string, signal: AbortSignal): Promise<ProcessResult> {
-    const { store, nodeName } = this.opts;
-    const [akv, skv] = await Promise.all([
-      store.get(keys.assignment(nodeName, name), { signal }),
-      store.get(keys.status(name), { signal }),
-    ]);
+    const { store, nodeName, assignments } = this.opts;
+    const akv = assignments ? assignments.get(name) : await store.get(keys.assignment(nodeName, name), { signal });
     if (!akv) {
       this.restarts.delete(name);
+      this.statuses.delete(name);
       await this.destroyUnassigned(name, signal);
       return {};
     }
@@ -109,12 +142,14 @@ export class Reconciler {
       this.opts.log.error({ instance: name }, "assignment without a matching instance; ignoring it");
       return {};
     }
-    const stored = skv ? fromBinary(InstanceSchema, skv.value) : undefined;
+    const st = await this.status(name, akv.createRevision, signal);
+    const stored = st.record;
     const ctx: Ctx = {
       name,
       inst,
       assignmentRev: akv.modRevision,
-      statusRev: skv?.modRevision ?? 0,
+      assignmentCreated: akv.createRevision,
+      statusRev: st.rev,
       prev: stored?.uid === inst.uid ? stored.status : undefined,
       signal,
     };
@@ -137,6 +172,7 @@ export class Reconciler {
         { signal },
       );
       this.restarts.delete(name);
+      this.statuses.delete(name);
       // A failed compare means the assignment changed meanwhile: look again.
       return res.succeeded ? {} : { requeueAfterMs: 0 };
     }
@@ -238,6 +274,7 @@ export class Reconciler {
   /** Forgets in-memory state of instances that are gone (called by the agent on resync). */
   prune(assigned: Set<string>): void {
     for (const n of this.restarts.keys()) if (!assigned.has(n)) this.restarts.delete(n);
+    for (const n of this.statuses.keys()) if (!assigned.has(n)) this.statuses.delete(n);
     for (const n of this.balloons.keys()) if (!assigned.has(n)) this.balloons.delete(n);
   }
 
@@ -310,6 +347,17 @@ export class Reconciler {
     }
   }
 
+  /** status/<name>: cached, taken as absent for a new assignment, or read. */
+  private async status(name: string, assignment: number, signal: AbortSignal): Promise<CachedStatus> {
+    const cached = this.statuses.get(name);
+    if (cached?.assignment === assignment) return cached;
+    if (this.opts.assignments?.takeFresh(name)) return { rev: 0, record: undefined, assignment };
+    const kv = await this.opts.store.get(keys.status(name), { signal });
+    const st = { rev: kv?.modRevision ?? 0, record: kv ? fromBinary(InstanceSchema, kv.value) : undefined, assignment };
+    this.statuses.set(name, st);
+    return st;
+  }
+
   /**
    * Writes status/<name> if it differs from what is stored (update_time aside). `final` marks
    * the status that reflects the assignment's generation (observed_generation is bumped then).
@@ -329,9 +377,13 @@ export class Reconciler {
       [],
       { signal: ctx.signal },
     );
-    if (!res.succeeded) throw new StatusConflictError(ctx.name);
+    if (!res.succeeded) {
+      this.statuses.delete(ctx.name); // read it again on the retry
+      throw new StatusConflictError(ctx.name);
+    }
     ctx.statusRev = res.revision;
     ctx.prev = status;
+    this.statuses.set(ctx.name, { rev: res.revision, record, assignment: ctx.assignmentCreated });
   }
 }
 

@@ -29,6 +29,12 @@ import { type Algorithm, type NodeView, schedule } from "./scheduler.js";
 
 /** Instances per placement txn: 2 puts and 1 compare each, well inside etcd's default --max-txn-ops of 128. */
 const MAX_BATCH = 40;
+/**
+ * At least this long between passes under a steady stream of creates, so a pass places what
+ * arrived meanwhile in a few txns instead of one txn (and one pass over the nodes) per create.
+ * An idle controller places at once: only back-to-back passes wait.
+ */
+const PASS_INTERVAL_MS = 20;
 /** Node batches written at once. */
 const PARALLEL_NODES = 16;
 
@@ -54,7 +60,7 @@ export class PlacementController {
   /** Runs until the signal aborts (leadership lost or shutdown). */
   async run(signal: AbortSignal): Promise<void> {
     const { informers } = this.ctx;
-    const loop = kickedLoop((s) => this.pass(s).then((r) => r.conflicts > 0), this.retryMs, this.log);
+    const loop = kickedLoop((s) => this.pass(s).then((r) => r.conflicts > 0), this.retryMs, this.log, PASS_INTERVAL_MS);
     // Subscribed before the first scan, so nothing between the two is missed.
     const onInstance = (ev: InformerEvent<Instance>) => {
       if (this.track(ev.key, ev.type === "put" ? informers.instances.get(ev.key) : undefined)) loop.kick();

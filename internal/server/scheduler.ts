@@ -203,7 +203,8 @@ class Groups {
 
   constructor(
     private readonly placed: readonly PlacedView[],
-    private readonly nodes: ReadonlyMap<string, NodeView>,
+    /** Built on first use: most passes have no group constraint that needs it. */
+    private readonly nodes: () => ReadonlyMap<string, NodeView>,
   ) {}
 
   /** Matching instances on one node. */
@@ -218,7 +219,7 @@ class Groups {
     if (!d) {
       d = new Map();
       for (const [node, count] of this.group(selector).perNode) {
-        const n = this.nodes.get(node);
+        const n = this.nodes().get(node);
         const v = n && labelOf(n, key);
         if (v !== undefined) d.set(v, (d.get(v) ?? 0) + count);
       }
@@ -233,7 +234,7 @@ class Groups {
     for (const g of this.bySelector.values()) {
       if (labelsMatch(labels, g.selector)) g.perNode.set(node, (g.perNode.get(node) ?? 0) + 1);
     }
-    const n = this.nodes.get(node);
+    const n = this.domains.size ? this.nodes().get(node) : undefined;
     for (const [id, d] of this.domains) {
       const bar = id.lastIndexOf("|");
       const g = this.bySelector.get(id.slice(0, bar))!;
@@ -258,7 +259,7 @@ class Groups {
 /** One scheduling pass's state: node views with allocations that grow as requests are placed. */
 class Pass {
   readonly views: readonly NodeView[];
-  readonly byName: Map<string, NodeView>;
+  private byName: Map<string, NodeView> | undefined;
   readonly groups: Groups;
   private readonly added = new Map<string, NodeView["allocated"]>();
   /** Where the next request starts looking. */
@@ -273,8 +274,7 @@ class Pass {
     // By name, for a deterministic order; a caller that keeps its nodes sorted (the placement
     // controller) saves the copy and the sort.
     this.views = isSortedByName(nodes) ? nodes : [...nodes].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    this.byName = new Map(this.views.map((n) => [n.name, n]));
-    this.groups = new Groups(placed, this.byName);
+    this.groups = new Groups(placed, () => (this.byName ??= new Map(this.views.map((n) => [n.name, n]))));
   }
 
   /**

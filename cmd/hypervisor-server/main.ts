@@ -79,6 +79,7 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
       algorithm: listen.algorithm,
       consoleTicketTtlMs: c.consoleTicketTtl * 1000,
       consoleLocalDirect: c.consoleLocalDirect,
+      controllers: c.controllers,
       haGraceMs: c.haGracePeriod * 1000,
       // The web UI (dist/ui, built by make build) for every path the API does not answer.
       fallback: staticUi(),

@@ -45,6 +45,8 @@ describe("server config", () => {
     [["--store", "postgres"], /store: "postgres" must be etcd or embedded/],
     [["--scheduler-algorithm", "random"], /scheduler-algorithm: "random" must be binpack or spread/],
     [["--server-id", "a b"], /server-id: "a b"/],
+    [["--no-controllers"], /controllers: false \(an API-only replica\) needs store: etcd/],
+    [["--no-controllers", "--store", "etcd", "--dev"], /controllers: false .* and no --dev/],
   ] as const)
     it(`rejects ${args.join(" ")}`, async () => {
       const { config } = await loadConfig(serverSchema, { argv: [...args], env: {} });

@@ -57,6 +57,12 @@ export const serverSchema = {
     min: 1,
     description: "seconds a node stays NotReady before its instances (restart policy other than never) are placed on other nodes",
   },
+  controllers: {
+    type: "boolean",
+    default: true,
+    description:
+      "run for leader (etcd) and, when elected, the scheduler and controllers; false: an API-only replica that never places or collects",
+  },
   "console-local-direct": {
     type: "boolean",
     default: true,
@@ -85,6 +91,11 @@ export function checkServerConfig(c: ServerConfig): { host: string; port: number
     throw new ConfigError(`scheduler-algorithm: ${JSON.stringify(c.schedulerAlgorithm)} must be binpack or spread`, "scheduler-algorithm");
   if (c.store === "etcd" && c.etcdEndpoints.length === 0)
     throw new ConfigError("etcd-endpoints: at least one endpoint is required with store: etcd", "etcd-endpoints");
+  if (!c.controllers && (c.store !== "etcd" || c.dev))
+    throw new ConfigError(
+      "controllers: false (an API-only replica) needs store: etcd and no --dev: another replica must run the scheduler",
+      "controllers",
+    );
   if (!c.dataDir) throw new ConfigError("data-dir: must not be empty", "data-dir");
   if (c.nodeName && !/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(c.nodeName))
     throw new ConfigError(`node-name: ${JSON.stringify(c.nodeName)} is not a DNS label`, "node-name");

@@ -34,20 +34,22 @@ export class DrainController {
   async run(signal: AbortSignal): Promise<void> {
     const { informers } = this.ctx;
     const loop = kickedLoop((s) => this.pass(s).then((r) => r.conflicts > 0), 2000, this.log, 250);
-    // Instance, status and assignment changes matter only while some node drains.
-    const draining = () => [...informers.nodes.items.values()].some(({ value }) => value.draining);
-    let active = draining();
+    // Instance, status and assignment changes matter only while some node drains. The draining
+    // nodes are kept from the events: 5,000 nodes registering must not each scan all the others.
+    const draining = new Set<string>();
     const offs = [
-      informers.nodes.subscribe(() => {
-        active = draining();
+      informers.nodes.subscribe((ev) => {
+        if (ev.value?.draining) draining.add(ev.key);
+        else draining.delete(ev.key);
         loop.kick();
       }),
       ...[informers.assignments, informers.statuses, informers.instances].map((i) =>
         i.subscribe(() => {
-          if (active) loop.kick();
+          if (draining.size) loop.kick();
         }),
       ),
     ];
+    for (const [key, { value }] of informers.nodes.items) if (value.draining) draining.add(key);
     try {
       await loop.run(signal);
     } finally {

@@ -48,6 +48,12 @@ export interface ServerOptions {
    * Omitted: this replica always leads (one server).
    */
   leadership?: Leadership;
+  /**
+   * false: an API-only replica. It serves the API from its informers and etcd but never runs for
+   * leader, so it never schedules or runs a controller (more API capacity without another
+   * candidate). Default true.
+   */
+  controllers?: boolean;
   /** Largest accepted request body. */
   readMaxBytes?: number;
   /** How long a console ticket may wait to be used (default 30 s). */
@@ -142,7 +148,7 @@ export class Server {
       (req, socket, head) => this.consoles.handleUpgrade(req, socket, head),
     );
     setInstanceSource(() => instancesByPhase(this.ctx.informers));
-    this.tasks.push(this.leaderLoop(signal));
+    if (this.opts.controllers !== false) this.tasks.push(this.leaderLoop(signal));
     this.log.info({ url: this.url, store: this.opts.store.kind }, "server listening");
   }
 
@@ -219,7 +225,7 @@ export class Server {
       try {
         await this.opts.store.ping({ signal: AbortSignal.timeout(3000) });
         res.writeHead(200, { "content-type": "text/plain" });
-        res.end(`ok ${this.isLeader ? "leader" : "follower"}\n`);
+        res.end(`ok ${this.opts.controllers === false ? "api-only" : this.isLeader ? "leader" : "follower"}\n`);
       } catch (e) {
         res.writeHead(503, { "content-type": "text/plain" });
         res.end(`store unavailable: ${e instanceof Error ? e.message : String(e)}\n`);

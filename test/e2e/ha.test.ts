@@ -287,4 +287,33 @@ describe("HA: lost nodes and a lost leader (etcd, two servers, three agents)", {
     for (const node of ["ha-a", "ha-b", "ha-c"]) files += (await mockFiles(node)).filter((f) => f.startsWith("burst-")).length;
     assert.equal(files, 200, "200 mock instances run, none twice");
   });
+
+  it("an API-only replica (--no-controllers) serves the API but never schedules", async () => {
+    const port = await freePort();
+    const apiOnly = new Proc("server s3", [
+      binPath("hypervisor-server"),
+      ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`],
+      ...["--data-dir", join(dir, "s3"), "--server-id", "s3", "--no-controllers"],
+    ]);
+    servers.set("s3", { proc: apiOnly, port });
+    await apiOnly.waitFor(/server listening/);
+    assert.equal(await (await fetch(`http://127.0.0.1:${port}/healthz`)).text(), "ok api-only\n");
+    // Only the API-only replica left: a create is accepted and stays Pending.
+    for (const id of ["s1", "s2"]) await servers.get(id)!.proc.stop();
+    await api("s3").createInstance({ name: "api-only-1", spec: { driver: "mock", vcpus: 1, memoryMib: 16n } });
+    await new Promise((r) => setTimeout(r, 2000));
+    const waiting = (await api("s3").getInstance({ name: "api-only-1" })).instance!;
+    assert.equal(waiting.status?.phase, Phase.PENDING);
+    assert.equal(waiting.status?.node, "");
+    assert.equal((await assignments()).get("api-only-1"), undefined);
+    // A full replica comes back, leads, and places it; the API-only one still only serves.
+    await startServer("s1", servers.get("s1")!.port).waitFor(/server listening/);
+    await until(
+      "placed and Running",
+      async () => ((await api("s3").getInstance({ name: "api-only-1" })).instance?.status?.phase === Phase.RUNNING ? true : undefined),
+      60_000,
+    );
+    assert.equal(await leaderId(), "s1");
+    assert.equal(await (await fetch(`http://127.0.0.1:${port}/healthz`)).text(), "ok api-only\n");
+  });
 });

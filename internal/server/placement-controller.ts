@@ -35,6 +35,8 @@ const MAX_BATCH = 40;
  * An idle controller places at once: only back-to-back passes wait.
  */
 const PASS_INTERVAL_MS = 20;
+/** Instances one pass schedules at most (oldest first). */
+const MAX_PER_PASS = 1000;
 /** Node batches written at once. */
 const PARALLEL_NODES = 16;
 
@@ -42,6 +44,9 @@ export class PlacementController {
   private readonly log: Logger;
   /** Pending instances (no node, not being deleted), as the informer holds them. */
   private readonly pending = new Map<string, { instance: Instance; rev: number }>();
+  /** Pass in which a Pending instance last fitted nowhere: they go behind the others. */
+  private readonly failedIn = new Map<string, number>();
+  private passes = 0;
   /** The scheduler's view of each node; rebuilt for the names in `stale`. */
   private readonly views = new Map<string, NodeView>();
   private readonly stale = new Set<string>();
@@ -53,6 +58,8 @@ export class PlacementController {
     private readonly algorithm: Algorithm,
     /** Retry interval for instances that could not be placed. */
     private readonly retryMs = 5000,
+    /** Instances one pass schedules at most. */
+    private readonly maxPerPass = MAX_PER_PASS,
   ) {
     this.log = ctx.log.child({ component: "placement" });
   }
@@ -60,7 +67,7 @@ export class PlacementController {
   /** Runs until the signal aborts (leadership lost or shutdown). */
   async run(signal: AbortSignal): Promise<void> {
     const { informers } = this.ctx;
-    const loop = kickedLoop((s) => this.pass(s).then((r) => r.conflicts > 0), this.retryMs, this.log, PASS_INTERVAL_MS);
+    const loop = kickedLoop((s) => this.pass(s).then((r) => r.conflicts > 0 || r.more), this.retryMs, this.log, PASS_INTERVAL_MS);
     // Subscribed before the first scan, so nothing between the two is missed.
     const onInstance = (ev: InformerEvent<Instance>) => {
       if (this.track(ev.key, ev.type === "put" ? informers.instances.get(ev.key) : undefined)) loop.kick();
@@ -95,20 +102,34 @@ export class PlacementController {
       this.pending.set(name, { instance: i, rev: item.modRevision });
       return true;
     }
+    this.failedIn.delete(name);
     return this.pending.delete(name);
   }
 
   /** One scheduling pass over every Pending instance. */
-  async pass(signal: AbortSignal): Promise<{ placed: number; conflicts: number }> {
+  async pass(signal: AbortSignal): Promise<{ placed: number; conflicts: number; more: boolean }> {
     return this.placeAll(signal);
   }
 
-  private async placeAll(signal: AbortSignal): Promise<{ placed: number; conflicts: number }> {
+  private async placeAll(signal: AbortSignal): Promise<{ placed: number; conflicts: number; more: boolean }> {
     const { informers, store } = this.ctx;
-    if (this.pending.size === 0) return { placed: 0, conflicts: 0 };
-    const pending = [...this.pending.values()];
-    // Oldest first: fairness, and a deterministic order for a given snapshot.
-    pending.sort((a, b) => Number(a.instance.createTime?.seconds ?? 0n) - Number(b.instance.createTime?.seconds ?? 0n) || a.rev - b.rev);
+    if (this.pending.size === 0) return { placed: 0, conflicts: 0, more: false };
+    const pass = ++this.passes;
+    let pending = [...this.pending.values()];
+    // Oldest first (fairness, and a deterministic order for a given snapshot), but those that
+    // fitted nowhere last time behind the rest: a backlog of unplaceable instances must not hold
+    // back the slice of others that would fit.
+    const failed = (p: { instance: Instance }) => this.failedIn.get(p.instance.name) ?? 0;
+    pending.sort(
+      (a, b) =>
+        failed(a) - failed(b) ||
+        Number(a.instance.createTime?.seconds ?? 0n) - Number(b.instance.createTime?.seconds ?? 0n) ||
+        a.rev - b.rev,
+    );
+    // A backlog is placed a slice at a time: one synchronous schedule() over 10,000 requests
+    // would hold the event loop (and the API) for seconds. Our own writes kick the next pass.
+    const more = pending.length > this.maxPerPass;
+    if (more) pending = pending.slice(0, this.maxPerPass);
 
     // Allocations are copied only for the nodes that get placements (placeBatch).
     const allocs = new Map<string, { alloc: Allocation; rev: number }>();
@@ -151,6 +172,7 @@ export class PlacementController {
     await Promise.all(Array.from({ length: Math.min(PARALLEL_NODES, jobs.length) }, worker));
 
     for (const u of plan.unplaced) {
+      this.failedIn.set(u.instance, pass);
       const { instance, rev } = byName.get(u.instance)!;
       if (instance.status?.message === u.message) continue;
       const next = clone(InstanceSchema, instance);
@@ -169,7 +191,7 @@ export class PlacementController {
     // does not retry placements it has just made.
     if (lastRev > 0) await this.ctx.informers.instances.waitForRevision(lastRev, signal);
     if (conflicts > 0) this.log.info({ conflicts }, "placement conflicts; replanning");
-    return { placed, conflicts };
+    return { placed, conflicts, more };
   }
 
   /**

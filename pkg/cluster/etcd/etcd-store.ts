@@ -71,6 +71,14 @@ export interface EtcdStoreOptions {
   password?: string;
   /** Connection establishment timeout per endpoint, ms (default 5000). */
   dialTimeoutMs?: number;
+  /**
+   * LeaseKeepAlive streams to spread this client's leases over (default 16). etcd answers one
+   * stream's requests one after the other, and holds a renewal of an expired lease until that
+   * lease is revoked: every lease behind it on the stream waits too. An agent has one lease; a
+   * process simulating thousands of nodes wants a stream for every few, as each node would
+   * have its own.
+   */
+  keepAliveStreams?: number;
 }
 
 /** Reads the TLS files and creates the store. Does not contact etcd: call ping() for that. */
@@ -84,7 +92,7 @@ export async function openEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore> 
     options.credentials = credentials;
   }
   if (opts.username !== undefined) options.auth = { username: opts.username, password: opts.password ?? "" };
-  return new EtcdStore(new Etcd3(options), opts.endpoints);
+  return new EtcdStore(new Etcd3(options), opts.endpoints, opts.keepAliveStreams ?? KEEPALIVE_STREAMS);
 }
 
 /**
@@ -111,7 +119,7 @@ const COMPARE_RESULT = {
 const GRPC_DEADLINE_EXCEEDED = 4;
 const GRPC_UNAVAILABLE = 14;
 
-/** LeaseKeepAlive streams a store spreads its leases over (see keepAliveShared). */
+/** LeaseKeepAlive streams a store spreads its leases over by default (see keepAliveShared). */
 const KEEPALIVE_STREAMS = 16;
 /** How long a keep-alive may wait for etcd's answer before its stream is given up. */
 const KEEPALIVE_TIMEOUT_MS = 5000;
@@ -145,7 +153,11 @@ export class EtcdStore implements Store {
   constructor(
     private readonly client: Etcd3,
     private readonly endpoints: string[],
-  ) {}
+    private readonly keepAliveSlots = KEEPALIVE_STREAMS,
+  ) {
+    if (!Number.isInteger(keepAliveSlots) || keepAliveSlots < 1)
+      throw new StoreError(`keepAliveStreams: ${keepAliveSlots} is not a positive integer`);
+  }
 
   async get(key: string, opts?: Options): Promise<KeyValue | undefined> {
     const res = await this.call(opts, () => this.client.kv.range({ key: Buffer.from(key) }));
@@ -238,7 +250,7 @@ export class EtcdStore implements Store {
     // catches up: spread the leases over a few streams so a busy etcd does not queue them all.
     let h = 0;
     for (let i = 0; i < lease.length; i++) h = (h * 31 + lease.charCodeAt(i)) >>> 0;
-    const ka = await this.keepAliveStream(h % KEEPALIVE_STREAMS);
+    const ka = await this.keepAliveStream(h % this.keepAliveSlots);
     return new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => {
         const e = new StoreUnavailableError(`no keep-alive answer for lease ${lease} in ${KEEPALIVE_TIMEOUT_MS} ms`);

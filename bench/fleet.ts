@@ -1,9 +1,9 @@
 /*
  * A fleet of simulated nodes for the scale bench (bench/scale.ts starts one or more):
  *
- *   node dist/bench/fleet.js ETCD_URL FIRST COUNT TTL_SECONDS DATA_DIR
+ *   node dist/bench/fleet.js ETCD_URL PREFIX COUNT TTL_SECONDS DATA_DIR
  *
- * runs COUNT real Agents (sim-FIRST … sim-FIRST+COUNT-1) with the mock driver in this process:
+ * runs COUNT real Agents (PREFIX-0 … PREFIX-(COUNT-1)) with the mock driver in this process:
  * each registers its node, keeps its own lease alive (TTL_SECONDS), reconciles its assignments and
  * writes their status, as a real agent does. They share one etcd client, and their assignment
  * watches share one etcd watch (bench/shared-watch.ts). Prints "fleet ready N" once every agent
@@ -19,12 +19,11 @@ import { keys } from "../pkg/cluster/store/index.js";
 import { logger } from "../pkg/log/index.js";
 import { SharedWatchStore } from "./shared-watch.js";
 
-const [endpoint, firstArg, countArg, ttlArg, dir] = process.argv.slice(2);
-const first = Number(firstArg);
+const [endpoint, prefix, countArg, ttlArg, dir] = process.argv.slice(2);
 const count = Number(countArg);
 const ttl = Number(ttlArg);
-if (!endpoint || !dir || !Number.isInteger(first) || !Number.isInteger(count) || !(ttl >= 1))
-  throw new Error("usage: fleet.js ETCD_URL FIRST COUNT TTL_SECONDS DATA_DIR");
+if (!endpoint || !dir || !prefix || !/^[a-z0-9]+$/.test(prefix) || !Number.isInteger(count) || !(ttl >= 1))
+  throw new Error("usage: fleet.js ETCD_URL PREFIX COUNT TTL_SECONDS DATA_DIR");
 
 const ac = new AbortController();
 setMaxListeners(count * 8 + 100, ac.signal);
@@ -32,7 +31,8 @@ setMaxListeners(count * 8 + 100, ac.signal);
 // that expired holds every renewal behind it until etcd has revoked it, and a few expiries
 // cascade into thousands (seen with 16 streams for 2,500 nodes).
 const store = await openEtcdStore({ endpoints: [endpoint], keepAliveStreams: Math.max(16, Math.ceil(count / 2)) });
-const shared = new SharedWatchStore(store, keys.assignments);
+// Only this fleet's nodes' assignments: the other fleets' events are none of its business.
+const shared = new SharedWatchStore(store, keys.assignments, `${keys.assignments}${prefix}-`);
 await shared.start(ac.signal);
 const log = logger("fleet");
 log.level = "warn";
@@ -42,7 +42,7 @@ let next = 0;
 await Promise.all(
   Array.from({ length: 64 }, async () => {
     for (let i = next++; i < count; i = next++) {
-      const name = `sim-${first + i}`;
+      const name = `${prefix}-${i}`;
       const dataDir = join(dir, name);
       const agent = new Agent({
         store: shared,

@@ -34,8 +34,14 @@ export class SharedWatchStore implements Store {
     private readonly inner: Store,
     /** e.g. /hypervisor/v1/assignments/ : watches of its sub-prefixes are shared. */
     private readonly root: string,
+    /**
+     * The one etcd watch's prefix, within root (default root): e.g. assignments/f0- for a fleet
+     * whose nodes are all named f0-…, so it receives no other fleet's events.
+     */
+    private readonly watched = root,
   ) {
     this.kind = inner.kind;
+    if (!watched.startsWith(root)) throw new Error(`shared watch: ${watched} is not under ${root}`);
   }
 
   /** Opens the one watch; call before any agent starts. */
@@ -43,7 +49,7 @@ export class SharedWatchStore implements Store {
     this.from = (await this.inner.revision()) + 1;
     void (async () => {
       try {
-        for await (const batch of this.inner.watch(this.root, { fromRevision: this.from, signal })) {
+        for await (const batch of this.inner.watch(this.watched, { fromRevision: this.from, signal })) {
           const byPrefix = new Map<string, WatchBatch>();
           for (const ev of batch.events) {
             const rest = ev.kv.key.slice(this.root.length);
@@ -67,7 +73,7 @@ export class SharedWatchStore implements Store {
 
   watch(prefix: string, opts: WatchOptions = {}): AsyncIterable<WatchBatch> {
     const from = opts.fromRevision ?? 0;
-    if (!prefix.startsWith(this.root) || prefix === this.root || from < this.from || this.from === 0) return this.inner.watch(prefix, opts);
+    if (!prefix.startsWith(this.watched) || prefix === this.root || from < this.from || this.from === 0) return this.inner.watch(prefix, opts);
     return this.replay(prefix, from, opts.signal);
   }
 

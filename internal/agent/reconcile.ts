@@ -395,12 +395,17 @@ export class StatusConflictError extends Error {
   }
 }
 
+/** Equal but for update_time (compared without copying either: this runs on every reconcile). */
 function sameStatus(a: InstanceStatus, b: InstanceStatus): boolean {
-  const x = clone(InstanceStatusSchema, a);
-  const y = clone(InstanceStatusSchema, b);
-  x.updateTime = undefined;
-  y.updateTime = undefined;
-  return equals(InstanceStatusSchema, x, y);
+  const [ta, tb] = [a.updateTime, b.updateTime];
+  a.updateTime = undefined;
+  b.updateTime = undefined;
+  try {
+    return equals(InstanceStatusSchema, a, b);
+  } finally {
+    a.updateTime = ta;
+    b.updateTime = tb;
+  }
 }
 
 function describeExit(a: DriverInstance): string {

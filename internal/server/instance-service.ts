@@ -28,6 +28,7 @@ import {
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { ifAbsent, ifModRevision, keys, STOP_TIMEOUT_LABEL, type Op } from "../../pkg/cluster/store/index.js";
 import { AsyncQueue } from "./async-queue.js";
+import { GroupCommit } from "./group-commit.js";
 import type { ServerContext } from "./context.js";
 import { nodeView, placedViews, placementRequest } from "./placement-input.js";
 import { agentEndpoint, decodeInstance, encodeAssignment, encodeInstance, merged, phaseName } from "./records.js";
@@ -53,6 +54,8 @@ function matcher(filter: InstanceFilter | undefined): Matcher {
 
 export function instanceService(ctx: ServerContext): ServiceImpl<typeof InstanceService> {
   const { store } = ctx;
+  // Creates that arrive together reach etcd together (group commit).
+  const creates = new GroupCommit(store);
 
   async function read(name: string, signal: AbortSignal): Promise<{ instance: Instance; rev: number }> {
     validateName("name", name);
@@ -126,9 +129,8 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
         createTime: now,
         generation: 1n,
       });
-      const key = keys.instance(req.name);
-      const res = await store.txn([ifAbsent(key)], [{ type: "put", key, value: encodeInstance(instance) }], [], { signal: hctx.signal });
-      if (!res.succeeded) throw new ConnectError(`instance ${show(req.name)} already exists`, Code.AlreadyExists);
+      const res = await creates.create(keys.instance(req.name), encodeInstance(instance), hctx.signal);
+      if (!res.created) throw new ConnectError(`instance ${show(req.name)} already exists`, Code.AlreadyExists);
       ctx.log.info({ instance: req.name, uid: instance.uid, driver: spec.driver }, "instance created");
       return { instance };
     },

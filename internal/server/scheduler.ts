@@ -261,7 +261,8 @@ class Pass {
   readonly views: readonly NodeView[];
   private byName: Map<string, NodeView> | undefined;
   readonly groups: Groups;
-  private readonly added = new Map<string, NodeView["allocated"]>();
+  /** Keyed by the view itself: an identity lookup, on the path of every node a request scans. */
+  private readonly added = new Map<NodeView, NodeView["allocated"]>();
   /** Where the next request starts looking. */
   private next = 0;
 
@@ -282,7 +283,7 @@ class Pass {
    * a node gets its own copy when the pass first places something on it.
    */
   allocated(n: NodeView): NodeView["allocated"] {
-    return this.added.get(n.name) ?? n.allocated;
+    return this.added.get(n) ?? n.allocated;
   }
 
   /** The first filter `n` fails for `r`, or undefined. */
@@ -379,8 +380,8 @@ class Pass {
     }
     if (total) this.next = (this.next + i) % total;
     if (!best) return { reasons };
-    let a = this.added.get(best.name);
-    if (!a) this.added.set(best.name, (a = { ...best.allocated }));
+    let a = this.added.get(best);
+    if (!a) this.added.set(best, (a = { ...best.allocated }));
     a.vcpus += r.vcpus;
     a.memoryMib += r.memoryMib;
     a.diskGib += r.diskGib;

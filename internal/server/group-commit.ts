@@ -54,7 +54,8 @@ export class GroupCommit {
           const at = this.queue.indexOf(p);
           if (at < 0) return; // already sent: its txn decides
           this.queue.splice(at, 1);
-          reject(signal!.reason);
+          const why: unknown = signal!.reason;
+          reject(why instanceof Error ? why : new Error(String(why)));
         },
       };
       signal?.addEventListener("abort", p.onAbort, { once: true });

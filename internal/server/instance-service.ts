@@ -26,7 +26,7 @@ import {
   type WatchInstancesResponse,
   WatchInstancesResponseSchema,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { ifAbsent, ifModRevision, keys, STOP_TIMEOUT_LABEL, type Op } from "../../pkg/cluster/store/index.js";
+import { ifModRevision, keys, STOP_TIMEOUT_LABEL, type Op } from "../../pkg/cluster/store/index.js";
 import { AsyncQueue } from "./async-queue.js";
 import { GroupCommit } from "./group-commit.js";
 import type { ServerContext } from "./context.js";

@@ -54,7 +54,7 @@ await Promise.all(
         capacity: { vcpus: 16, memoryMiB: 65536, diskGiB: 500 },
         heartbeatTtlSeconds: ttl,
         listen: "",
-        workers: 1,
+        workers: 4, // as a real agent: a node given several instances at once reconciles them together
         // The safety-net resync would re-fingerprint 5,000 nodes every 30 s; the watch is enough here.
         resyncMs: 3_600_000,
         logger: log.child({ node: name }),

@@ -24,7 +24,7 @@
  * is taken to have no status yet — only a move from another node leaves one, and the compare
  * catches that.
  */
-import { clone, create, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs, timestampNow } from "@bufbuild/protobuf/wkt";
 import {
   type Instance,
@@ -36,7 +36,15 @@ import {
   RestartPolicy,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { ifModRevision, keys, type KeyValue, RESTART_LABEL, STOP_TIMEOUT_LABEL, type Store } from "../../pkg/cluster/store/index.js";
+import {
+  GroupCommit,
+  ifModRevision,
+  keys,
+  type KeyValue,
+  RESTART_LABEL,
+  STOP_TIMEOUT_LABEL,
+  type Store,
+} from "../../pkg/cluster/store/index.js";
 import {
   type BalloonDriver,
   hasBalloon,
@@ -117,12 +125,14 @@ export class Reconciler {
   private readonly balloons = new Map<string, string>();
   /** status/<name> as this reconciler last wrote or read it, while the name is assigned here. */
   private readonly statuses = new Map<string, CachedStatus>();
+  private readonly writes: GroupCommit;
   private readonly defaultStopTimeoutMs: number;
   private readonly restartDelayMs: number;
   private readonly maxRestartDelayMs: number;
 
   constructor(private readonly opts: ReconcilerOptions) {
     for (const d of opts.drivers) this.drivers.set(d.name, d);
+    this.writes = new GroupCommit(opts.store);
     this.defaultStopTimeoutMs = opts.defaultStopTimeoutMs ?? 30_000;
     this.restartDelayMs = opts.restartDelayMs ?? 1000;
     this.maxRestartDelayMs = opts.maxRestartDelayMs ?? 30_000;
@@ -363,7 +373,7 @@ export class Reconciler {
    * the status that reflects the assignment's generation (observed_generation is bumped then).
    */
   private async write(ctx: Ctx, fields: StatusFields, final: boolean): Promise<void> {
-    const { store, nodeName } = this.opts;
+    const { nodeName } = this.opts;
     const status = create(InstanceStatusSchema, { ...fields });
     status.node = nodeName;
     status.observedGeneration = final ? ctx.inst.generation : (ctx.prev?.observedGeneration ?? 0n);
@@ -371,11 +381,11 @@ export class Reconciler {
     if (ctx.prev && sameStatus(ctx.prev, status)) return;
     status.updateTime = timestampNow();
     const record = create(InstanceSchema, { name: ctx.name, uid: ctx.inst.uid, status });
-    const res = await store.txn(
+    // Status writes of instances reconciled at once (a node given many together) share txns.
+    const res = await this.writes.commit(
       [ifModRevision(keys.assignment(nodeName, ctx.name), ctx.assignmentRev), ifModRevision(keys.status(ctx.name), ctx.statusRev)],
       [{ type: "put", key: keys.status(ctx.name), value: toBinary(InstanceSchema, record) }],
-      [],
-      { signal: ctx.signal },
+      ctx.signal,
     );
     if (!res.succeeded) {
       this.statuses.delete(ctx.name); // read it again on the retry

@@ -26,9 +26,8 @@ import {
   type WatchInstancesResponse,
   WatchInstancesResponseSchema,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { ifModRevision, keys, STOP_TIMEOUT_LABEL, type Op } from "../../pkg/cluster/store/index.js";
+import { GroupCommit, ifAbsent, ifModRevision, keys, STOP_TIMEOUT_LABEL, type Op } from "../../pkg/cluster/store/index.js";
 import { AsyncQueue } from "./async-queue.js";
-import { GroupCommit } from "./group-commit.js";
 import type { ServerContext } from "./context.js";
 import { nodeView, placedViews, placementRequest } from "./placement-input.js";
 import { agentEndpoint, decodeInstance, encodeAssignment, encodeInstance, merged, phaseName } from "./records.js";
@@ -129,8 +128,9 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
         createTime: now,
         generation: 1n,
       });
-      const res = await creates.create(keys.instance(req.name), encodeInstance(instance), hctx.signal);
-      if (!res.created) throw new ConnectError(`instance ${show(req.name)} already exists`, Code.AlreadyExists);
+      const key = keys.instance(req.name);
+      const res = await creates.commit([ifAbsent(key)], [{ type: "put", key, value: encodeInstance(instance) }], hctx.signal);
+      if (!res.succeeded) throw new ConnectError(`instance ${show(req.name)} already exists`, Code.AlreadyExists);
       ctx.log.info({ instance: req.name, uid: instance.uid, driver: spec.driver }, "instance created");
       return { instance };
     },

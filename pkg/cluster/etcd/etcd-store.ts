@@ -61,6 +61,8 @@ import {
 const MAX_CALLS_PER_SIGNAL = 10_000;
 
 const log = logger("etcd-store");
+/** Signals whose listener limit call() has raised already (asking costs, on every call). */
+const raised = new WeakSet<AbortSignal>();
 
 export interface EtcdStoreOptions {
   /** Client URLs, e.g. ["http://127.0.0.1:2379"]; https:// when tls is set. */
@@ -423,7 +425,10 @@ export class EtcdStore implements Store {
         onAbort = () => reject(signal.reason as Error);
         // One listener per call in flight, removed when it ends: a controller's signal legitimately
         // carries hundreds at once, which is not the leak Node's default limit of 10 warns about.
-        if (getMaxListeners(signal) < MAX_CALLS_PER_SIGNAL) setMaxListeners(MAX_CALLS_PER_SIGNAL, signal);
+        if (!raised.has(signal)) {
+          if (getMaxListeners(signal) < MAX_CALLS_PER_SIGNAL) setMaxListeners(MAX_CALLS_PER_SIGNAL, signal);
+          raised.add(signal);
+        }
         signal.addEventListener("abort", onAbort, { once: true });
       });
       work.catch(() => undefined); // the abandoned call may still fail; nobody is waiting for it

@@ -134,14 +134,18 @@ export function fileHandles(dir: string): HandleStore {
 /**
  * Handles in memory, gone with the driver object: for the scale bench's simulated nodes, whose
  * files would be on their own machines' disks, not on the control plane's. Copies in and out, as
- * a file would, so a caller changing a handle changes nothing until it writes it.
+ * a file would, so a caller changing a handle changes nothing until it writes it; shallow copies,
+ * as the driver changes only a handle's own fields (times, counts), never its spec after create.
  */
 export function memoryHandles(): HandleStore {
   const m = new Map<string, MockHandle>();
   return {
     open: () => Promise.resolve(),
-    read: (name) => Promise.resolve(m.has(name) ? structuredClone(m.get(name)) : undefined),
-    write: (h) => Promise.resolve(void m.set(h.spec.name, structuredClone(h))),
+    read: (name) => {
+      const h = m.get(name);
+      return Promise.resolve(h ? { ...h } : undefined);
+    },
+    write: (h) => Promise.resolve(void m.set(h.spec.name, { ...h })),
     remove: (name) => Promise.resolve(void m.delete(name)),
     names: () => Promise.resolve([...m.keys()]),
   };

@@ -38,7 +38,7 @@ const PASS_INTERVAL_MS = 20;
 /** Instances one pass schedules at most (oldest first). */
 const MAX_PER_PASS = 1000;
 /** Node batches written at once. */
-const PARALLEL_NODES = 64;
+const PARALLEL_NODES = 16;
 
 export class PlacementController {
   private readonly log: Logger;

@@ -28,16 +28,11 @@ import { ContainerdClient } from "../pkg/compute/containerd/index.js";
 import { hasImages } from "../pkg/compute/driver/index.js";
 import { busyboxImage, BUSYBOX_REF, ensureContainerd } from "../test/support/containerd.js";
 import { startEtcd } from "../test/support/etcd.js";
-import { median, waitUntil } from "./util.js";
+import { envInt, median, waitUntil } from "./util.js";
 
 const run = promisify(execFile);
-const num = (name: string, def: number): number => {
-  const v = Number(process.env[name] ?? def);
-  if (!Number.isInteger(v) || v < 1) throw new Error(`${name}: ${process.env[name]} is not a positive integer`);
-  return v;
-};
-const ROUNDS = num("BENCH_CTR_ROUNDS", 9);
-const SEQUENTIAL = num("BENCH_CTR_SEQUENTIAL", 100);
+const ROUNDS = envInt("BENCH_CTR_ROUNDS", 9);
+const SEQUENTIAL = envInt("BENCH_CTR_SEQUENTIAL", 100);
 const NS = `hvbench-${process.pid}`;
 const NODE = `bench-ctr-${process.pid}`;
 const MEMORY_MIB = 64;

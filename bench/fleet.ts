@@ -17,7 +17,7 @@ import { createMockDriver } from "../pkg/compute/mock/index.js";
 import { openEtcdStore } from "../pkg/cluster/etcd/index.js";
 import { keys } from "../pkg/cluster/store/index.js";
 import { logger } from "../pkg/log/index.js";
-import { SharedWatchStore } from "./shared-watch.js";
+import { SharedWatch } from "./shared-watch.js";
 
 const [endpoint, prefix, countArg, ttlArg, dir] = process.argv.slice(2);
 const count = Number(countArg);
@@ -32,7 +32,7 @@ setMaxListeners(count * 8 + 100, ac.signal);
 // cascade into thousands (seen with 16 streams for 2,500 nodes).
 const store = await openEtcdStore({ endpoints: [endpoint], keepAliveStreams: Math.max(16, Math.ceil(count / 2)) });
 // Only this fleet's nodes' assignments: the other fleets' events are none of its business.
-const shared = new SharedWatchStore(store, keys.assignments, `${keys.assignments}${prefix}-`);
+const shared = new SharedWatch(store, keys.assignments, `${keys.assignments}${prefix}-`);
 await shared.start(ac.signal);
 const log = logger("fleet");
 log.level = "warn";
@@ -45,7 +45,7 @@ await Promise.all(
       const name = `${prefix}-${i}`;
       const dataDir = join(dir, name);
       const agent = new Agent({
-        store: shared,
+        store: shared.store,
         nodeName: name,
         // State in memory: a real node's driver writes its own disk, not the control plane's
         // machine's, and 5,000 nodes' files here would measure this machine's page cache.

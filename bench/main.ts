@@ -22,16 +22,11 @@ import { Server } from "../internal/server/server.js";
 import { openEtcdStore } from "../pkg/cluster/etcd/index.js";
 import { startEtcd } from "../test/support/etcd.js";
 import { measurePuts } from "./etcd-baseline.js";
-import { waitUntil } from "./util.js";
+import { envInt, waitUntil } from "./util.js";
 
-const num = (name: string, def: number): number => {
-  const v = Number(process.env[name] ?? def);
-  if (!Number.isInteger(v) || v < 1) throw new Error(`${name}: ${process.env[name]} is not a positive integer`);
-  return v;
-};
-const INSTANCES = num("BENCH_INSTANCES", 1000);
-const NODES = num("BENCH_NODES", 100);
-const CONCURRENCY = num("BENCH_CONCURRENCY", 32);
+const INSTANCES = envInt("BENCH_INSTANCES", 1000);
+const NODES = envInt("BENCH_NODES", 100);
+const CONCURRENCY = envInt("BENCH_CONCURRENCY", 32);
 
 const dir = await mkdtemp(join(tmpdir(), "hv-bench-"));
 const etcd = await startEtcd();

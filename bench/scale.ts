@@ -22,6 +22,7 @@
 import { readFileSync } from "node:fs";
 import { access, constants, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
+import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { fromBinary } from "@bufbuild/protobuf";
@@ -31,20 +32,15 @@ import { InstanceSchema, InstanceService, Phase } from "../api/gen/hypervisor/v1
 import { openEtcdStore } from "../pkg/cluster/etcd/index.js";
 import { keys } from "../pkg/cluster/store/index.js";
 import { startEtcd } from "../test/support/etcd.js";
-import { binPath, freePort, Proc } from "../test/support/procs.js";
+import { binPath, freePort, Proc, until } from "../test/support/procs.js";
 import { measurePuts } from "./etcd-baseline.js";
-import { median } from "./util.js";
+import { envInt, median } from "./util.js";
 
-const num = (name: string, def: number): number => {
-  const v = Number(process.env[name] ?? def);
-  if (!Number.isInteger(v) || v < 1) throw new Error(`${name}: ${process.env[name]} is not a positive integer`);
-  return v;
-};
-const NODES = num("BENCH_SCALE_NODES", 5000);
-const INSTANCES = num("BENCH_SCALE_INSTANCES", 10_000);
-const FLEETS = num("BENCH_SCALE_FLEETS", 2);
-const CONCURRENCY = num("BENCH_SCALE_CONCURRENCY", 32);
-const TTL = num("BENCH_SCALE_TTL", 10);
+const NODES = envInt("BENCH_SCALE_NODES", 5000);
+const INSTANCES = envInt("BENCH_SCALE_INSTANCES", 10_000);
+const FLEETS = envInt("BENCH_SCALE_FLEETS", 2);
+const CONCURRENCY = envInt("BENCH_SCALE_CONCURRENCY", 32);
+const TTL = envInt("BENCH_SCALE_TTL", 10);
 const NICE = Number(process.env.BENCH_SCALE_FLEET_NICE ?? 10);
 if (!Number.isInteger(NICE) || NICE < 0 || NICE > 19)
   throw new Error(`BENCH_SCALE_FLEET_NICE: ${process.env.BENCH_SCALE_FLEET_NICE} is not 0-19`);
@@ -96,21 +92,8 @@ try {
     procs.push(proc);
     const client = createClient(InstanceService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "2" }));
     // Warn level prints no "listening" line: wait for the port instead.
-    await until(
-      "the server",
-      async () =>
-        (await client.listInstances({ filter: { labelSelector: "probe=none" } }).then(
-          () => true,
-          () => false,
-        )) || undefined,
-      60_000,
-    );
+    await until("the server", () => client.listInstances({ filter: { labelSelector: "probe=none" } }).then(() => true), 60_000, 200);
     return { proc, api: client };
-  };
-  const stopProc = async (p: Proc) => {
-    procs.splice(procs.indexOf(p), 1);
-    const code = await p.stop(60_000);
-    if (code !== 0) log(`${p.name} exited with ${code}: ${p.output.slice(-3).join(" | ")}`);
   };
   let { proc: server, api } = await startServer("server");
 
@@ -146,7 +129,7 @@ try {
     fleets.push(p);
   }
   for (const p of fleets) await p.waitFor(/fleet ready/, 600_000);
-  await until("every node alive", async () => ((await store.range(keys.alivePrefix)).kvs.length === NODES ? true : undefined), 120_000);
+  await until("every node alive", async () => (await store.range(keys.alivePrefix)).kvs.length === NODES, 120_000, 500);
   log(`${NODES} nodes registered and alive in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
   // From here on, every alive key deleted is a node that went NotReady.
@@ -242,7 +225,7 @@ try {
   const started = performance.now();
   const createMs = await createAll(api, burst);
   const createdAt = performance.now();
-  await until("every instance Running", () => (lastOf(burst, runningAt) && lastOf(burst, scheduledAt)) || undefined, 1_800_000, 200);
+  await until("every instance Running", () => lastOf(burst, runningAt) && lastOf(burst, scheduledAt), 1_800_000, 200);
   probing = false;
   await Promise.all(probes);
   const cpuAfter = cpuTimes();
@@ -263,7 +246,7 @@ try {
   const cpuBacklogFrom = cpuTimes();
   const leaderFrom = performance.now();
   ({ proc: server, api } = await startServer("server-2"));
-  await until("the backlog Running", () => (lastOf(backlog, runningAt) && lastOf(backlog, scheduledAt)) || undefined, 1_800_000, 200);
+  await until("the backlog Running", () => lastOf(backlog, runningAt) && lastOf(backlog, scheduledAt), 1_800_000, 200);
   const cpuBacklogTo = cpuTimes();
   const firstPlaced = Math.min(...backlog.map((n) => scheduledAt.get(n)!));
   const lastPlaced = lastOf(backlog, scheduledAt)!;
@@ -357,22 +340,12 @@ function cpuTimes(): Record<string, number> {
 /** Stops the watches, then the server (a CPU profile is written as it exits), then the fleets. */
 async function stopAll(): Promise<void> {
   ac.abort();
-  for (const p of procs.splice(0)) {
-    const code = await p.stop(60_000);
-    if (code !== 0) log(`${p.name} exited with ${code}: ${p.output.slice(-3).join(" | ")}`);
-  }
+  for (const p of [...procs]) await stopProc(p);
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs: number, everyMs = 500): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`bench: timed out waiting for ${what}`);
-    await sleep(everyMs);
-  }
+/** Stops one of `procs` and takes it out of the list. */
+async function stopProc(p: Proc): Promise<void> {
+  procs.splice(procs.indexOf(p), 1);
+  const code = await p.stop(60_000);
+  if (code !== 0) log(`${p.name} exited with ${code}: ${p.output.slice(-3).join(" | ")}`);
 }

@@ -7,25 +7,16 @@
  * its own watch, which etcd serves without trouble; one Node process holding 5,000 watch streams
  * would measure the simulator, not the control plane. The server under test is untouched.
  *
- *   etcd ──watch assignments/ from R──► SharedWatchStore ──batches per node prefix──► agent watches
+ *   etcd ──watch assignments/ from R──► SharedWatch ──batches per node prefix──► agent watches
  *
  * A node's batches are kept (the bench's volume is small) so a watch opened later, from any
  * revision at or after R, replays what it missed; one from before R falls back to the real store.
  */
-import type {
-  KeyValue,
-  Options,
-  RangeOptions,
-  RangeResult,
-  Store,
-  TxnResult,
-  WatchBatch,
-  WatchOptions,
-} from "../pkg/cluster/store/index.js";
-import type { Compare, Op } from "../pkg/cluster/store/index.js";
+import type { Store, WatchBatch, WatchOptions } from "../pkg/cluster/store/index.js";
 
-export class SharedWatchStore implements Store {
-  readonly kind: string;
+export class SharedWatch {
+  /** The inner store with watch() served from the one watch; everything else passes as is. */
+  readonly store: Store;
   private readonly perPrefix = new Map<string, { batches: WatchBatch[]; wake: Set<() => void> }>();
   private from = 0;
   private failure: Error | undefined;
@@ -40,8 +31,15 @@ export class SharedWatchStore implements Store {
      */
     private readonly watched = root,
   ) {
-    this.kind = inner.kind;
     if (!watched.startsWith(root)) throw new Error(`shared watch: ${watched} is not under ${root}`);
+    const watch = (prefix: string, opts?: WatchOptions) => this.watch(prefix, opts);
+    this.store = new Proxy(inner, {
+      get(target, prop) {
+        if (prop === "watch") return watch;
+        const v: unknown = Reflect.get(target, prop, target);
+        return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
   }
 
   /** Opens the one watch; call before any agent starts. */
@@ -73,7 +71,8 @@ export class SharedWatchStore implements Store {
 
   watch(prefix: string, opts: WatchOptions = {}): AsyncIterable<WatchBatch> {
     const from = opts.fromRevision ?? 0;
-    if (!prefix.startsWith(this.watched) || prefix === this.root || from < this.from || this.from === 0) return this.inner.watch(prefix, opts);
+    if (!prefix.startsWith(this.watched) || prefix === this.root || from < this.from || this.from === 0)
+      return this.inner.watch(prefix, opts);
     return this.replay(prefix, from, opts.signal);
   }
 
@@ -102,48 +101,5 @@ export class SharedWatchStore implements Store {
     let ch = this.perPrefix.get(prefix);
     if (!ch) this.perPrefix.set(prefix, (ch = { batches: [], wake: new Set() }));
     return ch;
-  }
-
-  get(key: string, opts?: Options): Promise<KeyValue | undefined> {
-    return this.inner.get(key, opts);
-  }
-  range(prefix: string, opts?: RangeOptions): Promise<RangeResult> {
-    return this.inner.range(prefix, opts);
-  }
-  put(key: string, value: Uint8Array, opts?: Options & { lease?: string }): Promise<number> {
-    return this.inner.put(key, value, opts);
-  }
-  delete(key: string, opts?: Options): Promise<number> {
-    return this.inner.delete(key, opts);
-  }
-  deletePrefix(prefix: string, opts?: Options): Promise<number> {
-    return this.inner.deletePrefix(prefix, opts);
-  }
-  txn(compares: Compare[], success: Op[], failure?: Op[], opts?: Options): Promise<TxnResult> {
-    return this.inner.txn(compares, success, failure, opts);
-  }
-  revision(opts?: Options): Promise<number> {
-    return this.inner.revision(opts);
-  }
-  compact(revision: number, opts?: Options): Promise<void> {
-    return this.inner.compact(revision, opts);
-  }
-  grantLease(ttlSeconds: number, opts?: Options): Promise<string> {
-    return this.inner.grantLease(ttlSeconds, opts);
-  }
-  keepAliveOnce(lease: string, opts?: Options): Promise<number> {
-    return this.inner.keepAliveOnce(lease, opts);
-  }
-  revokeLease(lease: string, opts?: Options): Promise<void> {
-    return this.inner.revokeLease(lease, opts);
-  }
-  leaseTimeToLive(lease: string, opts?: Options): Promise<number> {
-    return this.inner.leaseTimeToLive(lease, opts);
-  }
-  ping(opts?: Options): Promise<void> {
-    return this.inner.ping(opts);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }

@@ -91,10 +91,11 @@ export class Agent {
   private readonly heartbeat: Heartbeat;
   private readonly ctl = new AbortController();
   private readonly loops: Promise<void>[] = [];
-  /** Instance names assigned here as of the last watch event. */
-  private readonly assigned = new Set<string>();
-  /** Their assignments as the watch delivered them, for the reconciler (no read per reconcile). */
-  private readonly assignmentKvs = new Map<string, KeyValue>();
+  /**
+   * Instance name → its assignment here, as of the last watch event: for the reconciler, which
+   * reads none back.
+   */
+  private readonly assigned = new Map<string, KeyValue>();
   /** Assigned by an event with version 1 (a new key) and not yet reconciled. */
   private readonly fresh = new Set<string>();
   private node: Node | undefined;
@@ -116,7 +117,7 @@ export class Agent {
       drivers: opts.drivers,
       log: this.log,
       assignments: {
-        get: (name) => this.assignmentKvs.get(name),
+        get: (name) => this.assigned.get(name),
         takeFresh: (name) => this.fresh.delete(name),
       },
     };
@@ -306,13 +307,11 @@ export class Agent {
       if (ev.type === "snapshot") {
         const now = new Map(ev.kvs.map((kv) => [baseName(kv.key), kv]));
         // Names that disappeared while we were not watching still need their instance removed.
-        for (const n of this.assigned) if (!now.has(n)) this.queue.add(n);
+        for (const n of this.assigned.keys()) if (!now.has(n)) this.queue.add(n);
         this.assigned.clear();
-        this.assignmentKvs.clear();
         this.fresh.clear(); // a listed key may have had a status for a while: read it
         for (const [n, kv] of now) {
-          this.assigned.add(n);
-          this.assignmentKvs.set(n, kv);
+          this.assigned.set(n, kv);
           this.queue.add(n);
         }
         listed();
@@ -321,12 +320,10 @@ export class Agent {
       for (const e of ev.batch.events) {
         const n = baseName(e.kv.key);
         if (e.type === "put") {
-          this.assigned.add(n);
-          this.assignmentKvs.set(n, e.kv);
+          this.assigned.set(n, e.kv);
           if (e.kv.version === 1) this.fresh.add(n);
         } else {
           this.assigned.delete(n);
-          this.assignmentKvs.delete(n);
           this.fresh.delete(n);
         }
         this.queue.add(n);
@@ -360,7 +357,7 @@ export class Agent {
         return;
       }
       try {
-        for (const n of this.assigned) this.queue.add(n);
+        for (const n of this.assigned.keys()) this.queue.add(n);
         for (const d of this.opts.drivers) for (const i of await d.list({ signal })) this.queue.add(i.name);
         this.reconciler.prune(this.assigned);
         const node = await this.fingerprint(signal);

@@ -64,8 +64,8 @@ export interface ReconcilerOptions {
   nodeName: string;
   drivers: Driver[];
   log: Logger;
-  /** The agent's copy of its assignments; without it every reconcile reads the assignment. */
-  assignments?: AssignmentCache;
+  /** The agent's copy of its assignments: reconciles read none from the store. */
+  assignments: AssignmentCache;
   /** Stop timeout when the instance has none (default 30 s). */
   defaultStopTimeoutMs?: number;
   /** First restart delay after the first immediate one (default 1 s), doubled up to maxRestartDelayMs. */
@@ -140,7 +140,7 @@ export class Reconciler {
 
   async reconcile(name: string, signal: AbortSignal): Promise<ProcessResult> {
     const { store, nodeName, assignments } = this.opts;
-    const akv = assignments ? assignments.get(name) : await store.get(keys.assignment(nodeName, name), { signal });
+    const akv = assignments.get(name);
     if (!akv) {
       this.restarts.delete(name);
       this.statuses.delete(name);
@@ -282,7 +282,7 @@ export class Reconciler {
   }
 
   /** Forgets in-memory state of instances that are gone (called by the agent on resync). */
-  prune(assigned: Set<string>): void {
+  prune(assigned: ReadonlyMap<string, unknown>): void {
     for (const n of this.restarts.keys()) if (!assigned.has(n)) this.restarts.delete(n);
     for (const n of this.statuses.keys()) if (!assigned.has(n)) this.statuses.delete(n);
     for (const n of this.balloons.keys()) if (!assigned.has(n)) this.balloons.delete(n);
@@ -361,7 +361,7 @@ export class Reconciler {
   private async status(name: string, assignment: number, signal: AbortSignal): Promise<CachedStatus> {
     const cached = this.statuses.get(name);
     if (cached?.assignment === assignment) return cached;
-    if (this.opts.assignments?.takeFresh(name)) return { rev: 0, record: undefined, assignment };
+    if (this.opts.assignments.takeFresh(name)) return { rev: 0, record: undefined, assignment };
     const kv = await this.opts.store.get(keys.status(name), { signal });
     const st = { rev: kv?.modRevision ?? 0, record: kv ? fromBinary(InstanceSchema, kv.value) : undefined, assignment };
     this.statuses.set(name, st);

@@ -47,11 +47,12 @@ export class PlacementController {
   /** Pass in which a Pending instance last fitted nowhere: they go behind the others. */
   private readonly failedIn = new Map<string, number>();
   private passes = 0;
-  /** The scheduler's view of each node; rebuilt for the names in `stale`. */
-  private readonly views = new Map<string, NodeView>();
-  private readonly stale = new Set<string>();
-  /** `views` sorted by name, as the scheduler walks them; undefined when a node came or went. */
+  /** Every node's view sorted by name, as the scheduler walks them; undefined: build anew. */
   private sorted: NodeView[] | undefined;
+  /** Node name → its index in `sorted`. */
+  private readonly at = new Map<string, number>();
+  /** Nodes whose record, allocation or liveness changed since `sorted` was last brought up to date. */
+  private readonly stale = new Set<string>();
 
   constructor(
     private readonly ctx: ServerContext,
@@ -84,9 +85,7 @@ export class PlacementController {
     ];
     this.pending.clear();
     for (const [key, item] of informers.instances.items) this.track(key, item);
-    this.views.clear();
     this.sorted = undefined;
-    for (const { value } of informers.nodes.items.values()) this.stale.add(value.name);
     try {
       await loop.run(signal);
     } finally {
@@ -196,40 +195,26 @@ export class PlacementController {
 
   /**
    * Every node's view, by name: only the nodes whose record, allocation or liveness changed since
-   * the last pass are rebuilt, and the order is kept unless a node came or went.
+   * the last pass are rebuilt; all are when a node came or went (the order changes).
    */
   private nodeViews(): NodeView[] {
     const { informers } = this.ctx;
     for (const name of this.stale) {
+      if (!this.sorted) break;
       const n = informers.nodes.get(keys.node(name))?.value;
-      const had = this.views.has(name);
-      if (n) this.views.set(name, nodeView(n, informers));
-      else this.views.delete(name);
-      if (had !== (n !== undefined)) this.sorted = undefined;
-      else if (n && this.sorted) {
-        const at = this.indexOf(name);
-        if (at >= 0) this.sorted[at] = this.views.get(name)!;
-        else this.sorted = undefined;
-      }
+      const at = this.at.get(name);
+      if (n && at !== undefined) this.sorted[at] = nodeView(n, informers);
+      else if (n || at !== undefined) this.sorted = undefined; // joined or left
     }
     this.stale.clear();
-    this.sorted ??= [...this.views.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    return this.sorted;
-  }
-
-  /** Binary search of `sorted` by name. */
-  private indexOf(name: string): number {
-    const a = this.sorted!;
-    let lo = 0;
-    let hi = a.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      const m = a[mid]!.name;
-      if (m === name) return mid;
-      if (m < name) lo = mid + 1;
-      else hi = mid - 1;
+    if (!this.sorted) {
+      this.sorted = [...informers.nodes.items.values()]
+        .map(({ value }) => nodeView(value, informers))
+        .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      this.at.clear();
+      this.sorted.forEach((v, i) => this.at.set(v.name, i));
     }
-    return -1;
+    return this.sorted;
   }
 
   /**

@@ -292,10 +292,9 @@ class Pass {
     n: NodeView,
     r: PlacementRequest,
     spreadDomains: (s: SpreadView) => SpreadDomains,
-    staticWhy: string | undefined = staticInfeasibility(n, r),
+    staticWhy = staticInfeasibility(n, r),
   ): string | undefined {
-    const why = staticWhy;
-    if (why) return why;
+    if (staticWhy) return staticWhy;
     const reserved = n.reserved;
     const a = this.allocated(n);
     if (a.vcpus + r.vcpus > n.capacity.vcpus - (reserved?.vcpus ?? 0)) return "insufficient cpu";
@@ -366,11 +365,16 @@ class Pass {
    * ask the same of a node's fixed traits (driver, selectors, requirements, tolerations): a
    * backlog of 1,000 alike requests checks each node once, not once per request. Filled lazily.
    */
-  private staticVerdicts(r: PlacementRequest): (string | null | undefined)[] {
+  private staticVerdicts(r: PlacementRequest): (at: number) => string | undefined {
     const sig = `${r.driver}\0${JSON.stringify(r.nodeSelector)}\0${JSON.stringify(r.requirements ?? [])}\0${JSON.stringify(r.tolerations ?? [])}`;
     let v = this.statics.get(sig);
     if (!v) this.statics.set(sig, (v = new Array<string | null | undefined>(this.views.length)));
-    return v;
+    const verdicts = v;
+    return (at) => {
+      let why = verdicts[at];
+      if (why === undefined) verdicts[at] = why = staticInfeasibility(this.views[at]!, r) ?? null;
+      return why ?? undefined;
+    };
   }
 
   /** Places r if it can: the chosen node, or the reasons it fits nowhere. */
@@ -381,14 +385,12 @@ class Pass {
     let best: NodeView | undefined;
     let bestScore = -Infinity;
     let feasible = 0;
-    const statics = this.staticVerdicts(r);
+    const staticWhy = this.staticVerdicts(r);
     let i = 0;
     for (; i < total && feasible < this.limit; i++) {
       const at = (this.next + i) % total;
       const n = this.views[at]!;
-      let s = statics[at];
-      if (s === undefined) statics[at] = s = staticInfeasibility(n, r) ?? null;
-      const why = this.infeasibility(n, r, spreadDomains, s ?? undefined);
+      const why = this.infeasibility(n, r, spreadDomains, staticWhy(at));
       if (why) {
         reasons[why] = (reasons[why] ?? 0) + 1;
         continue;

@@ -244,12 +244,12 @@ export class EtcdStore implements Store {
    * One request on one of the store's LeaseKeepAlive streams, kept open and shared by the leases
    * of this store that hash to it (etcd answers each request with the lease's id): a process
    * keeping thousands of leases alive (the scale bench's simulated nodes) opens no stream per
-   * keep-alive. A stream that fails,
-   * ends or stays silent past KEEPALIVE_TIMEOUT_MS fails its waiters and is replaced on next use.
+   * keep-alive. A stream that fails, ends or stays silent past KEEPALIVE_TIMEOUT_MS fails its
+   * waiters and is replaced on next use.
    */
   private async keepAliveShared(lease: string): Promise<number> {
-    // etcd answers the requests of one stream one after the other, each after the applied index
-    // catches up: spread the leases over a few streams so a busy etcd does not queue them all.
+    // Spread over keepAliveStreams streams: etcd answers one stream's requests in order (see
+    // EtcdStoreOptions.keepAliveStreams).
     let h = 0;
     for (let i = 0; i < lease.length; i++) h = (h * 31 + lease.charCodeAt(i)) >>> 0;
     const ka = await this.keepAliveStream(h % this.keepAliveSlots);
@@ -278,13 +278,12 @@ export class EtcdStore implements Store {
   private keepAliveStream(slot: number): Promise<KeepAlives> {
     let ka = this.keepAlives.get(slot);
     if (!ka) {
-      const opening: Promise<KeepAlives> = this.openKeepAlives(() => {
+      const forget = () => {
         if (this.keepAlives.get(slot) === opening) this.keepAlives.delete(slot);
-      });
+      };
+      const opening: Promise<KeepAlives> = this.openKeepAlives(forget);
       this.keepAlives.set(slot, opening);
-      opening.catch(() => {
-        if (this.keepAlives.get(slot) === opening) this.keepAlives.delete(slot);
-      });
+      opening.catch(forget);
       ka = opening;
     }
     return ka;

@@ -14,28 +14,22 @@
  * its writes): the later one waits for the next batch. So of two creates of one name exactly one
  * wins, as without batching, and a batch is always equivalent to its members run one by one.
  */
-import type { Compare, Op, Store } from "./store.js";
+import type { Compare, Op, Store, TxnResult } from "./store.js";
 
 /**
  * Compares and writes per txn: etcd refuses more than --max-txn-ops (128 by default) of either.
  */
 const MAX_OPS = 128;
-/** Txns out at once before creates queue up into batches. */
+/** Txns out at once before new ones queue up into batches. */
 const MAX_IN_FLIGHT = 4;
 
 interface Pending {
   compares: Compare[];
   ops: Op[];
-  resolve(r: CommitResult): void;
+  resolve(r: TxnResult): void;
   reject(e: unknown): void;
   signal: AbortSignal | undefined;
   onAbort: () => void;
-}
-
-/** As the transaction alone would have answered: its compares held (and its writes are at revision) or not. */
-export interface CommitResult {
-  succeeded: boolean;
-  revision: number;
 }
 
 export class GroupCommit {
@@ -49,15 +43,16 @@ export class GroupCommit {
   ) {}
 
   /**
-   * Writes `ops` if every compare holds, as store.txn(compares, ops) would. A signal aborted
+   * Writes `ops` if every compare holds, and answers as store.txn(compares, ops) would (a batch
+   * that succeeded answers each member with its revision). A signal aborted
    * while queued leaves nothing written; once sent, the txn decides.
    */
-  commit(compares: Compare[], ops: Op[], signal?: AbortSignal): Promise<CommitResult> {
+  commit(compares: Compare[], ops: Op[], signal?: AbortSignal): Promise<TxnResult> {
     signal?.throwIfAborted();
     // Too big to share a txn, or a prefix delete (whose keys are unknown here): alone.
     if (compares.length > this.maxOps || ops.length > this.maxOps || ops.some((o) => o.type === "deletePrefix"))
       return this.store.txn(compares, ops, [], signal ? { signal } : {});
-    return new Promise<CommitResult>((resolve, reject) => {
+    return new Promise<TxnResult>((resolve, reject) => {
       const p: Pending = {
         compares,
         ops,
@@ -112,8 +107,7 @@ export class GroupCommit {
   private async send(batch: Pending[]): Promise<void> {
     try {
       if (batch.length === 1) {
-        const res = await this.store.txn(batch[0]!.compares, batch[0]!.ops);
-        batch[0]!.resolve({ succeeded: res.succeeded, revision: res.revision });
+        batch[0]!.resolve(await this.store.txn(batch[0]!.compares, batch[0]!.ops));
         return;
       }
       const res = await this.store.txn(
@@ -132,8 +126,7 @@ export class GroupCommit {
     await Promise.all(
       batch.map(async (p) => {
         try {
-          const res = await this.store.txn(p.compares, p.ops);
-          p.resolve({ succeeded: res.succeeded, revision: res.revision });
+          p.resolve(await this.store.txn(p.compares, p.ops));
         } catch (e) {
           p.reject(e);
         }

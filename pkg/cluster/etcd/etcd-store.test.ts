@@ -98,3 +98,56 @@ describe("etcd store under cancellations", () => {
     }
   });
 });
+
+describe("etcd store ranges over large prefixes", () => {
+  let own: EtcdProcess;
+  before(async () => {
+    own = await startEtcd();
+  });
+  after(async () => {
+    await own.stop();
+  });
+
+  it("reads a prefix in pages, in key order, honouring limit and keysOnly across pages", async () => {
+    const store = await openEtcdStore({ endpoints: [own.endpoint], rangePage: 2 });
+    try {
+      const names = ["a", "b", "c", "d", "e"];
+      for (const k of [...names].reverse()) await store.put(`/paged/x/${k}`, new TextEncoder().encode(k));
+      await store.put("/paged/xy", new Uint8Array([1]));
+      const all = await store.range("/paged/x/");
+      assert.deepEqual(
+        all.kvs.map((kv) => [kv.key, new TextDecoder().decode(kv.value)]),
+        names.map((k) => [`/paged/x/${k}`, k]),
+      );
+      assert.equal(all.revision, await store.revision());
+      assert.deepEqual(
+        (await store.range("/paged/x/", { limit: 3 })).kvs.map((kv) => kv.key),
+        ["a", "b", "c"].map((k) => `/paged/x/${k}`),
+      );
+      assert.deepEqual(
+        (await store.range("/paged/x/", { keysOnly: true })).kvs.map((kv) => [kv.key, kv.value.length]),
+        names.map((k) => [`/paged/x/${k}`, 0]),
+      );
+      await assert.rejects(openEtcdStore({ endpoints: [own.endpoint], rangePage: 0 }), /rangePage: 0 is not a positive integer/);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("reads a prefix bigger than gRPC's default 4 MiB message", async () => {
+    // What a server restarting on 30,000 instances met: its relist failed with
+    // RESOURCE_EXHAUSTED, again and again, and it never served.
+    const store = await openEtcdStore({ endpoints: [own.endpoint] });
+    try {
+      const big = new Uint8Array(1024 * 1024).fill(7);
+      for (let i = 0; i < 6; i++) await store.put(`/big/${i}`, big);
+      const { kvs } = await store.range("/big/");
+      assert.deepEqual(
+        kvs.map((kv) => [kv.key, kv.value.length, kv.value[1000]]),
+        Array.from({ length: 6 }, (_, i) => [`/big/${i}`, big.length, 7]),
+      );
+    } finally {
+      await store.close();
+    }
+  });
+});

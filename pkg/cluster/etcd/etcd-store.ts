@@ -57,6 +57,11 @@ import {
   type WatchOptions,
 } from "../store/index.js";
 
+/** Keys per range request: see EtcdStoreOptions.rangePage. */
+const RANGE_PAGE = 1000;
+/** The largest gRPC message the client takes (etcd's Go client: math.MaxInt32). */
+const MAX_RECEIVE_BYTES = 2 ** 31 - 1;
+const ZERO = Buffer.from([0]);
 /** Calls in flight on one caller signal before Node warns of a listener leak. */
 const MAX_CALLS_PER_SIGNAL = 10_000;
 
@@ -81,12 +86,24 @@ export interface EtcdStoreOptions {
    * have its own.
    */
   keepAliveStreams?: number;
+  /**
+   * Keys per range request (default 1000): a range over a bigger prefix is read in pages, all at
+   * the first page's revision, so one answer is never the whole of a 30,000-instance cluster.
+   */
+  rangePage?: number;
 }
 
 /** Reads the TLS files and creates the store. Does not contact etcd: call ping() for that. */
 export async function openEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore> {
   if (opts.endpoints.length === 0) throw new StoreError("no etcd endpoints given");
-  const options: IOptions = { hosts: opts.endpoints, dialTimeout: opts.dialTimeoutMs ?? 5000, faultHandling: faultHandling() };
+  const options: IOptions = {
+    hosts: opts.endpoints,
+    dialTimeout: opts.dialTimeoutMs ?? 5000,
+    faultHandling: faultHandling(),
+    // gRPC's default of 4 MiB is less than a page of large values (etcd takes values of up to
+    // 1.5 MiB); etcd's own Go client accepts up to 2 GiB.
+    grpcOptions: { "grpc.max_receive_message_length": MAX_RECEIVE_BYTES },
+  };
   if (opts.tls) {
     const credentials: NonNullable<IOptions["credentials"]> = { rootCertificate: await readFile(opts.tls.caFile) };
     if (opts.tls.certFile) credentials.certChain = await readFile(opts.tls.certFile);
@@ -94,7 +111,7 @@ export async function openEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore> 
     options.credentials = credentials;
   }
   if (opts.username !== undefined) options.auth = { username: opts.username, password: opts.password ?? "" };
-  return new EtcdStore(new Etcd3(options), opts.endpoints, opts.keepAliveStreams ?? KEEPALIVE_STREAMS);
+  return new EtcdStore(new Etcd3(options), opts.endpoints, opts.keepAliveStreams ?? KEEPALIVE_STREAMS, opts.rangePage ?? RANGE_PAGE);
 }
 
 /**
@@ -156,9 +173,11 @@ export class EtcdStore implements Store {
     private readonly client: Etcd3,
     private readonly endpoints: string[],
     private readonly keepAliveSlots = KEEPALIVE_STREAMS,
+    private readonly rangePage = RANGE_PAGE,
   ) {
     if (!Number.isInteger(keepAliveSlots) || keepAliveSlots < 1)
       throw new StoreError(`keepAliveStreams: ${keepAliveSlots} is not a positive integer`);
+    if (!Number.isInteger(rangePage) || rangePage < 1) throw new StoreError(`rangePage: ${rangePage} is not a positive integer`);
   }
 
   async get(key: string, opts?: Options): Promise<KeyValue | undefined> {
@@ -168,16 +187,30 @@ export class EtcdStore implements Store {
   }
 
   async range(prefix: string, opts?: RangeOptions): Promise<RangeResult> {
-    const res = await this.call(opts, () =>
-      this.client.kv.range({
-        ...keyRange(prefix),
-        limit: opts?.limit && opts.limit > 0 ? opts.limit : 0,
-        keys_only: opts?.keysOnly ?? false,
-        sort_order: "Ascend",
-        sort_target: "Key",
-      }),
-    );
-    return { kvs: res.kvs.map(toKeyValue), revision: Number(res.header.revision) };
+    const { key, range_end } = keyRange(prefix);
+    const limit = opts?.limit && opts.limit > 0 ? opts.limit : Infinity;
+    const kvs: KeyValue[] = [];
+    let from = key;
+    let revision = 0;
+    for (;;) {
+      const res = await this.call(opts, () =>
+        this.client.kv.range({
+          key: from,
+          range_end,
+          limit: Math.min(this.rangePage, limit - kvs.length),
+          // Later pages at the first one's revision: one snapshot, as a single range would be.
+          revision,
+          keys_only: opts?.keysOnly ?? false,
+          sort_order: "Ascend",
+          sort_target: "Key",
+        }),
+      );
+      if (revision === 0) revision = Number(res.header.revision);
+      for (const kv of res.kvs) kvs.push(toKeyValue(kv));
+      const last = res.kvs.at(-1);
+      if (!res.more || !last || kvs.length >= limit) return { kvs, revision };
+      from = Buffer.concat([last.key, ZERO]);
+    }
   }
 
   async put(key: string, value: Uint8Array, opts?: Options & { lease?: string }): Promise<number> {

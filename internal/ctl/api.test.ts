@@ -80,6 +80,16 @@ const instanceImpl: ServiceImpl<typeof InstanceService> = {
     fake.instances.set(req.name, i);
     return { instance: i };
   },
+  createInstances(req) {
+    fake.calls.push(`create-batch ${req.instances.map((r) => r.name).join(",")}`);
+    if (req.instances.some((r) => fake.instances.has(r.name)))
+      throw new ConnectError("instances[0].name: already exists", Code.AlreadyExists);
+    return {
+      instances: req.instances
+        .map((r) => instanceImpl.createInstance(r, undefined as never) as { instance: Instance })
+        .map((x) => x.instance),
+    };
+  },
   getInstance(req) {
     fake.calls.push(`get ${req.name}`);
     return { instance: get(req.name) };
@@ -222,6 +232,16 @@ describe("hypervisor-ctl against an API over HTTP", () => {
       assert.deepEqual(req.spec?.command, ["nginx"]);
       assert.deepEqual(req.spec?.args, ["-g", "daemon off;"]);
       assert.equal(req.spec?.desiredPowerState, PowerState.UNSPECIFIED);
+    });
+
+    it("--count creates NAME-1 to NAME-n alike in one call", async () => {
+      const r = await ctl(["instance", "create", "pool", "--driver", "mock", "--vcpus", "1", "--label", "app=pool", "--count", "3"]);
+      assert.deepEqual(r, { code: 0, stdout: "instance/pool-1 created\ninstance/pool-2 created\ninstance/pool-3 created\n", stderr: "" });
+      assert.deepEqual(fake.calls, ["create-batch pool-1,pool-2,pool-3"]);
+      assert.deepEqual(
+        fake.created.map((c) => [c.name, c.labels, c.spec?.driver, c.spec?.vcpus]),
+        ["pool-1", "pool-2", "pool-3"].map((n) => [n, { app: "pool" }, "mock", 1]),
+      );
     });
 
     it("reads -f and lets flags override the file", async () => {

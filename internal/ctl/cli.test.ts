@@ -57,6 +57,8 @@ describe("usage errors", () => {
     await usage(["instance", "create", "--driver", "mock"], /needs a NAME/);
     await usage(["instance", "create", "x"], /needs --driver/);
     await usage(["instance", "create", "x", "--driver", "mock", "--stopped", "--wait"], /--stopped/);
+    await usage(["instance", "create", "x", "--driver", "mock", "--count", "0"], /--count 0: expected 1 to 100/);
+    await usage(["instance", "create", "x", "--driver", "mock", "--count", "101"], /--count 101: expected 1 to 100/);
     await usage(["instance", "create", "x", "-f", "/nonexistent/spec.yaml"], /cannot read spec file \/nonexistent\/spec\.yaml: ENOENT/);
   });
 

@@ -78,9 +78,13 @@ interface CreateOptions {
   command?: string[];
   restartPolicy?: string;
   stopped?: boolean;
+  count?: number;
   wait?: boolean;
   timeout: number;
 }
+
+/** `create --count`'s limit: the server's CreateInstances takes up to 100 in one transaction. */
+const MAX_COUNT = 100;
 
 function createCommand(ctx: Context): Command {
   const cmd = new Command("create")
@@ -102,7 +106,8 @@ function createCommand(ctx: Context): Command {
     .option("--config <k=v>", "driver-specific setting, spec.driver_config (repeatable)", flags.keyValue)
     .option("--command <word...>", "command to run, replacing the image's (containers)")
     .addOption(new Option("--restart-policy <policy>", "what to do when it exits").choices(flags.RESTART_POLICIES))
-    .option("--stopped", "create it without starting it");
+    .option("--stopped", "create it without starting it")
+    .option("--count <n>", `create n alike, NAME-1 to NAME-n, in one transaction: all or none (at most ${MAX_COUNT})`, flags.positiveInt);
   waitOptions(cmd, "is Running").action(async (name: string | undefined, args: string[], opts: CreateOptions) => {
     const req = opts.filename ? await readSpecFile(opts.filename, ctx.signal) : create(CreateInstanceRequestSchema);
     const spec = (req.spec ??= create(InstanceSpecSchema));
@@ -126,7 +131,19 @@ function createCommand(ctx: Context): Command {
     if (req.name === "") throw usageError("instance create needs a NAME (or name: in the spec file)");
     if (spec.driver === "") throw usageError("instance create needs --driver (or spec.driver in the spec file)");
     if (opts.wait && opts.stopped) throw usageError("--wait waits for Running, which --stopped never reaches");
+    if (opts.count !== undefined && (opts.count < 1 || opts.count > MAX_COUNT))
+      throw usageError(`--count ${opts.count}: expected 1 to ${MAX_COUNT}`);
 
+    if (opts.count !== undefined) {
+      const reqs = Array.from({ length: opts.count }, (_, i) => ({ ...req, name: `${req.name}-${i + 1}` }));
+      const { instances } = await ctx.clients().instances.createInstances({ instances: reqs }, { signal: ctx.signal });
+      const deadline = Date.now() + opts.timeout;
+      for (const instance of instances) {
+        const final = opts.wait ? await waitFor(ctx, instance, runningGoal(instance), Math.max(0, deadline - Date.now())) : instance;
+        report(ctx, final, opts.wait ? `is Running on ${final?.status?.node || "<none>"}` : "created");
+      }
+      return;
+    }
     const { instance } = await ctx.clients().instances.createInstance(req, { signal: ctx.signal });
     if (!instance) throw new CliError("the server returned no instance", ExitCode.Api);
     const final = opts.wait ? await waitFor(ctx, instance, runningGoal(instance), opts.timeout) : instance;

@@ -13,6 +13,7 @@ import { clone, create, equals } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
+  type CreateInstanceRequest,
   EventType,
   type Instance,
   type InstanceFilter,
@@ -32,10 +33,12 @@ import type { ServerContext } from "./context.js";
 import { nodeView, placedViews, placementRequest } from "./placement-input.js";
 import { agentEndpoint, decodeInstance, encodeAssignment, encodeInstance, merged, phaseName } from "./records.js";
 import { verdicts } from "./scheduler.js";
-import { RESTART_LABEL, invalid, parseLabelSelector, show, validateLabels, validateName, validateSpec } from "./validate.js";
+import { RESTART_LABEL, invalid, parseLabelSelector, prefixed, show, validateLabels, validateName, validateSpec } from "./validate.js";
 
 export { STOP_TIMEOUT_LABEL };
 const MAX_CAS_ATTEMPTS = 20;
+/** CreateInstances' limit: one etcd txn, within etcd's default --max-txn-ops of 128. */
+export const MAX_BATCH = 100;
 
 interface Matcher {
   (i: Instance): boolean;
@@ -106,33 +109,72 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       );
   }
 
+  /** A validated new instance, Pending, from a create request. */
+  function newInstance(req: CreateInstanceRequest): Instance {
+    validateName("name", req.name);
+    validateLabels("labels", req.labels);
+    validateSpec(req.spec, req.labels);
+    const spec = clone(InstanceSpecSchema, req.spec);
+    if (spec.desiredPowerState === PowerState.UNSPECIFIED) spec.desiredPowerState = PowerState.RUNNING;
+    if (spec.restartPolicy === RestartPolicy.UNSPECIFIED) spec.restartPolicy = RestartPolicy.ON_FAILURE;
+    const now = timestampNow();
+    return create(InstanceSchema, {
+      name: req.name,
+      uid: randomUUID(),
+      labels: req.labels,
+      spec,
+      status: create(InstanceStatusSchema, { phase: Phase.PENDING, message: "waiting for the scheduler", updateTime: now }),
+      createTime: now,
+      generation: 1n,
+    });
+  }
+
   function refuseIfDeleting(i: Instance, action: string): void {
     if (i.deleteTime) throw new ConnectError(`instance ${i.name} is being deleted; ${action} is not possible`, Code.FailedPrecondition);
   }
 
   return {
     async createInstance(req, hctx) {
-      validateName("name", req.name);
-      validateLabels("labels", req.labels);
-      validateSpec(req.spec, req.labels);
-      const spec = clone(InstanceSpecSchema, req.spec);
-      if (spec.desiredPowerState === PowerState.UNSPECIFIED) spec.desiredPowerState = PowerState.RUNNING;
-      if (spec.restartPolicy === RestartPolicy.UNSPECIFIED) spec.restartPolicy = RestartPolicy.ON_FAILURE;
-      const now = timestampNow();
-      const instance = create(InstanceSchema, {
-        name: req.name,
-        uid: randomUUID(),
-        labels: req.labels,
-        spec,
-        status: create(InstanceStatusSchema, { phase: Phase.PENDING, message: "waiting for the scheduler", updateTime: now }),
-        createTime: now,
-        generation: 1n,
-      });
+      const instance = newInstance(req);
       const key = keys.instance(req.name);
       const res = await creates.commit([ifAbsent(key)], [{ type: "put", key, value: encodeInstance(instance) }], hctx.signal);
       if (!res.succeeded) throw new ConnectError(`instance ${show(req.name)} already exists`, Code.AlreadyExists);
-      ctx.log.info({ instance: req.name, uid: instance.uid, driver: spec.driver }, "instance created");
+      ctx.log.info({ instance: req.name, uid: instance.uid, driver: instance.spec?.driver }, "instance created");
       return { instance };
+    },
+
+    async createInstances(req, hctx) {
+      const n = req.instances.length;
+      if (n === 0) throw invalid("instances", "is empty: give at least one instance");
+      if (n > MAX_BATCH) throw invalid("instances", `has ${n} entries; at most ${MAX_BATCH} in one call (one transaction)`);
+      const index = new Map<string, number>();
+      const instances = req.instances.map((r, i) => {
+        const instance = prefixed(`instances[${i}].`, () => newInstance(r));
+        const twin = index.get(r.name);
+        if (twin !== undefined) throw invalid(`instances[${i}].name`, `${show(r.name)} is also the name of instances[${twin}]`);
+        index.set(r.name, i);
+        return instance;
+      });
+      const compares = instances.map((i) => ifAbsent(keys.instance(i.name)));
+      const ops: Op[] = instances.map((i) => ({ type: "put", key: keys.instance(i.name), value: encodeInstance(i) }));
+      for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+        const res = await creates.commit(compares, ops, hctx.signal);
+        if (res.succeeded) {
+          ctx.log.info({ instances: instances.map((i) => i.name), count: n }, "instances created");
+          return { instances };
+        }
+        const taken = await Promise.all(instances.map((i) => store.get(keys.instance(i.name), { signal: hctx.signal })));
+        const first = taken.findIndex((kv) => kv !== undefined);
+        // All free again (deleted since): try again.
+        if (first < 0) continue;
+        const count = taken.filter((kv) => kv !== undefined).length;
+        throw new ConnectError(
+          `instances[${first}].name: instance ${show(instances[first]!.name)} already exists` +
+            `${count > 1 ? ` (and ${count - 1} more of the ${n})` : ""}; none of the ${n} was created`,
+          Code.AlreadyExists,
+        );
+      }
+      throw new ConnectError("instances: their names are being created and deleted too fast; try again", Code.Aborted);
     },
 
     async getInstance(req, hctx) {

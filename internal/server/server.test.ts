@@ -252,6 +252,90 @@ for (const kind of ["embedded", "etcd"] as const)
       assert.equal(node.allocatable?.memoryMib, 6144n);
     });
 
+    it("creates a batch in one transaction: all of it, or none when one is invalid or its name taken", async () => {
+      // A selector no node has: they stay Pending and leave the other tests' nodes alone.
+      const spec = { driver: "mock", vcpus: 1, memoryMib: 64n, nodeSelector: { pool: "batch-test" } };
+      const names = ["batch-0", "batch-1", "batch-2"];
+      const { instances: made } = await instances.createInstances({
+        instances: names.map((name) => ({ name, spec, labels: { set: "b" } })),
+      });
+      assert.deepEqual(
+        made.map((i) => [i.name, i.status?.phase, i.spec?.desiredPowerState]),
+        names.map((n) => [n, Phase.PENDING, PowerState.RUNNING]),
+      );
+      assert.equal(new Set(made.map((i) => i.uid)).size, 3, "each has its own uid");
+      const listed = (await instances.listInstances({ filter: { labelSelector: "set=b" } })).instances;
+      assert.deepEqual(
+        listed.map((i) => i.name),
+        names,
+      );
+
+      const refused = async (req: Parameters<typeof instances.createInstances>[0], code: Code, message: RegExp) => {
+        await assert.rejects(instances.createInstances(req), (e: unknown) => {
+          const err = ConnectError.from(e);
+          assert.equal(err.code, code, err.message);
+          assert.match(err.rawMessage, message);
+          return true;
+        });
+      };
+      await refused({ instances: [] }, Code.InvalidArgument, /^instances: is empty/);
+      await refused(
+        { instances: Array.from({ length: 101 }, (_, i) => ({ name: `too-many-${i}`, spec })) },
+        Code.InvalidArgument,
+        /^instances: has 101 entries; at most 100/,
+      );
+      await refused(
+        {
+          instances: [
+            { name: "fresh-0", spec },
+            { name: "fresh-1", spec: { ...spec, driver: "bogus" } },
+          ],
+        },
+        Code.InvalidArgument,
+        /^instances\[1\]\.spec\.driver: unknown driver "bogus"/,
+      );
+      await refused(
+        {
+          instances: [
+            { name: "fresh-0", spec },
+            { name: "Bad_Name", spec },
+          ],
+        },
+        Code.InvalidArgument,
+        /^instances\[1\]\.name: /,
+      );
+      await refused(
+        {
+          instances: [
+            { name: "fresh-0", spec },
+            { name: "fresh-1", spec },
+            { name: "fresh-0", spec },
+          ],
+        },
+        Code.InvalidArgument,
+        /^instances\[2\]\.name: "fresh-0" is also the name of instances\[0\]/,
+      );
+      await refused(
+        {
+          instances: [
+            { name: "fresh-0", spec },
+            { name: "batch-1", spec },
+            { name: "batch-2", spec },
+          ],
+        },
+        Code.AlreadyExists,
+        /^instances\[1\]\.name: instance "batch-1" already exists \(and 1 more of the 3\); none of the 3 was created/,
+      );
+      // Nothing of a refused batch was written.
+      assert.equal(await store.get(keys.instance("fresh-0")), undefined);
+      assert.equal(await store.get(keys.instance("fresh-1")), undefined);
+      assert.equal(await store.get(keys.instance("too-many-0")), undefined);
+      assert.equal((await instances.getInstance({ name: "batch-1" })).instance?.uid, made[1]!.uid, "the taken one is untouched");
+
+      for (const name of names) await instances.deleteInstance({ name });
+      for (const name of names) assert.equal(await store.get(keys.instance(name)), undefined, `${name} deleted`);
+    });
+
     it("places by taints, requirements and anti-affinity, and explains every node's verdict", async () => {
       await addNode(store, "gpu-1", 8, 8192, { zone: "a" }, { taints: [{ key: "gpu", value: "", effect: TaintEffect.NO_SCHEDULE }] });
       await addNode(store, "zb-1", 8, 8192, { zone: "b" }, { reserved: { vcpus: 6, memoryMib: 0n, diskGib: 0n } });

@@ -42,6 +42,19 @@ export function invalid(field: string, message: string): ConnectError {
   return new ConnectError(`${field}: ${message}`, Code.InvalidArgument);
 }
 
+/**
+ * Runs `check` (which validates one element of a list), naming the element in any
+ * InvalidArgument it throws: "instances[3]." + "spec.vcpus: ...".
+ */
+export function prefixed<T>(prefix: string, check: () => T): T {
+  try {
+    return check();
+  } catch (e) {
+    if (e instanceof ConnectError && e.code === Code.InvalidArgument) throw new ConnectError(prefix + e.rawMessage, Code.InvalidArgument);
+    throw e;
+  }
+}
+
 /** Quotes a user value for an error message, bounded so a huge value cannot flood the reply. */
 export function show(value: unknown): string {
   const s = typeof value === "string" ? value : String(value);

@@ -53,6 +53,12 @@ export function mergedPhase(instance: Instance, status: Instance | undefined): P
   return reported !== Phase.UNSPECIFIED ? reported : (instance.status?.phase ?? Phase.UNSPECIFIED);
 }
 
+/** The node `merged(instance, status)` would show, without copying anything. */
+export function mergedNode(instance: Instance, status: Instance | undefined): string {
+  const reported = status && status.uid === instance.uid && status.status && status.status.phase !== Phase.UNSPECIFIED;
+  return (reported ? status.status!.node : "") || (instance.status?.node ?? "");
+}
+
 export function instancePhase(i: Instance): Phase {
   return i.status?.phase ?? Phase.UNSPECIFIED;
 }

@@ -264,11 +264,27 @@ for (const kind of ["embedded", "etcd"] as const)
         names.map((n) => [n, Phase.PENDING, PowerState.RUNNING]),
       );
       assert.equal(new Set(made.map((i) => i.uid)).size, 3, "each has its own uid");
-      const listed = (await instances.listInstances({ filter: { labelSelector: "set=b" } })).instances;
       assert.deepEqual(
-        listed.map((i) => i.name),
+        (await instances.listInstances({ filter: { labelSelector: "set=b" } })).instances.map((i) => i.name),
         names,
       );
+
+      // List filters read the agent's status where it reported (same uid), the record otherwise.
+      await store.put(
+        keys.status("batch-0"),
+        toBinary(
+          InstanceSchema,
+          create(InstanceSchema, { name: "batch-0", uid: made[0]!.uid, status: { phase: Phase.RUNNING, node: "elsewhere" } }),
+        ),
+      );
+      const listed = async (filter: { phase?: Phase; node?: string }) =>
+        (await instances.listInstances({ filter: { labelSelector: "set=b", ...filter } })).instances.map((i) => i.name);
+      await until("the status in the informer", async () => (await listed({ phase: Phase.RUNNING })).length === 1);
+      assert.deepEqual(await listed({ phase: Phase.RUNNING }), ["batch-0"]);
+      assert.deepEqual(await listed({ node: "elsewhere" }), ["batch-0"]);
+      assert.deepEqual(await listed({ phase: Phase.PENDING }), ["batch-1", "batch-2"]);
+      assert.deepEqual(await listed({ phase: Phase.PENDING, node: "elsewhere" }), []);
+      assert.equal((await instances.listInstances({ filter: { labelSelector: "set=b,x=y" } })).instances.length, 0);
 
       const refused = async (req: Parameters<typeof instances.createInstances>[0], code: Code, message: RegExp) => {
         await assert.rejects(instances.createInstances(req), (e: unknown) => {
@@ -278,6 +294,7 @@ for (const kind of ["embedded", "etcd"] as const)
           return true;
         });
       };
+      const revision = await store.revision();
       await refused({ instances: [] }, Code.InvalidArgument, /^instances: is empty/);
       await refused(
         { instances: Array.from({ length: 101 }, (_, i) => ({ name: `too-many-${i}`, spec })) },
@@ -327,6 +344,7 @@ for (const kind of ["embedded", "etcd"] as const)
         /^instances\[1\]\.name: instance "batch-1" already exists \(and 1 more of the 3\); none of the 3 was created/,
       );
       // Nothing of a refused batch was written.
+      assert.equal(await store.revision(), revision, "no refusal wrote anything");
       assert.equal(await store.get(keys.instance("fresh-0")), undefined);
       assert.equal(await store.get(keys.instance("fresh-1")), undefined);
       assert.equal(await store.get(keys.instance("too-many-0")), undefined);

@@ -414,4 +414,53 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
       await instances.deleteInstance({ name: "ui-nowhere" });
     }
   });
+  it("creates several alike with a count, all or none, and refuses a bad count before sending", async () => {
+    await page.goto(`${base}/instances`);
+    await page.locator('[data-testid="instances-loading"]').waitFor({ state: "detached" });
+    const batches = () => calls.filter((c) => c === "CreateInstances").length;
+    await page.click('[data-testid="create-instance"]');
+    await page.locator('[data-testid="create-dialog"][open]').waitFor();
+    const name = page.locator('[data-testid="create-name"]');
+    const count = page.locator('[data-testid="create-count"]');
+
+    await name.locator("input").fill("ui-pool");
+    await count.locator("input").fill("101");
+    await page.click('[data-testid="create-submit"]');
+    await count.locator('[part="error"]').waitFor();
+    assert.equal(await count.locator('[part="error"]').innerText(), "count: expected 1 to 100");
+    assert.equal(batches(), 0, "nothing sent");
+
+    // The server's refusal of one of the batch goes under the field it is about.
+    const labels = page.locator('[data-testid="create-labels"]');
+    await count.locator("input").fill("2");
+    await labels.locator("input").fill("hypervisor.io/owner=me");
+    await page.click('[data-testid="create-submit"]');
+    await labels.locator('[part="error"]').waitFor();
+    assert.match(await labels.locator('[part="error"]').innerText(), /^instances\[0\]\.labels\["hypervisor\.io\/owner"\]: /);
+    assert.equal(batches(), 1);
+    await labels.locator("input").fill("");
+
+    // web-2 exists: the whole batch is refused, under the name, and none of it is created.
+    await name.locator("input").fill("web");
+    await count.locator("input").fill("3");
+    await page.click('[data-testid="create-submit"]');
+    const nameError = name.locator('[part="error"]');
+    await nameError.waitFor();
+    assert.match(
+      await nameError.innerText(),
+      /^instances\[0\]\.name: instance "web-1" already exists \(and 1 more of the 3\); none of the 3 was created$/,
+    );
+    await assert.rejects(instancesApi().getInstance({ name: "web-3" }), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
+
+    await name.locator("input").fill("ui-pool");
+    await page.click('[data-testid="create-submit"]');
+    await page.locator('[data-testid="create-dialog"][open]').waitFor({ state: "detached" });
+    for (const n of ["ui-pool-1", "ui-pool-2", "ui-pool-3"]) await rowState(n, "Running").waitFor();
+    assert.equal(batches(), 3, "one call per batch sent");
+    const made = await Promise.all(["ui-pool-1", "ui-pool-2", "ui-pool-3"].map((n) => instancesApi().getInstance({ name: n })));
+    assert.deepEqual(
+      made.map((r) => [r.instance?.spec?.driver, r.instance?.spec?.vcpus, r.instance?.spec?.memoryMib]),
+      Array.from({ length: 3 }, () => ["mock", 1, 256n]),
+    );
+  });
 });

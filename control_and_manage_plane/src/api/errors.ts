@@ -19,6 +19,8 @@ export function isCode(e: unknown, code: Code): boolean {
 // `path` or `path[index]` or `path["key"]`, then ": ".
 const FIELD_PREFIX = /^([a-z_]+(?:\.[a-z_]+)*)(?:\[(?:"(?:[^"\\]|\\.)*"|\d+)\])?: /;
 
+const BATCH_ELEMENT = /^instances\[\d+\]\./;
+
 /** The API field path a message is about ("spec.memory_mib"), or undefined when it names none. */
 export function fieldPath(message: string): string | undefined {
   return FIELD_PREFIX.exec(message)?.[1];
@@ -27,11 +29,13 @@ export function fieldPath(message: string): string | undefined {
 /**
  * The form field a server error belongs to, from `fields` (API path → form field; a path also
  * matches its children, so "spec.command" covers "spec.command[2]"). AlreadyExists is about the name.
+ * A batch's "instances[3].spec.vcpus: ..." is about the same field as "spec.vcpus: ...": one form
+ * made every instance of the batch.
  */
 export function fieldOfError<F extends string>(e: unknown, fields: Record<string, F>, nameField: F): F | undefined {
   const err = ConnectError.from(e);
   if (err.code === Code.AlreadyExists) return nameField;
-  let path = fieldPath(err.rawMessage);
+  let path = fieldPath(err.rawMessage.replace(BATCH_ELEMENT, ""));
   while (path) {
     const f = fields[path];
     if (f) return f;

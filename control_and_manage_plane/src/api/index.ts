@@ -19,6 +19,7 @@ export {
   type Tone,
 } from "./format.js";
 export {
+  checkCount,
   checkMemory,
   checkName,
   checkText,

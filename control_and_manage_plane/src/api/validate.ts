@@ -57,6 +57,14 @@ export function parseSelector(text: string): { labels: Record<string, string>; e
   return r.error ? { labels: {}, error: r.error.replace(/^selector(\[[^\]]*\])?: /, "") } : r;
 }
 
+/** CreateInstances takes at most this many in one call (one transaction). */
+export const MAX_COUNT = 100;
+
+export function checkCount(count: number): string | undefined {
+  if (!Number.isInteger(count) || count < 1 || count > MAX_COUNT) return `count: expected 1 to ${MAX_COUNT}`;
+  return undefined;
+}
+
 export function checkVcpus(vcpus: number): string | undefined {
   if (!Number.isInteger(vcpus) || vcpus < 1) return "spec.vcpus: is required and must be at least 1";
   if (vcpus > LIMITS.maxVcpus) return `spec.vcpus: ${vcpus} vCPUs is more than the maximum of ${LIMITS.maxVcpus} vCPUs`;

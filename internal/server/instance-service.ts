@@ -27,7 +27,16 @@ import {
   type WatchInstancesResponse,
   WatchInstancesResponseSchema,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { GroupCommit, ifAbsent, ifModRevision, keys, STOP_TIMEOUT_LABEL, type Op } from "../../pkg/cluster/store/index.js";
+import {
+  GroupCommit,
+  ifAbsent,
+  ifModRevision,
+  keys,
+  MAX_TXN_BYTES,
+  STOP_TIMEOUT_LABEL,
+  txnBytes,
+  type Op,
+} from "../../pkg/cluster/store/index.js";
 import { AsyncQueue } from "./async-queue.js";
 import type { ServerContext } from "./context.js";
 import { nodeView, placedViews, placementRequest } from "./placement-input.js";
@@ -39,6 +48,13 @@ export { STOP_TIMEOUT_LABEL };
 const MAX_CAS_ATTEMPTS = 20;
 /** CreateInstances' limit: one etcd txn, within etcd's default --max-txn-ops of 128. */
 export const MAX_BATCH = 100;
+/**
+ * An instance's largest encoding. Placement writes it twice in one txn (the record and the
+ * node's assignment), and etcd takes at most 1.5 MiB a request by default.
+ */
+export const MAX_INSTANCE_BYTES = 512 * 1024;
+
+const kib = (bytes: number) => `${Math.ceil(bytes / 1024)} KiB`;
 
 interface Matcher {
   (i: Instance): boolean;
@@ -109,8 +125,8 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       );
   }
 
-  /** A validated new instance, Pending, from a create request. */
-  function newInstance(req: CreateInstanceRequest): Instance {
+  /** A validated new instance, Pending, from a create request, and its encoding. */
+  function newInstance(req: CreateInstanceRequest): { instance: Instance; value: Uint8Array } {
     validateName("name", req.name);
     validateLabels("labels", req.labels);
     validateSpec(req.spec, req.labels);
@@ -118,7 +134,7 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
     if (spec.desiredPowerState === PowerState.UNSPECIFIED) spec.desiredPowerState = PowerState.RUNNING;
     if (spec.restartPolicy === RestartPolicy.UNSPECIFIED) spec.restartPolicy = RestartPolicy.ON_FAILURE;
     const now = timestampNow();
-    return create(InstanceSchema, {
+    const instance = create(InstanceSchema, {
       name: req.name,
       uid: randomUUID(),
       labels: req.labels,
@@ -127,6 +143,10 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       createTime: now,
       generation: 1n,
     });
+    const value = encodeInstance(instance);
+    if (value.length > MAX_INSTANCE_BYTES)
+      throw invalid("spec", `the instance is ${kib(value.length)} encoded; at most ${kib(MAX_INSTANCE_BYTES)} allowed (env, config, command and args count)`);
+    return { instance, value };
   }
 
   function refuseIfDeleting(i: Instance, action: string): void {
@@ -135,9 +155,9 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
 
   return {
     async createInstance(req, hctx) {
-      const instance = newInstance(req);
+      const { instance, value } = newInstance(req);
       const key = keys.instance(req.name);
-      const res = await creates.commit([ifAbsent(key)], [{ type: "put", key, value: encodeInstance(instance) }], hctx.signal);
+      const res = await creates.commit([ifAbsent(key)], [{ type: "put", key, value }], hctx.signal);
       if (!res.succeeded) throw new ConnectError(`instance ${show(req.name)} already exists`, Code.AlreadyExists);
       ctx.log.info({ instance: req.name, uid: instance.uid, driver: instance.spec?.driver }, "instance created");
       return { instance };
@@ -148,15 +168,22 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       if (n === 0) throw invalid("instances", "is empty: give at least one instance");
       if (n > MAX_BATCH) throw invalid("instances", `has ${n} entries; at most ${MAX_BATCH} in one call (one transaction)`);
       const index = new Map<string, number>();
-      const instances = req.instances.map((r, i) => {
-        const instance = prefixed(`instances[${i}].`, () => newInstance(r));
+      const made = req.instances.map((r, i) => {
+        const m = prefixed(`instances[${i}].`, () => newInstance(r));
         const twin = index.get(r.name);
         if (twin !== undefined) throw invalid(`instances[${i}].name`, `${show(r.name)} is also the name of instances[${twin}]`);
         index.set(r.name, i);
-        return instance;
+        return m;
       });
+      const instances = made.map((m) => m.instance);
       const compares = instances.map((i) => ifAbsent(keys.instance(i.name)));
-      const ops: Op[] = instances.map((i) => ({ type: "put", key: keys.instance(i.name), value: encodeInstance(i) }));
+      const ops: Op[] = made.map(({ instance, value }) => ({ type: "put", key: keys.instance(instance.name), value }));
+      const bytes = txnBytes(compares, ops);
+      if (bytes > MAX_TXN_BYTES)
+        throw invalid(
+          "instances",
+          `the ${n} instances are ${kib(bytes)} encoded; one call takes at most ${kib(MAX_TXN_BYTES)} (one etcd transaction): send fewer at a time`,
+        );
       for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
         const res = await creates.commit(compares, ops, hctx.signal);
         if (res.succeeded) {

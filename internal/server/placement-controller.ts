@@ -17,7 +17,7 @@ import { clone, create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { type Instance, InstanceSchema, InstanceStatusSchema, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { type Allocation, AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { GroupCommit, ifModRevision, keys } from "../../pkg/cluster/store/index.js";
+import { GroupCommit, ifModRevision, keys, MAX_TXN_BYTES, txnBytes } from "../../pkg/cluster/store/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
 import type { InformerEvent, Item } from "./informer.js";
@@ -162,14 +162,14 @@ export class PlacementController {
     let nextJob = 0;
     const worker = async () => {
       for (let job = jobs[nextJob++]; job; job = jobs[nextJob++]) {
-        for (let i = 0; i < job.names.length; i += MAX_BATCH) {
-          const names = job.names.slice(i, i + MAX_BATCH);
-          const { revision } = await this.placeBatch(job.node, names, byName, allocs, signal);
+        for (let i = 0; i < job.names.length; ) {
+          const { revision, count } = await this.placeBatch(job.node, job.names.slice(i, i + MAX_BATCH), byName, allocs, signal);
           if (!revision) {
             conflicts++;
             break; // the rest of this node's plan assumed this batch: replan
           }
-          placed += names.length;
+          placed += count;
+          i += count;
           lastRev = Math.max(lastRev, revision);
         }
       }
@@ -224,9 +224,10 @@ export class PlacementController {
   }
 
   /**
-   * Places `names` on `node` in one txn: every instance unchanged since we read it, the node's
-   * allocation unchanged, then each instance Scheduled with its assignment, and the allocation.
-   * Returns the revision written, or 0 when a compare failed (nothing written).
+   * Places the first of `names` on `node` in one txn: as many as fit in MAX_TXN_BYTES (at least
+   * one), each unchanged since we read it, the node's allocation unchanged, then each instance
+   * Scheduled with its assignment, and the allocation. Returns the revision written and how many
+   * it placed, or revision 0 when a compare failed (nothing written).
    */
   private async placeBatch(
     node: string,
@@ -234,7 +235,7 @@ export class PlacementController {
     byName: Map<string, { instance: Instance; rev: number }>,
     allocs: Map<string, { alloc: Allocation; rev: number }>,
     signal: AbortSignal,
-  ): Promise<{ revision: number }> {
+  ): Promise<{ revision: number; count: number }> {
     let a = allocs.get(node);
     if (!a) {
       // The first batch for this node in this pass: start from the informer's copy.
@@ -245,25 +246,35 @@ export class PlacementController {
     const now = timestampNow();
     const compares = [ifModRevision(keys.allocation(node), a.rev)];
     const puts: { type: "put"; key: string; value: Uint8Array }[] = [];
+    // The allocation: its key compared and written, and its value, which grows by under 64 bytes
+    // an instance.
+    let bytes = 2 * keys.allocation(node).length + encodeAllocation(alloc).length + 64 * names.length;
+    let count = 0;
     for (const name of names) {
       const { instance, rev } = byName.get(name)!;
       const next = clone(InstanceSchema, instance);
       next.status = create(InstanceStatusSchema, { phase: Phase.SCHEDULED, node, message: "", scheduledTime: now, updateTime: now });
+      const record = { type: "put" as const, key: keys.instance(name), value: encodeInstance(next) };
+      const assignment = { type: "put" as const, key: keys.assignment(node, name), value: encodeAssignment(next) };
+      const compare = ifModRevision(keys.instance(name), rev);
+      const weight = txnBytes([compare], [record, assignment]);
+      if (count > 0 && bytes + weight > MAX_TXN_BYTES) break; // the next batch takes the rest
+      bytes += weight;
+      count++;
       alloc.instances[instance.uid] = requestOf(instance);
-      compares.push(ifModRevision(keys.instance(name), rev));
-      puts.push({ type: "put", key: keys.instance(name), value: encodeInstance(next) });
-      puts.push({ type: "put", key: keys.assignment(node, name), value: encodeAssignment(next) });
+      compares.push(compare);
+      puts.push(record, assignment);
     }
     puts.push({ type: "put", key: keys.allocation(node), value: encodeAllocation(alloc) });
     const res = await this.commits.commit(compares, puts, signal);
     if (!res.succeeded) {
       metrics.placementConflicts.inc();
-      return { revision: 0 };
+      return { revision: 0, count: 0 };
     }
     // The next batch for this node compares against what we just wrote.
     allocs.set(node, { alloc, rev: res.revision });
-    metrics.placements.inc(names.length);
-    this.log.debug({ node, instances: names }, "placed");
-    return { revision: res.revision };
+    metrics.placements.inc(count);
+    this.log.debug({ node, instances: names.slice(0, count) }, "placed");
+    return { revision: res.revision, count };
   }
 }

@@ -354,6 +354,48 @@ for (const kind of ["embedded", "etcd"] as const)
       for (const name of names) assert.equal(await store.get(keys.instance(name)), undefined, `${name} deleted`);
     });
 
+    it("refuses instances too big for a store write, and places big ones in txns etcd takes", async () => {
+      /** An env of `entries` values of 4,000 bytes: about 4 KB an entry once encoded. */
+      const env = (entries: number) => Object.fromEntries(Array.from({ length: entries }, (_, i) => [`E${i}`, "x".repeat(4000)]));
+      const spec = (entries: number) => ({ driver: "mock", vcpus: 1, memoryMib: 64n, env: env(entries), nodeSelector: { pool: "bulky" } });
+      const revision = await store.revision();
+      await assert.rejects(instances.createInstance({ name: "huge", spec: spec(150) }), (e: unknown) => {
+        const err = ConnectError.from(e);
+        assert.equal(err.code, Code.InvalidArgument);
+        assert.match(err.rawMessage, /^spec: the instance is \d+ KiB encoded; at most 512 KiB allowed/);
+        return true;
+      });
+      await assert.rejects(
+        instances.createInstances({ instances: ["b-0", "b-1", "b-2"].map((name) => ({ name, spec: spec(90) })) }),
+        (e: unknown) => {
+          const err = ConnectError.from(e);
+          assert.equal(err.code, Code.InvalidArgument);
+          assert.match(err.rawMessage, /^instances: the 3 instances are \d+ KiB encoded; one call takes at most 1024 KiB/);
+          return true;
+        },
+      );
+      assert.equal(await store.revision(), revision, "nothing written");
+
+      // Four of 360 KB, Pending until their node comes, then placed on it in one pass: written
+      // twice each (record and assignment), they are 2.9 MB, more than etcd takes in one txn.
+      const names = ["bulky-0", "bulky-1", "bulky-2", "bulky-3"];
+      for (const name of names) await instances.createInstance({ name, spec: spec(90) });
+      await addNode(store, "bulky-node", 8, 8192, { pool: "bulky" });
+      try {
+        for (const name of names)
+          await until(`${name} placed`, async () => (await instances.getInstance({ name })).instance?.status?.node === "bulky-node");
+        for (const name of names) assert.ok(await store.get(keys.assignment("bulky-node", name)), `${name} assigned`);
+      } finally {
+        // Play the agent's part, then take the node away: the later tests count two nodes.
+        for (const name of names) await instances.deleteInstance({ name });
+        for (const name of names) await store.delete(keys.assignment("bulky-node", name));
+        for (const name of names) await until(`${name} removed`, async () => (await store.get(keys.instance(name))) === undefined);
+        await store.delete(keys.alive("bulky-node"));
+        await store.delete(keys.node("bulky-node"));
+        await store.delete(keys.allocation("bulky-node"));
+      }
+    });
+
     it("places by taints, requirements and anti-affinity, and explains every node's verdict", async () => {
       await addNode(store, "gpu-1", 8, 8192, { zone: "a" }, { taints: [{ key: "gpu", value: "", effect: TaintEffect.NO_SCHEDULE }] });
       await addNode(store, "zb-1", 8, 8192, { zone: "b" }, { reserved: { vcpus: 6, memoryMib: 0n, diskGib: 0n } });

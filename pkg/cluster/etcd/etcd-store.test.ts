@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { startEtcd, type EtcdProcess } from "../../../test/support/etcd.js";
 import { runStoreConformance } from "../store/conformance.js";
-import { StoreUnavailableError, type Store } from "../store/index.js";
+import { StoreError, StoreUnavailableError, type Store } from "../store/index.js";
 import { openEtcdStore } from "./etcd-store.js";
 
 let etcd: EtcdProcess | undefined;
@@ -129,6 +129,25 @@ describe("etcd store ranges over large prefixes", () => {
         names.map((k) => [`/paged/x/${k}`, 0]),
       );
       await assert.rejects(openEtcdStore({ endpoints: [own.endpoint], rangePage: 0 }), /rangePage: 0 is not a positive integer/);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("refuses a write too big for etcd as a plain error, and stays usable", async () => {
+    // etcd takes 1.5 MiB a request. Counted as a host failure, the refusal used to be retried and
+    // then open the client's circuit breaker: every call failed for five seconds after it.
+    const store = await openEtcdStore({ endpoints: [own.endpoint] });
+    try {
+      const err = await store.put("/too/big", new Uint8Array(3 * 1024 * 1024)).then(
+        () => assert.fail("etcd took a 3 MiB value"),
+        (e: unknown) => e,
+      );
+      assert.ok(err instanceof StoreError && !(err instanceof StoreUnavailableError), String(err));
+      assert.match((err as Error).message, /larger than max|too large/);
+      for (let i = 0; i < 5; i++) assert.equal(await store.get("/too/big"), undefined);
+      await store.put("/too/small", new Uint8Array([1]));
+      assert.equal((await store.get("/too/small"))?.value.length, 1);
     } finally {
       await store.close();
     }

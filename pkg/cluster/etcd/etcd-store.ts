@@ -28,6 +28,7 @@ import {
   Etcd3,
   EtcdLeaseInvalidError,
   GRPCCancelledError,
+  GRPCResourceExhastedError,
   GRPCDeadlineExceededError,
   GRPCUnavailableError,
   type ICompare,
@@ -120,11 +121,17 @@ export async function openEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore> 
  * row opened the breaker and refused every call for 5 s. Only real transport failures count here.
  */
 function faultHandling(): NonNullable<IOptions["faultHandling"]> {
-  const hostFailure = handleWhen((e) => isRecoverableError(e) && !(e instanceof GRPCCancelledError));
+  // A request too big for etcd (or an answer too big for us) says nothing of the host: retried
+  // and counted, it would open the breaker and fail every call for five seconds.
+  const hostFailure = handleWhen((e) => isRecoverableError(e) && !(e instanceof GRPCCancelledError) && !isTooLarge(e));
   return {
     host: () => circuitBreaker(hostFailure, { halfOpenAfter: 5_000, breaker: new ConsecutiveBreaker(3) }),
     global: retry(hostFailure, { maxAttempts: 3 }),
   };
+}
+
+function isTooLarge(e: Error): boolean {
+  return e instanceof GRPCResourceExhastedError && /larger than max|request is too large/.test(e.message);
 }
 
 const COMPARE_TARGET = { mod: CompareTarget.Mod, create: CompareTarget.Create, version: CompareTarget.Version } as const;
@@ -482,8 +489,8 @@ export class EtcdStore implements Store {
       return new LeaseNotFoundError(lease ?? "unknown");
     }
     if (message.includes("required revision has been compacted")) {
-      // Only compact() meets this on a unary call (we never range at a past revision); watches
-      // learn the compact revision from the response instead.
+      // compact() meets this, and a paged range whose revision was compacted between its pages
+      // (the informer relists); watches learn the compact revision from the response instead.
       return new CompactedError(0, 0);
     }
     // Stream errors arrive as raw gRPC errors (a numeric code), unary ones cast by etcd3; an open

@@ -71,6 +71,22 @@ for (const kind of ["embedded", "etcd"] as const)
       for (const k of ["a", "b", "c", "d"]) assert.equal(text((await store.get(`/g2/${k}`))?.value), `new ${k}`);
     });
 
+    it("keeps a shared txn within its byte budget; one bigger than the budget goes alone", async () => {
+      // 110 bytes a txn: each create below weighs 52 (its key compared, its key and value
+      // written: 6 + 6 + 40), so two fit, not three.
+      const g = new GroupCommit(counted, 1, 128, 110);
+      txns = 0;
+      const value = bytes("x".repeat(40));
+      const got = await Promise.all(Array.from({ length: 9 }, (_, i) => create(g, `/g7/k${i}`, value)));
+      assert.ok(got.every((r) => r.succeeded));
+      // The first alone (nothing was out), then the other eight two by two.
+      assert.equal(txns, 5);
+      const big = await create(g, "/g7/big", bytes("y".repeat(300)));
+      assert.ok(big.succeeded);
+      assert.equal((await store.get("/g7/big"))?.value.length, 300);
+      assert.equal((await store.range("/g7/")).kvs.length, 10);
+    });
+
     it("of concurrent creates of one key exactly one wins", async () => {
       const g = new GroupCommit(counted, 1);
       const got = await Promise.all(Array.from({ length: 6 }, (_, i) => create(g, "/g3/same", bytes(`v${i}`))));

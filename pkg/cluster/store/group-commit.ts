@@ -20,12 +20,18 @@ import type { Compare, Op, Store, TxnResult } from "./store.js";
  * Compares and writes per txn: etcd refuses more than --max-txn-ops (128 by default) of either.
  */
 const MAX_OPS = 128;
+/**
+ * Bytes (keys and values) per shared txn: etcd refuses a request above --max-request-bytes
+ * (1.5 MiB by default), and one too big for it would fail every member with it.
+ */
+export const MAX_TXN_BYTES = 1024 * 1024;
 /** Txns out at once before new ones queue up into batches. */
 const MAX_IN_FLIGHT = 4;
 
 interface Pending {
   compares: Compare[];
   ops: Op[];
+  bytes: number;
   resolve(r: TxnResult): void;
   reject(e: unknown): void;
   signal: AbortSignal | undefined;
@@ -40,6 +46,7 @@ export class GroupCommit {
     private readonly store: Store,
     private readonly maxInFlight = MAX_IN_FLIGHT,
     private readonly maxOps = MAX_OPS,
+    private readonly maxBytes = MAX_TXN_BYTES,
   ) {}
 
   /**
@@ -49,13 +56,15 @@ export class GroupCommit {
    */
   commit(compares: Compare[], ops: Op[], signal?: AbortSignal): Promise<TxnResult> {
     signal?.throwIfAborted();
+    const bytes = txnBytes(compares, ops);
     // Too big to share a txn, or a prefix delete (whose keys are unknown here): alone.
-    if (compares.length > this.maxOps || ops.length > this.maxOps || ops.some((o) => o.type === "deletePrefix"))
+    if (compares.length > this.maxOps || ops.length > this.maxOps || bytes > this.maxBytes || ops.some((o) => o.type === "deletePrefix"))
       return this.store.txn(compares, ops, [], signal ? { signal } : {});
     return new Promise<TxnResult>((resolve, reject) => {
       const p: Pending = {
         compares,
         ops,
+        bytes,
         resolve,
         reject,
         signal,
@@ -80,9 +89,10 @@ export class GroupCommit {
       const compared = new Set<string>();
       let compares = 0;
       let ops = 0;
+      let bytes = 0;
       for (let i = 0; i < this.queue.length;) {
         const p = this.queue[i]!;
-        if (compares + p.compares.length > this.maxOps || ops + p.ops.length > this.maxOps) break;
+        if (compares + p.compares.length > this.maxOps || ops + p.ops.length > this.maxOps || bytes + p.bytes > this.maxBytes) break;
         const writes = p.ops.map(keyOf);
         if (writes.some((k) => written.has(k) || compared.has(k)) || p.compares.some((c) => written.has(c.key))) {
           i++; // touches a key another in this batch writes (or compares and we write): next batch
@@ -92,6 +102,7 @@ export class GroupCommit {
         for (const c of p.compares) compared.add(c.key);
         compares += p.compares.length;
         ops += p.ops.length;
+        bytes += p.bytes;
         batch.push(p);
         this.queue.splice(i, 1);
       }
@@ -133,6 +144,14 @@ export class GroupCommit {
       }),
     );
   }
+}
+
+/** What a txn's compares and writes weigh in a request: their keys and values. */
+export function txnBytes(compares: readonly Compare[], ops: readonly Op[]): number {
+  let n = 0;
+  for (const c of compares) n += c.key.length;
+  for (const o of ops) n += o.type === "put" ? o.key.length + o.value.length : keyOf(o).length;
+  return n;
 }
 
 function keyOf(o: Op): string {

@@ -17,4 +17,4 @@ export { ifAbsent, ifModRevision, ifPresent } from "./store.js";
 export { CompactedError, LeaseNotFoundError, StoreError, StoreUnavailableError } from "./errors.js";
 export { keys, baseName, parseAssignmentKey, ROOT, RESERVED_LABEL_PREFIX, RESTART_LABEL, STOP_TIMEOUT_LABEL } from "./keys.js";
 export { EmbeddedStore, openEmbeddedStore, type EmbeddedStoreOptions } from "./embedded.js";
-export { GroupCommit } from "./group-commit.js";
+export { GroupCommit, MAX_TXN_BYTES, txnBytes } from "./group-commit.js";

@@ -97,7 +97,10 @@ try {
       env,
     );
     procs.push(proc);
-    const client = createClient(InstanceService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "2", useBinaryFormat: true }));
+    const client = createClient(
+      InstanceService,
+      createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "2", useBinaryFormat: true }),
+    );
     // Warn level prints no "listening" line: wait for the port instead.
     await until("the server", () => client.listInstances({ filter: { labelSelector: "probe=none" } }).then(() => true), 60_000, 200);
     return { proc, api: client };

@@ -145,7 +145,10 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
     });
     const value = encodeInstance(instance);
     if (value.length > MAX_INSTANCE_BYTES)
-      throw invalid("spec", `the instance is ${kib(value.length)} encoded; at most ${kib(MAX_INSTANCE_BYTES)} allowed (env, config, command and args count)`);
+      throw invalid(
+        "spec",
+        `the instance is ${kib(value.length)} encoded; at most ${kib(MAX_INSTANCE_BYTES)} allowed (env, config, command and args count)`,
+      );
     return { instance, value };
   }
 

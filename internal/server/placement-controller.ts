@@ -162,7 +162,7 @@ export class PlacementController {
     let nextJob = 0;
     const worker = async () => {
       for (let job = jobs[nextJob++]; job; job = jobs[nextJob++]) {
-        for (let i = 0; i < job.names.length; ) {
+        for (let i = 0; i < job.names.length;) {
           const { revision, count } = await this.placeBatch(job.node, job.names.slice(i, i + MAX_BATCH), byName, allocs, signal);
           if (!revision) {
             conflicts++;

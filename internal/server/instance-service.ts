@@ -41,7 +41,7 @@ import { AsyncQueue } from "./async-queue.js";
 import type { ServerContext } from "./context.js";
 import { nodeView, placedViews, placementRequest } from "./placement-input.js";
 import { agentEndpoint, decodeInstance, encodeAssignment, encodeInstance, merged, mergedNode, mergedPhase, phaseName } from "./records.js";
-import { verdicts } from "./scheduler.js";
+import { labelsMatch, verdicts } from "./scheduler.js";
 import { RESTART_LABEL, invalid, parseLabelSelector, prefixed, show, validateLabels, validateName, validateSpec } from "./validate.js";
 
 export { STOP_TIMEOUT_LABEL };
@@ -56,18 +56,19 @@ export const MAX_INSTANCE_BYTES = 512 * 1024;
 
 const kib = (bytes: number) => `${Math.ceil(bytes / 1024)} KiB`;
 
+/** A list or watch filter, over an instance's record and its agent's status (nothing copied). */
 interface Matcher {
-  (i: Instance): boolean;
+  (instance: Instance, status: Instance | undefined): boolean;
 }
 
 function matcher(filter: InstanceFilter | undefined): Matcher {
   const labels = parseLabelSelector("filter.label_selector", filter?.labelSelector ?? "");
   const node = filter?.node ?? "";
   const phase = filter?.phase ?? Phase.UNSPECIFIED;
-  return (i) =>
-    Object.entries(labels).every(([k, v]) => i.labels[k] === v) &&
-    (node === "" || i.status?.node === node) &&
-    (phase === Phase.UNSPECIFIED || i.status?.phase === phase);
+  return (i, status) =>
+    labelsMatch(i.labels, labels) &&
+    (phase === Phase.UNSPECIFIED || mergedPhase(i, status) === phase) &&
+    (node === "" || mergedNode(i, status) === node);
 }
 
 export function instanceService(ctx: ServerContext): ServiceImpl<typeof InstanceService> {
@@ -98,9 +99,10 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       const next = clone(InstanceSchema, instance);
       if (!change(next, current)) return current;
       next.generation = instance.generation + 1n;
-      const ops: Op[] = [{ type: "put", key: keys.instance(name), value: encodeInstance(next) }];
+      const value = encodeInstance(next);
+      const ops: Op[] = [{ type: "put", key: keys.instance(name), value }];
       const node = next.status?.node ?? "";
-      if (node !== "") ops.push({ type: "put", key: keys.assignment(node, name), value: encodeAssignment(next) });
+      if (node !== "") ops.push({ type: "put", key: keys.assignment(node, name), value: encodeAssignment(value) });
       const res = await store.txn([ifModRevision(keys.instance(name), rev)], ops, [], { signal });
       if (res.succeeded) return view(next, signal);
     }
@@ -239,10 +241,8 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
     // From the informers, not etcd: a list of 10,000 instances would otherwise read and decode
     // them all on every call. It waits until they have caught up with this server's own writes.
     async listInstances(req, hctx) {
+      const match = matcher(req.filter);
       const { instances: specs, statuses } = ctx.informers;
-      const labels = Object.entries(parseLabelSelector("filter.label_selector", req.filter?.labelSelector ?? ""));
-      const node = req.filter?.node ?? "";
-      const phase = req.filter?.phase ?? Phase.UNSPECIFIED;
       await Promise.all([
         specs.waitForRevision(ctx.writtenAt(keys.instances), hctx.signal),
         statuses.waitForRevision(ctx.writtenAt(keys.statuses), hctx.signal),
@@ -250,12 +250,9 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       // Filtered before anything is copied: a web page polling a selective list over 30,000
       // instances should cost a scan, not 30,000 copies.
       const instances: Instance[] = [];
-      outer: for (const { value: i } of specs.items.values()) {
-        for (const [k, v] of labels) if (i.labels[k] !== v) continue outer;
+      for (const { value: i } of specs.items.values()) {
         const status = statuses.get(keys.status(i.name))?.value;
-        if (phase !== Phase.UNSPECIFIED && mergedPhase(i, status) !== phase) continue;
-        if (node !== "" && mergedNode(i, status) !== node) continue;
-        instances.push(merged(i, status));
+        if (match(i, status)) instances.push(merged(i, status));
       }
       instances.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
       return { instances };
@@ -286,11 +283,12 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
         const next = clone(InstanceSchema, instance);
         next.deleteTime = timestampNow();
         next.generation = instance.generation + 1n;
+        const value = encodeInstance(next);
         const res = await store.txn(
           [ifModRevision(keys.instance(req.name), rev)],
           [
-            { type: "put", key: keys.instance(req.name), value: encodeInstance(next) },
-            { type: "put", key: keys.assignment(node, req.name), value: encodeAssignment(next) },
+            { type: "put", key: keys.instance(req.name), value },
+            { type: "put", key: keys.assignment(node, req.name), value: encodeAssignment(value) },
           ],
           [],
           { signal: hctx.signal },
@@ -395,14 +393,16 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       const { instances, statuses } = ctx.informers;
       const queue = new AsyncQueue<WatchInstancesResponse>();
       const sent = new Map<string, Instance>();
+      /** The instance as the watcher should see it now, or undefined when it does not match. */
       const current = (name: string): Instance | undefined => {
         const i = instances.get(keys.instance(name))?.value;
-        return i ? merged(i, statuses.get(keys.status(name))?.value) : undefined;
+        const status = statuses.get(keys.status(name))?.value;
+        return i && match(i, status) ? merged(i, status) : undefined;
       };
       const update = (name: string) => {
         const now = current(name);
         const before = sent.get(name);
-        if (now && match(now)) {
+        if (now) {
           if (before && equals(InstanceSchema, before, now)) return;
           sent.set(name, now);
           queue.push(create(WatchInstancesResponseSchema, { type: before ? EventType.MODIFIED : EventType.ADDED, instance: now }));

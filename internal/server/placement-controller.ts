@@ -35,6 +35,8 @@ const MAX_BATCH = 40;
  * An idle controller places at once: only back-to-back passes wait.
  */
 const PASS_INTERVAL_MS = 20;
+/** An upper bound on one instance's entry in a node's Allocation record (uid and resources). */
+const ALLOCATION_ENTRY_BYTES = 64;
 /** Instances one pass schedules at most (oldest first). */
 const MAX_PER_PASS = 1000;
 /**
@@ -246,16 +248,15 @@ export class PlacementController {
     const now = timestampNow();
     const compares = [ifModRevision(keys.allocation(node), a.rev)];
     const puts: { type: "put"; key: string; value: Uint8Array }[] = [];
-    // The allocation: its key compared and written, and its value, which grows by under 64 bytes
-    // an instance.
-    let bytes = 2 * keys.allocation(node).length + encodeAllocation(alloc).length + 64 * names.length;
+    // The allocation: its key compared and written, and its value, under 64 bytes an instance.
+    let bytes = 2 * keys.allocation(node).length + ALLOCATION_ENTRY_BYTES * (Object.keys(alloc.instances).length + names.length);
     let count = 0;
     for (const name of names) {
       const { instance, rev } = byName.get(name)!;
       const next = clone(InstanceSchema, instance);
       next.status = create(InstanceStatusSchema, { phase: Phase.SCHEDULED, node, message: "", scheduledTime: now, updateTime: now });
       const record = { type: "put" as const, key: keys.instance(name), value: encodeInstance(next) };
-      const assignment = { type: "put" as const, key: keys.assignment(node, name), value: encodeAssignment(next) };
+      const assignment = { type: "put" as const, key: keys.assignment(node, name), value: encodeAssignment(record.value) };
       const compare = ifModRevision(keys.instance(name), rev);
       const weight = txnBytes([compare], [record, assignment]);
       if (count > 0 && bytes + weight > MAX_TXN_BYTES) break; // the next batch takes the rest

@@ -3,8 +3,15 @@
  * record with the status record its agent writes. All values are protobuf binary (api/gen).
  */
 import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
-import { type Instance, InstanceSchema, InstanceStatusSchema, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import {
+  type Instance,
+  InstanceSchema,
+  type InstanceStatus,
+  InstanceStatusSchema,
+  Phase,
+} from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { type Node, NodeSchema, type Resources, ResourcesSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
 import {
   type AgentEndpoint,
@@ -23,9 +30,14 @@ export const encodeInstance = (i: Instance): Uint8Array => toBinary(InstanceSche
 export const encodeNode = (n: Node): Uint8Array => toBinary(NodeSchema, n);
 export const encodeAllocation = (a: Allocation): Uint8Array => toBinary(AllocationSchema, a);
 
-export function encodeAssignment(instance: Instance): Uint8Array {
-  return toBinary(AssignmentSchema, create(AssignmentSchema, { instance }));
+/**
+ * An Assignment holding the instance `encodeInstance` gave: its one field is the instance as a
+ * length-delimited field, so the bytes are wrapped, not encoded a second time.
+ */
+export function encodeAssignment(instance: Uint8Array): Uint8Array {
+  return new BinaryWriter().tag(ASSIGNMENT_INSTANCE_FIELD, WireType.LengthDelimited).bytes(instance).finish();
 }
+const ASSIGNMENT_INSTANCE_FIELD = AssignmentSchema.field.instance.number;
 
 /**
  * The instance as users see it: the spec record, with the agent's status when the agent has
@@ -33,12 +45,19 @@ export function encodeAssignment(instance: Instance): Uint8Array {
  */
 export function merged(instance: Instance, status: Instance | undefined): Instance {
   const out = clone(InstanceSchema, instance);
-  if (status && status.uid === instance.uid && status.status && status.status.phase !== Phase.UNSPECIFIED) {
-    out.status = clone(InstanceStatusSchema, status.status);
+  const st = reported(instance, status);
+  if (st) {
+    out.status = clone(InstanceStatusSchema, st);
     if (!out.status.node) out.status.node = instance.status?.node ?? "";
     if (!out.status.scheduledTime && instance.status?.scheduledTime) out.status.scheduledTime = instance.status.scheduledTime;
   }
   return out;
+}
+
+/** The agent's status of this very instance (same uid, a phase set), if it has reported one. */
+function reported(instance: Instance, status: Instance | undefined): InstanceStatus | undefined {
+  const st = status?.uid === instance.uid ? status.status : undefined;
+  return st && st.phase !== Phase.UNSPECIFIED ? st : undefined;
 }
 
 /** "Running" for Phase.RUNNING. */
@@ -49,14 +68,12 @@ export function phaseName(p: Phase): string {
 
 /** The phase `merged(instance, status)` would show, without copying anything. */
 export function mergedPhase(instance: Instance, status: Instance | undefined): Phase {
-  const reported = status && status.uid === instance.uid ? (status.status?.phase ?? Phase.UNSPECIFIED) : Phase.UNSPECIFIED;
-  return reported !== Phase.UNSPECIFIED ? reported : (instance.status?.phase ?? Phase.UNSPECIFIED);
+  return reported(instance, status)?.phase ?? instance.status?.phase ?? Phase.UNSPECIFIED;
 }
 
 /** The node `merged(instance, status)` would show, without copying anything. */
 export function mergedNode(instance: Instance, status: Instance | undefined): string {
-  const reported = status && status.uid === instance.uid && status.status && status.status.phase !== Phase.UNSPECIFIED;
-  return (reported ? status.status!.node : "") || (instance.status?.node ?? "");
+  return reported(instance, status)?.node || (instance.status?.node ?? "");
 }
 
 export function instancePhase(i: Instance): Phase {

@@ -79,6 +79,15 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
       algorithm: listen.algorithm,
       consoleTicketTtlMs: c.consoleTicketTtl * 1000,
       consoleLocalDirect: c.consoleLocalDirect,
+      limits: {
+        headerTimeoutMs: c.headerTimeout * 1000,
+        requestTimeoutMs: c.requestReadTimeout * 1000,
+        idleTimeoutMs: c.idleTimeout * 1000,
+        pingIntervalMs: c.keepaliveInterval * 1000,
+        pingTimeoutMs: c.keepaliveTimeout * 1000,
+        maxConcurrentStreams: c.maxConcurrentStreams,
+      },
+      unaryTimeoutMs: c.unaryTimeout * 1000,
       controllers: c.controllers,
       haGraceMs: c.haGracePeriod * 1000,
       // The web UI (dist/ui, built by make build) for every path the API does not answer.
@@ -122,6 +131,11 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
     log.info({ config: loaded.file ?? "(none)", store: c.store, dev: c.dev }, "server running");
     await untilAborted(signal);
     log.info("stopping");
+    // Whatever clients, drivers or the store do, a stop takes at most shutdown-timeout.
+    setTimeout(() => {
+      log.error({ shutdownTimeout: c.shutdownTimeout }, "clean stop took too long: exiting anyway");
+      process.exit(1);
+    }, c.shutdownTimeout * 1000).unref();
     return 0;
   } catch (e) {
     if (signal.aborted) return 0;

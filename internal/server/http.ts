@@ -3,8 +3,22 @@
  * the first bytes of a connection decide. The HTTP/2 client preface goes to the h2c server,
  * anything else to the HTTP/1.1 server; both share one request handler.
  *
- *   socket ──peek──► "PRI * HTTP/2.0" ? ──yes──► http2 server ──┐
- *                                      └─no───► http1 server ──┴──► handler(req, res)
+ *   socket ──bytes──► prefix of "PRI * HTTP/2.0…" ? ──whole preface──► http2 server ──┐
+ *     │                  │                         └──differs──────► http1 server ──┴──► handler
+ *     │                  └─ too few bytes: wait for more (never spin), until headerTimeout
+ *     └─ no byte or no decision within headerTimeout ──► destroyed
+ *
+ * Every connection is bounded in time, whatever the client does (the limits, with nginx's and
+ * Envoy's names for the same thing, are in ConnectionLimits and configs/server.yaml):
+ *   - detecting the protocol and receiving a request's headers: headerTimeout
+ *     (nginx client_header_timeout; Node's headersTimeout);
+ *   - receiving a whole HTTP/1.1 request: requestTimeout (Node's requestTimeout);
+ *   - a connection with no request in flight: idleTimeout (nginx keepalive_timeout; Envoy's
+ *     idle_timeout), for HTTP/1.1 keep-alive and for HTTP/2 sessions with no open stream;
+ *   - an HTTP/2 peer that stops answering PINGs: pingTimeout after a ping sent every pingInterval
+ *     (gRPC keepalive), so a dead watcher's session is closed;
+ *   - at most maxConcurrentStreams streams per HTTP/2 session (nginx http2_max_concurrent_streams).
+ * Unary calls have their own deadline in the server's interceptor (requestDeadline).
  */
 import * as http from "node:http";
 import * as http2 from "node:http2";
@@ -17,6 +31,31 @@ export type Handler = ReturnType<typeof connectNodeAdapter>;
 
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
+/** Per-connection bounds; every one has a default an operator of nginx or Envoy would expect. */
+export interface ConnectionLimits {
+  /** Protocol detection and each request's headers must arrive within this (default 60 s). */
+  headerTimeoutMs: number;
+  /** A whole HTTP/1.1 request (headers and body) must arrive within this (default 300 s). */
+  requestTimeoutMs: number;
+  /** A connection with nothing in flight is closed after this (default 75 s). */
+  idleTimeoutMs: number;
+  /** HTTP/2: a PING every this often while the session lives (default 60 s)… */
+  pingIntervalMs: number;
+  /** …and the session is closed if its answer takes longer than this (default 20 s). */
+  pingTimeoutMs: number;
+  /** HTTP/2 streams open at once per session (default 128). */
+  maxConcurrentStreams: number;
+}
+
+export const DEFAULT_LIMITS: ConnectionLimits = {
+  headerTimeoutMs: 60_000,
+  requestTimeoutMs: 300_000,
+  idleTimeoutMs: 75_000,
+  pingIntervalMs: 60_000,
+  pingTimeoutMs: 20_000,
+  maxConcurrentStreams: 128,
+};
+
 export interface Listening {
   host: string;
   port: number;
@@ -26,40 +65,54 @@ export interface Listening {
 /** WebSocket and other HTTP/1.1 upgrades (consoles). */
 export type UpgradeHandler = (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => void;
 
-export async function listen(host: string, port: number, handler: Handler, onUpgrade?: UpgradeHandler): Promise<Listening> {
-  const h1 = http.createServer(handler as http.RequestListener);
+export async function listen(
+  host: string,
+  port: number,
+  handler: Handler,
+  onUpgrade?: UpgradeHandler,
+  limits: Partial<ConnectionLimits> = {},
+): Promise<Listening> {
+  const lim = { ...DEFAULT_LIMITS, ...limits };
+  const h1 = http.createServer(
+    {
+      headersTimeout: lim.headerTimeoutMs,
+      requestTimeout: lim.requestTimeoutMs,
+      // The checks of the two above run on this period; at most a second late.
+      connectionsCheckingInterval: Math.min(1000, lim.headerTimeoutMs),
+    },
+    handler as http.RequestListener,
+  );
+  h1.keepAliveTimeout = lim.idleTimeoutMs;
+  // Node starts its header and request timeout checks when a server listens; this one is handed
+  // sockets by the router below and never listens itself, so start them here.
+  h1.emit("listening");
   h1.on("upgrade", (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
     if (onUpgrade) onUpgrade(req, socket, head);
     else socket.destroy();
   });
-  const h2 = http2.createServer({}, handler as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void);
-  // Streaming watches stay open for long: no idle timeouts on our side.
-  h1.keepAliveTimeout = 65_000;
-  h1.requestTimeout = 0;
+  const h2 = http2.createServer(
+    { settings: { maxConcurrentStreams: lim.maxConcurrentStreams } },
+    handler as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void,
+  );
   const sockets = new Set<net.Socket>();
   const h2Sessions = new Set<http2.ServerHttp2Session>();
   h2.on("session", (s) => {
     h2Sessions.add(s);
-    s.on("close", () => h2Sessions.delete(s));
+    const stop = boundSession(s, lim);
+    s.on("close", () => {
+      stop();
+      h2Sessions.delete(s);
+    });
   });
 
   const server = net.createServer((socket) => {
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
-    socket.once("readable", function route() {
-      const head: Buffer | null = socket.read(Math.min(PREFACE.length, socket.readableLength)) as Buffer | null;
-      if (!head) {
-        socket.once("readable", route);
-        return;
-      }
-      socket.unshift(head);
-      const isH2 = PREFACE.subarray(0, head.length).equals(head);
-      if (isH2 && head.length < PREFACE.length) {
-        // Partial preface: wait for the rest before deciding.
-        socket.once("readable", route);
-        return;
-      }
+    route(socket, lim.headerTimeoutMs, (isH2) => {
       (isH2 ? h2 : h1).emit("connection", socket);
+      // The HTTP/2 session reads the bytes put back itself; the HTTP/1.1 parser takes them as
+      // data events, which a paused socket does not emit.
+      if (!isH2) socket.resume();
     });
   });
 
@@ -77,10 +130,73 @@ export async function listen(host: string, port: number, handler: Handler, onUpg
     async close() {
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
-        for (const s of h2Sessions) s.close();
+        for (const s of h2Sessions) s.destroy();
         h1.closeAllConnections();
         for (const s of sockets) s.destroy();
       });
+      // Stops the header and request timeout checks started above (the server never listened).
+      h1.close(() => undefined);
     },
+  };
+}
+
+/**
+ * Reads a new connection's first bytes until they decide the protocol, then hands the socket,
+ * with those bytes put back, to `decided`. Waits for data events (a client that sends "PRI" and
+ * stops leaves the event loop free), and destroys a socket undecided after `timeoutMs`.
+ */
+function route(socket: net.Socket, timeoutMs: number, decided: (isH2: boolean) => void): void {
+  let head: Buffer = Buffer.alloc(0);
+  const timer = setTimeout(() => socket.destroy(), timeoutMs);
+  const done = (): void => {
+    clearTimeout(timer);
+    socket.off("data", onData);
+    socket.off("close", done);
+  };
+  const onData = (chunk: Buffer): void => {
+    head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+    const n = Math.min(head.length, PREFACE.length);
+    const isH2 = PREFACE.subarray(0, n).equals(head.subarray(0, n));
+    if (isH2 && n < PREFACE.length) return; // a partial preface: wait for the rest
+    done();
+    socket.pause();
+    socket.unshift(head);
+    decided(isH2);
+  };
+  socket.on("data", onData);
+  socket.once("close", done);
+}
+
+/**
+ * Closes an HTTP/2 session that has had no open stream for idleTimeout, or that did not answer a
+ * PING within pingTimeout. Returns the function that stops the timers.
+ */
+function boundSession(s: http2.ServerHttp2Session, lim: ConnectionLimits): () => void {
+  let open = 0;
+  let idle: NodeJS.Timeout | undefined;
+  const armIdle = (): void => {
+    clearTimeout(idle);
+    idle = setTimeout(() => s.close(), lim.idleTimeoutMs);
+  };
+  armIdle();
+  s.on("stream", (stream: http2.ServerHttp2Stream) => {
+    open++;
+    clearTimeout(idle);
+    stream.once("close", () => {
+      if (--open === 0 && !s.closed) armIdle();
+    });
+  });
+  const pinger = setInterval(() => {
+    if (s.closed || s.destroyed) return;
+    const deadline = setTimeout(() => s.destroy(), lim.pingTimeoutMs);
+    const sent = s.ping((err) => {
+      clearTimeout(deadline);
+      if (err && !s.destroyed) s.destroy();
+    });
+    if (!sent) clearTimeout(deadline);
+  }, lim.pingIntervalMs);
+  return () => {
+    clearTimeout(idle);
+    clearInterval(pinger);
   };
 }

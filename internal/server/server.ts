@@ -26,7 +26,7 @@ import { clusterService } from "./cluster-service.js";
 import { imageService } from "./image-service.js";
 import type { Informers, ServerContext } from "./context.js";
 import { GcController } from "./gc-controller.js";
-import { listen, type Listening } from "./http.js";
+import { type ConnectionLimits, listen, type Listening } from "./http.js";
 import { Informer } from "./informer.js";
 import { instanceService } from "./instance-service.js";
 import { metrics, registry, setInstanceSource } from "./metrics.js";
@@ -62,10 +62,17 @@ export interface ServerOptions {
   haGraceMs?: number;
   /** Dial the VNC server of a VM whose agent is on this machine directly (default true); false: always through the agent. */
   consoleLocalDirect?: boolean;
+  /** Bounds on every connection (protocol detection, headers, idle, HTTP/2 pings and streams). */
+  limits?: Partial<ConnectionLimits>;
+  /** How long a unary call may run (default 60 s); a client's own shorter deadline wins. */
+  unaryTimeoutMs?: number;
   /** Serves paths the API does not (the web UI). */
   fallback?: NodeHandlerFn;
   log?: Logger;
 }
+
+/** A unary call's longest run when the server is not told otherwise (nginx proxy_read_timeout). */
+export const DEFAULT_UNARY_TIMEOUT_MS = 60_000;
 
 export interface Leadership {
   run(signal: AbortSignal, lead: (signal: AbortSignal) => Promise<void>): Promise<void>;
@@ -146,6 +153,7 @@ export class Server {
         handler(req, res);
       },
       (req, socket, head) => this.consoles.handleUpgrade(req, socket, head),
+      this.opts.limits,
     );
     setInstanceSource(() => instancesByPhase(this.ctx.informers));
     if (this.opts.controllers !== false) this.tasks.push(this.leaderLoop(signal));
@@ -198,7 +206,7 @@ export class Server {
     const labels = { service: req.service.typeName, method: req.method.name };
     const end = req.stream ? undefined : metrics.apiLatency.startTimer(labels);
     try {
-      const res = await next(req);
+      const res = req.stream ? await next(req) : await withDeadline(next, req, this.opts.unaryTimeoutMs ?? DEFAULT_UNARY_TIMEOUT_MS);
       metrics.apiRequests.inc({ ...labels, code: "ok" });
       return res;
     } catch (e) {
@@ -235,5 +243,26 @@ export class Server {
     if (this.opts.fallback) return this.opts.fallback(req, res);
     res.writeHead(404, { "content-type": "text/plain" });
     res.end("not found\n");
+  }
+}
+
+/**
+ * Runs a unary call under the server's deadline: the caller gets DeadlineExceeded when it passes,
+ * even if the handler is stuck, so no unary call holds a client or a stream slot forever. (The
+ * handler's own signal is Connect's and cannot be aborted from here; handlers bound their store
+ * calls themselves.)
+ */
+async function withDeadline(next: Parameters<Interceptor>[0], req: Parameters<Parameters<Interceptor>[0]>[0], ms: number) {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new ConnectError(`the call took longer than the server's limit of ${Math.round(ms / 1000)} s`, Code.DeadlineExceeded)),
+      ms,
+    );
+  });
+  try {
+    return await Promise.race([next(req), expired]);
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -14,7 +14,7 @@ import { parseDocument } from "yaml";
 
 export type Field =
   | { type: "string"; default: string; description: string; secret?: boolean }
-  | { type: "number"; default: number; description: string; integer?: boolean; min?: number }
+  | { type: "number"; default: number; description: string; integer?: boolean; min?: number; max?: number }
   | { type: "boolean"; default: boolean; description: string }
   | { type: "string[]"; default: string[]; description: string }
   | { type: "map"; default: Record<string, string>; description: string };
@@ -244,6 +244,7 @@ function fromString(f: Field, raw: string, where: string, key: string): unknown 
 function checkNumber(f: Extract<Field, { type: "number" }>, v: number, source: Source, key: string): void {
   if (f.integer && !Number.isInteger(v)) throw new ConfigError(`${key} (from ${source}): expected an integer, got ${v}`, key);
   if (f.min !== undefined && v < f.min) throw new ConfigError(`${key} (from ${source}): must be at least ${f.min}, got ${v}`, key);
+  if (f.max !== undefined && v > f.max) throw new ConfigError(`${key} (from ${source}): must be at most ${f.max}, got ${v}`, key);
 }
 
 const splitList = (s: string) =>

@@ -1,0 +1,129 @@
+// Connection bounds, against the real hypervisor-server binary (embedded store) in its own
+// process: a client that freezes the server's event loop must not also freeze the test.
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import * as http2 from "node:http2";
+import * as net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { binPath, freePort, Proc } from "../../test/support/procs.js";
+
+/** A raw TCP client that sends `bytes` and then nothing. */
+async function rawClient(port: number, bytes: string): Promise<net.Socket> {
+  const s = net.connect(port, "127.0.0.1");
+  await new Promise<void>((resolve, reject) => {
+    s.once("connect", resolve);
+    s.once("error", reject);
+  });
+  s.on("error", () => undefined);
+  if (bytes) s.write(bytes);
+  return s;
+}
+
+/** Resolves when the server has closed the socket (with what it sent before closing). */
+function closedByServer(s: net.Socket): Promise<string> {
+  let got = "";
+  s.on("data", (b: Buffer) => (got += b.toString()));
+  return new Promise((resolve) => (s.destroyed ? resolve(got) : s.once("close", () => resolve(got))));
+}
+
+/** GET /healthz with a bound: a frozen server fails it instead of hanging the test. */
+async function healthy(url: string): Promise<boolean> {
+  const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(15_000) });
+  return res.status === 200 && (await res.text()).startsWith("ok");
+}
+
+describe("connections: nothing a client sends can hold the server", () => {
+  let dir: string;
+  let server: Proc;
+  let port: number;
+  let url: string;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "hv-http-"));
+    port = await freePort();
+    url = `http://127.0.0.1:${port}`;
+    server = new Proc("server", [
+      binPath("hypervisor-server"),
+      "--store=embedded",
+      `--data-dir=${dir}`,
+      `--listen=127.0.0.1:${port}`,
+      // Short bounds so the test sees them act; the defaults are nginx's (configs/server.yaml).
+      "--header-timeout=2",
+      "--idle-timeout=3",
+      "--max-concurrent-streams=7",
+      "--shutdown-timeout=10",
+    ]);
+    await server.waitFor(/server running/);
+  });
+
+  after(async () => {
+    await server.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  for (const fragment of ["P", "PR", "PRI", "PRI * HTTP/2.0\r\n"])
+    it(`answers while a client holds a connection after sending ${JSON.stringify(fragment)}, and after it leaves`, async () => {
+      const s = await rawClient(port, fragment);
+      assert.equal(await healthy(url), true);
+      assert.equal(await healthy(url), true);
+      s.destroy();
+      assert.equal(await healthy(url), true);
+    });
+
+  it("closes a connection that sends nothing, or a partial preface, within header-timeout", async () => {
+    const silent = await rawClient(port, "");
+    const partial = await rawClient(port, "PRI * HT");
+    await Promise.all([closedByServer(silent), closedByServer(partial)]);
+    assert.equal(silent.destroyed && partial.destroyed, true);
+    assert.equal(await healthy(url), true);
+  });
+
+  it("closes a connection whose HTTP/1.1 headers stop half-way, with 408", async () => {
+    const s = await rawClient(port, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
+    const got = await closedByServer(s);
+    assert.match(got, /^HTTP\/1\.1 408 /);
+  });
+
+  it("closes an idle HTTP/1.1 keep-alive connection after idle-timeout", async () => {
+    const s = await rawClient(port, `GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+    const got = await closedByServer(s);
+    assert.match(got, /^HTTP\/1\.1 200 /);
+  });
+
+  it("advertises max-concurrent-streams and closes an HTTP/2 session with no stream after idle-timeout", async () => {
+    const session = http2.connect(url);
+    session.on("error", () => undefined);
+    const settings = await new Promise<http2.Settings>((resolve) => session.once("remoteSettings", resolve));
+    assert.equal(settings.maxConcurrentStreams, 7);
+    // One request, then nothing: the session must be closed by the server (GOAWAY), not by us.
+    const req = session.request({ ":path": "/healthz" });
+    req.resume();
+    await new Promise((resolve) => req.once("close", resolve));
+    await new Promise<void>((resolve) => session.once("close", () => resolve()));
+    assert.equal(session.closed || session.destroyed, true);
+  });
+
+  it("stops on SIGTERM within shutdown-timeout, whatever its clients hold", async () => {
+    const held = [await rawClient(port, "PRI"), await rawClient(port, "GET / HTTP/1.1\r\n")];
+    const watch = http2.connect(url);
+    watch.on("error", () => undefined);
+    const stream = watch.request({
+      ":method": "POST",
+      ":path": "/hypervisor.v1.InstanceService/WatchInstances",
+      "content-type": "application/connect+json",
+    });
+    stream.on("error", () => undefined);
+    stream.end(Buffer.from([0, 0, 0, 0, 2, 0x7b, 0x7d]));
+    await new Promise((resolve, reject) => {
+      stream.once("response", resolve);
+      setTimeout(() => reject(new Error("the watch did not answer")), 30_000).unref();
+    });
+    // Proc.stop sends SIGKILL after its grace, which would make the exit code null.
+    const code = await server.stop(60_000);
+    assert.equal(code, 0, server.tail());
+    for (const s of held) s.destroy();
+    watch.destroy();
+  });
+});

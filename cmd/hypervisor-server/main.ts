@@ -42,7 +42,7 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
     store = etcd;
   } else {
     try {
-      await mkdir(dataDir, { recursive: true });
+      await mkdir(dataDir, { recursive: true, mode: 0o700 });
       store = await openEmbeddedStore(join(dataDir, "store"));
     } catch (e) {
       log.error({ err: e, dataDir }, "cannot open the embedded store");
@@ -88,6 +88,7 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
         maxConcurrentStreams: c.maxConcurrentStreams,
       },
       unaryTimeoutMs: c.unaryTimeout * 1000,
+      origins: { allowedHosts: c.allowedHosts, allowedOrigins: c.allowedOrigins, desktopFrameAncestors: c.desktopFrameAncestors },
       controllers: c.controllers,
       haGraceMs: c.haGracePeriod * 1000,
       // The web UI (dist/ui, built by make build) for every path the API does not answer.

@@ -14,7 +14,7 @@
  * only needs a Store and drivers.
  */
 import { clone, create, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { mkdir } from "node:fs/promises";
+import { chmod, mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Node, NodeSchema, ResourcesSchema, TaintSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
@@ -139,7 +139,9 @@ export class Agent {
     if (this.started) throw new AgentError("agent already started");
     this.started = true;
     const s = signal ? AbortSignal.any([signal, this.ctl.signal]) : this.ctl.signal;
-    await mkdir(this.opts.dataDir, { recursive: true });
+    // Its state (driver handles, spooled uploads) is the node's own: no other user reads it.
+    await mkdir(this.opts.dataDir, { recursive: true, mode: 0o700 });
+    await chmod(this.opts.dataDir, 0o700);
     this.node = await this.fingerprint(s);
     await registerNode(this.opts.store, this.node, { signal: s });
     this.log.info({ drivers: this.node.drivers.map((d) => `${d.name}${d.healthy ? "" : " (unhealthy)"}`) }, "node registered");

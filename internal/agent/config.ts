@@ -22,7 +22,17 @@ export const agentSchema = {
   "etcd-cert-file": { type: "string", default: "", description: "client certificate (PEM) for etcd" },
   "etcd-key-file": { type: "string", default: "", description: "client key (PEM) for etcd" },
   "etcd-username": { type: "string", default: "", description: "etcd user; empty: no authentication" },
-  "etcd-password": { type: "string", default: "", description: "etcd password", secret: true },
+  "etcd-password": {
+    type: "string",
+    default: "",
+    description: "etcd password (config file or HYPERVISOR_ETCD_PASSWORD only: never a flag)",
+    secret: true,
+  },
+  "etcd-password-file": {
+    type: "string",
+    default: "",
+    description: "file whose first line is the etcd password (wins over etcd-password)",
+  },
   "heartbeat-ttl": {
     type: "number",
     default: 10,

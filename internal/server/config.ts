@@ -21,7 +21,17 @@ export const serverSchema = {
   "etcd-cert-file": { type: "string", default: "", description: "client certificate (PEM) for etcd" },
   "etcd-key-file": { type: "string", default: "", description: "client key (PEM) for etcd" },
   "etcd-username": { type: "string", default: "", description: "etcd user; empty: no authentication" },
-  "etcd-password": { type: "string", default: "", description: "etcd password", secret: true },
+  "etcd-password": {
+    type: "string",
+    default: "",
+    description: "etcd password (config file or HYPERVISOR_ETCD_PASSWORD only: never a flag)",
+    secret: true,
+  },
+  "etcd-password-file": {
+    type: "string",
+    default: "",
+    description: "file whose first line is the etcd password (wins over etcd-password)",
+  },
   "data-dir": { type: "string", default: "/var/lib/hypervisor/server", description: "embedded store (and --dev agent state)" },
   "scheduler-algorithm": { type: "string", default: "binpack", description: "placement: binpack (fill nodes first) or spread (even load)" },
   "server-id": { type: "string", default: "", description: "identity of this replica in leader election; empty: random per start" },
@@ -67,6 +77,22 @@ export const serverSchema = {
     type: "boolean",
     default: true,
     description: "dial the VNC server of a VM whose agent is on this machine (loopback endpoint) directly; false: always through the agent",
+  },
+  "allowed-hosts": {
+    type: "string[]",
+    default: [],
+    description:
+      "host names clients may address the server by (any IP address is accepted); empty: localhost names, this machine's hostname and the listen address",
+  },
+  "allowed-origins": {
+    type: "string[]",
+    default: [],
+    description: "origins (scheme://host:port) besides the server's own whose pages may call the API and open consoles",
+  },
+  "desktop-frame-ancestors": {
+    type: "string[]",
+    default: [],
+    description: "origins that may show the desktop page (/desktop/) in a frame, e.g. a VDI portal; empty: none",
   },
   "header-timeout": {
     type: "number",

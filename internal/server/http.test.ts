@@ -2,6 +2,7 @@
 // process: a client that freezes the server's event loop must not also freeze the test.
 import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
+import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
@@ -54,6 +55,8 @@ describe("connections: nothing a client sends can hold the server", () => {
       "--idle-timeout=3",
       "--max-concurrent-streams=7",
       "--shutdown-timeout=10",
+      "--allowed-origins=https://portal.example",
+      "--desktop-frame-ancestors=https://portal.example",
     ]);
     await server.waitFor(/server running/);
   });
@@ -103,6 +106,83 @@ describe("connections: nothing a client sends can hold the server", () => {
     await new Promise((resolve) => req.once("close", resolve));
     await new Promise<void>((resolve) => session.once("close", () => resolve()));
     assert.equal(session.closed || session.destroyed, true);
+  });
+
+  it("refuses a foreign Host (DNS rebinding) in every protocol, and serves IP literals and localhost", async () => {
+    const get = (path: string, headers: Record<string, string>, body?: string) =>
+      new Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }>((resolve, reject) => {
+        const req = http.request({ host: "127.0.0.1", port, path, method: body === undefined ? "GET" : "POST", headers }, (res) => {
+          let text = "";
+          res.on("data", (b: Buffer) => (text += b.toString()));
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text }));
+        });
+        req.on("error", reject);
+        req.end(body);
+      });
+    const rpc = "/hypervisor.v1.ClusterService/GetVersion";
+    const json = { "content-type": "application/json" };
+    const page = await get("/", { host: "rebind.example:7070" });
+    assert.equal(page.status, 403);
+    assert.match(page.body, /host "rebind\.example" is not in the server's allowed-hosts/);
+    const connect = await get(rpc, { ...json, host: "rebind.example" }, "{}");
+    assert.equal(connect.status, 403);
+    assert.equal((JSON.parse(connect.body) as { code: string }).code, "permission_denied");
+    const grpcWeb = await get(rpc, { "content-type": "application/grpc-web+proto", host: "rebind.example" }, "");
+    assert.equal(grpcWeb.headers["grpc-status"], "7");
+    for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`, "192.0.2.7"]) {
+      const ok = await get(rpc, { ...json, host }, "{}");
+      assert.equal(ok.status, 200, `${host}: ${ok.body}`);
+    }
+    // gRPC over HTTP/2 names the host in :authority.
+    const session = http2.connect(url);
+    session.on("error", () => undefined);
+    const stream = session.request({ ":method": "POST", ":path": rpc, ":authority": "rebind.example", "content-type": "application/grpc" });
+    const head = await new Promise<http2.IncomingHttpHeaders>((resolve) => stream.once("response", resolve));
+    stream.end();
+    session.close();
+    assert.equal(head["grpc-status"], "7");
+  });
+
+  it("refuses cross-site Origins on the API and the console WebSocket, and accepts its own and allowed-origins", async () => {
+    const call = (origin: string) =>
+      fetch(`${url}/hypervisor.v1.ClusterService/GetVersion`, {
+        method: "POST",
+        headers: { "content-type": "application/json", origin },
+        body: "{}",
+      });
+    assert.equal((await call("http://evil.example")).status, 403);
+    assert.equal((await call(`http://127.0.0.1:${port + 1}`)).status, 403);
+    assert.equal((await call("null")).status, 403);
+    assert.equal((await call(url)).status, 200);
+    assert.equal((await call("https://portal.example")).status, 200);
+    const upgrade = (origin: string) =>
+      new Promise<string>((resolve, reject) => {
+        const s = net.connect(port, "127.0.0.1", () =>
+          s.write(
+            `GET /console/x HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nOrigin: ${origin}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+          ),
+        );
+        let got = "";
+        s.on("data", (b: Buffer) => (got += b.toString()));
+        s.on("close", () => resolve(got));
+        s.on("error", reject);
+      });
+    const evil = await upgrade("http://evil.example");
+    assert.match(evil, /^HTTP\/1\.1 403 [^]*origin "http:\/\/evil\.example" is not this server's/);
+    // Its own origin passes the check and reaches the ticket check (this ticket does not exist).
+    assert.match(await upgrade(url), /^HTTP\/1\.1 403 [^]*console ticket unknown/);
+  });
+
+  it("sends nosniff, no-referrer and a CSP forbidding frames, except the desktop page's named framers", async () => {
+    const app = await fetch(`${url}/`);
+    assert.equal(app.headers.get("x-content-type-options"), "nosniff");
+    assert.equal(app.headers.get("referrer-policy"), "no-referrer");
+    assert.match(app.headers.get("content-security-policy") ?? "", /frame-ancestors 'none'/);
+    assert.match(app.headers.get("content-security-policy") ?? "", /script-src 'self'(;|$)/);
+    const desktop = await fetch(`${url}/desktop/`);
+    assert.match(desktop.headers.get("content-security-policy") ?? "", /frame-ancestors https:\/\/portal\.example(;|$)/);
+    assert.equal(desktop.headers.get("x-frame-options"), null);
   });
 
   it("stops on SIGTERM within shutdown-timeout, whatever its clients hold", async () => {

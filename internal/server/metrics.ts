@@ -18,6 +18,12 @@ export const metrics = {
     buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [registry],
   }),
+  refusedRequests: new Counter({
+    name: "hypervisor_api_refused_total",
+    help: "Requests refused before reaching a handler, by reason (origin: Host or Origin not allowed; limit: a per-client cap)",
+    labelNames: ["reason"] as const,
+    registers: [registry],
+  }),
   placements: new Counter({ name: "hypervisor_scheduler_placements_total", help: "Instances placed on a node", registers: [registry] }),
   placementConflicts: new Counter({
     name: "hypervisor_scheduler_conflicts_total",

@@ -27,6 +27,7 @@ import { imageService } from "./image-service.js";
 import type { Informers, ServerContext } from "./context.js";
 import { GcController } from "./gc-controller.js";
 import { type ConnectionLimits, listen, type Listening } from "./http.js";
+import { OriginPolicy, type OriginPolicyOptions } from "./origin-policy.js";
 import { Informer } from "./informer.js";
 import { instanceService } from "./instance-service.js";
 import { metrics, registry, setInstanceSource } from "./metrics.js";
@@ -66,6 +67,8 @@ export interface ServerOptions {
   limits?: Partial<ConnectionLimits>;
   /** How long a unary call may run (default 60 s); a client's own shorter deadline wins. */
   unaryTimeoutMs?: number;
+  /** Which Host names and Origins may reach the server (DNS rebinding, cross-site pages). */
+  origins?: Partial<Omit<OriginPolicyOptions, "listenHost">>;
   /** Serves paths the API does not (the web UI). */
   fallback?: NodeHandlerFn;
   log?: Logger;
@@ -143,16 +146,35 @@ export class Server {
       fallback: (req, res) => void this.serveOther(req, res),
     });
     const maxBytes = this.opts.readMaxBytes ?? 4 * 1024 * 1024;
+    const policy = new OriginPolicy({
+      allowedHosts: this.opts.origins?.allowedHosts ?? [],
+      allowedOrigins: this.opts.origins?.allowedOrigins ?? [],
+      desktopFrameAncestors: this.opts.origins?.desktopFrameAncestors ?? [],
+      listenHost: this.opts.host,
+    });
     this.listening = await listen(
       this.opts.host,
       this.opts.port,
       (req, res) => {
+        const verdict = policy.check(req.headers);
+        if (!verdict.ok) {
+          req.resume();
+          metrics.refusedRequests.inc({ reason: "origin" });
+          return policy.refuse(req, res, verdict.message);
+        }
+        for (const [k, v] of Object.entries(policy.headers((req.url ?? "/").split("?")[0]!))) res.setHeader(k, v);
         // An oversized body is refused from its Content-Length without being read; drain it so the
         // client, still uploading, receives the ResourceExhausted answer instead of a reset.
         if (Number(req.headers["content-length"] ?? 0) > maxBytes) req.resume();
         handler(req, res);
       },
-      (req, socket, head) => this.consoles.handleUpgrade(req, socket, head),
+      (req, socket, head) => {
+        const verdict = policy.check(req.headers);
+        if (verdict.ok) return this.consoles.handleUpgrade(req, socket, head);
+        metrics.refusedRequests.inc({ reason: "origin" });
+        socket.on("error", () => undefined);
+        socket.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n${verdict.message}\n`);
+      },
       this.opts.limits,
     );
     setInstanceSource(() => instancesByPhase(this.ctx.informers));

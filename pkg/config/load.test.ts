@@ -59,6 +59,22 @@ describe("config loader", () => {
     );
   });
 
+  it("refuses a secret on the command line, where ps shows it, and takes it from the file or the environment", async () => {
+    for (const argv of [["--etcd-password", "hunter2"], ["--etcd-password=hunter2"]])
+      await assert.rejects(
+        loadConfig(schema, { argv, env: {} }),
+        (e: unknown) =>
+          e instanceof ConfigError &&
+          e.key === "etcd-password" &&
+          /^flag --etcd-password: a secret is not taken on the command line/.test(e.message) &&
+          !e.message.includes("hunter2"),
+      );
+    const file = await yamlFile("etcd-password: from-file\n");
+    assert.equal((await loadConfig(schema, { argv: ["--config", file], env: {} })).config.etcdPassword, "from-file");
+    const env = await loadConfig(schema, { argv: [], env: { HYPERVISOR_ETCD_PASSWORD: "from-env" } });
+    assert.equal(env.config.etcdPassword, "from-env");
+  });
+
   it("accepts a comma-separated string for a list, in YAML, env and flags", async () => {
     const file = await yamlFile("etcd-endpoints: http://a:1,http://b:2\n");
     assert.deepEqual((await loadConfig(schema, { argv: ["--config", file], env: {} })).config.etcdEndpoints, ["http://a:1", "http://b:2"]);

@@ -153,6 +153,12 @@ export function parseFlags(schema: Schema, argv: string[]): ParsedFlags {
     }
     if (!field) throw new ConfigError(`unknown flag --${name}${suggest(schema, name, "--")}`, name);
     const where = `flag --${name}`;
+    if ("secret" in field && field.secret)
+      throw new ConfigError(
+        `flag --${name}: a secret is not taken on the command line, where every user of the machine can read it; ` +
+          `give it in the config file, in ${envName(name)} or in ${name}-file`,
+        name,
+      );
     if (field.type === "boolean") {
       out.values.set(name, fromString(field, inline ?? "true", where, name));
       continue;

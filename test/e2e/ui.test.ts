@@ -306,7 +306,13 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
     assert.match(events, /ui-web\s+is Stopped/);
 
     // Snackbars close by themselves: wait, so that the screenshot shows the page.
-    await page.waitForFunction("document.querySelectorAll('mdui-snackbar').length === 0");
+    // A function, not a string: the page's CSP forbids eval, and a string would be eval'd there.
+    await page.waitForFunction(
+      () =>
+        (globalThis as unknown as { document: { querySelectorAll(s: string): { length: number } } }).document.querySelectorAll(
+          "mdui-snackbar",
+        ).length === 0,
+    );
     await screenshot(page, "dashboard");
 
     // The theme toggles between light and dark, and back.

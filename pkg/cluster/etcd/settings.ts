@@ -2,7 +2,9 @@
  * The etcd settings every binary shares (etcd-endpoints, etcd-ca-file, ...), turned into store
  * options, and the wait for etcd at start: boot order and restarts mean etcd may come up after us.
  */
+import { readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
+import { ConfigError } from "../../config/index.js";
 import type { Logger } from "../../log/index.js";
 import type { Store } from "../store/index.js";
 import type { EtcdStoreOptions } from "./etcd-store.js";
@@ -14,6 +16,8 @@ export interface EtcdSettings {
   etcdKeyFile: string;
   etcdUsername: string;
   etcdPassword: string;
+  /** A file holding the password (its first line), so that it is in neither argv nor the config. */
+  etcdPasswordFile: string;
 }
 
 export function etcdOptions(c: EtcdSettings): EtcdStoreOptions {
@@ -25,9 +29,21 @@ export function etcdOptions(c: EtcdSettings): EtcdStoreOptions {
   }
   if (c.etcdUsername) {
     opts.username = c.etcdUsername;
-    opts.password = c.etcdPassword;
+    opts.password = c.etcdPasswordFile ? readPasswordFile(c.etcdPasswordFile) : c.etcdPassword;
   }
   return opts;
+}
+
+function readPasswordFile(path: string): string {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw new ConfigError(`etcd-password-file: cannot read ${JSON.stringify(path)}: ${(e as Error).message}`, "etcd-password-file");
+  }
+  const password = text.split(/\r?\n/)[0] ?? "";
+  if (password === "") throw new ConfigError(`etcd-password-file: ${JSON.stringify(path)} is empty`, "etcd-password-file");
+  return password;
 }
 
 /** Pings until the store answers; false when the signal aborted first. Logs the 1st and every 10th failure. */

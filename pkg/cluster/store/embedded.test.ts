@@ -1,6 +1,6 @@
 // The conformance suite on EmbeddedStore, plus what only an embedded store has: its files.
 import assert from "node:assert/strict";
-import { appendFile, mkdtemp, readFile, rm, stat, truncate, writeFile } from "node:fs/promises";
+import { appendFile, chmod, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -40,6 +40,26 @@ describe("embedded store files", () => {
 
   let n = 0;
   const fresh = () => join(root, String(++n));
+
+  it("keeps its directory 0700 and its files 0600, also those an older version left readable", async () => {
+    const dir = fresh();
+    let s = await openEmbeddedStore(dir, { snapshotEvery: 2 });
+    for (let i = 0; i < 5; i++) await s.put(`/k${i}`, enc("secret"));
+    await s.close();
+    await chmod(dir, 0o755);
+    for (const f of await readdir(dir)) await chmod(join(dir, f), 0o644);
+    s = await openEmbeddedStore(dir, { snapshotEvery: 2 });
+    await s.put("/k9", enc("secret"));
+    const modes = { [dir]: (await stat(dir)).mode & 0o777 };
+    for (const f of await readdir(dir)) modes[f] = (await stat(join(dir, f))).mode & 0o777;
+    await s.close();
+    assert.deepEqual(
+      Object.entries(modes).filter(([, m]) => m !== 0o600),
+      [[dir, 0o700]],
+      `modes: ${JSON.stringify(Object.fromEntries(Object.entries(modes).map(([k, m]) => [k, m.toString(8)])))}`,
+    );
+    assert.ok(Object.keys(modes).length >= 3, "the snapshot, the log and the lock were looked at");
+  });
 
   it("keeps the revision across a restart, also after deletes", async () => {
     const dir = fresh();

@@ -18,7 +18,7 @@
  * Leases are persisted with their TTL and, as in etcd, come back after a restart with a full TTL.
  */
 import { existsSync } from "node:fs";
-import { mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from "node:fs/promises";
+import { chmod, mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
 import { logger } from "../../log/index.js";
@@ -146,12 +146,16 @@ export class EmbeddedStore implements Store {
 
   /** @internal Loads snapshot and log; called once by openEmbeddedStore. */
   async load(): Promise<void> {
-    await mkdir(this.dir, { recursive: true });
+    // The store holds every secret the cluster has: readable by its owner only, even if an older
+    // version or a umask made it wider.
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await chmod(this.dir, 0o700);
+    for (const f of [SNAPSHOT, WAL]) await chmod(join(this.dir, f), 0o600).catch(() => undefined);
     await this.lock();
     try {
       const snapRev = await this.loadSnapshot();
       await this.replayWal(snapRev);
-      this.wal = await open(join(this.dir, WAL), "a");
+      this.wal = await open(join(this.dir, WAL), "a", 0o600);
     } catch (e) {
       await this.unlock();
       throw e;
@@ -189,7 +193,7 @@ export class EmbeddedStore implements Store {
       if (e instanceof StoreError) throw e;
       if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
     }
-    await writeFile(path, `${process.pid}\n`);
+    await writeFile(path, `${process.pid}\n`, { mode: 0o600 });
     openDirs.add(this.dir);
   }
 
@@ -614,7 +618,7 @@ export class EmbeddedStore implements Store {
       leases: [...this.leases].map(([id, l]) => ({ id, ttl: l.ttl })),
     };
     const tmp = join(this.dir, `${SNAPSHOT}.tmp`);
-    const fh = await open(tmp, "w");
+    const fh = await open(tmp, "w", 0o600);
     try {
       await fh.writeFile(JSON.stringify(snap));
       await fh.sync();

@@ -1,0 +1,43 @@
+import assert from "node:assert/strict";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { ConfigError } from "../../config/index.js";
+import { etcdOptions, type EtcdSettings } from "./settings.js";
+
+describe("etcd settings", () => {
+  let dir: string;
+  const base: EtcdSettings = {
+    etcdEndpoints: ["http://127.0.0.1:2379"],
+    etcdCaFile: "",
+    etcdCertFile: "",
+    etcdKeyFile: "",
+    etcdUsername: "root",
+    etcdPassword: "from-config",
+    etcdPasswordFile: "",
+  };
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "hv-etcd-settings-"));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("reads the password from etcd-password-file's first line, over etcd-password", async () => {
+    const file = join(dir, "password");
+    await writeFile(file, "s3cret with spaces\nignored\n", { mode: 0o600 });
+    assert.equal(etcdOptions({ ...base, etcdPasswordFile: file }).password, "s3cret with spaces");
+    assert.equal(etcdOptions(base).password, "from-config");
+  });
+
+  it("refuses a missing or empty password file, naming the setting", async () => {
+    const empty = join(dir, "empty");
+    await writeFile(empty, "\n");
+    for (const f of [join(dir, "missing"), empty])
+      assert.throws(
+        () => etcdOptions({ ...base, etcdPasswordFile: f }),
+        (e: unknown) => e instanceof ConfigError && e.key === "etcd-password-file" && e.message.includes(JSON.stringify(f)),
+      );
+  });
+});

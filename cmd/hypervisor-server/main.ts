@@ -88,6 +88,13 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
         maxConcurrentStreams: c.maxConcurrentStreams,
       },
       unaryTimeoutMs: c.unaryTimeout * 1000,
+      clientLimits: {
+        maxWatches: c.maxWatchesPerClient,
+        maxLogFollows: c.maxLogFollowsPerClient,
+        ticketBurst: c.consoleTicketBurst,
+        ticketsPerMinute: c.consoleTicketsPerMinute,
+        watchBacklog: c.watchBacklog,
+      },
       origins: { allowedHosts: c.allowedHosts, allowedOrigins: c.allowedOrigins, desktopFrameAncestors: c.desktopFrameAncestors },
       controllers: c.controllers,
       haGraceMs: c.haGracePeriod * 1000,

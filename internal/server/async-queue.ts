@@ -1,8 +1,24 @@
-/** An unbounded push/pull queue bridging listener callbacks to an async iterator. */
+/**
+ * A push/pull queue bridging listener callbacks to an async iterator. Its owner bounds it: `size`
+ * says how much waits, and `fail` ends the iterator with an error once the queued items are
+ * dropped (a consumer too far behind).
+ */
 export class AsyncQueue<T> implements AsyncIterable<T> {
   private items: T[] = [];
   private waiter: (() => void) | undefined;
   private closed = false;
+  private error: Error | undefined;
+
+  get size(): number {
+    return this.items.length;
+  }
+
+  /** Drops what is queued and ends the iterator with `error`. */
+  fail(error: Error): void {
+    this.items = [];
+    this.error = error;
+    this.close();
+  }
 
   push(item: T): void {
     if (this.closed) return;
@@ -23,6 +39,7 @@ export class AsyncQueue<T> implements AsyncIterable<T> {
 
   async *[Symbol.asyncIterator](): AsyncIterator<T> {
     for (;;) {
+      if (this.error !== undefined) throw this.error;
       if (this.items.length > 0) {
         const batch = this.items;
         this.items = [];

@@ -53,6 +53,8 @@ export function consoleService(ctx: ServerContext, ttlMs = DEFAULT_TICKET_TTL_MS
           `kind: ${show(ConsoleKind[req.kind] ?? req.kind)} must be CONSOLE_KIND_VNC or CONSOLE_KIND_SERIAL`,
           Code.InvalidArgument,
         );
+      // Each ticket costs an etcd lease: a client gets a burst, then a steady rate.
+      ctx.clientLimits.takeTicket(hctx);
       const kv = await store.get(keys.instance(req.name), { signal: hctx.signal });
       if (!kv) throw new ConnectError(`instance ${show(req.name)} not found`, Code.NotFound);
       const st = await store.get(keys.status(req.name), { signal: hctx.signal });

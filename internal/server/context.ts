@@ -19,6 +19,8 @@ export interface Informers {
   assignments: Informer<true>;
 }
 
+import type { ClientLimits } from "./client-limits.js";
+
 export interface ServerContext {
   /** Writes through it are tracked (writtenAt). */
   store: Store;
@@ -34,4 +36,6 @@ export interface ServerContext {
   leader(): string;
   /** Component name → error message ("" = healthy). */
   componentHealth(): Record<string, string>;
+  /** What one client may hold open or ask for repeatedly. */
+  clientLimits: ClientLimits;
 }

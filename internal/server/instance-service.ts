@@ -158,6 +158,31 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
     if (i.deleteTime) throw new ConnectError(`instance ${i.name} is being deleted; ${action} is not possible`, Code.FailedPrecondition);
   }
 
+  /** A node's agent's log stream for one instance. */
+  async function* agentLogs(node: string, name: string, follow: boolean, tailBytes: bigint, signal: AbortSignal) {
+    const ep = await agentEndpoint(store, node, signal);
+    if (!ep) throw new ConnectError(`the agent of node ${node} publishes no endpoint (is it running?)`, Code.Unavailable);
+    const url = `${ep.url}/v1/instances/${encodeURIComponent(name)}/logs?follow=${follow ? 1 : 0}&tail=${tailBytes}`;
+    let res: Response;
+    try {
+      res = await fetch(url, { headers: { authorization: `Bearer ${ep.token}` }, signal });
+    } catch (e) {
+      if (signal.aborted) return;
+      throw new ConnectError(`agent of node ${node} at ${ep.url}: ${(e as Error).message}`, Code.Unavailable);
+    }
+    if (!res.ok || !res.body) {
+      const text = (await res.text().catch(() => "")).trim();
+      const code = res.status === 404 ? Code.NotFound : res.status === 409 ? Code.FailedPrecondition : Code.Unavailable;
+      throw new ConnectError(`agent of node ${node}: ${text || `HTTP ${res.status}`}`, code);
+    }
+    try {
+      for await (const chunk of res.body) yield { data: chunk as Uint8Array };
+    } catch (e) {
+      if (signal.aborted) return;
+      throw new ConnectError(`log stream from node ${node} broke: ${(e as Error).message}`, Code.Unavailable);
+    }
+  }
+
   return {
     async createInstance(req, hctx) {
       const { instance, value } = newInstance(req);
@@ -365,33 +390,31 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
           Code.FailedPrecondition,
         );
       requireCapability(current, "logs", "logs");
-      const ep = await agentEndpoint(store, node, hctx.signal);
-      if (!ep) throw new ConnectError(`the agent of node ${node} publishes no endpoint (is it running?)`, Code.Unavailable);
-      const url = `${ep.url}/v1/instances/${encodeURIComponent(req.name)}/logs?follow=${req.follow ? 1 : 0}&tail=${req.tailBytes}`;
-      let res: Response;
+      const release = req.follow ? ctx.clientLimits.hold(hctx, "logs") : () => undefined;
       try {
-        res = await fetch(url, { headers: { authorization: `Bearer ${ep.token}` }, signal: hctx.signal });
-      } catch (e) {
-        if (hctx.signal.aborted) return;
-        throw new ConnectError(`agent of node ${node} at ${ep.url}: ${(e as Error).message}`, Code.Unavailable);
-      }
-      if (!res.ok || !res.body) {
-        const text = (await res.text().catch(() => "")).trim();
-        const code = res.status === 404 ? Code.NotFound : res.status === 409 ? Code.FailedPrecondition : Code.Unavailable;
-        throw new ConnectError(`agent of node ${node}: ${text || `HTTP ${res.status}`}`, code);
-      }
-      try {
-        for await (const chunk of res.body) yield { data: chunk as Uint8Array };
-      } catch (e) {
-        if (hctx.signal.aborted) return;
-        throw new ConnectError(`log stream from node ${node} broke: ${(e as Error).message}`, Code.Unavailable);
+        yield* agentLogs(node, req.name, req.follow, req.tailBytes, hctx.signal);
+      } finally {
+        release();
       }
     },
 
     async *watchInstances(req, hctx: HandlerContext) {
       const match = matcher(req.filter);
+      const release = ctx.clientLimits.hold(hctx, "watch");
       const { instances, statuses } = ctx.informers;
       const queue = new AsyncQueue<WatchInstancesResponse>();
+      // The initial list may be long; beyond it, a watcher may fall watchBacklog messages behind.
+      let limit = Infinity;
+      const push = (msg: WatchInstancesResponse) => {
+        queue.push(msg);
+        if (queue.size > limit)
+          queue.fail(
+            new ConnectError(
+              `the watch fell ${queue.size} messages behind (at most ${ctx.clientLimits.settings.watchBacklog}); read faster, or watch again for a fresh list`,
+              Code.ResourceExhausted,
+            ),
+          );
+      };
       const sent = new Map<string, Instance>();
       /** The instance as the watcher should see it now, or undefined when it does not match. */
       const current = (name: string): Instance | undefined => {
@@ -405,10 +428,10 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
         if (now) {
           if (before && equals(InstanceSchema, before, now)) return;
           sent.set(name, now);
-          queue.push(create(WatchInstancesResponseSchema, { type: before ? EventType.MODIFIED : EventType.ADDED, instance: now }));
+          push(create(WatchInstancesResponseSchema, { type: before ? EventType.MODIFIED : EventType.ADDED, instance: now }));
         } else if (before) {
           sent.delete(name);
-          queue.push(create(WatchInstancesResponseSchema, { type: EventType.DELETED, instance: before }));
+          push(create(WatchInstancesResponseSchema, { type: EventType.DELETED, instance: before }));
         }
       };
       // Subscribing and reading the initial copy happen in one tick, so nothing falls between.
@@ -419,8 +442,10 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       try {
         for (const key of [...instances.items.keys()].sort()) update(key.slice(keys.instances.length));
         queue.push(create(WatchInstancesResponseSchema, { type: EventType.SYNCED }));
+        limit = queue.size + ctx.clientLimits.settings.watchBacklog;
         for await (const msg of queue) yield msg;
       } finally {
+        release();
         offA();
         offB();
         hctx.signal.removeEventListener("abort", onAbort);

@@ -7,7 +7,7 @@
  *   └ leader only: placement controller, garbage collector, node controller
  */
 import { randomUUID } from "node:crypto";
-import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, createContextValues, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Handler as NodeHandlerFn } from "./http.js";
 import { fromBinary } from "@bufbuild/protobuf";
@@ -28,6 +28,7 @@ import type { Informers, ServerContext } from "./context.js";
 import { GcController } from "./gc-controller.js";
 import { type ConnectionLimits, listen, type Listening } from "./http.js";
 import { OriginPolicy, type OriginPolicyOptions } from "./origin-policy.js";
+import { type ClientLimitSettings, ClientLimits, clientAddress, normalizeAddress } from "./client-limits.js";
 import { Informer } from "./informer.js";
 import { instanceService } from "./instance-service.js";
 import { metrics, registry, setInstanceSource } from "./metrics.js";
@@ -67,6 +68,8 @@ export interface ServerOptions {
   limits?: Partial<ConnectionLimits>;
   /** How long a unary call may run (default 60 s); a client's own shorter deadline wins. */
   unaryTimeoutMs?: number;
+  /** Per-client caps: open watches and log follows, console tickets, a watch's backlog. */
+  clientLimits?: Partial<ClientLimitSettings>;
   /** Which Host names and Origins may reach the server (DNS rebinding, cross-site pages). */
   origins?: Partial<Omit<OriginPolicyOptions, "listenHost">>;
   /** Serves paths the API does not (the web UI). */
@@ -117,6 +120,7 @@ export class Server {
       algorithm: opts.algorithm ?? "binpack",
       leader: () => (opts.leadership ? opts.leadership.leader() : this.serverId),
       componentHealth: () => ({ ...this.health }),
+      clientLimits: new ClientLimits(opts.clientLimits),
     };
     this.consoles = new ConsoleProxy(this.ctx, this.opts.consoleLocalDirect ?? true);
   }
@@ -144,6 +148,7 @@ export class Server {
       interceptors: [this.edge],
       readMaxBytes: this.opts.readMaxBytes ?? 4 * 1024 * 1024, // also enforced on streamed bodies
       fallback: (req, res) => void this.serveOther(req, res),
+      contextValues: (req) => createContextValues().set(clientAddress, normalizeAddress(req.socket.remoteAddress)),
     });
     const maxBytes = this.opts.readMaxBytes ?? 4 * 1024 * 1024;
     const policy = new OriginPolicy({

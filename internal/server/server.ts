@@ -238,7 +238,9 @@ export class Server {
       return res;
     } catch (e) {
       let err: ConnectError;
-      if (e instanceof StoreUnavailableError) err = new ConnectError(`store unavailable: ${e.message}`, Code.Unavailable);
+      // A client that hung up (a watch closed, a browser tab gone) is not the server's failure.
+      if (req.signal.aborted && !(e instanceof ConnectError)) err = new ConnectError("the client went away", Code.Canceled);
+      else if (e instanceof StoreUnavailableError) err = new ConnectError(`store unavailable: ${e.message}`, Code.Unavailable);
       else if (e instanceof StoreError) err = new ConnectError(`store error: ${e.message}`, Code.Internal);
       else err = ConnectError.from(e);
       if (err.code === Code.Internal || err.code === Code.Unknown) this.log.error({ err: e, ...labels }, "request failed");

@@ -72,6 +72,7 @@ bench: deps build
 	node dist/bench/containerd.js
 	node dist/bench/console.js
 	node dist/bench/scale.js
+	node dist/bench/hostile.js
 
 clean:
 	rm -rf dist coverage coverage.html

@@ -461,7 +461,8 @@ export function toDriverSpec(inst: Instance): DriverInstanceSpec {
     diskGiB: Number(spec?.diskGib ?? 0n),
     command: [...(spec?.command ?? [])],
     args: [...(spec?.args ?? [])],
-    env: { ...(spec?.env ?? {}) },
+    // Secret values travel only in the node's assignment; the driver sees one environment.
+    env: { ...(spec?.env ?? {}), ...(spec?.secretEnv ?? {}) },
     kernel: spec?.kernel ?? "",
     initrd: spec?.initrd ?? "",
     cmdline: spec?.cmdline ?? "",

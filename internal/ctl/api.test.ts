@@ -234,6 +234,18 @@ describe("hypervisor-ctl against an API over HTTP", () => {
       assert.equal(req.spec?.desiredPowerState, PowerState.UNSPECIFIED);
     });
 
+    it("--secret-env takes the value from the shell's environment, never from argv", async () => {
+      const r = await ctl(["instance", "create", "db-1", "--driver", "containerd", "--image", "x", "--secret-env", "DB_PASSWORD"], {
+        env: { DB_PASSWORD: "hunter2" },
+      });
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(fake.created[0]!.spec?.secretEnv, { DB_PASSWORD: "hunter2" });
+      const unset = await ctl(["instance", "create", "db-2", "--driver", "containerd", "--secret-env", "NOPE"]);
+      assert.equal(unset.code, 2);
+      assert.match(unset.stderr, /--secret-env NOPE: \$NOPE is not set in this shell/);
+      assert.equal(fake.created.length, 1);
+    });
+
     it("--count creates NAME-1 to NAME-n alike in one call", async () => {
       const r = await ctl(["instance", "create", "pool", "--driver", "mock", "--vcpus", "1", "--label", "app=pool", "--count", "3"]);
       assert.deepEqual(r, { code: 0, stdout: "instance/pool-1 created\ninstance/pool-2 created\ninstance/pool-3 created\n", stderr: "" });

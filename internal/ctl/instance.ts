@@ -74,6 +74,7 @@ interface CreateOptions {
   label?: Record<string, string>;
   nodeSelector?: Record<string, string>;
   env?: Record<string, string>;
+  secretEnv?: string[];
   config?: Record<string, string>;
   command?: string[];
   restartPolicy?: string;
@@ -103,6 +104,11 @@ function createCommand(ctx: Context): Command {
     .option("--label <k=v>", "label (repeatable)", flags.keyValue)
     .option("--node-selector <k=v>", "node label that must match (repeatable)", flags.keyValue)
     .option("--env <K=V>", "environment variable (repeatable)", flags.keyValue)
+    .option(
+      "--secret-env <NAME>",
+      "secret environment variable, its value taken from this shell's $NAME (never on the command line); write-only: the API shows it redacted (repeatable)",
+      (v: string, prev: string[] | undefined) => [...(prev ?? []), v],
+    )
     .option("--config <k=v>", "driver-specific setting, spec.driver_config (repeatable)", flags.keyValue)
     .option("--command <word...>", "command to run, replacing the image's (containers)")
     .addOption(new Option("--restart-policy <policy>", "what to do when it exits").choices(flags.RESTART_POLICIES))
@@ -127,6 +133,11 @@ function createCommand(ctx: Context): Command {
     Object.assign(req.labels, opts.label);
     Object.assign(spec.nodeSelector, opts.nodeSelector);
     Object.assign(spec.env, opts.env);
+    for (const k of opts.secretEnv ?? []) {
+      const v = ctx.io.env[k];
+      if (v === undefined) throw usageError(`--secret-env ${k}: $${k} is not set in this shell; export it first`);
+      spec.secretEnv[k] = v;
+    }
     Object.assign(spec.driverConfig, opts.config);
     if (req.name === "") throw usageError("instance create needs a NAME (or name: in the spec file)");
     if (spec.driver === "") throw usageError("instance create needs --driver (or spec.driver in the spec file)");

@@ -38,6 +38,7 @@ import {
   type Op,
 } from "../../pkg/cluster/store/index.js";
 import { AsyncQueue } from "./async-queue.js";
+import { validateSecretEnv } from "./secret-env.js";
 import type { ServerContext } from "./context.js";
 import { nodeView, placedViews, placementRequest } from "./placement-input.js";
 import { agentEndpoint, decodeInstance, encodeAssignment, encodeInstance, merged, mergedNode, mergedPhase, phaseName } from "./records.js";
@@ -132,6 +133,7 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
     validateName("name", req.name);
     validateLabels("labels", req.labels);
     validateSpec(req.spec, req.labels);
+    validateSecretEnv("spec.secret_env", req.spec!.secretEnv, req.spec!.env);
     const spec = clone(InstanceSpecSchema, req.spec);
     if (spec.desiredPowerState === PowerState.UNSPECIFIED) spec.desiredPowerState = PowerState.RUNNING;
     if (spec.restartPolicy === RestartPolicy.UNSPECIFIED) spec.restartPolicy = RestartPolicy.ON_FAILURE;

@@ -28,6 +28,7 @@ import type { Informers, ServerContext } from "./context.js";
 import { GcController } from "./gc-controller.js";
 import { type ConnectionLimits, listen, type Listening } from "./http.js";
 import { OriginPolicy, type OriginPolicyOptions } from "./origin-policy.js";
+import { redact } from "./secret-env.js";
 import { type ClientLimitSettings, ClientLimits, clientAddress, normalizeAddress } from "./client-limits.js";
 import { Informer } from "./informer.js";
 import { instanceService } from "./instance-service.js";
@@ -235,7 +236,16 @@ export class Server {
     try {
       const res = req.stream ? await next(req) : await withDeadline(next, req, this.opts.unaryTimeoutMs ?? DEFAULT_UNARY_TIMEOUT_MS);
       metrics.apiRequests.inc({ ...labels, code: "ok" });
-      return res;
+      // No answer carries a secret environment value, whichever method sends instances.
+      const output = req.method.output;
+      if (!res.stream) return { ...res, message: redact(output, res.message) };
+      const messages = res.message;
+      return {
+        ...res,
+        message: (async function* () {
+          for await (const m of messages) yield redact(output, m);
+        })(),
+      };
     } catch (e) {
       let err: ConnectError;
       // A client that hung up (a watch closed, a browser tab gone) is not the server's failure.

@@ -133,7 +133,7 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
     validateName("name", req.name);
     validateLabels("labels", req.labels);
     validateSpec(req.spec, req.labels);
-    validateSecretEnv("spec.secret_env", req.spec!.secretEnv, req.spec!.env);
+    validateSecretEnv("spec.secret_env", req.spec.secretEnv, req.spec.env);
     const spec = clone(InstanceSpecSchema, req.spec);
     if (spec.desiredPowerState === PowerState.UNSPECIFIED) spec.desiredPowerState = PowerState.RUNNING;
     if (spec.restartPolicy === RestartPolicy.UNSPECIFIED) spec.restartPolicy = RestartPolicy.ON_FAILURE;

@@ -88,6 +88,7 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
         maxConcurrentStreams: c.maxConcurrentStreams,
       },
       unaryTimeoutMs: c.unaryTimeout * 1000,
+      maxImageBytes: c.maxImageBytes,
       clientLimits: {
         maxWatches: c.maxWatchesPerClient,
         maxLogFollows: c.maxLogFollowsPerClient,

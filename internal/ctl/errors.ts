@@ -54,7 +54,10 @@ export function describeError(e: unknown, server: string): { message: string; ex
   if (e instanceof ConnectError || e instanceof Error) {
     const err = ConnectError.from(e);
     const sys = systemCode(e);
-    if (sys !== undefined || err.code === Code.Unavailable) {
+    // An Unavailable that the server itself sent (it answered, with headers) is about something
+    // behind it (a node's agent, the store), not about reaching the server.
+    const answered = err.metadata.has("content-type");
+    if (sys !== undefined || (err.code === Code.Unavailable && !answered)) {
       return { message: `cannot reach server at ${server}: ${sys ?? err.rawMessage}`, exitCode: ExitCode.Unavailable };
     }
     if (err.code === Code.DeadlineExceeded) return { message: `${codeName(err.code)}: ${err.rawMessage}`, exitCode: ExitCode.Timeout };

@@ -134,6 +134,13 @@ export const serverSchema = {
     max: 1000000,
     description: "messages a watch may fall behind (beyond its initial list) before it is ended with resource_exhausted",
   },
+  "max-image-bytes": {
+    type: "number",
+    default: 16 * 1024 ** 3,
+    integer: true,
+    min: 1,
+    description: "largest image an import may upload; it is streamed on to the nodes, never stored on the server",
+  },
   "header-timeout": {
     type: "number",
     default: 60,

@@ -1,18 +1,16 @@
 /*
  * ImageService: images live in each node's driver (containerd's image store), so the server
- * holds none. An import is spooled to a temporary file once, then sent to the agent endpoint of
- * every node asked, in parallel; a listing asks every Ready node's agent.
+ * holds none, not even while importing: the chunks are streamed on to the agent endpoint of every
+ * node asked, in parallel, as they come (at the pace of the slowest node), and the whole upload
+ * is bounded by max-image-bytes. A listing asks every Ready node's agent.
  *
  *   ctl ──stream {target}, {chunk}…──► server ──validates target first (before any upload)
- *                                        │ spool ──POST /v1/images/import?driver=D──► agent(s)
+ *                                        │ each chunk ──POST /v1/images/import?driver=D──► agent(s)
+ *                                        │ over max-image-bytes: ResourceExhausted, uploads aborted
  *   ctl ◄── {results: per node images or error} ◄────────────────────────────────────┘
  */
-import { createReadStream, createWriteStream, type WriteStream } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { Readable } from "node:stream";
-import { finished } from "node:stream/promises";
+import { PassThrough, Readable } from "node:stream";
+import type { ReadableStream } from "node:stream/web";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
@@ -42,7 +40,10 @@ interface AgentImage {
   createdAt?: number;
 }
 
-export function imageService(ctx: ServerContext): ServiceImpl<typeof ImageService> {
+/** The largest image the server passes on by default (the agent's own limit is the same). */
+export const DEFAULT_MAX_IMAGE_BYTES = 16 * 1024 ** 3;
+
+export function imageService(ctx: ServerContext, maxImageBytes = DEFAULT_MAX_IMAGE_BYTES): ServiceImpl<typeof ImageService> {
   const { store, informers } = ctx;
   const ready = (node: string) => informers.alive.get(keys.alive(node)) !== undefined;
   const nodeRecord = (node: string) => informers.nodes.get(keys.node(node))?.value;
@@ -84,78 +85,110 @@ export function imageService(ctx: ServerContext): ServiceImpl<typeof ImageServic
     return { driver, nodes: t.nodes };
   }
 
-  /** Sends the spooled tarball to one node's agent; an error becomes the node's result. */
-  async function importOn(
-    node: string,
-    driver: string,
-    file: string,
-    size: number,
-    signal: AbortSignal,
-  ): Promise<NodeImport & { status?: number }> {
+  /** Streams the tarball to one node's agent as it comes; an error becomes the node's result. */
+  async function importOn(node: string, driver: string, body: PassThrough, signal: AbortSignal): Promise<NodeImport & { status?: number }> {
     const result = create(NodeImportSchema, { node });
     try {
       const ep = await endpointOf(node, signal);
       const res = await fetch(`${ep.url}/v1/images/import?driver=${encodeURIComponent(driver)}`, {
         method: "POST",
-        headers: { authorization: `Bearer ${ep.token}`, "content-type": "application/x-tar", "content-length": String(size) },
-        body: Readable.toWeb(createReadStream(file)),
+        headers: { authorization: `Bearer ${ep.token}`, "content-type": "application/x-tar" },
+        body: Readable.toWeb(body) as ReadableStream<Uint8Array>,
         duplex: "half",
         signal,
       });
       const text = await res.text();
-      const body = parseJson(text) as { images?: AgentImage[]; error?: string };
+      const parsed = parseJson(text) as { images?: AgentImage[]; error?: string };
       // The agent's own failures come as JSON {error}; anything else as text (a 500's message).
-      if (!res.ok) return Object.assign(result, { error: body.error ?? (text.trim() || `HTTP ${res.status}`), status: res.status });
-      result.images = (body.images ?? []).map((i) => toImage(i, node));
+      if (!res.ok) return Object.assign(result, { error: parsed.error ?? (text.trim() || `HTTP ${res.status}`), status: res.status });
+      result.images = (parsed.images ?? []).map((i) => toImage(i, node));
     } catch (e) {
       if (signal.aborted) throw e;
       result.error = `agent of node ${node}: ${(e as Error).message}`;
+    } finally {
+      // Whatever the agent did, nothing more is written to it.
+      body.destroy();
     }
     return result;
+  }
+
+  /** One upload per node, fed chunk by chunk; a node that failed is skipped, not waited for. */
+  function uploads(nodes: string[], driver: string, signal: AbortSignal) {
+    const all = nodes.map((node) => {
+      const body = new PassThrough();
+      body.on("error", () => undefined);
+      const result = importOn(node, driver, body, signal);
+      // An aborted import is never waited for: its rejection is expected, not unhandled.
+      result.catch(() => undefined);
+      return { node, body, result };
+    });
+    return {
+      async write(chunk: Uint8Array): Promise<void> {
+        await Promise.all(
+          all.map(async ({ body }) => {
+            if (body.destroyed) return;
+            if (!body.write(chunk)) await new Promise<void>((resolve) => body.once("drain", resolve).once("close", resolve));
+          }),
+        );
+      },
+      async finish(): Promise<(NodeImport & { status?: number })[]> {
+        for (const u of all) u.body.end();
+        return Promise.all(all.map((u) => u.result));
+      },
+      abort(): void {
+        for (const u of all) u.body.destroy();
+      },
+    };
   }
 
   return {
     async importImage(requests, hctx) {
       let target: { driver: string; nodes: string[] } | undefined;
-      let dir: string | undefined;
-      let out: WriteStream | undefined;
+      let sending: ReturnType<typeof uploads> | undefined;
+      const abort = new AbortController();
+      const signal = AbortSignal.any([hctx.signal, abort.signal]);
       let size = 0;
       try {
         for await (const req of requests) {
           if (req.part.case === "target") {
             if (target) throw new ConnectError("target: sent twice; send it once, first", Code.InvalidArgument);
             target = targets(req.part.value);
-            dir = await mkdtemp(join(tmpdir(), "hv-import-"));
-            out = createWriteStream(join(dir, "image.tar"), { mode: 0o600 });
           } else if (req.part.case === "chunk") {
-            if (!out) throw new ConnectError("target: the first message must name where the image goes", Code.InvalidArgument);
+            if (!target) throw new ConnectError("target: the first message must name where the image goes", Code.InvalidArgument);
             size += req.part.value.length;
-            if (!out.write(req.part.value)) await new Promise<void>((resolve) => out!.once("drain", () => resolve()));
+            if (size > maxImageBytes)
+              throw new ConnectError(
+                `chunk: the image is over the server's max-image-bytes of ${maxImageBytes} bytes; nothing was imported`,
+                Code.ResourceExhausted,
+              );
+            if (req.part.value.length === 0) continue;
+            sending ??= uploads(target.nodes, target.driver, signal);
+            await sending.write(req.part.value);
           }
         }
-        if (!target || !out || !dir)
-          throw new ConnectError("target: the first message must name where the image goes", Code.InvalidArgument);
-        out.end();
-        await finished(out);
-        if (size === 0) throw new ConnectError("chunk: the image tarball is empty", Code.InvalidArgument);
-        const file = join(dir, "image.tar");
+        if (!target) throw new ConnectError("target: the first message must name where the image goes", Code.InvalidArgument);
+        if (size === 0 || !sending) throw new ConnectError("chunk: the image tarball is empty", Code.InvalidArgument);
         const { driver, nodes } = target;
-        const results = await Promise.all(nodes.map((n) => importOn(n, driver, file, size, hctx.signal)));
+        const results = await sending.finish();
         const failed = results.filter((r) => r.error);
         if (failed.length === results.length) {
           // Nowhere: an error, so the caller's exit status says so. A tarball every node refused
-          // as malformed is the caller's input, not the cluster's state.
-          const bad = failed.every((r) => r.status === 400);
-          throw new ConnectError(
-            failed.map((r) => (nodes.length > 1 ? `node ${r.node}: ${r.error}` : r.error)).join("; "),
-            bad ? Code.InvalidArgument : Code.Unavailable,
-          );
+          // as malformed is the caller's input, not the cluster's state; one over a node's size
+          // limit is a limit.
+          const code = failed.every((r) => r.status === 400)
+            ? Code.InvalidArgument
+            : failed.every((r) => r.status === 413)
+              ? Code.ResourceExhausted
+              : Code.Unavailable;
+          throw new ConnectError(failed.map((r) => (nodes.length > 1 ? `node ${r.node}: ${r.error}` : r.error)).join("; "), code);
         }
         ctx.log.info({ driver, nodes, bytes: size, failed: failed.map((r) => r.node) }, "image imported");
         return { results: results.map(({ status: _status, ...r }) => create(NodeImportSchema, r)) };
-      } finally {
-        out?.destroy();
-        if (dir) await rm(dir, { recursive: true, force: true });
+      } catch (e) {
+        // Stop every upload: the agents drop what they spooled.
+        abort.abort();
+        sending?.abort();
+        throw e;
       }
     },
 

@@ -69,6 +69,8 @@ export interface ServerOptions {
   limits?: Partial<ConnectionLimits>;
   /** How long a unary call may run (default 60 s); a client's own shorter deadline wins. */
   unaryTimeoutMs?: number;
+  /** The largest image an ImportImage call may upload (default 16 GiB). */
+  maxImageBytes?: number;
   /** Per-client caps: open watches and log follows, console tickets, a watch's backlog. */
   clientLimits?: Partial<ClientLimitSettings>;
   /** Which Host names and Origins may reach the server (DNS rebinding, cross-site pages). */
@@ -136,7 +138,7 @@ export class Server {
     router.service(InstanceService, instances);
     router.service(NodeService, nodeService(this.ctx, instances));
     router.service(ClusterService, clusterService(this.ctx));
-    router.service(ImageService, imageService(this.ctx));
+    router.service(ImageService, imageService(this.ctx, this.opts.maxImageBytes));
     router.service(ConsoleService, consoleService(this.ctx, this.opts.consoleTicketTtlMs));
   };
 

@@ -232,13 +232,20 @@ describe("containerd driver: what containers have", () => {
         d.create(spec(`pids-${randomUUID().slice(0, 6)}`, randomUUID(), SERVICE, { config: { "pids-limit": bad } })),
         (e: unknown) =>
           e instanceof InvalidSpecError &&
-          e.message === `driver_config.pids-limit: ${JSON.stringify(bad)} must be an integer from 1 to 1024 (containerd-pids-limit of node ${OWNER})`,
+          e.message ===
+            `driver_config.pids-limit: ${JSON.stringify(bad)} must be an integer from 1 to 1024 (containerd-pids-limit of node ${OWNER})`,
         bad,
       );
     assert.equal(await ctr("containers", "ls", "-q"), before, "nothing created");
     assert.deepEqual(d.hostAccess, { hostNetwork: false, bridges: [] });
     // Allowed on this node: the container shares the host's network namespace.
-    const open = new ContainerdDriver({ stateDir: join(dir, "open"), socketPath: socket, namespace: NS, owner: OWNER, allowHostNetwork: true });
+    const open = new ContainerdDriver({
+      stateDir: join(dir, "open"),
+      socketPath: socket,
+      namespace: NS,
+      owner: OWNER,
+      allowHostNetwork: true,
+    });
     drivers.push(open);
     await open.create(spec(host, randomUUID(), SERVICE, { config: { network: "host" } }));
     const running = await open.start(host);

@@ -327,7 +327,7 @@ describe("libvirt driver: what VMs have", () => {
     }
   });
 
-  it("keeps XML metacharacters in labels as data, and refuses names and paths it cannot accept", async () => {
+  it("keeps XML metacharacters in labels as data, and refuses names, paths and bridges it cannot accept", async () => {
     const d = await makeDriver();
     const name = `lvt-xml-${randomUUID().slice(0, 6)}`;
     const labels = { app: `</hv:label></hv:labels><devices><disk type='file'><source file='/etc/shadow'/>`, "x.io/q": `"'&<>` };
@@ -352,6 +352,11 @@ describe("libvirt driver: what VMs have", () => {
       [
         vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { config: { network: "bridge:br0'/><x" } }),
         /bridge .* is not an interface name/,
+      ],
+      [
+        // A well-formed bridge this node does not allow (allowed-bridges is empty by default).
+        vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { config: { network: "bridge:br0" } }),
+        /^driver_config\.network: "bridge:br0" is not allowed on node lvt-\d+ \(allowed-bridges: \[\]\)$/,
       ],
       [vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { command: ["/bin/sh"] }), /command, args and env are for containers/],
     ] as const) {

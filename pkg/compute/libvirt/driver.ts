@@ -607,6 +607,8 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
 }
 
 const NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+/** A Linux interface name (IFNAMSIZ 16 with its NUL), as domain-xml.ts checks it again. */
+const BRIDGE_NAME_RE = /^[A-Za-z0-9_.-]{1,15}$/;
 const SHUTDOWN_ACPI = DomainShutdownFlags.ACPI_POWER_BTN;
 /** How often stop() presses the power button again while the guest is still up. */
 const ACPI_REPEAT_MS = 3000;
@@ -626,10 +628,11 @@ function isActive(state: number): boolean {
   );
 }
 
-/** "user", "none" or "bridge:<name>". */
+/** "user", "none" or "bridge:<name>" (an interface name, checked before anything compares it to allowed-bridges). */
 export function parseNetwork(field: string, v: string): NetworkSetting {
   if (v === "user" || v === "none") return { mode: v };
   const m = /^bridge:(.+)$/.exec(v);
+  if (m && !BRIDGE_NAME_RE.test(m[1]!)) throw new InvalidSpecError(`${field}: bridge ${JSON.stringify(m[1])} is not an interface name`);
   if (m) return { mode: "bridge", bridge: m[1]! };
   throw new InvalidSpecError(`${field}: ${JSON.stringify(v)} must be user, none or bridge:<name>`);
 }

@@ -236,7 +236,7 @@ describe("libvirt driver: what VMs have", () => {
     await d.destroy(name);
   });
 
-  it("moves a VM an older agent defined with VNC on a TCP port to a unix socket at its next start", async () => {
+  it("keeps the console of a VM an older agent started with VNC on a TCP port, and moves it to a unix socket at its next start", async () => {
     const d = await makeDriver();
     const name = `lvt-old-${randomUUID().slice(0, 6)}`;
     await d.create(vmSpec(name, randomUUID()));
@@ -249,6 +249,14 @@ describe("libvirt driver: what VMs have", () => {
     await writeFile(file, xml);
     await virsh("define", file);
     assert.match(await virsh("dumpxml", "--inactive", `hv-${name}`), /<graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'>/);
+    // Running since before the upgrade (adopted): its console keeps working on that port until it stops.
+    await virsh("start", `hv-${name}`);
+    const adopted = (await d.list()).find((i) => i.name === name);
+    const port = Number(adopted?.details.vnc_port);
+    assert.ok(port >= 5900, `vnc_port ${adopted?.details.vnc_port}`);
+    assert.deepEqual(await d.console(name, "vnc"), { kind: "vnc", host: "127.0.0.1", port });
+    assert.equal(await rfbBanner({ host: "127.0.0.1", port }), "RFB 003.008\n");
+    assert.equal((await d.stop(name, 1000)).state, "stopped");
     const running = await d.start(name);
     assert.match(running.details.vnc_socket ?? "", /vnc\.sock$/);
     assert.match(await virsh("dumpxml", "--inactive", `hv-${name}`), /<listen type='socket'\/>/);

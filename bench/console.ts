@@ -2,12 +2,12 @@
  * Console proxy bench: one RFB client against the VNC server of one libvirt VM, over three paths
  * in the same run, so that they share the guest, the VNC server and the machine's load.
  *
- *   direct      client ──TCP──► QEMU's VNC server (the port in the instance's status)
- *   ours, local client ──WebSocket /console/<ticket>──► hypervisor-server ──TCP──► VNC
- *               (the node's agent is on the server's machine: it names the address, the server dials)
- *   ours, agent client ──WebSocket /console/<ticket>──► hypervisor-server ──tunnel──► agent ──TCP──► VNC
+ *   direct      client ──unix socket──► QEMU's VNC server (the socket in the instance's status)
+ *   ours, local client ──WebSocket /console/<ticket>──► hypervisor-server ──unix socket──► VNC
+ *               (the node's agent is on the server's machine: it names the socket, the server dials)
+ *   ours, agent client ──WebSocket /console/<ticket>──► hypervisor-server ──tunnel──► agent ──unix socket──► VNC
  *               (a second server on the same etcd with --no-console-local-direct: a remote node's path)
- *   websockify  client ──WebSocket──► websockify (Debian) ──TCP──► VNC          (if installed)
+ *   websockify  client ──WebSocket──► websockify (Debian) ──unix socket──► VNC    (if installed)
  *
  * Each path runs the same RFB session: 003.008, security None, ClientInit shared, then
  *   throughput  full-screen non-incremental FramebufferUpdateRequests in Raw until BENCH_CONSOLE_MB
@@ -103,9 +103,9 @@ async function main(): Promise<void> {
       spec: { driver: "libvirt", vcpus: 1, memoryMib: 256n, kernel: "vmlinuz", initrd: "initrd.img", cmdline: guest.cmdline },
     });
     created = true;
-    const vncPort = await poll("the VM to run", async () => {
+    const vncSocket = await poll("the VM to run", async () => {
       const st = (await instances.getInstance({ name: VM })).instance?.status;
-      return st?.phase === Phase.RUNNING ? Number(st.details.vnc_port) : undefined;
+      return st?.phase === Phase.RUNNING ? st.details.vnc_socket : undefined;
     });
     await poll("the guest to boot", async () => {
       let log = "";
@@ -114,7 +114,7 @@ async function main(): Promise<void> {
     });
 
     const paths: { name: string; open(): Promise<Duplex> }[] = [
-      { name: "direct TCP", open: () => openTcp(vncPort) },
+      { name: "direct (unix socket)", open: () => openUnix(vncSocket) },
       {
         name: "ours, local node (server → VNC)",
         open: async () => {
@@ -132,7 +132,7 @@ async function main(): Promise<void> {
     ];
     if (hasWebsockify) {
       const wsPort = await freePort();
-      const ws = new Proc("websockify", [`127.0.0.1:${wsPort}`, `127.0.0.1:${vncPort}`], {}, "websockify");
+      const ws = new Proc("websockify", [`--unix-target=${vncSocket}`, `127.0.0.1:${wsPort}`], {}, "websockify");
       procs.push(ws);
       await poll(
         "websockify to listen",
@@ -247,6 +247,14 @@ async function serialCommand(consoles: ReturnType<typeof createClient<typeof Con
   ws.send(Buffer.from(`${line}\n`));
   await poll("the serial command to finish", () => got.includes(GUEST_CMD_DONE) || undefined, 60_000, 50);
   ws.close();
+}
+
+function openUnix(path: string): Promise<Duplex> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ path });
+    s.once("connect", () => (s.off("error", reject), resolve(s)));
+    s.once("error", reject);
+  });
 }
 
 function openTcp(port: number): Promise<Duplex> {

@@ -67,6 +67,9 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
         libvirtSocket: c.libvirtSocket,
         containerdSocket: c.containerdSocket,
         libvirtImageDir: imageDir,
+        allowHostNetwork: c.allowHostNetwork,
+        allowedBridges: c.allowedBridges,
+        containerdPidsLimit: c.containerdPidsLimit,
       },
     );
   }

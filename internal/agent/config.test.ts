@@ -6,8 +6,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { loadConfig } from "../../pkg/config/index.js";
-import { agentSchema, buildDrivers, defaultNodeName, parseTaints } from "./index.js";
+import { ConfigError, loadConfig } from "../../pkg/config/index.js";
+import { agentSchema, buildDrivers, defaultNodeName, DRIVER_DEFAULTS, parseTaints } from "./index.js";
 
 const repo = fileURLToPath(new URL("../../../", import.meta.url));
 const dir = await mkdtemp(join(tmpdir(), "hv-agent-config-"));
@@ -68,6 +68,59 @@ describe("agent config", () => {
     assert.throws(() => buildDrivers(["mock", "vmware"], dir), /drivers: unknown driver "vmware"; this agent supports mock/);
     assert.throws(() => buildDrivers(["mock", "mock"], dir), /listed twice/);
     assert.throws(() => buildDrivers([], dir), /at least one driver/);
+  });
+
+  it("denies the host network and host bridges by default; a default network needs them allowed", async () => {
+    const { config } = await loadConfig(agentSchema, { argv: [], env: {} });
+    assert.equal(config.allowHostNetwork, false);
+    assert.deepEqual(config.allowedBridges, []);
+    assert.equal(config.containerdPidsLimit, 1024);
+    const base = { ...DRIVER_DEFAULTS, nodeName: "n1" };
+    assert.throws(
+      () => buildDrivers(["containerd"], dir, {}, { ...base, containerdNetwork: "host" }),
+      (e: Error) =>
+        e instanceof ConfigError && e.message === 'containerd-network: "host" needs the host network allowed (allow-host-network: true)',
+    );
+    assert.throws(
+      () => buildDrivers(["libvirt"], dir, {}, { ...base, libvirtNetwork: "bridge:br0", allowedBridges: ["br1"] }),
+      (e: Error) =>
+        e instanceof ConfigError && /^libvirt-network: "bridge:br0" names a bridge that allowed-bridges does not list/.test(e.message),
+    );
+    assert.throws(
+      () => buildDrivers(["mock"], dir, {}, { ...base, allowedBridges: ["br0;rm"] }),
+      (e: Error) => e instanceof ConfigError && e.message === 'allowed-bridges: "br0;rm" is not an interface name',
+    );
+    // Allowed: built, and each driver advertises what it allows.
+    const drivers = buildDrivers(
+      ["containerd", "libvirt", "mock"],
+      dir,
+      {},
+      {
+        ...base,
+        containerdNetwork: "host",
+        allowHostNetwork: true,
+        libvirtNetwork: "bridge:br0",
+        allowedBridges: ["br0"],
+      },
+    );
+    assert.deepEqual(
+      drivers.map((d) => [d.name, d.hostAccess]),
+      [
+        ["containerd", { hostNetwork: true, bridges: [] }],
+        ["libvirt", { hostNetwork: false, bridges: ["br0"] }],
+        ["mock", undefined],
+      ],
+    );
+    for (const d of drivers) await d.close();
+    const denied = buildDrivers(["containerd", "libvirt"], dir, {}, base);
+    assert.deepEqual(
+      denied.map((d) => d.hostAccess),
+      [
+        { hostNetwork: false, bridges: [] },
+        { hostNetwork: false, bridges: [] },
+      ],
+    );
+    for (const d of denied) await d.close();
   });
 
   it("parses taints with and without a value, and names a malformed one", () => {

@@ -6,7 +6,7 @@
 import os from "node:os";
 import { join } from "node:path";
 import type { Driver } from "../../pkg/compute/driver/index.js";
-import { createContainerdDriver } from "../../pkg/compute/containerd/index.js";
+import { createContainerdDriver, DEFAULT_PIDS_LIMIT } from "../../pkg/compute/containerd/index.js";
 import { createLibvirtDriver, parseNetwork } from "../../pkg/compute/libvirt/index.js";
 import { createMockDriver } from "../../pkg/compute/mock/index.js";
 import { ConfigError, type ConfigOf, type Schema } from "../../pkg/config/index.js";
@@ -89,7 +89,25 @@ export const agentSchema = {
   "containerd-network": {
     type: "string",
     default: "none",
-    description: "container networking: none (own namespace, loopback only) or host",
+    description: "container networking: none (own namespace, loopback only) or host (needs allow-host-network)",
+  },
+  "containerd-pids-limit": {
+    type: "number",
+    default: 1024,
+    integer: true,
+    min: 1,
+    description: "processes and threads per container (cgroup pids.max): the default, and the most driver_config pids-limit may ask",
+  },
+  "allow-host-network": {
+    type: "boolean",
+    default: false,
+    description:
+      "let containers share this node's network namespace (driver_config network=host); it reaches everything on the node's loopback",
+  },
+  "allowed-bridges": {
+    type: "string[]",
+    default: [],
+    description: "host bridges VMs may join (driver_config network=bridge:<name>), comma-separated; empty: none",
   },
   taint: {
     type: "string[]",
@@ -138,6 +156,10 @@ export interface DriverSettings {
   containerdNamespace?: string;
   containerdSnapshotter?: string;
   containerdNetwork?: string;
+  containerdPidsLimit?: number;
+  /** What instances may use of the host (default: nothing). */
+  allowHostNetwork?: boolean;
+  allowedBridges?: string[];
 }
 
 export const DRIVER_DEFAULTS: DriverSettings = {
@@ -150,6 +172,9 @@ export const DRIVER_DEFAULTS: DriverSettings = {
   containerdNamespace: agentSchema["containerd-namespace"].default,
   containerdSnapshotter: agentSchema["containerd-snapshotter"].default,
   containerdNetwork: agentSchema["containerd-network"].default,
+  containerdPidsLimit: agentSchema["containerd-pids-limit"].default,
+  allowHostNetwork: agentSchema["allow-host-network"].default,
+  allowedBridges: agentSchema["allowed-bridges"].default,
 };
 
 /** Builds the named drivers, each with its state under dataDir/<driver>. */
@@ -160,6 +185,9 @@ export function buildDrivers(
   settings: DriverSettings = DRIVER_DEFAULTS,
 ): Driver[] {
   if (names.length === 0) throw new ConfigError("drivers: at least one driver is required", "drivers");
+  const allowedBridges = settings.allowedBridges ?? [];
+  for (const b of allowedBridges)
+    if (!BRIDGE_RE.test(b)) throw new ConfigError(`allowed-bridges: ${JSON.stringify(b)} is not an interface name`, "allowed-bridges");
   const seen = new Set<string>();
   return names.map((name) => {
     if (seen.has(name)) throw new ConfigError(`drivers: ${JSON.stringify(name)} is listed twice`, "drivers");
@@ -177,12 +205,18 @@ export function buildDrivers(
         } catch (e) {
           throw new ConfigError((e as Error).message, "libvirt-network");
         }
+        if (network.mode === "bridge" && !allowedBridges.includes(network.bridge))
+          throw new ConfigError(
+            `libvirt-network: ${JSON.stringify(settings.libvirtNetwork)} names a bridge that allowed-bridges does not list (allowed-bridges: [${allowedBridges.join(", ")}])`,
+            "libvirt-network",
+          );
         return createLibvirtDriver({
           stateDir: join(dataDir, "libvirt"),
           imageDir: settings.libvirtImageDir,
           socketPath: settings.libvirtSocket,
           uri: settings.libvirtUri,
           network,
+          allowedBridges,
           domainType: type,
           ...(settings.nodeName ? { owner: settings.nodeName } : {}),
         });
@@ -191,6 +225,11 @@ export function buildDrivers(
         const network = settings.containerdNetwork ?? "none";
         if (network !== "none" && network !== "host")
           throw new ConfigError(`containerd-network: ${JSON.stringify(network)} must be none or host`, "containerd-network");
+        if (network === "host" && !settings.allowHostNetwork)
+          throw new ConfigError(
+            'containerd-network: "host" needs the host network allowed (allow-host-network: true)',
+            "containerd-network",
+          );
         const namespace = settings.containerdNamespace ?? "hypervisor";
         if (!/^[A-Za-z0-9]+([._-][A-Za-z0-9]+)*$/.test(namespace))
           throw new ConfigError(
@@ -202,6 +241,8 @@ export function buildDrivers(
           socketPath: settings.containerdSocket ?? "/run/containerd/containerd.sock",
           namespace,
           network,
+          allowHostNetwork: settings.allowHostNetwork === true,
+          pidsLimit: settings.containerdPidsLimit ?? DEFAULT_PIDS_LIMIT,
           ...(settings.containerdSnapshotter ? { snapshotter: settings.containerdSnapshotter } : {}),
           ...(settings.nodeName ? { owner: settings.nodeName } : {}),
         });
@@ -214,6 +255,9 @@ export function buildDrivers(
     }
   });
 }
+
+/** A Linux interface name (IFNAMSIZ 16 with its NUL). */
+const BRIDGE_RE = /^[A-Za-z0-9_.-]{1,15}$/;
 
 export interface TaintSetting {
   key: string;

@@ -8,7 +8,7 @@
  *          ◄── {"images": [...]} once the driver has imported it (400: not an image) ──
  *   server ──GET /v1/images──► agent ◄── {"images": [...]} of every driver with an image store
  *   server ──GET /v1/instances/<name>/console?kind=vnc|serial, Upgrade: hypervisor-console──► agent
- *          ◄── 101, then the raw bytes of the VNC server or the serial pty, both ways ──
+ *          ◄── 101, then the raw bytes of the VNC server (its unix socket) or the serial pty, both ways ──
  *
  * The URL and a random token are published in agents/<node>; only cluster members (who can read
  * the store) can present the token. Names are checked against the DNS-label syntax before any
@@ -134,7 +134,7 @@ export class AgentEndpoint {
 
   /**
    * A console tunnel: after the checks, 101 and then raw bytes both ways between the server's
-   * socket and the console (a TCP connection to the VNC server, or the serial pty in raw mode).
+   * socket and the console (a connection to the VNC server's unix socket, or the serial pty in raw mode).
    * Either side closing closes the other.
    */
   private async tunnel(req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
@@ -158,7 +158,10 @@ export class AgentEndpoint {
       // The newest serial console wins, as with `virsh console --force`: the previous one closes
       // before this one opens the pty, so every byte the guest writes reaches the current viewer.
       if (found.kind === "serial") this.serials.get(name)?.();
-      const peer = found.kind === "vnc" ? await dial(found.host, found.port) : openPty(found.path);
+      const peer =
+        found.kind === "serial"
+          ? openPty(found.path)
+          : await dial("socket" in found ? { path: found.socket } : { host: found.host, port: found.port });
       socket.setNoDelay(true);
       socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: ${CONSOLE_UPGRADE}\r\nconnection: Upgrade\r\n\r\n`);
       this.tunnels.add(socket);
@@ -182,9 +185,10 @@ export class AgentEndpoint {
   }
 
   /**
-   * Where a VM's VNC server listens, for a server on this machine (it reached this endpoint on a
-   * loopback address) to dial it without the tunnel's extra hop. Serial consoles are only
-   * tunnelled: the agent keeps one reader per pty.
+   * Where a VM's VNC server listens (its unix socket; host and port only for a VM still on TCP),
+   * for a server on this machine (it reached this endpoint on a loopback address) to dial it
+   * without the tunnel's extra hop. Serial consoles are only tunnelled: the agent keeps one reader
+   * per pty.
    */
   private async consoleAddress(name: string, url: URL, res: ServerResponse): Promise<void> {
     if (!NAME_RE.test(name)) return json(res, 400, { error: `instance name ${JSON.stringify(name)} is not a DNS label` });
@@ -193,7 +197,7 @@ export class AgentEndpoint {
     const found = await this.source.console(name, kind);
     if ("status" in found) return json(res, found.status, { error: found.message });
     if (found.kind !== "vnc") return json(res, 502, { error: `the driver gave a ${found.kind} console for vnc` });
-    json(res, 200, { host: found.host, port: found.port });
+    json(res, 200, "socket" in found ? { socket: found.socket } : { host: found.host, port: found.port });
   }
 
   /** Spools the body to a file, hands it to the driver, answers with what it imported. */
@@ -284,9 +288,10 @@ interface Peer {
   close(): void;
 }
 
-function dial(host: string, port: number): Promise<Peer> {
+/** A VNC server: its unix socket, or (a VM still on TCP) its loopback port. */
+function dial(to: { path: string } | { host: string; port: number }): Promise<Peer> {
   return new Promise((resolve, reject) => {
-    const s = connect({ port, host, noDelay: true });
+    const s = "path" in to ? connect({ path: to.path }) : connect({ port: to.port, host: to.host, noDelay: true });
     s.once("error", reject);
     s.once("connect", () => {
       s.removeListener("error", reject);

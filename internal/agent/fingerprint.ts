@@ -1,7 +1,7 @@
 /*
  * What this node is and has, as the Node record the scheduler reads: CPUs, memory and disk
  * (detected, or simulated through the capacity options for scale tests), host identity, and each
- * driver's own fingerprint (health, version, capabilities).
+ * driver's own fingerprint (health, version, capabilities, what of the host it lets instances use).
  */
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
@@ -61,6 +61,7 @@ async function driverInfo(d: Driver, signal?: AbortSignal): Promise<DriverInfo> 
       message: fp.message,
       attributes: fp.attributes,
       capabilities: d.capabilities,
+      ...hostAccess(d),
     });
   } catch (e) {
     // A driver that cannot even fingerprint is reported unhealthy, not fatal: the node still
@@ -70,8 +71,15 @@ async function driverInfo(d: Driver, signal?: AbortSignal): Promise<DriverInfo> 
       healthy: false,
       message: `fingerprint failed: ${(e as Error).message}`,
       capabilities: d.capabilities,
+      ...hostAccess(d),
     });
   }
+}
+
+/** The driver's host access policy, when it allows anything (unset means nothing). */
+function hostAccess(d: Driver): { hostAccess?: { hostNetwork: boolean; bridges: string[] } } {
+  const p = d.hostAccess;
+  return p && (p.hostNetwork || p.bridges.length) ? { hostAccess: { hostNetwork: p.hostNetwork, bridges: [...p.bridges] } } : {};
 }
 
 async function diskOf(dir: string): Promise<number> {

@@ -5,7 +5,8 @@
  *   stdin (raw when a terminal) ──► ws      ws ──► stdout       Ctrl-] ends the session
  *
  * With --vnc it prints where a browser shows the graphical console (the /desktop/ page, which
- * takes its own ticket), and a one-time WebSocket URL for other noVNC-style clients.
+ * takes its own ticket), and a one-time WebSocket URL for other noVNC-style clients: the VM's VNC
+ * server is a unix socket on its node, with no TCP address to print.
  */
 import { Command } from "commander";
 import WebSocket from "ws";
@@ -28,7 +29,13 @@ export function consoleCommand(ctx: Context): Command {
       const wsUrl = base.replace(/^http/, "ws") + t.path;
       if (opts.vnc) {
         ctx.out(
-          `open in a browser: ${base}/desktop/?instance=${encodeURIComponent(name)}\nwebsocket (one use, ${ttl(t.expireTime?.seconds)}): ${wsUrl}\n`,
+          [
+            `open in a browser: ${base}/desktop/?instance=${encodeURIComponent(name)}`,
+            `websocket (one use, ${ttl(t.expireTime?.seconds)}): ${wsUrl}`,
+            // There is no host:port to point a VNC viewer at: the VM's VNC server is a unix socket on its node.
+            "the VM's VNC server listens on no TCP port: its screen is reached only through these (noVNC-style clients)",
+            "",
+          ].join("\n"),
         );
         return;
       }

@@ -48,6 +48,23 @@ export const serverSchema = {
     default: "/run/hypervisor-containerd/containerd.sock",
     description: "containerd's gRPC socket (--dev agent; scripts/start-containerd.sh starts one there)",
   },
+  "allow-host-network": {
+    type: "boolean",
+    default: false,
+    description: "let containers of the --dev agent share this machine's network namespace (driver_config network=host)",
+  },
+  "allowed-bridges": {
+    type: "string[]",
+    default: [],
+    description: "host bridges VMs of the --dev agent may join (driver_config network=bridge:<name>), comma-separated; empty: none",
+  },
+  "containerd-pids-limit": {
+    type: "number",
+    default: 1024,
+    integer: true,
+    min: 1,
+    description: "processes and threads per container of the --dev agent (cgroup pids.max); the most driver_config pids-limit may ask",
+  },
   "libvirt-image-dir": {
     type: "string",
     default: "",
@@ -76,7 +93,8 @@ export const serverSchema = {
   "console-local-direct": {
     type: "boolean",
     default: true,
-    description: "dial the VNC server of a VM whose agent is on this machine (loopback endpoint) directly; false: always through the agent",
+    description:
+      "dial the VNC unix socket of a VM whose agent is on this machine (loopback endpoint) directly; false: always through the agent",
   },
   "allowed-hosts": {
     type: "string[]",

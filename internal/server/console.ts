@@ -7,10 +7,10 @@
  *            ticket taken in one txn (delete if present) · unexpired · instance still the same
  *            (anything else: 403 before any connection towards the instance)
  *        server ──GET /v1/instances/<name>/console?kind=…, Upgrade: hypervisor-console──► agent
- *        agent ──► VNC server (TCP) or serial pty ── raw bytes ──
+ *        agent ──► VNC server (the VM's unix socket) or serial pty ── raw bytes ──
  *   browser ◄══ binary WebSocket frames ══► server ◄══ raw bytes ══► agent ◄══► console
- *   A node whose agent is on this machine (loopback endpoint), VNC: the agent names the address
- *   (GET /v1/instances/<name>/console/address) and the server dials it:
+ *   A node whose agent is on this machine (loopback endpoint), VNC: the agent names the VM's socket
+ *   (GET /v1/instances/<name>/console/address) and the server dials it (the tunnel if it cannot):
  *   browser ◄══ binary WebSocket frames ══► server ◄══ raw bytes ══► VNC server
  *
  * Backpressure: each direction pauses its source while the sink's buffer is full (see splice).
@@ -140,8 +140,8 @@ export class ConsoleProxy {
   /**
    * A socket to the instance's console. The agent of its node owns the way there: a tunnel through
    * it in general; but when the agent is on this machine (its endpoint is a loopback address, so the
-   * two share a network namespace) and the console is a VNC server on loopback, the agent names
-   * the address and the server dials it, one hop fewer for every frame.
+   * two share a host) and the console is VNC, the agent names the VM's unix socket and the server
+   * dials it, one hop fewer for every frame.
    */
   private async connect(record: ConsoleTicketRecord): Promise<Peer | { status: number; message: string }> {
     const ep = await agentEndpoint(this.ctx.store, record.node);
@@ -154,22 +154,29 @@ export class ConsoleProxy {
     } catch (e) {
       return { status: 502, message: `agent of node ${record.node} at ${ep.url}: ${(e as Error).message}` };
     }
-    const body = (await res.json().catch(() => ({}))) as { host?: unknown; port?: unknown; error?: unknown };
+    const body = (await res.json().catch(() => ({}))) as { socket?: unknown; host?: unknown; port?: unknown; error?: unknown };
     if (!res.ok)
       return {
         status: res.status === 409 || res.status === 404 ? 409 : 502,
         message: `node ${record.node}: ${typeof body.error === "string" ? body.error : res.statusText}`,
       };
-    const { host, port } = body;
-    // Anything but a loopback VNC server is not this machine's to dial: the agent tunnels it.
-    if (typeof host !== "string" || !isLoopback(host) || !Number.isInteger(port)) return this.tunnel(record, ep);
-    return new Promise((resolve) => {
-      const s = createConnection({ host, port: port as number, noDelay: true });
-      s.once("connect", () => resolve({ socket: s, via: "direct" }));
-      s.once("error", (e) =>
-        resolve({ status: 502, message: `VNC server of ${record.instance} at ${host}:${String(port)}: ${e.message}` }),
-      );
+    const { socket, host, port } = body;
+    // The VM's VNC unix socket; a loopback port only for a VM an older agent defined. Anything else
+    // is not this machine's to dial, and a socket this process may not open (another user's
+    // server), neither: the agent tunnels those.
+    let to: { path: string } | { host: string; port: number };
+    if (typeof socket === "string" && socket.startsWith("/")) to = { path: socket };
+    else if (typeof host === "string" && isLoopback(host) && Number.isInteger(port)) to = { host, port: port as number };
+    else return this.tunnel(record, ep);
+    const direct = await new Promise<Socket | undefined>((resolve) => {
+      const s = "path" in to ? createConnection({ path: to.path }) : createConnection({ host: to.host, port: to.port, noDelay: true });
+      s.once("connect", () => resolve(s));
+      s.once("error", (e) => {
+        this.ctx.log.debug({ instance: record.instance, err: e.message }, "VNC server not reachable directly; through the agent");
+        resolve(undefined);
+      });
     });
+    return direct ? { socket: direct, via: "direct" } : this.tunnel(record, ep);
   }
 
   /** Deletes the ticket's record if it is there; only the caller that deleted it gets it. */

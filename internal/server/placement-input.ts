@@ -1,11 +1,13 @@
 /*
  * From records to the scheduler's plain views (scheduler.ts knows no protobuf): nodes with their
- * readiness, allocation, taints and reservation; pending instances as requests, with empty group
+ * readiness, allocation, taints, reservation and host access per driver; pending instances as
+ * requests (with the host network or bridge their driver_config asks for), with empty group
  * selectors resolved to the instance's own labels; placed instances for group constraints.
  */
 import { type Instance, LabelOperator, Strategy, TaintEffect, TolerationOperator } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import type { Node } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { keys } from "../../pkg/cluster/store/index.js";
+import { hostAccessRequest } from "../../pkg/compute/driver/index.js";
 import type { Informers } from "./context.js";
 import { allocationTotals } from "./records.js";
 import {
@@ -39,6 +41,16 @@ export function nodeView(n: Node, informers: Informers): NodeView {
     ready: informers.alive.get(keys.alive(n.name)) !== undefined,
     cordoned: n.cordoned,
     drivers: Object.fromEntries(n.drivers.map((d) => [d.name, d.healthy])),
+    // Only drivers that allow something: most nodes have none, and their view stays small.
+    ...(n.drivers.some((d) => d.hostAccess)
+      ? {
+          hostAccess: Object.fromEntries(
+            n.drivers.flatMap((d) =>
+              d.hostAccess ? [[d.name, { hostNetwork: d.hostAccess.hostNetwork, bridges: d.hostAccess.bridges }]] : [],
+            ),
+          ),
+        }
+      : {}),
     capacity: resources(n.capacity),
     reserved: resources(n.reserved),
     allocated: allocationTotals(a?.value),
@@ -64,9 +76,11 @@ export function placementRequest(i: Instance): PlacementRequest {
   const spec = i.spec!;
   const p = spec.placement;
   const group = (s: Record<string, string>) => (Object.keys(s).length ? s : i.labels);
+  const host = hostAccessRequest(spec.driverConfig);
   return {
     name: i.name,
     driver: spec.driver,
+    ...(host.hostNetwork || host.bridge !== undefined ? { hostAccess: host } : {}),
     vcpus: spec.vcpus,
     memoryMib: Number(spec.memoryMib),
     diskGib: Number(spec.diskGib),

@@ -168,6 +168,52 @@ describe("scheduler", () => {
     assert.equal(otherEffect.placements.length, 0, "a toleration of another effect does not count");
   });
 
+  it("host network and host bridges: placed only on nodes whose driver allows them, explained per node", () => {
+    const nodes = [
+      node("a", { drivers: { containerd: true, libvirt: true } }),
+      node("b", { drivers: { containerd: true, libvirt: true }, hostAccess: { containerd: { hostNetwork: true, bridges: [] } } }),
+      // Allowed for another driver than the instance's: not allowed for it.
+      node("c", { drivers: { containerd: true, libvirt: true }, hostAccess: { libvirt: { hostNetwork: true, bridges: ["br0"] } } }),
+    ];
+    const host = req("h", { driver: "containerd", hostAccess: { hostNetwork: true } });
+    const bridge = req("v", { driver: "libvirt", hostAccess: { hostNetwork: false, bridge: "br0" } });
+    const other = req("w", { driver: "libvirt", hostAccess: { hostNetwork: false, bridge: "br1" } });
+    const plan = schedule(nodes, [host, bridge, other, req("plain", { driver: "containerd" })], "spread");
+    assert.deepEqual(plan.placements, [
+      { instance: "h", node: "b" },
+      { instance: "v", node: "c" },
+      { instance: "plain", node: "a" },
+    ]);
+    assert.deepEqual(plan.unplaced, [
+      {
+        instance: "w",
+        message: "0/3 nodes available: 3 bridge br1 not allowed (allowed-bridges)",
+        reasons: { "bridge br1 not allowed (allowed-bridges)": 3 },
+      },
+    ]);
+    // Nowhere allowed: it stays unplaced, and explain names the reason on every node.
+    const denied = verdicts([nodes[0]!, nodes[2]!], host, "binpack");
+    assert.equal(denied.best, "");
+    assert.deepEqual(
+      denied.verdicts.map((v) => [v.node, v.reason]),
+      [
+        ["a", "host network not allowed (allow-host-network)"],
+        ["c", "host network not allowed (allow-host-network)"],
+      ],
+    );
+    assert.equal(denied.summary, "0/2 nodes available: 2 host network not allowed (allow-host-network)");
+    // The static verdicts shared by alike requests in one pass tell host and plain requests apart.
+    const mixed = schedule([nodes[0]!], [req("p1", { driver: "containerd" }), host, req("p2", { driver: "containerd" })], "binpack");
+    assert.deepEqual(
+      mixed.placements.map((p) => p.instance),
+      ["p1", "p2"],
+    );
+    assert.deepEqual(
+      mixed.unplaced.map((u) => u.instance),
+      ["h"],
+    );
+  });
+
   it("reservations are held back from capacity", () => {
     const n = node("a", { capacity: { vcpus: 4, memoryMib: 4096, diskGib: 10 }, reserved: { vcpus: 1, memoryMib: 1024, diskGib: 2 } });
     const plan = schedule(

@@ -8,7 +8,7 @@
  *                                      └─ none: a message counting why, per reason
  *
  * Feasibility, in order (a node's verdict is the first filter it fails): Ready, not cordoned,
- * driver present and healthy, node_selector, node requirements (in/notin/exists/doesnotexist),
+ * driver present and healthy, host network or bridge allowed by the node (if asked), node_selector, node requirements (in/notin/exists/doesnotexist),
  * NoSchedule taints tolerated, CPU/memory/disk left after the host's reservation, max per node,
  * required affinity and anti-affinity, required spread (max skew).
  * Score (higher is better): the strategy (binpack: utilisation after placement, spread: its
@@ -20,6 +20,8 @@
  * request stopped, so the work per placement does not grow with the cluster. A request that fits
  * nowhere has seen every node, so its message counts them all.
  */
+
+import { DENY_ALL, type HostAccessPolicy, type HostAccessRequest, hostAccessRefusal } from "../../pkg/compute/driver/index.js";
 
 export type Algorithm = "binpack" | "spread";
 
@@ -47,6 +49,8 @@ export interface NodeView {
   cordoned: boolean;
   /** Driver name → healthy. */
   drivers: Record<string, boolean>;
+  /** Driver name → what it lets instances use of the host (absent: nothing). */
+  hostAccess?: Record<string, HostAccessPolicy>;
   capacity: Resources;
   /** Held back for the host. */
   reserved?: Resources;
@@ -96,6 +100,8 @@ export interface SpreadView {
 export interface PlacementRequest {
   name: string;
   driver: string;
+  /** Host network or a host bridge its driver_config asks for (absent: neither). */
+  hostAccess?: HostAccessRequest;
   vcpus: number;
   memoryMib: number;
   diskGib: number;
@@ -366,7 +372,7 @@ class Pass {
    * backlog of 1,000 alike requests checks each node once, not once per request. Filled lazily.
    */
   private staticVerdicts(r: PlacementRequest): (at: number) => string | undefined {
-    const sig = `${r.driver}\0${JSON.stringify(r.nodeSelector)}\0${JSON.stringify(r.requirements ?? [])}\0${JSON.stringify(r.tolerations ?? [])}`;
+    const sig = `${r.driver}\0${JSON.stringify(r.hostAccess ?? {})}\0${JSON.stringify(r.nodeSelector)}\0${JSON.stringify(r.requirements ?? [])}\0${JSON.stringify(r.tolerations ?? [])}`;
     let v = this.statics.get(sig);
     if (!v) this.statics.set(sig, (v = new Array<string | null | undefined>(this.views.length)));
     const verdicts = v;
@@ -476,6 +482,10 @@ function staticInfeasibility(n: NodeView, r: PlacementRequest): string | undefin
   const healthy = n.drivers[r.driver];
   if (healthy === undefined) return `no driver ${r.driver}`;
   if (!healthy) return `driver ${r.driver} unhealthy`;
+  if (r.hostAccess) {
+    const why = hostAccessRefusal(r.hostAccess, n.hostAccess?.[r.driver] ?? DENY_ALL);
+    if (why) return why;
+  }
   for (const k in r.nodeSelector) if (labelOf(n, k) !== r.nodeSelector[k]) return "node selector mismatch";
   for (const q of r.requirements ?? []) if (!requirementHolds((k) => labelOf(n, k), q)) return `node requirement ${q.key}`;
   for (const t of n.taints ?? []) {

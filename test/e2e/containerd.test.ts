@@ -69,6 +69,8 @@ describe("containers through the whole system (etcd, server, two agents with con
       ns,
       "--data-dir",
       join(dir, node),
+      // The first node lets containers onto its network namespace; the second does not (the default).
+      ...(node === nodes[0] ? ["--allow-host-network"] : []),
     ]);
     agents.set(node, p);
     return p;
@@ -165,6 +167,56 @@ describe("containers through the whole system (etcd, server, two agents with con
       readFile(`/sys/fs/cgroup/${ns}-web/memory.max`, "utf8"),
     );
     assert.equal(limit.trim(), String(64 << 20));
+  });
+
+  it("confines the container: the kernel reports its seccomp filter, no new privileges, no CAP_NET_RAW, and the node's pids limit", async () => {
+    const web = await get("web");
+    const status = await readFile(`/proc/${web.status?.details?.pid}/status`, "utf8");
+    const field = (k: string) => new RegExp(`^${k}:\\t(.*)$`, "m").exec(status)?.[1];
+    assert.equal(field("Seccomp"), "2");
+    assert.equal(field("NoNewPrivs"), "1");
+    assert.equal(BigInt(`0x${field("CapEff")}`), 0xa80405fbn, "runc's default set without NET_RAW");
+    assert.equal(BigInt(`0x${field("CapBnd")}`), 0xa80405fbn);
+    const pidsMax = await readFile(`/sys/fs/cgroup/pids/${ns}-web/pids.max`, "utf8").catch(() =>
+      readFile(`/sys/fs/cgroup/${ns}-web/pids.max`, "utf8"),
+    );
+    assert.equal(pidsMax.trim(), "1024");
+  });
+
+  it("places a container on the host network only on the node that allows it; elsewhere it stays Pending and explain says why", async () => {
+    const [open, closed] = nodes as [string, string];
+    const node = JSON.parse(await ctl("node", "get", open, "-o", "json")) as {
+      drivers?: { name: string; hostAccess?: { hostNetwork?: boolean } }[];
+    };
+    assert.equal(node.drivers?.find((d) => d.name === "containerd")?.hostAccess?.hostNetwork, true, "the node advertises it");
+    const closedNode = JSON.parse(await ctl("node", "get", closed, "-o", "json")) as typeof node;
+    assert.equal(closedNode.drivers?.find((d) => d.name === "containerd")?.hostAccess, undefined);
+    const create = (name: string, ...extra: string[]) =>
+      ctl(
+        "instance", "create", name, "--driver", "containerd", "--image", BUSYBOX_REF, "--memory", "32", "--vcpus", "1",
+        "--config", "network=host", ...extra, "--command", "sh", "--", "-c", "while true; do sleep 1; done",
+      ); // prettier-ignore
+    await create("hostnet", "--wait", "--timeout", "2m");
+    const placed = await get("hostnet");
+    assert.equal(placed.status?.phase, "PHASE_RUNNING");
+    assert.equal(placed.status?.node, open);
+    const explained = JSON.parse(await ctl("instance", "explain", "hostnet", "-o", "json")) as {
+      nodes?: { node: string; feasible?: boolean; reason?: string }[];
+    };
+    assert.equal(explained.nodes?.find((v) => v.node === closed)?.reason, "host network not allowed (allow-host-network)");
+
+    // Pinned to the node that refuses it: never placed there.
+    await create("hostnet-pinned", "--node-selector", `hypervisor.dev/node=${closed}`);
+    const why = await until("the placement message", async () => {
+      const i = await get("hostnet-pinned");
+      return /host network not allowed/.test(i.status?.message ?? "") ? i : undefined;
+    });
+    assert.equal(why.status?.phase, "PHASE_PENDING");
+    assert.equal(why.status?.node ?? "", "");
+    assert.match(why.status?.message ?? "", /1 host network not allowed \(allow-host-network\)/);
+    const table = await ctl("instance", "explain", "hostnet-pinned");
+    assert.match(table, new RegExp(`${closed}\\s.*host network not allowed \\(allow-host-network\\)`));
+    for (const n of ["hostnet", "hostnet-pinned"]) await ctl("instance", "delete", n, "--wait");
   });
 
   it("restarts a crashing container on failure, backing off between attempts", async () => {

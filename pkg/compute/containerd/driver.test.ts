@@ -7,7 +7,7 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, readlink, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -177,6 +177,80 @@ describe("containerd driver: what containers have", () => {
     assert.equal(stats.memoryLimitBytes, 48 << 20);
     assert.ok(stats.memoryUsedBytes > 0 && stats.cpuTimeNs > 0, JSON.stringify(stats));
     await d.destroy(name);
+  });
+
+  it("confines the container: the kernel reports its seccomp filter, no new privileges, capabilities without NET_RAW, pids.max", async () => {
+    const d = await makeDriver();
+    const name = `confined-${randomUUID().slice(0, 6)}`;
+    const uid = randomUUID();
+    await d.create(spec(name, uid, SERVICE, { config: { "pids-limit": "77" } }));
+    const running = await d.start(name);
+    const status = await readFile(`/proc/${running.details.pid}/status`, "utf8");
+    const field = (k: string) => new RegExp(`^${k}:\\t(.*)$`, "m").exec(status)?.[1];
+    assert.equal(field("Seccomp"), "2", "a seccomp filter (mode 2)");
+    assert.equal(field("NoNewPrivs"), "1");
+    // CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE SYS_CHROOT MKNOD
+    // AUDIT_WRITE SETFCAP: Docker's a80425fb without NET_RAW (bit 13).
+    const want = 0xa80405fbn;
+    for (const k of ["CapEff", "CapBnd", "CapPrm"]) {
+      const caps = BigInt(`0x${field(k)}`);
+      assert.equal(caps, want, `${k} ${field(k)}`);
+      assert.equal(caps & (1n << 13n), 0n, `${k} without CAP_NET_RAW`);
+    }
+    assert.equal(BigInt(`0x${field("CapInh")}`), 0n);
+    const v2 = await stat("/sys/fs/cgroup/cgroup.controllers").then(
+      () => true,
+      () => false,
+    );
+    const pidsMax = v2 ? `/sys/fs/cgroup/${NS}-${name}/pids.max` : `/sys/fs/cgroup/pids/${NS}-${name}/pids.max`;
+    assert.equal((await readFile(pidsMax, "utf8")).trim(), "77");
+    await d.destroy(name);
+
+    // The node's limit when the instance asks for none.
+    const node = new ContainerdDriver({ stateDir: join(dir, "pids"), socketPath: socket, namespace: NS, owner: OWNER, pidsLimit: 333 });
+    drivers.push(node);
+    const plain = `pids-${randomUUID().slice(0, 6)}`;
+    await node.create(spec(plain, randomUUID(), SERVICE));
+    await node.start(plain);
+    const plainMax = v2 ? `/sys/fs/cgroup/${NS}-${plain}/pids.max` : `/sys/fs/cgroup/pids/${NS}-${plain}/pids.max`;
+    assert.equal((await readFile(plainMax, "utf8")).trim(), "333");
+    await node.destroy(plain);
+  });
+
+  it("refuses the host network unless the node allows it (allow-host-network), and a pids-limit over the node's", async () => {
+    const d = await makeDriver();
+    const before = await ctr("containers", "ls", "-q");
+    const host = `hostnet-${randomUUID().slice(0, 6)}`;
+    await assert.rejects(
+      d.create(spec(host, randomUUID(), SERVICE, { config: { network: "host" } })),
+      (e: unknown) =>
+        e instanceof InvalidSpecError &&
+        e.message === `driver_config.network: "host" is not allowed on node ${OWNER} (allow-host-network: false)`,
+    );
+    for (const bad of ["1025", "0", "-1", "12x", ""])
+      await assert.rejects(
+        d.create(spec(`pids-${randomUUID().slice(0, 6)}`, randomUUID(), SERVICE, { config: { "pids-limit": bad } })),
+        (e: unknown) =>
+          e instanceof InvalidSpecError &&
+          e.message ===
+            `driver_config.pids-limit: ${JSON.stringify(bad)} must be an integer from 1 to 1024 (containerd-pids-limit of node ${OWNER})`,
+        bad,
+      );
+    assert.equal(await ctr("containers", "ls", "-q"), before, "nothing created");
+    assert.deepEqual(d.hostAccess, { hostNetwork: false, bridges: [] });
+    // Allowed on this node: the container shares the host's network namespace.
+    const open = new ContainerdDriver({
+      stateDir: join(dir, "open"),
+      socketPath: socket,
+      namespace: NS,
+      owner: OWNER,
+      allowHostNetwork: true,
+    });
+    drivers.push(open);
+    await open.create(spec(host, randomUUID(), SERVICE, { config: { network: "host" } }));
+    const running = await open.start(host);
+    assert.equal(await readlink(`/proc/${running.details.pid}/ns/net`), await readlink("/proc/self/ns/net"));
+    await open.destroy(host);
   });
 
   it("a new driver adopts a running container: same task, not restarted, and its log keeps growing", async () => {

@@ -28,6 +28,9 @@ import {
   type DriverInstance,
   type DriverInstanceSpec,
   type Fingerprint,
+  hostAccessError,
+  type HostAccessPolicy,
+  hostAccessRequest,
   type ImageDriver,
   type InstanceStats,
   InvalidSpecError,
@@ -57,7 +60,9 @@ const SIGTERM = 15;
 const SIGKILL = 9;
 const NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const OWNER_RE = NAME_RE;
-const CONFIG_KEYS = ["network"] as const;
+const CONFIG_KEYS = ["network", "pids-limit"] as const;
+/** Processes a container may have when neither the node nor the instance says otherwise. */
+export const DEFAULT_PIDS_LIMIT = 1024;
 const SNAPSHOTTER_LABEL = "containerd.io/defaults/snapshotter";
 const DEFAULT_SNAPSHOTTER = "overlayfs";
 
@@ -71,6 +76,13 @@ export interface ContainerdDriverOptions {
   owner?: string;
   /** Container networking by default: none (own network namespace, loopback only) or host. */
   network?: NetworkMode;
+  /** Whether containers may share the node's network namespace (network host); default false. */
+  allowHostNetwork?: boolean;
+  /**
+   * Processes (and threads) per container: the default and the most an instance may ask for with
+   * driver_config pids-limit. Default DEFAULT_PIDS_LIMIT.
+   */
+  pidsLimit?: number;
   log?: Logger;
 }
 
@@ -103,6 +115,10 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
     this.namespace = opts.namespace ?? DEFAULT_NAMESPACE;
     this.owner = opts.owner ?? (hostname().toLowerCase().split(".")[0] || "localhost");
     if (!OWNER_RE.test(this.owner)) throw new DriverError(`containerd owner ${JSON.stringify(this.owner)} is not a node name (DNS label)`);
+    if (opts.network === "host" && !opts.allowHostNetwork)
+      throw new DriverError("containerd network host as the default needs the host network allowed (allow-host-network: true)");
+    const pids = opts.pidsLimit ?? DEFAULT_PIDS_LIMIT;
+    if (!Number.isSafeInteger(pids) || pids < 1) throw new DriverError(`containerd pids limit ${pids} must be a positive integer`);
     this.log = opts.log ?? logger("containerd");
     this.client = new ContainerdClient({ namespace: this.namespace, ...(opts.socketPath ? { socketPath: opts.socketPath } : {}) });
   }
@@ -123,6 +139,23 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
       () => DEFAULT_SNAPSHOTTER,
     );
     return this.snapshotterP;
+  }
+
+  /** What this node lets containers use of the host (advertised in the fingerprint too). */
+  get hostAccess(): HostAccessPolicy {
+    return { hostNetwork: this.opts.allowHostNetwork === true, bridges: [] };
+  }
+
+  /** driver_config pids-limit, from 1 to the node's limit; the node's limit when absent. */
+  private pidsLimit(asked: string | undefined): number {
+    const max = this.opts.pidsLimit ?? DEFAULT_PIDS_LIMIT;
+    if (asked === undefined) return max;
+    const n = /^[1-9][0-9]{0,9}$/.test(asked) ? Number(asked) : NaN;
+    if (!(n <= max))
+      throw new InvalidSpecError(
+        `driver_config.pids-limit: ${JSON.stringify(asked)} must be an integer from 1 to ${max} (containerd-pids-limit of node ${this.owner})`,
+      );
+    return n;
   }
 
   private cgroupsPath(name: string): string {
@@ -171,6 +204,7 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
           namespace: this.namespace,
           snapshotter: await this.snapshotter(),
           runtime: RUNTIME,
+          pids_limit: String(this.opts.pidsLimit ?? DEFAULT_PIDS_LIMIT),
         },
       };
     } catch (e) {
@@ -198,6 +232,10 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
     const network = (spec.config.network ?? this.opts.network ?? "none") as NetworkMode;
     if (network !== "none" && network !== "host")
       throw new InvalidSpecError(`driver_config.network: ${JSON.stringify(spec.config.network)} must be none or host`);
+    // The scheduler places such an instance only where it is allowed; this is the node's own word.
+    const refused = hostAccessError(hostAccessRequest(spec.config), this.hostAccess, this.owner);
+    if (refused) throw new InvalidSpecError(refused);
+    const pidsLimit = this.pidsLimit(spec.config["pids-limit"]);
     if (!spec.image) throw new InvalidSpecError("image: a container needs an image (import one with `hypervisor-ctl image import`)");
     if (spec.kernel || spec.initrd || spec.cmdline)
       throw new InvalidSpecError("kernel, initrd and cmdline are for VMs; a container runs an image");
@@ -210,7 +248,7 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
       throw e;
     });
     // Validated in full before anything is created in containerd.
-    const runtimeSpec = buildRuntimeSpec({ spec, image: image.config, cgroupsPath: this.cgroupsPath(spec.name), network });
+    const runtimeSpec = buildRuntimeSpec({ spec, image: image.config, cgroupsPath: this.cgroupsPath(spec.name), network, pidsLimit });
     await mkdir(join(this.opts.stateDir, "logs"), { recursive: true });
 
     const snapshotter = await this.snapshotter();

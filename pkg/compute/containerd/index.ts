@@ -34,8 +34,11 @@ export {
   containerdCapabilities,
   createContainerdDriver,
   DEFAULT_NAMESPACE,
+  DEFAULT_PIDS_LIMIT,
   LABEL_OWNER,
   LABEL_UID,
   type ContainerdDriverOptions,
 } from "./driver.js";
 export { importImageArchive, listImages, resolveImage } from "./images.js";
+export { defaultSeccompProfile, type SeccompProfile } from "./seccomp.js";
+export { CAPABILITIES } from "./spec.js";

@@ -1,21 +1,26 @@
 /*
  * The OCI runtime spec (config.json for runc) of an instance: ctr's defaults for a Linux
- * container (capabilities, masked paths, the usual /proc /dev /sys mounts), the image's config
- * (entrypoint, cmd, env, working dir, user) under the instance spec's command, args and env, and
- * the instance's CPU and memory as cgroup limits.
+ * container (masked paths, the usual /proc /dev /sys mounts), the image's config (entrypoint, cmd,
+ * env, working dir, user) under the instance spec's command, args and env, and the instance's CPU,
+ * memory and process count as cgroup limits.
+ * Confinement, as Docker's defaults but without CAP_NET_RAW (no raw sockets: no ARP or ICMP
+ * spoofing towards the host or other containers): runc's default capability set minus NET_RAW,
+ * no-new-privileges (setuid binaries and file capabilities grant nothing), the default seccomp
+ * profile (./seccomp.ts), and a pids limit so a fork bomb stays inside its container.
  */
 import { InvalidSpecError, type DriverInstanceSpec } from "../driver/index.js";
 import type { ImageConfig } from "./images.js";
+import { defaultSeccompProfile } from "./seccomp.js";
 
 export const OCI_VERSION = "1.0.2-dev";
 const DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-const CAPABILITIES = [
+/** runc's default set without CAP_NET_RAW. Ambient and inheritable stay empty. */
+export const CAPABILITIES = [
   "CAP_CHOWN",
   "CAP_DAC_OVERRIDE",
   "CAP_FSETID",
   "CAP_FOWNER",
   "CAP_MKNOD",
-  "CAP_NET_RAW",
   "CAP_SETGID",
   "CAP_SETUID",
   "CAP_SETFCAP",
@@ -37,6 +42,8 @@ export interface SpecParams {
   /** cgroup path, e.g. /hypervisor-web-1. */
   cgroupsPath: string;
   network: NetworkMode;
+  /** Most processes (and threads) the container may have at once: its cgroup's pids.max. */
+  pidsLimit: number;
 }
 
 /** The process the container runs: the spec's command replaces the image's entrypoint, args its cmd. */
@@ -75,6 +82,8 @@ export function buildRuntimeSpec(p: SpecParams): Record<string, unknown> {
   if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < 4)
     throw new InvalidSpecError(`memory_mib: ${spec.memoryMiB} must be at least 4`);
   const memory = spec.memoryMiB * 1024 * 1024;
+  if (!Number.isInteger(p.pidsLimit) || p.pidsLimit < 1)
+    throw new InvalidSpecError(`pids limit: ${p.pidsLimit} must be a positive integer`);
   const namespaces = [
     { type: "pid" },
     { type: "ipc" },
@@ -122,7 +131,9 @@ export function buildRuntimeSpec(p: SpecParams): Record<string, unknown> {
         devices: [{ allow: false, access: "rwm" }],
         memory: { limit: memory, swap: memory },
         cpu: { quota: spec.vcpus * CPU_PERIOD, period: CPU_PERIOD, shares: 1024 * spec.vcpus },
+        pids: { limit: p.pidsLimit },
       },
+      seccomp: defaultSeccompProfile(),
       namespaces,
       maskedPaths: [
         "/proc/acpi",

@@ -12,6 +12,7 @@
  * Optional features are declared in `capabilities` and implemented through the small interfaces
  * below; a driver never has a method that throws "not implemented".
  */
+import type { HostAccessPolicy } from "./host-access.js";
 
 export type DriverState = "created" | "running" | "stopped" | "exited" | "failed";
 
@@ -44,7 +45,7 @@ export interface DriverInstance {
   finishedAt?: number;
   message?: string;
   addresses: string[];
-  /** Runtime details worth showing in status (e.g. vnc_port, domain uuid). */
+  /** Runtime details worth showing in status (e.g. domain uuid, vnc_socket). */
   details: Record<string, string>;
 }
 
@@ -91,6 +92,11 @@ export interface Signalled {
 export interface Driver {
   readonly name: string;
   readonly capabilities: Capabilities;
+  /**
+   * What this node lets the driver's instances use of the host (./host-access.ts), as its agent
+   * config says; absent: nothing. The driver refuses more at create, and the node advertises it.
+   */
+  readonly hostAccess?: HostAccessPolicy;
   fingerprint(opts?: Signalled): Promise<Fingerprint>;
   /** Prepares the instance (disk, container, domain definition) without starting it. */
   create(spec: DriverInstanceSpec, opts?: Signalled): Promise<DriverInstance>;
@@ -115,8 +121,13 @@ export interface StatsDriver extends Driver {
 
 export type ConsoleKind = "vnc" | "serial";
 
-/** Where a console's bytes are: a TCP server on the node (VNC), or a pty device (serial). */
-export type ConsoleEndpoint = { kind: "vnc"; host: string; port: number } | { kind: "serial"; path: string };
+/**
+ * Where a console's bytes are on the node: a VNC server's unix socket, or a pty device (serial).
+ * A VNC server on TCP is only the VM an older agent defined and that has not started since (see
+ * the libvirt driver): new ones never listen on TCP.
+ */
+export type ConsoleEndpoint =
+  { kind: "vnc"; socket: string } | { kind: "vnc"; host: string; port: number } | { kind: "serial"; path: string };
 
 export interface ConsoleDriver extends Driver {
   /** Throws DriverError when the instance is not running or has no console of that kind. */

@@ -22,3 +22,11 @@ export type {
 export { hasBalloon, hasConsole, hasImages, hasLogs, hasStats } from "./driver.js";
 export { lookAgain } from "./look-again.js";
 export { DriverError, InstanceNotFoundError, InvalidSpecError, StartError } from "./errors.js";
+export {
+  DENY_ALL,
+  hostAccessError,
+  hostAccessRefusal,
+  hostAccessRequest,
+  type HostAccessPolicy,
+  type HostAccessRequest,
+} from "./host-access.js";

@@ -4,7 +4,7 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { InvalidSpecError } from "../driver/index.js";
-import { buildDomainXml, type DomainParams, domainName, esc, parseDomainXml } from "./domain-xml.js";
+import { buildDomainXml, type DomainParams, domainName, esc, parseDomainXml, vncOnSocket } from "./domain-xml.js";
 
 const base: DomainParams = {
   name: "web-1",
@@ -54,20 +54,45 @@ const markup = fc.string({
 });
 
 describe("domain XML", () => {
-  it("describes the instance: name, metadata, memory, kernel boot, serial log, VNC on loopback, balloon", () => {
+  it("describes the instance: name, metadata, memory, kernel boot, serial log, VNC on a unix socket, balloon", () => {
     const xml = buildDomainXml(base);
     assert.match(xml, /<domain type="qemu">/);
     assert.match(xml, /<name>hv-web-1<\/name>/);
     assert.match(xml, /<memory unit="MiB">128<\/memory>/);
     assert.match(xml, /<kernel>\/var\/cache\/hypervisor\/guest\/vmlinuz<\/kernel>/);
-    assert.match(xml, /<graphics type="vnc" port="-1" autoport="yes" listen="127.0.0.1">/);
+    assert.match(xml, /<graphics type="vnc">\s*<listen type="socket"\/>\s*<\/graphics>/);
+    assert.doesNotMatch(/<graphics[\s\S]*<\/graphics>/.exec(xml)![0], /port=|autoport|listen="|type="address"/, "no VNC on TCP");
     assert.match(xml, /<stats period="2"\/>/);
     assert.doesNotMatch(xml, /<disk/);
     const facts = parseDomainXml(xml);
     assert.deepEqual(facts.instance, { name: "web-1", uid: base.uid, owner: "node-1", labels: { app: "web" } });
     assert.equal(facts.serialLog, base.serialLog);
     assert.equal(facts.memoryKiB, 128 * 1024);
+    assert.equal(facts.vncOnTcp, undefined);
     assert.equal(domainName("web-1"), "hv-web-1");
+  });
+
+  it("reads the live VNC socket libvirt chose, and moves an older agent's TCP VNC to a socket", () => {
+    const live = `<domain type='qemu' id='7'><name>hv-web-1</name><devices>
+    <graphics type='vnc' socket='/var/lib/libvirt/qemu/domain-7-hv-web-1/vnc.sock'>
+      <listen type='socket' socket='/var/lib/libvirt/qemu/domain-7-hv-web-1/vnc.sock'/>
+    </graphics></devices></domain>`;
+    const f = parseDomainXml(live);
+    assert.equal(f.vncSocket, "/var/lib/libvirt/qemu/domain-7-hv-web-1/vnc.sock");
+    assert.equal(f.vncPort, undefined);
+    assert.equal(f.vncOnTcp, undefined);
+    // As libvirt 9 serializes the inactive definition an older agent wrote, and as a one-liner.
+    for (const graphics of [
+      `<graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'>\n      <listen type='address' address='127.0.0.1'/>\n    </graphics>`,
+      `<graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>`,
+    ]) {
+      const old = `<domain type='qemu'><name>hv-web-1</name><devices>\n    <serial type='pty'/>\n    ${graphics}\n    <video><model type='vga'/></video>\n  </devices></domain>`;
+      assert.equal(parseDomainXml(old).vncOnTcp, true);
+      const moved = vncOnSocket(old);
+      assert.equal(parseDomainXml(moved).vncOnTcp, undefined, moved);
+      assert.doesNotMatch(moved, /127\.0\.0\.1|port=/);
+      assert.match(moved, /<serial type='pty'\/>[\s\S]*<graphics type="vnc"><listen type="socket"\/><\/graphics>[\s\S]*<video>/);
+    }
   });
 
   it("boots from a disk overlay when there is no kernel; kvm gets host CPU passthrough", () => {

@@ -129,8 +129,11 @@ export function buildDomainXml(p: DomainParams): string {
     `    <console type="pty">`,
     `      <target type="serial" port="0"/>`,
     `    </console>`,
-    `    <graphics type="vnc" port="-1" autoport="yes" listen="127.0.0.1">`,
-    `      <listen type="address" address="127.0.0.1"/>`,
+    // VNC on a unix socket that libvirt makes in the domain's private directory
+    // (/var/lib/libvirt/qemu/domain-<id>-<name>/vnc.sock, owned by QEMU's user, 0750): nothing per VM
+    // listens on TCP, and only root and QEMU's user reach it. The agent reaches it for the console path.
+    `    <graphics type="vnc">`,
+    `      <listen type="socket"/>`,
     `    </graphics>`,
     `    <video>`,
     `      <model type="vga"/>`,
@@ -181,8 +184,12 @@ export function buildDomainXml(p: DomainParams): string {
 export interface DomainFacts {
   /** Our metadata; undefined for a domain that is not ours. */
   instance?: { name: string; uid: string; owner: string; labels: Record<string, string> };
-  /** Live VNC port (-1 or undefined while not running). */
+  /** Live VNC unix socket (undefined while not running, or for a domain defined with a TCP VNC). */
+  vncSocket?: string;
+  /** Live VNC TCP port of a domain defined before VNC moved to a unix socket (-1 or undefined while not running). */
   vncPort?: number;
+  /** The (inactive) definition puts VNC on TCP: a domain defined by an older agent. */
+  vncOnTcp?: boolean;
   disk?: string;
   serialLog?: string;
   /** The serial console's pty on the host (running domains). */
@@ -261,7 +268,13 @@ export function parseDomainXml(xml: string): DomainFacts {
   facts.currentMemoryKiB = kib(root.currentMemory);
   const devices = (root.devices ?? {}) as XmlNode;
   for (const g of (devices.graphics ?? []) as XmlNode[]) {
-    if (g["@type"] === "vnc" && typeof g["@port"] === "string") facts.vncPort = Number(g["@port"]);
+    if (g["@type"] !== "vnc") continue;
+    const listens = (Array.isArray(g.listen) ? g.listen : g.listen ? [g.listen] : []) as XmlNode[];
+    const socket = g["@socket"] ?? listens.find((l) => l["@type"] === "socket")?.["@socket"];
+    if (typeof socket === "string" && socket) facts.vncSocket = socket;
+    else if (typeof g["@port"] === "string") facts.vncPort = Number(g["@port"]);
+    if (!socket && !listens.some((l) => l["@type"] === "socket") && (g["@port"] !== undefined || g["@autoport"] !== undefined))
+      facts.vncOnTcp = true;
   }
   for (const d of (devices.disk ?? []) as XmlNode[]) {
     const src = (d.source as XmlNode | undefined)?.["@file"];
@@ -275,4 +288,12 @@ export function parseDomainXml(xml: string): DomainFacts {
     if (s["@type"] === "pty" && typeof pty === "string") facts.serialPty = pty;
   }
   return facts;
+}
+
+/** Every VNC <graphics> of a domain definition, on a unix socket libvirt chooses instead of TCP. */
+export function vncOnSocket(xml: string): string {
+  return xml.replace(
+    /<graphics\s[^>]*?type=(['"])vnc\1[^>]*?(?:\/>|>[\s\S]*?<\/graphics>)/g,
+    `<graphics type="vnc"><listen type="socket"/></graphics>`,
+  );
 }

@@ -6,13 +6,13 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { GUEST_READY_MARKER, testGuest } from "../../../test/support/guest.js";
-import { ensureLibvirtd } from "../../../test/support/libvirt.js";
+import { ensureLibvirtd, listeningTcpPorts, qemuPid } from "../../../test/support/libvirt.js";
 import { until } from "../../../test/support/procs.js";
 import { runDriverConformance } from "../driver/conformance.js";
 import { type DriverInstanceSpec, InvalidSpecError } from "../driver/index.js";
@@ -65,6 +65,18 @@ function vmSpec(name: string, uid: string, extra: Partial<DriverInstanceSpec> = 
     config: {},
     ...extra,
   };
+}
+
+/** The first bytes a VNC server sends: its protocol version. */
+function rfbBanner(to: { path: string } | { port: number; host: string }): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const s = connect(to);
+    s.once("data", (b) => {
+      s.destroy();
+      resolve(b.toString("latin1"));
+    });
+    s.once("error", reject);
+  });
 }
 
 async function waitForMarker(d: LibvirtDriver, name: string, marker = GUEST_READY_MARKER): Promise<string> {
@@ -209,24 +221,46 @@ describe("libvirt driver: what VMs have", () => {
     await d.destroy(name);
   });
 
-  it("records a VNC port on loopback that answers an RFB handshake", async () => {
+  it("puts VNC on a unix socket that answers an RFB handshake; the QEMU process listens on no TCP port", async () => {
     const d = await makeDriver();
     const name = `lvt-vnc-${randomUUID().slice(0, 6)}`;
     await d.create(vmSpec(name, randomUUID()));
     const running = await d.start(name);
-    const port = Number(running.details.vnc_port);
-    assert.ok(port >= 5900, `vnc_port ${running.details.vnc_port}`);
-    assert.deepEqual(await d.console(name, "vnc"), { kind: "vnc", host: "127.0.0.1", port });
+    const path = running.details.vnc_socket;
+    assert.match(path ?? "", /^\/.+\/vnc\.sock$/, `vnc_socket ${path}`);
+    assert.equal(running.details.vnc_port, undefined);
+    assert.deepEqual(await d.console(name, "vnc"), { kind: "vnc", socket: path });
     assert.match(((await d.console(name, "serial")) as { path: string }).path, /^\/dev\/pts\/\d+$/);
-    const banner = await new Promise<string>((resolve, reject) => {
-      const s = connect(port, "127.0.0.1");
-      s.once("data", (b) => {
-        s.destroy();
-        resolve(b.toString("latin1"));
-      });
-      s.once("error", reject);
-    });
-    assert.match(banner, /^RFB 003\.00\d\n$/);
+    assert.equal(await rfbBanner({ path: path! }), "RFB 003.008\n");
+    assert.deepEqual(await listeningTcpPorts(await qemuPid(`hv-${name}`)), [], "nothing of the VM listens on TCP");
+    await d.destroy(name);
+  });
+
+  it("keeps the console of a VM an older agent started with VNC on a TCP port, and moves it to a unix socket at its next start", async () => {
+    const d = await makeDriver();
+    const name = `lvt-old-${randomUUID().slice(0, 6)}`;
+    await d.create(vmSpec(name, randomUUID()));
+    // As main's agent defined it: VNC on a 127.0.0.1 port.
+    const xml = (await virsh("dumpxml", "--inactive", `hv-${name}`)).replace(
+      /<graphics[\s\S]*?<\/graphics>/,
+      `<graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'><listen type='address' address='127.0.0.1'/></graphics>`,
+    );
+    const file = join(dir, `${name}.xml`);
+    await writeFile(file, xml);
+    await virsh("define", file);
+    assert.match(await virsh("dumpxml", "--inactive", `hv-${name}`), /<graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'>/);
+    // Running since before the upgrade (adopted): its console keeps working on that port until it stops.
+    await virsh("start", `hv-${name}`);
+    const adopted = (await d.list()).find((i) => i.name === name);
+    const port = Number(adopted?.details.vnc_port);
+    assert.ok(port >= 5900, `vnc_port ${adopted?.details.vnc_port}`);
+    assert.deepEqual(await d.console(name, "vnc"), { kind: "vnc", host: "127.0.0.1", port });
+    assert.equal(await rfbBanner({ host: "127.0.0.1", port }), "RFB 003.008\n");
+    assert.equal((await d.stop(name, 1000)).state, "stopped");
+    const running = await d.start(name);
+    assert.match(running.details.vnc_socket ?? "", /vnc\.sock$/);
+    assert.match(await virsh("dumpxml", "--inactive", `hv-${name}`), /<listen type='socket'\/>/);
+    assert.deepEqual(await listeningTcpPorts(await qemuPid(`hv-${name}`)), []);
     await d.destroy(name);
   });
 
@@ -301,7 +335,7 @@ describe("libvirt driver: what VMs have", () => {
     }
   });
 
-  it("keeps XML metacharacters in labels as data, and refuses names and paths it cannot accept", async () => {
+  it("keeps XML metacharacters in labels as data, and refuses names, paths and bridges it cannot accept", async () => {
     const d = await makeDriver();
     const name = `lvt-xml-${randomUUID().slice(0, 6)}`;
     const labels = { app: `</hv:label></hv:labels><devices><disk type='file'><source file='/etc/shadow'/>`, "x.io/q": `"'&<>` };
@@ -326,6 +360,11 @@ describe("libvirt driver: what VMs have", () => {
       [
         vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { config: { network: "bridge:br0'/><x" } }),
         /bridge .* is not an interface name/,
+      ],
+      [
+        // A well-formed bridge this node does not allow (allowed-bridges is empty by default).
+        vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { config: { network: "bridge:br0" } }),
+        /^driver_config\.network: "bridge:br0" is not allowed on node lvt-\d+ \(allowed-bridges: \[\]\)$/,
       ],
       [vmSpec(`lvt-p-${randomUUID().slice(0, 6)}`, randomUUID(), { command: ["/bin/sh"] }), /command, args and env are for containers/],
     ] as const) {

@@ -28,6 +28,9 @@ import {
   type DriverInstance,
   type DriverInstanceSpec,
   type Fingerprint,
+  hostAccessError,
+  type HostAccessPolicy,
+  hostAccessRequest,
   type InstanceStats,
   type LogsDriver,
   InvalidSpecError,
@@ -36,7 +39,7 @@ import {
   StartError,
   type StatsDriver,
 } from "../driver/index.js";
-import { buildDomainXml, DOMAIN_PREFIX, domainName, type NetworkSetting, OWNER_RE, parseDomainXml } from "./domain-xml.js";
+import { buildDomainXml, DOMAIN_PREFIX, domainName, type NetworkSetting, OWNER_RE, parseDomainXml, vncOnSocket } from "./domain-xml.js";
 import { fingerprintLibvirt } from "./fingerprint.js";
 import { type LibvirtHandle, HANDLE_VERSION, readHandle, removeHandle, writeHandle } from "./handle.js";
 import { checkTraversable, createOverlay, overlayPath, removeFile, resolveImage } from "./images.js";
@@ -68,6 +71,8 @@ export interface LibvirtDriverOptions {
   socketPath?: string;
   uri?: string;
   network?: NetworkSetting;
+  /** Host bridges a VM may join (network bridge:<name>), the default network's included; default none. */
+  allowedBridges?: readonly string[];
   /** kvm, qemu (TCG) or auto (kvm when /dev/kvm can be opened). */
   domainType?: "auto" | "kvm" | "qemu";
   /** Seconds between guest memory statistics (virtio-balloon); default 2. */
@@ -107,9 +112,17 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
   constructor(private readonly opts: LibvirtDriverOptions) {
     this.owner = opts.owner ?? (hostname().toLowerCase().split(".")[0] || "localhost");
     if (!OWNER_RE.test(this.owner)) throw new DriverError(`libvirt owner ${JSON.stringify(this.owner)} is not a node name (DNS label)`);
+    const net = opts.network;
+    if (net?.mode === "bridge" && !(opts.allowedBridges ?? []).includes(net.bridge))
+      throw new DriverError(`libvirt network bridge:${net.bridge} as the default needs the bridge allowed (allowed-bridges)`);
     this.socketPath = opts.socketPath ?? "/var/run/libvirt/libvirt-sock";
     this.uri = opts.uri ?? "qemu:///system";
     this.log = opts.log ?? logger("libvirt");
+  }
+
+  /** What this node lets VMs use of the host. */
+  get hostAccess(): HostAccessPolicy {
+    return { hostNetwork: false, bridges: [...(this.opts.allowedBridges ?? [])] };
   }
 
   private get handles(): string {
@@ -232,6 +245,9 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
       spec.config.network !== undefined
         ? parseNetwork("driver_config.network", spec.config.network)
         : (this.opts.network ?? { mode: "user" });
+    // The scheduler places such an instance only where it is allowed; this is the node's own word.
+    const refused = hostAccessError(hostAccessRequest(spec.config), this.hostAccess, this.owner);
+    if (refused) throw new InvalidSpecError(refused);
 
     const dir = this.opts.imageDir;
     const kernel = spec.kernel ? await resolveImage(dir, "kernel", spec.kernel) : undefined;
@@ -295,6 +311,7 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
     const { state } = await c.getState(dom);
     if (state === DomainState.RUNNING || state === DomainState.BLOCKED || state === DomainState.PAUSED) return (await this.inspect(name))!;
     const h = await this.handle(name);
+    await this.moveVncOffTcp(c, dom);
     try {
       await c.domainCreate(dom);
     } catch (e) {
@@ -409,7 +426,9 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
     if (isActive(state)) {
       inst.state = "running";
       if (state === DomainState.PAUSED) inst.message = "paused";
-      if (facts.vncPort !== undefined && facts.vncPort > 0) {
+      if (facts.vncSocket) inst.details.vnc_socket = facts.vncSocket;
+      else if (facts.vncPort !== undefined && facts.vncPort > 0) {
+        // Defined by an older agent with VNC on TCP; its next start moves it to a socket.
         inst.details.vnc_port = String(facts.vncPort);
         inst.details.vnc_host = "127.0.0.1";
       }
@@ -503,7 +522,9 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
       if (!facts.serialPty || !/^\/dev\/pts\/\d+$/.test(facts.serialPty)) throw new DriverError(`instance ${name} has no serial pty`);
       return { kind: "serial", path: facts.serialPty };
     }
+    if (facts.vncSocket) return { kind: "vnc", socket: facts.vncSocket };
     if (!facts.vncPort || facts.vncPort <= 0) throw new DriverError(`instance ${name} has no VNC display`);
+    // A VM an older agent defined with VNC on 127.0.0.1, running since: reached as it is until its next start.
     return { kind: "vnc", host: "127.0.0.1", port: facts.vncPort };
   }
 
@@ -555,6 +576,20 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
     };
   }
 
+  /**
+   * A domain defined by an agent from before VNC moved to a unix socket has a VNC server on a
+   * 127.0.0.1 TCP port in its definition: rewritten (while shut off, before it starts) so that
+   * nothing of it listens on TCP from this start on.
+   */
+  private async moveVncOffTcp(c: LibvirtConnection, dom: Domain): Promise<void> {
+    const xml = await c.getXmlDesc(dom, XML_INACTIVE);
+    if (!parseDomainXml(xml).vncOnTcp) return;
+    const moved = vncOnSocket(xml);
+    if (parseDomainXml(moved).vncOnTcp) throw new DriverError(`domain ${dom.name}: cannot move its VNC server off TCP`);
+    await c.defineXml(moved);
+    this.log.info({ domain: dom.name }, "VNC moved from a TCP port to a unix socket");
+  }
+
   /** The owner of a domain with this instance's name that is not ours ("" if not hypervisor's); undefined if none. */
   private async foreignOwner(name: string): Promise<string | undefined> {
     const dom = await this.lookup(name);
@@ -572,6 +607,8 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
 }
 
 const NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+/** A Linux interface name (IFNAMSIZ 16 with its NUL), as domain-xml.ts checks it again. */
+const BRIDGE_NAME_RE = /^[A-Za-z0-9_.-]{1,15}$/;
 const SHUTDOWN_ACPI = DomainShutdownFlags.ACPI_POWER_BTN;
 /** How often stop() presses the power button again while the guest is still up. */
 const ACPI_REPEAT_MS = 3000;
@@ -591,10 +628,11 @@ function isActive(state: number): boolean {
   );
 }
 
-/** "user", "none" or "bridge:<name>". */
+/** "user", "none" or "bridge:<name>" (an interface name, checked before anything compares it to allowed-bridges). */
 export function parseNetwork(field: string, v: string): NetworkSetting {
   if (v === "user" || v === "none") return { mode: v };
   const m = /^bridge:(.+)$/.exec(v);
+  if (m && !BRIDGE_NAME_RE.test(m[1]!)) throw new InvalidSpecError(`${field}: bridge ${JSON.stringify(m[1])} is not an interface name`);
   if (m) return { mode: "bridge", bridge: m[1]! };
   throw new InvalidSpecError(`${field}: ${JSON.stringify(v)} must be user, none or bridge:<name>`);
 }

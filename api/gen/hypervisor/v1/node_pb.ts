@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hypervisor/v1/node.proto.
  */
 export const file_hypervisor_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChhoeXBlcnZpc29yL3YxL25vZGUucHJvdG8SDWh5cGVydmlzb3IudjEi9QQKBE5vZGUSDAoEbmFtZRgBIAEoCRIvCgZsYWJlbHMYAiADKAsyHy5oeXBlcnZpc29yLnYxLk5vZGUuTGFiZWxzRW50cnkSKgoIY2FwYWNpdHkYAyABKAsyGC5oeXBlcnZpc29yLnYxLlJlc291cmNlcxItCgthbGxvY2F0YWJsZRgEIAEoCzIYLmh5cGVydmlzb3IudjEuUmVzb3VyY2VzEioKB2RyaXZlcnMYBSADKAsyGS5oeXBlcnZpc29yLnYxLkRyaXZlckluZm8SLwoJY29uZGl0aW9uGAYgASgOMhwuaHlwZXJ2aXNvci52MS5Ob2RlQ29uZGl0aW9uEhAKCGNvcmRvbmVkGAcgASgIEhUKDWFnZW50X3ZlcnNpb24YCCABKAkSDwoHYWRkcmVzcxgJIAEoCRIxCg1yZWdpc3Rlcl90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5oZWFydGJlYXRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOaW5zdGFuY2VfY291bnQYDCABKA0SEAoIaG9zdG5hbWUYDSABKAkSCgoCb3MYDiABKAkSDAoEYXJjaBgPIAEoCRIkCgZ0YWludHMYECADKAsyFC5oeXBlcnZpc29yLnYxLlRhaW50EioKCHJlc2VydmVkGBEgASgLMhguaHlwZXJ2aXNvci52MS5SZXNvdXJjZXMSEAoIZHJhaW5pbmcYEiABKAgaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJPCgVUYWludBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSKgoGZWZmZWN0GAMgASgOMhouaHlwZXJ2aXNvci52MS5UYWludEVmZmVjdCJACglSZXNvdXJjZXMSDQoFdmNwdXMYASABKA0SEgoKbWVtb3J5X21pYhgCIAEoBBIQCghkaXNrX2dpYhgDIAEoBCL4AQoKRHJpdmVySW5mbxIMCgRuYW1lGAEgASgJEg8KB2hlYWx0aHkYAiABKAgSDwoHdmVyc2lvbhgDIAEoCRIPCgdtZXNzYWdlGAQgASgJEj0KCmF0dHJpYnV0ZXMYBSADKAsyKS5oeXBlcnZpc29yLnYxLkRyaXZlckluZm8uQXR0cmlidXRlc0VudHJ5EjcKDGNhcGFiaWxpdGllcxgGIAEoCzIhLmh5cGVydmlzb3IudjEuRHJpdmVyQ2FwYWJpbGl0aWVzGjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIoYBChJEcml2ZXJDYXBhYmlsaXRpZXMSDwoHY29uc29sZRgBIAEoCBIPCgdiYWxsb29uGAIgASgIEg0KBXN0YXRzGAMgASgIEhAKCHNuYXBzaG90GAQgASgIEg8KB21pZ3JhdGUYBSABKAgSDAoEbG9ncxgGIAEoCBIOCgZpbWFnZXMYByABKAgiEgoQTGlzdE5vZGVzUmVxdWVzdCI3ChFMaXN0Tm9kZXNSZXNwb25zZRIiCgVub2RlcxgBIAMoCzITLmh5cGVydmlzb3IudjEuTm9kZSIeCg5HZXROb2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjQKD0dldE5vZGVSZXNwb25zZRIhCgRub2RlGAEgASgLMhMuaHlwZXJ2aXNvci52MS5Ob2RlIiEKEUNvcmRvbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNwoSQ29yZG9uTm9kZVJlc3BvbnNlEiEKBG5vZGUYASABKAsyEy5oeXBlcnZpc29yLnYxLk5vZGUiIwoTVW5jb3Jkb25Ob2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjkKFFVuY29yZG9uTm9kZVJlc3BvbnNlEiEKBG5vZGUYASABKAsyEy5oeXBlcnZpc29yLnYxLk5vZGUiLgoQRHJhaW5Ob2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBG1vdmUYAiABKAgiawoRRHJhaW5Ob2RlUmVzcG9uc2USIQoEbm9kZRgBIAEoCzITLmh5cGVydmlzb3IudjEuTm9kZRIZChFzdG9wcGVkX2luc3RhbmNlcxgCIAMoCRIYChBtb3ZpbmdfaW5zdGFuY2VzGAMgAygJKmcKDU5vZGVDb25kaXRpb24SHgoaTk9ERV9DT05ESVRJT05fVU5TUEVDSUZJRUQQABIYChROT0RFX0NPTkRJVElPTl9SRUFEWRABEhwKGE5PREVfQ09ORElUSU9OX05PVF9SRUFEWRACMqMDCgtOb2RlU2VydmljZRJOCglMaXN0Tm9kZXMSHy5oeXBlcnZpc29yLnYxLkxpc3ROb2Rlc1JlcXVlc3QaIC5oeXBlcnZpc29yLnYxLkxpc3ROb2Rlc1Jlc3BvbnNlEkgKB0dldE5vZGUSHS5oeXBlcnZpc29yLnYxLkdldE5vZGVSZXF1ZXN0Gh4uaHlwZXJ2aXNvci52MS5HZXROb2RlUmVzcG9uc2USUQoKQ29yZG9uTm9kZRIgLmh5cGVydmlzb3IudjEuQ29yZG9uTm9kZVJlcXVlc3QaIS5oeXBlcnZpc29yLnYxLkNvcmRvbk5vZGVSZXNwb25zZRJXCgxVbmNvcmRvbk5vZGUSIi5oeXBlcnZpc29yLnYxLlVuY29yZG9uTm9kZVJlcXVlc3QaIy5oeXBlcnZpc29yLnYxLlVuY29yZG9uTm9kZVJlc3BvbnNlEk4KCURyYWluTm9kZRIfLmh5cGVydmlzb3IudjEuRHJhaW5Ob2RlUmVxdWVzdBogLmh5cGVydmlzb3IudjEuRHJhaW5Ob2RlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_hypervisor_v1_instance]);
+  fileDesc("ChhoeXBlcnZpc29yL3YxL25vZGUucHJvdG8SDWh5cGVydmlzb3IudjEi9QQKBE5vZGUSDAoEbmFtZRgBIAEoCRIvCgZsYWJlbHMYAiADKAsyHy5oeXBlcnZpc29yLnYxLk5vZGUuTGFiZWxzRW50cnkSKgoIY2FwYWNpdHkYAyABKAsyGC5oeXBlcnZpc29yLnYxLlJlc291cmNlcxItCgthbGxvY2F0YWJsZRgEIAEoCzIYLmh5cGVydmlzb3IudjEuUmVzb3VyY2VzEioKB2RyaXZlcnMYBSADKAsyGS5oeXBlcnZpc29yLnYxLkRyaXZlckluZm8SLwoJY29uZGl0aW9uGAYgASgOMhwuaHlwZXJ2aXNvci52MS5Ob2RlQ29uZGl0aW9uEhAKCGNvcmRvbmVkGAcgASgIEhUKDWFnZW50X3ZlcnNpb24YCCABKAkSDwoHYWRkcmVzcxgJIAEoCRIxCg1yZWdpc3Rlcl90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5oZWFydGJlYXRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOaW5zdGFuY2VfY291bnQYDCABKA0SEAoIaG9zdG5hbWUYDSABKAkSCgoCb3MYDiABKAkSDAoEYXJjaBgPIAEoCRIkCgZ0YWludHMYECADKAsyFC5oeXBlcnZpc29yLnYxLlRhaW50EioKCHJlc2VydmVkGBEgASgLMhguaHlwZXJ2aXNvci52MS5SZXNvdXJjZXMSEAoIZHJhaW5pbmcYEiABKAgaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJPCgVUYWludBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSKgoGZWZmZWN0GAMgASgOMhouaHlwZXJ2aXNvci52MS5UYWludEVmZmVjdCJACglSZXNvdXJjZXMSDQoFdmNwdXMYASABKA0SEgoKbWVtb3J5X21pYhgCIAEoBBIQCghkaXNrX2dpYhgDIAEoBCKoAgoKRHJpdmVySW5mbxIMCgRuYW1lGAEgASgJEg8KB2hlYWx0aHkYAiABKAgSDwoHdmVyc2lvbhgDIAEoCRIPCgdtZXNzYWdlGAQgASgJEj0KCmF0dHJpYnV0ZXMYBSADKAsyKS5oeXBlcnZpc29yLnYxLkRyaXZlckluZm8uQXR0cmlidXRlc0VudHJ5EjcKDGNhcGFiaWxpdGllcxgGIAEoCzIhLmh5cGVydmlzb3IudjEuRHJpdmVyQ2FwYWJpbGl0aWVzEi4KC2hvc3RfYWNjZXNzGAcgASgLMhkuaHlwZXJ2aXNvci52MS5Ib3N0QWNjZXNzGjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjMKCkhvc3RBY2Nlc3MSFAoMaG9zdF9uZXR3b3JrGAEgASgIEg8KB2JyaWRnZXMYAiADKAkihgEKEkRyaXZlckNhcGFiaWxpdGllcxIPCgdjb25zb2xlGAEgASgIEg8KB2JhbGxvb24YAiABKAgSDQoFc3RhdHMYAyABKAgSEAoIc25hcHNob3QYBCABKAgSDwoHbWlncmF0ZRgFIAEoCBIMCgRsb2dzGAYgASgIEg4KBmltYWdlcxgHIAEoCCISChBMaXN0Tm9kZXNSZXF1ZXN0IjcKEUxpc3ROb2Rlc1Jlc3BvbnNlEiIKBW5vZGVzGAEgAygLMhMuaHlwZXJ2aXNvci52MS5Ob2RlIh4KDkdldE5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNAoPR2V0Tm9kZVJlc3BvbnNlEiEKBG5vZGUYASABKAsyEy5oeXBlcnZpc29yLnYxLk5vZGUiIQoRQ29yZG9uTm9kZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSI3ChJDb3Jkb25Ob2RlUmVzcG9uc2USIQoEbm9kZRgBIAEoCzITLmh5cGVydmlzb3IudjEuTm9kZSIjChNVbmNvcmRvbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiOQoUVW5jb3Jkb25Ob2RlUmVzcG9uc2USIQoEbm9kZRgBIAEoCzITLmh5cGVydmlzb3IudjEuTm9kZSIuChBEcmFpbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEbW92ZRgCIAEoCCJrChFEcmFpbk5vZGVSZXNwb25zZRIhCgRub2RlGAEgASgLMhMuaHlwZXJ2aXNvci52MS5Ob2RlEhkKEXN0b3BwZWRfaW5zdGFuY2VzGAIgAygJEhgKEG1vdmluZ19pbnN0YW5jZXMYAyADKAkqZwoNTm9kZUNvbmRpdGlvbhIeChpOT0RFX0NPTkRJVElPTl9VTlNQRUNJRklFRBAAEhgKFE5PREVfQ09ORElUSU9OX1JFQURZEAESHAoYTk9ERV9DT05ESVRJT05fTk9UX1JFQURZEAIyowMKC05vZGVTZXJ2aWNlEk4KCUxpc3ROb2RlcxIfLmh5cGVydmlzb3IudjEuTGlzdE5vZGVzUmVxdWVzdBogLmh5cGVydmlzb3IudjEuTGlzdE5vZGVzUmVzcG9uc2USSAoHR2V0Tm9kZRIdLmh5cGVydmlzb3IudjEuR2V0Tm9kZVJlcXVlc3QaHi5oeXBlcnZpc29yLnYxLkdldE5vZGVSZXNwb25zZRJRCgpDb3Jkb25Ob2RlEiAuaHlwZXJ2aXNvci52MS5Db3Jkb25Ob2RlUmVxdWVzdBohLmh5cGVydmlzb3IudjEuQ29yZG9uTm9kZVJlc3BvbnNlElcKDFVuY29yZG9uTm9kZRIiLmh5cGVydmlzb3IudjEuVW5jb3Jkb25Ob2RlUmVxdWVzdBojLmh5cGVydmlzb3IudjEuVW5jb3Jkb25Ob2RlUmVzcG9uc2USTgoJRHJhaW5Ob2RlEh8uaHlwZXJ2aXNvci52MS5EcmFpbk5vZGVSZXF1ZXN0GiAuaHlwZXJ2aXNvci52MS5EcmFpbk5vZGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_hypervisor_v1_instance]);
 
 /**
  * A Node is one compute host run by a hypervisor-agent. The agent writes the record; the server
@@ -217,6 +217,15 @@ export type DriverInfo = Message<"hypervisor.v1.DriverInfo"> & {
    * @generated from field: hypervisor.v1.DriverCapabilities capabilities = 6;
    */
   capabilities?: DriverCapabilities | undefined;
+
+  /**
+   * What the node lets this driver's instances use of the host (the agent's allow-host-network
+   * and allowed-bridges; nothing when unset). The scheduler places an instance whose driver_config
+   * asks for more (network=host, network=bridge:<name>) only on nodes that allow it.
+   *
+   * @generated from field: hypervisor.v1.HostAccess host_access = 7;
+   */
+  hostAccess?: HostAccess | undefined;
 };
 
 /**
@@ -225,6 +234,32 @@ export type DriverInfo = Message<"hypervisor.v1.DriverInfo"> & {
  */
 export const DriverInfoSchema: GenMessage<DriverInfo> = /*@__PURE__*/
   messageDesc(file_hypervisor_v1_node, 3);
+
+/**
+ * @generated from message hypervisor.v1.HostAccess
+ */
+export type HostAccess = Message<"hypervisor.v1.HostAccess"> & {
+  /**
+   * Instances may share the node's network namespace (driver_config network=host).
+   *
+   * @generated from field: bool host_network = 1;
+   */
+  hostNetwork: boolean;
+
+  /**
+   * Host bridges instances may join (driver_config network=bridge:<name>).
+   *
+   * @generated from field: repeated string bridges = 2;
+   */
+  bridges: string[];
+};
+
+/**
+ * Describes the message hypervisor.v1.HostAccess.
+ * Use `create(HostAccessSchema)` to create a new message.
+ */
+export const HostAccessSchema: GenMessage<HostAccess> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_node, 4);
 
 /**
  * @generated from message hypervisor.v1.DriverCapabilities
@@ -275,7 +310,7 @@ export type DriverCapabilities = Message<"hypervisor.v1.DriverCapabilities"> & {
  * Use `create(DriverCapabilitiesSchema)` to create a new message.
  */
 export const DriverCapabilitiesSchema: GenMessage<DriverCapabilities> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 4);
+  messageDesc(file_hypervisor_v1_node, 5);
 
 /**
  * @generated from message hypervisor.v1.ListNodesRequest
@@ -288,7 +323,7 @@ export type ListNodesRequest = Message<"hypervisor.v1.ListNodesRequest"> & {
  * Use `create(ListNodesRequestSchema)` to create a new message.
  */
 export const ListNodesRequestSchema: GenMessage<ListNodesRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 5);
+  messageDesc(file_hypervisor_v1_node, 6);
 
 /**
  * @generated from message hypervisor.v1.ListNodesResponse
@@ -305,7 +340,7 @@ export type ListNodesResponse = Message<"hypervisor.v1.ListNodesResponse"> & {
  * Use `create(ListNodesResponseSchema)` to create a new message.
  */
 export const ListNodesResponseSchema: GenMessage<ListNodesResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 6);
+  messageDesc(file_hypervisor_v1_node, 7);
 
 /**
  * @generated from message hypervisor.v1.GetNodeRequest
@@ -322,7 +357,7 @@ export type GetNodeRequest = Message<"hypervisor.v1.GetNodeRequest"> & {
  * Use `create(GetNodeRequestSchema)` to create a new message.
  */
 export const GetNodeRequestSchema: GenMessage<GetNodeRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 7);
+  messageDesc(file_hypervisor_v1_node, 8);
 
 /**
  * @generated from message hypervisor.v1.GetNodeResponse
@@ -339,7 +374,7 @@ export type GetNodeResponse = Message<"hypervisor.v1.GetNodeResponse"> & {
  * Use `create(GetNodeResponseSchema)` to create a new message.
  */
 export const GetNodeResponseSchema: GenMessage<GetNodeResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 8);
+  messageDesc(file_hypervisor_v1_node, 9);
 
 /**
  * @generated from message hypervisor.v1.CordonNodeRequest
@@ -356,7 +391,7 @@ export type CordonNodeRequest = Message<"hypervisor.v1.CordonNodeRequest"> & {
  * Use `create(CordonNodeRequestSchema)` to create a new message.
  */
 export const CordonNodeRequestSchema: GenMessage<CordonNodeRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 9);
+  messageDesc(file_hypervisor_v1_node, 10);
 
 /**
  * @generated from message hypervisor.v1.CordonNodeResponse
@@ -373,7 +408,7 @@ export type CordonNodeResponse = Message<"hypervisor.v1.CordonNodeResponse"> & {
  * Use `create(CordonNodeResponseSchema)` to create a new message.
  */
 export const CordonNodeResponseSchema: GenMessage<CordonNodeResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 10);
+  messageDesc(file_hypervisor_v1_node, 11);
 
 /**
  * @generated from message hypervisor.v1.UncordonNodeRequest
@@ -390,7 +425,7 @@ export type UncordonNodeRequest = Message<"hypervisor.v1.UncordonNodeRequest"> &
  * Use `create(UncordonNodeRequestSchema)` to create a new message.
  */
 export const UncordonNodeRequestSchema: GenMessage<UncordonNodeRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 11);
+  messageDesc(file_hypervisor_v1_node, 12);
 
 /**
  * @generated from message hypervisor.v1.UncordonNodeResponse
@@ -407,7 +442,7 @@ export type UncordonNodeResponse = Message<"hypervisor.v1.UncordonNodeResponse">
  * Use `create(UncordonNodeResponseSchema)` to create a new message.
  */
 export const UncordonNodeResponseSchema: GenMessage<UncordonNodeResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 12);
+  messageDesc(file_hypervisor_v1_node, 13);
 
 /**
  * @generated from message hypervisor.v1.DrainNodeRequest
@@ -432,7 +467,7 @@ export type DrainNodeRequest = Message<"hypervisor.v1.DrainNodeRequest"> & {
  * Use `create(DrainNodeRequestSchema)` to create a new message.
  */
 export const DrainNodeRequestSchema: GenMessage<DrainNodeRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 13);
+  messageDesc(file_hypervisor_v1_node, 14);
 
 /**
  * @generated from message hypervisor.v1.DrainNodeResponse
@@ -463,7 +498,7 @@ export type DrainNodeResponse = Message<"hypervisor.v1.DrainNodeResponse"> & {
  * Use `create(DrainNodeResponseSchema)` to create a new message.
  */
 export const DrainNodeResponseSchema: GenMessage<DrainNodeResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_node, 14);
+  messageDesc(file_hypervisor_v1_node, 15);
 
 /**
  * @generated from enum hypervisor.v1.NodeCondition

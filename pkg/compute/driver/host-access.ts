@@ -1,0 +1,57 @@
+/*
+ * What of the host an instance asks for, and whether a node allows it. Two things reach past an
+ * instance's own sandbox into the node: the host's network namespace (a container with
+ * driver_config network=host shares the node's loopback, so it reaches etcd, the agent's endpoint
+ * and anything else listening there) and a host bridge (a VM with network=bridge:<name> sits on
+ * that segment). Both are denied unless the node's agent config allows them:
+ *
+ *   allow-host-network: true      driver_config network=host
+ *   allowed-bridges: [br0, ...]   driver_config network=bridge:br0
+ *
+ * The node advertises its policy in its record, the scheduler places an instance only where it is
+ * allowed (scheduler.ts), and the driver refuses it again on the node (the store may say otherwise).
+ * The `network` key means the same in every driver that has it: one rule, here.
+ */
+
+/** What an instance's driver_config asks of the host. */
+export interface HostAccessRequest {
+  hostNetwork: boolean;
+  /** The host bridge it joins, if any. */
+  bridge?: string;
+}
+
+/** What a node allows: its agent's allow-host-network and allowed-bridges. */
+export interface HostAccessPolicy {
+  hostNetwork: boolean;
+  bridges: readonly string[];
+}
+
+export const DENY_ALL: HostAccessPolicy = { hostNetwork: false, bridges: [] };
+
+/** The host access an instance's driver_config asks for (nothing for any other value). */
+export function hostAccessRequest(config: Readonly<Record<string, string>>): HostAccessRequest {
+  const network = config.network ?? "";
+  if (network === "host") return { hostNetwork: true };
+  const m = /^bridge:(.+)$/.exec(network);
+  return m ? { hostNetwork: false, bridge: m[1]! } : { hostNetwork: false };
+}
+
+/**
+ * Why `policy` refuses `request`, in a few words naming the agent config key, as the scheduler
+ * counts it per node; undefined when it allows it.
+ */
+export function hostAccessRefusal(request: HostAccessRequest, policy: HostAccessPolicy): string | undefined {
+  if (request.hostNetwork && !policy.hostNetwork) return "host network not allowed (allow-host-network)";
+  if (request.bridge !== undefined && !policy.bridges.includes(request.bridge))
+    return `bridge ${request.bridge} not allowed (allowed-bridges)`;
+  return undefined;
+}
+
+/** The same refusal as a driver reports it on the node: the field, the value, the config key and its value. */
+export function hostAccessError(request: HostAccessRequest, policy: HostAccessPolicy, node: string): string | undefined {
+  if (request.hostNetwork && !policy.hostNetwork)
+    return `driver_config.network: "host" is not allowed on node ${node} (allow-host-network: false)`;
+  if (request.bridge !== undefined && !policy.bridges.includes(request.bridge))
+    return `driver_config.network: ${JSON.stringify(`bridge:${request.bridge}`)} is not allowed on node ${node} (allowed-bridges: [${policy.bridges.join(", ")}])`;
+  return undefined;
+}

@@ -65,7 +65,12 @@ export const agentSchema = {
     default: "/var/lib/hypervisor/images",
     description: "base disk images, kernels and initrds that VM specs may name (libvirt driver)",
   },
-  "libvirt-network": { type: "string", default: "user", description: "VM NICs: user, none or bridge:<name> (libvirt driver)" },
+  "libvirt-network": {
+    type: "string",
+    default: "none",
+    description:
+      "VM NICs when a spec names none: none, user (QEMU NAT; it reaches this node's loopback, so it needs allow-host-network) or bridge:<name>",
+  },
   "libvirt-domain-type": {
     type: "string",
     default: "auto",
@@ -205,6 +210,11 @@ export function buildDrivers(
         } catch (e) {
           throw new ConfigError((e as Error).message, "libvirt-network");
         }
+        if (network.mode === "user" && !settings.allowHostNetwork)
+          throw new ConfigError(
+            "libvirt-network: user-mode networking lets every VM reach this node's loopback (10.0.2.2 is 127.0.0.1); it needs allow-host-network: true",
+            "libvirt-network",
+          );
         if (network.mode === "bridge" && !allowedBridges.includes(network.bridge))
           throw new ConfigError(
             `libvirt-network: ${JSON.stringify(settings.libvirtNetwork)} names a bridge that allowed-bridges does not list (allowed-bridges: [${allowedBridges.join(", ")}])`,

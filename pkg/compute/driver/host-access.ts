@@ -8,6 +8,9 @@
  *   allow-host-network: true      driver_config network=host
  *   allowed-bridges: [br0, ...]   driver_config network=bridge:br0
  *
+ * A VM on QEMU's user-mode network (network=user) counts as host network too: slirp maps
+ * 10.0.2.2 to the node's 127.0.0.1, so the guest reaches the same loopback services.
+ *
  * The node advertises its policy in its record, the scheduler places an instance only where it is
  * allowed (scheduler.ts), and the driver refuses it again on the node (the store may say otherwise).
  * The `network` key means the same in every driver that has it: one rule, here.
@@ -16,6 +19,8 @@
 /** What an instance's driver_config asks of the host. */
 export interface HostAccessRequest {
   hostNetwork: boolean;
+  /** The network value that asks for the host network ("host", or "user" for a VM's slirp). */
+  network?: string;
   /** The host bridge it joins, if any. */
   bridge?: string;
 }
@@ -31,7 +36,7 @@ export const DENY_ALL: HostAccessPolicy = { hostNetwork: false, bridges: [] };
 /** The host access an instance's driver_config asks for (nothing for any other value). */
 export function hostAccessRequest(config: Readonly<Record<string, string>>): HostAccessRequest {
   const network = config.network ?? "";
-  if (network === "host") return { hostNetwork: true };
+  if (network === "host" || network === "user") return { hostNetwork: true, network };
   const m = /^bridge:(.+)$/.exec(network);
   return m ? { hostNetwork: false, bridge: m[1]! } : { hostNetwork: false };
 }
@@ -41,7 +46,10 @@ export function hostAccessRequest(config: Readonly<Record<string, string>>): Hos
  * counts it per node; undefined when it allows it.
  */
 export function hostAccessRefusal(request: HostAccessRequest, policy: HostAccessPolicy): string | undefined {
-  if (request.hostNetwork && !policy.hostNetwork) return "host network not allowed (allow-host-network)";
+  if (request.hostNetwork && !policy.hostNetwork)
+    return request.network === "user"
+      ? "user network reaches the host's loopback (allow-host-network)"
+      : "host network not allowed (allow-host-network)";
   if (request.bridge !== undefined && !policy.bridges.includes(request.bridge))
     return `bridge ${request.bridge} not allowed (allowed-bridges)`;
   return undefined;
@@ -50,7 +58,7 @@ export function hostAccessRefusal(request: HostAccessRequest, policy: HostAccess
 /** The same refusal as a driver reports it on the node: the field, the value, the config key and its value. */
 export function hostAccessError(request: HostAccessRequest, policy: HostAccessPolicy, node: string): string | undefined {
   if (request.hostNetwork && !policy.hostNetwork)
-    return `driver_config.network: "host" is not allowed on node ${node} (allow-host-network: false)`;
+    return `driver_config.network: ${JSON.stringify(request.network ?? "host")} is not allowed on node ${node} (allow-host-network: false)${request.network === "user" ? ": user-mode networking reaches the node's loopback" : ""}`;
   if (request.bridge !== undefined && !policy.bridges.includes(request.bridge))
     return `driver_config.network: ${JSON.stringify(`bridge:${request.bridge}`)} is not allowed on node ${node} (allowed-bridges: [${policy.bridges.join(", ")}])`;
   return undefined;

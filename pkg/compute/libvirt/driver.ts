@@ -244,7 +244,7 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
     const network =
       spec.config.network !== undefined
         ? parseNetwork("driver_config.network", spec.config.network)
-        : (this.opts.network ?? { mode: "user" });
+        : (this.opts.network ?? { mode: "none" });
     // The scheduler places such an instance only where it is allowed; this is the node's own word.
     const refused = hostAccessError(hostAccessRequest(spec.config), this.hostAccess, this.owner);
     if (refused) throw new InvalidSpecError(refused);

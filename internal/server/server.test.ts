@@ -182,7 +182,7 @@ for (const kind of ["embedded", "etcd"] as const)
           "unknown strategy",
           { name: "x", spec: { ...good, placement: { strategy: 9 as Strategy } } },
           Code.InvalidArgument,
-          /^spec\.placement\.strategy: "9" is not a strategy/,
+          /^spec\.placement\.strategy: 9 is not a Strategy$/,
         ],
       ];
       for (const [what, req, code, msg] of cases) {

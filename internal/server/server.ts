@@ -29,6 +29,7 @@ import { GcController } from "./gc-controller.js";
 import { listen, type Listening } from "./http.js";
 import { Informer } from "./informer.js";
 import { instanceService } from "./instance-service.js";
+import { strictInput } from "./strict-input.js";
 import { metrics, registry, setInstanceSource } from "./metrics.js";
 import { NodeController } from "./node-controller.js";
 import { nodeService } from "./node-service.js";
@@ -130,8 +131,7 @@ export class Server {
     await Promise.all(Object.values(this.ctx.informers).map((inf: Informer<unknown>) => inf.start(signal)));
     this.health.informers = "";
     const handler = connectNodeAdapter({
-      routes: this.routes,
-      interceptors: [this.edge],
+      ...strictInput({ routes: this.routes, interceptors: [this.edge] }), // every request read strictly
       readMaxBytes: this.opts.readMaxBytes ?? 4 * 1024 * 1024, // also enforced on streamed bodies
       fallback: (req, res) => void this.serveOther(req, res),
     });

@@ -75,10 +75,11 @@ export function clusterCommand(ctx: Context): Command {
         d.name,
         d.kind,
         d.specFields.join(",") || "-",
-        d.configKeys.map((k) => `${k.name}=<${k.values}>`).join("; ") || "-",
+        d.configKeys.map((k) => k.name).join(",") || "-",
         d.description,
       ]);
-      ctx.out(output.table(["NAME", "KIND", "SPEC FIELDS", "DRIVER CONFIG", "DESCRIPTION"], rows));
+      // The values each key takes are in -o yaml / -o json.
+      ctx.out(output.table(["NAME", "KIND", "SPEC FIELDS", "DRIVER CONFIG KEYS", "DESCRIPTION"], rows));
     });
   return cmd;
 }

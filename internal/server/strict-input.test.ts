@@ -197,6 +197,26 @@ for (const kind of ["embedded", "etcd"] as const)
       assert.match(text, /grpc-status: 3\r\n/);
       assert.match(text, /grpc-message: malformed%20request/);
 
+      // An envelope flagged compressed when no compression was negotiated: the client's mistake too.
+      const compressed = envelope(TRUNCATED);
+      compressed[0] = 1;
+      const unary = await rawGrpc(server.url, "/hypervisor.v1.NodeService/GetNode", compressed);
+      assert.equal(unary.status, String(Code.InvalidArgument), unary.message);
+      assert.match(unary.message, /^malformed request: received compressed envelope/);
+      const streamed = await rawGrpc(server.url, "/hypervisor.v1.InstanceService/WatchInstances", compressed);
+      assert.equal(streamed.status, String(Code.InvalidArgument), streamed.message);
+      const webCompressed = await fetch(`${server.url}/hypervisor.v1.NodeService/GetNode`, {
+        method: "POST",
+        headers: { "content-type": "application/grpc-web+proto" },
+        body: compressed,
+      });
+      assert.match(
+        Buffer.from(await webCompressed.arrayBuffer())
+          .subarray(5)
+          .toString(),
+        /grpc-status: 3\r\n/,
+      );
+
       // A server-streaming method reads its request through the interceptors.
       const watch = await rawGrpc(server.url, "/hypervisor.v1.InstanceService/WatchInstances", envelope(TRUNCATED));
       assert.equal(watch.status, String(Code.InvalidArgument), watch.message);

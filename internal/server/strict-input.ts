@@ -81,14 +81,24 @@ function checkEnum(desc: DescEnum, value: unknown, field: string): void {
     throw new ConnectError(`${field}: ${value} is not a ${desc.name}`, Code.InvalidArgument);
 }
 
-/** Connect reports a body it cannot decode as `internal`; it is the client's mistake. */
-function malformed(e: unknown): unknown {
-  if (e instanceof ConnectError && e.code === Code.Internal && e.rawMessage.startsWith(PARSE_BINARY))
-    return new ConnectError(`malformed request: ${e.rawMessage.slice(PARSE_BINARY.length)}`, Code.InvalidArgument);
-  return e;
+/**
+ * Connect reports a body it cannot decode as `internal`: protobuf that does not parse, or an
+ * envelope flagged compressed when no compression was negotiated. Both are the client's mistake;
+ * returns the message to answer with InvalidArgument, or undefined for a real internal error.
+ */
+function clientFault(message: string): string | undefined {
+  if (message.startsWith(PARSE_BINARY)) return `malformed request: ${message.slice(PARSE_BINARY.length)}`;
+  if (message === UNNEGOTIATED_COMPRESSION) return `malformed request: ${message} (no compression was negotiated)`;
+  return undefined;
 }
 
 const PARSE_BINARY = "parse binary: ";
+const UNNEGOTIATED_COMPRESSION = "received compressed envelope, but do not know how to decompress";
+
+function malformed(e: unknown): unknown {
+  const fault = e instanceof ConnectError && e.code === Code.Internal ? clientFault(e.rawMessage) : undefined;
+  return fault === undefined ? e : new ConnectError(fault, Code.InvalidArgument);
+}
 
 export const strictInterceptor: Interceptor = (next) => async (req) => {
   if (!req.stream) {
@@ -144,10 +154,9 @@ async function rewrite(protocol: ReturnType<typeof protocolOf>, res: UniversalSe
     if (res.status !== 500 || !res.body || res.header?.get("content-encoding")) return res;
     const body = await collect(res.body);
     const err = parseJson(body) as { code?: string; message?: string } | undefined;
-    if (err?.code !== "internal" || !err.message?.startsWith(PARSE_BINARY)) return { ...res, body: once(body) };
-    const fixed = new TextEncoder().encode(
-      JSON.stringify({ code: "invalid_argument", message: `malformed request: ${err.message.slice(PARSE_BINARY.length)}` }),
-    );
+    const fault = err?.code === "internal" ? clientFault(err.message ?? "") : undefined;
+    if (fault === undefined) return { ...res, body: once(body) };
+    const fixed = new TextEncoder().encode(JSON.stringify({ code: "invalid_argument", message: fault }));
     res.header?.set("content-length", String(fixed.byteLength));
     return { ...res, status: 400, body: once(fixed) };
   }
@@ -157,10 +166,10 @@ async function rewrite(protocol: ReturnType<typeof protocolOf>, res: UniversalSe
     const fix = () => {
       const t = res.trailer;
       if (!t || t.get("grpc-status") !== GRPC_INTERNAL) return;
-      const msg = decodeURIComponent(t.get("grpc-message") ?? "");
-      if (!msg.startsWith(PARSE_BINARY)) return;
+      const fault = clientFault(decodeURIComponent(t.get("grpc-message") ?? ""));
+      if (fault === undefined) return;
       t.set("grpc-status", GRPC_INVALID_ARGUMENT);
-      t.set("grpc-message", encodeURIComponent(`malformed request: ${msg.slice(PARSE_BINARY.length)}`));
+      t.set("grpc-message", encodeURIComponent(fault));
     };
     fix();
     if (!res.body) return res;
@@ -179,10 +188,10 @@ async function rewrite(protocol: ReturnType<typeof protocolOf>, res: UniversalSe
     const body = await collect(res.body);
     if (body.byteLength < 5 || body[0] !== trailerFlag) return { ...res, body: once(body) };
     const t = trailerParse(body.subarray(5));
-    const msg = decodeURIComponent(t.get("grpc-message") ?? "");
-    if (t.get("grpc-status") !== GRPC_INTERNAL || !msg.startsWith(PARSE_BINARY)) return { ...res, body: once(body) };
+    const fault = t.get("grpc-status") === GRPC_INTERNAL ? clientFault(decodeURIComponent(t.get("grpc-message") ?? "")) : undefined;
+    if (fault === undefined) return { ...res, body: once(body) };
     t.set("grpc-status", GRPC_INVALID_ARGUMENT);
-    t.set("grpc-message", encodeURIComponent(`malformed request: ${msg.slice(PARSE_BINARY.length)}`));
+    t.set("grpc-message", encodeURIComponent(fault));
     return { ...res, body: once(encodeEnvelope(trailerFlag, trailerSerialize(t))) };
   }
   return res;

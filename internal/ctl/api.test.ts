@@ -185,6 +185,19 @@ const clusterImpl: ServiceImpl<typeof ClusterService> = {
     ],
   }),
   getCounts: () => ({ nodes: 2, nodesReady: 1, nodesCordoned: 1, instances: 3, instancesByPhase: { Running: 2, Pending: 1 } }),
+  listDrivers: () => ({
+    drivers: [
+      {
+        name: "libvirt",
+        kind: "vm",
+        description: "virtual machines",
+        specFields: ["image", "kernel"],
+        required: ["image|kernel"],
+        configKeys: [{ name: "network", description: "the VM's network", values: "user, none or bridge:<name>" }],
+      },
+      { name: "mock", kind: "simulated", description: "simulated", specFields: [], configKeys: [] },
+    ],
+  }),
 };
 
 describe("hypervisor-ctl against an API over HTTP", () => {
@@ -449,6 +462,14 @@ describe("hypervisor-ctl against an API over HTTP", () => {
       assert.equal(fake.stopped[0]!.timeoutSeconds, 30);
     });
 
+    it("stop refuses a --timeout-seconds over an hour without calling the server", async () => {
+      fake.instances.set("web-1", instance("web-1", Phase.RUNNING));
+      const r = await ctl(["instance", "stop", "web-1", "--timeout-seconds", "3601"]);
+      assert.equal(r.code, ExitCode.Usage);
+      assert.match(r.stderr, /--timeout-seconds: 3601 is more than the maximum of 3600 seconds/);
+      assert.deepEqual(fake.stopped, []);
+    });
+
     it("start without --wait returns at once", async () => {
       fake.instances.set("web-1", instance("web-1", Phase.STOPPED));
       const r = await ctl(["instance", "start", "web-1"]);
@@ -599,6 +620,20 @@ describe("hypervisor-ctl against an API over HTTP", () => {
         counts: { instancesByPhase: Record<string, number> };
       };
       assert.deepEqual(json.counts.instancesByPhase, { Running: 2, Pending: 1 });
+    });
+
+    it("cluster drivers lists the server's driver registry", async () => {
+      const r = await ctl(["cluster", "drivers"]);
+      assert.equal(r.code, 0, r.stderr);
+      const lines = r.stdout.trimEnd().split("\n");
+      assert.match(lines[0]!, /^NAME\s+KIND\s+SPEC FIELDS\s+DRIVER CONFIG KEYS\s+DESCRIPTION$/);
+      assert.match(lines[1]!, /^libvirt\s+vm\s+image,kernel\s+network\s+virtual machines$/);
+      assert.match(lines[2]!, /^mock\s+simulated\s+-\s+-\s+simulated$/);
+      const json = JSON.parse((await ctl(["cluster", "drivers", "-o", "json"])).stdout) as { drivers: { name: string }[] };
+      assert.deepEqual(
+        json.drivers.map((d) => d.name),
+        ["libvirt", "mock"],
+      );
     });
 
     it("version shows client and server", async () => {

@@ -1,10 +1,16 @@
 /*
  * `cluster status` and `version`: what an operator runs first, so one screen answers "which
- * server, is it healthy, who leads, how much is there".
+ * server, is it healthy, who leads, how much is there". `cluster drivers`: the server's driver
+ * registry, what each driver takes in a spec and in driver_config.
  */
 import { toJson } from "@bufbuild/protobuf";
 import { Command } from "commander";
-import { GetCountsResponseSchema, GetHealthResponseSchema, GetVersionResponseSchema } from "../../api/gen/hypervisor/v1/cluster_pb.js";
+import {
+  GetCountsResponseSchema,
+  GetHealthResponseSchema,
+  GetVersionResponseSchema,
+  ListDriversResponseSchema,
+} from "../../api/gen/hypervisor/v1/cluster_pb.js";
 import type { Context } from "./context.js";
 import * as output from "./output.js";
 import { packageVersion } from "../../pkg/version/index.js";
@@ -57,6 +63,23 @@ export function clusterCommand(ctx: Context): Command {
             .replace(/^(?=.)/gm, "  ");
       }
       ctx.out(text);
+    });
+  cmd
+    .command("drivers")
+    .description("the drivers the server knows: what each runs, the spec fields and driver_config keys it takes")
+    .action(async () => {
+      const res = await ctx.clients().cluster.listDrivers({}, { signal: ctx.signal });
+      const format = ctx.format();
+      if (format !== "table") return ctx.out(output.structured(toJson(ListDriversResponseSchema, res), format));
+      const rows = res.drivers.map((d) => [
+        d.name,
+        d.kind,
+        d.specFields.join(",") || "-",
+        d.configKeys.map((k) => k.name).join(",") || "-",
+        d.description,
+      ]);
+      // The values each key takes are in -o yaml / -o json.
+      ctx.out(output.table(["NAME", "KIND", "SPEC FIELDS", "DRIVER CONFIG KEYS", "DESCRIPTION"], rows));
     });
   return cmd;
 }

@@ -29,6 +29,8 @@ import { CliError, ExitCode, usageError } from "./errors.js";
 import * as flags from "./flags.js";
 import * as output from "./output.js";
 import { readSpecFile } from "./spec-file.js";
+import { DRIVER_NAMES } from "../../pkg/compute/driver/index.js";
+import { checkStopTimeout, LIMITS } from "../../pkg/validation/index.js";
 
 const DEFAULT_TIMEOUT = "120s";
 // How long to pause before reopening a watch the server ended, so a server that closes streams
@@ -84,8 +86,8 @@ interface CreateOptions {
   timeout: number;
 }
 
-/** `create --count`'s limit: the server's CreateInstances takes up to 100 in one transaction. */
-const MAX_COUNT = 100;
+/** `create --count`'s limit: the server's CreateInstances takes this many in one transaction. */
+const MAX_COUNT = LIMITS.maxCount;
 
 function createCommand(ctx: Context): Command {
   const cmd = new Command("create")
@@ -93,13 +95,13 @@ function createCommand(ctx: Context): Command {
     .argument("[name]", "instance name (default: name in the spec file)")
     .argument("[args...]", "arguments passed to the command, after --")
     .option("-f, --filename <file>", "spec file, YAML or JSON: {name, labels, spec: {driver, image, vcpus, memoryMib, ...}}")
-    .option("--driver <driver>", "libvirt, containerd, firecracker or mock")
+    .option("--driver <driver>", `${DRIVER_NAMES.join(", ")} (cluster drivers: what each takes)`)
     .option("--image <ref>", "disk image (VMs) or OCI reference (containers)")
     .option("--vcpus <n>", "virtual CPUs", flags.positiveInt)
     .option("--memory <MiB>", "memory in MiB, or 512Mi / 2Gi", flags.memoryMib)
     .option("--disk <GiB>", "disk in GiB, or 20Gi / 1Ti", flags.diskGib)
-    .option("--kernel <path>", "kernel for microVMs and direct-kernel boot")
-    .option("--initrd <path>", "initrd for microVMs and direct-kernel boot")
+    .option("--kernel <path>", "kernel for direct-kernel boot (VMs)")
+    .option("--initrd <path>", "initrd for direct-kernel boot (VMs)")
     .option("--cmdline <string>", "kernel command line")
     .option("--label <k=v>", "label (repeatable)", flags.keyValue)
     .option("--node-selector <k=v>", "node label that must match (repeatable)", flags.keyValue)
@@ -263,8 +265,14 @@ function powerCommand(ctx: Context, action: "start" | "stop" | "restart"): Comma
   const aim = { start: "is Running", stop: "is Stopped", restart: "is Running again" }[action];
   const cmd = new Command(action).description(`${action} an instance`).argument("<name>", "instance name");
   if (action === "stop")
-    cmd.option("--timeout-seconds <n>", "graceful stop period before forcing it (0: driver default)", flags.positiveInt);
+    cmd.option(
+      "--timeout-seconds <n>",
+      `graceful stop period before forcing it (0: driver default; at most ${LIMITS.maxStopTimeoutSeconds})`,
+      flags.positiveInt,
+    );
   waitOptions(cmd, aim).action(async (name: string, opts: PowerOptions) => {
+    const tooLong = checkStopTimeout("--timeout-seconds", opts.timeoutSeconds ?? 0);
+    if (tooLong) throw usageError(tooLong);
     const api = ctx.clients().instances;
     const call = { signal: ctx.signal };
     const { instance } =

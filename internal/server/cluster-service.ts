@@ -1,7 +1,8 @@
-/** ClusterService: version, health of the store and the controllers, and counts. */
+/** ClusterService: version, health of the store and the controllers, counts, and the driver registry. */
 import type { ServiceImpl } from "@connectrpc/connect";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
 import { keys } from "../../pkg/cluster/store/index.js";
+import { DRIVER_NAMES, DRIVER_REGISTRY } from "../../pkg/compute/driver/index.js";
 import type { ServerContext } from "./context.js";
 import { instancesByPhase } from "./records.js";
 
@@ -40,6 +41,23 @@ export function clusterService(ctx: ServerContext): ServiceImpl<typeof ClusterSe
         nodesCordoned,
         instances: informers.instances.items.size,
         instancesByPhase: byPhase,
+      };
+    },
+
+    listDrivers() {
+      return {
+        drivers: DRIVER_NAMES.map((name) => {
+          const d = DRIVER_REGISTRY[name];
+          return {
+            name: d.name,
+            description: d.description,
+            kind: d.kind,
+            capabilities: d.capabilities,
+            specFields: [...d.specFields],
+            required: d.required.map((group) => group.join("|")),
+            configKeys: d.configKeys.map((k) => ({ name: k.name, description: k.description, values: k.values })),
+          };
+        }),
       };
     },
   };

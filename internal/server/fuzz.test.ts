@@ -100,7 +100,8 @@ function scalar(r: Rng, t: ScalarType): unknown {
     case ScalarType.FIXED32:
       return r.pick(NUMBERS.filter((n) => n >= 0));
     default:
-      return r.pick(NUMBERS);
+      // int32 and its kin: protobuf-es refuses to encode more than 2^31-1.
+      return r.pick(NUMBERS.filter((n) => n <= 2 ** 31 - 1));
   }
 }
 

@@ -43,12 +43,23 @@ import type { ServerContext } from "./context.js";
 import { nodeView, placedViews, placementRequest } from "./placement-input.js";
 import { agentEndpoint, decodeInstance, encodeAssignment, encodeInstance, merged, mergedNode, mergedPhase, phaseName } from "./records.js";
 import { labelsMatch, verdicts } from "./scheduler.js";
-import { RESTART_LABEL, invalid, parseLabelSelector, prefixed, show, validateLabels, validateName, validateSpec } from "./validate.js";
+import { checkStopTimeout, checkTailBytes, LIMITS } from "../../pkg/validation/index.js";
+import {
+  RESTART_LABEL,
+  invalid,
+  parseLabelSelector,
+  prefixed,
+  refuse,
+  show,
+  validateLabels,
+  validateName,
+  validateSpec,
+} from "./validate.js";
 
 export { STOP_TIMEOUT_LABEL };
 const MAX_CAS_ATTEMPTS = 20;
 /** CreateInstances' limit: one etcd txn, within etcd's default --max-txn-ops of 128. */
-export const MAX_BATCH = 100;
+export const MAX_BATCH = LIMITS.maxCount;
 /**
  * An instance's largest encoding. Placement writes it twice in one txn (the record and the
  * node's assignment), and etcd takes at most 1.5 MiB a request by default.
@@ -339,6 +350,8 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
     },
 
     async stopInstance(req, hctx) {
+      // Every stop timeout is a node worker's wait: bounded, so no caller can hold one for years.
+      refuse(checkStopTimeout("timeout_seconds", req.timeoutSeconds));
       const instance = await mutate(req.name, hctx.signal, (next) => {
         refuseIfDeleting(next, "stop");
         const timeout = req.timeoutSeconds > 0 ? String(req.timeoutSeconds) : undefined;
@@ -384,6 +397,7 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
 
     async *getInstanceLogs(req, hctx) {
       validateName("name", req.name);
+      refuse(checkTailBytes("tail_bytes", req.tailBytes));
       const current = await view((await read(req.name, hctx.signal)).instance, hctx.signal);
       const node = current.status?.node ?? "";
       if (node === "")

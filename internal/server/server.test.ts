@@ -182,9 +182,98 @@ for (const kind of ["embedded", "etcd"] as const)
           "unknown strategy",
           { name: "x", spec: { ...good, placement: { strategy: 9 as Strategy } } },
           Code.InvalidArgument,
-          /^spec\.placement\.strategy: "9" is not a strategy/,
+          /^spec\.placement\.strategy: 9 is not a Strategy$/,
         ],
       ];
+      // What each driver takes (pkg/compute/driver/registry.ts), checked before anything is stored.
+      const vm = { driver: "libvirt", vcpus: 1, memoryMib: 64n };
+      const container = { driver: "containerd", vcpus: 1, memoryMib: 64n, image: "docker.io/library/alpine:3.20" };
+      cases.push(
+        [
+          "no such driver",
+          { name: "x", spec: { ...good, driver: "firecracker" } },
+          Code.InvalidArgument,
+          /^spec\.driver: unknown driver "firecracker": use one of containerd, libvirt, mock$/,
+        ],
+        [
+          "kernel on a container",
+          { name: "x", spec: { ...container, kernel: "vmlinuz" } },
+          Code.InvalidArgument,
+          /^spec\.kernel: the containerd driver does not take kernel: kernel, initrd and cmdline are for VMs/,
+        ],
+        [
+          "container without image",
+          { name: "x", spec: { ...container, image: "" } },
+          Code.InvalidArgument,
+          /^spec\.image: is required for the containerd driver$/,
+        ],
+        [
+          "command on a VM",
+          { name: "x", spec: { ...vm, image: "disk.qcow2", command: ["sh"] } },
+          Code.InvalidArgument,
+          /^spec\.command: the libvirt driver does not take command/,
+        ],
+        [
+          "VM without disk or kernel",
+          { name: "x", spec: vm },
+          Code.InvalidArgument,
+          /^spec\.image: the libvirt driver needs image or kernel, and none is set$/,
+        ],
+        [
+          "initrd without kernel",
+          { name: "x", spec: { ...vm, image: "disk.qcow2", initrd: "initrd.img" } },
+          Code.InvalidArgument,
+          /^spec\.initrd: needs spec\.kernel with the libvirt driver$/,
+        ],
+        [
+          "unknown config key",
+          { name: "x", spec: { ...good, driverConfig: { foo: "1" } } },
+          Code.InvalidArgument,
+          /^spec\.driver_config\["foo"\]: unknown key for the mock driver \(known: run_for, exit_code, start_error, start_delay, stop_delay\)$/,
+        ],
+        [
+          "config key of another driver",
+          { name: "x", spec: { ...container, driverConfig: { run_for: "1s" } } },
+          Code.InvalidArgument,
+          /^spec\.driver_config\["run_for"\]: unknown key for the containerd driver \(known: network\)$/,
+        ],
+        [
+          "bad network",
+          { name: "x", spec: { ...vm, kernel: "vmlinuz", driverConfig: { network: "wifi" } } },
+          Code.InvalidArgument,
+          /^spec\.driver_config\["network"\]: "wifi" is not user, none or bridge:<name>$/,
+        ],
+        [
+          "bad bridge name",
+          { name: "x", spec: { ...vm, kernel: "vmlinuz", driverConfig: { network: "bridge:a b" } } },
+          Code.InvalidArgument,
+          /^spec\.driver_config\["network"\]: "bridge:a b" is not/,
+        ],
+        [
+          "bad container network",
+          { name: "x", spec: { ...container, driverConfig: { network: "bridge" } } },
+          Code.InvalidArgument,
+          /^spec\.driver_config\["network"\]: "bridge" is not none or host$/,
+        ],
+        [
+          "bad duration",
+          { name: "x", spec: { ...good, driverConfig: { run_for: "soon" } } },
+          Code.InvalidArgument,
+          /^spec\.driver_config\["run_for"\]: "soon" is not a duration/,
+        ],
+        [
+          "max per node",
+          { name: "x", labels: { app: "w" }, spec: { ...good, placement: { maxPerNode: 5000 } } },
+          Code.InvalidArgument,
+          /^spec\.placement\.max_per_node: 5000 is more than the maximum of 1000$/,
+        ],
+        [
+          "max unavailable",
+          { name: "x", labels: { app: "w" }, spec: { ...good, placement: { disruptionBudget: { maxUnavailable: 1_000_000 } } } },
+          Code.InvalidArgument,
+          /^spec\.placement\.disruption_budget\.max_unavailable: 1000000 is more than the maximum of 100000$/,
+        ],
+      );
       for (const [what, req, code, msg] of cases) {
         await assert.rejects(instances.createInstance(req), (e: unknown) => {
           const ce = ConnectError.from(e);
@@ -462,6 +551,33 @@ for (const kind of ["embedded", "etcd"] as const)
       const started = (await instances.startInstance({ name: "big-one" })).instance!;
       assert.equal(started.spec?.desiredPowerState, PowerState.RUNNING);
       assert.equal(started.generation, gen + 1n);
+    });
+
+    it("stop timeouts and log tails have a maximum, and a refusal changes nothing", async () => {
+      // The instance's own record, not the store revision: the leader's controllers write too.
+      const rev = (await store.get(keys.instance("big-one")))!.modRevision;
+      for (const timeoutSeconds of [3601, 4_294_967_295])
+        await assert.rejects(instances.stopInstance({ name: "big-one", timeoutSeconds }), (e: unknown) => {
+          const ce = ConnectError.from(e);
+          assert.equal(ce.code, Code.InvalidArgument, ce.message);
+          assert.equal(ce.rawMessage, `timeout_seconds: ${timeoutSeconds} is more than the maximum of 3600 seconds (an hour)`);
+          return true;
+        });
+      await assert.rejects(
+        (async () => {
+          for await (const _ of instances.getInstanceLogs({ name: "big-one", tailBytes: 1n << 40n })) void _;
+        })(),
+        (e: unknown) => {
+          const ce = ConnectError.from(e);
+          assert.equal(ce.code, Code.InvalidArgument, ce.message);
+          assert.match(ce.rawMessage, /^tail_bytes: 1099511627776 is more than the maximum of 1073741824 bytes/);
+          return true;
+        },
+      );
+      assert.equal((await store.get(keys.instance("big-one")))!.modRevision, rev, "a refused stop wrote the instance");
+      const stopped = (await instances.stopInstance({ name: "big-one", timeoutSeconds: 3600 })).instance!;
+      assert.equal(stopped.labels["hypervisor.io/stop-timeout-seconds"], "3600");
+      await instances.startInstance({ name: "big-one" });
     });
 
     it("set-memory and logs check the size and the driver's capabilities, changing nothing when refused", async () => {

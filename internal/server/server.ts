@@ -32,6 +32,7 @@ import { redact } from "./secret-env.js";
 import { type ClientLimitSettings, ClientLimits, clientAddress, normalizeAddress } from "./client-limits.js";
 import { Informer } from "./informer.js";
 import { instanceService } from "./instance-service.js";
+import { strictInput } from "./strict-input.js";
 import { metrics, registry, setInstanceSource } from "./metrics.js";
 import { NodeController } from "./node-controller.js";
 import { nodeService } from "./node-service.js";
@@ -147,8 +148,7 @@ export class Server {
     await Promise.all(Object.values(this.ctx.informers).map((inf: Informer<unknown>) => inf.start(signal)));
     this.health.informers = "";
     const handler = connectNodeAdapter({
-      routes: this.routes,
-      interceptors: [this.edge],
+      ...strictInput({ routes: this.routes, interceptors: [this.edge] }), // every request read strictly
       readMaxBytes: this.opts.readMaxBytes ?? 4 * 1024 * 1024, // also enforced on streamed bodies
       fallback: (req, res) => void this.serveOther(req, res),
       contextValues: (req) => createContextValues().set(clientAddress, normalizeAddress(req.socket.remoteAddress)),

@@ -260,6 +260,22 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
     assert.match(await nameError.innerText(), /^name: "Bad_Name" is not a valid name/);
     assert.equal(creates(), before, "nothing sent");
 
+    // Client side, from the driver registry: a container needs an image, and a container form
+    // has no kernel to set (the drivers and what each takes come from ListDrivers).
+    await page.click('[data-testid="create-driver"]');
+    await page.click('[data-testid="driver-containerd"]');
+    await page.locator('[data-testid="create-command"]').waitFor();
+    assert.equal(await page.locator('[data-testid="create-kernel"]').count(), 0);
+    await name.locator("input").fill("ui-box");
+    await page.click('[data-testid="create-submit"]');
+    const imageError = page.locator('[data-testid="create-image"] [part="error"]');
+    await imageError.waitFor();
+    assert.equal(await imageError.innerText(), "spec.image: is required for the containerd driver");
+    assert.equal(creates(), before, "nothing sent");
+    await page.click('[data-testid="create-driver"]');
+    await page.click('[data-testid="driver-mock"]');
+    await page.locator('[data-testid="create-command"]').waitFor({ state: "detached" });
+
     // Server side, with a field prefix: reserved label keys are the server's policy.
     const expected = await instancesApi()
       .createInstance({ name: "ui-reserved", labels: { "hypervisor.io/owner": "me" }, spec: { driver: "mock", vcpus: 1, memoryMib: 64n } })

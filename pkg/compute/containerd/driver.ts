@@ -39,6 +39,7 @@ import {
   type Signalled,
   StartError,
   type StatsDriver,
+  DRIVER_REGISTRY,
 } from "../driver/index.js";
 import { type Container } from "./gen/containerd/services/containers/v1/containers_pb.js";
 import { Status } from "./gen/containerd/types/task/task_pb.js";
@@ -60,7 +61,8 @@ const SIGTERM = 15;
 const SIGKILL = 9;
 const NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const OWNER_RE = NAME_RE;
-const CONFIG_KEYS = ["network", "pids-limit"] as const;
+/** Keys a spec's driver_config may set for this driver (declared in the registry). */
+const CONFIG_KEYS = DRIVER_REGISTRY.containerd.configKeys.map((k) => k.name);
 /** Processes a container may have when neither the node nor the instance says otherwise. */
 export const DEFAULT_PIDS_LIMIT = 1024;
 const SNAPSHOTTER_LABEL = "containerd.io/defaults/snapshotter";
@@ -86,15 +88,7 @@ export interface ContainerdDriverOptions {
   log?: Logger;
 }
 
-export const containerdCapabilities: Capabilities = {
-  console: false,
-  balloon: false,
-  stats: true,
-  snapshot: false,
-  migrate: false,
-  logs: true,
-  images: true,
-};
+export const containerdCapabilities: Capabilities = DRIVER_REGISTRY.containerd.capabilities;
 
 type Waiter = (name: string, topic: string) => void;
 

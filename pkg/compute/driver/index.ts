@@ -1,5 +1,5 @@
 // The contract between the agent and a runtime, its typed errors, and the conformance suite
-// every driver runs against its real runtime.
+// every driver runs against its real runtime, and the registry of the drivers there are.
 export type {
   Capabilities,
   ConsoleDriver,
@@ -30,3 +30,18 @@ export {
   type HostAccessPolicy,
   type HostAccessRequest,
 } from "./host-access.js";
+export {
+  BRIDGE_NAME_RE,
+  checkDriverSpec,
+  DRIVER_NAMES,
+  DRIVER_REGISTRY,
+  driverEntry,
+  DURATION_RE,
+  SPEC_FIELDS,
+  type ConfigKey,
+  type DriverEntry,
+  type DriverName,
+  type SpecField,
+  type SpecProblem,
+  type SpecShape,
+} from "./registry.js";

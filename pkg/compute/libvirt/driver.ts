@@ -38,6 +38,7 @@ import {
   type Signalled,
   StartError,
   type StatsDriver,
+  DRIVER_REGISTRY,
 } from "../driver/index.js";
 import { buildDomainXml, DOMAIN_PREFIX, domainName, type NetworkSetting, OWNER_RE, parseDomainXml, vncOnSocket } from "./domain-xml.js";
 import { fingerprintLibvirt } from "./fingerprint.js";
@@ -80,18 +81,10 @@ export interface LibvirtDriverOptions {
   log?: Logger;
 }
 
-/** Keys a spec's driver_config may set for this driver. */
-const CONFIG_KEYS = ["network"] as const;
+/** Keys a spec's driver_config may set for this driver (declared in the registry). */
+const CONFIG_KEYS = DRIVER_REGISTRY.libvirt.configKeys.map((k) => k.name);
 
-export const libvirtCapabilities: Capabilities = {
-  console: true,
-  balloon: true,
-  stats: true,
-  snapshot: false,
-  migrate: false,
-  logs: true,
-  images: false,
-};
+export const libvirtCapabilities: Capabilities = DRIVER_REGISTRY.libvirt.capabilities;
 
 type Waiter = (ev: { name: string; event: number }) => void;
 

@@ -9,7 +9,7 @@
  *
  * Unknown keys are rejected so a typo is not silently a no-op.
  */
-import { InvalidSpecError } from "../driver/index.js";
+import { DRIVER_REGISTRY, InvalidSpecError } from "../driver/index.js";
 
 export interface MockBehaviour {
   runForMs?: number;
@@ -32,7 +32,7 @@ export interface MockDriverOptions {
   now?: () => number;
 }
 
-const KNOWN_KEYS = new Set(["run_for", "exit_code", "start_error", "start_delay", "stop_delay"]);
+const KNOWN_KEYS = new Set(DRIVER_REGISTRY.mock.configKeys.map((k) => k.name));
 
 export function parseBehaviour(name: string, config: Record<string, string>): MockBehaviour {
   for (const k of Object.keys(config)) {

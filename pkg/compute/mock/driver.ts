@@ -23,6 +23,7 @@ import {
   type InstanceStats,
   type Signalled,
   type StatsDriver,
+  DRIVER_REGISTRY,
 } from "../driver/index.js";
 import { parseBehaviour, type MockDriverOptions } from "./config.js";
 import { fingerprintMock } from "./fingerprint.js";
@@ -30,15 +31,7 @@ import { describeHandle, exitTime, fileHandles, HANDLE_VERSION, type HandleStore
 
 export const MOCK_DRIVER_NAME = "mock";
 
-const CAPABILITIES: Capabilities = {
-  console: false,
-  balloon: false,
-  stats: true,
-  snapshot: false,
-  migrate: false,
-  logs: false,
-  images: false,
-};
+const CAPABILITIES: Capabilities = DRIVER_REGISTRY.mock.capabilities;
 
 // Instance names become file names: DNS-label syntax only, so no name can climb out of the
 // state directory ("../x", "a/b") or collide with the temp files (leading dot).

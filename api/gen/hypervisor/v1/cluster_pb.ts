@@ -4,13 +4,134 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { DriverCapabilities } from "./node_pb.js";
+import { file_hypervisor_v1_node } from "./node_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file hypervisor/v1/cluster.proto.
  */
 export const file_hypervisor_v1_cluster: GenFile = /*@__PURE__*/
-  fileDesc("ChtoeXBlcnZpc29yL3YxL2NsdXN0ZXIucHJvdG8SDWh5cGVydmlzb3IudjEiEwoRR2V0VmVyc2lvblJlcXVlc3QiXwoSR2V0VmVyc2lvblJlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSEwoLYXBpX3ZlcnNpb24YAiABKAkSDQoFc3RvcmUYAyABKAkSFAoMbm9kZV92ZXJzaW9uGAQgASgJIhIKEEdldEhlYWx0aFJlcXVlc3QiQQoPQ29tcG9uZW50SGVhbHRoEgwKBG5hbWUYASABKAkSDwoHaGVhbHRoeRgCIAEoCBIPCgdtZXNzYWdlGAMgASgJIn4KEUdldEhlYWx0aFJlc3BvbnNlEg8KB2hlYWx0aHkYASABKAgSMgoKY29tcG9uZW50cxgCIAMoCzIeLmh5cGVydmlzb3IudjEuQ29tcG9uZW50SGVhbHRoEhEKCXNlcnZlcl9pZBgDIAEoCRIRCglsZWFkZXJfaWQYBCABKAkiEgoQR2V0Q291bnRzUmVxdWVzdCLvAQoRR2V0Q291bnRzUmVzcG9uc2USDQoFbm9kZXMYASABKA0SEwoLbm9kZXNfcmVhZHkYAiABKA0SFgoObm9kZXNfY29yZG9uZWQYAyABKA0SEQoJaW5zdGFuY2VzGAQgASgNElIKEmluc3RhbmNlc19ieV9waGFzZRgFIAMoCzI2Lmh5cGVydmlzb3IudjEuR2V0Q291bnRzUmVzcG9uc2UuSW5zdGFuY2VzQnlQaGFzZUVudHJ5GjcKFUluc3RhbmNlc0J5UGhhc2VFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKA06AjgBMoMCCg5DbHVzdGVyU2VydmljZRJRCgpHZXRWZXJzaW9uEiAuaHlwZXJ2aXNvci52MS5HZXRWZXJzaW9uUmVxdWVzdBohLmh5cGVydmlzb3IudjEuR2V0VmVyc2lvblJlc3BvbnNlEk4KCUdldEhlYWx0aBIfLmh5cGVydmlzb3IudjEuR2V0SGVhbHRoUmVxdWVzdBogLmh5cGVydmlzb3IudjEuR2V0SGVhbHRoUmVzcG9uc2USTgoJR2V0Q291bnRzEh8uaHlwZXJ2aXNvci52MS5HZXRDb3VudHNSZXF1ZXN0GiAuaHlwZXJ2aXNvci52MS5HZXRDb3VudHNSZXNwb25zZWIGcHJvdG8z");
+  fileDesc("ChtoeXBlcnZpc29yL3YxL2NsdXN0ZXIucHJvdG8SDWh5cGVydmlzb3IudjEiFAoSTGlzdERyaXZlcnNSZXF1ZXN0IkgKE0xpc3REcml2ZXJzUmVzcG9uc2USMQoHZHJpdmVycxgBIAMoCzIgLmh5cGVydmlzb3IudjEuRHJpdmVyRGVzY3JpcHRpb24i2QEKEURyaXZlckRlc2NyaXB0aW9uEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSDAoEa2luZBgDIAEoCRI3CgxjYXBhYmlsaXRpZXMYBCABKAsyIS5oeXBlcnZpc29yLnYxLkRyaXZlckNhcGFiaWxpdGllcxITCgtzcGVjX2ZpZWxkcxgFIAMoCRIQCghyZXF1aXJlZBgGIAMoCRIzCgtjb25maWdfa2V5cxgHIAMoCzIeLmh5cGVydmlzb3IudjEuRHJpdmVyQ29uZmlnS2V5IkQKD0RyaXZlckNvbmZpZ0tleRIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEg4KBnZhbHVlcxgDIAEoCSITChFHZXRWZXJzaW9uUmVxdWVzdCJfChJHZXRWZXJzaW9uUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoCRITCgthcGlfdmVyc2lvbhgCIAEoCRINCgVzdG9yZRgDIAEoCRIUCgxub2RlX3ZlcnNpb24YBCABKAkiEgoQR2V0SGVhbHRoUmVxdWVzdCJBCg9Db21wb25lbnRIZWFsdGgSDAoEbmFtZRgBIAEoCRIPCgdoZWFsdGh5GAIgASgIEg8KB21lc3NhZ2UYAyABKAkifgoRR2V0SGVhbHRoUmVzcG9uc2USDwoHaGVhbHRoeRgBIAEoCBIyCgpjb21wb25lbnRzGAIgAygLMh4uaHlwZXJ2aXNvci52MS5Db21wb25lbnRIZWFsdGgSEQoJc2VydmVyX2lkGAMgASgJEhEKCWxlYWRlcl9pZBgEIAEoCSISChBHZXRDb3VudHNSZXF1ZXN0Iu8BChFHZXRDb3VudHNSZXNwb25zZRINCgVub2RlcxgBIAEoDRITCgtub2Rlc19yZWFkeRgCIAEoDRIWCg5ub2Rlc19jb3Jkb25lZBgDIAEoDRIRCglpbnN0YW5jZXMYBCABKA0SUgoSaW5zdGFuY2VzX2J5X3BoYXNlGAUgAygLMjYuaHlwZXJ2aXNvci52MS5HZXRDb3VudHNSZXNwb25zZS5JbnN0YW5jZXNCeVBoYXNlRW50cnkaNwoVSW5zdGFuY2VzQnlQaGFzZUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDToCOAEy2QIKDkNsdXN0ZXJTZXJ2aWNlElEKCkdldFZlcnNpb24SIC5oeXBlcnZpc29yLnYxLkdldFZlcnNpb25SZXF1ZXN0GiEuaHlwZXJ2aXNvci52MS5HZXRWZXJzaW9uUmVzcG9uc2USTgoJR2V0SGVhbHRoEh8uaHlwZXJ2aXNvci52MS5HZXRIZWFsdGhSZXF1ZXN0GiAuaHlwZXJ2aXNvci52MS5HZXRIZWFsdGhSZXNwb25zZRJOCglHZXRDb3VudHMSHy5oeXBlcnZpc29yLnYxLkdldENvdW50c1JlcXVlc3QaIC5oeXBlcnZpc29yLnYxLkdldENvdW50c1Jlc3BvbnNlElQKC0xpc3REcml2ZXJzEiEuaHlwZXJ2aXNvci52MS5MaXN0RHJpdmVyc1JlcXVlc3QaIi5oeXBlcnZpc29yLnYxLkxpc3REcml2ZXJzUmVzcG9uc2ViBnByb3RvMw", [file_hypervisor_v1_node]);
+
+/**
+ * @generated from message hypervisor.v1.ListDriversRequest
+ */
+export type ListDriversRequest = Message<"hypervisor.v1.ListDriversRequest"> & {
+};
+
+/**
+ * Describes the message hypervisor.v1.ListDriversRequest.
+ * Use `create(ListDriversRequestSchema)` to create a new message.
+ */
+export const ListDriversRequestSchema: GenMessage<ListDriversRequest> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_cluster, 0);
+
+/**
+ * @generated from message hypervisor.v1.ListDriversResponse
+ */
+export type ListDriversResponse = Message<"hypervisor.v1.ListDriversResponse"> & {
+  /**
+   * By name.
+   *
+   * @generated from field: repeated hypervisor.v1.DriverDescription drivers = 1;
+   */
+  drivers: DriverDescription[];
+};
+
+/**
+ * Describes the message hypervisor.v1.ListDriversResponse.
+ * Use `create(ListDriversResponseSchema)` to create a new message.
+ */
+export const ListDriversResponseSchema: GenMessage<ListDriversResponse> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_cluster, 1);
+
+/**
+ * One driver as the API checks its instances: fields it takes, keys and values of driver_config.
+ *
+ * @generated from message hypervisor.v1.DriverDescription
+ */
+export type DriverDescription = Message<"hypervisor.v1.DriverDescription"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * One line, e.g. "virtual machines (QEMU through libvirt)".
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * What kind of instance it runs: "vm", "container" or "simulated".
+   *
+   * @generated from field: string kind = 3;
+   */
+  kind: string;
+
+  /**
+   * @generated from field: hypervisor.v1.DriverCapabilities capabilities = 4;
+   */
+  capabilities?: DriverCapabilities | undefined;
+
+  /**
+   * The optional spec fields it takes (of image, kernel, initrd, cmdline, command, args, env);
+   * a spec that sets any other is refused.
+   *
+   * @generated from field: repeated string spec_fields = 5;
+   */
+  specFields: string[];
+
+  /**
+   * Set fields it needs: "image", or "image|kernel" when either will do.
+   *
+   * @generated from field: repeated string required = 6;
+   */
+  required: string[];
+
+  /**
+   * @generated from field: repeated hypervisor.v1.DriverConfigKey config_keys = 7;
+   */
+  configKeys: DriverConfigKey[];
+};
+
+/**
+ * Describes the message hypervisor.v1.DriverDescription.
+ * Use `create(DriverDescriptionSchema)` to create a new message.
+ */
+export const DriverDescriptionSchema: GenMessage<DriverDescription> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_cluster, 2);
+
+/**
+ * @generated from message hypervisor.v1.DriverConfigKey
+ */
+export type DriverConfigKey = Message<"hypervisor.v1.DriverConfigKey"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * The values taken, as words for a person, e.g. "user, none or bridge:<name>".
+   *
+   * @generated from field: string values = 3;
+   */
+  values: string;
+};
+
+/**
+ * Describes the message hypervisor.v1.DriverConfigKey.
+ * Use `create(DriverConfigKeySchema)` to create a new message.
+ */
+export const DriverConfigKeySchema: GenMessage<DriverConfigKey> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_cluster, 3);
 
 /**
  * @generated from message hypervisor.v1.GetVersionRequest
@@ -23,7 +144,7 @@ export type GetVersionRequest = Message<"hypervisor.v1.GetVersionRequest"> & {
  * Use `create(GetVersionRequestSchema)` to create a new message.
  */
 export const GetVersionRequestSchema: GenMessage<GetVersionRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_cluster, 0);
+  messageDesc(file_hypervisor_v1_cluster, 4);
 
 /**
  * @generated from message hypervisor.v1.GetVersionResponse
@@ -55,7 +176,7 @@ export type GetVersionResponse = Message<"hypervisor.v1.GetVersionResponse"> & {
  * Use `create(GetVersionResponseSchema)` to create a new message.
  */
 export const GetVersionResponseSchema: GenMessage<GetVersionResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_cluster, 1);
+  messageDesc(file_hypervisor_v1_cluster, 5);
 
 /**
  * @generated from message hypervisor.v1.GetHealthRequest
@@ -68,7 +189,7 @@ export type GetHealthRequest = Message<"hypervisor.v1.GetHealthRequest"> & {
  * Use `create(GetHealthRequestSchema)` to create a new message.
  */
 export const GetHealthRequestSchema: GenMessage<GetHealthRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_cluster, 2);
+  messageDesc(file_hypervisor_v1_cluster, 6);
 
 /**
  * @generated from message hypervisor.v1.ComponentHealth
@@ -95,7 +216,7 @@ export type ComponentHealth = Message<"hypervisor.v1.ComponentHealth"> & {
  * Use `create(ComponentHealthSchema)` to create a new message.
  */
 export const ComponentHealthSchema: GenMessage<ComponentHealth> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_cluster, 3);
+  messageDesc(file_hypervisor_v1_cluster, 7);
 
 /**
  * @generated from message hypervisor.v1.GetHealthResponse
@@ -129,7 +250,7 @@ export type GetHealthResponse = Message<"hypervisor.v1.GetHealthResponse"> & {
  * Use `create(GetHealthResponseSchema)` to create a new message.
  */
 export const GetHealthResponseSchema: GenMessage<GetHealthResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_cluster, 4);
+  messageDesc(file_hypervisor_v1_cluster, 8);
 
 /**
  * @generated from message hypervisor.v1.GetCountsRequest
@@ -142,7 +263,7 @@ export type GetCountsRequest = Message<"hypervisor.v1.GetCountsRequest"> & {
  * Use `create(GetCountsRequestSchema)` to create a new message.
  */
 export const GetCountsRequestSchema: GenMessage<GetCountsRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_cluster, 5);
+  messageDesc(file_hypervisor_v1_cluster, 9);
 
 /**
  * @generated from message hypervisor.v1.GetCountsResponse
@@ -179,7 +300,7 @@ export type GetCountsResponse = Message<"hypervisor.v1.GetCountsResponse"> & {
  * Use `create(GetCountsResponseSchema)` to create a new message.
  */
 export const GetCountsResponseSchema: GenMessage<GetCountsResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_cluster, 6);
+  messageDesc(file_hypervisor_v1_cluster, 10);
 
 /**
  * @generated from service hypervisor.v1.ClusterService
@@ -208,6 +329,17 @@ export const ClusterService: GenService<{
     methodKind: "unary";
     input: typeof GetCountsRequestSchema;
     output: typeof GetCountsResponseSchema;
+  },
+  /**
+   * The drivers this platform has (pkg/compute/driver/registry.ts): what each takes in a spec and
+   * in driver_config. Which nodes run one is in ListNodes.
+   *
+   * @generated from rpc hypervisor.v1.ClusterService.ListDrivers
+   */
+  listDrivers: {
+    methodKind: "unary";
+    input: typeof ListDriversRequestSchema;
+    output: typeof ListDriversResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_hypervisor_v1_cluster, 0);

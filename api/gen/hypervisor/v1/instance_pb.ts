@@ -83,36 +83,43 @@ export const InstanceSchema: GenMessage<Instance> = /*@__PURE__*/
  */
 export type InstanceSpec = Message<"hypervisor.v1.InstanceSpec"> & {
   /**
-   * "libvirt", "containerd", "firecracker" or "mock".
+   * A driver of the registry (ClusterService.ListDrivers): "libvirt", "containerd" or "mock".
+   * Each driver takes only some of the optional fields below and its own driver_config keys.
    *
    * @generated from field: string driver = 1;
    */
   driver: string;
 
   /**
-   * Image reference: a disk image for VMs, an OCI reference for containers.
+   * Image reference: a disk image for VMs, an OCI reference for containers. At most 1024 bytes.
    *
    * @generated from field: string image = 2;
    */
   image: string;
 
   /**
+   * 1 to 1024.
+   *
    * @generated from field: uint32 vcpus = 3;
    */
   vcpus: number;
 
   /**
+   * 1 to 16777216 (16 TiB).
+   *
    * @generated from field: uint64 memory_mib = 4;
    */
   memoryMib: bigint;
 
   /**
+   * 0 (the image's size) to 1048576 (1 PiB).
+   *
    * @generated from field: uint64 disk_gib = 5;
    */
   diskGib: bigint;
 
   /**
-   * Containers: command, arguments, environment.
+   * Containers: command, arguments, environment. At most 256 entries each, of at most 4096 bytes.
    *
    * @generated from field: repeated string command = 6;
    */
@@ -129,7 +136,7 @@ export type InstanceSpec = Message<"hypervisor.v1.InstanceSpec"> & {
   env: { [key: string]: string };
 
   /**
-   * MicroVMs and direct-kernel VMs.
+   * Direct-kernel VMs. kernel and initrd at most 1024 bytes, cmdline at most 4096.
    *
    * @generated from field: string kernel = 9;
    */
@@ -146,7 +153,7 @@ export type InstanceSpec = Message<"hypervisor.v1.InstanceSpec"> & {
   cmdline: string;
 
   /**
-   * Node labels that must all match.
+   * Node labels that must all match. At most 64.
    *
    * @generated from field: map<string, string> node_selector = 12;
    */
@@ -163,7 +170,8 @@ export type InstanceSpec = Message<"hypervisor.v1.InstanceSpec"> & {
   desiredPowerState: PowerState;
 
   /**
-   * Driver-specific settings (Nomad's task "config"); each driver documents its keys.
+   * Driver-specific settings (Nomad's task "config"): only the keys and values the driver
+   * declares (ClusterService.ListDrivers), checked at the API.
    *
    * @generated from field: map<string, string> driver_config = 15;
    */
@@ -240,7 +248,7 @@ export type Placement = Message<"hypervisor.v1.Placement"> & {
 
   /**
    * At most this many instances of the group (max_per_node_selector, else this instance's labels)
-   * on one node, this one included; 0: no limit.
+   * on one node, this one included; 0: no limit. At most 1000.
    *
    * @generated from field: uint32 max_per_node = 5;
    */
@@ -295,7 +303,7 @@ export type DisruptionBudget = Message<"hypervisor.v1.DisruptionBudget"> & {
   matchLabels: { [key: string]: string };
 
   /**
-   * At least 1.
+   * 1 to 100000.
    *
    * @generated from field: uint32 max_unavailable = 2;
    */
@@ -432,7 +440,7 @@ export type SpreadConstraint = Message<"hypervisor.v1.SpreadConstraint"> & {
   topologyKey: string;
 
   /**
-   * Largest allowed difference between the most and the least loaded value; 0 means 1.
+   * Largest allowed difference between the most and the least loaded value; 0 means 1. At most 1000.
    *
    * @generated from field: uint32 max_skew = 2;
    */
@@ -817,7 +825,8 @@ export type StopInstanceRequest = Message<"hypervisor.v1.StopInstanceRequest"> &
   name: string;
 
   /**
-   * Seconds to wait for a graceful stop before forcing it; 0 means the driver default.
+   * Seconds to wait for a graceful stop before forcing it; 0 means the driver default. At most
+   * 3600 (an hour): a node worker waits this long.
    *
    * @generated from field: uint32 timeout_seconds = 2;
    */
@@ -938,7 +947,7 @@ export type GetInstanceLogsRequest = Message<"hypervisor.v1.GetInstanceLogsReque
   follow: boolean;
 
   /**
-   * Bytes from the end of the log to send first; 0 means the whole log.
+   * Bytes from the end of the log to send first; 0 means the whole log. At most 1073741824 (1 GiB).
    *
    * @generated from field: uint64 tail_bytes = 3;
    */

@@ -385,7 +385,13 @@ export class Reconciler {
   /** The assignment's stop timeout, clamped: a node does not trust the store to bound it. */
   private stopTimeoutMs(inst: Instance): number {
     const s = Number(inst.labels[STOP_TIMEOUT_LABEL]);
-    return Number.isFinite(s) && s > 0 ? Math.min(s * 1000, this.maxStopTimeoutMs) : this.defaultStopTimeoutMs;
+    if (!Number.isFinite(s) || s <= 0) return this.defaultStopTimeoutMs;
+    if (s * 1000 <= this.maxStopTimeoutMs) return s * 1000;
+    this.opts.log.warn(
+      { instance: inst.name, askedSeconds: s, maxSeconds: this.maxStopTimeoutMs / 1000 },
+      "stop timeout longer than this node allows; clamped",
+    );
+    return this.maxStopTimeoutMs;
   }
 
   /** Destroys a local instance of `name` that is not (or no longer) assigned to this node. */

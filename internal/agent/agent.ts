@@ -38,7 +38,7 @@ import {
 import { logger as rootLogger, type Logger } from "../../pkg/log/index.js";
 import { fingerprintNode, type Capacity } from "./fingerprint.js";
 import { AgentEndpoint, type EndpointImage, type Refusal } from "./endpoint.js";
-import type { OperationDeadlines } from "./deadlines.js";
+import { DeadlineDriver, DEFAULT_DEADLINES, type OperationDeadlines } from "./deadlines.js";
 import { Reconciler } from "./reconcile.js";
 import { WorkQueue } from "./workqueue.js";
 
@@ -116,6 +116,10 @@ export class Agent {
     if (opts.drivers.length === 0) throw new AgentError("an agent needs at least one driver");
     this.nodeName = opts.nodeName;
     this.log = opts.logger ?? rootLogger("agent", { node: opts.nodeName });
+    // Every driver call the agent makes itself (adoption, resync, fingerprint, the endpoint's
+    // console and image list) runs under its deadline too; the reconciler guards its own calls.
+    const deadlines = { ...DEFAULT_DEADLINES, ...opts.deadlines };
+    this.opts = { ...opts, drivers: opts.drivers.map((d) => new DeadlineDriver(d, deadlines, this.log)) };
     this.queue = new WorkQueue<string>({ logger: this.log, maxDelayMs: 30_000 });
     const reconcilerOpts: ConstructorParameters<typeof Reconciler>[0] = {
       store: opts.store,

@@ -1,7 +1,7 @@
 // Deadlines of driver calls: the caller gets control back at the deadline or at its own abort,
 // whatever the driver does, and leaves nothing listening on its long-lived signal.
 import assert from "node:assert/strict";
-import { getEventListeners } from "node:events";
+import { getEventListeners, setMaxListeners } from "node:events";
 import { describe, it } from "node:test";
 import type { Driver, DriverInstance } from "../../pkg/compute/driver/index.js";
 import { DeadlineDriver, DeadlineExceededError, DEFAULT_DEADLINES, underDeadline } from "./deadlines.js";
@@ -41,6 +41,7 @@ describe("underDeadline", () => {
 
   it("returns the driver's result and leaves no listener on the caller's signal", async () => {
     const parent = new AbortController();
+    setMaxListeners(100, parent.signal); // twenty calls at once, as the agent's signal carries
     const results = await Promise.all(
       Array.from({ length: 20 }, (_, i) => underDeadline("inspect", `i-${i}`, 60_000, parent.signal, () => Promise.resolve(i))),
     );

@@ -156,6 +156,35 @@ describe("node safety with the mock driver", () => {
     }
   });
 
+  it("starts and runs its instances although its driver's list never answers (abandoned at the deadline)", async () => {
+    const hnode = "ns-mock-hung-list";
+    const m = createMockDriver({ stateDir: join(dir, hnode, "mock") });
+    // A runtime that takes the call and never answers, whatever the signal says.
+    const hung = new Proxy(m, {
+      get(target, prop, receiver) {
+        if (prop === "list") return () => new Promise<never>(() => undefined);
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    const a = boot(hnode, [hung], { deadlines: { queryMs: 2000 } });
+    let started = false;
+    // Not awaited: without the deadline it would never settle.
+    void a.start().then(
+      () => (started = true),
+      () => undefined,
+    );
+    try {
+      await until("the agent started (adoption gave up on the list)", () => started, BOUND);
+      await assign(store, hnode, newInstance("after-hung-list", hnode));
+      await until("Running", inPhase(store, "after-hung-list", Phase.RUNNING), BOUND);
+      assert.equal((await m.inspect("after-hung-list"))?.state, "running");
+    } finally {
+      await a.stop();
+      await m.close();
+    }
+  });
+
   it("aborts a driver call at its deadline, so one hung start does not hold the only worker", async () => {
     const dnode = "ns-mock-deadline";
     const m = createMockDriver({ stateDir: join(dir, dnode, "mock") });

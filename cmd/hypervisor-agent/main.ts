@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // hypervisor-agent entry point: settings (file, environment, flags) → etcd store + drivers →
 // Agent, until SIGTERM/SIGINT. Exit codes: 0 clean stop, 1 runtime failure, 2 bad settings.
-import { Agent, agentSchema, buildDrivers, defaultNodeName, parseTaints } from "../../internal/agent/index.js";
+import { Agent, agentSchema, buildDrivers, deadlinesOf, defaultNodeName, parseTaints } from "../../internal/agent/index.js";
 import { etcdOptions, openEtcdStore, waitForStore } from "../../pkg/cluster/etcd/index.js";
 import type { Loaded } from "../../pkg/config/index.js";
 import { runDaemon, untilAborted } from "../../pkg/daemon/index.js";
@@ -37,6 +37,9 @@ async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Pro
       dataDir: c.dataDir,
       logger: log,
       workers: c.workers,
+      defaultStopTimeoutMs: c.defaultStopTimeoutSeconds * 1000,
+      maxStopTimeoutMs: c.maxStopTimeoutSeconds * 1000,
+      deadlines: deadlinesOf(c),
       resyncMs: c.resyncSeconds * 1000,
       capacity: { vcpus: c.capacityVcpus, memoryMiB: c.capacityMemoryMib, diskGiB: c.capacityDiskGib },
       reserved: { vcpus: c.reservedVcpus, memoryMiB: c.reservedMemoryMib, diskGiB: c.reservedDiskGib },

@@ -14,6 +14,7 @@
  * only needs a Store and drivers.
  */
 import { clone, create, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { setMaxListeners } from "node:events";
 import { chmod, mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -37,6 +38,7 @@ import {
 import { logger as rootLogger, type Logger } from "../../pkg/log/index.js";
 import { fingerprintNode, type Capacity } from "./fingerprint.js";
 import { AgentEndpoint, type EndpointImage, type Refusal } from "./endpoint.js";
+import { DeadlineDriver, DEFAULT_DEADLINES, type OperationDeadlines } from "./deadlines.js";
 import { Reconciler } from "./reconcile.js";
 import { WorkQueue } from "./workqueue.js";
 
@@ -63,6 +65,10 @@ export interface AgentOptions {
   address?: string;
   /** Stop timeout for instances without one (default 30 s). */
   defaultStopTimeoutMs?: number;
+  /** Longest stop timeout honoured, whatever the store says (default an hour). */
+  maxStopTimeoutMs?: number;
+  /** Deadlines of driver operations (defaults: DEFAULT_DEADLINES). */
+  deadlines?: Partial<OperationDeadlines>;
   /**
    * HOST:PORT of the agent's endpoint (console logs for the server); default 127.0.0.1:0 (a free
    * loopback port, enough when the server runs on this machine). Empty: no endpoint.
@@ -110,6 +116,10 @@ export class Agent {
     if (opts.drivers.length === 0) throw new AgentError("an agent needs at least one driver");
     this.nodeName = opts.nodeName;
     this.log = opts.logger ?? rootLogger("agent", { node: opts.nodeName });
+    // Every driver call the agent makes itself (adoption, resync, fingerprint, the endpoint's
+    // console and image list) runs under its deadline too; the reconciler guards its own calls.
+    const deadlines = { ...DEFAULT_DEADLINES, ...opts.deadlines };
+    this.opts = { ...opts, drivers: opts.drivers.map((d) => new DeadlineDriver(d, deadlines, this.log)) };
     this.queue = new WorkQueue<string>({ logger: this.log, maxDelayMs: 30_000 });
     const reconcilerOpts: ConstructorParameters<typeof Reconciler>[0] = {
       store: opts.store,
@@ -120,8 +130,11 @@ export class Agent {
         get: (name) => this.assigned.get(name),
         takeFresh: (name) => this.fresh.delete(name),
       },
+      wake: (name, afterMs) => this.queue.addAfter(name, afterMs),
     };
     if (opts.defaultStopTimeoutMs !== undefined) reconcilerOpts.defaultStopTimeoutMs = opts.defaultStopTimeoutMs;
+    if (opts.maxStopTimeoutMs !== undefined) reconcilerOpts.maxStopTimeoutMs = opts.maxStopTimeoutMs;
+    if (opts.deadlines) reconcilerOpts.deadlines = opts.deadlines;
     this.reconciler = new Reconciler(reconcilerOpts);
     this.heartbeat = new Heartbeat(opts.store, opts.nodeName, { ttlSeconds: opts.heartbeatTtlSeconds ?? 10, logger: this.log });
   }
@@ -139,6 +152,10 @@ export class Agent {
     if (this.started) throw new AgentError("agent already started");
     this.started = true;
     const s = signal ? AbortSignal.any([signal, this.ctl.signal]) : this.ctl.signal;
+    // Every driver call and every stop in flight listens to it (one listener each, removed when it
+    // settles): more than the default ten at once is normal. (Not 0: Node 20's getMaxListeners,
+    // which the etcd store calls on the same signal, throws on an EventTarget set to 0.)
+    setMaxListeners(10_000, s);
     // Its state (driver handles, spooled uploads) is the node's own: no other user reads it.
     await mkdir(this.opts.dataDir, { recursive: true, mode: 0o700 });
     await chmod(this.opts.dataDir, 0o700);
@@ -174,6 +191,7 @@ export class Agent {
   async stop(): Promise<void> {
     this.ctl.abort();
     await Promise.allSettled(this.loops);
+    await this.reconciler.settled(); // stops running beside the workers end with the signal
     if (this.endpoint) {
       await this.endpoint.close();
       await this.opts.store.delete(keys.agent(this.nodeName)).catch(() => undefined);

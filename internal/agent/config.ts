@@ -10,6 +10,7 @@ import { createContainerdDriver, DEFAULT_PIDS_LIMIT } from "../../pkg/compute/co
 import { createLibvirtDriver, parseNetwork } from "../../pkg/compute/libvirt/index.js";
 import { createMockDriver } from "../../pkg/compute/mock/index.js";
 import { ConfigError, type ConfigOf, type Schema } from "../../pkg/config/index.js";
+import type { OperationDeadlines } from "./deadlines.js";
 
 export const agentSchema = {
   "node-name": {
@@ -129,6 +130,44 @@ export const agentSchema = {
   "reserved-memory-mib": { type: "number", default: 0, integer: true, min: 0, description: "memory in MiB held back for the host" },
   "reserved-disk-gib": { type: "number", default: 0, integer: true, min: 0, description: "disk in GiB held back for the host" },
   workers: { type: "number", default: 4, integer: true, min: 1, description: "instances reconciled in parallel" },
+  "default-stop-timeout-seconds": {
+    type: "number",
+    default: 30,
+    integer: true,
+    min: 1,
+    description: "graceful stop timeout of an instance stopped without one",
+  },
+  "max-stop-timeout-seconds": {
+    type: "number",
+    default: 3600,
+    integer: true,
+    min: 1,
+    description: "longest graceful stop timeout the agent honours, whatever the store asks",
+  },
+  "stop-deadline-margin-seconds": {
+    type: "number",
+    default: 60,
+    integer: true,
+    min: 1,
+    description: "added to a stop's timeout to make its deadline: time for the forced stop",
+  },
+  "create-deadline-seconds": { type: "number", default: 300, integer: true, min: 1, description: "deadline of a driver create" },
+  "start-deadline-seconds": { type: "number", default: 120, integer: true, min: 1, description: "deadline of a driver start" },
+  "destroy-deadline-seconds": { type: "number", default: 120, integer: true, min: 1, description: "deadline of a driver destroy" },
+  "query-deadline-seconds": {
+    type: "number",
+    default: 30,
+    integer: true,
+    min: 1,
+    description: "deadline of a driver inspect, list, stats or fingerprint",
+  },
+  "balloon-deadline-seconds": {
+    type: "number",
+    default: 60,
+    integer: true,
+    min: 1,
+    description: "deadline of a balloon (memory target) change",
+  },
   "resync-seconds": {
     type: "number",
     default: 30,
@@ -274,6 +313,18 @@ export function buildDrivers(
 
 /** A Linux interface name (IFNAMSIZ 16 with its NUL). */
 const BRIDGE_RE = /^[A-Za-z0-9_.-]{1,15}$/;
+
+/** The deadlines of driver operations, from the agent's settings. */
+export function deadlinesOf(c: AgentConfig): OperationDeadlines {
+  return {
+    createMs: c.createDeadlineSeconds * 1000,
+    startMs: c.startDeadlineSeconds * 1000,
+    stopMarginMs: c.stopDeadlineMarginSeconds * 1000,
+    destroyMs: c.destroyDeadlineSeconds * 1000,
+    queryMs: c.queryDeadlineSeconds * 1000,
+    balloonMs: c.balloonDeadlineSeconds * 1000,
+  };
+}
 
 export interface TaintSetting {
   key: string;

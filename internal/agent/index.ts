@@ -5,6 +5,7 @@ export { Agent, AgentError, type AdoptionReport, type AgentOptions } from "./age
 export {
   agentSchema,
   buildDrivers,
+  deadlinesOf,
   defaultNodeName,
   DRIVER_DEFAULTS,
   parseTaints,
@@ -13,6 +14,15 @@ export {
   type DriverSettings,
   type TaintSetting,
 } from "./config.js";
+export {
+  DeadlineDriver,
+  DeadlineExceededError,
+  DEFAULT_DEADLINES,
+  DEFAULT_MAX_STOP_TIMEOUT_MS,
+  underDeadline,
+  type OperationDeadlines,
+} from "./deadlines.js";
+export { StopSupersededError } from "./stops.js";
 export { AGENT_VERSION, fingerprintNode, type Capacity, type NodeFingerprintOptions } from "./fingerprint.js";
 export {
   Reconciler,

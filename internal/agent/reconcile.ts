@@ -11,6 +11,12 @@
  *                     exited / failed ──restart policy──► start after backoff | STOPPED | FAILED
  *   desired STOPPED:  absent ──create──► created      running ──stop(timeout)──► stopped
  *
+ * Driver operations run under deadlines (deadlines.ts), and a stop timeout read from the store is
+ * clamped to maxStopTimeoutMs. Stops (a desired STOPPED, and the stop of a requested restart) do
+ * not hold a worker while the guest shuts down: they run beside the workers (stops.ts) and wake
+ * the key when they end; a reconcile that finds the desired state changed meanwhile (a delete, a
+ * new generation, no assignment) aborts the stop in flight and goes on with the new state at once.
+ *
  * A restart is requested when the assignment's generation is newer than the status's
  * observed_generation and labels["hypervisor.io/restart-requested"] equals that generation.
  * Status is written only when it changed (update_time aside), with a compare on the assignment's
@@ -55,6 +61,8 @@ import {
   type DriverInstanceSpec,
 } from "../../pkg/compute/driver/index.js";
 import type { Logger } from "../../pkg/log/index.js";
+import { DeadlineDriver, DEFAULT_DEADLINES, DEFAULT_MAX_STOP_TIMEOUT_MS, type OperationDeadlines } from "./deadlines.js";
+import { Stops } from "./stops.js";
 import type { ProcessResult } from "./workqueue.js";
 
 export { RESTART_LABEL, STOP_TIMEOUT_LABEL };
@@ -68,6 +76,12 @@ export interface ReconcilerOptions {
   assignments: AssignmentCache;
   /** Stop timeout when the instance has none (default 30 s). */
   defaultStopTimeoutMs?: number;
+  /** Longest stop timeout honoured, whatever the assignment says (default an hour). */
+  maxStopTimeoutMs?: number;
+  /** Deadlines of driver operations (defaults: DEFAULT_DEADLINES). */
+  deadlines?: Partial<OperationDeadlines>;
+  /** Reconcile `name` again after afterMs (0: now): how a stop that ran beside the workers reports its end. */
+  wake?: (name: string, afterMs: number) => void;
   /** First restart delay after the first immediate one (default 1 s), doubled up to maxRestartDelayMs. */
   restartDelayMs?: number;
   maxRestartDelayMs?: number;
@@ -127,13 +141,19 @@ export class Reconciler {
   private readonly statuses = new Map<string, CachedStatus>();
   private readonly writes: GroupCommit;
   private readonly defaultStopTimeoutMs: number;
+  private readonly maxStopTimeoutMs: number;
   private readonly restartDelayMs: number;
   private readonly maxRestartDelayMs: number;
+  /** Stops running beside the workers. */
+  private readonly stops: Stops;
 
   constructor(private readonly opts: ReconcilerOptions) {
-    for (const d of opts.drivers) this.drivers.set(d.name, d);
+    const deadlines = { ...DEFAULT_DEADLINES, ...opts.deadlines };
+    for (const d of opts.drivers) this.drivers.set(d.name, new DeadlineDriver(d, deadlines, opts.log));
+    this.stops = new Stops({ wake: (n, ms) => opts.wake?.(n, ms), log: opts.log });
     this.writes = new GroupCommit(opts.store);
-    this.defaultStopTimeoutMs = opts.defaultStopTimeoutMs ?? 30_000;
+    this.maxStopTimeoutMs = opts.maxStopTimeoutMs ?? DEFAULT_MAX_STOP_TIMEOUT_MS;
+    this.defaultStopTimeoutMs = Math.min(opts.defaultStopTimeoutMs ?? 30_000, this.maxStopTimeoutMs);
     this.restartDelayMs = opts.restartDelayMs ?? 1000;
     this.maxRestartDelayMs = opts.maxRestartDelayMs ?? 30_000;
   }
@@ -142,6 +162,7 @@ export class Reconciler {
     const { store, nodeName, assignments } = this.opts;
     const akv = assignments.get(name);
     if (!akv) {
+      await this.stops.supersede(name, undefined, "no longer assigned to this node");
       this.restarts.delete(name);
       this.statuses.delete(name);
       await this.destroyUnassigned(name, signal);
@@ -152,6 +173,11 @@ export class Reconciler {
       this.opts.log.error({ instance: name }, "assignment without a matching instance; ignoring it");
       return {};
     }
+    // A stop in flight for this very instance and generation goes on (it wakes the key when it
+    // ends); one for anything else is abandoned here, before acting on the new desired state.
+    const stillStopping = inst.deleteTime ? undefined : { uid: inst.uid, generation: inst.generation };
+    const why = inst.deleteTime ? "instance deleted" : `generation ${inst.generation} assigned`;
+    if (await this.stops.supersede(name, stillStopping, why)) return {};
     const st = await this.status(name, akv.createRevision, signal);
     const stored = st.record;
     const ctx: Ctx = {
@@ -230,14 +256,14 @@ export class Reconciler {
     if (desired === PowerState.STOPPED) {
       if (actual.state === "running") {
         await write({ ...statusOf(actual, desired), phase: Phase.STOPPING, message: "" }, false);
-        actual = await driver.stop(name, this.stopTimeoutMs(inst), { signal });
-        log.info("instance stopped");
+        this.beginStop(driver, inst, signal);
+        return {}; // the stop wakes the key when it ends: Stopped is written then
       }
     } else if (actual.state === "running" && restartRequested) {
       await write({ ...statusOf(actual, desired), phase: Phase.STOPPING, message: "restarting" }, false);
-      await driver.stop(name, this.stopTimeoutMs(inst), { signal });
-      actual = await this.start(driver, name, signal);
-      log.info("instance restarted on request");
+      // Once stopped, the next pass starts it (the restart's generation is not observed yet).
+      this.beginStop(driver, inst, signal);
+      return {};
     } else if (actual.state === "created" || actual.state === "stopped") {
       actual = await this.start(driver, name, signal);
       if (actual.state === "running") log.info("instance started");
@@ -283,6 +309,7 @@ export class Reconciler {
 
   /** Forgets in-memory state of instances that are gone (called by the agent on resync). */
   prune(assigned: ReadonlyMap<string, unknown>): void {
+    this.stops.prune(assigned);
     for (const n of this.restarts.keys()) if (!assigned.has(n)) this.restarts.delete(n);
     for (const n of this.statuses.keys()) if (!assigned.has(n)) this.statuses.delete(n);
     for (const n of this.balloons.keys()) if (!assigned.has(n)) this.balloons.delete(n);
@@ -305,6 +332,19 @@ export class Reconciler {
     this.balloons.set(inst.name, key);
     this.opts.log.info({ instance: inst.name, memoryMiB: target }, "memory target set");
     return (await driver.inspect(inst.name, { signal })) ?? actual;
+  }
+
+  /** Waits for every stop running beside the workers (they end with the agent's signal). */
+  async settled(): Promise<void> {
+    await this.stops.settled();
+  }
+
+  /** Stops the instance beside the workers, under the stop's deadline (its clamped timeout plus a margin). */
+  private beginStop(driver: Driver, inst: Instance, signal: AbortSignal): void {
+    const timeoutMs = this.stopTimeoutMs(inst);
+    this.stops.begin(inst.name, { uid: inst.uid, generation: inst.generation }, signal, (s) =>
+      driver.stop(inst.name, timeoutMs, { signal: s }),
+    );
   }
 
   private async start(driver: Driver, name: string, signal: AbortSignal): Promise<DriverInstance> {
@@ -342,9 +382,16 @@ export class Reconciler {
     return Math.min(this.maxRestartDelayMs, this.restartDelayMs * 2 ** Math.min(consecutive - 1, 20));
   }
 
+  /** The assignment's stop timeout, clamped: a node does not trust the store to bound it. */
   private stopTimeoutMs(inst: Instance): number {
     const s = Number(inst.labels[STOP_TIMEOUT_LABEL]);
-    return Number.isFinite(s) && s > 0 ? s * 1000 : this.defaultStopTimeoutMs;
+    if (!Number.isFinite(s) || s <= 0) return this.defaultStopTimeoutMs;
+    if (s * 1000 <= this.maxStopTimeoutMs) return s * 1000;
+    this.opts.log.warn(
+      { instance: inst.name, askedSeconds: s, maxSeconds: this.maxStopTimeoutMs / 1000 },
+      "stop timeout longer than this node allows; clamped",
+    );
+    return this.maxStopTimeoutMs;
   }
 
   /** Destroys a local instance of `name` that is not (or no longer) assigned to this node. */

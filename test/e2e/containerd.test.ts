@@ -354,4 +354,19 @@ describe("containers through the whole system (etcd, server, two agents with con
     c.close();
     assert.deepEqual(left, []);
   });
+
+  it("a delete during a stop with a 3000 s timeout takes effect at once; the container ignored SIGTERM", async () => {
+    await ctl(
+      "instance", "create", "stubborn", "--driver", "containerd", "--image", BUSYBOX_REF, "--memory", "32", "--vcpus", "1",
+      "--wait", "--timeout", "2m", "--command", "sh", "--", "-c", 'trap "" TERM; while true; do sleep 1; done',
+    ); // prettier-ignore
+    await ctl("instance", "stop", "stubborn", "--timeout-seconds", "3000");
+    await until("Stopping", async () => (await get("stubborn")).status?.phase === "PHASE_STOPPING");
+    // Far below the stop's 3000 s: the delete does not wait for it.
+    await ctl("instance", "delete", "stubborn", "--wait", "--timeout", "2m");
+    const c = new ContainerdClient({ socketPath: socket, namespace: ns });
+    const left = (await c.containers.list({})).containers.map((x) => x.id);
+    c.close();
+    assert.deepEqual(left, [], "the container is destroyed, not left stopping");
+  });
 });

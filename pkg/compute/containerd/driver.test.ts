@@ -157,6 +157,21 @@ describe("containerd driver: what containers have", () => {
     await d.destroy(name);
   });
 
+  it("an aborted stop ends its wait at once and leaves the container running (no early SIGKILL)", async () => {
+    const d = await makeDriver();
+    const name = `abort-${randomUUID().slice(0, 6)}`;
+    await d.create(spec(name, randomUUID(), ["sh", "-c", 'trap "" TERM; while true; do sleep 1; done']));
+    await d.start(name);
+    const why = new Error("desired state changed");
+    const ac = new AbortController();
+    const stopping = d.stop(name, 3_000_000, { signal: ac.signal });
+    setTimeout(() => ac.abort(why), 1000);
+    await assert.rejects(stopping, (e) => e === why);
+    assert.equal((await d.inspect(name))?.state, "running", "not killed: the caller decides what comes next");
+    await d.destroy(name);
+    assert.equal(await d.inspect(name), undefined);
+  });
+
   it("applies the memory and CPU limits as cgroup settings the kernel reports", async () => {
     const d = await makeDriver();
     const name = `limits-${randomUUID().slice(0, 6)}`;

@@ -302,33 +302,44 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
     return (await this.inspect(name))!;
   }
 
+  /**
+   * SIGTERM, then SIGKILL at the timeout. An abort (the caller's deadline, or the desired state
+   * changed) ends the wait with the signal's reason and leaves the container as it is: it is not
+   * killed early, the caller decides what comes next.
+   */
   async stop(name: string, timeoutMs: number, opts: Signalled = {}): Promise<DriverInstance> {
-    await this.mustContainer(name);
-    const task = await this.task(name);
+    const { signal } = opts;
+    signal?.throwIfAborted();
+    await this.mustContainer(name, signal);
+    const task = await this.task(name, signal);
     if (!task || (task.status !== Status.RUNNING && task.status !== Status.PAUSED && task.status !== Status.PAUSING))
-      return (await this.inspect(name))!;
-    await this.setLabels(name, { [LABEL_STOP]: "1" });
-    await this.kill(name, SIGTERM);
-    if (!(await this.waitExit(name, timeoutMs, opts.signal))) {
+      return (await this.inspect(name, opts))!;
+    await this.setLabels(name, { [LABEL_STOP]: "1" }, signal);
+    await this.kill(name, SIGTERM, signal);
+    if (!(await this.waitExit(name, timeoutMs, signal))) {
+      signal?.throwIfAborted();
       this.log.info({ instance: name, timeoutMs }, "container ignored SIGTERM; killing it");
-      await this.kill(name, SIGKILL);
-      await this.waitExit(name, 30_000, opts.signal);
+      await this.kill(name, SIGKILL, signal);
+      await this.waitExit(name, 30_000, signal);
+      signal?.throwIfAborted();
     }
-    return (await this.inspect(name))!;
+    return (await this.inspect(name, opts))!;
   }
 
   async destroy(name: string, opts: Signalled & { force?: boolean } = {}): Promise<void> {
-    opts.signal?.throwIfAborted();
-    const c = await this.container(name);
+    const { signal } = opts;
+    signal?.throwIfAborted();
+    const c = await this.container(name, signal);
     if (c) {
       if (c.labels[LABEL_OWNER] !== this.owner)
         throw new DriverError(
           `container ${name} is managed by ${c.labels[LABEL_OWNER] || "something else"}, not by ${this.owner}; not destroying it`,
         );
-      const task = await this.task(name);
+      const task = await this.task(name, signal);
       if (task && task.status !== Status.STOPPED && task.status !== Status.CREATED) {
-        await this.kill(name, SIGKILL);
-        await this.waitExit(name, 30_000, opts.signal);
+        await this.kill(name, SIGKILL, signal);
+        await this.waitExit(name, 30_000, signal);
+        signal?.throwIfAborted();
       }
       if (task) await this.client.tasks.delete({ containerId: name }).catch(ignoreNotFound);
       await this.client.containers.delete({ id: name }).catch(ignoreNotFound);
@@ -341,13 +352,13 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
 
   async inspect(name: string, opts: Signalled = {}): Promise<DriverInstance | undefined> {
     opts.signal?.throwIfAborted();
-    const c = await this.container(name);
+    const c = await this.container(name, opts.signal);
     if (!c || c.labels[LABEL_OWNER] !== this.owner || !c.labels[LABEL_UID]) return undefined;
     const labels = c.labels;
     const inst: DriverInstance = { name, uid: labels[LABEL_UID]!, state: "created", addresses: [], details: { image: c.image } };
     const started = Number(labels[LABEL_STARTED] || NaN);
     if (Number.isFinite(started)) inst.startedAt = started;
-    const task = await this.task(name);
+    const task = await this.task(name, opts.signal);
     if (task) {
       if (task.pid) inst.details.pid = String(task.pid);
       switch (task.status) {
@@ -439,39 +450,42 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
 
   // ── helpers ───────────────────────────────────────────────────────────────────────────────
 
-  private async container(name: string): Promise<Container | undefined> {
+  private async container(name: string, signal?: AbortSignal): Promise<Container | undefined> {
     if (!NAME_RE.test(name)) throw new InvalidSpecError(`name: ${JSON.stringify(name)} is not a DNS label`);
     try {
-      return (await this.client.containers.get({ id: name })).container;
+      return (await this.client.containers.get({ id: name }, { signal })).container;
     } catch (e) {
       if (isNotFound(e)) return undefined;
       throw e;
     }
   }
 
-  private async mustContainer(name: string): Promise<Container> {
-    const c = await this.container(name);
+  private async mustContainer(name: string, signal?: AbortSignal): Promise<Container> {
+    const c = await this.container(name, signal);
     if (!c || c.labels[LABEL_OWNER] !== this.owner) throw new DriverError(`no container ${name} of node ${this.owner}`);
     return c;
   }
 
-  private async task(name: string) {
+  private async task(name: string, signal?: AbortSignal) {
     try {
-      return (await this.client.tasks.get({ containerId: name })).process;
+      return (await this.client.tasks.get({ containerId: name }, { signal })).process;
     } catch (e) {
       if (isNotFound(e)) return undefined;
       throw e;
     }
   }
 
-  private async kill(name: string, signal: number): Promise<void> {
-    await this.client.tasks.kill({ containerId: name, signal, all: signal === SIGKILL }).catch((e: unknown) => {
+  private async kill(name: string, sig: number, signal?: AbortSignal): Promise<void> {
+    await this.client.tasks.kill({ containerId: name, signal: sig, all: sig === SIGKILL }, { signal }).catch((e: unknown) => {
       // Already gone between the check and the signal.
       if (!isNotFound(e) && !/process already finished|not running/i.test((e as Error).message)) throw e;
     });
   }
 
-  /** Resolves true once the task has exited, false at the timeout. Events wake it; a re-check every second covers a missed one. */
+  /**
+   * Resolves true once the task has exited, false at the timeout or when signal aborts. Events
+   * wake it; a re-check every second covers a missed one.
+   */
   private async waitExit(name: string, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
     const deadline = Date.now() + Math.max(0, timeoutMs);
     let wake: (() => void) | undefined;
@@ -481,9 +495,10 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
     this.waiters.add(w);
     try {
       for (;;) {
-        const t = await this.task(name);
+        if (signal?.aborted) return false;
+        const t = await this.task(name, signal);
         if (!t || t.status === Status.STOPPED) {
-          if (t?.exitedAt) await this.setLabels(name, { [LABEL_FINISHED]: String(Number(timestampMs(t.exitedAt))) });
+          if (t?.exitedAt) await this.setLabels(name, { [LABEL_FINISHED]: String(Number(timestampMs(t.exitedAt))) }, signal);
           return true;
         }
         const left = deadline - Date.now();
@@ -498,11 +513,14 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
     }
   }
 
-  private async setLabels(name: string, labels: Record<string, string>): Promise<void> {
-    await this.client.containers.update({
-      container: { id: name, labels },
-      updateMask: { paths: Object.keys(labels).map((k) => `labels.${k}`) },
-    });
+  private async setLabels(name: string, labels: Record<string, string>, signal?: AbortSignal): Promise<void> {
+    await this.client.containers.update(
+      {
+        container: { id: name, labels },
+        updateMask: { paths: Object.keys(labels).map((k) => `labels.${k}`) },
+      },
+      { signal },
+    );
   }
 }
 

@@ -173,6 +173,22 @@ describe("libvirt driver: what VMs have", () => {
     await d.destroy(name);
   });
 
+  it("an aborted stop ends its wait at once and leaves the guest running (no early destroy)", async () => {
+    const d = await makeDriver();
+    const name = `lvt-abort-${randomUUID().slice(0, 6)}`;
+    await d.create(vmSpec(name, randomUUID()));
+    await d.start(name);
+    // Still booting: it drops the power button, so only the abort can end this stop early.
+    const why = new Error("desired state changed");
+    const ac = new AbortController();
+    const stopping = d.stop(name, 3_000_000, { signal: ac.signal });
+    setTimeout(() => ac.abort(why), 500);
+    await assert.rejects(stopping, (e) => e === why);
+    assert.equal(await virsh("domstate", `hv-${name}`), "running", "the caller decides what comes next");
+    await d.destroy(name);
+    assert.equal(await domainExists(name), false);
+  });
+
   it("boots with a qcow2 overlay on a base image; delete leaves no domain, no overlay and no log", async () => {
     const d = await makeDriver();
     const name = `lvt-disk-${randomUUID().slice(0, 6)}`;

@@ -314,11 +314,18 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
     return (await this.inspect(name))!;
   }
 
+  /**
+   * ACPI shutdown, repeated, then destroy at the timeout. An abort (the caller's deadline, or the
+   * desired state changed) ends the wait with the signal's reason and leaves the guest as it is:
+   * it is not destroyed early, the caller decides what comes next.
+   */
   async stop(name: string, timeoutMs: number, opts: Signalled = {}): Promise<DriverInstance> {
+    const { signal } = opts;
+    signal?.throwIfAborted();
     const dom = await this.lookup(name);
     if (!dom) throw new DriverError(`no domain ${domainName(name)}`);
     const c = await this.connection();
-    if (!isActive((await c.getState(dom)).state)) return (await this.inspect(name))!;
+    if (!isActive((await c.getState(dom, { signal })).state)) return (await this.inspect(name))!;
     const h = await this.handle(name);
     await writeHandle(this.handles, { ...h, stopRequested: true });
 
@@ -336,10 +343,10 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
       // repeated until the guest acts on it or the timeout is reached.
       const deadline = Date.now() + Math.max(0, timeoutMs);
       let nextPress = 0;
-      while (Date.now() < deadline && !opts.signal?.aborted && isActive((await c.getState(dom)).state)) {
+      while (Date.now() < deadline && !signal?.aborted && isActive((await c.getState(dom, { signal })).state)) {
         if (Date.now() >= nextPress) {
           try {
-            await c.shutdown(dom, SHUTDOWN_ACPI);
+            await c.shutdown(dom, SHUTDOWN_ACPI, { signal });
           } catch (e) {
             if (!isOperationInvalid(e)) throw e; // not running any more: fine
           }
@@ -347,9 +354,10 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
         }
         // Events wake us; the re-check covers an event lost to a reconnect.
         const wait = Math.max(0, Math.min(1000, deadline - Date.now()));
-        await Promise.race([stopped, sleep(wait, undefined, opts.signal ? { signal: opts.signal } : {}).catch(() => undefined)]);
+        await Promise.race([stopped, sleep(wait, undefined, signal ? { signal } : {}).catch(() => undefined)]);
       }
-      if (isActive((await c.getState(dom)).state)) {
+      signal?.throwIfAborted();
+      if (isActive((await c.getState(dom, { signal })).state)) {
         this.log.info({ instance: name, timeoutMs }, "guest ignored ACPI shutdown; destroying");
         try {
           await c.destroy(dom, 0);

@@ -235,7 +235,7 @@ for (const kind of ["embedded", "etcd"] as const)
           "config key of another driver",
           { name: "x", spec: { ...container, driverConfig: { run_for: "1s" } } },
           Code.InvalidArgument,
-          /^spec\.driver_config\["run_for"\]: unknown key for the containerd driver \(known: network\)$/,
+          /^spec\.driver_config\["run_for"\]: unknown key for the containerd driver \(known: network, pids-limit\)$/,
         ],
         [
           "bad network",

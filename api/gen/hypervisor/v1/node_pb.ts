@@ -6,7 +6,7 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { TaintEffect } from "./instance_pb.js";
+import type { Instance, InstanceSpec, TaintEffect } from "./instance_pb.js";
 import { file_hypervisor_v1_instance } from "./instance_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hypervisor/v1/node.proto.
  */
 export const file_hypervisor_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChhoeXBlcnZpc29yL3YxL25vZGUucHJvdG8SDWh5cGVydmlzb3IudjEi9QQKBE5vZGUSDAoEbmFtZRgBIAEoCRIvCgZsYWJlbHMYAiADKAsyHy5oeXBlcnZpc29yLnYxLk5vZGUuTGFiZWxzRW50cnkSKgoIY2FwYWNpdHkYAyABKAsyGC5oeXBlcnZpc29yLnYxLlJlc291cmNlcxItCgthbGxvY2F0YWJsZRgEIAEoCzIYLmh5cGVydmlzb3IudjEuUmVzb3VyY2VzEioKB2RyaXZlcnMYBSADKAsyGS5oeXBlcnZpc29yLnYxLkRyaXZlckluZm8SLwoJY29uZGl0aW9uGAYgASgOMhwuaHlwZXJ2aXNvci52MS5Ob2RlQ29uZGl0aW9uEhAKCGNvcmRvbmVkGAcgASgIEhUKDWFnZW50X3ZlcnNpb24YCCABKAkSDwoHYWRkcmVzcxgJIAEoCRIxCg1yZWdpc3Rlcl90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5oZWFydGJlYXRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOaW5zdGFuY2VfY291bnQYDCABKA0SEAoIaG9zdG5hbWUYDSABKAkSCgoCb3MYDiABKAkSDAoEYXJjaBgPIAEoCRIkCgZ0YWludHMYECADKAsyFC5oeXBlcnZpc29yLnYxLlRhaW50EioKCHJlc2VydmVkGBEgASgLMhguaHlwZXJ2aXNvci52MS5SZXNvdXJjZXMSEAoIZHJhaW5pbmcYEiABKAgaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJPCgVUYWludBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSKgoGZWZmZWN0GAMgASgOMhouaHlwZXJ2aXNvci52MS5UYWludEVmZmVjdCJACglSZXNvdXJjZXMSDQoFdmNwdXMYASABKA0SEgoKbWVtb3J5X21pYhgCIAEoBBIQCghkaXNrX2dpYhgDIAEoBCL4AQoKRHJpdmVySW5mbxIMCgRuYW1lGAEgASgJEg8KB2hlYWx0aHkYAiABKAgSDwoHdmVyc2lvbhgDIAEoCRIPCgdtZXNzYWdlGAQgASgJEj0KCmF0dHJpYnV0ZXMYBSADKAsyKS5oeXBlcnZpc29yLnYxLkRyaXZlckluZm8uQXR0cmlidXRlc0VudHJ5EjcKDGNhcGFiaWxpdGllcxgGIAEoCzIhLmh5cGVydmlzb3IudjEuRHJpdmVyQ2FwYWJpbGl0aWVzGjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIoYBChJEcml2ZXJDYXBhYmlsaXRpZXMSDwoHY29uc29sZRgBIAEoCBIPCgdiYWxsb29uGAIgASgIEg0KBXN0YXRzGAMgASgIEhAKCHNuYXBzaG90GAQgASgIEg8KB21pZ3JhdGUYBSABKAgSDAoEbG9ncxgGIAEoCBIOCgZpbWFnZXMYByABKAgiEgoQTGlzdE5vZGVzUmVxdWVzdCI3ChFMaXN0Tm9kZXNSZXNwb25zZRIiCgVub2RlcxgBIAMoCzITLmh5cGVydmlzb3IudjEuTm9kZSIeCg5HZXROb2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjQKD0dldE5vZGVSZXNwb25zZRIhCgRub2RlGAEgASgLMhMuaHlwZXJ2aXNvci52MS5Ob2RlIiEKEUNvcmRvbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNwoSQ29yZG9uTm9kZVJlc3BvbnNlEiEKBG5vZGUYASABKAsyEy5oeXBlcnZpc29yLnYxLk5vZGUiIwoTVW5jb3Jkb25Ob2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjkKFFVuY29yZG9uTm9kZVJlc3BvbnNlEiEKBG5vZGUYASABKAsyEy5oeXBlcnZpc29yLnYxLk5vZGUiLgoQRHJhaW5Ob2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBG1vdmUYAiABKAgiawoRRHJhaW5Ob2RlUmVzcG9uc2USIQoEbm9kZRgBIAEoCzITLmh5cGVydmlzb3IudjEuTm9kZRIZChFzdG9wcGVkX2luc3RhbmNlcxgCIAMoCRIYChBtb3ZpbmdfaW5zdGFuY2VzGAMgAygJKmcKDU5vZGVDb25kaXRpb24SHgoaTk9ERV9DT05ESVRJT05fVU5TUEVDSUZJRUQQABIYChROT0RFX0NPTkRJVElPTl9SRUFEWRABEhwKGE5PREVfQ09ORElUSU9OX05PVF9SRUFEWRACMqMDCgtOb2RlU2VydmljZRJOCglMaXN0Tm9kZXMSHy5oeXBlcnZpc29yLnYxLkxpc3ROb2Rlc1JlcXVlc3QaIC5oeXBlcnZpc29yLnYxLkxpc3ROb2Rlc1Jlc3BvbnNlEkgKB0dldE5vZGUSHS5oeXBlcnZpc29yLnYxLkdldE5vZGVSZXF1ZXN0Gh4uaHlwZXJ2aXNvci52MS5HZXROb2RlUmVzcG9uc2USUQoKQ29yZG9uTm9kZRIgLmh5cGVydmlzb3IudjEuQ29yZG9uTm9kZVJlcXVlc3QaIS5oeXBlcnZpc29yLnYxLkNvcmRvbk5vZGVSZXNwb25zZRJXCgxVbmNvcmRvbk5vZGUSIi5oeXBlcnZpc29yLnYxLlVuY29yZG9uTm9kZVJlcXVlc3QaIy5oeXBlcnZpc29yLnYxLlVuY29yZG9uTm9kZVJlc3BvbnNlEk4KCURyYWluTm9kZRIfLmh5cGVydmlzb3IudjEuRHJhaW5Ob2RlUmVxdWVzdBogLmh5cGVydmlzb3IudjEuRHJhaW5Ob2RlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_hypervisor_v1_instance]);
+  fileDesc("ChhoeXBlcnZpc29yL3YxL25vZGUucHJvdG8SDWh5cGVydmlzb3IudjEi9QQKBE5vZGUSDAoEbmFtZRgBIAEoCRIvCgZsYWJlbHMYAiADKAsyHy5oeXBlcnZpc29yLnYxLk5vZGUuTGFiZWxzRW50cnkSKgoIY2FwYWNpdHkYAyABKAsyGC5oeXBlcnZpc29yLnYxLlJlc291cmNlcxItCgthbGxvY2F0YWJsZRgEIAEoCzIYLmh5cGVydmlzb3IudjEuUmVzb3VyY2VzEioKB2RyaXZlcnMYBSADKAsyGS5oeXBlcnZpc29yLnYxLkRyaXZlckluZm8SLwoJY29uZGl0aW9uGAYgASgOMhwuaHlwZXJ2aXNvci52MS5Ob2RlQ29uZGl0aW9uEhAKCGNvcmRvbmVkGAcgASgIEhUKDWFnZW50X3ZlcnNpb24YCCABKAkSDwoHYWRkcmVzcxgJIAEoCRIxCg1yZWdpc3Rlcl90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5oZWFydGJlYXRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOaW5zdGFuY2VfY291bnQYDCABKA0SEAoIaG9zdG5hbWUYDSABKAkSCgoCb3MYDiABKAkSDAoEYXJjaBgPIAEoCRIkCgZ0YWludHMYECADKAsyFC5oeXBlcnZpc29yLnYxLlRhaW50EioKCHJlc2VydmVkGBEgASgLMhguaHlwZXJ2aXNvci52MS5SZXNvdXJjZXMSEAoIZHJhaW5pbmcYEiABKAgaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJPCgVUYWludBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSKgoGZWZmZWN0GAMgASgOMhouaHlwZXJ2aXNvci52MS5UYWludEVmZmVjdCJACglSZXNvdXJjZXMSDQoFdmNwdXMYASABKA0SEgoKbWVtb3J5X21pYhgCIAEoBBIQCghkaXNrX2dpYhgDIAEoBCL4AQoKRHJpdmVySW5mbxIMCgRuYW1lGAEgASgJEg8KB2hlYWx0aHkYAiABKAgSDwoHdmVyc2lvbhgDIAEoCRIPCgdtZXNzYWdlGAQgASgJEj0KCmF0dHJpYnV0ZXMYBSADKAsyKS5oeXBlcnZpc29yLnYxLkRyaXZlckluZm8uQXR0cmlidXRlc0VudHJ5EjcKDGNhcGFiaWxpdGllcxgGIAEoCzIhLmh5cGVydmlzb3IudjEuRHJpdmVyQ2FwYWJpbGl0aWVzGjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIoYBChJEcml2ZXJDYXBhYmlsaXRpZXMSDwoHY29uc29sZRgBIAEoCBIPCgdiYWxsb29uGAIgASgIEg0KBXN0YXRzGAMgASgIEhAKCHNuYXBzaG90GAQgASgIEg8KB21pZ3JhdGUYBSABKAgSDAoEbG9ncxgGIAEoCBIOCgZpbWFnZXMYByABKAgiEgoQTGlzdE5vZGVzUmVxdWVzdCI3ChFMaXN0Tm9kZXNSZXNwb25zZRIiCgVub2RlcxgBIAMoCzITLmh5cGVydmlzb3IudjEuTm9kZSIeCg5HZXROb2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjQKD0dldE5vZGVSZXNwb25zZRIhCgRub2RlGAEgASgLMhMuaHlwZXJ2aXNvci52MS5Ob2RlIiEKEUNvcmRvbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNwoSQ29yZG9uTm9kZVJlc3BvbnNlEiEKBG5vZGUYASABKAsyEy5oeXBlcnZpc29yLnYxLk5vZGUiIwoTVW5jb3Jkb25Ob2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjkKFFVuY29yZG9uTm9kZVJlc3BvbnNlEiEKBG5vZGUYASABKAsyEy5oeXBlcnZpc29yLnYxLk5vZGUiLgoQRHJhaW5Ob2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBG1vdmUYAiABKAgiawoRRHJhaW5Ob2RlUmVzcG9uc2USIQoEbm9kZRgBIAEoCzITLmh5cGVydmlzb3IudjEuTm9kZRIZChFzdG9wcGVkX2luc3RhbmNlcxgCIAMoCRIYChBtb3ZpbmdfaW5zdGFuY2VzGAMgAygJIvsCCgZPcnBoYW4SDAoEbmFtZRgBIAEoCRILCgN1aWQYAiABKAkSDgoGZHJpdmVyGAMgASgJEg0KBXN0YXRlGAQgASgJEisKBnJlYXNvbhgFIAEoDjIbLmh5cGVydmlzb3IudjEuT3JwaGFuUmVhc29uEg8KB21lc3NhZ2UYBiABKAkSEwoLcGxhY2VkX25vZGUYByABKAkSKQoEc3BlYxgIIAEoCzIbLmh5cGVydmlzb3IudjEuSW5zdGFuY2VTcGVjEhIKCmxvY2FsX2Rpc2sYCSABKAgSEwoLbGVnYWN5X21hcmsYCiABKAgSLgoKZm91bmRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoGbGFiZWxzGAwgAygLMiEuaHlwZXJ2aXNvci52MS5PcnBoYW4uTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIiChJMaXN0T3JwaGFuc1JlcXVlc3QSDAoEbm9kZRgBIAEoCSI9ChNMaXN0T3JwaGFuc1Jlc3BvbnNlEiYKB29ycGhhbnMYASADKAsyFS5oeXBlcnZpc29yLnYxLk9ycGhhbiIwChJBZG9wdE9ycGhhblJlcXVlc3QSDAoEbm9kZRgBIAEoCRIMCgRuYW1lGAIgASgJIkAKE0Fkb3B0T3JwaGFuUmVzcG9uc2USKQoIaW5zdGFuY2UYASABKAsyFy5oeXBlcnZpc29yLnYxLkluc3RhbmNlIjAKElB1cmdlT3JwaGFuUmVxdWVzdBIMCgRub2RlGAEgASgJEgwKBG5hbWUYAiABKAkiFQoTUHVyZ2VPcnBoYW5SZXNwb25zZSpnCg1Ob2RlQ29uZGl0aW9uEh4KGk5PREVfQ09ORElUSU9OX1VOU1BFQ0lGSUVEEAASGAoUTk9ERV9DT05ESVRJT05fUkVBRFkQARIcChhOT0RFX0NPTkRJVElPTl9OT1RfUkVBRFkQAiqAAQoMT3JwaGFuUmVhc29uEh0KGU9SUEhBTl9SRUFTT05fVU5TUEVDSUZJRUQQABIZChVPUlBIQU5fUkVBU09OX1VOS05PV04QARIYChRPUlBIQU5fUkVBU09OX0ZFTkNFRBACEhwKGE9SUEhBTl9SRUFTT05fTkFNRV9UQUtFThADMqUFCgtOb2RlU2VydmljZRJOCglMaXN0Tm9kZXMSHy5oeXBlcnZpc29yLnYxLkxpc3ROb2Rlc1JlcXVlc3QaIC5oeXBlcnZpc29yLnYxLkxpc3ROb2Rlc1Jlc3BvbnNlEkgKB0dldE5vZGUSHS5oeXBlcnZpc29yLnYxLkdldE5vZGVSZXF1ZXN0Gh4uaHlwZXJ2aXNvci52MS5HZXROb2RlUmVzcG9uc2USUQoKQ29yZG9uTm9kZRIgLmh5cGVydmlzb3IudjEuQ29yZG9uTm9kZVJlcXVlc3QaIS5oeXBlcnZpc29yLnYxLkNvcmRvbk5vZGVSZXNwb25zZRJXCgxVbmNvcmRvbk5vZGUSIi5oeXBlcnZpc29yLnYxLlVuY29yZG9uTm9kZVJlcXVlc3QaIy5oeXBlcnZpc29yLnYxLlVuY29yZG9uTm9kZVJlc3BvbnNlEk4KCURyYWluTm9kZRIfLmh5cGVydmlzb3IudjEuRHJhaW5Ob2RlUmVxdWVzdBogLmh5cGVydmlzb3IudjEuRHJhaW5Ob2RlUmVzcG9uc2USVAoLTGlzdE9ycGhhbnMSIS5oeXBlcnZpc29yLnYxLkxpc3RPcnBoYW5zUmVxdWVzdBoiLmh5cGVydmlzb3IudjEuTGlzdE9ycGhhbnNSZXNwb25zZRJUCgtBZG9wdE9ycGhhbhIhLmh5cGVydmlzb3IudjEuQWRvcHRPcnBoYW5SZXF1ZXN0GiIuaHlwZXJ2aXNvci52MS5BZG9wdE9ycGhhblJlc3BvbnNlElQKC1B1cmdlT3JwaGFuEiEuaHlwZXJ2aXNvci52MS5QdXJnZU9ycGhhblJlcXVlc3QaIi5oeXBlcnZpc29yLnYxLlB1cmdlT3JwaGFuUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_hypervisor_v1_instance]);
 
 /**
  * A Node is one compute host run by a hypervisor-agent. The agent writes the record; the server
@@ -466,6 +466,201 @@ export const DrainNodeResponseSchema: GenMessage<DrainNodeResponse> = /*@__PURE_
   messageDesc(file_hypervisor_v1_node, 14);
 
 /**
+ * An instance a node's driver runs (or keeps stopped) that is not assigned to that node.
+ * Written by the node's agent under /hypervisor/v1/orphans/<node>/<name>.
+ *
+ * @generated from message hypervisor.v1.Orphan
+ */
+export type Orphan = Message<"hypervisor.v1.Orphan"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string uid = 2;
+   */
+  uid: string;
+
+  /**
+   * @generated from field: string driver = 3;
+   */
+  driver: string;
+
+  /**
+   * The driver's state: running, stopped, exited, created, failed.
+   *
+   * @generated from field: string state = 4;
+   */
+  state: string;
+
+  /**
+   * @generated from field: hypervisor.v1.OrphanReason reason = 5;
+   */
+  reason: OrphanReason;
+
+  /**
+   * What the agent found and did, for people.
+   *
+   * @generated from field: string message = 6;
+   */
+  message: string;
+
+  /**
+   * Where the cluster places the instance with this uid (FENCED only; empty while it is Pending).
+   *
+   * @generated from field: string placed_node = 7;
+   */
+  placedNode: string;
+
+  /**
+   * The instance as this agent last ran it, when it knows (adopt restores it); else only driver.
+   *
+   * @generated from field: hypervisor.v1.InstanceSpec spec = 8;
+   */
+  spec?: InstanceSpec | undefined;
+
+  /**
+   * Destroying it deletes a disk that only this node holds.
+   *
+   * @generated from field: bool local_disk = 9;
+   */
+  localDisk: boolean;
+
+  /**
+   * Marked without a cluster id (made before marks had one).
+   *
+   * @generated from field: bool legacy_mark = 10;
+   */
+  legacyMark: boolean;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp found_time = 11;
+   */
+  foundTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: map<string, string> labels = 12;
+   */
+  labels: { [key: string]: string };
+};
+
+/**
+ * Describes the message hypervisor.v1.Orphan.
+ * Use `create(OrphanSchema)` to create a new message.
+ */
+export const OrphanSchema: GenMessage<Orphan> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_node, 15);
+
+/**
+ * @generated from message hypervisor.v1.ListOrphansRequest
+ */
+export type ListOrphansRequest = Message<"hypervisor.v1.ListOrphansRequest"> & {
+  /**
+   * @generated from field: string node = 1;
+   */
+  node: string;
+};
+
+/**
+ * Describes the message hypervisor.v1.ListOrphansRequest.
+ * Use `create(ListOrphansRequestSchema)` to create a new message.
+ */
+export const ListOrphansRequestSchema: GenMessage<ListOrphansRequest> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_node, 16);
+
+/**
+ * @generated from message hypervisor.v1.ListOrphansResponse
+ */
+export type ListOrphansResponse = Message<"hypervisor.v1.ListOrphansResponse"> & {
+  /**
+   * @generated from field: repeated hypervisor.v1.Orphan orphans = 1;
+   */
+  orphans: Orphan[];
+};
+
+/**
+ * Describes the message hypervisor.v1.ListOrphansResponse.
+ * Use `create(ListOrphansResponseSchema)` to create a new message.
+ */
+export const ListOrphansResponseSchema: GenMessage<ListOrphansResponse> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_node, 17);
+
+/**
+ * @generated from message hypervisor.v1.AdoptOrphanRequest
+ */
+export type AdoptOrphanRequest = Message<"hypervisor.v1.AdoptOrphanRequest"> & {
+  /**
+   * @generated from field: string node = 1;
+   */
+  node: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message hypervisor.v1.AdoptOrphanRequest.
+ * Use `create(AdoptOrphanRequestSchema)` to create a new message.
+ */
+export const AdoptOrphanRequestSchema: GenMessage<AdoptOrphanRequest> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_node, 18);
+
+/**
+ * @generated from message hypervisor.v1.AdoptOrphanResponse
+ */
+export type AdoptOrphanResponse = Message<"hypervisor.v1.AdoptOrphanResponse"> & {
+  /**
+   * @generated from field: hypervisor.v1.Instance instance = 1;
+   */
+  instance?: Instance | undefined;
+};
+
+/**
+ * Describes the message hypervisor.v1.AdoptOrphanResponse.
+ * Use `create(AdoptOrphanResponseSchema)` to create a new message.
+ */
+export const AdoptOrphanResponseSchema: GenMessage<AdoptOrphanResponse> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_node, 19);
+
+/**
+ * @generated from message hypervisor.v1.PurgeOrphanRequest
+ */
+export type PurgeOrphanRequest = Message<"hypervisor.v1.PurgeOrphanRequest"> & {
+  /**
+   * @generated from field: string node = 1;
+   */
+  node: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message hypervisor.v1.PurgeOrphanRequest.
+ * Use `create(PurgeOrphanRequestSchema)` to create a new message.
+ */
+export const PurgeOrphanRequestSchema: GenMessage<PurgeOrphanRequest> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_node, 20);
+
+/**
+ * @generated from message hypervisor.v1.PurgeOrphanResponse
+ */
+export type PurgeOrphanResponse = Message<"hypervisor.v1.PurgeOrphanResponse"> & {
+};
+
+/**
+ * Describes the message hypervisor.v1.PurgeOrphanResponse.
+ * Use `create(PurgeOrphanResponseSchema)` to create a new message.
+ */
+export const PurgeOrphanResponseSchema: GenMessage<PurgeOrphanResponse> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_node, 21);
+
+/**
  * @generated from enum hypervisor.v1.NodeCondition
  */
 export enum NodeCondition {
@@ -490,6 +685,46 @@ export enum NodeCondition {
  */
 export const NodeConditionSchema: GenEnum<NodeCondition> = /*@__PURE__*/
   enumDesc(file_hypervisor_v1_node, 0);
+
+/**
+ * @generated from enum hypervisor.v1.OrphanReason
+ */
+export enum OrphanReason {
+  /**
+   * @generated from enum value: ORPHAN_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The store has no instance with this uid (a wiped or restored store, or one deleted while the
+   * node was away): left as it is.
+   *
+   * @generated from enum value: ORPHAN_REASON_UNKNOWN = 1;
+   */
+  UNKNOWN = 1,
+
+  /**
+   * The store has the same instance (same uid) placed elsewhere or waiting for a node: stopped,
+   * so two copies never run at once.
+   *
+   * @generated from enum value: ORPHAN_REASON_FENCED = 2;
+   */
+  FENCED = 2,
+
+  /**
+   * Another instance of the same name is assigned to this node: the orphan keeps the name, and
+   * the new instance fails until the orphan is purged.
+   *
+   * @generated from enum value: ORPHAN_REASON_NAME_TAKEN = 3;
+   */
+  NAME_TAKEN = 3,
+}
+
+/**
+ * Describes the enum hypervisor.v1.OrphanReason.
+ */
+export const OrphanReasonSchema: GenEnum<OrphanReason> = /*@__PURE__*/
+  enumDesc(file_hypervisor_v1_node, 1);
 
 /**
  * @generated from service hypervisor.v1.NodeService
@@ -536,6 +771,37 @@ export const NodeService: GenService<{
     methodKind: "unary";
     input: typeof DrainNodeRequestSchema;
     output: typeof DrainNodeResponseSchema;
+  },
+  /**
+   * Instances a node's agent found in its drivers without an assignment there (docs/architecture.md,
+   * "Data safety"): never deleted by the agent, listed here until an operator adopts or purges them.
+   *
+   * @generated from rpc hypervisor.v1.NodeService.ListOrphans
+   */
+  listOrphans: {
+    methodKind: "unary";
+    input: typeof ListOrphansRequestSchema;
+    output: typeof ListOrphansResponseSchema;
+  },
+  /**
+   * Makes an orphan an instance of the cluster again, placed on its node, with its disks as they are.
+   *
+   * @generated from rpc hypervisor.v1.NodeService.AdoptOrphan
+   */
+  adoptOrphan: {
+    methodKind: "unary";
+    input: typeof AdoptOrphanRequestSchema;
+    output: typeof AdoptOrphanResponseSchema;
+  },
+  /**
+   * Destroys an orphan and its disks. The only way, with DeleteInstance, that a guest's disk goes.
+   *
+   * @generated from rpc hypervisor.v1.NodeService.PurgeOrphan
+   */
+  purgeOrphan: {
+    methodKind: "unary";
+    input: typeof PurgeOrphanRequestSchema;
+    output: typeof PurgeOrphanResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_hypervisor_v1_node, 0);

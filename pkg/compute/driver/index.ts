@@ -22,3 +22,4 @@ export type {
 export { hasBalloon, hasConsole, hasImages, hasLogs, hasStats } from "./driver.js";
 export { lookAgain } from "./look-again.js";
 export { DriverError, InstanceNotFoundError, InvalidSpecError, StartError } from "./errors.js";
+export { keepsLocalDisk, pinnedBy, type DiskFacts } from "./disks.js";

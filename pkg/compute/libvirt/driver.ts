@@ -36,7 +36,15 @@ import {
   StartError,
   type StatsDriver,
 } from "../driver/index.js";
-import { buildDomainXml, DOMAIN_PREFIX, domainName, type NetworkSetting, OWNER_RE, parseDomainXml } from "./domain-xml.js";
+import {
+  buildDomainXml,
+  DOMAIN_PREFIX,
+  type DomainFacts,
+  domainName,
+  type NetworkSetting,
+  OWNER_RE,
+  parseDomainXml,
+} from "./domain-xml.js";
 import { fingerprintLibvirt } from "./fingerprint.js";
 import { type LibvirtHandle, HANDLE_VERSION, readHandle, removeHandle, writeHandle } from "./handle.js";
 import { checkTraversable, createOverlay, overlayPath, removeFile, resolveImage } from "./images.js";
@@ -103,6 +111,7 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
   private readonly pumpStop = new AbortController();
   private resolvedType: "kvm" | "qemu" | undefined;
   private readonly owner: string;
+  private cluster = "";
 
   constructor(private readonly opts: LibvirtDriverOptions) {
     this.owner = opts.owner ?? (hostname().toLowerCase().split(".")[0] || "localhost");
@@ -110,6 +119,23 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
     this.socketPath = opts.socketPath ?? "/var/run/libvirt/libvirt-sock";
     this.uri = opts.uri ?? "qemu:///system";
     this.log = opts.log ?? logger("libvirt");
+  }
+
+  setCluster(id: string): void {
+    this.cluster = id;
+  }
+
+  /** Our metadata says this node, and this cluster or none (a mark made before cluster ids). */
+  private mine(facts: DomainFacts): facts is DomainFacts & { instance: NonNullable<DomainFacts["instance"]> } {
+    const i = facts.instance;
+    return Boolean(i && i.owner === this.owner && !(i.cluster && this.cluster && i.cluster !== this.cluster));
+  }
+
+  /** Who manages a domain that is not ours, for messages. */
+  private whose(facts: DomainFacts): string {
+    const i = facts.instance;
+    if (!i) return "something else";
+    return i.owner !== this.owner ? i.owner || "another agent" : `node ${i.owner} of cluster ${i.cluster ?? "?"}`;
   }
 
   private get handles(): string {
@@ -248,6 +274,7 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
       name: spec.name,
       uid: spec.uid,
       owner: this.owner,
+      cluster: this.cluster,
       labels: spec.labels,
       type: await this.domainType(),
       vcpus: spec.vcpus,
@@ -363,10 +390,8 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
       const c = await this.connection();
       const facts = parseDomainXml(await c.getXmlDesc(dom, XML_INACTIVE));
       if (!facts.instance) throw new DriverError(`domain ${dom.name} is not managed by hypervisor; not destroying it`);
-      if (facts.instance.owner !== this.owner)
-        throw new DriverError(
-          `domain ${dom.name} is managed by ${facts.instance.owner || "another agent"}, not by ${this.owner}; not destroying it`,
-        );
+      if (!this.mine(facts))
+        throw new DriverError(`domain ${dom.name} is managed by ${this.whose(facts)}, not by ${this.owner}; not destroying it`);
       disk ??= facts.disk;
       if (isActive((await c.getState(dom)).state)) {
         try {
@@ -393,8 +418,8 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
     const c = await this.connection();
     const [{ state, reason }, xml] = await Promise.all([c.getState(dom), c.getXmlDesc(dom, 0)]);
     const facts = parseDomainXml(xml);
-    // A domain named like ours but not ours, or another agent's on the same libvirtd.
-    if (!facts.instance || facts.instance.owner !== this.owner) return undefined;
+    // A domain named like ours but not ours, or another agent's or cluster's on the same libvirtd.
+    if (!this.mine(facts)) return undefined;
     let h = await readHandle(this.handles, name);
     const inst: DriverInstance = {
       name,
@@ -402,7 +427,9 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
       state: "created",
       addresses: [],
       details: { domain: dom.name, domain_uuid: uuidString(dom.uuid) },
+      localDisk: facts.disk !== undefined,
     };
+    if (facts.instance.cluster) inst.cluster = facts.instance.cluster;
     if (facts.memoryKiB) inst.details.memory_max_mib = String(Math.round(facts.memoryKiB / 1024));
     if (facts.currentMemoryKiB) inst.details.memory_target_mib = String(Math.round(facts.currentMemoryKiB / 1024));
     if (h?.startedAt !== undefined) inst.startedAt = h.startedAt;
@@ -542,8 +569,7 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
     if (h) return h;
     const dom = await this.mustLookup(name);
     const facts = parseDomainXml(await (await this.connection()).getXmlDesc(dom, XML_INACTIVE));
-    if (!facts.instance || facts.instance.owner !== this.owner)
-      throw new DriverError(`domain ${dom.name} is not managed by this agent (${this.owner})`);
+    if (!this.mine(facts)) throw new DriverError(`domain ${dom.name} is not managed by this agent (${this.owner})`);
     return {
       version: HANDLE_VERSION,
       name,
@@ -560,8 +586,8 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
     const dom = await this.lookup(name);
     if (!dom) return undefined;
     const facts = parseDomainXml(await (await this.connection()).getXmlDesc(dom, XML_INACTIVE));
-    if (facts.instance?.owner === this.owner) return undefined;
-    return facts.instance?.owner ?? "";
+    if (this.mine(facts)) return undefined;
+    return facts.instance ? this.whose(facts) : "";
   }
 
   /** Names of instances with a handle on disk (state that outlived its domain is cleaned by destroy). */

@@ -47,6 +47,7 @@ export function describeHandle(h: MockHandle, now: number): DriverInstance {
     details: { start_count: String(h.startCount) },
   };
   if (h.cluster) inst.cluster = h.cluster;
+  if (b.localDisk) inst.localDisk = true;
   if (h.startedAt !== undefined) inst.startedAt = h.startedAt;
   let state: DriverState = "created";
   if (h.failedMessage !== undefined) {

@@ -56,7 +56,15 @@ import {
 } from "../../pkg/compute/driver/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ProcessResult } from "./workqueue.js";
-import { decideUnassigned, type KnownInstance, namesakeInTheWay, type OrphanBook, orphanRecord, OrphanReason, type SpecKeeper } from "./orphans.js";
+import {
+  decideUnassigned,
+  type KnownInstance,
+  namesakeInTheWay,
+  type OrphanBook,
+  orphanRecord,
+  OrphanReason,
+  type SpecKeeper,
+} from "./orphans.js";
 
 export { RESTART_LABEL, STOP_TIMEOUT_LABEL };
 
@@ -408,7 +416,8 @@ export class Reconciler {
         case "keep": {
           any = true;
           const o = orphanRecord(d.name, found, OrphanReason.UNKNOWN, action.message, await specs.load(name));
-          if (!orphans.has(name)) log.warn({ state: found.state }, "found an instance the cluster does not know: kept as it is, reported as an orphan");
+          if (!orphans.has(name))
+            log.warn({ state: found.state }, "found an instance the cluster does not know: kept as it is, reported as an orphan");
           await orphans.report(o, signal);
           break;
         }

@@ -598,8 +598,13 @@ describe("hypervisor-ctl against an API over HTTP", () => {
           "",
         ].join("\n"),
       );
-      const listed = JSON.parse((await ctl(["node", "orphans", "node-a", "-o", "json"])).stdout) as { items: { uid: string; localDisk: boolean }[] };
-      assert.deepEqual(listed.items.map((o) => [o.uid, o.localDisk]), [["u-db-1", true]]);
+      const listed = JSON.parse((await ctl(["node", "orphans", "node-a", "-o", "json"])).stdout) as {
+        items: { uid: string; localDisk: boolean }[];
+      };
+      assert.deepEqual(
+        listed.items.map((o) => [o.uid, o.localDisk]),
+        [["u-db-1", true]],
+      );
       assert.equal((await ctl(["node", "adopt", "node-a", "db-1"])).stdout, "instance/db-1 adopted on node node-a\n");
       assert.equal((await ctl(["node", "purge", "node-a", "db-1"])).stdout, "orphan db-1 purged from node node-a\n");
       assert.deepEqual(await ctl(["node", "purge", "node-a", "db-9"]), {
@@ -607,7 +612,11 @@ describe("hypervisor-ctl against an API over HTTP", () => {
         stdout: "",
         stderr: "error: not_found: node node-a reports no orphan db-9\n",
       });
-      assert.deepEqual(await ctl(["node", "orphans", "nope"]), { code: 1, stdout: "", stderr: `error: not_found: node "nope" not found\n` });
+      assert.deepEqual(await ctl(["node", "orphans", "nope"]), {
+        code: 1,
+        stdout: "",
+        stderr: `error: not_found: node "nope" not found\n`,
+      });
     });
 
     it("cluster status shows version, health, leader and counts on one screen", async () => {

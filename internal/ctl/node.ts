@@ -88,7 +88,9 @@ export function nodeCommand(ctx: Context): Command {
       const { instance } = await ctx.clients().nodes.adoptOrphan({ node, name }, { signal: ctx.signal });
       if (!instance) throw new CliError("the server returned no instance", ExitCode.Api);
       const format = ctx.format();
-      ctx.out(format === "table" ? `instance/${instance.name} adopted on node ${node}\n` : output.message(InstanceSchema, instance, format));
+      ctx.out(
+        format === "table" ? `instance/${instance.name} adopted on node ${node}\n` : output.message(InstanceSchema, instance, format),
+      );
     });
 
   cmd

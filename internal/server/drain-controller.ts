@@ -101,7 +101,8 @@ export class DrainController {
         const i = item.value;
         const pin = drainPin(i, node.name);
         if (pin) {
-          if (!this.pinned.has(name)) this.log.warn({ instance: name, node: node.name, why: pin }, "not moving an instance off a draining node");
+          if (!this.pinned.has(name))
+            this.log.warn({ instance: name, node: node.name, why: pin }, "not moving an instance off a draining node");
           this.pinned.add(name);
           waiting++;
           continue;

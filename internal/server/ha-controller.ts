@@ -101,7 +101,8 @@ export class HaController {
         const i = item.value;
         const d = decideHa(i, node);
         if (d.kind === "stay") {
-          if (d.why !== this.stayed.get(name)) this.log.warn({ instance: name, node, why: d.why }, "not moving an instance off a lost node");
+          if (d.why !== this.stayed.get(name))
+            this.log.warn({ instance: name, node, why: d.why }, "not moving an instance off a lost node");
           this.stayed.set(name, d.why);
           pinned.add(name);
           continue;

@@ -126,7 +126,14 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
       if (!spec.driver) spec.driver = o.driver;
       if (spec.desiredPowerState === PowerState.UNSPECIFIED) spec.desiredPowerState = PowerState.RUNNING;
       if (spec.restartPolicy === RestartPolicy.UNSPECIFIED) spec.restartPolicy = RestartPolicy.ON_FAILURE;
-      next = create(InstanceSchema, { name: o.name, uid: o.uid, labels: { ...o.labels }, spec, createTime: timestampNow(), generation: 1n });
+      next = create(InstanceSchema, {
+        name: o.name,
+        uid: o.uid,
+        labels: { ...o.labels },
+        spec,
+        createTime: timestampNow(),
+        generation: 1n,
+      });
       compares.push(ifAbsent(key));
     } else {
       const cur = decodeInstance(kv);
@@ -135,7 +142,8 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
           `instance ${o.name} exists with another uid (${cur.uid}, the orphan's is ${o.uid}); delete it before adopting the orphan of node ${node}`,
           Code.FailedPrecondition,
         );
-      if (cur.deleteTime) throw new ConnectError(`instance ${o.name} is being deleted; its orphan cannot be adopted`, Code.FailedPrecondition);
+      if (cur.deleteTime)
+        throw new ConnectError(`instance ${o.name} is being deleted; its orphan cannot be adopted`, Code.FailedPrecondition);
       const from = cur.status?.node ?? "";
       if (from === node) return cur; // already placed here: the agent adopts it
       next = clone(InstanceSchema, cur);

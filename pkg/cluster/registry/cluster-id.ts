@@ -17,7 +17,12 @@ export async function clusterId(store: Store, opts: { signal?: AbortSignal } = {
   const kv = await store.get(keys.cluster, o);
   if (kv) return fromBinary(ClusterIdentitySchema, kv.value).id;
   const mine = create(ClusterIdentitySchema, { id: randomUUID(), createTime: timestampNow() });
-  const res = await store.txn([ifAbsent(keys.cluster)], [{ type: "put", key: keys.cluster, value: toBinary(ClusterIdentitySchema, mine) }], [], o);
+  const res = await store.txn(
+    [ifAbsent(keys.cluster)],
+    [{ type: "put", key: keys.cluster, value: toBinary(ClusterIdentitySchema, mine) }],
+    [],
+    o,
+  );
   if (res.succeeded) return mine.id;
   const won = await store.get(keys.cluster, o); // lost the race: the winner's id
   if (!won) throw new Error("cluster id vanished from the store");

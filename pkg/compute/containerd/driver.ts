@@ -327,7 +327,14 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
     if (!c || !this.mine(c) || !c.labels[LABEL_UID]) return undefined;
     const labels = c.labels;
     // The writable layer is not kept across moves (as in Kubernetes): no local disk to protect.
-    const inst: DriverInstance = { name, uid: labels[LABEL_UID]!, state: "created", addresses: [], details: { image: c.image }, localDisk: false };
+    const inst: DriverInstance = {
+      name,
+      uid: labels[LABEL_UID]!,
+      state: "created",
+      addresses: [],
+      details: { image: c.image },
+      localDisk: false,
+    };
     if (labels[LABEL_CLUSTER]) inst.cluster = labels[LABEL_CLUSTER];
     const started = Number(labels[LABEL_STARTED] || NaN);
     if (Number.isFinite(started)) inst.startedAt = started;

@@ -170,7 +170,8 @@ export class MockDriver implements StatsDriver {
     await this.locked(name, opts.signal, async () => {
       const h = await this.store.read(name);
       if (!h) return;
-      if (this.foreign(h)) throw new DriverError(`instance ${name} belongs to cluster ${h.cluster}, not ${this.cluster}; not destroying it`);
+      if (this.foreign(h))
+        throw new DriverError(`instance ${name} belongs to cluster ${h.cluster}, not ${this.cluster}; not destroying it`);
       this.disarm(name);
       await this.store.remove(name);
       this.counters.destroys++;

@@ -151,6 +151,7 @@ export function buildDomainXml(p: DomainParams): string {
     `      <hv:name>${esc(p.name)}</hv:name>`,
     `      <hv:uid>${esc(p.uid)}</hv:uid>`,
     `      <hv:owner>${esc(p.owner)}</hv:owner>`,
+    ...(p.cluster ? [`      <hv:cluster>${esc(p.cluster)}</hv:cluster>`] : []),
     `      <hv:labels>`,
     ...labels,
     `      </hv:labels>`,

@@ -152,12 +152,13 @@ describe("data safety on the real libvirtd (etcd, server, two agents, ctl)", { t
   });
 
   after(async () => {
+    // Agents first: a running one would restart a VM destroyed under it (its restart policy).
+    for (const a of agents.values()) await a.stop();
+    await server?.stop();
     for (const n of [keep, purge, scratch]) {
       await virsh("destroy", `hv-${n}`).catch(() => undefined);
       await virsh("undefine", `hv-${n}`).catch(() => undefined);
     }
-    for (const a of agents.values()) await a.stop();
-    await server?.stop();
     await store?.close();
     await etcd?.stop();
     await rm(dir, { recursive: true, force: true });

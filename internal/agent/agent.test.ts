@@ -8,18 +8,19 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import {
   type Instance,
   InstanceSchema,
   type InstanceStatus,
+  InstanceStatusSchema,
   Phase,
   PowerState,
   RestartPolicy,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
-import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { NodeSchema, type Orphan, OrphanReason, OrphanSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
+import { AgentEndpointSchema, AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { setCordoned } from "../../pkg/cluster/registry/index.js";
 import { keys, openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
 import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
@@ -82,6 +83,19 @@ async function change(store: Store, node: string, name: string, edit: (i: Instan
   inst.generation += 1n;
   await assign(store, node, inst);
   return inst;
+}
+
+async function orphanOf(store: Store, node: string, name: string): Promise<Orphan | undefined> {
+  const kv = await store.get(keys.orphan(node, name));
+  return kv ? fromBinary(OrphanSchema, kv.value) : undefined;
+}
+
+/** instances/<name> as the API keeps it, placed on `node` ("" for Pending). */
+async function record(store: Store, inst: Instance, node: string, deleting = false): Promise<void> {
+  const r = clone(InstanceSchema, inst);
+  r.status = create(InstanceStatusSchema, { phase: node ? Phase.SCHEDULED : Phase.PENDING, node });
+  if (deleting) r.deleteTime = timestampNow();
+  await store.put(keys.instance(inst.name), toBinary(InstanceSchema, r));
 }
 
 async function status(store: Store, name: string): Promise<InstanceStatus | undefined> {
@@ -365,10 +379,115 @@ function agentSuite(kind: string, open: Opener): void {
       });
     });
 
+    describe("orphans", () => {
+      const node = `n-${kind === "etcd" ? "e" : "m"}-orph`;
+      let agent: Agent;
+      let mock: MockDriver;
+      before(async () => {
+        mock = mockOf(node);
+        agent = boot(node, mock);
+        await agent.start();
+      });
+      after(async () => {
+        await agent.stop();
+        await mock.close();
+      });
+
+      it("destroys a moved copy only when it loses nothing: fences one with a local disk, destroys a deleted one", async () => {
+        const eph = newInstance("moved-eph", node);
+        const disk = newInstance("moved-disk", node, { config: { local_disk: "true" } });
+        const declared = newInstance("moved-decl", node, { config: { local_disk: "true" } });
+        declared.spec!.ephemeralDisks = true;
+        const del = newInstance("gone-del", node, { config: { local_disk: "true" } });
+        const all = [eph, disk, declared, del];
+        for (const i of all) await assign(h.store, node, i);
+        for (const i of all) await until(`${i.name} Running`, inPhase(h.store, i.name, Phase.RUNNING));
+        // The server moved three away (another node, or back to Pending), and one is being deleted
+        // while its assignment went with a lost node.
+        await record(h.store, eph, "other-node");
+        await record(h.store, disk, "other-node");
+        await record(h.store, declared, "");
+        await record(h.store, del, "other-node", true);
+        for (const i of all) await h.store.delete(keys.assignment(node, i.name));
+
+        await until("moved-eph destroyed", async () => (await mock.inspect("moved-eph")) === undefined);
+        await until("moved-decl destroyed", async () => (await mock.inspect("moved-decl")) === undefined);
+        await until("gone-del destroyed", async () => (await mock.inspect("gone-del")) === undefined);
+        const fenced = await until("moved-disk fenced", async () => {
+          const i = await mock.inspect("moved-disk");
+          return i?.state === "stopped" ? i : undefined;
+        });
+        assert.equal(fenced.uid, disk.uid, "the same copy, stopped, not re-created");
+        const o = await until("moved-disk reported", () => orphanOf(h.store, node, "moved-disk"));
+        assert.equal(o.reason, OrphanReason.FENCED);
+        assert.equal(o.placedNode, "other-node");
+        assert.equal(o.localDisk, true);
+        assert.equal(o.uid, disk.uid);
+        for (const n of ["moved-eph", "moved-decl", "gone-del"]) assert.equal(await orphanOf(h.store, node, n), undefined);
+      });
+
+      it("an orphan is adopted back by assigning its uid again, and purged only on request", async () => {
+        const keep = newInstance("orph-keep", node, { config: { local_disk: "true" } });
+        const purge = newInstance("orph-purge", node, { config: { local_disk: "true" } });
+        for (const i of [keep, purge]) await assign(h.store, node, i);
+        for (const i of [keep, purge]) await until(`${i.name} Running`, inPhase(h.store, i.name, Phase.RUNNING));
+        // A restored store that does not know them.
+        for (const i of [keep, purge]) {
+          await h.store.delete(keys.assignment(node, i.name));
+          await h.store.delete(keys.status(i.name));
+        }
+        for (const i of [keep, purge]) await until(`${i.name} reported`, () => orphanOf(h.store, node, i.name));
+        assert.equal((await mock.inspect("orph-keep"))?.state, "running", "an unknown instance is left as it is");
+
+        // Adopted: assigned again with its uid (what AdoptOrphan writes); not re-created or restarted.
+        const before = await mock.inspect("orph-keep");
+        await assign(h.store, node, keep);
+        await until("orph-keep Running", inPhase(h.store, "orph-keep", Phase.RUNNING));
+        await until("orph-keep no longer an orphan", async () => (await orphanOf(h.store, node, "orph-keep")) === undefined);
+        const after = await mock.inspect("orph-keep");
+        assert.equal(after?.startedAt, before?.startedAt);
+        assert.equal(after?.details.start_count, "1");
+
+        // Purged through the agent's endpoint, as PurgeOrphan does.
+        const ep = fromBinary(AgentEndpointSchema, (await h.store.get(keys.agent(node)))!.value);
+        const post = (name: string, uid: string) =>
+          fetch(`${ep.url}/v1/orphans/${name}/purge?uid=${uid}`, { method: "POST", headers: { authorization: `Bearer ${ep.token}` } });
+        assert.equal((await post("orph-keep", keep.uid)).status, 409, "an assigned instance is deleted, not purged");
+        assert.equal((await post("orph-purge", "other-uid")).status, 404);
+        assert.equal((await post("orph-purge", purge.uid)).status, 200);
+        assert.equal(await mock.inspect("orph-purge"), undefined);
+        assert.equal(await orphanOf(h.store, node, "orph-purge"), undefined);
+        assert.equal((await mock.inspect("orph-keep"))?.state, "running");
+      });
+
+      it("keeps an orphan with a local disk that holds the name of a new instance, which waits for a purge", async () => {
+        const old = newInstance("taken-1", node, { config: { local_disk: "true" } });
+        await assign(h.store, node, old);
+        await until("old Running", inPhase(h.store, "taken-1", Phase.RUNNING));
+        const fresh = newInstance("taken-1", node);
+        await h.store.delete(keys.status("taken-1"));
+        await assign(h.store, node, fresh); // deleted and re-created while the node was away
+        const st = await until("the new one refused", inPhase(h.store, "taken-1", Phase.FAILED));
+        assert.match(st.message, /held on node .* by an orphan .* purge it/);
+        assert.equal((await mock.inspect("taken-1"))?.uid, old.uid, "the old copy and its disk stay");
+        const o = await until("reported", () => orphanOf(h.store, node, "taken-1"));
+        assert.equal(o.reason, OrphanReason.NAME_TAKEN);
+        const ep = fromBinary(AgentEndpointSchema, (await h.store.get(keys.agent(node)))!.value);
+        const res = await fetch(`${ep.url}/v1/orphans/taken-1/purge?uid=${old.uid}`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${ep.token}` },
+        });
+        assert.equal(res.status, 200);
+        await until("the new one Running", inPhase(h.store, "taken-1", Phase.RUNNING));
+        assert.equal((await mock.inspect("taken-1"))?.uid, fresh.uid);
+        await until("no orphan left", async () => (await orphanOf(h.store, node, "taken-1")) === undefined);
+      });
+    });
+
     describe("agent restart", () => {
       const node = `n-${kind === "etcd" ? "e" : "m"}-restart`;
 
-      it("adopts running instances (no create, no start), destroys orphans, and leaves instances running on stop", async () => {
+      it("adopts running instances (no create, no start), keeps orphans as they are, and leaves instances running on stop", async () => {
         const m1 = mockOf(node);
         const a1 = boot(node, m1);
         await a1.start();
@@ -414,16 +533,53 @@ function agentSuite(kind: string, open: Opener): void {
             assert.equal(i?.startedAt, startedAt.get(n), `${n} was not restarted`);
             assert.equal(i?.details.start_count, "1");
           }
-          assert.equal(await m2.inspect("drop-1"), undefined);
-          assert.equal(await m2.inspect("stray-1"), undefined);
+          // The store knows neither: both are left as they are and reported, never deleted.
+          for (const n of ["drop-1", "stray-1"]) {
+            assert.equal((await m2.inspect(n))?.state, "running", `${n} is left running`);
+            const o = await until(`${n} reported as an orphan`, () => orphanOf(h.store, node, n));
+            assert.equal(o.reason, OrphanReason.UNKNOWN);
+            assert.equal(o.state, "running");
+          }
+          assert.equal((await orphanOf(h.store, node, "drop-1"))?.spec?.driver, "mock");
+          assert.equal((await orphanOf(h.store, node, "drop-1"))?.spec?.vcpus, 1, "the spec the agent kept for it");
           assert.deepEqual(
             (await m2.list()).map((i) => i.name).sort(),
-            [...names, "marker-1"].sort(),
-            "nothing duplicated, nothing orphaned",
+            [...names, "drop-1", "marker-1", "stray-1"].sort(),
+            "nothing duplicated, nothing deleted",
           );
         } finally {
           await a2.stop();
           await m2.close();
+        }
+      });
+
+      it("never touches another cluster's instance of the same node name", async () => {
+        const fnode = `${node}-f`;
+        const other = mockOf(fnode);
+        other.setCluster("another-cluster");
+        const foreign = newInstance("theirs-1", fnode);
+        await other.create(toDriverSpec(foreign));
+        await other.start("theirs-1");
+        await other.close();
+        const m = mockOf(fnode);
+        const a = boot(fnode, m);
+        await a.start();
+        try {
+          assert.deepEqual(a.adoption, { adopted: [], orphans: [] }, "not even listed as ours");
+          await assign(h.store, fnode, newInstance("marker-2", fnode));
+          await until("marker Running", inPhase(h.store, "marker-2", Phase.RUNNING));
+          const still = mockOf(fnode);
+          still.setCluster("another-cluster");
+          const theirs = await still.inspect("theirs-1");
+          await still.close();
+          assert.equal(theirs?.state, "running");
+          assert.equal(theirs?.uid, foreign.uid);
+          assert.equal(await orphanOf(h.store, fnode, "theirs-1"), undefined, "no orphan reported for it");
+          assert.equal(await m.inspect("theirs-1"), undefined, "invisible to this cluster's driver");
+          await assert.rejects(m.destroy("theirs-1"), /belongs to cluster another-cluster/);
+        } finally {
+          await a.stop();
+          await m.close();
         }
       });
 

@@ -2,8 +2,11 @@
  * The agent: one per compute node. It registers the node, keeps it alive, adopts what its
  * drivers already run, and reconciles every instance assigned to it.
  *
- *   start():  fingerprint ──► register nodes/<node> ──► heartbeat alive/<node>
- *             ──► adopt: driver.list() vs assignments (same uid: keep; otherwise: destroy)
+ *   start():  cluster id (made if the store has none) ──► drivers mark and see only its instances
+ *             ──► fingerprint ──► register nodes/<node> ──► heartbeat alive/<node>
+ *             ──► adopt: driver.list() vs assignments (same uid: keep; otherwise: an orphan,
+ *                 which the reconciler fences, keeps or destroys as orphans.ts decides: never
+ *                 a disk the cluster may still need)
  *             ──► loops until stop():
  *                   list+watch assignments/<node>/ ──┐
  *                   driver events ───────────────────┼──► work queue (keys) ──► reconcile(name)
@@ -23,7 +26,9 @@ import { TaintEffect } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import type { TaintSetting } from "./config.js";
 import { AgentEndpointSchema, AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { Heartbeat } from "../../pkg/cluster/heartbeat/index.js";
-import { listWatch, registerNode } from "../../pkg/cluster/registry/index.js";
+import { clusterId, listWatch, registerNode } from "../../pkg/cluster/registry/index.js";
+import type { Instance } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { OrphanBook, SpecKeeper } from "./orphans.js";
 import { baseName, keys, type KeyValue, type Store } from "../../pkg/cluster/store/index.js";
 import {
   type ConsoleEndpoint,
@@ -79,7 +84,7 @@ export interface AgentOptions {
 export interface AdoptionReport {
   /** Instances found running (or stopped) in a driver and assigned here with the same uid. */
   adopted: string[];
-  /** Instances found in a driver but not assigned here: destroyed. */
+  /** Instances found in a driver but not assigned here: handed to the reconciler as orphans. */
   orphans: string[];
 }
 
@@ -108,6 +113,9 @@ export class Agent {
   private started = false;
   private endpoint: AgentEndpoint | undefined;
   private report: AdoptionReport = { adopted: [], orphans: [] };
+  private cluster = "";
+  private readonly orphans: OrphanBook;
+  private readonly specs: SpecKeeper;
 
   constructor(private readonly opts: AgentOptions) {
     if (!NODE_NAME_RE.test(opts.nodeName)) {
@@ -121,6 +129,8 @@ export class Agent {
     const deadlines = { ...DEFAULT_DEADLINES, ...opts.deadlines };
     this.opts = { ...opts, drivers: opts.drivers.map((d) => new DeadlineDriver(d, deadlines, this.log)) };
     this.queue = new WorkQueue<string>({ logger: this.log, maxDelayMs: 30_000 });
+    this.orphans = new OrphanBook(opts.store, opts.nodeName);
+    this.specs = new SpecKeeper(opts.dataDir);
     const reconcilerOpts: ConstructorParameters<typeof Reconciler>[0] = {
       store: opts.store,
       nodeName: opts.nodeName,
@@ -131,6 +141,9 @@ export class Agent {
         takeFresh: (name) => this.fresh.delete(name),
       },
       wake: (name, afterMs) => this.queue.addAfter(name, afterMs),
+      cluster: () => this.cluster,
+      orphans: this.orphans,
+      specs: this.specs,
     };
     if (opts.defaultStopTimeoutMs !== undefined) reconcilerOpts.defaultStopTimeoutMs = opts.defaultStopTimeoutMs;
     if (opts.maxStopTimeoutMs !== undefined) reconcilerOpts.maxStopTimeoutMs = opts.maxStopTimeoutMs;
@@ -139,7 +152,12 @@ export class Agent {
     this.heartbeat = new Heartbeat(opts.store, opts.nodeName, { ttlSeconds: opts.heartbeatTtlSeconds ?? 10, logger: this.log });
   }
 
-  /** What the last start() adopted and destroyed. */
+  /** The cluster this agent works for (empty until start). */
+  get clusterId(): string {
+    return this.cluster;
+  }
+
+  /** What the last start() adopted, and found without an assignment. */
   get adoption(): AdoptionReport {
     return this.report;
   }
@@ -159,6 +177,9 @@ export class Agent {
     // Its state (driver handles, spooled uploads) is the node's own: no other user reads it.
     await mkdir(this.opts.dataDir, { recursive: true, mode: 0o700 });
     await chmod(this.opts.dataDir, 0o700);
+    // Before any driver call: from here on the drivers never see another cluster's instances.
+    this.cluster = await clusterId(this.opts.store, { signal: s });
+    for (const d of this.opts.drivers) d.setCluster(this.cluster);
     this.node = await this.fingerprint(s);
     await registerNode(this.opts.store, this.node, { signal: s });
     this.log.info({ drivers: this.node.drivers.map((d) => `${d.name}${d.healthy ? "" : " (unhealthy)"}`) }, "node registered");
@@ -166,6 +187,8 @@ export class Agent {
     try {
       await this.startEndpoint(s);
       this.report = await this.adopt(s);
+      // Orphans, and records a previous run left, are decided by the reconciler like any name.
+      for (const n of [...this.report.orphans, ...(await this.orphans.load(s))]) this.queue.add(n);
       let listed!: () => void;
       const firstList = new Promise<void>((resolve) => (listed = resolve));
       this.loops.push(
@@ -213,6 +236,7 @@ export class Agent {
         importImage: (driver, file) => this.importImage(driver, file, signal),
         listImages: () => this.listImages(signal),
         console: (name, kind) => this.console(name, kind, signal),
+        purgeOrphan: (name, uid) => this.purgeOrphan(name, uid, signal),
       },
       this.log,
       join(this.opts.dataDir, "spool"),
@@ -259,6 +283,15 @@ export class Agent {
     }
   }
 
+  private async purgeOrphan(name: string, uid: string, signal: AbortSignal): Promise<{ purged: true } | Refusal> {
+    const r = await this.reconciler.purge(name, uid, signal);
+    this.queue.add(name); // an instance assigned under that name may have waited for it
+    if (r === "absent") return { status: 404, message: `no orphan ${name}${uid ? ` with uid ${uid}` : ""} on node ${this.nodeName}` };
+    if (r === "assigned")
+      return { status: 409, message: `instance ${name} is assigned to node ${this.nodeName}; delete the instance instead of purging it` };
+    return { purged: true };
+  }
+
   private async importImage(name: string, file: string, signal: AbortSignal): Promise<EndpointImage[] | Refusal> {
     const driver = this.opts.drivers.find((d) => d.name === name);
     if (!driver) return { status: 409, message: `driver ${name} is not running on node ${this.nodeName}` };
@@ -281,14 +314,16 @@ export class Agent {
 
   /**
    * Instances the drivers already have: those assigned here with the same uid are kept as they
-   * are (no create, no restart); the rest were deleted or moved while we were away: destroyed.
+   * are (no create, no restart), whatever their mark (one made before marks named the cluster
+   * too); the rest are orphans, which the reconciler decides about (never by deleting a disk the
+   * cluster may still need).
    */
   private async adopt(signal: AbortSignal): Promise<AdoptionReport> {
     const { kvs } = await this.opts.store.range(keys.assignmentsOf(this.nodeName), { signal });
-    const wanted = new Map<string, { uid: string; driver: string }>();
+    const wanted = new Map<string, { uid: string; driver: string; instance: Instance }>();
     for (const kv of kvs) {
       const i = fromBinary(AssignmentSchema, kv.value).instance;
-      if (i) wanted.set(i.name, { uid: i.uid, driver: i.spec?.driver ?? "" });
+      if (i) wanted.set(i.name, { uid: i.uid, driver: i.spec?.driver ?? "", instance: i });
     }
     const report: AdoptionReport = { adopted: [], orphans: [] };
     for (const d of this.opts.drivers) {
@@ -307,11 +342,12 @@ export class Agent {
         const w = wanted.get(inst.name);
         if (w && w.uid === inst.uid && w.driver === d.name) {
           report.adopted.push(inst.name);
-          this.log.info({ instance: inst.name, driver: d.name, state: inst.state }, "adopted instance");
+          const i = wanted.get(inst.name)!.instance;
+          // Specs were not kept before orphans could be adopted back: keep this one's now.
+          if ((await this.specs.load(inst.name))?.uid !== inst.uid) await this.specs.save(i);
+          this.log.info({ instance: inst.name, driver: d.name, state: inst.state, legacyMark: !inst.cluster }, "adopted instance");
         } else {
-          await d.destroy(inst.name, { signal, force: true });
           report.orphans.push(inst.name);
-          this.log.info({ instance: inst.name, driver: d.name, uid: inst.uid }, "destroyed orphan instance: not assigned to this node");
         }
       }
     }

@@ -272,6 +272,7 @@ export function buildDrivers(
           uri: settings.libvirtUri,
           network,
           allowedBridges,
+          allowHostNetwork: settings.allowHostNetwork ?? false,
           domainType: type,
           ...(settings.nodeName ? { owner: settings.nodeName } : {}),
         });

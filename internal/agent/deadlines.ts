@@ -153,6 +153,15 @@ export class DeadlineDriver implements StatsDriver, BalloonDriver, ConsoleDriver
     return this.inner.capabilities;
   }
 
+  // Not driver calls: what the wrapped driver says of itself, passed through as it is.
+  get hostAccess(): Driver["hostAccess"] {
+    return this.inner.hostAccess;
+  }
+
+  setCluster(id: string): void {
+    this.inner.setCluster(id);
+  }
+
   fingerprint(o: Signalled = {}): Promise<Fingerprint> {
     return this.run("fingerprint", "", this.deadlines.queryMs, o, (signal) => this.inner.fingerprint({ signal }));
   }

@@ -7,6 +7,8 @@
  *   server ──POST /v1/images/import?driver=D, body: an OCI image tarball──► agent
  *          ◄── {"images": [...]} once the driver has imported it (400: not an image) ──
  *   server ──GET /v1/images──► agent ◄── {"images": [...]} of every driver with an image store
+ *   server ──POST /v1/orphans/<name>/purge?uid=U──► agent ◄── {} once the orphan and its disks
+ *          are destroyed (404: no such orphan; 409: the name is assigned here, with that uid) ──
  *   server ──GET /v1/instances/<name>/console?kind=vnc|serial, Upgrade: hypervisor-console──► agent
  *          ◄── 101, then the raw bytes of the VNC server (its unix socket) or the serial pty, both ways ──
  *
@@ -54,6 +56,8 @@ export interface EndpointSource {
   listImages(): Promise<EndpointImage[]>;
   /** Where the console of a running instance on this node is, or why not. */
   console(name: string, kind: ConsoleKind): Promise<ConsoleEndpoint | Refusal>;
+  /** Destroys the orphan `name` (of uid `uid` when not empty) and its disks. */
+  purgeOrphan(name: string, uid: string): Promise<{ purged: true } | Refusal>;
 }
 
 /** The Upgrade token of a console tunnel. */
@@ -112,6 +116,13 @@ export class AgentEndpoint {
       const url = new URL(req.url ?? "/", "http://agent");
       if (url.pathname === "/v1/images/import" && req.method === "POST") return await this.importImage(url, req, res);
       if (url.pathname === "/v1/images" && req.method === "GET") return json(res, 200, { images: await this.source.listImages() });
+      const p = /^\/v1\/orphans\/([^/]+)\/purge$/.exec(url.pathname);
+      if (p && req.method === "POST") {
+        const name = decodeURIComponent(p[1]!);
+        if (!NAME_RE.test(name)) return fail(400, `instance name ${JSON.stringify(name)} is not a DNS label`);
+        const r = await this.source.purgeOrphan(name, url.searchParams.get("uid") ?? "");
+        return "status" in r ? fail(r.status, r.message) : json(res, 200, {});
+      }
       const a = /^\/v1\/instances\/([^/]+)\/console\/address$/.exec(url.pathname);
       if (a && req.method === "GET") return await this.consoleAddress(decodeURIComponent(a[1]!), url, res);
       const m = /^\/v1\/instances\/([^/]+)\/logs$/.exec(url.pathname);

@@ -3,7 +3,7 @@
  * status/<name>. Level-triggered: every call looks at the assignment, the status and the driver
  * as they are, and the same call is safe to run twice; nothing depends on which event caused it.
  *
- *   no assignment ─────────────────────────────► destroy any local instance of that name (orphan)
+ *   no assignment ─────────────────────────────► orphan: fenced, kept or destroyed (see orphans.ts)
  *   delete_time set ───────────────────────────► destroy ──► txn delete assignment + status
  *   desired RUNNING:  absent ──create──► created ──start──► running
  *                     stopped ──start──► running
@@ -64,6 +64,15 @@ import type { Logger } from "../../pkg/log/index.js";
 import { DeadlineDriver, DEFAULT_DEADLINES, DEFAULT_MAX_STOP_TIMEOUT_MS, type OperationDeadlines } from "./deadlines.js";
 import { Stops } from "./stops.js";
 import type { ProcessResult } from "./workqueue.js";
+import {
+  decideUnassigned,
+  type KnownInstance,
+  namesakeInTheWay,
+  type OrphanBook,
+  orphanRecord,
+  OrphanReason,
+  type SpecKeeper,
+} from "./orphans.js";
 
 export { RESTART_LABEL, STOP_TIMEOUT_LABEL };
 
@@ -74,6 +83,10 @@ export interface ReconcilerOptions {
   log: Logger;
   /** The agent's copy of its assignments: reconciles read none from the store. */
   assignments: AssignmentCache;
+  /** The cluster id the drivers mark instances with (read from the store at start). */
+  cluster: () => string;
+  orphans: OrphanBook;
+  specs: SpecKeeper;
   /** Stop timeout when the instance has none (default 30 s). */
   defaultStopTimeoutMs?: number;
   /** Longest stop timeout honoured, whatever the assignment says (default an hour). */
@@ -165,7 +178,7 @@ export class Reconciler {
       await this.stops.supersede(name, undefined, "no longer assigned to this node");
       this.restarts.delete(name);
       this.statuses.delete(name);
-      await this.destroyUnassigned(name, signal);
+      await this.unassigned(name, signal);
       return {};
     }
     const inst = fromBinary(AssignmentSchema, akv.value).instance;
@@ -194,8 +207,11 @@ export class Reconciler {
     const driver = this.drivers.get(driverName);
 
     if (inst.deleteTime) {
-      if (driver && (await driver.inspect(name, { signal }))) {
+      const found = driver ? await driver.inspect(name, { signal }) : undefined;
+      // Only this very instance: a namesake kept here as an orphan is not the one being deleted.
+      if (driver && found?.uid === inst.uid) {
         await driver.destroy(name, { signal, force: true });
+        await this.opts.specs.remove(name);
         log.info("instance destroyed");
       }
       const res = await store.txn(
@@ -220,11 +236,20 @@ export class Reconciler {
 
     let actual = await driver.inspect(name, { signal });
     if (actual && actual.uid !== inst.uid) {
-      // An older instance of the same name (deleted and re-created meanwhile): not ours any more.
-      log.info({ oldUid: actual.uid }, "destroying an older instance of the same name");
+      // An older instance of the same name (deleted and re-created while this node was away).
+      if (namesakeInTheWay(actual)) {
+        const message = `name ${name} is held on node ${nodeName} by an orphan (uid ${actual.uid}) with a local disk; purge it (hypervisor-ctl node purge ${nodeName} ${name}) or delete this instance`;
+        const kept = await this.opts.specs.load(name);
+        const o = orphanRecord(driver.name, actual, OrphanReason.NAME_TAKEN, `kept: ${message}`, kept);
+        await this.opts.orphans.report(o, signal);
+        await this.write(ctx, { phase: Phase.FAILED, message }, true);
+        return { requeueAfterMs: NAMESAKE_RECHECK_MS };
+      }
+      log.info({ oldUid: actual.uid }, "destroying an older instance of the same name: it has no local disk");
       await driver.destroy(name, { signal, force: true });
       actual = undefined;
     }
+    if (this.opts.orphans.has(name) && (!actual || actual.uid === inst.uid)) await this.opts.orphans.clear(name, signal); // adopted back
 
     const desired = inst.spec?.desiredPowerState === PowerState.STOPPED ? PowerState.STOPPED : PowerState.RUNNING;
     // Creating is reported only if creating and starting take a while: a quick start goes from
@@ -233,6 +258,7 @@ export class Reconciler {
     if (!actual) {
       creating = new DeferredStatus(() => this.write(ctx, { phase: Phase.CREATING, message: "" }, false), CREATING_REPORT_DELAY_MS);
       try {
+        await this.opts.specs.save(inst);
         actual = await driver.create(toDriverSpec(inst), { signal });
       } catch (e) {
         await creating.done();
@@ -394,14 +420,74 @@ export class Reconciler {
     return this.maxStopTimeoutMs;
   }
 
-  /** Destroys a local instance of `name` that is not (or no longer) assigned to this node. */
-  private async destroyUnassigned(name: string, signal: AbortSignal): Promise<void> {
+  /**
+   * A local instance of `name` that is not (or no longer) assigned to this node: destroyed only
+   * when that loses nothing, else fenced or kept and reported as an orphan (orphans.ts).
+   */
+  private async unassigned(name: string, signal: AbortSignal): Promise<void> {
+    const { orphans, specs, nodeName } = this.opts;
+    let any = false;
     for (const d of this.drivers.values()) {
-      if (await d.inspect(name, { signal })) {
-        await d.destroy(name, { signal, force: true });
-        this.opts.log.info({ instance: name, driver: d.name }, "destroyed an instance no longer assigned to this node");
+      const found = await d.inspect(name, { signal });
+      if (!found) continue;
+      const log = this.opts.log.child({ instance: name, driver: d.name, uid: found.uid });
+      const kv = await this.opts.store.get(keys.instance(name), { signal });
+      const rec = kv ? fromBinary(InstanceSchema, kv.value) : undefined;
+      const known: KnownInstance | undefined = rec && {
+        uid: rec.uid,
+        node: rec.status?.node ?? "",
+        deleting: Boolean(rec.deleteTime),
+        ephemeralDisks: Boolean(rec.spec?.ephemeralDisks),
+      };
+      const action = decideUnassigned(found, known, { cluster: this.opts.cluster(), node: nodeName });
+      switch (action.kind) {
+        case "ignore":
+        case "wait":
+          break;
+        case "destroy":
+          await d.destroy(name, { signal, force: true });
+          await specs.remove(name);
+          log.info({ why: action.why }, "destroyed an instance no longer assigned to this node");
+          continue;
+        case "fence": {
+          any = true;
+          let now = found;
+          if (found.state === "running") {
+            now = await d.stop(name, this.defaultStopTimeoutMs, { signal });
+            log.warn({ placedNode: action.placedNode }, "fenced an instance that runs elsewhere: stopped, disk kept");
+          }
+          const o = orphanRecord(d.name, now, OrphanReason.FENCED, action.message, await specs.load(name), action.placedNode);
+          await orphans.report(o, signal);
+          break;
+        }
+        case "keep": {
+          any = true;
+          const o = orphanRecord(d.name, found, OrphanReason.UNKNOWN, action.message, await specs.load(name));
+          if (!orphans.has(name))
+            log.warn({ state: found.state }, "found an instance the cluster does not know: kept as it is, reported as an orphan");
+          await orphans.report(o, signal);
+          break;
+        }
       }
     }
+    if (!any) await orphans.clear(name, signal);
+  }
+
+  /** Destroys the orphan `name` with its disks, on an operator's request (PurgeOrphan). */
+  async purge(name: string, uid: string, signal: AbortSignal): Promise<"purged" | "absent" | "assigned"> {
+    const akv = this.opts.assignments.get(name);
+    const assignedUid = akv ? fromBinary(AssignmentSchema, akv.value).instance?.uid : undefined;
+    for (const d of this.drivers.values()) {
+      const found = await d.inspect(name, { signal });
+      if (!found || (uid && found.uid !== uid)) continue;
+      if (found.uid === assignedUid) return "assigned";
+      await d.destroy(name, { signal, force: true });
+      if (assignedUid === undefined) await this.opts.specs.remove(name);
+      await this.opts.orphans.clear(name, signal);
+      this.opts.log.warn({ instance: name, driver: d.name, uid: found.uid }, "purged an orphan and its disks on request");
+      return "purged";
+    }
+    return "absent";
   }
 
   /** status/<name>: cached, taken as absent for a new assignment, or read. */
@@ -516,6 +602,9 @@ export function toDriverSpec(inst: Instance): DriverInstanceSpec {
     config: { ...(spec?.driverConfig ?? {}) },
   };
 }
+
+/** How often an instance waiting for an orphan namesake to be purged looks again. */
+const NAMESAKE_RECHECK_MS = 15_000;
 
 /** How long creating and starting may take before the agent reports Creating. */
 const CREATING_REPORT_DELAY_MS = 1000;

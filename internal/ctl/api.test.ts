@@ -23,7 +23,7 @@ import {
   type WatchInstancesResponse,
   WatchInstancesResponseSchema,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { NodeCondition, NodeSchema, NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
+import { NodeCondition, NodeSchema, NodeService, OrphanReason, OrphanSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { ExitCode } from "./errors.js";
 import { FIXED_NOW, runCli, startApi, type TestApi } from "./testing.js";
 
@@ -171,6 +171,31 @@ const nodeImpl: ServiceImpl<typeof NodeService> = {
     req.move
       ? { node: create(NodeSchema, { ...nodeA, name: req.name, cordoned: true, draining: true }), movingInstances: ["web-1"] }
       : { node: create(NodeSchema, { ...nodeA, name: req.name, cordoned: true }), stoppedInstances: ["web-1", "web-2"] },
+  listOrphans: (req) => {
+    if (req.node !== "node-a") throw new ConnectError(`node "${req.node}" not found`, Code.NotFound);
+    return {
+      orphans: [
+        create(OrphanSchema, {
+          name: "db-1",
+          uid: "u-db-1",
+          driver: "libvirt",
+          state: "running",
+          reason: OrphanReason.UNKNOWN,
+          localDisk: true,
+          message: "kept as it is: the store has no instance of that name; adopt or purge it",
+          foundTime: ago(120),
+        }),
+      ],
+    };
+  },
+  adoptOrphan: (req) => {
+    if (req.name !== "db-1") throw new ConnectError(`node ${req.node} reports no orphan ${req.name}`, Code.NotFound);
+    return { instance: create(InstanceSchema, { name: req.name, uid: "u-db-1", status: { phase: Phase.SCHEDULED, node: req.node } }) };
+  },
+  purgeOrphan: (req) => {
+    if (req.name !== "db-1") throw new ConnectError(`node ${req.node} reports no orphan ${req.name}`, Code.NotFound);
+    return {};
+  },
 };
 
 const clusterImpl: ServiceImpl<typeof ClusterService> = {
@@ -595,6 +620,36 @@ describe("hypervisor-ctl against an API over HTTP", () => {
       assert.deepEqual(drained.stoppedInstances, ["web-1", "web-2"]);
       assert.equal((await ctl(["node", "drain", "node-a", "--move"])).stdout, "node/node-a draining; moving web-1\n");
       assert.deepEqual(await ctl(["node", "get", "nope"]), { code: 1, stdout: "", stderr: `error: not_found: node "nope" not found\n` });
+    });
+
+    it("lists, adopts and purges a node's orphans", async () => {
+      assert.equal(
+        (await ctl(["node", "orphans", "node-a"])).stdout,
+        [
+          "NAME   DRIVER    STATE     REASON    DISK    AGE   MESSAGE",
+          "db-1   libvirt   running   unknown   local   2m    kept as it is: the store has no instance of that name; adopt or purge it",
+          "",
+        ].join("\n"),
+      );
+      const listed = JSON.parse((await ctl(["node", "orphans", "node-a", "-o", "json"])).stdout) as {
+        items: { uid: string; localDisk: boolean }[];
+      };
+      assert.deepEqual(
+        listed.items.map((o) => [o.uid, o.localDisk]),
+        [["u-db-1", true]],
+      );
+      assert.equal((await ctl(["node", "adopt", "node-a", "db-1"])).stdout, "instance/db-1 adopted on node node-a\n");
+      assert.equal((await ctl(["node", "purge", "node-a", "db-1"])).stdout, "orphan db-1 purged from node node-a\n");
+      assert.deepEqual(await ctl(["node", "purge", "node-a", "db-9"]), {
+        code: 1,
+        stdout: "",
+        stderr: "error: not_found: node node-a reports no orphan db-9\n",
+      });
+      assert.deepEqual(await ctl(["node", "orphans", "nope"]), {
+        code: 1,
+        stdout: "",
+        stderr: `error: not_found: node "nope" not found\n`,
+      });
     });
 
     it("cluster status shows version, health, leader and counts on one screen", async () => {

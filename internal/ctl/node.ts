@@ -1,9 +1,11 @@
 /*
  * `node` commands. Nodes are registered by their agents, so the CLI only reads them and toggles
- * what the API owns: the cordon flag, and drain (cordon plus stopping or moving what runs there).
+ * what the API owns: the cordon flag, and drain (cordon plus stopping or moving what runs there);
+ * and the orphans an agent keeps (instances without an assignment there), adopted back or purged.
  */
 import { Command } from "commander";
-import { DrainNodeResponseSchema, type Node, NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
+import { DrainNodeResponseSchema, type Node, NodeSchema, OrphanSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
+import { InstanceSchema } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import type { Context } from "./context.js";
 import { CliError, ExitCode } from "./errors.js";
 import * as output from "./output.js";
@@ -59,10 +61,46 @@ export function nodeCommand(ctx: Context): Command {
       if (format !== "table") return ctx.out(output.message(DrainNodeResponseSchema, res, format));
       if (opts.move) {
         const moving = res.movingInstances.length > 0 ? `; moving ${res.movingInstances.join(", ")}` : "; no instances to move";
-        return ctx.out(`node/${name} draining${moving}\n`);
+        const pinned =
+          res.pinnedInstances.length > 0 ? `; not moving ${res.pinnedInstances.join(", ")}: their disks are local to the node` : "";
+        return ctx.out(`node/${name} draining${moving}${pinned}\n`);
       }
       const stopped = res.stoppedInstances.length > 0 ? `; stopping ${res.stoppedInstances.join(", ")}` : "; no instances to stop";
       ctx.out(`node/${name} drained${stopped}\n`);
+    });
+
+  cmd
+    .command("orphans")
+    .description("list the instances a node keeps without an assignment there (never deleted unasked)")
+    .argument("<node>", "node name")
+    .action(async (node: string) => {
+      const { orphans } = await ctx.clients().nodes.listOrphans({ node }, { signal: ctx.signal });
+      const format = ctx.format();
+      ctx.out(format === "table" ? output.orphanTable(orphans, ctx.now()) : output.list(OrphanSchema, orphans, format));
+    });
+
+  cmd
+    .command("adopt")
+    .description("make an orphan an instance of the cluster again, placed on its node, its disks as they are")
+    .argument("<node>", "node name")
+    .argument("<name>", "orphan (instance) name")
+    .action(async (node: string, name: string) => {
+      const { instance } = await ctx.clients().nodes.adoptOrphan({ node, name }, { signal: ctx.signal });
+      if (!instance) throw new CliError("the server returned no instance", ExitCode.Api);
+      const format = ctx.format();
+      ctx.out(
+        format === "table" ? `instance/${instance.name} adopted on node ${node}\n` : output.message(InstanceSchema, instance, format),
+      );
+    });
+
+  cmd
+    .command("purge")
+    .description("destroy an orphan and its disks (cannot be undone)")
+    .argument("<node>", "node name")
+    .argument("<name>", "orphan (instance) name")
+    .action(async (node: string, name: string) => {
+      await ctx.clients().nodes.purgeOrphan({ node, name }, { signal: ctx.signal });
+      ctx.out(`orphan ${name} purged from node ${node}\n`);
     });
 
   return cmd;

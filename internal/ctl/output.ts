@@ -7,7 +7,7 @@ import { toJson, type DescMessage, type MessageShape } from "@bufbuild/protobuf"
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import YAML from "yaml";
 import { Phase, type Instance, type NodeVerdict } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { NodeCondition, type Node } from "../../api/gen/hypervisor/v1/node_pb.js";
+import { NodeCondition, type Node, type Orphan, OrphanReason } from "../../api/gen/hypervisor/v1/node_pb.js";
 
 export const FORMATS = ["table", "json", "yaml"] as const;
 export type Format = (typeof FORMATS)[number];
@@ -126,6 +126,22 @@ export function nodeTable(nodes: readonly Node[], now: Date): string {
   return table(
     NODE_COLUMNS,
     nodes.map((n) => nodeRow(n, now)),
+  );
+}
+
+/** NAME DRIVER STATE REASON DISK AGE MESSAGE, one row per orphan. */
+export function orphanTable(orphans: readonly Orphan[], now: Date): string {
+  return table(
+    ["NAME", "DRIVER", "STATE", "REASON", "DISK", "AGE", "MESSAGE"],
+    orphans.map((o) => [
+      o.name,
+      o.driver,
+      o.state,
+      (OrphanReason[o.reason] ?? "UNSPECIFIED").toLowerCase().replace(/_/g, "-"),
+      o.localDisk ? "local" : "-",
+      age(o.foundTime, now),
+      o.message,
+    ]),
   );
 }
 

@@ -4,6 +4,8 @@
  * disruption budget:
  *
  *   for each instance assigned to a draining node:
+ *     a node-local disk, not declared ephemeral ──► stays (pinnedBy: a move would lose its data);
+ *         the node stays draining until it is stopped and deleted, or declared ephemeral
  *     its budget's group (match_labels, else its labels), members meant to run (not stopped on
  *     purpose, not being deleted) ── unavailable = members not Running (moving ones included)
  *     unavailable < max_unavailable (or no budget) ──► txn[compare instance rev, allocation rev]
@@ -11,8 +13,8 @@
  *     otherwise wait: a moved member Running again on its new node frees the budget
  *   a draining node with nothing assigned ──► draining cleared (it stays cordoned)
  *
- * The old node's agent sees its assignment go and destroys its copy; the new node's agent
- * creates it from the spec (no live migration).
+ * The old node's agent sees its assignment go and destroys its copy (which has no disk worth
+ * keeping); the new node's agent creates it from the spec (no live migration).
  */
 import { clone } from "@bufbuild/protobuf";
 import { type Instance, Phase, PowerState } from "../../api/gen/hypervisor/v1/instance_pb.js";
@@ -23,9 +25,17 @@ import type { ServerContext } from "./context.js";
 import { kickedLoop } from "./kicked-loop.js";
 import { encodeNode, unplace } from "./records.js";
 import { labelsMatch } from "./scheduler.js";
+import { pinnedBy } from "../../pkg/compute/driver/index.js";
+
+/** Why instance `i` cannot leave `node`, or undefined when a drain may move it. */
+export function drainPin(i: Instance, node: string): string | undefined {
+  return pinnedBy(i.spec && { driver: i.spec.driver, image: i.spec.image, ephemeralDisks: i.spec.ephemeralDisks }, node);
+}
 
 export class DrainController {
   private readonly log: Logger;
+  /** Instances a drain leaves in place, logged once each. */
+  private readonly pinned = new Set<string>();
 
   constructor(private readonly ctx: ServerContext) {
     this.log = ctx.log.child({ component: "drain" });
@@ -89,6 +99,15 @@ export class DrainController {
         const item = informers.instances.get(keys.instance(name));
         if (!item || item.value.status?.node !== node.name || item.value.deleteTime) continue; // deleting: its agent finishes it
         const i = item.value;
+        const pin = drainPin(i, node.name);
+        if (pin) {
+          if (!this.pinned.has(name))
+            this.log.warn({ instance: name, node: node.name, why: pin }, "not moving an instance off a draining node");
+          this.pinned.add(name);
+          waiting++;
+          continue;
+        }
+        this.pinned.delete(name);
         const budget = i.spec?.placement?.disruptionBudget;
         let group = "";
         if (budget && budget.maxUnavailable > 0) {

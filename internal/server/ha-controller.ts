@@ -9,12 +9,19 @@
  *           allocations/<node> rev
  *   delete  assignments/<node>/<n>, status/<n>      put instances/<n> Pending, allocations/<node> without it
  *
+ * Only instances whose disks can follow are moved: none with a node-local disk (a libvirt VM
+ * booted from an image) unless its spec declares the disks ephemeral; shared storage will lift
+ * this, as Proxmox HA requires shared storage. A pinned instance stays placed on its node, and
+ * ExplainInstance says why (decideHa gives the reason).
+ *
  * Fencing: the old node's agent, if it comes back, finds no assignment for the instance and
- * destroys its copy (on adoption, or when the assignment's deletion reaches its watch), and its
- * status writes compare that assignment, so it can no longer report on the instance.
- * An instance being deleted on a dead node loses its assignment the same way, so the GC can finish.
+ * destroys its copy, which has no disk worth keeping (on adoption, or when the assignment's
+ * deletion reaches its watch), and its status writes compare that assignment, so it can no longer
+ * report on the instance. An instance being deleted on a dead node loses its assignment the same
+ * way, so the GC can finish.
  */
-import { RestartPolicy } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { type Instance, RestartPolicy } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { pinnedBy } from "../../pkg/compute/driver/index.js";
 import { ifAbsent, keys } from "../../pkg/cluster/store/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
@@ -24,10 +31,22 @@ import { unplace } from "./records.js";
 
 export const DEFAULT_HA_GRACE_MS = 60_000;
 
+export type HaDecision = { kind: "release" } | { kind: "move" } | { kind: "stay"; why: string };
+
+/** What HA does with instance `i` placed on `node`, lost for the grace period. Pure. */
+export function decideHa(i: Instance, node: string): HaDecision {
+  if (i.deleteTime) return { kind: "release" };
+  if (i.spec?.restartPolicy === RestartPolicy.NEVER) return { kind: "stay", why: "its restart policy is never" };
+  const pinned = pinnedBy(i.spec && { driver: i.spec.driver, image: i.spec.image, ephemeralDisks: i.spec.ephemeralDisks }, node);
+  return pinned ? { kind: "stay", why: pinned } : { kind: "move" };
+}
+
 export class HaController {
   private readonly log: Logger;
   /** Node → when this leader first saw it NotReady. */
   private readonly downSince = new Map<string, number>();
+  /** Instances left on a lost node, and why (logged once). */
+  private readonly stayed = new Map<string, string>();
 
   constructor(
     private readonly ctx: ServerContext,
@@ -72,6 +91,7 @@ export class HaController {
 
     let moved = 0;
     let conflicts = 0;
+    const pinned = new Set<string>();
     for (const node of expired) {
       const prefix = keys.assignmentsOf(node);
       const names = [...informers.assignments.items.keys()].filter((k) => k.startsWith(prefix)).map((k) => k.slice(prefix.length));
@@ -79,8 +99,15 @@ export class HaController {
         const item = informers.instances.get(keys.instance(name));
         if (!item || item.value.status?.node !== node) continue;
         const i = item.value;
-        const deleting = Boolean(i.deleteTime);
-        if (!deleting && i.spec?.restartPolicy === RestartPolicy.NEVER) continue;
+        const d = decideHa(i, node);
+        if (d.kind === "stay") {
+          if (d.why !== this.stayed.get(name))
+            this.log.warn({ instance: name, node, why: d.why }, "not moving an instance off a lost node");
+          this.stayed.set(name, d.why);
+          pinned.add(name);
+          continue;
+        }
+        const deleting = d.kind === "release";
         const seconds = Math.round(this.graceMs / 1000);
         const { compares, ops } = unplace(
           informers,
@@ -103,6 +130,7 @@ export class HaController {
         );
       }
     }
+    for (const n of this.stayed.keys()) if (!pinned.has(n)) this.stayed.delete(n);
     return { moved, conflicts };
   }
 }

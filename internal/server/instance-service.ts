@@ -41,6 +41,8 @@ import { AsyncQueue } from "./async-queue.js";
 import { validateSecretEnv } from "./secret-env.js";
 import type { ServerContext } from "./context.js";
 import { nodeView, placedViews, placementRequest } from "./placement-input.js";
+import { drainPin } from "./drain-controller.js";
+import { decideHa } from "./ha-controller.js";
 import { agentEndpoint, decodeInstance, encodeAssignment, encodeInstance, merged, mergedNode, mergedPhase, phaseName } from "./records.js";
 import { labelsMatch, verdicts } from "./scheduler.js";
 import { checkStopTimeout, checkTailBytes, LIMITS } from "../../pkg/validation/index.js";
@@ -167,6 +169,16 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
     return { instance, value };
   }
 
+  /** Why HA or a drain leaves the instance on its node, when that node is lost or draining. */
+  function stuck(i: Instance, node: string): string {
+    const lost = !ctx.informers.alive.get(keys.alive(node));
+    const draining = ctx.informers.nodes.get(keys.node(node))?.value.draining;
+    if (!lost && !draining) return "";
+    const d = decideHa(i, node);
+    const why = lost ? (d.kind === "stay" ? d.why : undefined) : drainPin(i, node);
+    return why ? `, which is ${lost ? "NotReady" : "draining"}: not moved, ${why}` : "";
+  }
+
   function refuseIfDeleting(i: Instance, action: string): void {
     if (i.deleteTime) throw new ConnectError(`instance ${i.name} is being deleted; ${action} is not possible`, Code.FailedPrecondition);
   }
@@ -270,7 +282,7 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       });
       const v = verdicts(nodes, r, ctx.algorithm, placedViews(ctx.informers, instance.name));
       return {
-        summary: at ? `placed on ${at}; now: ${v.summary}` : v.summary,
+        summary: at ? `placed on ${at}${stuck(instance, at)}; now: ${v.summary}` : v.summary,
         best: v.best,
         nodes: v.verdicts.map((x) => ({ node: x.node, feasible: x.feasible, reason: x.reason, score: x.score, scoreParts: x.parts })),
       };

@@ -1,14 +1,55 @@
 /*
  * NodeService: nodes as the agents registered them, with what only the server knows added:
- * readiness (is the agent's lease alive?), what placements reserve, and the cordon and drain flags.
+ * readiness (is the agent's lease alive?), what placements reserve, and the cordon and drain flags;
+ * and the orphans each node's agent reports (instances it keeps without an assignment there),
+ * which an operator adopts back or purges:
+ *
+ *   AdoptOrphan: txn[instance absent, or same uid and unchanged; allocation(s) unchanged]
+ *                put instances/<n> Scheduled on the node + assignments/<node>/<n> + allocation;
+ *                off the node it was placed on, if any (whose agent then fences its copy)
+ *                ──► the agent finds its assignment with the orphan's uid: adopted as it is
+ *   PurgeOrphan: the node's agent endpoint destroys the orphan and its disks, then answers
  */
-import { clone, create } from "@bufbuild/protobuf";
+import { clone, create, fromBinary } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import { type Node, NodeCondition, NodeSchema, NodeService, ResourcesSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
-import { type InstanceService, PowerState, StopInstanceRequestSchema } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { ifModRevision, keys } from "../../pkg/cluster/store/index.js";
+import {
+  type Node,
+  NodeCondition,
+  NodeSchema,
+  NodeService,
+  type Orphan,
+  OrphanSchema,
+  ResourcesSchema,
+} from "../../api/gen/hypervisor/v1/node_pb.js";
+import {
+  type Instance,
+  InstanceSchema,
+  type InstanceService,
+  InstanceSpecSchema,
+  InstanceStatusSchema,
+  Phase,
+  PowerState,
+  RestartPolicy,
+  StopInstanceRequestSchema,
+} from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { AllocationSchema, AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { drainPin } from "./drain-controller.js";
+import { type Compare, ifAbsent, ifModRevision, keys, type Op } from "../../pkg/cluster/store/index.js";
 import type { ServerContext } from "./context.js";
-import { allocationTotals, decodeAllocation, decodeInstance, decodeNode, encodeNode } from "./records.js";
+import {
+  agentEndpoint,
+  allocationTotals,
+  decodeAllocation,
+  decodeInstance,
+  decodeNode,
+  encodeAllocation,
+  encodeAssignment,
+  encodeInstance,
+  encodeNode,
+  merged,
+  requestOf,
+} from "./records.js";
 import { show, validateName } from "./validate.js";
 
 const MAX_CAS_ATTEMPTS = 20;
@@ -24,8 +65,8 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
     return withServerView(node, alive !== undefined, alloc ? allocationTotals(decodeAllocation(alloc)) : undefined);
   }
 
-  async function read(name: string, signal: AbortSignal): Promise<{ node: Node; rev: number }> {
-    validateName("name", name);
+  async function read(name: string, signal: AbortSignal, field = "name"): Promise<{ node: Node; rev: number }> {
+    validateName(field, name);
     const kv = await store.get(keys.node(name), { signal });
     if (!kv) throw new ConnectError(`node ${show(name)} not found`, Code.NotFound);
     return { node: decodeNode(kv), rev: kv.modRevision };
@@ -53,7 +94,129 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
     throw new ConnectError(`node ${show(name)} is changing too fast; try again`, Code.Aborted);
   }
 
+  async function readOrphan(node: string, name: string, signal: AbortSignal): Promise<Orphan> {
+    validateName("node", node);
+    validateName("name", name);
+    const kv = await store.get(keys.orphan(node, name), { signal });
+    if (!kv) throw new ConnectError(`node ${node} reports no orphan ${name}`, Code.NotFound);
+    return fromBinary(OrphanSchema, kv.value);
+  }
+
+  /** Compares and ops that add (or, with add false, drop) `i` to the allocation of `node`. */
+  async function allocate(node: string, i: Instance, add: boolean, signal: AbortSignal): Promise<{ compare: Compare; ops: Op[] }> {
+    const kv = await store.get(keys.allocation(node), { signal });
+    const alloc = kv ? decodeAllocation(kv) : create(AllocationSchema, {});
+    const compare = ifModRevision(keys.allocation(node), kv?.modRevision ?? 0);
+    if (add) alloc.instances[i.uid] = requestOf(i);
+    else if (alloc.instances[i.uid]) delete alloc.instances[i.uid];
+    else return { compare, ops: [] };
+    return { compare, ops: [{ type: "put", key: keys.allocation(node), value: encodeAllocation(alloc) }] };
+  }
+
+  /** One attempt at placing the orphan's instance on `node`; undefined when a compare failed. */
+  async function adoptOnce(node: string, o: Orphan, signal: AbortSignal): Promise<Instance | undefined> {
+    const key = keys.instance(o.name);
+    const kv = await store.get(key, { signal });
+    const compares: Compare[] = [];
+    const ops: Op[] = [];
+    let next: Instance;
+    if (!kv) {
+      // The store forgot it: back from the spec its agent kept (or only its driver).
+      const spec = o.spec ? clone(InstanceSpecSchema, o.spec) : create(InstanceSpecSchema, { driver: o.driver });
+      if (!spec.driver) spec.driver = o.driver;
+      if (spec.desiredPowerState === PowerState.UNSPECIFIED) spec.desiredPowerState = PowerState.RUNNING;
+      if (spec.restartPolicy === RestartPolicy.UNSPECIFIED) spec.restartPolicy = RestartPolicy.ON_FAILURE;
+      next = create(InstanceSchema, {
+        name: o.name,
+        uid: o.uid,
+        labels: { ...o.labels },
+        spec,
+        createTime: timestampNow(),
+        generation: 1n,
+      });
+      compares.push(ifAbsent(key));
+    } else {
+      const cur = decodeInstance(kv);
+      if (cur.uid !== o.uid)
+        throw new ConnectError(
+          `instance ${o.name} exists with another uid (${cur.uid}, the orphan's is ${o.uid}); delete it before adopting the orphan of node ${node}`,
+          Code.FailedPrecondition,
+        );
+      if (cur.deleteTime)
+        throw new ConnectError(`instance ${o.name} is being deleted; its orphan cannot be adopted`, Code.FailedPrecondition);
+      const from = cur.status?.node ?? "";
+      if (from === node) return cur; // already placed here: the agent adopts it
+      next = clone(InstanceSchema, cur);
+      next.generation = cur.generation + 1n;
+      compares.push(ifModRevision(key, kv.modRevision));
+      if (from) {
+        // Its copy there becomes the orphan (fenced by that node's agent, its disk kept).
+        const release = await allocate(from, cur, false, signal);
+        compares.push(release.compare);
+        ops.push({ type: "delete", key: keys.assignment(from, o.name) }, ...release.ops);
+      }
+      ops.push({ type: "delete", key: keys.status(o.name) });
+    }
+    const now = timestampNow();
+    next.status = create(InstanceStatusSchema, {
+      phase: Phase.SCHEDULED,
+      node,
+      message: `adopted from an orphan on node ${node}`,
+      scheduledTime: now,
+      updateTime: now,
+    });
+    const value = encodeInstance(next);
+    const here = await allocate(node, next, true, signal);
+    compares.push(here.compare);
+    ops.push({ type: "put", key, value }, { type: "put", key: keys.assignment(node, o.name), value: encodeAssignment(value) }, ...here.ops);
+    const res = await store.txn(compares, ops, [], { signal });
+    return res.succeeded ? next : undefined;
+  }
+
   return {
+    async listOrphans(req, hctx) {
+      await read(req.node, hctx.signal, "node");
+      const { kvs } = await store.range(keys.orphansOf(req.node), { signal: hctx.signal });
+      return { orphans: kvs.map((kv) => fromBinary(OrphanSchema, kv.value)) };
+    },
+
+    async adoptOrphan(req, hctx) {
+      await read(req.node, hctx.signal, "node");
+      const o = await readOrphan(req.node, req.name, hctx.signal);
+      for (let i = 0; i < MAX_CAS_ATTEMPTS; i++) {
+        const placed = await adoptOnce(req.node, o, hctx.signal);
+        if (!placed) continue;
+        ctx.log.warn({ node: req.node, instance: o.name, uid: o.uid, reason: o.reason }, "orphan adopted: placed on its node again");
+        const st = await store.get(keys.status(o.name), { signal: hctx.signal });
+        return { instance: merged(placed, st ? decodeInstance(st) : undefined) };
+      }
+      throw new ConnectError(`instance ${o.name} is changing too fast; try again`, Code.Aborted);
+    },
+
+    async purgeOrphan(req, hctx) {
+      await read(req.node, hctx.signal, "node");
+      const o = await readOrphan(req.node, req.name, hctx.signal);
+      const ep = await agentEndpoint(store, req.node, hctx.signal);
+      if (!ep) throw new ConnectError(`the agent of node ${req.node} publishes no endpoint (is it running?)`, Code.Unavailable);
+      let res: Response;
+      try {
+        res = await fetch(`${ep.url}/v1/orphans/${encodeURIComponent(o.name)}/purge?uid=${encodeURIComponent(o.uid)}`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${ep.token}` },
+          signal: hctx.signal,
+        });
+      } catch (e) {
+        throw new ConnectError(`agent of node ${req.node} at ${ep.url}: ${(e as Error).message}`, Code.Unavailable);
+      }
+      if (!res.ok) {
+        const text = (await res.text().catch(() => "")).trim();
+        const code = res.status === 404 ? Code.NotFound : res.status === 409 ? Code.FailedPrecondition : Code.Unavailable;
+        throw new ConnectError(`agent of node ${req.node}: ${text || `HTTP ${res.status}`}`, code);
+      }
+      ctx.log.warn({ node: req.node, instance: o.name, uid: o.uid }, "orphan purged with its disks");
+      return {};
+    },
+
     async listNodes(_req, hctx) {
       const [nodes, alive, allocs] = await Promise.all([
         store.range(keys.nodes, { signal: hctx.signal }),
@@ -85,10 +248,16 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
         // What is there before the flag goes up: the leader's drain controller starts moving
         // them (as their budgets allow) as soon as it sees the node draining.
         const assigned = await store.range(prefix, { signal: hctx.signal });
-        const moving = assigned.kvs.map((kv) => kv.key.slice(prefix.length));
+        const moving: string[] = [];
+        const pinned: string[] = [];
+        for (const kv of assigned.kvs) {
+          const inst = fromBinary(AssignmentSchema, kv.value).instance;
+          const name = kv.key.slice(prefix.length);
+          (inst && drainPin(inst, req.name) ? pinned : moving).push(name);
+        }
         const node = await setFlags(req.name, true, true, hctx.signal); // checks the name, NotFound
-        ctx.log.info({ node: req.name, moving: moving.length }, "node drain started: moving its instances");
-        return { node, movingInstances: moving };
+        ctx.log.info({ node: req.name, moving: moving.length, pinned: pinned.length }, "node drain started: moving its instances");
+        return { node, movingInstances: moving, pinnedInstances: pinned };
       }
       const node = await setFlags(req.name, true, false, hctx.signal);
       const assigned = await store.range(prefix, { signal: hctx.signal });

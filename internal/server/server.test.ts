@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, createRouterTransport, type Client, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
@@ -25,7 +25,16 @@ import {
   Strategy,
   TaintEffect,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { NodeCondition, NodeSchema, NodeService, ResourcesSchema, TaintSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
+import {
+  NodeCondition,
+  NodeSchema,
+  NodeService,
+  OrphanReason,
+  OrphanSchema,
+  ResourcesSchema,
+  TaintSchema,
+} from "../../api/gen/hypervisor/v1/node_pb.js";
+import { AssignmentSchema, ClusterIdentitySchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { keys, type Store } from "../../pkg/cluster/store/index.js";
 import { openEmbeddedStore } from "../../pkg/cluster/store/index.js";
 import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
@@ -732,6 +741,128 @@ for (const kind of ["embedded", "etcd"] as const)
       await nodes.uncordonNode({ name: "large" });
       assert.equal((await nodes.getNode({ name: "large" })).node?.cordoned, false);
       await assert.rejects(nodes.cordonNode({ name: "ghost" }), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
+    });
+
+    it("lists the orphans a node's agent reports, adopts one back onto its node, and refuses what it cannot do", async () => {
+      const nodesBefore = (await createClient(ClusterService, transport).getCounts({})).nodes;
+      const id = fromBinary(ClusterIdentitySchema, (await store.get(keys.cluster))!.value).id;
+      assert.ok(id);
+      assert.equal(server.clusterId, id, "made once at the first start, in the store");
+      await addNode(store, "orph-1", 8, 8192);
+      await addNode(store, "orph-2", 8, 8192);
+      const orphan = (node: string, over: { uid?: string; reason?: OrphanReason; placedNode?: string; state?: string } = {}) =>
+        store.put(
+          keys.orphan(node, "lost-1"),
+          toBinary(
+            OrphanSchema,
+            create(OrphanSchema, {
+              name: "lost-1",
+              uid: "u-lost-1",
+              driver: "mock",
+              state: "running",
+              reason: OrphanReason.UNKNOWN,
+              localDisk: true,
+              spec: { driver: "mock", vcpus: 2, memoryMib: 128n },
+              labels: { app: "db" },
+              ...over,
+            }),
+          ),
+        );
+      const code = (c: Code, re?: RegExp) => (e: unknown) =>
+        ConnectError.from(e).code === c && (!re || re.test(ConnectError.from(e).rawMessage));
+      // The store forgot it (restored from an older backup): its agent kept it and reports it.
+      await orphan("orph-1");
+      const listed = (await nodes.listOrphans({ node: "orph-1" })).orphans;
+      assert.deepEqual(
+        listed.map((o) => [o.name, o.uid, o.localDisk]),
+        [["lost-1", "u-lost-1", true]],
+      );
+      await assert.rejects(nodes.listOrphans({ node: "ghost" }), code(Code.NotFound, /node "?ghost"? not found/));
+      await assert.rejects(nodes.listOrphans({ node: "Bad_Name" }), code(Code.InvalidArgument, /^node/));
+      await assert.rejects(nodes.adoptOrphan({ node: "orph-1", name: "nope" }), code(Code.NotFound, /reports no orphan nope/));
+
+      const adopted = (await nodes.adoptOrphan({ node: "orph-1", name: "lost-1" })).instance!;
+      assert.equal(adopted.uid, "u-lost-1", "the orphan's own uid: its agent adopts it as it is");
+      assert.equal(adopted.status?.node, "orph-1");
+      assert.equal(adopted.status?.phase, Phase.SCHEDULED);
+      assert.equal(adopted.spec?.vcpus, 2);
+      assert.equal(adopted.spec?.desiredPowerState, PowerState.RUNNING);
+      assert.equal(adopted.labels.app, "db");
+      const assignment = await store.get(keys.assignment("orph-1", "lost-1"));
+      assert.equal(assignment && fromBinary(AssignmentSchema, assignment.value).instance?.uid, "u-lost-1");
+      assert.equal((await nodes.getNode({ name: "orph-1" })).node?.instanceCount, 1, "its resources are reserved there");
+      const again = (await nodes.adoptOrphan({ node: "orph-1", name: "lost-1" })).instance!;
+      assert.equal(again.status?.node, "orph-1", "adopting twice changes nothing");
+
+      // Its copy on orph-2 (fenced there) adopted instead: the placement moves, orph-1 is released.
+      await orphan("orph-2", { reason: OrphanReason.FENCED, placedNode: "orph-1", state: "stopped" });
+      const moved = (await nodes.adoptOrphan({ node: "orph-2", name: "lost-1" })).instance!;
+      assert.equal(moved.status?.node, "orph-2");
+      assert.equal(await store.get(keys.assignment("orph-1", "lost-1")), undefined);
+      assert.ok(await store.get(keys.assignment("orph-2", "lost-1")));
+      assert.equal((await nodes.getNode({ name: "orph-1" })).node?.instanceCount, 0);
+      assert.equal((await nodes.getNode({ name: "orph-2" })).node?.instanceCount, 1);
+
+      // An orphan of another uid under a name the cluster uses: refused, nothing written.
+      await orphan("orph-1", { uid: "u-other" });
+      const rev = (await store.get(keys.instance("lost-1")))!.modRevision;
+      await assert.rejects(nodes.adoptOrphan({ node: "orph-1", name: "lost-1" }), code(Code.FailedPrecondition, /exists with another uid/));
+      assert.equal((await store.get(keys.instance("lost-1")))!.modRevision, rev);
+      // Purge goes through the node's agent: none runs here.
+      await assert.rejects(nodes.purgeOrphan({ node: "orph-1", name: "lost-1" }), code(Code.Unavailable, /publishes no endpoint/));
+      await assert.rejects(nodes.purgeOrphan({ node: "orph-1", name: "nope" }), code(Code.NotFound));
+
+      // Leave nothing behind: delete it and play its agent's part.
+      await instances.deleteInstance({ name: "lost-1" });
+      await store.delete(keys.assignment("orph-2", "lost-1"));
+      await until("lost-1 gone", async () => !(await store.get(keys.instance("lost-1"))));
+      for (const n of ["orph-1", "orph-2"]) {
+        await store.delete(keys.orphan(n, "lost-1"));
+        await store.delete(keys.node(n));
+        await store.delete(keys.alive(n));
+      }
+      await until(
+        "the nodes gone from the counts",
+        async () => (await createClient(ClusterService, transport).getCounts({})).nodes === nodesBefore,
+      );
+    });
+
+    it("explains why an instance whose disk is local stays on its lost node, and moves one declared ephemeral", async () => {
+      const nodesBefore = (await createClient(ClusterService, transport).getCounts({})).nodes;
+      const node = create(NodeSchema, {
+        name: "vmhost-1",
+        capacity: { vcpus: 4, memoryMib: 4096n, diskGib: 100n },
+        drivers: [{ name: "libvirt", healthy: true }],
+      });
+      await store.put(keys.node("vmhost-1"), toBinary(NodeSchema, node));
+      await store.put(keys.alive("vmhost-1"), new Uint8Array([1]));
+      const vm = (name: string, ephemeralDisks: boolean) =>
+        instances.createInstance({ name, spec: { driver: "libvirt", image: "alpine.qcow2", vcpus: 1, memoryMib: 64n, ephemeralDisks } });
+      await vm("vm-local", false);
+      await vm("vm-scratch", true);
+      for (const n of ["vm-local", "vm-scratch"])
+        await until(`${n} placed`, async () => (await instances.getInstance({ name: n })).instance?.status?.node === "vmhost-1");
+      assert.doesNotMatch((await instances.explainInstance({ name: "vm-local" })).summary, /not moved/);
+      await store.delete(keys.alive("vmhost-1")); // the node is lost
+      const local = await until("vm-local's reason", async () => {
+        const s = (await instances.explainInstance({ name: "vm-local" })).summary;
+        return /NotReady/.test(s) ? s : undefined;
+      });
+      assert.match(local, /^placed on vmhost-1, which is NotReady: not moved, its disk is local to node vmhost-1 .*ephemeral_disks/);
+      assert.doesNotMatch((await instances.explainInstance({ name: "vm-scratch" })).summary, /not moved/);
+      for (const n of ["vm-local", "vm-scratch"]) {
+        await instances.deleteInstance({ name: n });
+        await store.delete(keys.assignment("vmhost-1", n));
+      }
+      await until(
+        "both gone",
+        async () => !(await store.get(keys.instance("vm-local"))) && !(await store.get(keys.instance("vm-scratch"))),
+      );
+      await store.delete(keys.node("vmhost-1"));
+      await until(
+        "the node gone from the counts",
+        async () => (await createClient(ClusterService, transport).getCounts({})).nodes === nodesBefore,
+      );
     });
 
     it("handlers work through an in-memory router transport too", async () => {

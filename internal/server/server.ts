@@ -21,6 +21,7 @@ import { trackWrites } from "./write-tracker.js";
 import { InstanceSchema, InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { keys, type Store, StoreError, StoreUnavailableError } from "../../pkg/cluster/store/index.js";
+import { clusterId } from "../../pkg/cluster/registry/index.js";
 import { type Logger, logger } from "../../pkg/log/index.js";
 import { clusterService } from "./cluster-service.js";
 import { imageService } from "./image-service.js";
@@ -143,8 +144,18 @@ export class Server {
     router.service(ConsoleService, consoleService(this.ctx, this.opts.consoleTicketTtlMs));
   };
 
+  private cluster = "";
+
+  /** The id of the cluster this server serves (empty until start). */
+  get clusterId(): string {
+    return this.cluster;
+  }
+
   async start(): Promise<void> {
     const signal = this.abort.signal;
+    // Made here at the cluster's first start (or by the first agent, if one came first).
+    this.cluster = await clusterId(this.ctx.store, { signal });
+    this.ctx.log.info({ cluster: this.cluster }, "cluster id");
     await Promise.all(Object.values(this.ctx.informers).map((inf: Informer<unknown>) => inf.start(signal)));
     this.health.informers = "";
     const handler = connectNodeAdapter({

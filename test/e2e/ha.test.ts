@@ -3,7 +3,7 @@
 //
 //   kill -9 an agent → NotReady after the TTL → after the grace period its instances come back on
 //   the other nodes, once each (restart policy never: left where it was) → the agent restarts →
-//   it destroys its old copies (fenced), nothing runs twice
+//   it destroys its old copies (mock instances have no local disk to keep), nothing runs twice
 //   drain --move a node → its instances run elsewhere, a group never more down than its budget
 //   kill -9 the leader in the middle of 200 creates → the other server leads → every instance
 //   ends Running exactly once
@@ -162,7 +162,7 @@ describe("HA: lost nodes and a lost leader (etcd, two servers, three agents)", {
     const logs = [...servers.values()].flatMap((s) => s.proc.output).filter((l) => /rescheduling an instance from a lost node/.test(l));
     for (const n of lost) assert.equal(logs.filter((l) => l.includes(`"instance":"${n}"`)).length, 1, `${n} rescheduled once`);
 
-    // The node comes back: its agent destroys the copies it no longer owns and keeps ha-never.
+    // The node comes back: its agent destroys the copies moved away (no local disk) and keeps ha-never.
     await startAgent(victim).waitFor(/agent started/);
     await until("the old copies destroyed", async () => (await mockFiles(victim)).length === 1, 30_000);
     const after = await list();

@@ -17,6 +17,8 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import type { Browser, Page } from "playwright-core";
 import { InstanceService, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeCondition, NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
+import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
+import { keys } from "../../pkg/cluster/store/index.js";
 import { launchBrowser, screenshot } from "../support/browser.js";
 import { startEtcd, type EtcdProcess } from "../support/etcd.js";
 import { binPath, freePort, Proc, repoRoot, until } from "../support/procs.js";
@@ -393,6 +395,49 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
       30_000,
     );
     assert.equal(back.status?.node, "ui-node");
+  });
+
+  it("lists an orphan on its node's page and adopts it back after confirmation", async () => {
+    const instances = instancesApi();
+    const nodes = createClient(NodeService, transport());
+    await instances.createInstance({
+      name: "kept-1",
+      spec: { driver: "mock", vcpus: 1, memoryMib: 64n, driverConfig: { local_disk: "true" } },
+    });
+    const before = await until(
+      "kept-1 Running",
+      async () => {
+        const i = (await instances.getInstance({ name: "kept-1" })).instance!;
+        return i.status?.phase === Phase.RUNNING ? i : undefined;
+      },
+      30_000,
+    );
+    // A store restored from a backup older than kept-1: its agent keeps it and reports it.
+    const store = await openEtcdStore({ endpoints: [etcd.endpoint] });
+    try {
+      for (const k of [keys.instance("kept-1"), keys.assignment("ui-node", "kept-1"), keys.status("kept-1")]) await store.delete(k);
+    } finally {
+      await store.close();
+    }
+    await until("the orphan reported", async () => (await nodes.listOrphans({ node: "ui-node" })).orphans.some((o) => o.name === "kept-1"));
+    await page.goto(`${base}/nodes/ui-node`);
+    const row = page.locator('[data-testid="orphan-row-kept-1"]');
+    await row.waitFor();
+    assert.match(await row.innerText(), /mock[\s\S]*running[\s\S]*Unknown[\s\S]*local/);
+    await page.click('[data-testid="orphan-adopt-kept-1"]');
+    await page.locator('[data-testid="confirm-dialog"][open]').waitFor();
+    await page.click('[data-testid="confirm-ok"]');
+    await row.waitFor({ state: "detached" });
+    const back = await until(
+      "kept-1 Running again",
+      async () => {
+        const i = (await instances.getInstance({ name: "kept-1" })).instance;
+        return i?.status?.phase === Phase.RUNNING ? i : undefined;
+      },
+      30_000,
+    );
+    assert.equal(back.uid, before.uid, "the same instance, adopted as it was");
+    await instances.deleteInstance({ name: "kept-1" });
   });
 
   it("renders the instance list in a 400 px wide window", async () => {

@@ -4,7 +4,7 @@ export { allowed, deleteRequested, inFlight, lastError, runAction, type Action }
 export { now } from "./clock.js";
 export { confirm, confirmState, settleConfirm, type ConfirmRequest } from "./confirm.js";
 export { changesOf, instances, startInstanceWatch, watchState, type Change, type ChangeKind } from "./instances.js";
-export { nodeInFlight, runNodeAction, type NodeAction } from "./node-actions.js";
+export { nodeInFlight, orphanInFlight, runNodeAction, runOrphanAction, type NodeAction } from "./node-actions.js";
 export { useNodes, useRefresh } from "./nodes.js";
 export { notify, notifyError } from "./notify.js";
 export { applyTheme, theme, toggleTheme, type ThemeChoice } from "./theme.js";

@@ -2,7 +2,7 @@
 // stops everything on the node, move re-creates it elsewhere), reported in the server's words
 // when refused.
 import { reactive } from "vue";
-import type { Node } from "../../../api/gen/hypervisor/v1/node_pb.js";
+import type { Node, Orphan } from "../../../api/gen/hypervisor/v1/node_pb.js";
 import { nodeClient } from "../api/index.js";
 import { confirm } from "./confirm.js";
 import { notify, notifyError } from "./notify.js";
@@ -69,5 +69,42 @@ export async function runNodeAction(name: string, action: NodeAction): Promise<N
     return undefined;
   } finally {
     nodeInFlight.delete(name);
+  }
+}
+
+/** "node/name" → the orphan action in flight. */
+export const orphanInFlight = reactive(new Map<string, "adopt" | "purge">());
+
+/**
+ * Adopts an orphan back (it becomes an instance placed on its node, disks as they are) or purges
+ * it (destroyed with its disks), confirmed first; true when the server did it.
+ */
+export async function runOrphanAction(node: string, o: Orphan, action: "adopt" | "purge"): Promise<boolean> {
+  const key = `${node}/${o.name}`;
+  if (orphanInFlight.has(key)) return false;
+  const ask =
+    action === "adopt"
+      ? {
+          headline: `Adopt ${o.name}?`,
+          description: `${o.name} becomes an instance of the cluster again, placed on ${node}, with its disks as they are.`,
+          confirmText: "Adopt",
+        }
+      : {
+          headline: `Purge ${o.name}?`,
+          description: `${o.name} is destroyed on ${node}${o.localDisk ? " with its disk, which only this node holds" : ""}. This cannot be undone.`,
+          confirmText: "Purge",
+        };
+  if (!(await confirm(ask))) return false;
+  orphanInFlight.set(key, action);
+  try {
+    if (action === "adopt") await nodeClient.adoptOrphan({ node, name: o.name });
+    else await nodeClient.purgeOrphan({ node, name: o.name });
+    notify(action === "adopt" ? `Adopted ${o.name} on ${node}` : `Purged ${o.name} from ${node}`);
+    return true;
+  } catch (e) {
+    notifyError(`${action} ${o.name} failed`, e);
+    return false;
+  } finally {
+    orphanInFlight.delete(key);
   }
 }

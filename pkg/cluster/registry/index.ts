@@ -16,3 +16,4 @@ export {
   type NodeRecord,
 } from "./registry.js";
 export { listWatch, type ListWatchEvent, type ListWatchOptions } from "./list-watch.js";
+export { clusterId } from "./cluster-id.js";

@@ -10,7 +10,17 @@ import { NodeSchema } from "../../../api/gen/hypervisor/v1/node_pb.js";
 import { startEtcd } from "../../../test/support/etcd.js";
 import { openEtcdStore } from "../etcd/index.js";
 import { CompactedError, keys, openEmbeddedStore, type Store, type WatchBatch, type WatchOptions } from "../store/index.js";
-import { getNode, listNodes, listWatch, NodeNotFoundError, registerNode, setCordoned, watchNodes, type NodeChange } from "./index.js";
+import {
+  clusterId,
+  getNode,
+  listNodes,
+  listWatch,
+  NodeNotFoundError,
+  registerNode,
+  setCordoned,
+  watchNodes,
+  type NodeChange,
+} from "./index.js";
 
 type Opener = () => Promise<{ store: Store; cleanup: () => Promise<void> }>;
 
@@ -22,6 +32,13 @@ function registrySuite(kind: string, open: Opener): void {
     const name = () => `node-${process.pid}-${++n}`;
     before(async () => ({ store, cleanup } = await open()));
     after(() => cleanup());
+
+    it("makes the cluster id once: concurrent first calls agree, later ones read it", async () => {
+      const ids = await Promise.all([clusterId(store), clusterId(store), clusterId(store)]);
+      assert.match(ids[0] ?? "", /^[0-9a-f-]{36}$/);
+      assert.deepEqual(ids, [ids[0], ids[0], ids[0]]);
+      assert.equal(await clusterId(store), ids[0]);
+    });
 
     it("registers, gets and lists a node", async () => {
       const nm = name();

@@ -20,6 +20,12 @@ export const keys = {
   agent: (node: string) => `${ROOT}agents/${node}`,
   events: `${ROOT}events/`,
   consoleTicket: (hash: string) => `${ROOT}consoletickets/${hash}`,
+  /** The cluster's identity (ClusterIdentity), written once at its first start. */
+  cluster: `${ROOT}cluster`,
+  orphans: `${ROOT}orphans/`,
+  /** Instances a node keeps without an assignment there (Orphan), written by that node's agent. */
+  orphansOf: (node: string) => `${ROOT}orphans/${node}/`,
+  orphan: (node: string, name: string) => `${ROOT}orphans/${node}/${name}`,
 } as const;
 
 /** The last path segment of a key. */

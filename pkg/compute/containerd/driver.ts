@@ -51,6 +51,8 @@ import { packJson, unpackEvent } from "./typeurl.js";
 
 export const LABEL_UID = "hypervisor.dev/uid";
 export const LABEL_OWNER = "hypervisor.dev/owner";
+/** The owner's cluster id (absent on containers made before marks had one). */
+export const LABEL_CLUSTER = "hypervisor.dev/cluster";
 const LABEL_STARTED = "hypervisor.dev/started-at";
 const LABEL_FINISHED = "hypervisor.dev/finished-at";
 const LABEL_STOP = "hypervisor.dev/stop-requested";
@@ -104,6 +106,7 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
   private pump: Promise<void> | undefined;
   private readonly pumpStop = new AbortController();
   private closed = false;
+  private cluster = "";
 
   constructor(private readonly opts: ContainerdDriverOptions) {
     this.namespace = opts.namespace ?? DEFAULT_NAMESPACE;
@@ -115,6 +118,22 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
     if (!Number.isSafeInteger(pids) || pids < 1) throw new DriverError(`containerd pids limit ${pids} must be a positive integer`);
     this.log = opts.log ?? logger("containerd");
     this.client = new ContainerdClient({ namespace: this.namespace, ...(opts.socketPath ? { socketPath: opts.socketPath } : {}) });
+  }
+
+  setCluster(id: string): void {
+    this.cluster = id;
+  }
+
+  /** Marked with this node, and this cluster or none (a mark made before cluster ids). */
+  private mine(c: Container): boolean {
+    const cluster = c.labels[LABEL_CLUSTER];
+    return c.labels[LABEL_OWNER] === this.owner && !(cluster && this.cluster && cluster !== this.cluster);
+  }
+
+  private whose(c: Container): string {
+    const owner = c.labels[LABEL_OWNER];
+    if (owner !== this.owner) return owner || "something else";
+    return `node ${owner} of cluster ${c.labels[LABEL_CLUSTER] ?? "?"}`;
   }
 
   logFile(name: string): string {
@@ -212,10 +231,8 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
     if (!NAME_RE.test(spec.name)) throw new InvalidSpecError(`name: ${JSON.stringify(spec.name)} is not a DNS label`);
     const existing = await this.container(spec.name);
     if (existing) {
-      if (existing.labels[LABEL_OWNER] !== this.owner)
-        throw new DriverError(
-          `container ${spec.name} exists and is managed by ${existing.labels[LABEL_OWNER] || "something else"}, not by ${this.owner}`,
-        );
+      if (!this.mine(existing))
+        throw new DriverError(`container ${spec.name} exists and is managed by ${this.whose(existing)}, not by ${this.owner}`);
       if (existing.labels[LABEL_UID] !== spec.uid)
         throw new DriverError(`container ${spec.name} exists with another instance (uid ${existing.labels[LABEL_UID]})`);
       return (await this.inspect(spec.name))!;
@@ -260,7 +277,7 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
           container: {
             id: spec.name,
             image: image.name,
-            labels: { [LABEL_UID]: spec.uid, [LABEL_OWNER]: this.owner },
+            labels: { [LABEL_UID]: spec.uid, [LABEL_OWNER]: this.owner, ...(this.cluster ? { [LABEL_CLUSTER]: this.cluster } : {}) },
             runtime: { name: RUNTIME },
             spec: packJson(runtimeSpec),
             snapshotter,
@@ -331,10 +348,7 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
     signal?.throwIfAborted();
     const c = await this.container(name, signal);
     if (c) {
-      if (c.labels[LABEL_OWNER] !== this.owner)
-        throw new DriverError(
-          `container ${name} is managed by ${c.labels[LABEL_OWNER] || "something else"}, not by ${this.owner}; not destroying it`,
-        );
+      if (!this.mine(c)) throw new DriverError(`container ${name} is managed by ${this.whose(c)}, not by ${this.owner}; not destroying it`);
       const task = await this.task(name, signal);
       if (task && task.status !== Status.STOPPED && task.status !== Status.CREATED) {
         await this.kill(name, SIGKILL, signal);
@@ -353,9 +367,18 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
   async inspect(name: string, opts: Signalled = {}): Promise<DriverInstance | undefined> {
     opts.signal?.throwIfAborted();
     const c = await this.container(name, opts.signal);
-    if (!c || c.labels[LABEL_OWNER] !== this.owner || !c.labels[LABEL_UID]) return undefined;
+    if (!c || !this.mine(c) || !c.labels[LABEL_UID]) return undefined;
     const labels = c.labels;
-    const inst: DriverInstance = { name, uid: labels[LABEL_UID]!, state: "created", addresses: [], details: { image: c.image } };
+    // The writable layer is not kept across moves (as in Kubernetes): no local disk to protect.
+    const inst: DriverInstance = {
+      name,
+      uid: labels[LABEL_UID]!,
+      state: "created",
+      addresses: [],
+      details: { image: c.image },
+      localDisk: false,
+    };
+    if (labels[LABEL_CLUSTER]) inst.cluster = labels[LABEL_CLUSTER];
     const started = Number(labels[LABEL_STARTED] || NaN);
     if (Number.isFinite(started)) inst.startedAt = started;
     const task = await this.task(name, opts.signal);
@@ -462,7 +485,7 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
 
   private async mustContainer(name: string, signal?: AbortSignal): Promise<Container> {
     const c = await this.container(name, signal);
-    if (!c || c.labels[LABEL_OWNER] !== this.owner) throw new DriverError(`no container ${name} of node ${this.owner}`);
+    if (!c || !this.mine(c)) throw new DriverError(`no container ${name} of node ${this.owner}`);
     return c;
   }
 

@@ -7,8 +7,11 @@
  *                                         └── exits on its own ──► Exited (exitCode)
  *
  * Every call is idempotent by instance name: create on an existing instance returns it, stop on a
- * stopped one resolves, destroy on a missing one resolves. Instances carry the hypervisor uid so
- * `list` after an agent restart finds and re-adopts them (RecoverTask in Nomad).
+ * stopped one resolves, destroy on a missing one resolves. Instances carry the hypervisor uid, the
+ * owner node and the cluster id (setCluster) so `list` after an agent restart finds and re-adopts
+ * them (RecoverTask in Nomad), and never another cluster's. destroy deletes the instance's disks:
+ * the agent calls it only for an instance being deleted, one with ephemeral disks moved away, or
+ * an orphan an operator purges (docs/architecture.md, "Data safety").
  * Optional features are declared in `capabilities` and implemented through the small interfaces
  * below; a driver never has a method that throws "not implemented".
  */
@@ -47,6 +50,13 @@ export interface DriverInstance {
   addresses: string[];
   /** Runtime details worth showing in status (e.g. domain uuid, vnc_socket). */
   details: Record<string, string>;
+  /**
+   * The cluster id in the instance's ownership mark; absent for an instance marked before marks
+   * had one (the agent adopts those only when their uid is assigned to it).
+   */
+  cluster?: string;
+  /** Destroying it deletes a disk only this node holds (a VM's overlay): data a move would lose. */
+  localDisk?: boolean;
 }
 
 export interface Capabilities {
@@ -97,6 +107,14 @@ export interface Driver {
    * config says; absent: nothing. The driver refuses more at create, and the node advertises it.
    */
   readonly hostAccess?: HostAccessPolicy;
+  /**
+   * The cluster this driver works for, as the agent read it from the store before any other call.
+   * create marks instances with it (with the owner node and the uid); every other call treats an
+   * instance marked by another cluster as absent (inspect, list) or refuses it (create of the same
+   * name, destroy): never touched. Instances marked without a cluster id stay visible, with
+   * `cluster` absent. Until it is called the driver marks none and sees every cluster's.
+   */
+  setCluster(id: string): void;
   fingerprint(opts?: Signalled): Promise<Fingerprint>;
   /** Prepares the instance (disk, container, domain definition) without starting it. */
   create(spec: DriverInstanceSpec, opts?: Signalled): Promise<DriverInstance>;

@@ -45,3 +45,4 @@ export {
   type SpecProblem,
   type SpecShape,
 } from "./registry.js";
+export { keepsLocalDisk, pinnedBy, type DiskFacts } from "./disks.js";

@@ -130,6 +130,12 @@ const mock: DriverEntry = {
     { name: "start_error", description: "every start fails with this message", values: "any text", accepts: () => true },
     duration("start_delay", "start takes this long"),
     duration("stop_delay", "a graceful stop takes this long (cut short by the stop timeout)"),
+    {
+      name: "local_disk",
+      description: "reports a disk only its node holds, as a libvirt VM's overlay (for data-safety tests)",
+      values: "true or false",
+      accepts: (v) => v === "true" || v === "false",
+    },
   ],
 };
 

@@ -95,6 +95,16 @@ describe("domain XML", () => {
     }
   });
 
+  it("marks the domain with its cluster as well as its node, and reads marks made before clusters had ids", () => {
+    const marked = parseDomainXml(buildDomainXml({ ...base, cluster: "5f0c6a1e-0b7e-4c38-9d55-3b1f7f0e2a11" })).instance;
+    assert.equal(marked?.cluster, "5f0c6a1e-0b7e-4c38-9d55-3b1f7f0e2a11");
+    assert.equal(marked?.owner, base.owner);
+    const old = parseDomainXml(buildDomainXml(base)).instance;
+    assert.equal(old?.uid, base.uid);
+    assert.equal(old?.cluster, undefined, "an old mark has no cluster");
+    assert.throws(() => buildDomainXml({ ...base, cluster: "a<b" }), /cluster/);
+  });
+
   it("boots from a disk overlay when there is no kernel; kvm gets host CPU passthrough", () => {
     const xml = buildDomainXml({ ...base, kernel: undefined, initrd: undefined, cmdline: undefined, disk: "/d/web-1.qcow2", type: "kvm" });
     assert.match(xml, /<boot dev="hd"\/>/);

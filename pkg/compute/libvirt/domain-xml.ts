@@ -24,6 +24,8 @@ export interface DomainParams {
   uid: string;
   /** The agent (node) that manages the domain; others on the same libvirtd leave it alone. */
   owner: string;
+  /** The cluster id of that agent's cluster (empty: none known, no mark). */
+  cluster?: string;
   labels: Record<string, string>;
   type: "kvm" | "qemu";
   vcpus: number;
@@ -71,6 +73,7 @@ export function buildDomainXml(p: DomainParams): string {
   if (!NAME_RE.test(p.name)) throw new InvalidSpecError(`name: ${JSON.stringify(p.name)} is not a DNS label`);
   if (!UID_RE.test(p.uid)) throw new InvalidSpecError(`uid: ${JSON.stringify(p.uid)} is not a uid`);
   if (!OWNER_RE.test(p.owner)) throw new InvalidSpecError(`owner: ${JSON.stringify(p.owner)} is not a node name`);
+  if (p.cluster && !UID_RE.test(p.cluster)) throw new InvalidSpecError(`cluster: ${JSON.stringify(p.cluster)} is not a cluster id`);
   const vcpus = positiveInt("vcpus", p.vcpus, 512);
   const mem = positiveInt("memory_mib", p.memoryMiB, 16 * 1024 * 1024);
   const period = Number.isInteger(p.balloonStatsPeriod) && p.balloonStatsPeriod >= 0 ? p.balloonStatsPeriod : 0;
@@ -151,6 +154,7 @@ export function buildDomainXml(p: DomainParams): string {
     `      <hv:name>${esc(p.name)}</hv:name>`,
     `      <hv:uid>${esc(p.uid)}</hv:uid>`,
     `      <hv:owner>${esc(p.owner)}</hv:owner>`,
+    ...(p.cluster ? [`      <hv:cluster>${esc(p.cluster)}</hv:cluster>`] : []),
     `      <hv:labels>`,
     ...labels,
     `      </hv:labels>`,
@@ -183,7 +187,7 @@ export function buildDomainXml(p: DomainParams): string {
 /** What the driver needs from a domain's (live or inactive) XML. */
 export interface DomainFacts {
   /** Our metadata; undefined for a domain that is not ours. */
-  instance?: { name: string; uid: string; owner: string; labels: Record<string, string> };
+  instance?: { name: string; uid: string; owner: string; labels: Record<string, string>; cluster?: string };
   /** Live VNC unix socket (undefined while not running, or for a domain defined with a TCP VNC). */
   vncSocket?: string;
   /** Live VNC TCP port of a domain defined before VNC moved to a unix socket (-1 or undefined while not running). */
@@ -262,7 +266,8 @@ export function parseDomainXml(xml: string): DomainFacts {
     const name = text(v[`${prefix}name`]);
     const uid = text(v[`${prefix}uid`]);
     const owner = text(v[`${prefix}owner`]) ?? "";
-    if (name && uid) facts.instance = { name, uid, owner, labels };
+    const cluster = text(v[`${prefix}cluster`]);
+    if (name && uid) facts.instance = { name, uid, owner, labels, ...(cluster ? { cluster } : {}) };
   }
   facts.memoryKiB = kib(root.memory);
   facts.currentMemoryKiB = kib(root.currentMemory);

@@ -40,7 +40,16 @@ import {
   type StatsDriver,
   DRIVER_REGISTRY,
 } from "../driver/index.js";
-import { buildDomainXml, DOMAIN_PREFIX, domainName, type NetworkSetting, OWNER_RE, parseDomainXml, vncOnSocket } from "./domain-xml.js";
+import {
+  buildDomainXml,
+  DOMAIN_PREFIX,
+  type DomainFacts,
+  domainName,
+  type NetworkSetting,
+  OWNER_RE,
+  parseDomainXml,
+  vncOnSocket,
+} from "./domain-xml.js";
 import { fingerprintLibvirt } from "./fingerprint.js";
 import { type LibvirtHandle, HANDLE_VERSION, readHandle, removeHandle, writeHandle } from "./handle.js";
 import { checkTraversable, createOverlay, overlayPath, removeFile, resolveImage } from "./images.js";
@@ -74,6 +83,8 @@ export interface LibvirtDriverOptions {
   network?: NetworkSetting;
   /** Host bridges a VM may join (network bridge:<name>), the default network's included; default none. */
   allowedBridges?: readonly string[];
+  /** VMs may use QEMU's user-mode network, which reaches the node's loopback (allow-host-network). */
+  allowHostNetwork?: boolean;
   /** kvm, qemu (TCG) or auto (kvm when /dev/kvm can be opened). */
   domainType?: "auto" | "kvm" | "qemu";
   /** Seconds between guest memory statistics (virtio-balloon); default 2. */
@@ -101,6 +112,7 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
   private readonly pumpStop = new AbortController();
   private resolvedType: "kvm" | "qemu" | undefined;
   private readonly owner: string;
+  private cluster = "";
 
   constructor(private readonly opts: LibvirtDriverOptions) {
     this.owner = opts.owner ?? (hostname().toLowerCase().split(".")[0] || "localhost");
@@ -115,7 +127,24 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
 
   /** What this node lets VMs use of the host. */
   get hostAccess(): HostAccessPolicy {
-    return { hostNetwork: false, bridges: [...(this.opts.allowedBridges ?? [])] };
+    return { hostNetwork: this.opts.allowHostNetwork ?? false, bridges: [...(this.opts.allowedBridges ?? [])] };
+  }
+
+  setCluster(id: string): void {
+    this.cluster = id;
+  }
+
+  /** Our metadata says this node, and this cluster or none (a mark made before cluster ids). */
+  private mine(facts: DomainFacts): facts is DomainFacts & { instance: NonNullable<DomainFacts["instance"]> } {
+    const i = facts.instance;
+    return Boolean(i && i.owner === this.owner && !(i.cluster && this.cluster && i.cluster !== this.cluster));
+  }
+
+  /** Who manages a domain that is not ours, for messages. */
+  private whose(facts: DomainFacts): string {
+    const i = facts.instance;
+    if (!i) return "something else";
+    return i.owner !== this.owner ? i.owner || "another agent" : `node ${i.owner} of cluster ${i.cluster ?? "?"}`;
   }
 
   private get handles(): string {
@@ -257,6 +286,7 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
       name: spec.name,
       uid: spec.uid,
       owner: this.owner,
+      cluster: this.cluster,
       labels: spec.labels,
       type: await this.domainType(),
       vcpus: spec.vcpus,
@@ -381,10 +411,8 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
       const c = await this.connection();
       const facts = parseDomainXml(await c.getXmlDesc(dom, XML_INACTIVE));
       if (!facts.instance) throw new DriverError(`domain ${dom.name} is not managed by hypervisor; not destroying it`);
-      if (facts.instance.owner !== this.owner)
-        throw new DriverError(
-          `domain ${dom.name} is managed by ${facts.instance.owner || "another agent"}, not by ${this.owner}; not destroying it`,
-        );
+      if (!this.mine(facts))
+        throw new DriverError(`domain ${dom.name} is managed by ${this.whose(facts)}, not by ${this.owner}; not destroying it`);
       disk ??= facts.disk;
       if (isActive((await c.getState(dom)).state)) {
         try {
@@ -411,8 +439,8 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
     const c = await this.connection();
     const [{ state, reason }, xml] = await Promise.all([c.getState(dom), c.getXmlDesc(dom, 0)]);
     const facts = parseDomainXml(xml);
-    // A domain named like ours but not ours, or another agent's on the same libvirtd.
-    if (!facts.instance || facts.instance.owner !== this.owner) return undefined;
+    // A domain named like ours but not ours, or another agent's or cluster's on the same libvirtd.
+    if (!this.mine(facts)) return undefined;
     let h = await readHandle(this.handles, name);
     const inst: DriverInstance = {
       name,
@@ -420,7 +448,9 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
       state: "created",
       addresses: [],
       details: { domain: dom.name, domain_uuid: uuidString(dom.uuid) },
+      localDisk: facts.disk !== undefined,
     };
+    if (facts.instance.cluster) inst.cluster = facts.instance.cluster;
     if (facts.memoryKiB) inst.details.memory_max_mib = String(Math.round(facts.memoryKiB / 1024));
     if (facts.currentMemoryKiB) inst.details.memory_target_mib = String(Math.round(facts.currentMemoryKiB / 1024));
     if (h?.startedAt !== undefined) inst.startedAt = h.startedAt;
@@ -564,8 +594,7 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
     if (h) return h;
     const dom = await this.mustLookup(name);
     const facts = parseDomainXml(await (await this.connection()).getXmlDesc(dom, XML_INACTIVE));
-    if (!facts.instance || facts.instance.owner !== this.owner)
-      throw new DriverError(`domain ${dom.name} is not managed by this agent (${this.owner})`);
+    if (!this.mine(facts)) throw new DriverError(`domain ${dom.name} is not managed by this agent (${this.owner})`);
     return {
       version: HANDLE_VERSION,
       name,
@@ -596,8 +625,8 @@ export class LibvirtDriver implements StatsDriver, ConsoleDriver, BalloonDriver,
     const dom = await this.lookup(name);
     if (!dom) return undefined;
     const facts = parseDomainXml(await (await this.connection()).getXmlDesc(dom, XML_INACTIVE));
-    if (facts.instance?.owner === this.owner) return undefined;
-    return facts.instance?.owner ?? "";
+    if (this.mine(facts)) return undefined;
+    return facts.instance ? this.whose(facts) : "";
   }
 
   /** Names of instances with a handle on disk (state that outlived its domain is cleaned by destroy). */

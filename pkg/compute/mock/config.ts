@@ -6,6 +6,8 @@
  *   start_error  "boom" every start fails with this message
  *   start_delay  "2s"   start takes this long
  *   stop_delay   "1s"   a graceful stop takes this long (cut short by the stop timeout)
+ *   local_disk   "true" reports a disk only its node holds (as a libvirt VM's overlay), for tests
+ *                       of what the agent must never delete unasked
  *
  * Unknown keys are rejected so a typo is not silently a no-op.
  */
@@ -17,6 +19,7 @@ export interface MockBehaviour {
   startError?: string;
   startDelayMs: number;
   stopDelayMs: number;
+  localDisk: boolean;
 }
 
 export interface MockDriverOptions {
@@ -39,7 +42,12 @@ export function parseBehaviour(name: string, config: Record<string, string>): Mo
     if (!KNOWN_KEYS.has(k))
       throw new InvalidSpecError(`instance ${name}: unknown mock config key ${JSON.stringify(k)} (known: ${[...KNOWN_KEYS].join(", ")})`);
   }
-  const b: MockBehaviour = { exitCode: 0, startDelayMs: 0, stopDelayMs: 0 };
+  const b: MockBehaviour = { exitCode: 0, startDelayMs: 0, stopDelayMs: 0, localDisk: false };
+  if (config.local_disk !== undefined) {
+    if (config.local_disk !== "true" && config.local_disk !== "false")
+      throw new InvalidSpecError(`instance ${name}: local_disk ${JSON.stringify(config.local_disk)} must be true or false`);
+    b.localDisk = config.local_disk === "true";
+  }
   if (config.run_for !== undefined) b.runForMs = parseDuration(name, "run_for", config.run_for);
   if (config.exit_code !== undefined) {
     const v = config.exit_code;

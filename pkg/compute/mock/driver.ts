@@ -62,10 +62,26 @@ export class MockDriver implements StatsDriver {
   private readonly subscribers = new Set<Subscriber>();
   private recovered?: Promise<void>;
   private closed = false;
+  private cluster = "";
 
   constructor(private readonly opts: MockDriverOptions) {
     this.store = opts.stateDir === undefined ? memoryHandles() : fileHandles(opts.stateDir);
     this.now = opts.now ?? Date.now;
+  }
+
+  setCluster(id: string): void {
+    this.cluster = id;
+  }
+
+  /** Marked by another cluster: as good as absent. */
+  private foreign(h: MockHandle | undefined): boolean {
+    return Boolean(h?.cluster && this.cluster && h.cluster !== this.cluster);
+  }
+
+  /** The handle of `name` unless another cluster's. */
+  private async read(name: string): Promise<MockHandle | undefined> {
+    const h = await this.store.read(name);
+    return this.foreign(h) ? undefined : h;
   }
 
   async fingerprint(opts: Signalled = {}): Promise<Fingerprint> {
@@ -81,6 +97,8 @@ export class MockDriver implements StatsDriver {
     await this.recover();
     return this.locked(spec.name, opts.signal, async () => {
       const existing = await this.store.read(spec.name);
+      if (existing && this.foreign(existing))
+        throw new DriverError(`instance ${spec.name} exists and belongs to cluster ${existing.cluster}, not ${this.cluster}`);
       if (existing) {
         if (existing.spec.uid !== spec.uid) {
           throw new DriverError(`instance ${spec.name} already exists with uid ${existing.spec.uid}, not ${spec.uid}`);
@@ -88,6 +106,7 @@ export class MockDriver implements StatsDriver {
         return describeHandle(existing, this.now());
       }
       const h: MockHandle = { version: HANDLE_VERSION, spec: structuredClone(spec), createdAt: this.now(), startCount: 0 };
+      if (this.cluster) h.cluster = this.cluster;
       await this.store.write(h);
       this.counters.creates++;
       return this.changed(h);
@@ -144,6 +163,8 @@ export class MockDriver implements StatsDriver {
     await this.locked(name, opts.signal, async () => {
       const h = await this.store.read(name);
       if (!h) return;
+      if (this.foreign(h))
+        throw new DriverError(`instance ${name} belongs to cluster ${h.cluster}, not ${this.cluster}; not destroying it`);
       this.disarm(name);
       await this.store.remove(name);
       this.counters.destroys++;
@@ -154,14 +175,14 @@ export class MockDriver implements StatsDriver {
     checkName(name);
     opts.signal?.throwIfAborted();
     await this.recover();
-    const h = await this.store.read(name);
+    const h = await this.read(name);
     return h ? describeHandle(h, this.now()) : undefined;
   }
 
   async list(opts: Signalled = {}): Promise<DriverInstance[]> {
     opts.signal?.throwIfAborted();
     await this.recover();
-    return (await this.handles()).map((h) => describeHandle(h, this.now()));
+    return (await this.handles()).filter((h) => !this.foreign(h)).map((h) => describeHandle(h, this.now()));
   }
 
   async stats(name: string, opts: Signalled = {}): Promise<InstanceStats> {
@@ -225,7 +246,7 @@ export class MockDriver implements StatsDriver {
   }
 
   private async mustRead(name: string): Promise<MockHandle> {
-    const h = await this.store.read(name);
+    const h = await this.read(name);
     if (!h) throw new InstanceNotFoundError(name);
     return h;
   }

@@ -32,6 +32,8 @@ export interface MockHandle {
   failedAt?: number;
   /** Successful starts over the instance's life: evidence of adoption vs re-start in tests. */
   startCount: number;
+  /** The cluster id of the ownership mark (absent: marked before marks had one). */
+  cluster?: string;
 }
 
 /** The instance as the runtime sees it at `now`. */
@@ -44,6 +46,8 @@ export function describeHandle(h: MockHandle, now: number): DriverInstance {
     addresses: [syntheticAddress(h.spec.uid)],
     details: { start_count: String(h.startCount) },
   };
+  if (h.cluster) inst.cluster = h.cluster;
+  if (b.localDisk) inst.localDisk = true;
   if (h.startedAt !== undefined) inst.startedAt = h.startedAt;
   let state: DriverState = "created";
   if (h.failedMessage !== undefined) {

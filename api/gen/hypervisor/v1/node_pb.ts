@@ -6,7 +6,7 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { TaintEffect } from "./instance_pb.js";
+import type { Instance, InstanceSpec, TaintEffect } from "./instance_pb.js";
 import { file_hypervisor_v1_instance } from "./instance_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hypervisor/v1/node.proto.
  */
 export const file_hypervisor_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChhoeXBlcnZpc29yL3YxL25vZGUucHJvdG8SDWh5cGVydmlzb3IudjEi9QQKBE5vZGUSDAoEbmFtZRgBIAEoCRIvCgZsYWJlbHMYAiADKAsyHy5oeXBlcnZpc29yLnYxLk5vZGUuTGFiZWxzRW50cnkSKgoIY2FwYWNpdHkYAyABKAsyGC5oeXBlcnZpc29yLnYxLlJlc291cmNlcxItCgthbGxvY2F0YWJsZRgEIAEoCzIYLmh5cGVydmlzb3IudjEuUmVzb3VyY2VzEioKB2RyaXZlcnMYBSADKAsyGS5oeXBlcnZpc29yLnYxLkRyaXZlckluZm8SLwoJY29uZGl0aW9uGAYgASgOMhwuaHlwZXJ2aXNvci52MS5Ob2RlQ29uZGl0aW9uEhAKCGNvcmRvbmVkGAcgASgIEhUKDWFnZW50X3ZlcnNpb24YCCABKAkSDwoHYWRkcmVzcxgJIAEoCRIxCg1yZWdpc3Rlcl90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5oZWFydGJlYXRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOaW5zdGFuY2VfY291bnQYDCABKA0SEAoIaG9zdG5hbWUYDSABKAkSCgoCb3MYDiABKAkSDAoEYXJjaBgPIAEoCRIkCgZ0YWludHMYECADKAsyFC5oeXBlcnZpc29yLnYxLlRhaW50EioKCHJlc2VydmVkGBEgASgLMhguaHlwZXJ2aXNvci52MS5SZXNvdXJjZXMSEAoIZHJhaW5pbmcYEiABKAgaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJPCgVUYWludBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSKgoGZWZmZWN0GAMgASgOMhouaHlwZXJ2aXNvci52MS5UYWludEVmZmVjdCJACglSZXNvdXJjZXMSDQoFdmNwdXMYASABKA0SEgoKbWVtb3J5X21pYhgCIAEoBBIQCghkaXNrX2dpYhgDIAEoBCKoAgoKRHJpdmVySW5mbxIMCgRuYW1lGAEgASgJEg8KB2hlYWx0aHkYAiABKAgSDwoHdmVyc2lvbhgDIAEoCRIPCgdtZXNzYWdlGAQgASgJEj0KCmF0dHJpYnV0ZXMYBSADKAsyKS5oeXBlcnZpc29yLnYxLkRyaXZlckluZm8uQXR0cmlidXRlc0VudHJ5EjcKDGNhcGFiaWxpdGllcxgGIAEoCzIhLmh5cGVydmlzb3IudjEuRHJpdmVyQ2FwYWJpbGl0aWVzEi4KC2hvc3RfYWNjZXNzGAcgASgLMhkuaHlwZXJ2aXNvci52MS5Ib3N0QWNjZXNzGjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjMKCkhvc3RBY2Nlc3MSFAoMaG9zdF9uZXR3b3JrGAEgASgIEg8KB2JyaWRnZXMYAiADKAkihgEKEkRyaXZlckNhcGFiaWxpdGllcxIPCgdjb25zb2xlGAEgASgIEg8KB2JhbGxvb24YAiABKAgSDQoFc3RhdHMYAyABKAgSEAoIc25hcHNob3QYBCABKAgSDwoHbWlncmF0ZRgFIAEoCBIMCgRsb2dzGAYgASgIEg4KBmltYWdlcxgHIAEoCCISChBMaXN0Tm9kZXNSZXF1ZXN0IjcKEUxpc3ROb2Rlc1Jlc3BvbnNlEiIKBW5vZGVzGAEgAygLMhMuaHlwZXJ2aXNvci52MS5Ob2RlIh4KDkdldE5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNAoPR2V0Tm9kZVJlc3BvbnNlEiEKBG5vZGUYASABKAsyEy5oeXBlcnZpc29yLnYxLk5vZGUiIQoRQ29yZG9uTm9kZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSI3ChJDb3Jkb25Ob2RlUmVzcG9uc2USIQoEbm9kZRgBIAEoCzITLmh5cGVydmlzb3IudjEuTm9kZSIjChNVbmNvcmRvbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiOQoUVW5jb3Jkb25Ob2RlUmVzcG9uc2USIQoEbm9kZRgBIAEoCzITLmh5cGVydmlzb3IudjEuTm9kZSIuChBEcmFpbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEbW92ZRgCIAEoCCJrChFEcmFpbk5vZGVSZXNwb25zZRIhCgRub2RlGAEgASgLMhMuaHlwZXJ2aXNvci52MS5Ob2RlEhkKEXN0b3BwZWRfaW5zdGFuY2VzGAIgAygJEhgKEG1vdmluZ19pbnN0YW5jZXMYAyADKAkqZwoNTm9kZUNvbmRpdGlvbhIeChpOT0RFX0NPTkRJVElPTl9VTlNQRUNJRklFRBAAEhgKFE5PREVfQ09ORElUSU9OX1JFQURZEAESHAoYTk9ERV9DT05ESVRJT05fTk9UX1JFQURZEAIyowMKC05vZGVTZXJ2aWNlEk4KCUxpc3ROb2RlcxIfLmh5cGVydmlzb3IudjEuTGlzdE5vZGVzUmVxdWVzdBogLmh5cGVydmlzb3IudjEuTGlzdE5vZGVzUmVzcG9uc2USSAoHR2V0Tm9kZRIdLmh5cGVydmlzb3IudjEuR2V0Tm9kZVJlcXVlc3QaHi5oeXBlcnZpc29yLnYxLkdldE5vZGVSZXNwb25zZRJRCgpDb3Jkb25Ob2RlEiAuaHlwZXJ2aXNvci52MS5Db3Jkb25Ob2RlUmVxdWVzdBohLmh5cGVydmlzb3IudjEuQ29yZG9uTm9kZVJlc3BvbnNlElcKDFVuY29yZG9uTm9kZRIiLmh5cGVydmlzb3IudjEuVW5jb3Jkb25Ob2RlUmVxdWVzdBojLmh5cGVydmlzb3IudjEuVW5jb3Jkb25Ob2RlUmVzcG9uc2USTgoJRHJhaW5Ob2RlEh8uaHlwZXJ2aXNvci52MS5EcmFpbk5vZGVSZXF1ZXN0GiAuaHlwZXJ2aXNvci52MS5EcmFpbk5vZGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_hypervisor_v1_instance]);
+  fileDesc("ChhoeXBlcnZpc29yL3YxL25vZGUucHJvdG8SDWh5cGVydmlzb3IudjEi9QQKBE5vZGUSDAoEbmFtZRgBIAEoCRIvCgZsYWJlbHMYAiADKAsyHy5oeXBlcnZpc29yLnYxLk5vZGUuTGFiZWxzRW50cnkSKgoIY2FwYWNpdHkYAyABKAsyGC5oeXBlcnZpc29yLnYxLlJlc291cmNlcxItCgthbGxvY2F0YWJsZRgEIAEoCzIYLmh5cGVydmlzb3IudjEuUmVzb3VyY2VzEioKB2RyaXZlcnMYBSADKAsyGS5oeXBlcnZpc29yLnYxLkRyaXZlckluZm8SLwoJY29uZGl0aW9uGAYgASgOMhwuaHlwZXJ2aXNvci52MS5Ob2RlQ29uZGl0aW9uEhAKCGNvcmRvbmVkGAcgASgIEhUKDWFnZW50X3ZlcnNpb24YCCABKAkSDwoHYWRkcmVzcxgJIAEoCRIxCg1yZWdpc3Rlcl90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5oZWFydGJlYXRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOaW5zdGFuY2VfY291bnQYDCABKA0SEAoIaG9zdG5hbWUYDSABKAkSCgoCb3MYDiABKAkSDAoEYXJjaBgPIAEoCRIkCgZ0YWludHMYECADKAsyFC5oeXBlcnZpc29yLnYxLlRhaW50EioKCHJlc2VydmVkGBEgASgLMhguaHlwZXJ2aXNvci52MS5SZXNvdXJjZXMSEAoIZHJhaW5pbmcYEiABKAgaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJPCgVUYWludBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSKgoGZWZmZWN0GAMgASgOMhouaHlwZXJ2aXNvci52MS5UYWludEVmZmVjdCJACglSZXNvdXJjZXMSDQoFdmNwdXMYASABKA0SEgoKbWVtb3J5X21pYhgCIAEoBBIQCghkaXNrX2dpYhgDIAEoBCKoAgoKRHJpdmVySW5mbxIMCgRuYW1lGAEgASgJEg8KB2hlYWx0aHkYAiABKAgSDwoHdmVyc2lvbhgDIAEoCRIPCgdtZXNzYWdlGAQgASgJEj0KCmF0dHJpYnV0ZXMYBSADKAsyKS5oeXBlcnZpc29yLnYxLkRyaXZlckluZm8uQXR0cmlidXRlc0VudHJ5EjcKDGNhcGFiaWxpdGllcxgGIAEoCzIhLmh5cGVydmlzb3IudjEuRHJpdmVyQ2FwYWJpbGl0aWVzEi4KC2hvc3RfYWNjZXNzGAcgASgLMhkuaHlwZXJ2aXNvci52MS5Ib3N0QWNjZXNzGjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjMKCkhvc3RBY2Nlc3MSFAoMaG9zdF9uZXR3b3JrGAEgASgIEg8KB2JyaWRnZXMYAiADKAkihgEKEkRyaXZlckNhcGFiaWxpdGllcxIPCgdjb25zb2xlGAEgASgIEg8KB2JhbGxvb24YAiABKAgSDQoFc3RhdHMYAyABKAgSEAoIc25hcHNob3QYBCABKAgSDwoHbWlncmF0ZRgFIAEoCBIMCgRsb2dzGAYgASgIEg4KBmltYWdlcxgHIAEoCCISChBMaXN0Tm9kZXNSZXF1ZXN0IjcKEUxpc3ROb2Rlc1Jlc3BvbnNlEiIKBW5vZGVzGAEgAygLMhMuaHlwZXJ2aXNvci52MS5Ob2RlIh4KDkdldE5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNAoPR2V0Tm9kZVJlc3BvbnNlEiEKBG5vZGUYASABKAsyEy5oeXBlcnZpc29yLnYxLk5vZGUiIQoRQ29yZG9uTm9kZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSI3ChJDb3Jkb25Ob2RlUmVzcG9uc2USIQoEbm9kZRgBIAEoCzITLmh5cGVydmlzb3IudjEuTm9kZSIjChNVbmNvcmRvbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiOQoUVW5jb3Jkb25Ob2RlUmVzcG9uc2USIQoEbm9kZRgBIAEoCzITLmh5cGVydmlzb3IudjEuTm9kZSIuChBEcmFpbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEbW92ZRgCIAEoCCKFAQoRRHJhaW5Ob2RlUmVzcG9uc2USIQoEbm9kZRgBIAEoCzITLmh5cGVydmlzb3IudjEuTm9kZRIZChFzdG9wcGVkX2luc3RhbmNlcxgCIAMoCRIYChBtb3ZpbmdfaW5zdGFuY2VzGAMgAygJEhgKEHBpbm5lZF9pbnN0YW5jZXMYBCADKAki+wIKBk9ycGhhbhIMCgRuYW1lGAEgASgJEgsKA3VpZBgCIAEoCRIOCgZkcml2ZXIYAyABKAkSDQoFc3RhdGUYBCABKAkSKwoGcmVhc29uGAUgASgOMhsuaHlwZXJ2aXNvci52MS5PcnBoYW5SZWFzb24SDwoHbWVzc2FnZRgGIAEoCRITCgtwbGFjZWRfbm9kZRgHIAEoCRIpCgRzcGVjGAggASgLMhsuaHlwZXJ2aXNvci52MS5JbnN0YW5jZVNwZWMSEgoKbG9jYWxfZGlzaxgJIAEoCBITCgtsZWdhY3lfbWFyaxgKIAEoCBIuCgpmb3VuZF90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCgZsYWJlbHMYDCADKAsyIS5oeXBlcnZpc29yLnYxLk9ycGhhbi5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIiIKEkxpc3RPcnBoYW5zUmVxdWVzdBIMCgRub2RlGAEgASgJIj0KE0xpc3RPcnBoYW5zUmVzcG9uc2USJgoHb3JwaGFucxgBIAMoCzIVLmh5cGVydmlzb3IudjEuT3JwaGFuIjAKEkFkb3B0T3JwaGFuUmVxdWVzdBIMCgRub2RlGAEgASgJEgwKBG5hbWUYAiABKAkiQAoTQWRvcHRPcnBoYW5SZXNwb25zZRIpCghpbnN0YW5jZRgBIAEoCzIXLmh5cGVydmlzb3IudjEuSW5zdGFuY2UiMAoSUHVyZ2VPcnBoYW5SZXF1ZXN0EgwKBG5vZGUYASABKAkSDAoEbmFtZRgCIAEoCSIVChNQdXJnZU9ycGhhblJlc3BvbnNlKmcKDU5vZGVDb25kaXRpb24SHgoaTk9ERV9DT05ESVRJT05fVU5TUEVDSUZJRUQQABIYChROT0RFX0NPTkRJVElPTl9SRUFEWRABEhwKGE5PREVfQ09ORElUSU9OX05PVF9SRUFEWRACKoABCgxPcnBoYW5SZWFzb24SHQoZT1JQSEFOX1JFQVNPTl9VTlNQRUNJRklFRBAAEhkKFU9SUEhBTl9SRUFTT05fVU5LTk9XThABEhgKFE9SUEhBTl9SRUFTT05fRkVOQ0VEEAISHAoYT1JQSEFOX1JFQVNPTl9OQU1FX1RBS0VOEAMypQUKC05vZGVTZXJ2aWNlEk4KCUxpc3ROb2RlcxIfLmh5cGVydmlzb3IudjEuTGlzdE5vZGVzUmVxdWVzdBogLmh5cGVydmlzb3IudjEuTGlzdE5vZGVzUmVzcG9uc2USSAoHR2V0Tm9kZRIdLmh5cGVydmlzb3IudjEuR2V0Tm9kZVJlcXVlc3QaHi5oeXBlcnZpc29yLnYxLkdldE5vZGVSZXNwb25zZRJRCgpDb3Jkb25Ob2RlEiAuaHlwZXJ2aXNvci52MS5Db3Jkb25Ob2RlUmVxdWVzdBohLmh5cGVydmlzb3IudjEuQ29yZG9uTm9kZVJlc3BvbnNlElcKDFVuY29yZG9uTm9kZRIiLmh5cGVydmlzb3IudjEuVW5jb3Jkb25Ob2RlUmVxdWVzdBojLmh5cGVydmlzb3IudjEuVW5jb3Jkb25Ob2RlUmVzcG9uc2USTgoJRHJhaW5Ob2RlEh8uaHlwZXJ2aXNvci52MS5EcmFpbk5vZGVSZXF1ZXN0GiAuaHlwZXJ2aXNvci52MS5EcmFpbk5vZGVSZXNwb25zZRJUCgtMaXN0T3JwaGFucxIhLmh5cGVydmlzb3IudjEuTGlzdE9ycGhhbnNSZXF1ZXN0GiIuaHlwZXJ2aXNvci52MS5MaXN0T3JwaGFuc1Jlc3BvbnNlElQKC0Fkb3B0T3JwaGFuEiEuaHlwZXJ2aXNvci52MS5BZG9wdE9ycGhhblJlcXVlc3QaIi5oeXBlcnZpc29yLnYxLkFkb3B0T3JwaGFuUmVzcG9uc2USVAoLUHVyZ2VPcnBoYW4SIS5oeXBlcnZpc29yLnYxLlB1cmdlT3JwaGFuUmVxdWVzdBoiLmh5cGVydmlzb3IudjEuUHVyZ2VPcnBoYW5SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_hypervisor_v1_instance]);
 
 /**
  * A Node is one compute host run by a hypervisor-agent. The agent writes the record; the server
@@ -491,6 +491,14 @@ export type DrainNodeResponse = Message<"hypervisor.v1.DrainNodeResponse"> & {
    * @generated from field: repeated string moving_instances = 3;
    */
   movingInstances: string[];
+
+  /**
+   * With move: instances that stay, because their disk is local to the node and not declared
+   * ephemeral (InstanceSpec.ephemeral_disks); the node stays draining until they are gone.
+   *
+   * @generated from field: repeated string pinned_instances = 4;
+   */
+  pinnedInstances: string[];
 };
 
 /**
@@ -499,6 +507,201 @@ export type DrainNodeResponse = Message<"hypervisor.v1.DrainNodeResponse"> & {
  */
 export const DrainNodeResponseSchema: GenMessage<DrainNodeResponse> = /*@__PURE__*/
   messageDesc(file_hypervisor_v1_node, 15);
+
+/**
+ * An instance a node's driver runs (or keeps stopped) that is not assigned to that node.
+ * Written by the node's agent under /hypervisor/v1/orphans/<node>/<name>.
+ *
+ * @generated from message hypervisor.v1.Orphan
+ */
+export type Orphan = Message<"hypervisor.v1.Orphan"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string uid = 2;
+   */
+  uid: string;
+
+  /**
+   * @generated from field: string driver = 3;
+   */
+  driver: string;
+
+  /**
+   * The driver's state: running, stopped, exited, created, failed.
+   *
+   * @generated from field: string state = 4;
+   */
+  state: string;
+
+  /**
+   * @generated from field: hypervisor.v1.OrphanReason reason = 5;
+   */
+  reason: OrphanReason;
+
+  /**
+   * What the agent found and did, for people.
+   *
+   * @generated from field: string message = 6;
+   */
+  message: string;
+
+  /**
+   * Where the cluster places the instance with this uid (FENCED only; empty while it is Pending).
+   *
+   * @generated from field: string placed_node = 7;
+   */
+  placedNode: string;
+
+  /**
+   * The instance as this agent last ran it, when it knows (adopt restores it); else only driver.
+   *
+   * @generated from field: hypervisor.v1.InstanceSpec spec = 8;
+   */
+  spec?: InstanceSpec | undefined;
+
+  /**
+   * Destroying it deletes a disk that only this node holds.
+   *
+   * @generated from field: bool local_disk = 9;
+   */
+  localDisk: boolean;
+
+  /**
+   * Marked without a cluster id (made before marks had one).
+   *
+   * @generated from field: bool legacy_mark = 10;
+   */
+  legacyMark: boolean;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp found_time = 11;
+   */
+  foundTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: map<string, string> labels = 12;
+   */
+  labels: { [key: string]: string };
+};
+
+/**
+ * Describes the message hypervisor.v1.Orphan.
+ * Use `create(OrphanSchema)` to create a new message.
+ */
+export const OrphanSchema: GenMessage<Orphan> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_node, 16);
+
+/**
+ * @generated from message hypervisor.v1.ListOrphansRequest
+ */
+export type ListOrphansRequest = Message<"hypervisor.v1.ListOrphansRequest"> & {
+  /**
+   * @generated from field: string node = 1;
+   */
+  node: string;
+};
+
+/**
+ * Describes the message hypervisor.v1.ListOrphansRequest.
+ * Use `create(ListOrphansRequestSchema)` to create a new message.
+ */
+export const ListOrphansRequestSchema: GenMessage<ListOrphansRequest> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_node, 17);
+
+/**
+ * @generated from message hypervisor.v1.ListOrphansResponse
+ */
+export type ListOrphansResponse = Message<"hypervisor.v1.ListOrphansResponse"> & {
+  /**
+   * @generated from field: repeated hypervisor.v1.Orphan orphans = 1;
+   */
+  orphans: Orphan[];
+};
+
+/**
+ * Describes the message hypervisor.v1.ListOrphansResponse.
+ * Use `create(ListOrphansResponseSchema)` to create a new message.
+ */
+export const ListOrphansResponseSchema: GenMessage<ListOrphansResponse> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_node, 18);
+
+/**
+ * @generated from message hypervisor.v1.AdoptOrphanRequest
+ */
+export type AdoptOrphanRequest = Message<"hypervisor.v1.AdoptOrphanRequest"> & {
+  /**
+   * @generated from field: string node = 1;
+   */
+  node: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message hypervisor.v1.AdoptOrphanRequest.
+ * Use `create(AdoptOrphanRequestSchema)` to create a new message.
+ */
+export const AdoptOrphanRequestSchema: GenMessage<AdoptOrphanRequest> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_node, 19);
+
+/**
+ * @generated from message hypervisor.v1.AdoptOrphanResponse
+ */
+export type AdoptOrphanResponse = Message<"hypervisor.v1.AdoptOrphanResponse"> & {
+  /**
+   * @generated from field: hypervisor.v1.Instance instance = 1;
+   */
+  instance?: Instance | undefined;
+};
+
+/**
+ * Describes the message hypervisor.v1.AdoptOrphanResponse.
+ * Use `create(AdoptOrphanResponseSchema)` to create a new message.
+ */
+export const AdoptOrphanResponseSchema: GenMessage<AdoptOrphanResponse> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_node, 20);
+
+/**
+ * @generated from message hypervisor.v1.PurgeOrphanRequest
+ */
+export type PurgeOrphanRequest = Message<"hypervisor.v1.PurgeOrphanRequest"> & {
+  /**
+   * @generated from field: string node = 1;
+   */
+  node: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message hypervisor.v1.PurgeOrphanRequest.
+ * Use `create(PurgeOrphanRequestSchema)` to create a new message.
+ */
+export const PurgeOrphanRequestSchema: GenMessage<PurgeOrphanRequest> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_node, 21);
+
+/**
+ * @generated from message hypervisor.v1.PurgeOrphanResponse
+ */
+export type PurgeOrphanResponse = Message<"hypervisor.v1.PurgeOrphanResponse"> & {
+};
+
+/**
+ * Describes the message hypervisor.v1.PurgeOrphanResponse.
+ * Use `create(PurgeOrphanResponseSchema)` to create a new message.
+ */
+export const PurgeOrphanResponseSchema: GenMessage<PurgeOrphanResponse> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_node, 22);
 
 /**
  * @generated from enum hypervisor.v1.NodeCondition
@@ -525,6 +728,46 @@ export enum NodeCondition {
  */
 export const NodeConditionSchema: GenEnum<NodeCondition> = /*@__PURE__*/
   enumDesc(file_hypervisor_v1_node, 0);
+
+/**
+ * @generated from enum hypervisor.v1.OrphanReason
+ */
+export enum OrphanReason {
+  /**
+   * @generated from enum value: ORPHAN_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The store has no instance with this uid (a wiped or restored store, or one deleted while the
+   * node was away): left as it is.
+   *
+   * @generated from enum value: ORPHAN_REASON_UNKNOWN = 1;
+   */
+  UNKNOWN = 1,
+
+  /**
+   * The store has the same instance (same uid) placed elsewhere or waiting for a node: stopped,
+   * so two copies never run at once.
+   *
+   * @generated from enum value: ORPHAN_REASON_FENCED = 2;
+   */
+  FENCED = 2,
+
+  /**
+   * Another instance of the same name is assigned to this node: the orphan keeps the name, and
+   * the new instance fails until the orphan is purged.
+   *
+   * @generated from enum value: ORPHAN_REASON_NAME_TAKEN = 3;
+   */
+  NAME_TAKEN = 3,
+}
+
+/**
+ * Describes the enum hypervisor.v1.OrphanReason.
+ */
+export const OrphanReasonSchema: GenEnum<OrphanReason> = /*@__PURE__*/
+  enumDesc(file_hypervisor_v1_node, 1);
 
 /**
  * @generated from service hypervisor.v1.NodeService
@@ -571,6 +814,37 @@ export const NodeService: GenService<{
     methodKind: "unary";
     input: typeof DrainNodeRequestSchema;
     output: typeof DrainNodeResponseSchema;
+  },
+  /**
+   * Instances a node's agent found in its drivers without an assignment there (docs/architecture.md,
+   * "Data safety"): never deleted by the agent, listed here until an operator adopts or purges them.
+   *
+   * @generated from rpc hypervisor.v1.NodeService.ListOrphans
+   */
+  listOrphans: {
+    methodKind: "unary";
+    input: typeof ListOrphansRequestSchema;
+    output: typeof ListOrphansResponseSchema;
+  },
+  /**
+   * Makes an orphan an instance of the cluster again, placed on its node, with its disks as they are.
+   *
+   * @generated from rpc hypervisor.v1.NodeService.AdoptOrphan
+   */
+  adoptOrphan: {
+    methodKind: "unary";
+    input: typeof AdoptOrphanRequestSchema;
+    output: typeof AdoptOrphanResponseSchema;
+  },
+  /**
+   * Destroys an orphan and its disks. The only way, with DeleteInstance, that a guest's disk goes.
+   *
+   * @generated from rpc hypervisor.v1.NodeService.PurgeOrphan
+   */
+  purgeOrphan: {
+    methodKind: "unary";
+    input: typeof PurgeOrphanRequestSchema;
+    output: typeof PurgeOrphanResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_hypervisor_v1_node, 0);

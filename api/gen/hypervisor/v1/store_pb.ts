@@ -4,6 +4,8 @@
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { ConsoleKind } from "./console_pb.js";
 import { file_hypervisor_v1_console } from "./console_pb.js";
 import type { Instance } from "./instance_pb.js";
@@ -16,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hypervisor/v1/store.proto.
  */
 export const file_hypervisor_v1_store: GenFile = /*@__PURE__*/
-  fileDesc("ChloeXBlcnZpc29yL3YxL3N0b3JlLnByb3RvEg1oeXBlcnZpc29yLnYxIjcKCkFzc2lnbm1lbnQSKQoIaW5zdGFuY2UYASABKAsyFy5oeXBlcnZpc29yLnYxLkluc3RhbmNlIpUBCgpBbGxvY2F0aW9uEjsKCWluc3RhbmNlcxgBIAMoCzIoLmh5cGVydmlzb3IudjEuQWxsb2NhdGlvbi5JbnN0YW5jZXNFbnRyeRpKCg5JbnN0YW5jZXNFbnRyeRILCgNrZXkYASABKAkSJwoFdmFsdWUYAiABKAsyGC5oeXBlcnZpc29yLnYxLlJlc291cmNlczoCOAEiPwoITGl2ZW5lc3MSDAoEbm9kZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoAxITCgt0dGxfc2Vjb25kcxgDIAEoAyIrCg1BZ2VudEVuZHBvaW50EgsKA3VybBgBIAEoCRINCgV0b2tlbhgCIAEoCSKEAQoTQ29uc29sZVRpY2tldFJlY29yZBIQCghpbnN0YW5jZRgBIAEoCRILCgN1aWQYAiABKAkSKAoEa2luZBgDIAEoDjIaLmh5cGVydmlzb3IudjEuQ29uc29sZUtpbmQSDAoEbm9kZRgEIAEoCRIWCg5leHBpcmVfdW5peF9tcxgFIAEoA2IGcHJvdG8z", [file_hypervisor_v1_console, file_hypervisor_v1_instance, file_hypervisor_v1_node]);
+  fileDesc("ChloeXBlcnZpc29yL3YxL3N0b3JlLnByb3RvEg1oeXBlcnZpc29yLnYxIjcKCkFzc2lnbm1lbnQSKQoIaW5zdGFuY2UYASABKAsyFy5oeXBlcnZpc29yLnYxLkluc3RhbmNlIpUBCgpBbGxvY2F0aW9uEjsKCWluc3RhbmNlcxgBIAMoCzIoLmh5cGVydmlzb3IudjEuQWxsb2NhdGlvbi5JbnN0YW5jZXNFbnRyeRpKCg5JbnN0YW5jZXNFbnRyeRILCgNrZXkYASABKAkSJwoFdmFsdWUYAiABKAsyGC5oeXBlcnZpc29yLnYxLlJlc291cmNlczoCOAEiPwoITGl2ZW5lc3MSDAoEbm9kZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoAxITCgt0dGxfc2Vjb25kcxgDIAEoAyIrCg1BZ2VudEVuZHBvaW50EgsKA3VybBgBIAEoCRINCgV0b2tlbhgCIAEoCSKEAQoTQ29uc29sZVRpY2tldFJlY29yZBIQCghpbnN0YW5jZRgBIAEoCRILCgN1aWQYAiABKAkSKAoEa2luZBgDIAEoDjIaLmh5cGVydmlzb3IudjEuQ29uc29sZUtpbmQSDAoEbm9kZRgEIAEoCRIWCg5leHBpcmVfdW5peF9tcxgFIAEoAyJOCg9DbHVzdGVySWRlbnRpdHkSCgoCaWQYASABKAkSLwoLY3JlYXRlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wYgZwcm90bzM", [file_google_protobuf_timestamp, file_hypervisor_v1_console, file_hypervisor_v1_instance, file_hypervisor_v1_node]);
 
 /**
  * /hypervisor/v1/assignments/<node>/<uid>: what a node must run, written by the scheduler and
@@ -154,4 +156,31 @@ export type ConsoleTicketRecord = Message<"hypervisor.v1.ConsoleTicketRecord"> &
  */
 export const ConsoleTicketRecordSchema: GenMessage<ConsoleTicketRecord> = /*@__PURE__*/
   messageDesc(file_hypervisor_v1_store, 4);
+
+/**
+ * /hypervisor/v1/cluster: the cluster's identity, written once by the first server or agent that
+ * finds none (a txn that compares the key absent). Agents mark the instances they create with
+ * this id, so a second cluster on the same machine (another store, the same node name) never
+ * takes them for its own.
+ *
+ * @generated from message hypervisor.v1.ClusterIdentity
+ */
+export type ClusterIdentity = Message<"hypervisor.v1.ClusterIdentity"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp create_time = 2;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message hypervisor.v1.ClusterIdentity.
+ * Use `create(ClusterIdentitySchema)` to create a new message.
+ */
+export const ClusterIdentitySchema: GenMessage<ClusterIdentity> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_store, 5);
 

@@ -11,12 +11,12 @@
  */
 import type { DescMessage, Message } from "@bufbuild/protobuf";
 import { type Instance, InstanceSchema } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { ENV_KEY_RE, LIMITS } from "../../pkg/validation/index.js";
 import { invalid, show } from "./validate.js";
 
 export const REDACTED = "(redacted)";
-const ENV_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
-const MAX_ENTRIES = 256;
-const MAX_VALUE_BYTES = 4096;
+const MAX_ENTRIES = LIMITS.maxMapEntries;
+const MAX_VALUE_BYTES = LIMITS.maxStringBytes;
 
 export function validateSecretEnv(field: string, secret: Record<string, string>, env: Record<string, string>): void {
   const entries = Object.entries(secret);

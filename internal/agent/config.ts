@@ -10,6 +10,7 @@ import { createContainerdDriver, DEFAULT_PIDS_LIMIT } from "../../pkg/compute/co
 import { createLibvirtDriver, parseNetwork } from "../../pkg/compute/libvirt/index.js";
 import { createMockDriver } from "../../pkg/compute/mock/index.js";
 import { ConfigError, type ConfigOf, type Schema } from "../../pkg/config/index.js";
+import { etcdSchema } from "../../pkg/cluster/etcd/index.js";
 import type { OperationDeadlines } from "./deadlines.js";
 
 export const agentSchema = {
@@ -18,22 +19,7 @@ export const agentSchema = {
     default: defaultNodeName(),
     description: "name of this node in the cluster (DNS label); empty: the hostname",
   },
-  "etcd-endpoints": { type: "string[]", default: ["http://127.0.0.1:2379"], description: "etcd client URLs, comma-separated" },
-  "etcd-ca-file": { type: "string", default: "", description: "CA certificate (PEM) to verify etcd; empty: no TLS" },
-  "etcd-cert-file": { type: "string", default: "", description: "client certificate (PEM) for etcd" },
-  "etcd-key-file": { type: "string", default: "", description: "client key (PEM) for etcd" },
-  "etcd-username": { type: "string", default: "", description: "etcd user; empty: no authentication" },
-  "etcd-password": {
-    type: "string",
-    default: "",
-    description: "etcd password (config file or HYPERVISOR_ETCD_PASSWORD only: never a flag)",
-    secret: true,
-  },
-  "etcd-password-file": {
-    type: "string",
-    default: "",
-    description: "file whose first line is the etcd password (wins over etcd-password)",
-  },
+  ...etcdSchema,
   "heartbeat-ttl": {
     type: "number",
     default: 10,

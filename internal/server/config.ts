@@ -2,6 +2,7 @@
  * The server's settings (configs/server.yaml documents each one). YAML keys are the flag names:
  * `listen: 0.0.0.0:7070` is `--listen 0.0.0.0:7070` is HYPERVISOR_LISTEN=0.0.0.0:7070.
  */
+import { etcdSchema } from "../../pkg/cluster/etcd/index.js";
 import { ConfigError, type ConfigOf, type Schema } from "../../pkg/config/index.js";
 import type { Algorithm } from "./scheduler.js";
 
@@ -12,26 +13,7 @@ export const serverSchema = {
     description: "HOST:PORT of the API (gRPC, gRPC-Web, Connect), /metrics and /healthz",
   },
   store: { type: "string", default: "embedded", description: "cluster state: etcd or embedded (one machine, kept in data-dir)" },
-  "etcd-endpoints": {
-    type: "string[]",
-    default: ["http://127.0.0.1:2379"],
-    description: "etcd client URLs, comma-separated (store: etcd)",
-  },
-  "etcd-ca-file": { type: "string", default: "", description: "CA certificate (PEM) to verify etcd; empty: no TLS" },
-  "etcd-cert-file": { type: "string", default: "", description: "client certificate (PEM) for etcd" },
-  "etcd-key-file": { type: "string", default: "", description: "client key (PEM) for etcd" },
-  "etcd-username": { type: "string", default: "", description: "etcd user; empty: no authentication" },
-  "etcd-password": {
-    type: "string",
-    default: "",
-    description: "etcd password (config file or HYPERVISOR_ETCD_PASSWORD only: never a flag)",
-    secret: true,
-  },
-  "etcd-password-file": {
-    type: "string",
-    default: "",
-    description: "file whose first line is the etcd password (wins over etcd-password)",
-  },
+  ...etcdSchema,
   "data-dir": { type: "string", default: "/var/lib/hypervisor/server", description: "embedded store (and --dev agent state)" },
   "scheduler-algorithm": { type: "string", default: "binpack", description: "placement: binpack (fill nodes first) or spread (even load)" },
   "server-id": { type: "string", default: "", description: "identity of this replica in leader election; empty: random per start" },

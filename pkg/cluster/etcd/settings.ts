@@ -4,10 +4,34 @@
  */
 import { readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
-import { ConfigError } from "../../config/index.js";
+import { ConfigError, type Schema } from "../../config/index.js";
 import type { Logger } from "../../log/index.js";
 import type { Store } from "../store/index.js";
 import type { EtcdStoreOptions } from "./etcd-store.js";
+
+/** The etcd settings of every binary that talks to etcd, as config keys (configs/*.yaml). */
+export const etcdSchema = {
+  "etcd-endpoints": {
+    type: "string[]",
+    default: ["http://127.0.0.1:2379"],
+    description: "etcd client URLs, comma-separated (the server's with store: etcd)",
+  },
+  "etcd-ca-file": { type: "string", default: "", description: "CA certificate (PEM) to verify etcd; empty: no TLS" },
+  "etcd-cert-file": { type: "string", default: "", description: "client certificate (PEM) for etcd" },
+  "etcd-key-file": { type: "string", default: "", description: "client key (PEM) for etcd" },
+  "etcd-username": { type: "string", default: "", description: "etcd user; empty: no authentication" },
+  "etcd-password": {
+    type: "string",
+    default: "",
+    description: "etcd password (config file or HYPERVISOR_ETCD_PASSWORD only: never a flag)",
+    secret: true,
+  },
+  "etcd-password-file": {
+    type: "string",
+    default: "",
+    description: "file whose first line is the etcd password (wins over etcd-password)",
+  },
+} satisfies Schema;
 
 export interface EtcdSettings {
   etcdEndpoints: string[];

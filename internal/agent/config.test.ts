@@ -90,6 +90,12 @@ describe("agent config", () => {
         e instanceof ConfigError && /^libvirt-network: "bridge:br0" names a bridge that allowed-bridges does not list/.test(e.message),
     );
     assert.throws(
+      () => buildDrivers(["libvirt"], dir, {}, { ...base, libvirtNetwork: "user" }),
+      (e: Error) =>
+        e instanceof ConfigError && /^libvirt-network: user-mode networking lets every VM reach this node's loopback/.test(e.message),
+    );
+    assert.equal(config.libvirtNetwork, "none", "VMs get no NIC unless the node says otherwise");
+    assert.throws(
       () => buildDrivers(["mock"], dir, {}, { ...base, allowedBridges: ["br0;rm"] }),
       (e: Error) => e instanceof ConfigError && e.message === 'allowed-bridges: "br0;rm" is not an interface name',
     );
@@ -110,7 +116,8 @@ describe("agent config", () => {
       drivers.map((d) => [d.name, d.hostAccess]),
       [
         ["containerd", { hostNetwork: true, bridges: [] }],
-        ["libvirt", { hostNetwork: false, bridges: ["br0"] }],
+        // allow-host-network also lets VMs use QEMU's user network, which reaches the node's loopback.
+        ["libvirt", { hostNetwork: true, bridges: ["br0"] }],
         ["mock", undefined],
       ],
     );

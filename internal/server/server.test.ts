@@ -238,7 +238,7 @@ for (const kind of ["embedded", "etcd"] as const)
           "unknown config key",
           { name: "x", spec: { ...good, driverConfig: { foo: "1" } } },
           Code.InvalidArgument,
-          /^spec\.driver_config\["foo"\]: unknown key for the mock driver \(known: run_for, exit_code, start_error, start_delay, stop_delay\)$/,
+          /^spec\.driver_config\["foo"\]: unknown key for the mock driver \(known: run_for, exit_code, start_error, start_delay, stop_delay, local_disk\)$/,
         ],
         [
           "config key of another driver",

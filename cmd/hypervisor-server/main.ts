@@ -42,7 +42,8 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
     store = etcd;
   } else {
     try {
-      await mkdir(dataDir, { recursive: true, mode: 0o700 });
+      // 0711: the store below it is 0700 itself; a --dev agent's VM disks below it must be reachable by QEMU.
+      await mkdir(dataDir, { recursive: true, mode: 0o711 });
       store = await openEmbeddedStore(join(dataDir, "store"));
     } catch (e) {
       log.error({ err: e, dataDir }, "cannot open the embedded store");

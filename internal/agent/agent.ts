@@ -174,9 +174,11 @@ export class Agent {
     // settles): more than the default ten at once is normal. (Not 0: Node 20's getMaxListeners,
     // which the etcd store calls on the same signal, throws on an EventTarget set to 0.)
     setMaxListeners(10_000, s);
-    // Its state (driver handles, spooled uploads) is the node's own: no other user reads it.
-    await mkdir(this.opts.dataDir, { recursive: true, mode: 0o700 });
-    await chmod(this.opts.dataDir, 0o700);
+    // Its state is the node's own: no other user lists it. Searchable (0711), not 0700, because
+    // QEMU runs as its own user and must reach the VM disks under libvirt/; what holds secrets
+    // (specs/, the upload spool) is 0700 with 0600 files of its own.
+    await mkdir(this.opts.dataDir, { recursive: true, mode: 0o711 });
+    await chmod(this.opts.dataDir, 0o711);
     // Before any driver call: from here on the drivers never see another cluster's instances.
     this.cluster = await clusterId(this.opts.store, { signal: s });
     for (const d of this.opts.drivers) d.setCluster(this.cluster);

@@ -3,10 +3,16 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, createContextValues, createHandlerContext, type HandlerContext } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { ConsoleKind, ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
-import { EventType, InstanceService, type WatchInstancesResponse } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import {
+  EventType,
+  InstanceService,
+  WatchInstancesRequestSchema,
+  type WatchInstancesResponse,
+} from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
 import { clientAddress, ClientLimits } from "./client-limits.js";
 import { instanceService } from "./instance-service.js";
@@ -120,7 +126,7 @@ describe("client limits in the server", () => {
     const impl = instanceService(server.ctx);
     const abort = new AbortController();
     const watch = impl.watchInstances(
-      { $typeName: "hypervisor.v1.WatchInstancesRequest" },
+      create(WatchInstancesRequestSchema),
       hctxFor("10.9.9.9", abort.signal),
     ) as AsyncGenerator<WatchInstancesResponse>;
     assert.equal(await nextType(watch), EventType.SYNCED);

@@ -39,6 +39,7 @@ import {
 } from "../../pkg/cluster/store/index.js";
 import { AsyncQueue } from "./async-queue.js";
 import { validateSecretEnv } from "./secret-env.js";
+import { WatchHistory } from "./watch-history.js";
 import type { ServerContext } from "./context.js";
 import { nodeView, placedViews, placementRequest } from "./placement-input.js";
 import { drainPin } from "./drain-controller.js";
@@ -89,6 +90,8 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
   const { store } = ctx;
   // Creates that arrive together reach etcd together (group commit).
   const creates = new GroupCommit(store);
+  /** Deletions for resumed watches; made at the first watch, once the informers have their copy. */
+  let history: WatchHistory | undefined;
 
   async function read(name: string, signal: AbortSignal): Promise<{ instance: Instance; rev: number }> {
     validateName("name", name);
@@ -428,6 +431,14 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
 
     async *watchInstances(req, hctx: HandlerContext) {
       const match = matcher(req.filter);
+      const resume = Number(req.resumeRevision);
+      if (resume < 0) throw invalid("resume_revision", `${req.resumeRevision} is negative`);
+      history ??= new WatchHistory(ctx.informers);
+      if (resume > 0 && (resume < history.coveredFrom || resume > history.current))
+        throw new ConnectError(
+          `resume_revision: ${resume} is outside this server's watch history (${history.coveredFrom} to ${history.current}); watch again without it for the whole list`,
+          Code.OutOfRange,
+        );
       const release = ctx.clientLimits.hold(hctx, "watch");
       const { instances, statuses } = ctx.informers;
       const queue = new AsyncQueue<WatchInstancesResponse>();
@@ -438,7 +449,7 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
         if (queue.size > limit)
           queue.fail(
             new ConnectError(
-              `the watch fell ${queue.size} messages behind (at most ${ctx.clientLimits.settings.watchBacklog}); read faster, or watch again for a fresh list`,
+              `the watch fell ${queue.size} messages behind (at most ${ctx.clientLimits.settings.watchBacklog}); read faster, and resume from the last revision received`,
               Code.ResourceExhausted,
             ),
           );
@@ -450,26 +461,51 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
         const status = statuses.get(keys.status(name))?.value;
         return i && match(i, status) ? merged(i, status) : undefined;
       };
-      const update = (name: string) => {
+      const event = (type: EventType, instance: Instance, revision: number) =>
+        create(WatchInstancesResponseSchema, { type, instance, revision: BigInt(revision) });
+      const update = (name: string, revision: number) => {
         const now = current(name);
         const before = sent.get(name);
         if (now) {
           if (before && equals(InstanceSchema, before, now)) return;
           sent.set(name, now);
-          push(create(WatchInstancesResponseSchema, { type: before ? EventType.MODIFIED : EventType.ADDED, instance: now }));
+          push(event(before ? EventType.MODIFIED : EventType.ADDED, now, revision));
         } else if (before) {
           sent.delete(name);
-          push(create(WatchInstancesResponseSchema, { type: EventType.DELETED, instance: before }));
+          push(event(EventType.DELETED, before, revision));
         }
       };
+      /** Resuming: what the watcher already has (unchanged since `resume`), and what to tell it. */
+      const catchUp = (revision: number) => {
+        const gone = history!.deletedSince(resume);
+        for (const key of [...instances.items.keys()].sort()) {
+          const name = key.slice(keys.instances.length);
+          const changed =
+            gone.has(name) || instances.get(key)!.modRevision > resume || (statuses.get(keys.status(name))?.modRevision ?? 0) > resume;
+          const now = current(name);
+          if (!changed) {
+            if (now) sent.set(name, now);
+            continue;
+          }
+          gone.delete(name);
+          if (now) {
+            sent.set(name, now);
+            push(event(EventType.MODIFIED, now, revision));
+          } else push(event(EventType.DELETED, create(InstanceSchema, { name }), revision));
+        }
+        // Gone for good since then: the watcher may still have them.
+        for (const name of [...gone].sort()) push(event(EventType.DELETED, create(InstanceSchema, { name }), revision));
+      };
       // Subscribing and reading the initial copy happen in one tick, so nothing falls between.
-      const offA = instances.subscribe((ev) => update(ev.key.slice(keys.instances.length)));
-      const offB = statuses.subscribe((ev) => update(ev.key.slice(keys.statuses.length)));
+      const offA = instances.subscribe((ev) => update(ev.key.slice(keys.instances.length), ev.revision));
+      const offB = statuses.subscribe((ev) => update(ev.key.slice(keys.statuses.length), ev.revision));
       const onAbort = () => queue.close();
       hctx.signal.addEventListener("abort", onAbort, { once: true });
       try {
-        for (const key of [...instances.items.keys()].sort()) update(key.slice(keys.instances.length));
-        queue.push(create(WatchInstancesResponseSchema, { type: EventType.SYNCED }));
+        const now = history.current;
+        if (resume > 0) catchUp(now);
+        else for (const key of [...instances.items.keys()].sort()) update(key.slice(keys.instances.length), now);
+        queue.push(create(WatchInstancesResponseSchema, { type: EventType.SYNCED, revision: BigInt(now) }));
         limit = queue.size + ctx.clientLimits.settings.watchBacklog;
         for await (const msg of queue) yield msg;
       } finally {

@@ -20,13 +20,14 @@ import {
   RestartPolicy,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeSchema, type Orphan, OrphanReason, OrphanSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
-import { AgentEndpointSchema, AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { AgentEndpointSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { setCordoned } from "../../pkg/cluster/registry/index.js";
 import { keys, openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
 import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
 import { createMockDriver, type MockDriver } from "../../pkg/compute/mock/index.js";
 import { startEtcd } from "../../test/support/etcd.js";
 import { Agent, RESTART_LABEL, toDriverSpec } from "./index.js";
+import { assign, change } from "../../test/support/assignments.js";
 
 const DEADLINE_MS = 20_000;
 
@@ -68,21 +69,6 @@ function newInstance(
     },
     status: { phase: Phase.SCHEDULED, node },
   });
-}
-
-async function assign(store: Store, node: string, inst: Instance): Promise<void> {
-  await store.put(keys.assignment(node, inst.name), toBinary(AssignmentSchema, create(AssignmentSchema, { instance: inst })));
-}
-
-/** Changes the assigned instance as the API does: edit, bump the generation, rewrite. */
-async function change(store: Store, node: string, name: string, edit: (i: Instance) => void): Promise<Instance> {
-  const kv = await store.get(keys.assignment(node, name));
-  assert.ok(kv, `assignment ${name} exists`);
-  const inst = fromBinary(AssignmentSchema, kv.value).instance!;
-  edit(inst);
-  inst.generation += 1n;
-  await assign(store, node, inst);
-  return inst;
 }
 
 async function orphanOf(store: Store, node: string, name: string): Promise<Orphan | undefined> {

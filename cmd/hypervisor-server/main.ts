@@ -93,6 +93,7 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
       },
       unaryTimeoutMs: c.unaryTimeout * 1000,
       maxImageBytes: c.maxImageBytes,
+      refusals: { burst: c.refusalBurst, perSecond: c.refusalsPerSecond },
       clientLimits: {
         maxWatches: c.maxWatchesPerClient,
         maxLogFollows: c.maxLogFollowsPerClient,

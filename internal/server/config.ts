@@ -141,6 +141,22 @@ export const serverSchema = {
     min: 1,
     description: "largest image an import may upload; it is streamed on to the nodes, never stored on the server",
   },
+  "refusal-burst": {
+    type: "number",
+    default: 20,
+    integer: true,
+    min: 1,
+    max: 1000000,
+    description: "refused requests (4xx, gRPC errors) one connection may collect before its requests wait…",
+  },
+  "refusals-per-second": {
+    type: "number",
+    default: 10,
+    integer: true,
+    min: 1,
+    max: 1000000,
+    description: "…and per second after that; past it, each request on that connection waits for the next (a timer, no CPU)",
+  },
   "header-timeout": {
     type: "number",
     default: 60,

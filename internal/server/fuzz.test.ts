@@ -248,7 +248,16 @@ describe("fuzz: nothing a client sends gets a 5xx, stops the server, or writes o
     dir = await mkdtemp(join(tmpdir(), "hv-fuzz-"));
     store = await openEmbeddedStore(join(dir, "store"), { sync: false });
     // No controllers: every write comes from a fuzzed call, so a refused one must leave none.
-    server = new Server({ store, host: "127.0.0.1", port: 0, version: "fuzz", controllers: false, limits: { headerTimeoutMs: 2000 } });
+    server = new Server({
+      store,
+      host: "127.0.0.1",
+      port: 0,
+      version: "fuzz",
+      controllers: false,
+      limits: { headerTimeoutMs: 2000 },
+      // Refusals are the point here: no connection is slowed for them (refusal-throttle.test.ts).
+      refusals: { burst: 1_000_000 },
+    });
     await server.start();
     port = Number(new URL(server.url).port);
   });

@@ -30,6 +30,7 @@ import { GcController } from "./gc-controller.js";
 import { type ConnectionLimits, listen, type Listening } from "./http.js";
 import { OriginPolicy, type OriginPolicyOptions } from "./origin-policy.js";
 import { redact } from "./secret-env.js";
+import { type RefusalLimits, RefusalThrottle } from "./refusal-throttle.js";
 import { type ClientLimitSettings, ClientLimits, clientAddress, normalizeAddress } from "./client-limits.js";
 import { Informer } from "./informer.js";
 import { instanceService } from "./instance-service.js";
@@ -75,6 +76,8 @@ export interface ServerOptions {
   maxImageBytes?: number;
   /** Per-client caps: open watches and log follows, console tickets, a watch's backlog. */
   clientLimits?: Partial<ClientLimitSettings>;
+  /** How many refusals a connection may collect before its requests wait (per second, burst). */
+  refusals?: Partial<RefusalLimits>;
   /** Which Host names and Origins may reach the server (DNS rebinding, cross-site pages). */
   origins?: Partial<Omit<OriginPolicyOptions, "listenHost">>;
   /** Serves paths the API does not (the web UI). */
@@ -165,27 +168,37 @@ export class Server {
       contextValues: (req) => createContextValues().set(clientAddress, normalizeAddress(req.socket.remoteAddress)),
     });
     const maxBytes = this.opts.readMaxBytes ?? 4 * 1024 * 1024;
+    const throttle = new RefusalThrottle(this.opts.refusals);
     const policy = new OriginPolicy({
       allowedHosts: this.opts.origins?.allowedHosts ?? [],
       allowedOrigins: this.opts.origins?.allowedOrigins ?? [],
       desktopFrameAncestors: this.opts.origins?.desktopFrameAncestors ?? [],
       listenHost: this.opts.host,
     });
+    const serve: NodeHandlerFn = (req, res) => {
+      const verdict = policy.check(req.headers);
+      if (!verdict.ok) {
+        req.resume();
+        metrics.refusedRequests.inc({ reason: "origin" });
+        return policy.refuse(req, res, verdict.message);
+      }
+      for (const [k, v] of Object.entries(policy.headers((req.url ?? "/").split("?")[0]!))) res.setHeader(k, v);
+      // An oversized body is refused from its Content-Length without being read; drain it so the
+      // client, still uploading, receives the ResourceExhausted answer instead of a reset.
+      if (Number(req.headers["content-length"] ?? 0) > maxBytes) req.resume();
+      handler(req, res);
+    };
     this.listening = await listen(
       this.opts.host,
       this.opts.port,
       (req, res) => {
-        const verdict = policy.check(req.headers);
-        if (!verdict.ok) {
-          req.resume();
-          metrics.refusedRequests.inc({ reason: "origin" });
-          return policy.refuse(req, res, verdict.message);
-        }
-        for (const [k, v] of Object.entries(policy.headers((req.url ?? "/").split("?")[0]!))) res.setHeader(k, v);
-        // An oversized body is refused from its Content-Length without being read; drain it so the
-        // client, still uploading, receives the ResourceExhausted answer instead of a reset.
-        if (Number(req.headers["content-length"] ?? 0) > maxBytes) req.resume();
-        handler(req, res);
+        // A connection that keeps being refused waits for its turn (a timer: no CPU spent on it).
+        const wait = throttle.delay(req);
+        throttle.watch(req, res);
+        if (wait > 0) {
+          metrics.refusedRequests.inc({ reason: "throttled" });
+          setTimeout(() => serve(req, res), wait);
+        } else serve(req, res);
       },
       (req, socket, head) => {
         const verdict = policy.check(req.headers);

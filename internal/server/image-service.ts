@@ -25,11 +25,13 @@ import {
 import type { AgentEndpoint } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { agentEndpoint } from "./records.js";
 import { keys } from "../../pkg/cluster/store/index.js";
+import { DRIVER_NAMES, driverEntry } from "../../pkg/compute/driver/index.js";
 import type { ServerContext } from "./context.js";
 import { show, validateName } from "./validate.js";
 
 const DEFAULT_DRIVER = "containerd";
 const DRIVER_RE = /^[a-z][a-z0-9-]{0,31}$/;
+const IMAGE_DRIVERS = DRIVER_NAMES.filter((n) => driverEntry(n)?.capabilities.images);
 
 /** What an agent answers for an image (internal/agent/endpoint.ts). */
 interface AgentImage {
@@ -58,6 +60,11 @@ export function imageService(ctx: ServerContext, maxImageBytes = DEFAULT_MAX_IMA
   function targets(t: ImportTarget): { driver: string; nodes: string[] } {
     const driver = t.driver || DEFAULT_DRIVER;
     if (!DRIVER_RE.test(driver)) throw new ConnectError(`target.driver: ${show(driver)} is not a driver name`, Code.InvalidArgument);
+    if (!driverEntry(driver)?.capabilities.images)
+      throw new ConnectError(
+        `target.driver: ${show(driver)} keeps no images (drivers that do: ${IMAGE_DRIVERS.join(", ")})`,
+        Code.InvalidArgument,
+      );
     if (t.allNodes && t.nodes.length) throw new ConnectError("target: name nodes or ask for all_nodes, not both", Code.InvalidArgument);
     if (t.allNodes) {
       const nodes = [...informers.nodes.items.values()]

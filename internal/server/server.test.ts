@@ -645,14 +645,23 @@ for (const kind of ["embedded", "etcd"] as const)
       await refused([target({ nodes: ["Bad/Name"] })], Code.InvalidArgument, /target.nodes/);
       await refused([target({ nodes: ["nowhere"] }), chunk], Code.NotFound, /node "nowhere" not found/);
       await refused([target({ nodes: ["large"] }), chunk], Code.FailedPrecondition, /node large has no driver containerd/);
-      await refused(
-        [target({ nodes: ["large"], driver: "mock" }), target({ nodes: ["large"], driver: "mock" })],
-        Code.InvalidArgument,
-        /target: sent twice/,
-      );
-      await refused([target({ nodes: ["large"], driver: "mock" })], Code.InvalidArgument, /chunk: the image tarball is empty/);
       await refused([target({ allNodes: true }), chunk], Code.FailedPrecondition, /no Ready node has driver containerd healthy/);
       await refused([target({ driver: "Mock!", nodes: ["large"] })], Code.InvalidArgument, /target.driver: "Mock!" is not a driver name/);
+      // A node whose containerd keeps images: targets that pass, for the checks that come after.
+      const imgNode = create(NodeSchema, { name: "img-node", drivers: [{ name: "containerd", healthy: true }], capacity: { vcpus: 1 } });
+      await store.put(keys.node("img-node"), toBinary(NodeSchema, imgNode));
+      await store.put(keys.alive("img-node"), new Uint8Array([1]));
+      await until("the node in the informer", () => server.ctx.informers.alive.get(keys.alive("img-node")) !== undefined);
+      await refused([target({ nodes: ["img-node"] }), target({ nodes: ["img-node"] })], Code.InvalidArgument, /target: sent twice/);
+      await refused([target({ nodes: ["img-node"] })], Code.InvalidArgument, /chunk: the image tarball is empty/);
+      await refused(
+        [target({ nodes: ["large"], driver: "mock" }), chunk],
+        Code.InvalidArgument,
+        /target.driver: "mock" keeps no images \(drivers that do: containerd\)/,
+      );
+      await store.delete(keys.node("img-node"));
+      await store.delete(keys.alive("img-node"));
+      await until("the node gone from the informer", () => server.ctx.informers.nodes.get(keys.node("img-node")) === undefined);
       await assert.rejects(images.listImages({ node: "nowhere" }), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
       await assert.rejects(images.listImages({ driver: "x y" }), (e: unknown) => ConnectError.from(e).code === Code.InvalidArgument);
       // Nodes without an agent endpoint are reported, not fatal.

@@ -23,7 +23,7 @@ import { InstanceService, Phase, RestartPolicy } from "../api/gen/hypervisor/v1/
 import { Agent, buildDrivers, DRIVER_DEFAULTS } from "../internal/agent/index.js";
 import { Server } from "../internal/server/server.js";
 import { openEtcdStore } from "../pkg/cluster/etcd/index.js";
-import { keys } from "../pkg/cluster/store/index.js";
+import { keys } from "../pkg/cluster/state/index.js";
 import { ContainerdClient } from "../pkg/compute/containerd/index.js";
 import { hasImages } from "../pkg/compute/driver/index.js";
 import { busyboxImage, BUSYBOX_REF, ensureContainerd } from "../test/support/containerd.js";
@@ -95,7 +95,11 @@ try {
     off();
     const ms = reachedAt - t0;
     await api.deleteInstance({ name });
-    await waitUntil(() => !instances.items.has(keys.instance(name)) && !statuses.items.has(keys.status(name)), 120_000, 2);
+    await waitUntil(
+      () => !instances.items.has(keys.instance(name)) && ![...statuses.items.keys()].some((k) => k.endsWith(`/status/${name}`)),
+      120_000,
+      2,
+    );
     return ms;
   };
 

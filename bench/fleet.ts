@@ -15,7 +15,7 @@ import { setMaxListeners } from "node:events";
 import { Agent } from "../internal/agent/index.js";
 import { createMockDriver } from "../pkg/compute/mock/index.js";
 import { openEtcdStore } from "../pkg/cluster/etcd/index.js";
-import { keys } from "../pkg/cluster/store/index.js";
+import { keys } from "../pkg/cluster/state/index.js";
 import { logger } from "../pkg/log/index.js";
 import { SharedWatch } from "./shared-watch.js";
 

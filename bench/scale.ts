@@ -35,7 +35,7 @@ import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { InstanceSchema, InstanceService, Phase } from "../api/gen/hypervisor/v1/instance_pb.js";
 import { openEtcdStore } from "../pkg/cluster/etcd/index.js";
-import { keys } from "../pkg/cluster/store/index.js";
+import { keys, parseNodeKey } from "../pkg/cluster/state/index.js";
 import { startEtcd } from "../test/support/etcd.js";
 import { binPath, freePort, Proc, until } from "../test/support/procs.js";
 import { measurePuts } from "./etcd-baseline.js";
@@ -139,14 +139,20 @@ try {
     fleets.push(p);
   }
   for (const p of fleets) await p.waitFor(/fleet ready/, 600_000);
-  await until("every node alive", async () => (await store.range(keys.alivePrefix)).kvs.length === NODES, 120_000, 500);
+  const isAlive = (key: string) => parseNodeKey(key)?.kind === "alive";
+  await until(
+    "every node alive",
+    async () => (await store.range(keys.nodes, { keysOnly: true })).kvs.filter((kv) => isAlive(kv.key)).length === NODES,
+    120_000,
+    500,
+  );
   log(`${NODES} nodes registered and alive in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
   // From here on, every alive key deleted is a node that went NotReady.
   let notReady = 0;
   void (async () => {
-    for await (const b of store.watch(keys.alivePrefix, { signal: ac.signal }))
-      for (const e of b.events) if (e.type === "delete") notReady++;
+    for await (const b of store.watch(keys.nodes, { signal: ac.signal }))
+      for (const e of b.events) if (e.type === "delete" && isAlive(e.kv.key)) notReady++;
   })().catch(() => undefined);
   const lostLeases = (p: Proc) =>
     p.output.reduce((n, l) => n + (/^fleet lost-lease (\d+)/.exec(l) ? Number(/^fleet lost-lease (\d+)/.exec(l)![1]) : 0), 0);
@@ -166,9 +172,9 @@ try {
       }
   })().catch(() => undefined);
   void (async () => {
-    for await (const b of store.watch(keys.statuses, { signal: ac.signal }))
+    for await (const b of store.watch(keys.nodes, { signal: ac.signal }))
       for (const e of b.events) {
-        if (e.type !== "put") continue;
+        if (e.type !== "put" || parseNodeKey(e.kv.key)?.kind !== "status") continue;
         const i = fromBinary(InstanceSchema, e.kv.value);
         if (i.status?.phase === Phase.RUNNING && !runningAt.has(i.name)) runningAt.set(i.name, performance.now());
       }

@@ -21,8 +21,9 @@ import {
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeSchema, type Orphan, OrphanReason, OrphanSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { AgentEndpointSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { setCordoned } from "../../pkg/cluster/registry/index.js";
-import { keys, openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
+import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
+import { clusterId, codecs, keys, setNodeFlags } from "../../pkg/cluster/state/index.js";
+import { statusRecord } from "../../test/support/assignments.js";
 import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
 import { createMockDriver, type MockDriver } from "../../pkg/compute/mock/index.js";
 import { startEtcd } from "../../test/support/etcd.js";
@@ -85,8 +86,7 @@ async function record(store: Store, inst: Instance, node: string, deleting = fal
 }
 
 async function status(store: Store, name: string): Promise<InstanceStatus | undefined> {
-  const kv = await store.get(keys.status(name));
-  return kv ? fromBinary(InstanceSchema, kv.value).status : undefined;
+  return (await statusRecord(store, name))?.status;
 }
 
 const inPhase =
@@ -104,6 +104,7 @@ function agentSuite(kind: string, open: Opener): void {
       const o = await open();
       h.store = o.store;
       cleanup = o.cleanup;
+      await clusterId(h.store); // a server gives the cluster its id; agents wait for it
       h.dir = await mkdtemp(join(tmpdir(), "hv-agent-"));
     });
     after(async () => {
@@ -162,7 +163,7 @@ function agentSuite(kind: string, open: Opener): void {
         assert.equal(s.observedGeneration, 1n);
         assert.ok(s.startTime);
         assert.equal(s.addresses.length, 1);
-        const stored = fromBinary(InstanceSchema, (await h.store.get(keys.status("web-1")))!.value);
+        const stored = fromBinary(InstanceSchema, (await h.store.get(keys.status(node, "web-1")))!.value);
         assert.equal(stored.uid, inst.uid, "status carries the instance uid");
         assert.equal(stored.spec, undefined, "status records hold only name, uid and status");
         assert.equal((await mock.inspect("web-1"))?.state, "running");
@@ -192,13 +193,21 @@ function agentSuite(kind: string, open: Opener): void {
         assert.equal((await mock.inspect("cold-1"))?.state, "created");
       });
 
-      it("deletes: destroys the instance, then removes assignment and status in one go", async () => {
-        await assign(h.store, node, newInstance("gone-1", node));
+      it("deletes: destroys the instance, then says so in its own status for the garbage collector", async () => {
+        const inst = newInstance("gone-1", node);
+        await assign(h.store, node, inst);
         await until("Running", inPhase(h.store, "gone-1", Phase.RUNNING));
-        await change(h.store, node, "gone-1", (i) => (i.deleteTime = timestampNow()));
-        await until("keys removed", async () => (await h.store.get(keys.assignment(node, "gone-1"))) === undefined);
-        assert.equal(await h.store.get(keys.status("gone-1")), undefined);
+        const deleting = await change(h.store, node, "gone-1", (i) => (i.deleteTime = timestampNow()));
+        const done = await until("destroyed", async () => {
+          const kv = await h.store.get(keys.status(node, "gone-1"));
+          const r = kv ? codecs.instance.decode(kv.value) : undefined;
+          return r?.deleteTime ? r : undefined;
+        });
+        assert.equal(done.uid, inst.uid);
+        assert.deepEqual(done.deleteTime, deleting.deleteTime, "the delete it carried out");
         assert.equal(await mock.inspect("gone-1"), undefined, "the mock runtime no longer has it");
+        // A node writes only under its own prefix: the assignment is the garbage collector's to remove.
+        assert.ok(await h.store.get(keys.assignment(node, "gone-1")));
       });
 
       it("restarts once when a restart is requested for a new generation", async () => {
@@ -271,7 +280,7 @@ function agentSuite(kind: string, open: Opener): void {
       it("does not rewrite an unchanged status", async () => {
         await assign(h.store, node, newInstance("quiet-1", node));
         await until("Running", inPhase(h.store, "quiet-1", Phase.RUNNING));
-        const rev = (await h.store.get(keys.status("quiet-1")))!.modRevision;
+        const rev = (await h.store.get(keys.status(node, "quiet-1")))!.modRevision;
         // Rewriting the same assignment (same generation) queues the key again; nothing changed.
         const kv = (await h.store.get(keys.assignment(node, "quiet-1")))!;
         await h.store.put(keys.assignment(node, "quiet-1"), kv.value);
@@ -280,7 +289,7 @@ function agentSuite(kind: string, open: Opener): void {
           "later event handled",
           inPhase(h.store, "web-1", Phase.RUNNING, (s) => s.observedGeneration === 2n),
         );
-        assert.equal((await h.store.get(keys.status("quiet-1")))!.modRevision, rev);
+        assert.equal((await h.store.get(keys.status(node, "quiet-1")))!.modRevision, rev);
       });
     });
 
@@ -337,7 +346,7 @@ function agentSuite(kind: string, open: Opener): void {
           [],
           [
             { type: "delete", key: keys.assignment(node, "lean-2") },
-            { type: "delete", key: keys.status("lean-2") },
+            { type: "delete", key: keys.status(node, "lean-2") },
           ],
         );
         // … and the scheduler puts it back here, the same instance.
@@ -353,7 +362,7 @@ function agentSuite(kind: string, open: Opener): void {
           uid: inst.uid,
           status: { phase: Phase.RUNNING, node: "elsewhere", restartCount: 2 },
         });
-        await h.store.put(keys.status("lean-3"), toBinary(InstanceSchema, left));
+        await h.store.put(keys.status(node, "lean-3"), toBinary(InstanceSchema, left));
         gets.length = 0;
         await assign(h.store, node, inst);
         const s = await until(
@@ -361,7 +370,7 @@ function agentSuite(kind: string, open: Opener): void {
           inPhase(h.store, "lean-3", Phase.RUNNING, (x) => x.node === node),
         );
         assert.equal(s.restartCount, 2, "the status read after the conflict carries on");
-        assert.deepEqual(gets, [keys.status("lean-3")], "one read, after the write found a status");
+        assert.deepEqual(gets, [keys.status(node, "lean-3")], "one read, after the write found a status");
       });
     });
 
@@ -420,7 +429,7 @@ function agentSuite(kind: string, open: Opener): void {
         // A restored store that does not know them.
         for (const i of [keep, purge]) {
           await h.store.delete(keys.assignment(node, i.name));
-          await h.store.delete(keys.status(i.name));
+          await h.store.delete(keys.status(node, i.name));
         }
         for (const i of [keep, purge]) await until(`${i.name} reported`, () => orphanOf(h.store, node, i.name));
         assert.equal((await mock.inspect("orph-keep"))?.state, "running", "an unknown instance is left as it is");
@@ -435,7 +444,7 @@ function agentSuite(kind: string, open: Opener): void {
         assert.equal(after?.details.start_count, "1");
 
         // Purged through the agent's endpoint, as PurgeOrphan does.
-        const ep = fromBinary(AgentEndpointSchema, (await h.store.get(keys.agent(node)))!.value);
+        const ep = fromBinary(AgentEndpointSchema, (await h.store.get(keys.endpoint(node)))!.value);
         const post = (name: string, uid: string) =>
           fetch(`${ep.url}/v1/orphans/${name}/purge?uid=${uid}`, { method: "POST", headers: { authorization: `Bearer ${ep.token}` } });
         assert.equal((await post("orph-keep", keep.uid)).status, 409, "an assigned instance is deleted, not purged");
@@ -451,14 +460,14 @@ function agentSuite(kind: string, open: Opener): void {
         await assign(h.store, node, old);
         await until("old Running", inPhase(h.store, "taken-1", Phase.RUNNING));
         const fresh = newInstance("taken-1", node);
-        await h.store.delete(keys.status("taken-1"));
+        await h.store.delete(keys.status(node, "taken-1"));
         await assign(h.store, node, fresh); // deleted and re-created while the node was away
         const st = await until("the new one refused", inPhase(h.store, "taken-1", Phase.FAILED));
         assert.match(st.message, /held on node .* by an orphan .* purge it/);
         assert.equal((await mock.inspect("taken-1"))?.uid, old.uid, "the old copy and its disk stay");
         const o = await until("reported", () => orphanOf(h.store, node, "taken-1"));
         assert.equal(o.reason, OrphanReason.NAME_TAKEN);
-        const ep = fromBinary(AgentEndpointSchema, (await h.store.get(keys.agent(node)))!.value);
+        const ep = fromBinary(AgentEndpointSchema, (await h.store.get(keys.endpoint(node)))!.value);
         const res = await fetch(`${ep.url}/v1/orphans/taken-1/purge?uid=${old.uid}`, {
           method: "POST",
           headers: { authorization: `Bearer ${ep.token}` },
@@ -569,19 +578,21 @@ function agentSuite(kind: string, open: Opener): void {
         }
       });
 
-      it("keeps the server's cordon when the agent registers again", async () => {
+      it("keeps the server's cordon when the agent registers again: the flags are not in its record", async () => {
         const cnode = `${node}-c`;
         const m = mockOf(cnode);
         const a = boot(cnode, m);
         await a.start();
-        await setCordoned(h.store, cnode, true);
+        await setNodeFlags(h.store, cnode, { cordoned: true });
         await a.stop();
         const b = boot(cnode, m, { labels: { zone: "z2" } });
         await b.start();
         try {
           const n = fromBinary(NodeSchema, (await h.store.get(keys.node(cnode)))!.value);
-          assert.equal(n.cordoned, true);
           assert.equal(n.labels.zone, "z2", "the agent's own fields are updated");
+          assert.equal(n.cordoned, false, "the record holds only what the agent knows");
+          const flags = codecs.nodeFlags.decode((await h.store.get(keys.nodeFlags(cnode)))!.value);
+          assert.equal(flags.cordoned, true);
         } finally {
           await b.stop();
           await m.close();

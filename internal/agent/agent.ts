@@ -2,8 +2,8 @@
  * The agent: one per compute node. It registers the node, keeps it alive, adopts what its
  * drivers already run, and reconciles every instance assigned to it.
  *
- *   start():  cluster id (made if the store has none) ──► drivers mark and see only its instances
- *             ──► fingerprint ──► register nodes/<node> ──► heartbeat alive/<node>
+ *   start():  cluster id (a server makes it; waited for) ──► drivers mark and see only its instances
+ *             ──► fingerprint ──► put nodes/<node>/record ──► heartbeat nodes/<node>/alive
  *             ──► adopt: driver.list() vs assignments (same uid: keep; otherwise: an orphan,
  *                 which the reconciler fences, keeps or destroys as orphans.ts decides: never
  *                 a disk the cluster may still need)
@@ -26,10 +26,10 @@ import { TaintEffect } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import type { TaintSetting } from "./config.js";
 import { AgentEndpointSchema, AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { Heartbeat } from "../../pkg/cluster/heartbeat/index.js";
-import { clusterId, listWatch, registerNode } from "../../pkg/cluster/registry/index.js";
 import type { Instance } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { OrphanBook, SpecKeeper } from "./orphans.js";
-import { baseName, keys, type KeyValue, type Store } from "../../pkg/cluster/store/index.js";
+import { type KnownInstance, OrphanBook, SpecKeeper } from "./orphans.js";
+import { type KeyValue, type Store } from "../../pkg/cluster/store/index.js";
+import { awaitClusterId, baseName, codecs, keys, listWatch, putNodeRecord } from "../../pkg/cluster/state/index.js";
 import {
   type ConsoleEndpoint,
   type ConsoleKind,
@@ -52,6 +52,11 @@ export interface AgentOptions {
   nodeName: string;
   drivers: Driver[];
   labels?: Record<string, string>;
+  /**
+   * Where to ask about an instance found without an assignment here (default: its record in the
+   * store, which needs read access to instances/).
+   */
+  lookup?: (name: string, signal: AbortSignal) => Promise<KnownInstance | undefined>;
   /** Liveness lease TTL (default 10 s). */
   heartbeatTtlSeconds?: number;
   /** Agent state; the drivers built by buildDrivers keep theirs under it too. */
@@ -144,12 +149,25 @@ export class Agent {
       cluster: () => this.cluster,
       orphans: this.orphans,
       specs: this.specs,
+      lookup: (name, signal) => this.lookup(name, signal),
     };
     if (opts.defaultStopTimeoutMs !== undefined) reconcilerOpts.defaultStopTimeoutMs = opts.defaultStopTimeoutMs;
     if (opts.maxStopTimeoutMs !== undefined) reconcilerOpts.maxStopTimeoutMs = opts.maxStopTimeoutMs;
     if (opts.deadlines) reconcilerOpts.deadlines = opts.deadlines;
     this.reconciler = new Reconciler(reconcilerOpts);
     this.heartbeat = new Heartbeat(opts.store, opts.nodeName, { ttlSeconds: opts.heartbeatTtlSeconds ?? 10, logger: this.log });
+  }
+
+  /**
+   * What the cluster knows of an instance this node runs without an assignment, from its record
+   * (instances/<name>). A node confined to its own keys cannot read it: the agent then asks a
+   * server (the lookup option).
+   */
+  private async lookup(name: string, signal: AbortSignal): Promise<KnownInstance | undefined> {
+    if (this.opts.lookup) return this.opts.lookup(name, signal);
+    const kv = await this.opts.store.get(keys.instance(name), { signal });
+    const rec = kv ? codecs.instance.decode(kv.value) : undefined;
+    return rec && { uid: rec.uid, node: rec.status?.node ?? "", deleting: Boolean(rec.deleteTime), ephemeralDisks: Boolean(rec.spec?.ephemeralDisks) };
   }
 
   /** The cluster this agent works for (empty until start). */
@@ -180,10 +198,13 @@ export class Agent {
     await mkdir(this.opts.dataDir, { recursive: true, mode: 0o711 });
     await chmod(this.opts.dataDir, 0o711);
     // Before any driver call: from here on the drivers never see another cluster's instances.
-    this.cluster = await clusterId(this.opts.store, { signal: s });
+    this.cluster = await awaitClusterId(this.opts.store, {
+      signal: s,
+      onWait: () => this.log.info("waiting for a server to give the cluster its id"),
+    });
     for (const d of this.opts.drivers) d.setCluster(this.cluster);
     this.node = await this.fingerprint(s);
-    await registerNode(this.opts.store, this.node, { signal: s });
+    await putNodeRecord(this.opts.store, this.node, { signal: s });
     this.log.info({ drivers: this.node.drivers.map((d) => `${d.name}${d.healthy ? "" : " (unhealthy)"}`) }, "node registered");
     await this.heartbeat.start(s);
     try {
@@ -219,13 +240,13 @@ export class Agent {
     await this.reconciler.settled(); // stops running beside the workers end with the signal
     if (this.endpoint) {
       await this.endpoint.close();
-      await this.opts.store.delete(keys.agent(this.nodeName)).catch(() => undefined);
+      await this.opts.store.delete(keys.endpoint(this.nodeName)).catch(() => undefined);
       this.endpoint = undefined;
     }
     await this.heartbeat.stop();
   }
 
-  /** Serves console logs to the server, and publishes where (agents/<node>). */
+  /** Serves console logs to the server, and publishes where (nodes/<node>/endpoint). */
   private async startEndpoint(signal: AbortSignal): Promise<void> {
     const listen = this.opts.listen ?? "127.0.0.1:0";
     if (!listen) return;
@@ -249,7 +270,7 @@ export class Agent {
     const advertised = host === "0.0.0.0" || host === "::" ? this.node?.address || "127.0.0.1" : host;
     const url = `http://${advertised.includes(":") ? `[${advertised}]` : advertised}:${port}`;
     await this.opts.store.put(
-      keys.agent(this.nodeName),
+      keys.endpoint(this.nodeName),
       toBinary(AgentEndpointSchema, create(AgentEndpointSchema, { url, token: endpoint.token })),
       { signal },
     );
@@ -420,7 +441,7 @@ export class Agent {
         this.reconciler.prune(this.assigned);
         const node = await this.fingerprint(signal);
         if (this.node && !sameFingerprint(this.node, node)) {
-          await registerNode(this.opts.store, node, { signal });
+          await putNodeRecord(this.opts.store, node, { signal });
           this.log.info("node fingerprint changed; registered again");
         }
         this.node = node;

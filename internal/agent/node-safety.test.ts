@@ -14,7 +14,8 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Phase, PowerState, RestartPolicy } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { keys, openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
+import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
+import { clusterId, codecs, keys } from "../../pkg/cluster/state/index.js";
 import { ContainerdClient, ContainerdDriver, isNotFound } from "../../pkg/compute/containerd/index.js";
 import type { Driver } from "../../pkg/compute/driver/index.js";
 import { createMockDriver, type MockDriver } from "../../pkg/compute/mock/index.js";
@@ -32,6 +33,7 @@ let dir: string;
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), "hv-nodesafety-"));
   store = await openEmbeddedStore(join(dir, "store"), { sync: false });
+  await clusterId(store); // a server gives the cluster its id; agents wait for it
 });
 after(async () => {
   await store.close();
@@ -51,7 +53,11 @@ const stopSlowly = (node: string, name: string, timeout = LONG_STOP) =>
 
 const deleteIt = (node: string, name: string) => change(store, node, name, (i) => (i.deleteTime = timestampNow()));
 
-const gone = (node: string, name: string) => async () => (await store.get(keys.assignment(node, name))) === undefined;
+/** The agent has destroyed it: its status says so, for the garbage collector to remove the rest. */
+const gone = (node: string, name: string) => async () => {
+  const kv = await store.get(keys.status(node, name));
+  return kv !== undefined && codecs.instance.decode(kv.value).deleteTime !== undefined;
+};
 
 /** The tests every runtime goes through; `running` says whether the runtime still runs it. */
 function safetySuite(
@@ -67,8 +73,8 @@ function safetySuite(
       await until("Stopping", inPhase(store, `${kind}-del`, Phase.STOPPING), BOUND);
       assert.equal(await running(`${kind}-del`), true, "the guest ignores the stop");
       await deleteIt(node, `${kind}-del`);
-      await until("assignment removed", gone(node, `${kind}-del`), BOUND);
-      assert.equal(await statusOf(store, `${kind}-del`), undefined);
+      await until("destroyed", gone(node, `${kind}-del`), BOUND);
+      assert.equal((await statusOf(store, `${kind}-del`))?.message, "destroyed");
       assert.equal(await running(`${kind}-del`), false, "destroyed in the runtime");
     });
 

@@ -24,7 +24,8 @@ import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type Instance, InstanceSchema, InstanceSpecSchema } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { type Orphan, OrphanReason, OrphanSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
-import { baseName, keys, type Store } from "../../pkg/cluster/store/index.js";
+import { type Store } from "../../pkg/cluster/store/index.js";
+import { baseName, keys } from "../../pkg/cluster/state/index.js";
 import type { DriverInstance } from "../../pkg/compute/driver/index.js";
 
 /** What the store says about the name of an unassigned instance (instances/<name>). */

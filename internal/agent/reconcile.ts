@@ -42,15 +42,8 @@ import {
   RestartPolicy,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import {
-  GroupCommit,
-  ifModRevision,
-  keys,
-  type KeyValue,
-  RESTART_LABEL,
-  STOP_TIMEOUT_LABEL,
-  type Store,
-} from "../../pkg/cluster/store/index.js";
+import { GroupCommit, ifModRevision, type KeyValue, type Store } from "../../pkg/cluster/store/index.js";
+import { keys, RESTART_LABEL, STOP_TIMEOUT_LABEL } from "../../pkg/cluster/state/index.js";
 import {
   type BalloonDriver,
   hasBalloon,
@@ -87,6 +80,11 @@ export interface ReconcilerOptions {
   cluster: () => string;
   orphans: OrphanBook;
   specs: SpecKeeper;
+  /**
+   * What the cluster knows of an instance this node runs without an assignment: where it is
+   * placed, whether it is being deleted. Asked only for such instances (orphans.ts decides).
+   */
+  lookup: (name: string, signal: AbortSignal) => Promise<KnownInstance | undefined>;
   /** Stop timeout when the instance has none (default 30 s). */
   defaultStopTimeoutMs?: number;
   /** Longest stop timeout honoured, whatever the assignment says (default an hour). */
@@ -214,18 +212,24 @@ export class Reconciler {
         await this.opts.specs.remove(name);
         log.info("instance destroyed");
       }
+      // Said in the node's own status (a node cannot write assignments): the garbage collector
+      // then removes the assignment, the status and the record together.
+      if (stored?.uid === inst.uid && stored.deleteTime) return {};
+      const record = create(InstanceSchema, {
+        name,
+        uid: inst.uid,
+        deleteTime: inst.deleteTime,
+        status: create(InstanceStatusSchema, { phase: Phase.STOPPED, node: nodeName, message: "destroyed", updateTime: timestampNow() }),
+      });
       const res = await store.txn(
-        [ifModRevision(keys.assignment(nodeName, name), akv.modRevision)],
-        [
-          { type: "delete", key: keys.assignment(nodeName, name) },
-          { type: "delete", key: keys.status(name) },
-        ],
+        [ifModRevision(keys.assignment(nodeName, name), akv.modRevision), ifModRevision(keys.status(nodeName, name), st.rev)],
+        [{ type: "put", key: keys.status(nodeName, name), value: toBinary(InstanceSchema, record) }],
         [],
         { signal },
       );
       this.restarts.delete(name);
       this.statuses.delete(name);
-      // A failed compare means the assignment changed meanwhile: look again.
+      // A failed compare means the assignment or the status changed meanwhile: look again.
       return res.succeeded ? {} : { requeueAfterMs: 0 };
     }
 
@@ -431,14 +435,7 @@ export class Reconciler {
       const found = await d.inspect(name, { signal });
       if (!found) continue;
       const log = this.opts.log.child({ instance: name, driver: d.name, uid: found.uid });
-      const kv = await this.opts.store.get(keys.instance(name), { signal });
-      const rec = kv ? fromBinary(InstanceSchema, kv.value) : undefined;
-      const known: KnownInstance | undefined = rec && {
-        uid: rec.uid,
-        node: rec.status?.node ?? "",
-        deleting: Boolean(rec.deleteTime),
-        ephemeralDisks: Boolean(rec.spec?.ephemeralDisks),
-      };
+      const known = await this.opts.lookup(name, signal);
       const action = decideUnassigned(found, known, { cluster: this.opts.cluster(), node: nodeName });
       switch (action.kind) {
         case "ignore":
@@ -490,19 +487,19 @@ export class Reconciler {
     return "absent";
   }
 
-  /** status/<name>: cached, taken as absent for a new assignment, or read. */
+  /** nodes/<node>/status/<name>: cached, taken as absent for a new assignment, or read. */
   private async status(name: string, assignment: number, signal: AbortSignal): Promise<CachedStatus> {
     const cached = this.statuses.get(name);
     if (cached?.assignment === assignment) return cached;
     if (this.opts.assignments.takeFresh(name)) return { rev: 0, record: undefined, assignment };
-    const kv = await this.opts.store.get(keys.status(name), { signal });
+    const kv = await this.opts.store.get(keys.status(this.opts.nodeName, name), { signal });
     const st = { rev: kv?.modRevision ?? 0, record: kv ? fromBinary(InstanceSchema, kv.value) : undefined, assignment };
     this.statuses.set(name, st);
     return st;
   }
 
   /**
-   * Writes status/<name> if it differs from what is stored (update_time aside). `final` marks
+   * Writes nodes/<node>/status/<name> if it differs from what is stored (update_time aside). `final` marks
    * the status that reflects the assignment's generation (observed_generation is bumped then).
    */
   private async write(ctx: Ctx, fields: StatusFields, final: boolean): Promise<void> {
@@ -516,8 +513,11 @@ export class Reconciler {
     const record = create(InstanceSchema, { name: ctx.name, uid: ctx.inst.uid, status });
     // Status writes of instances reconciled at once (a node given many together) share txns.
     const res = await this.writes.commit(
-      [ifModRevision(keys.assignment(nodeName, ctx.name), ctx.assignmentRev), ifModRevision(keys.status(ctx.name), ctx.statusRev)],
-      [{ type: "put", key: keys.status(ctx.name), value: toBinary(InstanceSchema, record) }],
+      [
+        ifModRevision(keys.assignment(nodeName, ctx.name), ctx.assignmentRev),
+        ifModRevision(keys.status(nodeName, ctx.name), ctx.statusRev),
+      ],
+      [{ type: "put", key: keys.status(nodeName, ctx.name), value: toBinary(InstanceSchema, record) }],
       ctx.signal,
     );
     if (!res.succeeded) {

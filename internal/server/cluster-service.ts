@@ -1,10 +1,10 @@
 /** ClusterService: version, health of the store and the controllers, counts, and the driver registry. */
 import type { ServiceImpl } from "@connectrpc/connect";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
-import { keys } from "../../pkg/cluster/store/index.js";
+import { keys } from "../../pkg/cluster/state/index.js";
 import { DRIVER_NAMES, DRIVER_REGISTRY } from "../../pkg/compute/driver/index.js";
 import type { ServerContext } from "./context.js";
-import { instancesByPhase } from "./records.js";
+import { instancesByPhase } from "./informers.js";
 
 export const API_VERSION = "hypervisor.v1";
 

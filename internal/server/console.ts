@@ -26,9 +26,9 @@ import { WebSocketServer, type WebSocket } from "ws";
 import { ConsoleKind, type ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
 import { Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { ConsoleTicketRecordSchema, type AgentEndpoint, type ConsoleTicketRecord } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { ifModRevision, keys } from "../../pkg/cluster/store/index.js";
+import { ifModRevision } from "../../pkg/cluster/store/index.js";
+import { codecs, keys, merged, phaseName, placedOn, readEndpoint as agentEndpoint } from "../../pkg/cluster/state/index.js";
 import type { ServerContext } from "./context.js";
-import { agentEndpoint, decodeInstance, merged, phaseName } from "./records.js";
 import { show, validateName } from "./validate.js";
 
 export const CONSOLE_PATH = "/console/";
@@ -57,8 +57,10 @@ export function consoleService(ctx: ServerContext, ttlMs = DEFAULT_TICKET_TTL_MS
       ctx.clientLimits.takeTicket(hctx);
       const kv = await store.get(keys.instance(req.name), { signal: hctx.signal });
       if (!kv) throw new ConnectError(`instance ${show(req.name)} not found`, Code.NotFound);
-      const st = await store.get(keys.status(req.name), { signal: hctx.signal });
-      const inst = merged(decodeInstance(kv), st ? decodeInstance(st) : undefined);
+      const spec = codecs.instance.decode(kv.value);
+      const at = placedOn(spec);
+      const st = at ? await store.get(keys.status(at, req.name), { signal: hctx.signal }) : undefined;
+      const inst = merged(spec, st ? codecs.instance.decode(st.value) : undefined);
       const phase = inst.status?.phase ?? Phase.UNSPECIFIED;
       if (phase !== Phase.RUNNING)
         throw new ConnectError(`instance ${req.name} is ${phaseName(phase)}; a console needs it Running`, Code.FailedPrecondition);

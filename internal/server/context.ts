@@ -1,22 +1,37 @@
 /** What API handlers and controllers share inside one server process. */
 import type { Instance } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import type { Node } from "../../api/gen/hypervisor/v1/node_pb.js";
-import type { Allocation } from "../../api/gen/hypervisor/v1/store_pb.js";
+import type { Allocation, NodeFlags } from "../../api/gen/hypervisor/v1/store_pb.js";
 import type { Store } from "../../pkg/cluster/store/index.js";
+import { keys } from "../../pkg/cluster/state/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { Informer } from "./informer.js";
 import type { Algorithm } from "./scheduler.js";
 
 export interface Informers {
   instances: Informer<Instance>;
-  /** status/<name>: Instance records carrying only name, uid and status. */
+  /** nodes/<node>/status/<name>: Instance records carrying only name, uid and status. */
   statuses: Informer<Instance>;
+  /**
+   * The nodes as the API shows them, by keys.node(name): each node's record with the servers'
+   * flags merged in (derived from `records` and `flags`).
+   */
   nodes: Informer<Node>;
-  /** alive/<node>: presence means the agent's lease is alive. */
+  /** nodes/<node>/record, as the agent wrote it. */
+  records: Informer<Node>;
+  /** nodeflags/<node>: cordoned and draining. */
+  flags: Informer<NodeFlags>;
+  /** nodes/<node>/alive: presence means the agent's lease is alive. */
   alive: Informer<true>;
   allocations: Informer<Allocation>;
   /** assignments/<node>/<name>. */
   assignments: Informer<true>;
+}
+
+/** The status the agent of the instance's node reports for it, from the informers' copy. */
+export function statusOf(informers: Pick<Informers, "statuses">, i: Instance): Instance | undefined {
+  const node = i.status?.node ?? "";
+  return node === "" ? undefined : informers.statuses.get(keys.status(node, i.name))?.value;
 }
 
 import type { ClientLimits } from "./client-limits.js";

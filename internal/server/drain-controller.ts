@@ -18,12 +18,12 @@
  */
 import { clone } from "@bufbuild/protobuf";
 import { type Instance, Phase, PowerState } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
-import { ifModRevision, keys } from "../../pkg/cluster/store/index.js";
+import { NodeFlagsSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { ifModRevision } from "../../pkg/cluster/store/index.js";
+import { codecs, keys, unplaceOps } from "../../pkg/cluster/state/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
 import { kickedLoop } from "./kicked-loop.js";
-import { encodeNode, unplace } from "./records.js";
 import { labelsMatch } from "./scheduler.js";
 import { pinnedBy } from "../../pkg/compute/driver/index.js";
 
@@ -78,16 +78,18 @@ export class DrainController {
     const movedIn = new Map<string, number>();
     let lastRev = 0;
 
-    for (const { value: node, modRevision: nodeRev } of draining) {
+    for (const { value: node } of draining) {
       const prefix = keys.assignmentsOf(node.name);
       const names = [...informers.assignments.items.keys()].filter((k) => k.startsWith(prefix)).map((k) => k.slice(prefix.length));
       if (names.length === 0) {
         // Done: clear the flag if nothing changed the node meanwhile (an uncordon already did).
-        const next = clone(NodeSchema, node);
+        const flags = informers.flags.get(keys.nodeFlags(node.name));
+        if (!flags) continue;
+        const next = clone(NodeFlagsSchema, flags.value);
         next.draining = false;
         const res = await store.txn(
-          [ifModRevision(keys.node(node.name), nodeRev)],
-          [{ type: "put", key: keys.node(node.name), value: encodeNode(next) }],
+          [ifModRevision(keys.nodeFlags(node.name), flags.modRevision)],
+          [{ type: "put", key: keys.nodeFlags(node.name), value: codecs.nodeFlags.encode(next) }],
           [],
           { signal },
         );
@@ -119,7 +121,8 @@ export class DrainController {
             continue;
           }
         }
-        const { compares, ops } = unplace(informers, i, item.modRevision, node.name, `moving: node ${node.name} is draining`);
+        const alloc = informers.allocations.get(keys.allocation(node.name));
+        const { compares, ops } = unplaceOps(i, item.modRevision, node.name, alloc, `moving: node ${node.name} is draining`);
         const res = await store.txn(compares, ops, [], { signal });
         if (!res.succeeded) {
           conflicts++;
@@ -155,7 +158,7 @@ export class DrainController {
    */
   private running(i: Instance): boolean {
     const node = i.status?.node;
-    const st = this.ctx.informers.statuses.get(keys.status(i.name))?.value;
+    const st = node ? this.ctx.informers.statuses.get(keys.status(node, i.name))?.value : undefined;
     return Boolean(node) && st?.uid === i.uid && st.status?.node === node && st.status?.phase === Phase.RUNNING;
   }
 

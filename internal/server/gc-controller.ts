@@ -1,17 +1,19 @@
 /*
  * The garbage collector (leader only) finishes deletions. An instance with delete_time whose
- * agent has destroyed it and dropped its assignment loses its record, its status and its
- * reservation on the node, in one transaction:
+ * agent has destroyed it (its status carries the delete time; a node cannot write assignments,
+ * so it says so in its own status) or that the HA controller released from a lost node (no
+ * assignment left) loses its record, assignment, status and reservation in one transaction:
  *
- *   instances/<n> (delete_time) + no assignments/<node>/<n>
- *     ──► txn[compare instance rev, assignment absent, allocation rev]
- *           delete instances/<n>, status/<n>; put allocations/<node> without the uid
+ *   instances/<n> (delete_time) + (nodes/<node>/status/<n> destroyed, or no assignment)
+ *     ──► txn[compare instance rev, status rev or assignment absent, allocation rev]
+ *           delete instances/<n>, assignments/<node>/<n>, nodes/<node>/status/<n>;
+ *           put allocations/<node> without the uid
  */
-import { ifAbsent, ifModRevision, keys, type Op } from "../../pkg/cluster/store/index.js";
+import { ifAbsent, ifModRevision } from "../../pkg/cluster/store/index.js";
+import { destroyedBy, keys, removeOps } from "../../pkg/cluster/state/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
 import { kickedLoop } from "./kicked-loop.js";
-import { releaseAllocation } from "./records.js";
 
 export class GcController {
   private readonly log: Logger;
@@ -37,6 +39,9 @@ export class GcController {
       informers.assignments.subscribe((ev) => {
         if (ev.type === "delete" && this.deleting.size > 0) loop.kick();
       }),
+      informers.statuses.subscribe((ev) => {
+        if (ev.value?.deleteTime && this.deleting.size > 0) loop.kick(); // an agent destroyed one
+      }),
     ];
     try {
       await loop.run(signal);
@@ -57,17 +62,12 @@ export class GcController {
       }
       const { value: i, modRevision } = item;
       const node = i.status?.node ?? "";
-      const assignment = keys.assignment(node, i.name);
-      if (node !== "" && informers.assignments.get(assignment)) continue; // the agent is not done yet
-      const ops: Op[] = [
-        { type: "delete", key: keys.instance(i.name) },
-        { type: "delete", key: keys.status(i.name) },
-      ];
-      const compares = [ifModRevision(keys.instance(i.name), modRevision)];
+      const { compares, ops } = removeOps(i, modRevision, node, informers.allocations.get(keys.allocation(node)));
       if (node !== "") {
-        const release = releaseAllocation(informers, node, i.uid);
-        compares.push(ifAbsent(assignment), release.compare);
-        ops.push(...release.ops);
+        const assigned = informers.assignments.get(keys.assignment(node, i.name));
+        const status = informers.statuses.get(keys.status(node, i.name));
+        if (assigned && !destroyedBy(i, status?.value)) continue; // the agent is not done yet
+        compares.push(assigned ? ifModRevision(keys.status(node, i.name), status!.modRevision) : ifAbsent(keys.assignment(node, i.name)));
       }
       const res = await store.txn(compares, ops, [], { signal });
       if (res.succeeded) {

@@ -22,12 +22,12 @@
  */
 import { type Instance, RestartPolicy } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { pinnedBy } from "../../pkg/compute/driver/index.js";
-import { ifAbsent, keys } from "../../pkg/cluster/store/index.js";
+import { ifAbsent } from "../../pkg/cluster/store/index.js";
+import { keys, unplaceOps } from "../../pkg/cluster/state/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
 import { kickedLoop } from "./kicked-loop.js";
 import { metrics } from "./metrics.js";
-import { unplace } from "./records.js";
 
 export const DEFAULT_HA_GRACE_MS = 60_000;
 
@@ -109,11 +109,11 @@ export class HaController {
         }
         const deleting = d.kind === "release";
         const seconds = Math.round(this.graceMs / 1000);
-        const { compares, ops } = unplace(
-          informers,
+        const { compares, ops } = unplaceOps(
           i,
           item.modRevision,
           node,
+          informers.allocations.get(keys.allocation(node)),
           deleting ? undefined : `rescheduling: node ${node} NotReady for ${seconds}s`,
         );
         compares.push(ifAbsent(keys.alive(node))); // the node did not come back meanwhile

@@ -23,8 +23,7 @@ import {
   type NodeImport,
 } from "../../api/gen/hypervisor/v1/image_pb.js";
 import type { AgentEndpoint } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { agentEndpoint } from "./records.js";
-import { keys } from "../../pkg/cluster/store/index.js";
+import { keys, readEndpoint as agentEndpoint } from "../../pkg/cluster/state/index.js";
 import { DRIVER_NAMES, driverEntry } from "../../pkg/compute/driver/index.js";
 import type { ServerContext } from "./context.js";
 import { show, validateName } from "./validate.js";

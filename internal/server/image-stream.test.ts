@@ -13,7 +13,8 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { ImageService, ImportImageRequestSchema, ImportTargetSchema } from "../../api/gen/hypervisor/v1/image_pb.js";
 import { NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { AgentEndpointSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { keys, openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
+import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
+import { keys } from "../../pkg/cluster/state/index.js";
 import { Server } from "./server.js";
 
 interface Upload {
@@ -54,7 +55,7 @@ describe("image import streams to the nodes and is bounded", () => {
     await store.put(keys.node("n1"), toBinary(NodeSchema, node));
     await store.put(keys.alive("n1"), new Uint8Array([1]));
     await store.put(
-      keys.agent("n1"),
+      keys.endpoint("n1"),
       toBinary(AgentEndpointSchema, create(AgentEndpointSchema, { url: `http://127.0.0.1:${port}`, token: "t" })),
     );
     server = new Server({ store, host: "127.0.0.1", port: 0, version: "test", controllers: false, maxImageBytes: 64 * 1024 });

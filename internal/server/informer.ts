@@ -9,7 +9,7 @@
  * miss a change and never need to know a relist happened.
  */
 import type { Logger } from "../../pkg/log/index.js";
-import { CompactedError, type KeyValue, type Store } from "../../pkg/cluster/store/index.js";
+import { CompactedError, type KeyValue, type Store, type WatchEvent } from "../../pkg/cluster/store/index.js";
 
 export interface Item<T> {
   value: T;
@@ -26,31 +26,41 @@ export interface InformerEvent<T> {
 
 export type Listener<T> = (ev: InformerEvent<T>) => void;
 
-export class Informer<T> {
+/** Where an informer's keys come from: its own list/watch of its prefix, or a shared Feed's. */
+export interface InformerOptions {
+  /** Only keys it accepts are this informer's (several informers can share one prefix's feed). */
+  match?: (key: string) => boolean;
+}
+
+/** What a Feed delivers to: a full listing, single events, and the revision reached. */
+export interface Sink {
+  relisted(kvs: readonly KeyValue[], revision: number): void;
+  applied(ev: WatchEvent, revision: number): void;
+  advance(revision: number): void;
+}
+
+export class Informer<T> implements Sink {
   readonly items = new Map<string, Item<T>>();
   /** Store revision the local copy reflects. */
   revision = 0;
   private readonly listeners = new Set<Listener<T>>();
   private readonly revWaiters: { rev: number; resolve: () => void }[] = [];
-  private synced!: Promise<void>;
+  readonly match: (key: string) => boolean;
 
   constructor(
-    private readonly store: Store,
+    private readonly store: Store | undefined,
     readonly prefix: string,
     private readonly decode: (kv: KeyValue) => T,
     private readonly log: Logger,
-  ) {}
+    opts: InformerOptions = {},
+  ) {
+    this.match = opts.match ?? ((key) => key.startsWith(prefix));
+  }
 
-  /** Starts the list/watch loop; resolves once the first list is in. */
+  /** Starts its own list/watch loop; resolves once the first list is in. */
   start(signal: AbortSignal): Promise<void> {
-    let markSynced!: () => void;
-    let failSync!: (e: unknown) => void;
-    this.synced = new Promise((res, rej) => ((markSynced = res), (failSync = rej)));
-    void this.run(signal, markSynced).catch((e: unknown) => {
-      failSync(e);
-      if (!signal.aborted) this.log.error({ err: e, prefix: this.prefix }, "informer stopped");
-    });
-    return this.synced;
+    if (!this.store) throw new Error(`informer of ${this.prefix} is fed by a shared feed; start the feed`);
+    return new Feed(this.store, this.prefix, [this], this.log).start(signal);
   }
 
   subscribe(fn: Listener<T>): () => void {
@@ -72,27 +82,120 @@ export class Informer<T> {
     });
   }
 
+  /** A full listing of the prefix at `revision`: what is absent from it is gone. */
+  relisted(kvs: readonly KeyValue[], revision: number): void {
+    const seen = new Set<string>();
+    for (const kv of kvs) {
+      if (!this.match(kv.key)) continue;
+      seen.add(kv.key);
+      const old = this.items.get(kv.key);
+      if (old && old.modRevision === kv.modRevision) continue;
+      this.put(kv, revision);
+    }
+    for (const [key, old] of this.items) {
+      if (!seen.has(key)) {
+        this.items.delete(key);
+        this.emit({ type: "delete", key, prev: old.value, revision });
+      }
+    }
+  }
+
+  /** One event of a watch batch at `revision` (ignored when not this informer's key). */
+  applied(ev: WatchEvent, revision: number): void {
+    const key = ev.kv.key;
+    if (!this.match(key)) return;
+    if (ev.type === "put") this.put(ev.kv, revision);
+    else this.remove(key, revision);
+  }
+
+  /** Sets a key's value directly (an informer derived from others, with no store of its own). */
+  set(key: string, value: T, modRevision: number, revision: number): void {
+    const prev = this.items.get(key)?.value;
+    this.items.set(key, { value, modRevision });
+    this.emit({ type: "put", key, value, prev, revision });
+  }
+
+  remove(key: string, revision: number): void {
+    const prev = this.items.get(key)?.value;
+    if (this.items.delete(key)) this.emit({ type: "delete", key, prev, revision });
+  }
+
+  advance(rev: number): void {
+    if (rev > this.revision) this.revision = rev;
+    for (let i = this.revWaiters.length - 1; i >= 0; i--) {
+      const w = this.revWaiters[i]!;
+      if (w.rev <= this.revision) {
+        this.revWaiters.splice(i, 1);
+        w.resolve();
+      }
+    }
+  }
+
+  private put(kv: KeyValue, revision: number): void {
+    const value = this.decodeSafe(kv);
+    if (value !== undefined) this.set(kv.key, value, kv.modRevision, revision);
+  }
+
+  private decodeSafe(kv: KeyValue): T | undefined {
+    try {
+      return this.decode(kv);
+    } catch (e) {
+      this.log.error({ err: e, key: kv.key }, "undecodable value in store; ignored");
+      return undefined;
+    }
+  }
+
+  private emit(ev: InformerEvent<T>): void {
+    for (const fn of this.listeners) {
+      try {
+        fn(ev);
+      } catch (e) {
+        this.log.error({ err: e }, "informer listener threw");
+      }
+    }
+  }
+}
+
+/**
+ * One list/watch of a prefix feeding several informers, each taking the keys it matches: the
+ * keys of every node live under nodes/, and one watch there (not one per kind of key) keeps the
+ * store's fan-out and the server's decoding to one pass per change.
+ */
+export class Feed {
+  constructor(
+    private readonly store: Store,
+    readonly prefix: string,
+    private readonly sinks: Sink[],
+    private readonly log: Logger,
+  ) {}
+
+  /** Starts the list/watch loop; resolves once the first list is in. */
+  start(signal: AbortSignal): Promise<void> {
+    let markSynced!: () => void;
+    let failSync!: (e: unknown) => void;
+    const synced = new Promise<void>((res, rej) => ((markSynced = res), (failSync = rej)));
+    void this.run(signal, markSynced).catch((e: unknown) => {
+      failSync(e);
+      if (!signal.aborted) this.log.error({ err: e, prefix: this.prefix }, "informer stopped");
+    });
+    return synced;
+  }
+
   private async run(signal: AbortSignal, markSynced: () => void): Promise<void> {
     let backoff = 100;
+    let revision = 0;
     while (!signal.aborted) {
       try {
-        await this.relist(signal);
+        const res = await this.store.range(this.prefix, { signal });
+        for (const s of this.sinks) s.relisted(res.kvs, res.revision);
+        revision = res.revision;
+        this.advance(revision);
         markSynced();
         backoff = 100;
-        for await (const batch of this.store.watch(this.prefix, { fromRevision: this.revision + 1, signal })) {
-          for (const ev of batch.events) {
-            const key = ev.kv.key;
-            const prev = this.items.get(key)?.value;
-            if (ev.type === "put") {
-              const value = this.decodeSafe(ev.kv);
-              if (value === undefined) continue;
-              this.items.set(key, { value, modRevision: ev.kv.modRevision });
-              this.emit({ type: "put", key, value, prev, revision: batch.revision });
-            } else if (this.items.delete(key)) {
-              this.emit({ type: "delete", key, prev, revision: batch.revision });
-            }
-          }
-          this.advance(batch.revision);
+        for await (const batch of this.store.watch(this.prefix, { fromRevision: revision + 1, signal })) {
+          for (const ev of batch.events) for (const s of this.sinks) s.applied(ev, batch.revision);
+          revision = batch.revision;
+          this.advance(revision);
         }
       } catch (e) {
         if (signal.aborted) return;
@@ -107,55 +210,8 @@ export class Informer<T> {
     }
   }
 
-  private async relist(signal: AbortSignal): Promise<void> {
-    const res = await this.store.range(this.prefix, { signal });
-    const seen = new Set<string>();
-    for (const kv of res.kvs) {
-      seen.add(kv.key);
-      const old = this.items.get(kv.key);
-      if (old && old.modRevision === kv.modRevision) continue;
-      const value = this.decodeSafe(kv);
-      if (value === undefined) continue;
-      this.items.set(kv.key, { value, modRevision: kv.modRevision });
-      this.emit({ type: "put", key: kv.key, value, prev: old?.value, revision: res.revision });
-    }
-    for (const [key, old] of this.items) {
-      if (!seen.has(key)) {
-        this.items.delete(key);
-        this.emit({ type: "delete", key, prev: old.value, revision: res.revision });
-      }
-    }
-    this.advance(res.revision);
-  }
-
-  private decodeSafe(kv: KeyValue): T | undefined {
-    try {
-      return this.decode(kv);
-    } catch (e) {
-      this.log.error({ err: e, key: kv.key }, "undecodable value in store; ignored");
-      return undefined;
-    }
-  }
-
   private advance(rev: number): void {
-    if (rev > this.revision) this.revision = rev;
-    for (let i = this.revWaiters.length - 1; i >= 0; i--) {
-      const w = this.revWaiters[i]!;
-      if (w.rev <= this.revision) {
-        this.revWaiters.splice(i, 1);
-        w.resolve();
-      }
-    }
-  }
-
-  private emit(ev: InformerEvent<T>): void {
-    for (const fn of this.listeners) {
-      try {
-        fn(ev);
-      } catch (e) {
-        this.log.error({ err: e }, "informer listener threw");
-      }
-    }
+    for (const s of this.sinks) s.advance(rev);
   }
 }
 

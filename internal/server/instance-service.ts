@@ -27,24 +27,29 @@ import {
   type WatchInstancesResponse,
   WatchInstancesResponseSchema,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { GroupCommit, ifAbsent, MAX_TXN_BYTES, txnBytes, type Op } from "../../pkg/cluster/store/index.js";
 import {
-  GroupCommit,
-  ifAbsent,
-  ifModRevision,
+  codecs,
+  instanceOps,
   keys,
-  MAX_TXN_BYTES,
+  merged,
+  mergedNode,
+  mergedPhase,
+  parseNodeKey,
+  phaseName,
+  placedOn,
+  readEndpoint,
   STOP_TIMEOUT_LABEL,
-  txnBytes,
-  type Op,
-} from "../../pkg/cluster/store/index.js";
+  ConflictError,
+  update,
+} from "../../pkg/cluster/state/index.js";
 import { AsyncQueue } from "./async-queue.js";
 import { validateSecretEnv } from "./secret-env.js";
 import { WatchHistory } from "./watch-history.js";
-import type { ServerContext } from "./context.js";
+import { type ServerContext, statusOf } from "./context.js";
 import { nodeView, placedViews, placementRequest } from "./placement-input.js";
 import { drainPin } from "./drain-controller.js";
 import { decideHa } from "./ha-controller.js";
-import { agentEndpoint, decodeInstance, encodeAssignment, encodeInstance, merged, mergedNode, mergedPhase, phaseName } from "./records.js";
 import { labelsMatch, verdicts } from "./scheduler.js";
 import { checkStopTimeout, checkTailBytes, LIMITS } from "../../pkg/validation/index.js";
 import {
@@ -97,12 +102,13 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
     validateName("name", name);
     const kv = await store.get(keys.instance(name), { signal });
     if (!kv) throw new ConnectError(`instance ${show(name)} not found`, Code.NotFound);
-    return { instance: decodeInstance(kv), rev: kv.modRevision };
+    return { instance: codecs.instance.decode(kv.value), rev: kv.modRevision };
   }
 
   async function view(instance: Instance, signal: AbortSignal): Promise<Instance> {
-    const st = await store.get(keys.status(instance.name), { signal });
-    return merged(instance, st ? decodeInstance(st) : undefined);
+    const node = placedOn(instance);
+    const st = node ? await store.get(keys.status(node, instance.name), { signal }) : undefined;
+    return merged(instance, st ? codecs.instance.decode(st.value) : undefined);
   }
 
   /**
@@ -110,20 +116,36 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
    * change"); the write also refreshes the node's assignment when the instance is placed.
    */
   async function mutate(name: string, signal: AbortSignal, change: (i: Instance, current: Instance) => boolean): Promise<Instance> {
-    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
-      const { instance, rev } = await read(name, signal);
-      const current = await view(instance, signal);
-      const next = clone(InstanceSchema, instance);
-      if (!change(next, current)) return current;
-      next.generation = instance.generation + 1n;
-      const value = encodeInstance(next);
-      const ops: Op[] = [{ type: "put", key: keys.instance(name), value }];
-      const node = next.status?.node ?? "";
-      if (node !== "") ops.push({ type: "put", key: keys.assignment(node, name), value: encodeAssignment(value) });
-      const res = await store.txn([ifModRevision(keys.instance(name), rev)], ops, [], { signal });
-      if (res.succeeded) return view(next, signal);
+    validateName("name", name);
+    let current: Instance | undefined;
+    const res = await guarded(name, () =>
+      update(
+        store,
+        keys.instance(name),
+        codecs.instance,
+        async ({ value: instance }) => {
+          if (!instance) throw new ConnectError(`instance ${show(name)} not found`, Code.NotFound);
+          current = await view(instance, signal);
+          const next = clone(InstanceSchema, instance);
+          if (!change(next, current)) return undefined;
+          next.generation = instance.generation + 1n;
+          // The node's assignment is refreshed in the same txn: its agent sees the change at once.
+          return { value: next, ops: instanceOps(next).slice(1) };
+        },
+        { signal },
+      ),
+    );
+    return res.written ? view(res.value!, signal) : current!;
+  }
+
+  /** Runs an update of instance `name`, a record that kept changing under it being Aborted. */
+  async function guarded<T>(name: string, run: () => Promise<T>): Promise<T> {
+    try {
+      return await run();
+    } catch (e) {
+      if (e instanceof ConflictError) throw new ConnectError(`instance ${show(name)} is changing too fast; try again`, Code.Aborted);
+      throw e;
     }
-    throw new ConnectError(`instance ${show(name)} is changing too fast; try again`, Code.Aborted);
   }
 
   /**
@@ -163,7 +185,7 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       createTime: now,
       generation: 1n,
     });
-    const value = encodeInstance(instance);
+    const value = codecs.instance.encode(instance);
     if (value.length > MAX_INSTANCE_BYTES)
       throw invalid(
         "spec",
@@ -188,7 +210,7 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
 
   /** A node's agent's log stream for one instance. */
   async function* agentLogs(node: string, name: string, follow: boolean, tailBytes: bigint, signal: AbortSignal) {
-    const ep = await agentEndpoint(store, node, signal);
+    const ep = await readEndpoint(store, node, signal);
     if (!ep) throw new ConnectError(`the agent of node ${node} publishes no endpoint (is it running?)`, Code.Unavailable);
     const url = `${ep.url}/v1/instances/${encodeURIComponent(name)}/logs?follow=${follow ? 1 : 0}&tail=${tailBytes}`;
     let res: Response;
@@ -298,13 +320,13 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       const { instances: specs, statuses } = ctx.informers;
       await Promise.all([
         specs.waitForRevision(ctx.writtenAt(keys.instances), hctx.signal),
-        statuses.waitForRevision(ctx.writtenAt(keys.statuses), hctx.signal),
+        statuses.waitForRevision(ctx.writtenAt(keys.nodes), hctx.signal),
       ]);
       // Filtered before anything is copied: a web page polling a selective list over 30,000
       // instances should cost a scan, not 30,000 copies.
       const instances: Instance[] = [];
       for (const { value: i } of specs.items.values()) {
-        const status = statuses.get(keys.status(i.name))?.value;
+        const status = statusOf(ctx.informers, i);
         if (match(i, status)) instances.push(merged(i, status));
       }
       instances.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -312,46 +334,34 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
     },
 
     async deleteInstance(req, hctx) {
-      for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
-        const { instance, rev } = await read(req.name, hctx.signal);
-        if (instance.deleteTime) return { instance: await view(instance, hctx.signal) };
-        const node = instance.status?.node ?? "";
-        if (node === "") {
-          // Never placed: nothing runs anywhere, so the record can go at once.
-          const res = await store.txn(
-            [ifModRevision(keys.instance(req.name), rev)],
-            [
-              { type: "delete", key: keys.instance(req.name) },
-              { type: "delete", key: keys.status(req.name) },
-            ],
-            [],
-            { signal: hctx.signal },
-          );
-          if (res.succeeded) {
-            ctx.log.info({ instance: req.name }, "instance deleted (never scheduled)");
-            return { instance };
-          }
-          continue;
-        }
-        const next = clone(InstanceSchema, instance);
-        next.deleteTime = timestampNow();
-        next.generation = instance.generation + 1n;
-        const value = encodeInstance(next);
-        const res = await store.txn(
-          [ifModRevision(keys.instance(req.name), rev)],
-          [
-            { type: "put", key: keys.instance(req.name), value },
-            { type: "put", key: keys.assignment(node, req.name), value: encodeAssignment(value) },
-          ],
-          [],
+      validateName("name", req.name);
+      let before: Instance | undefined;
+      const res = await guarded(req.name, () =>
+        update(
+          store,
+          keys.instance(req.name),
+          codecs.instance,
+          ({ value: instance }) => {
+            if (!instance) throw new ConnectError(`instance ${show(req.name)} not found`, Code.NotFound);
+            before = instance;
+            if (instance.deleteTime) return undefined;
+            // Never placed: nothing runs anywhere, so the record can go at once.
+            if (placedOn(instance) === "") return { value: null };
+            const next = clone(InstanceSchema, instance);
+            next.deleteTime = timestampNow();
+            next.generation = instance.generation + 1n;
+            return { value: next, ops: instanceOps(next).slice(1) };
+          },
           { signal: hctx.signal },
-        );
-        if (res.succeeded) {
-          ctx.log.info({ instance: req.name, node }, "instance deletion requested");
-          return { instance: await view(next, hctx.signal) };
-        }
+        ),
+      );
+      if (!res.written) return { instance: await view(before!, hctx.signal) };
+      if (!res.value) {
+        ctx.log.info({ instance: req.name }, "instance deleted (never scheduled)");
+        return { instance: before! };
       }
-      throw new ConnectError(`instance ${show(req.name)} is changing too fast; try again`, Code.Aborted);
+      ctx.log.info({ instance: req.name, node: placedOn(res.value) }, "instance deletion requested");
+      return { instance: await view(res.value, hctx.signal) };
     },
 
     async startInstance(req, hctx) {
@@ -458,7 +468,7 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       /** The instance as the watcher should see it now, or undefined when it does not match. */
       const current = (name: string): Instance | undefined => {
         const i = instances.get(keys.instance(name))?.value;
-        const status = statuses.get(keys.status(name))?.value;
+        const status = i && statusOf(ctx.informers, i);
         return i && match(i, status) ? merged(i, status) : undefined;
       };
       const event = (type: EventType, instance: Instance, revision: number) =>
@@ -480,8 +490,10 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
         const gone = history!.deletedSince(resume);
         for (const key of [...instances.items.keys()].sort()) {
           const name = key.slice(keys.instances.length);
+          const i = instances.get(key)!;
+          const node = placedOn(i.value);
           const changed =
-            gone.has(name) || instances.get(key)!.modRevision > resume || (statuses.get(keys.status(name))?.modRevision ?? 0) > resume;
+            gone.has(name) || i.modRevision > resume || (node ? (statuses.get(keys.status(node, name))?.modRevision ?? 0) : 0) > resume;
           const now = current(name);
           if (!changed) {
             if (now) sent.set(name, now);
@@ -498,7 +510,10 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       };
       // Subscribing and reading the initial copy happen in one tick, so nothing falls between.
       const offA = instances.subscribe((ev) => update(ev.key.slice(keys.instances.length), ev.revision));
-      const offB = statuses.subscribe((ev) => update(ev.key.slice(keys.statuses.length), ev.revision));
+      const offB = statuses.subscribe((ev) => {
+        const k = parseNodeKey(ev.key);
+        if (k?.kind === "status") update(k.name, ev.revision);
+      });
       const onAbort = () => queue.close();
       hctx.signal.addEventListener("abort", onAbort, { once: true });
       try {

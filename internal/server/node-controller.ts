@@ -4,7 +4,7 @@
  * the transitions and keeps the node gauges current. Re-scheduling the instances of
  * a dead node (HA restart) builds on it.
  */
-import { keys } from "../../pkg/cluster/store/index.js";
+import { keys } from "../../pkg/cluster/state/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
 import { kickedLoop } from "./kicked-loop.js";

@@ -13,43 +13,32 @@
 import { clone, create, fromBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import {
-  type Node,
-  NodeCondition,
-  NodeSchema,
-  NodeService,
-  type Orphan,
-  OrphanSchema,
-  ResourcesSchema,
-} from "../../api/gen/hypervisor/v1/node_pb.js";
+import { type Node, NodeCondition, NodeSchema, NodeService, type Orphan, ResourcesSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
 import {
   type Instance,
   InstanceSchema,
   type InstanceService,
   InstanceSpecSchema,
-  InstanceStatusSchema,
-  Phase,
   PowerState,
   RestartPolicy,
   StopInstanceRequestSchema,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { AllocationSchema, AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { drainPin } from "./drain-controller.js";
-import { type Compare, ifAbsent, ifModRevision, keys, type Op } from "../../pkg/cluster/store/index.js";
-import type { ServerContext } from "./context.js";
+import { type Compare, ifAbsent, ifModRevision, type Op } from "../../pkg/cluster/store/index.js";
 import {
-  agentEndpoint,
+  allocationOps,
   allocationTotals,
-  decodeAllocation,
-  decodeInstance,
-  decodeNode,
-  encodeAllocation,
-  encodeAssignment,
-  encodeInstance,
-  encodeNode,
+  codecs,
+  ConflictError,
+  keys,
   merged,
-  requestOf,
-} from "./records.js";
+  placeOps,
+  readEndpoint,
+  setNodeFlags,
+  withFlags,
+} from "../../pkg/cluster/state/index.js";
+import type { ServerContext } from "./context.js";
 import { show, validateName } from "./validate.js";
 
 const MAX_CAS_ATTEMPTS = 20;
@@ -62,36 +51,31 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
       store.get(keys.alive(node.name), { signal }),
       store.get(keys.allocation(node.name), { signal }),
     ]);
-    return withServerView(node, alive !== undefined, alloc ? allocationTotals(decodeAllocation(alloc)) : undefined);
+    return withServerView(node, alive !== undefined, alloc ? allocationTotals(codecs.allocation.decode(alloc.value)) : undefined);
   }
 
-  async function read(name: string, signal: AbortSignal, field = "name"): Promise<{ node: Node; rev: number }> {
+  /** The node's record with the servers' flags. */
+  async function read(name: string, signal: AbortSignal, field = "name"): Promise<{ node: Node }> {
     validateName(field, name);
-    const kv = await store.get(keys.node(name), { signal });
+    const [kv, flags] = await Promise.all([store.get(keys.node(name), { signal }), store.get(keys.nodeFlags(name), { signal })]);
     if (!kv) throw new ConnectError(`node ${show(name)} not found`, Code.NotFound);
-    return { node: decodeNode(kv), rev: kv.modRevision };
+    return { node: withFlags(codecs.node.decode(kv.value), flags ? codecs.nodeFlags.decode(flags.value) : undefined) };
   }
 
   /** Uncordon also ends a drain in progress; a drain with move sets draining as well. */
   async function setFlags(name: string, cordoned: boolean, draining: boolean, signal: AbortSignal): Promise<Node> {
-    for (let i = 0; i < MAX_CAS_ATTEMPTS; i++) {
-      const { node, rev } = await read(name, signal);
-      if (node.cordoned === cordoned && node.draining === draining) return describe(node, signal);
-      const next = clone(NodeSchema, node);
-      next.cordoned = cordoned;
-      next.draining = draining;
-      const res = await store.txn(
-        [ifModRevision(keys.node(name), rev)],
-        [{ type: "put", key: keys.node(name), value: encodeNode(next) }],
-        [],
-        { signal },
-      );
-      if (res.succeeded) {
+    const { node } = await read(name, signal);
+    try {
+      const res = await setNodeFlags(store, name, { cordoned, draining }, { signal });
+      if (res.written)
         ctx.log.info({ node: name, cordoned, draining }, draining ? "node draining" : cordoned ? "node cordoned" : "node uncordoned");
-        return describe(next, signal);
-      }
+    } catch (e) {
+      if (e instanceof ConflictError) throw new ConnectError(`node ${show(name)} is changing too fast; try again`, Code.Aborted);
+      throw e;
     }
-    throw new ConnectError(`node ${show(name)} is changing too fast; try again`, Code.Aborted);
+    node.cordoned = cordoned;
+    node.draining = draining;
+    return describe(node, signal);
   }
 
   async function readOrphan(node: string, name: string, signal: AbortSignal): Promise<Orphan> {
@@ -99,18 +83,14 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
     validateName("name", name);
     const kv = await store.get(keys.orphan(node, name), { signal });
     if (!kv) throw new ConnectError(`node ${node} reports no orphan ${name}`, Code.NotFound);
-    return fromBinary(OrphanSchema, kv.value);
+    return codecs.orphan.decode(kv.value);
   }
 
   /** Compares and ops that add (or, with add false, drop) `i` to the allocation of `node`. */
   async function allocate(node: string, i: Instance, add: boolean, signal: AbortSignal): Promise<{ compare: Compare; ops: Op[] }> {
     const kv = await store.get(keys.allocation(node), { signal });
-    const alloc = kv ? decodeAllocation(kv) : create(AllocationSchema, {});
-    const compare = ifModRevision(keys.allocation(node), kv?.modRevision ?? 0);
-    if (add) alloc.instances[i.uid] = requestOf(i);
-    else if (alloc.instances[i.uid]) delete alloc.instances[i.uid];
-    else return { compare, ops: [] };
-    return { compare, ops: [{ type: "put", key: keys.allocation(node), value: encodeAllocation(alloc) }] };
+    const a = kv ? { value: codecs.allocation.decode(kv.value), modRevision: kv.modRevision } : undefined;
+    return allocationOps(node, a, add ? { add: i } : { drop: i.uid });
   }
 
   /** One attempt at placing the orphan's instance on `node`; undefined when a compare failed. */
@@ -136,7 +116,7 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
       });
       compares.push(ifAbsent(key));
     } else {
-      const cur = decodeInstance(kv);
+      const cur = codecs.instance.decode(kv.value);
       if (cur.uid !== o.uid)
         throw new ConnectError(
           `instance ${o.name} exists with another uid (${cur.uid}, the orphan's is ${o.uid}); delete it before adopting the orphan of node ${node}`,
@@ -153,31 +133,27 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
         // Its copy there becomes the orphan (fenced by that node's agent, its disk kept).
         const release = await allocate(from, cur, false, signal);
         compares.push(release.compare);
-        ops.push({ type: "delete", key: keys.assignment(from, o.name) }, ...release.ops);
+        ops.push(
+          { type: "delete", key: keys.assignment(from, o.name) },
+          { type: "delete", key: keys.status(from, o.name) },
+          ...release.ops,
+        );
       }
-      ops.push({ type: "delete", key: keys.status(o.name) });
     }
-    const now = timestampNow();
-    next.status = create(InstanceStatusSchema, {
-      phase: Phase.SCHEDULED,
-      node,
-      message: `adopted from an orphan on node ${node}`,
-      scheduledTime: now,
-      updateTime: now,
-    });
-    const value = encodeInstance(next);
-    const here = await allocate(node, next, true, signal);
+    // The compare on the record is the one made above (absent, or unchanged since read).
+    const place = placeOps(next, 0, node, { message: `adopted from an orphan on node ${node}` });
+    const here = await allocate(node, place.next, true, signal);
     compares.push(here.compare);
-    ops.push({ type: "put", key, value }, { type: "put", key: keys.assignment(node, o.name), value: encodeAssignment(value) }, ...here.ops);
+    ops.push(...place.ops, ...here.ops);
     const res = await store.txn(compares, ops, [], { signal });
-    return res.succeeded ? next : undefined;
+    return res.succeeded ? place.next : undefined;
   }
 
   return {
     async listOrphans(req, hctx) {
       await read(req.node, hctx.signal, "node");
       const { kvs } = await store.range(keys.orphansOf(req.node), { signal: hctx.signal });
-      return { orphans: kvs.map((kv) => fromBinary(OrphanSchema, kv.value)) };
+      return { orphans: kvs.map((kv) => codecs.orphan.decode(kv.value)) };
     },
 
     async adoptOrphan(req, hctx) {
@@ -187,8 +163,8 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
         const placed = await adoptOnce(req.node, o, hctx.signal);
         if (!placed) continue;
         ctx.log.warn({ node: req.node, instance: o.name, uid: o.uid, reason: o.reason }, "orphan adopted: placed on its node again");
-        const st = await store.get(keys.status(o.name), { signal: hctx.signal });
-        return { instance: merged(placed, st ? decodeInstance(st) : undefined) };
+        const st = await store.get(keys.status(req.node, o.name), { signal: hctx.signal });
+        return { instance: merged(placed, st ? codecs.instance.decode(st.value) : undefined) };
       }
       throw new ConnectError(`instance ${o.name} is changing too fast; try again`, Code.Aborted);
     },
@@ -196,7 +172,7 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
     async purgeOrphan(req, hctx) {
       await read(req.node, hctx.signal, "node");
       const o = await readOrphan(req.node, req.name, hctx.signal);
-      const ep = await agentEndpoint(store, req.node, hctx.signal);
+      const ep = await readEndpoint(store, req.node, hctx.signal);
       if (!ep) throw new ConnectError(`the agent of node ${req.node} publishes no endpoint (is it running?)`, Code.Unavailable);
       let res: Response;
       try {
@@ -218,14 +194,15 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
     },
 
     async listNodes(_req, hctx) {
-      const [nodes, alive, allocs] = await Promise.all([
-        store.range(keys.nodes, { signal: hctx.signal }),
-        store.range(keys.alivePrefix, { signal: hctx.signal, keysOnly: true }),
-        store.range(keys.allocations, { signal: hctx.signal }),
-      ]);
-      const aliveSet = new Set(alive.kvs.map((kv) => kv.key.slice(keys.alivePrefix.length)));
-      const allocBy = new Map(allocs.kvs.map((kv) => [kv.key.slice(keys.allocations.length), allocationTotals(decodeAllocation(kv))]));
-      return { nodes: nodes.kvs.map((kv) => decodeNode(kv)).map((n) => withServerView(n, aliveSet.has(n.name), allocBy.get(n.name))) };
+      // From the informers: nodes/ holds every instance's status too, far too much to range. They
+      // wait for this server's own last flag change, so a cordon shows in the next list.
+      const { nodes, flags, alive, allocations } = ctx.informers;
+      await flags.waitForRevision(ctx.writtenAt(keys.nodeFlagsPrefix), hctx.signal);
+      const out = [...nodes.items.values()].map(({ value: n }) =>
+        withServerView(n, alive.get(keys.alive(n.name)) !== undefined, allocationTotals(allocations.get(keys.allocation(n.name))?.value)),
+      );
+      out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      return { nodes: out };
     },
 
     async getNode(req, hctx) {
@@ -266,7 +243,7 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
         const name = kv.key.slice(prefix.length);
         const spec = await store.get(keys.instance(name), { signal: hctx.signal });
         if (!spec) continue;
-        const inst = decodeInstance(spec);
+        const inst = codecs.instance.decode(spec.value);
         if (inst.deleteTime || inst.spec?.desiredPowerState === PowerState.STOPPED) continue;
         await instances.stopInstance(create(StopInstanceRequestSchema, { name }), hctx);
         stopped.push(name);

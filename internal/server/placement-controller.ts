@@ -17,14 +17,14 @@ import { clone, create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { type Instance, InstanceSchema, InstanceStatusSchema, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { type Allocation, AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { GroupCommit, ifModRevision, keys, MAX_TXN_BYTES, txnBytes } from "../../pkg/cluster/store/index.js";
+import { GroupCommit, ifModRevision, MAX_TXN_BYTES, type Op, txnBytes } from "../../pkg/cluster/store/index.js";
+import { codecs, keys, parseNodeKey, placeOps, requestOf } from "../../pkg/cluster/state/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
 import type { InformerEvent, Item } from "./informer.js";
 import { kickedLoop } from "./kicked-loop.js";
 import { metrics } from "./metrics.js";
 import { needsGroups, nodeView, placedViews, placementRequest } from "./placement-input.js";
-import { encodeAllocation, encodeAssignment, encodeInstance, requestOf } from "./records.js";
 import { type Algorithm, type NodeView, schedule } from "./scheduler.js";
 
 /** Instances per placement txn: 2 puts and 1 compare each, well inside etcd's default --max-txn-ops of 128. */
@@ -81,15 +81,18 @@ export class PlacementController {
     const onInstance = (ev: InformerEvent<Instance>) => {
       if (this.track(ev.key, ev.type === "put" ? informers.instances.get(ev.key) : undefined)) loop.kick();
     };
-    const onNode = (prefix: string) => (ev: { key: string }) => {
-      this.stale.add(ev.key.slice(prefix.length));
+    const onNode = (nodeOf: (key: string) => string | undefined) => (ev: { key: string }) => {
+      const node = nodeOf(ev.key);
+      if (node === undefined) return;
+      this.stale.add(node);
       loop.kick();
     };
+    const underNodes = (key: string) => parseNodeKey(key)?.node;
     const offs = [
       informers.instances.subscribe(onInstance),
-      informers.nodes.subscribe(onNode(keys.nodes)),
-      informers.alive.subscribe(onNode(keys.alivePrefix)),
-      informers.allocations.subscribe(onNode(keys.allocations)),
+      informers.nodes.subscribe(onNode(underNodes)),
+      informers.alive.subscribe(onNode(underNodes)),
+      informers.allocations.subscribe(onNode((key) => key.slice(keys.allocations.length))),
     ];
     this.pending.clear();
     for (const [key, item] of informers.instances.items) this.track(key, item);
@@ -186,7 +189,7 @@ export class PlacementController {
       next.status = create(InstanceStatusSchema, { phase: Phase.PENDING, message: u.message, updateTime: timestampNow() });
       const res = await store.txn(
         [ifModRevision(keys.instance(instance.name), rev)],
-        [{ type: "put", key: keys.instance(instance.name), value: encodeInstance(next) }],
+        [{ type: "put", key: keys.instance(instance.name), value: codecs.instance.encode(next) }],
         [],
         { signal },
       );
@@ -247,26 +250,22 @@ export class PlacementController {
     const alloc = clone(AllocationSchema, a.alloc);
     const now = timestampNow();
     const compares = [ifModRevision(keys.allocation(node), a.rev)];
-    const puts: { type: "put"; key: string; value: Uint8Array }[] = [];
+    const puts: Op[] = [];
     // The allocation: its key compared and written, and its value, under 64 bytes an instance.
     let bytes = 2 * keys.allocation(node).length + ALLOCATION_ENTRY_BYTES * (Object.keys(alloc.instances).length + names.length);
     let count = 0;
     for (const name of names) {
       const { instance, rev } = byName.get(name)!;
-      const next = clone(InstanceSchema, instance);
-      next.status = create(InstanceStatusSchema, { phase: Phase.SCHEDULED, node, message: "", scheduledTime: now, updateTime: now });
-      const record = { type: "put" as const, key: keys.instance(name), value: encodeInstance(next) };
-      const assignment = { type: "put" as const, key: keys.assignment(node, name), value: encodeAssignment(record.value) };
-      const compare = ifModRevision(keys.instance(name), rev);
-      const weight = txnBytes([compare], [record, assignment]);
+      const { compare, ops } = placeOps(instance, rev, node, { now });
+      const weight = txnBytes([compare], ops);
       if (count > 0 && bytes + weight > MAX_TXN_BYTES) break; // the next batch takes the rest
       bytes += weight;
       count++;
       alloc.instances[instance.uid] = requestOf(instance);
       compares.push(compare);
-      puts.push(record, assignment);
+      puts.push(...ops);
     }
-    puts.push({ type: "put", key: keys.allocation(node), value: encodeAllocation(alloc) });
+    puts.push({ type: "put", key: keys.allocation(node), value: codecs.allocation.encode(alloc) });
     const res = await this.commits.commit(compares, puts, signal);
     if (!res.succeeded) {
       metrics.placementConflicts.inc();

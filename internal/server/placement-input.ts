@@ -6,10 +6,9 @@
  */
 import { type Instance, LabelOperator, Strategy, TaintEffect, TolerationOperator } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import type { Node } from "../../api/gen/hypervisor/v1/node_pb.js";
-import { keys } from "../../pkg/cluster/store/index.js";
+import { allocationTotals, keys } from "../../pkg/cluster/state/index.js";
 import { hostAccessRequest } from "../../pkg/compute/driver/index.js";
 import type { Informers } from "./context.js";
-import { allocationTotals } from "./records.js";
 import {
   type Algorithm,
   type LabelOp,

@@ -8,7 +8,8 @@ import { Code, ConnectError, createClient, type Client } from "@connectrpc/conne
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { EventType, InstanceSchema, InstanceService, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { Agent } from "../../internal/agent/index.js";
-import { keys, openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
+import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
+import { keys } from "../../pkg/cluster/state/index.js";
 import { createMockDriver } from "../../pkg/compute/mock/index.js";
 import { REDACTED } from "./secret-env.js";
 import { Server } from "./server.js";

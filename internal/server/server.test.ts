@@ -35,7 +35,8 @@ import {
   TaintSchema,
 } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { AssignmentSchema, ClusterIdentitySchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { keys, type Store } from "../../pkg/cluster/store/index.js";
+import { type Store } from "../../pkg/cluster/store/index.js";
+import { codecs, keys, placeOps, unplaceOps, update } from "../../pkg/cluster/state/index.js";
 import { openEmbeddedStore } from "../../pkg/cluster/store/index.js";
 import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
 import { startEtcd, type EtcdProcess } from "../../test/support/etcd.js";
@@ -368,8 +369,14 @@ for (const kind of ["embedded", "etcd"] as const)
       );
 
       // List filters read the agent's status where it reported (same uid), the record otherwise.
+      // Placed on a node no test has (as the scheduler writes it), which reports it Running.
+      // (By compare-and-swap: the placement controller writes its Pending reason beside the test.)
+      await update(store, keys.instance("batch-0"), codecs.instance, ({ value }) => {
+        const place = placeOps(value!, 0, "elsewhere");
+        return { value: place.next, ops: place.ops.slice(1) };
+      });
       await store.put(
-        keys.status("batch-0"),
+        keys.status("elsewhere", "batch-0"),
         toBinary(
           InstanceSchema,
           create(InstanceSchema, { name: "batch-0", uid: made[0]!.uid, status: { phase: Phase.RUNNING, node: "elsewhere" } }),
@@ -383,6 +390,14 @@ for (const kind of ["embedded", "etcd"] as const)
       assert.deepEqual(await listed({ phase: Phase.PENDING }), ["batch-1", "batch-2"]);
       assert.deepEqual(await listed({ phase: Phase.PENDING, node: "elsewhere" }), []);
       assert.equal((await instances.listInstances({ filter: { labelSelector: "set=b,x=y" } })).instances.length, 0);
+      // Back to Pending, as the HA controller takes one off a lost node: nothing runs it any more,
+      // so the deletes below remove it at once.
+      await update(store, keys.instance("batch-0"), codecs.instance, ({ value }) => {
+        const back = unplaceOps(value!, 0, "elsewhere", undefined, "back");
+        const record = back.ops.find((o) => o.type === "put" && o.key === keys.instance("batch-0"));
+        assert.ok(record?.type === "put");
+        return { value: codecs.instance.decode(record.value), ops: back.ops.filter((o) => o !== record) };
+      });
 
       const refused = async (req: Parameters<typeof instances.createInstances>[0], code: Code, message: RegExp) => {
         await assert.rejects(instances.createInstances(req), (e: unknown) => {
@@ -708,7 +723,7 @@ for (const kind of ["embedded", "etcd"] as const)
       // Back to back, as an agent does when a start is quick: Creating, then Running.
       for (const phase of [Phase.CREATING, Phase.RUNNING])
         await store.put(
-          keys.status("big-one"),
+          keys.status("large", "big-one"),
           toBinary(InstanceSchema, create(InstanceSchema, { name: "big-one", uid, status: { phase, node: "large" } })),
         );
       await until("the watch delivers Running", () => phases.at(-1) === Phase.RUNNING, 20_000);

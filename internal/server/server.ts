@@ -10,7 +10,6 @@ import { randomUUID } from "node:crypto";
 import { Code, ConnectError, type ConnectRouter, createContextValues, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Handler as NodeHandlerFn } from "./http.js";
-import { fromBinary } from "@bufbuild/protobuf";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
 import { ImageService } from "../../api/gen/hypervisor/v1/image_pb.js";
 import { ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
@@ -18,28 +17,27 @@ import { ConsoleProxy, consoleService } from "./console.js";
 import { DrainController } from "./drain-controller.js";
 import { HaController } from "./ha-controller.js";
 import { trackWrites } from "./write-tracker.js";
-import { InstanceSchema, InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
-import { keys, type Store, StoreError, StoreUnavailableError } from "../../pkg/cluster/store/index.js";
-import { clusterId } from "../../pkg/cluster/registry/index.js";
+import { type Store, StoreError, StoreUnavailableError } from "../../pkg/cluster/store/index.js";
+import { clusterId, keys } from "../../pkg/cluster/state/index.js";
 import { type Logger, logger } from "../../pkg/log/index.js";
 import { clusterService } from "./cluster-service.js";
 import { imageService } from "./image-service.js";
-import type { Informers, ServerContext } from "./context.js";
+import type { ServerContext } from "./context.js";
 import { GcController } from "./gc-controller.js";
 import { type ConnectionLimits, listen, type Listening } from "./http.js";
 import { OriginPolicy, type OriginPolicyOptions } from "./origin-policy.js";
 import { redact } from "./secret-env.js";
 import { type RefusalLimits, RefusalThrottle } from "./refusal-throttle.js";
 import { type ClientLimitSettings, ClientLimits, clientAddress, normalizeAddress } from "./client-limits.js";
-import { Informer } from "./informer.js";
+import { instancesByPhase, makeInformers } from "./informers.js";
 import { instanceService } from "./instance-service.js";
 import { strictInput } from "./strict-input.js";
 import { metrics, registry, setInstanceSource } from "./metrics.js";
 import { NodeController } from "./node-controller.js";
 import { nodeService } from "./node-service.js";
 import { PlacementController } from "./placement-controller.js";
-import { decodeAllocation, decodeNode, instancesByPhase } from "./records.js";
 import type { Algorithm } from "./scheduler.js";
 
 export interface ServerOptions {
@@ -103,21 +101,16 @@ export class Server {
   private isLeader = false;
   private readonly health: Record<string, string> = { informers: "starting" };
   private readonly consoles: ConsoleProxy;
+  private readonly startInformers: (signal: AbortSignal) => Promise<void>;
 
   constructor(private readonly opts: ServerOptions) {
     this.serverId = opts.serverId ?? randomUUID().slice(0, 8);
     this.log = opts.log ?? logger("server", { server: this.serverId });
     const store = opts.store;
-    const decodeStatus = (kv: { value: Uint8Array }) => fromBinary(InstanceSchema, kv.value);
-    const informers: Informers = {
-      instances: new Informer(store, keys.instances, decodeStatus, this.log),
-      statuses: new Informer(store, keys.statuses, decodeStatus, this.log),
-      nodes: new Informer(store, keys.nodes, decodeNode, this.log),
-      alive: new Informer(store, keys.alivePrefix, () => true as const, this.log),
-      allocations: new Informer(store, keys.allocations, decodeAllocation, this.log),
-      assignments: new Informer(store, keys.assignments, () => true as const, this.log),
-    };
-    const tracked = trackWrites(store, [keys.instances, keys.statuses]);
+    const made = makeInformers(store, this.log);
+    this.startInformers = (signal) => made.start(signal);
+    const informers = made.informers;
+    const tracked = trackWrites(store, [keys.instances, keys.nodes, keys.nodeFlagsPrefix]);
     this.ctx = {
       store: tracked.store,
       writtenAt: tracked.writtenAt,
@@ -159,7 +152,7 @@ export class Server {
     // Made here at the cluster's first start (or by the first agent, if one came first).
     this.cluster = await clusterId(this.ctx.store, { signal });
     this.ctx.log.info({ cluster: this.cluster }, "cluster id");
-    await Promise.all(Object.values(this.ctx.informers).map((inf: Informer<unknown>) => inf.start(signal)));
+    await this.startInformers(signal);
     this.health.informers = "";
     const handler = connectNodeAdapter({
       ...strictInput({ routes: this.routes, interceptors: [this.edge] }), // every request read strictly

@@ -14,7 +14,7 @@ import {
   TolerationOperator,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { checkDriverSpec, DRIVER_NAMES, driverEntry } from "../../pkg/compute/driver/index.js";
-import { RESERVED_LABEL_PREFIX, RESTART_LABEL } from "../../pkg/cluster/store/index.js";
+import { RESERVED_LABEL_PREFIX, RESTART_LABEL } from "../../pkg/cluster/state/index.js";
 import {
   checkDisk,
   checkLabelKey,

@@ -10,7 +10,7 @@
  * and moves up as the oldest tombstones are dropped.
  */
 import type { Informers } from "./context.js";
-import { keys } from "../../pkg/cluster/store/index.js";
+import { keys, parseNodeKey } from "../../pkg/cluster/state/index.js";
 
 interface Tombstone {
   name: string;
@@ -27,7 +27,10 @@ export class WatchHistory {
   ) {
     this.covered = Math.max(informers.instances.revision, informers.statuses.revision);
     informers.instances.subscribe((ev) => ev.type === "delete" && this.add(ev.key.slice(keys.instances.length), ev.revision));
-    informers.statuses.subscribe((ev) => ev.type === "delete" && this.add(ev.key.slice(keys.statuses.length), ev.revision));
+    informers.statuses.subscribe((ev) => {
+      const k = parseNodeKey(ev.key);
+      if (ev.type === "delete" && k?.kind === "status") this.add(k.name, ev.revision);
+    });
   }
 
   private add(name: string, revision: number): void {

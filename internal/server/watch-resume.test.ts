@@ -7,7 +7,8 @@ import { after, before, describe, it } from "node:test";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { EventType, InstanceService, type WatchInstancesResponse } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { keys, openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
+import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
+import { keys } from "../../pkg/cluster/state/index.js";
 import { Server } from "./server.js";
 
 describe("watch resume", () => {

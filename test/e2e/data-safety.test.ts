@@ -19,7 +19,8 @@ import { promisify } from "node:util";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
-import { keys, type Store } from "../../pkg/cluster/store/index.js";
+import { type Store } from "../../pkg/cluster/store/index.js";
+import { clusterId, keys, parseNodeKey } from "../../pkg/cluster/state/index.js";
 import { startEtcd, type EtcdProcess } from "../support/etcd.js";
 import { testGuest } from "../support/guest.js";
 import { ensureLibvirtd } from "../support/libvirt.js";
@@ -119,7 +120,7 @@ describe("data safety on the real libvirtd (etcd, server, two agents, ctl)", { t
   /** What a store restored from an older backup looks like for one instance: it never existed. */
   const forget = async (name: string, node: string) => {
     const { uid } = await get(name);
-    for (const k of [keys.instance(name), keys.assignment(node, name), keys.status(name)]) await store.delete(k);
+    for (const k of [keys.instance(name), keys.assignment(node, name), keys.status(node, name)]) await store.delete(k);
     const kv = await store.get(keys.allocation(node));
     if (!kv) return;
     const alloc = fromBinary(AllocationSchema, kv.value);
@@ -171,20 +172,19 @@ describe("data safety on the real libvirtd (etcd, server, two agents, ctl)", { t
     const before = await sha(disk);
 
     const etcd2 = await startEtcd();
+    const store2 = await openEtcdStore({ endpoints: [etcd2.endpoint] });
+    const otherId = await clusterId(store2); // as its own first server would
     const other = startAgent(nodeA, etcd2.endpoint, join(dir, "other-cluster"));
     try {
       // Its adoption listed the node's domains: none of them is its cluster's.
       const line = await other.waitFor(/adoption done/);
       assert.match(line, /"adopted":0,"orphans":0/, "the other cluster sees no instance of its own");
       await other.waitFor(/agent started/);
-      const store2 = await openEtcdStore({ endpoints: [etcd2.endpoint] });
-      try {
-        assert.equal((await store2.range(keys.orphans)).kvs.length, 0, "nor reports ours as its orphans");
-        assert.ok(await store2.get(keys.cluster), "it made its own cluster id");
-      } finally {
-        await store2.close();
-      }
+      const orphans = (await store2.range(keys.nodes, { keysOnly: true })).kvs.filter((kv) => parseNodeKey(kv.key)?.kind === "orphan");
+      assert.equal(orphans.length, 0, "nor reports ours as its orphans");
+      assert.notEqual(otherId, await clusterId(store), "another cluster");
     } finally {
+      await store2.close();
       await other.stop();
       await etcd2.stop();
     }

@@ -28,7 +28,8 @@ import {
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
-import { keys, type Store } from "../../pkg/cluster/store/index.js";
+import { type Store } from "../../pkg/cluster/store/index.js";
+import { keys } from "../../pkg/cluster/state/index.js";
 import { startEtcd, type EtcdProcess } from "../support/etcd.js";
 import { binPath, freePort, Proc, until } from "../support/procs.js";
 

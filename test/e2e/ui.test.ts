@@ -18,7 +18,7 @@ import type { Browser, Page } from "playwright-core";
 import { InstanceService, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeCondition, NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
-import { keys } from "../../pkg/cluster/store/index.js";
+import { keys } from "../../pkg/cluster/state/index.js";
 import { launchBrowser, screenshot } from "../support/browser.js";
 import { startEtcd, type EtcdProcess } from "../support/etcd.js";
 import { binPath, freePort, Proc, repoRoot, until } from "../support/procs.js";
@@ -416,7 +416,8 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
     // A store restored from a backup older than kept-1: its agent keeps it and reports it.
     const store = await openEtcdStore({ endpoints: [etcd.endpoint] });
     try {
-      for (const k of [keys.instance("kept-1"), keys.assignment("ui-node", "kept-1"), keys.status("kept-1")]) await store.delete(k);
+      for (const k of [keys.instance("kept-1"), keys.assignment("ui-node", "kept-1"), keys.status("ui-node", "kept-1")])
+        await store.delete(k);
     } finally {
       await store.close();
     }

@@ -17,7 +17,8 @@ import {
   RestartPolicy,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { keys, type Store } from "../../pkg/cluster/store/index.js";
+import { type Store } from "../../pkg/cluster/store/index.js";
+import { keys, parseNodeKey } from "../../pkg/cluster/state/index.js";
 
 type SpecFields = Partial<Omit<InstanceSpec, "$typeName" | "$unknown">>;
 
@@ -56,9 +57,19 @@ export async function change(store: Store, node: string, name: string, edit: (i:
   return inst;
 }
 
+/** The status an agent wrote for `name`, on whichever node (nodes/<node>/status/<name>). */
 export async function statusOf(store: Store, name: string): Promise<InstanceStatus | undefined> {
-  const kv = await store.get(keys.status(name));
-  return kv ? fromBinary(InstanceSchema, kv.value).status : undefined;
+  return (await statusRecord(store, name))?.status;
+}
+
+/** The whole status record (name, uid, delete time, status) an agent wrote for `name`. */
+export async function statusRecord(store: Store, name: string): Promise<Instance | undefined> {
+  const { kvs } = await store.range(keys.nodes);
+  const kv = kvs.find((kv) => {
+    const k = parseNodeKey(kv.key);
+    return k?.kind === "status" && k.name === name;
+  });
+  return kv ? fromBinary(InstanceSchema, kv.value) : undefined;
 }
 
 /** A probe for until(): the status once it is in `phase` (and passes `extra`). */

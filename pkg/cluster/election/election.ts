@@ -18,7 +18,8 @@
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import { logger, type Logger } from "../../log/index.js";
-import { ifAbsent, ifModRevision, keys, LeaseNotFoundError, type Store } from "../store/index.js";
+import { ifAbsent, ifModRevision, LeaseNotFoundError, type Store } from "../store/index.js";
+import { keys } from "../state/index.js";
 
 export interface ElectionOptions {
   /** Lease TTL in seconds (default 10): how long a dead leader blocks the others at most. */

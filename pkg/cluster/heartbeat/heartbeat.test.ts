@@ -10,7 +10,8 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { LivenessSchema } from "../../../api/gen/hypervisor/v1/store_pb.js";
 import { startEtcd } from "../../../test/support/etcd.js";
 import { openEtcdStore } from "../etcd/index.js";
-import { keys, openEmbeddedStore, type Store } from "../store/index.js";
+import { openEmbeddedStore, type Store } from "../store/index.js";
+import { keys } from "../state/index.js";
 import { Heartbeat, LivenessMonitor, type LivenessChange } from "./index.js";
 
 const DEADLINE_MS = 20_000;

@@ -1,9 +1,9 @@
 /*
- * The agent's side of liveness: alive/<node> lives under a lease that the agent keeps alive.
+ * The agent's side of liveness: nodes/<node>/alive lives under a lease that the agent keeps alive.
  * If the agent dies, the lease expires after its TTL and the key vanishes: that is how the server
  * learns a node is gone, with no message from the dead.
  *
- *   grant(ttl) ──► put alive/<node> under lease ──► every ttl/3: keepAliveOnce
+ *   grant(ttl) ──► put nodes/<node>/alive under lease ──► every ttl/3: keepAliveOnce
  *        ▲                                                │
  *        └──────────── LeaseNotFoundError ◄───────────────┘   (expired while we were away:
  *                                                              new lease, put alive again)
@@ -13,7 +13,8 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { setTimeout as sleep } from "node:timers/promises";
 import { LivenessSchema } from "../../../api/gen/hypervisor/v1/store_pb.js";
 import { logger as rootLogger, type Logger } from "../../log/index.js";
-import { keys, LeaseNotFoundError, type Store } from "../store/index.js";
+import { LeaseNotFoundError, type Store } from "../store/index.js";
+import { keys } from "../state/index.js";
 
 export interface HeartbeatOptions {
   /** Lease TTL in seconds (default 10); keep-alives go out every ttl/3. */

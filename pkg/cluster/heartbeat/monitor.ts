@@ -1,13 +1,13 @@
 /*
- * The server's side of liveness: which nodes have a live alive/<node> key. Present = Ready,
+ * The server's side of liveness: which nodes have a live nodes/<node>/alive key. Present = Ready,
  * deleted (lease revoked or expired) = NotReady. Built on list-then-watch, so a re-list after
  * compaction or a store outage reconciles the set and reports only real changes.
  *
  *   snapshot ──► diff against the known set ──► changes
- *   put alive/n ──► n alive (if it was not)    delete alive/n ──► n not alive
+ *   put nodes/n/alive ──► n alive (if it was not)    delete nodes/n/alive ──► n not alive
  */
-import { baseName, keys, type Store } from "../store/index.js";
-import { listWatch } from "../registry/index.js";
+import type { Store } from "../store/index.js";
+import { keys, listWatch, parseNodeKey } from "../state/index.js";
 import { logger as rootLogger, type Logger } from "../../log/index.js";
 
 export interface LivenessChange {
@@ -70,15 +70,23 @@ export class LivenessMonitor {
   /** Watches until signal aborts. */
   async run(signal: AbortSignal): Promise<void> {
     const onError = (e: unknown) => this.log.warn({ err: e }, "liveness watch failed; re-listing");
-    for await (const ev of listWatch(this.store, keys.alivePrefix, { signal, onError })) {
+    // Under nodes/, beside every node's other keys: only the alive ones count.
+    const aliveOf = (key: string) => {
+      const k = parseNodeKey(key);
+      return k?.kind === "alive" ? k.node : undefined;
+    };
+    for await (const ev of listWatch(this.store, keys.nodes, { signal, onError })) {
       if (ev.type === "snapshot") {
-        const now = new Set(ev.kvs.map((kv) => baseName(kv.key)));
+        const now = new Set(ev.kvs.flatMap((kv) => aliveOf(kv.key) ?? []));
         for (const n of [...this.alive]) if (!now.has(n)) this.set(n, false, ev.revision);
         for (const n of now) this.set(n, true, ev.revision);
         this.syncedResolve();
         continue;
       }
-      for (const e of ev.batch.events) this.set(baseName(e.kv.key), e.type === "put", ev.batch.revision);
+      for (const e of ev.batch.events) {
+        const node = aliveOf(e.kv.key);
+        if (node !== undefined) this.set(node, e.type === "put", ev.batch.revision);
+      }
     }
   }
 

@@ -1,4 +1,4 @@
-// The cluster store contract (an etcd v3 subset), its typed errors, the keyspace, the embedded
+// The cluster store contract (an etcd v3 subset), its typed errors, the embedded
 // single-machine implementation, and the conformance suite both implementations must pass.
 export type {
   Compare,
@@ -15,6 +15,5 @@ export type {
 } from "./store.js";
 export { ifAbsent, ifModRevision, ifPresent } from "./store.js";
 export { CompactedError, LeaseNotFoundError, StoreError, StoreUnavailableError } from "./errors.js";
-export { keys, baseName, parseAssignmentKey, ROOT, RESERVED_LABEL_PREFIX, RESTART_LABEL, STOP_TIMEOUT_LABEL } from "./keys.js";
 export { EmbeddedStore, openEmbeddedStore, type EmbeddedStoreOptions } from "./embedded.js";
 export { GroupCommit, MAX_TXN_BYTES, txnBytes } from "./group-commit.js";

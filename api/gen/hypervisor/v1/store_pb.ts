@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hypervisor/v1/store.proto.
  */
 export const file_hypervisor_v1_store: GenFile = /*@__PURE__*/
-  fileDesc("ChloeXBlcnZpc29yL3YxL3N0b3JlLnByb3RvEg1oeXBlcnZpc29yLnYxIjcKCkFzc2lnbm1lbnQSKQoIaW5zdGFuY2UYASABKAsyFy5oeXBlcnZpc29yLnYxLkluc3RhbmNlIpUBCgpBbGxvY2F0aW9uEjsKCWluc3RhbmNlcxgBIAMoCzIoLmh5cGVydmlzb3IudjEuQWxsb2NhdGlvbi5JbnN0YW5jZXNFbnRyeRpKCg5JbnN0YW5jZXNFbnRyeRILCgNrZXkYASABKAkSJwoFdmFsdWUYAiABKAsyGC5oeXBlcnZpc29yLnYxLlJlc291cmNlczoCOAEiPwoITGl2ZW5lc3MSDAoEbm9kZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoAxITCgt0dGxfc2Vjb25kcxgDIAEoAyIrCg1BZ2VudEVuZHBvaW50EgsKA3VybBgBIAEoCRINCgV0b2tlbhgCIAEoCSKEAQoTQ29uc29sZVRpY2tldFJlY29yZBIQCghpbnN0YW5jZRgBIAEoCRILCgN1aWQYAiABKAkSKAoEa2luZBgDIAEoDjIaLmh5cGVydmlzb3IudjEuQ29uc29sZUtpbmQSDAoEbm9kZRgEIAEoCRIWCg5leHBpcmVfdW5peF9tcxgFIAEoAyJOCg9DbHVzdGVySWRlbnRpdHkSCgoCaWQYASABKAkSLwoLY3JlYXRlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wYgZwcm90bzM", [file_google_protobuf_timestamp, file_hypervisor_v1_console, file_hypervisor_v1_instance, file_hypervisor_v1_node]);
+  fileDesc("ChloeXBlcnZpc29yL3YxL3N0b3JlLnByb3RvEg1oeXBlcnZpc29yLnYxIjcKCkFzc2lnbm1lbnQSKQoIaW5zdGFuY2UYASABKAsyFy5oeXBlcnZpc29yLnYxLkluc3RhbmNlIpUBCgpBbGxvY2F0aW9uEjsKCWluc3RhbmNlcxgBIAMoCzIoLmh5cGVydmlzb3IudjEuQWxsb2NhdGlvbi5JbnN0YW5jZXNFbnRyeRpKCg5JbnN0YW5jZXNFbnRyeRILCgNrZXkYASABKAkSJwoFdmFsdWUYAiABKAsyGC5oeXBlcnZpc29yLnYxLlJlc291cmNlczoCOAEiPwoITGl2ZW5lc3MSDAoEbm9kZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoAxITCgt0dGxfc2Vjb25kcxgDIAEoAyIrCg1BZ2VudEVuZHBvaW50EgsKA3VybBgBIAEoCRINCgV0b2tlbhgCIAEoCSKEAQoTQ29uc29sZVRpY2tldFJlY29yZBIQCghpbnN0YW5jZRgBIAEoCRILCgN1aWQYAiABKAkSKAoEa2luZBgDIAEoDjIaLmh5cGVydmlzb3IudjEuQ29uc29sZUtpbmQSDAoEbm9kZRgEIAEoCRIWCg5leHBpcmVfdW5peF9tcxgFIAEoAyJOCg9DbHVzdGVySWRlbnRpdHkSCgoCaWQYASABKAkSLwoLY3JlYXRlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIi8KCU5vZGVGbGFncxIQCghjb3Jkb25lZBgBIAEoCBIQCghkcmFpbmluZxgCIAEoCGIGcHJvdG8z", [file_google_protobuf_timestamp, file_hypervisor_v1_console, file_hypervisor_v1_instance, file_hypervisor_v1_node]);
 
 /**
  * /hypervisor/v1/assignments/<node>/<uid>: what a node must run, written by the scheduler and
@@ -63,7 +63,7 @@ export const AllocationSchema: GenMessage<Allocation> = /*@__PURE__*/
   messageDesc(file_hypervisor_v1_store, 1);
 
 /**
- * /hypervisor/v1/alive/<node>: written under the agent's lease.
+ * /hypervisor/v1/nodes/<node>/alive: written under the agent's lease.
  *
  * @generated from message hypervisor.v1.Liveness
  */
@@ -92,7 +92,7 @@ export const LivenessSchema: GenMessage<Liveness> = /*@__PURE__*/
   messageDesc(file_hypervisor_v1_store, 2);
 
 /**
- * /hypervisor/v1/agents/<node>: where the server reaches an agent's own endpoint (console logs),
+ * /hypervisor/v1/nodes/<node>/endpoint: where the server reaches an agent's own endpoint (console logs),
  * and the bearer token it must present. Kept out of Node, which the API returns to clients.
  *
  * @generated from message hypervisor.v1.AgentEndpoint
@@ -158,8 +158,8 @@ export const ConsoleTicketRecordSchema: GenMessage<ConsoleTicketRecord> = /*@__P
   messageDesc(file_hypervisor_v1_store, 4);
 
 /**
- * /hypervisor/v1/cluster: the cluster's identity, written once by the first server or agent that
- * finds none (a txn that compares the key absent). Agents mark the instances they create with
+ * /hypervisor/v1/cluster: the cluster's identity, written once by the first server that finds
+ * none (a txn that compares the key absent). Agents mark the instances they create with
  * this id, so a second cluster on the same machine (another store, the same node name) never
  * takes them for its own.
  *
@@ -183,4 +183,30 @@ export type ClusterIdentity = Message<"hypervisor.v1.ClusterIdentity"> & {
  */
 export const ClusterIdentitySchema: GenMessage<ClusterIdentity> = /*@__PURE__*/
   messageDesc(file_hypervisor_v1_store, 5);
+
+/**
+ * /hypervisor/v1/nodeflags/<node>: what the servers decide about a node, apart from the record the
+ * node writes (nodes/<node>/record), so that a node can never uncordon itself. The API shows them
+ * merged into Node.
+ *
+ * @generated from message hypervisor.v1.NodeFlags
+ */
+export type NodeFlags = Message<"hypervisor.v1.NodeFlags"> & {
+  /**
+   * @generated from field: bool cordoned = 1;
+   */
+  cordoned: boolean;
+
+  /**
+   * @generated from field: bool draining = 2;
+   */
+  draining: boolean;
+};
+
+/**
+ * Describes the message hypervisor.v1.NodeFlags.
+ * Use `create(NodeFlagsSchema)` to create a new message.
+ */
+export const NodeFlagsSchema: GenMessage<NodeFlags> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_store, 6);
 

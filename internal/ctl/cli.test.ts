@@ -138,7 +138,7 @@ const EXPECTED = [
   "node list", "node get", "node cordon", "node uncordon", "node drain",
   "instance create", "instance list", "instance get", "instance start", "instance stop", "instance restart", "instance delete",
   "instance logs", "instance set-memory", "instance console", "image import", "image list",
-  "cluster status", "completion", "version",
+  "cluster status", "join-token create", "join-token list", "join-token revoke", "completion", "version",
 ]; // prettier-ignore
 
 describe("completion", () => {
@@ -175,7 +175,7 @@ describe("completion", () => {
 
   it("completes commands, aliases, flags and flag values in a real bash", async () => {
     const { stdout: script } = await runCli(["completion", "bash"]);
-    assert.deepEqual(await complete(script, ""), ["node", "instance", "image", "cluster", "completion", "version"]);
+    assert.deepEqual(await complete(script, ""), ["node", "instance", "image", "cluster", "join-token", "completion", "version"]);
     assert.deepEqual(await complete(script, "inst"), ["instance"]);
     assert.deepEqual(await complete(script, "instance", "st"), ["start", "stop"]);
     assert.deepEqual(await complete(script, "instances", "ls", "--ph"), ["--phase"]);

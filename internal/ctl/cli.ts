@@ -11,6 +11,7 @@ import type { Context, Io } from "./context.js";
 import { describeError, ExitCode } from "./errors.js";
 import { imageCommand } from "./image.js";
 import { instanceCommand } from "./instance.js";
+import { joinTokenCommand } from "./join-token.js";
 import { nodeCommand } from "./node.js";
 import { FORMATS, type Format } from "./output.js";
 
@@ -31,6 +32,7 @@ export function buildProgram(ctx: Context, io: Io): Command {
   program.addCommand(instanceCommand(ctx));
   program.addCommand(imageCommand(ctx));
   program.addCommand(clusterCommand(ctx));
+  program.addCommand(joinTokenCommand(ctx));
   program.addCommand(completionCommand(ctx));
   program.addCommand(versionCommand(ctx));
   return program;

@@ -7,6 +7,7 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
 import { ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
+import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
 import { ImageService } from "../../api/gen/hypervisor/v1/image_pb.js";
 import { InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
@@ -22,6 +23,7 @@ export interface Clients {
   /** Over HTTP/2: an image import streams the upload, which HTTP/1.1 cannot carry. */
   readonly images: Client<typeof ImageService>;
   readonly consoles: Client<typeof ConsoleService>;
+  readonly identity: Client<typeof IdentityService>;
 }
 
 /** Checks the URL first so a typo is a usage error naming it, not a confusing network error. */
@@ -45,5 +47,6 @@ export function createClients(server: string): Clients {
     cluster: createClient(ClusterService, transport),
     images: createClient(ImageService, createConnectTransport({ baseUrl: serverUrl(server), httpVersion: "2" })),
     consoles: createClient(ConsoleService, transport),
+    identity: createClient(IdentityService, transport),
   };
 }

@@ -29,6 +29,12 @@ export const LIMITS = {
   maxSkew: 1000,
   /** Affinity and preference weights are -100..100 (affinity: 1..100). */
   maxWeight: 100,
+  /** CreateJoinToken.ttl_seconds (one year); 0 takes the default. */
+  maxJoinTokenTtlSeconds: 365 * 24 * 3600,
+  /** CreateJoinToken.max_uses; 0 is unlimited. */
+  maxJoinTokenUses: 1_000_000,
+  /** CreateJoinToken.description. */
+  maxDescriptionBytes: 256,
 } as const;
 
 export const NAME_RE = /^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$/;

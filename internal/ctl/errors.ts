@@ -104,7 +104,13 @@ export function describeError(e: unknown, server: string, caFrom?: string): { me
     // behind it (a node's agent, the store), not about reaching the server.
     const answered = err.metadata.has("content-type");
     if (sys !== undefined || (err.code === Code.Unavailable && !answered)) {
-      return { message: `cannot reach server at ${server}: ${sys ?? err.rawMessage}`, exitCode: ExitCode.Unavailable };
+      // TLS 1.3 finishes the client's handshake before the server checks the client certificate,
+      // so a server refusing one often shows only as a reset.
+      const hint =
+        sys === "ECONNRESET" && server.startsWith("https:")
+          ? " (a TLS server also closes like this when it refuses the client certificate, or wants one)"
+          : "";
+      return { message: `cannot reach server at ${server}: ${sys ?? err.rawMessage}${hint}`, exitCode: ExitCode.Unavailable };
     }
     if (err.code === Code.DeadlineExceeded) return { message: `${codeName(err.code)}: ${err.rawMessage}`, exitCode: ExitCode.Timeout };
     return { message: `${codeName(err.code)}: ${err.rawMessage}`, exitCode: ExitCode.Api };

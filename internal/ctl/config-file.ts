@@ -120,7 +120,10 @@ function show(v: unknown): string {
 
 /** The keys of a mapping, refusing any not in `allowed`. */
 function mapping(v: unknown, where: string, allowed: readonly string[]): Raw {
-  if (v === null || typeof v !== "object" || Array.isArray(v)) throw new ConfigFileError(`${where}: expected a mapping, got ${show(v)}`, where);
+  if (v === null || typeof v !== "object" || Array.isArray(v)) {
+    if (where === "") throw new ConfigFileError(`expected a mapping (current-context, contexts) at the top level, got ${show(v)}`);
+    throw new ConfigFileError(`${where}: expected a mapping, got ${show(v)}`, where);
+  }
   for (const k of Object.keys(v)) {
     const key = where === "" ? k : `${where}.${k}`;
     if (!allowed.includes(k)) throw new ConfigFileError(`unknown key ${key} (known: ${allowed.join(", ")})`, key);

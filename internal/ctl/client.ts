@@ -44,7 +44,9 @@ export function createClients(conn: Connection | string, tls: TlsMaterial = {}):
   const server = typeof conn === "string" ? serverUrl(conn) : conn.server;
   const token = typeof conn === "string" ? undefined : conn.token?.value;
   const secure = server.startsWith("https:");
-  const nodeOptions = secure ? { ...(tls.ca !== undefined ? { ca: tls.ca } : {}), ...(tls.cert !== undefined ? { cert: tls.cert, key: tls.key } : {}) } : {};
+  const nodeOptions = secure
+    ? { ...(tls.ca !== undefined ? { ca: tls.ca } : {}), ...(tls.cert !== undefined ? { cert: tls.cert, key: tls.key } : {}) }
+    : {};
   const interceptors: Interceptor[] = [];
   if (token !== undefined) {
     interceptors.push((next) => (req) => {
@@ -63,4 +65,4 @@ export function createClients(conn: Connection | string, tls: TlsMaterial = {}):
     consoles: createClient(ConsoleService, transport),
     webSocketOptions: { ...nodeOptions, ...(token !== undefined ? { headers: { Authorization: `Bearer ${token}` } } : {}) },
   };
-} // prettier-ignore
+}

@@ -56,6 +56,8 @@ export function configCommand(ctx: Context): Command {
   const cmd = new Command("config").description("show and edit the ctl configuration file (contexts: server, CA, credentials)");
 
   const load = () => readConfig(ctx.configLocation());
+  // A command that writes creates the file, even one named by --config-file that is not there yet.
+  const loadForWrite = () => readConfig({ ...ctx.configLocation(), explicit: false });
   /** The file to write: the one named, else the default; there is none without a home. */
   const target = (): string => {
     const { path } = ctx.configLocation();
@@ -110,7 +112,8 @@ export function configCommand(ctx: Context): Command {
     .description("print the name of the current context")
     .action(() => {
       const { config } = load();
-      if (config.currentContext === undefined) throw new ConfigFileError("no current context is set (config use-context NAME)", "current-context");
+      if (config.currentContext === undefined)
+        throw new ConfigFileError("no current context is set (config use-context NAME)", "current-context");
       ctx.out(`${config.currentContext}\n`);
     });
 
@@ -133,12 +136,13 @@ export function configCommand(ctx: Context): Command {
     .action((name: string, opts: { embed?: boolean }) => {
       checkContextName(name, "context name");
       const f = ctx.flags();
-      const { config } = load();
+      const { config } = loadForWrite();
       const old = config.contexts.find((c) => c.name === name);
       if (!old && f.server === undefined) throw usageError(`context ${name} is new: give its --server`);
       const next: ContextEntry = old ? structuredClone(old) : { name, server: "" };
       if (f.server !== undefined) next.server = f.server.replace(/\/+$/, "");
-      if ((f.clientCert === undefined) !== (f.clientKey === undefined)) throw usageError("--client-cert and --client-key go together: give both");
+      if ((f.clientCert === undefined) !== (f.clientKey === undefined))
+        throw usageError("--client-cert and --client-key go together: give both");
       // Read and checked now: a wrong path or a key of another certificate is an error here,
       // not at the first command that uses the context.
       const abs = (p: string) => resolve(p);

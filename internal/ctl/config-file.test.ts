@@ -5,7 +5,16 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ConfigFileError, configLocation, formatConfig, parseConfig, putContext, readConfig, saveContext, writeConfig } from "./config-file.js";
+import {
+  ConfigFileError,
+  configLocation,
+  formatConfig,
+  parseConfig,
+  putContext,
+  readConfig,
+  saveContext,
+  writeConfig,
+} from "./config-file.js";
 
 const PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 
@@ -57,7 +66,16 @@ describe("parseConfig", () => {
   it("round-trips through formatConfig", () => {
     const cfg = parseConfig(GOOD, "/f.yaml");
     assert.deepEqual(parseConfig(formatConfig(cfg), "/f.yaml"), cfg);
-    const inline = { contexts: [{ name: "x", server: "https://h:1", caData: PEM, credentials: { clientCertData: PEM, clientKeyData: PEM.replace(/CERTIFICATE/g, "PRIVATE KEY") } }] };
+    const inline = {
+      contexts: [
+        {
+          name: "x",
+          server: "https://h:1",
+          caData: PEM,
+          credentials: { clientCertData: PEM, clientKeyData: PEM.replace(/CERTIFICATE/g, "PRIVATE KEY") },
+        },
+      ],
+    };
     assert.deepEqual(parseConfig(formatConfig(inline), "/f.yaml"), inline);
   });
 
@@ -76,7 +94,11 @@ describe("parseConfig", () => {
     fails("contexts:\n  - name: a\n", "contexts[0].server", /contexts\[0\]\.server: required/);
     fails("contexts:\n  - server: https://h\n", "contexts[0].name", /contexts\[0\]\.name: required/);
     fails("contexts:\n  - name: 7\n    server: https://h\n", "contexts[0].name", /expected a non-empty string, got 7/);
-    fails("contexts:\n  - {name: a, server: 'https://h'}\n  - {name: a, server: 'https://g'}\n", "contexts[1].name", /context "a" is defined twice/);
+    fails(
+      "contexts:\n  - {name: a, server: 'https://h'}\n  - {name: a, server: 'https://g'}\n",
+      "contexts[1].name",
+      /context "a" is defined twice/,
+    );
     fails("- a\n", undefined, /expected a mapping/);
     fails("a: [\n", undefined, /config file \/f\.yaml: /);
     fails("current-context: a\ncurrent-context: b\n", undefined, /unique/i);
@@ -84,7 +106,11 @@ describe("parseConfig", () => {
 
   it("rejects bad values, naming the key and the value", () => {
     fails("contexts:\n  - {name: 'a b', server: 'https://h'}\n", "contexts[0].name", /invalid context name "a b"/);
-    fails("contexts:\n  - {name: a, server: 'h:7070'}\n", "contexts[0].server", /contexts\[0\]\.server must be an http\(s\) URL, got "h:7070"/);
+    fails(
+      "contexts:\n  - {name: a, server: 'h:7070'}\n",
+      "contexts[0].server",
+      /contexts\[0\]\.server must be an http\(s\) URL, got "h:7070"/,
+    );
     fails("contexts:\n  - {name: a, server: 'ftp://h'}\n", "contexts[0].server", /must be an http\(s\) URL/);
     fails("contexts:\n  - {name: a, server: 'https://u:p@h'}\n", "contexts[0].server", /must not carry a user or password/);
     fails("contexts:\n  - {name: a, server: 'https://h', ca-data: 'Y2E='}\n", "contexts[0].ca-data", /expected PEM text/);
@@ -92,7 +118,11 @@ describe("parseConfig", () => {
   });
 
   it("rejects contradictions: file and data, half a key pair, TLS settings on http", () => {
-    fails("contexts:\n  - {name: a, server: 'https://h', ca-file: f, ca-data: x}\n", "contexts[0].ca-file", /ca-file and ca-data exclude each other/);
+    fails(
+      "contexts:\n  - {name: a, server: 'https://h', ca-file: f, ca-data: x}\n",
+      "contexts[0].ca-file",
+      /ca-file and ca-data exclude each other/,
+    );
     fails(
       "contexts:\n  - {name: a, server: 'https://h', credentials: {client-cert-file: c}}\n",
       "contexts[0].credentials.client-key-file",
@@ -103,7 +133,11 @@ describe("parseConfig", () => {
       "contexts[0].credentials.client-key-file",
       /client-key-file and client-key-data exclude each other/,
     );
-    fails("contexts:\n  - {name: a, server: 'http://h', ca-file: f}\n", "contexts[0].server", /has a CA or client certificate but server http:\/\/h is not https/);
+    fails(
+      "contexts:\n  - {name: a, server: 'http://h', ca-file: f}\n",
+      "contexts[0].server",
+      /has a CA or client certificate but server http:\/\/h is not https/,
+    );
   });
 });
 
@@ -115,7 +149,10 @@ describe("configLocation", () => {
     assert.deepEqual(configLocation(undefined, { ...env, HYPERVISOR_CONFIG: "" }), { path: "/x/hypervisor/config.yaml", explicit: false });
     assert.deepEqual(configLocation(undefined, { HOME: "/h" }), { path: "/h/.config/hypervisor/config.yaml", explicit: false });
     // XDG says a relative XDG_CONFIG_HOME is invalid and to be ignored.
-    assert.deepEqual(configLocation(undefined, { XDG_CONFIG_HOME: "rel", HOME: "/h" }), { path: "/h/.config/hypervisor/config.yaml", explicit: false });
+    assert.deepEqual(configLocation(undefined, { XDG_CONFIG_HOME: "rel", HOME: "/h" }), {
+      path: "/h/.config/hypervisor/config.yaml",
+      explicit: false,
+    });
     assert.deepEqual(configLocation(undefined, {}), { path: undefined, explicit: false });
   });
 });
@@ -124,7 +161,11 @@ describe("readConfig and writeConfig", () => {
   it("a missing default file is empty; a missing named one is an error", () => {
     const dir = mkdtempSync(join(tmpdir(), "ctl-cfg-"));
     try {
-      assert.deepEqual(readConfig({ path: join(dir, "none.yaml"), explicit: false }), { config: { contexts: [] }, path: undefined, exposed: false });
+      assert.deepEqual(readConfig({ path: join(dir, "none.yaml"), explicit: false }), {
+        config: { contexts: [] },
+        path: undefined,
+        exposed: false,
+      });
       assert.throws(() => readConfig({ path: join(dir, "none.yaml"), explicit: true }), /config file .*none\.yaml: no such file/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -180,7 +221,10 @@ describe("readConfig and writeConfig", () => {
         ],
       });
       const before = readFileSync(path, "utf8");
-      assert.throws(() => saveContext(path, { name: "c", server: "nope" }, { makeCurrent: true }), /context c\.server must be an http\(s\) URL/);
+      assert.throws(
+        () => saveContext(path, { name: "c", server: "nope" }, { makeCurrent: true }),
+        /context c\.server must be an http\(s\) URL/,
+      );
       assert.equal(readFileSync(path, "utf8"), before, "nothing written");
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -188,7 +232,22 @@ describe("readConfig and writeConfig", () => {
   });
 
   it("putContext keeps the order and an existing current context", () => {
-    const cfg = putContext({ currentContext: "a", contexts: [{ name: "a", server: "https://a" }, { name: "b", server: "https://b" }] }, { name: "a", server: "https://a2" });
-    assert.deepEqual(cfg, { currentContext: "a", contexts: [{ name: "a", server: "https://a2" }, { name: "b", server: "https://b" }] });
+    const cfg = putContext(
+      {
+        currentContext: "a",
+        contexts: [
+          { name: "a", server: "https://a" },
+          { name: "b", server: "https://b" },
+        ],
+      },
+      { name: "a", server: "https://a2" },
+    );
+    assert.deepEqual(cfg, {
+      currentContext: "a",
+      contexts: [
+        { name: "a", server: "https://a2" },
+        { name: "b", server: "https://b" },
+      ],
+    });
   });
 });

@@ -99,7 +99,8 @@ export function checkServerUrl(value: string, where: string): string {
     throw new ConfigFileError(`${where} must be an http(s) URL, got ${JSON.stringify(value)}`, where);
   if (url.username !== "" || url.password !== "")
     throw new ConfigFileError(`${where}: a URL must not carry a user or password; put credentials in the context's credentials`, where);
-  if (url.search !== "" || url.hash !== "") throw new ConfigFileError(`${where}: a server URL takes no query or fragment, got ${JSON.stringify(value)}`, where);
+  if (url.search !== "" || url.hash !== "")
+    throw new ConfigFileError(`${where}: a server URL takes no query or fragment, got ${JSON.stringify(value)}`, where);
   return value.replace(/\/+$/, "");
 }
 
@@ -108,7 +109,8 @@ export function checkToken(value: string, where: string): void {
 }
 
 function checkPem(value: string, where: string): void {
-  if (!value.includes("-----BEGIN ")) throw new ConfigFileError(`${where}: expected PEM text (-----BEGIN ...), not a file name or base64`, where);
+  if (!value.includes("-----BEGIN "))
+    throw new ConfigFileError(`${where}: expected PEM text (-----BEGIN ...), not a file name or base64`, where);
 }
 
 type Raw = Record<string, unknown>;
@@ -148,7 +150,8 @@ function oneOf(m: Raw, file: string, data: string, where: string): void {
 export function checkContext(c: ContextEntry, where: string): void {
   checkContextName(c.name, `${where}.name`);
   const server = checkServerUrl(c.server, `${where}.server`);
-  if (c.caFile !== undefined && c.caData !== undefined) throw new ConfigFileError(`${where}: ca-file and ca-data exclude each other; give one`, `${where}.ca-file`);
+  if (c.caFile !== undefined && c.caData !== undefined)
+    throw new ConfigFileError(`${where}: ca-file and ca-data exclude each other; give one`, `${where}.ca-file`);
   if (c.caData !== undefined) checkPem(c.caData, `${where}.ca-data`);
   const cr = c.credentials;
   const tls = c.caFile !== undefined || c.caData !== undefined;
@@ -156,9 +159,15 @@ export function checkContext(c: ContextEntry, where: string): void {
   const key = cr !== undefined && (cr.clientKeyFile !== undefined || cr.clientKeyData !== undefined);
   if (cr) {
     const w = `${where}.credentials`;
-    if (cr.clientCertFile !== undefined && cr.clientCertData !== undefined) throw new ConfigFileError(`${w}: client-cert-file and client-cert-data exclude each other; give one`, `${w}.client-cert-file`);
-    if (cr.clientKeyFile !== undefined && cr.clientKeyData !== undefined) throw new ConfigFileError(`${w}: client-key-file and client-key-data exclude each other; give one`, `${w}.client-key-file`);
-    if (cert !== key) throw new ConfigFileError(`${w}: a client certificate needs its key and a key its certificate; give both`, cert ? `${w}.client-key-file` : `${w}.client-cert-file`);
+    if (cr.clientCertFile !== undefined && cr.clientCertData !== undefined)
+      throw new ConfigFileError(`${w}: client-cert-file and client-cert-data exclude each other; give one`, `${w}.client-cert-file`);
+    if (cr.clientKeyFile !== undefined && cr.clientKeyData !== undefined)
+      throw new ConfigFileError(`${w}: client-key-file and client-key-data exclude each other; give one`, `${w}.client-key-file`);
+    if (cert !== key)
+      throw new ConfigFileError(
+        `${w}: a client certificate needs its key and a key its certificate; give both`,
+        cert ? `${w}.client-key-file` : `${w}.client-cert-file`,
+      );
     if (cr.clientCertData !== undefined) checkPem(cr.clientCertData, `${w}.client-cert-data`);
     if (cr.clientKeyData !== undefined) checkPem(cr.clientKeyData, `${w}.client-key-data`);
     if (cr.token !== undefined) checkToken(cr.token, `${w}.token`);
@@ -166,7 +175,7 @@ export function checkContext(c: ContextEntry, where: string): void {
   // TLS settings on a plaintext URL would be silently unused: the user meant https.
   if ((tls || cert) && server.startsWith("http:"))
     throw new ConfigFileError(`${where}: has a CA or client certificate but server ${server} is not https`, `${where}.server`);
-} // prettier-ignore
+}
 
 const TOP = ["current-context", "contexts"] as const;
 const CONTEXT = ["name", "server", "ca-file", "ca-data", "credentials"] as const;

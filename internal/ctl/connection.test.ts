@@ -8,7 +8,15 @@ import { join } from "node:path";
 import { newCa, type Issued, type TestCa } from "../../test/support/openssl-ca.js";
 import { CliError } from "./errors.js";
 import type { CtlConfig } from "./config-file.js";
-import { type Connection, type ConnectionInputs, isLoopback, loadTls, plaintextWarning, resolveConnection, DEFAULT_SERVER } from "./connection.js";
+import {
+  type Connection,
+  type ConnectionInputs,
+  isLoopback,
+  loadTls,
+  plaintextWarning,
+  resolveConnection,
+  DEFAULT_SERVER,
+} from "./connection.js";
 
 const CONFIG: CtlConfig = {
   currentContext: "prod",
@@ -44,7 +52,14 @@ function summary(c: Connection): Record<string, string | undefined> {
 describe("resolveConnection", () => {
   it("with no file and nothing given: the default server, no TLS settings", () => {
     const c = resolveConnection(inputs({ config: { contexts: [] }, configPath: undefined }));
-    assert.deepEqual(summary(c), { context: undefined, server: `${DEFAULT_SERVER} <- default`, ca: undefined, cert: undefined, key: undefined, token: undefined });
+    assert.deepEqual(summary(c), {
+      context: undefined,
+      server: `${DEFAULT_SERVER} <- default`,
+      ca: undefined,
+      cert: undefined,
+      key: undefined,
+      token: undefined,
+    });
   });
 
   it("takes the current context, relative paths from the file's directory", () => {
@@ -59,13 +74,25 @@ describe("resolveConnection", () => {
   });
 
   it("--context beats HYPERVISOR_CONTEXT beats current-context; inline data is used as it is", () => {
-    const lab = { context: "lab", server: "https://lab:7070 <- context lab (server)", ca: "PEM <- context lab (ca-data)", cert: "C <- context lab (client-cert-data)", key: "K <- context lab (client-key-data)", token: undefined };
+    const lab = {
+      context: "lab",
+      server: "https://lab:7070 <- context lab (server)",
+      ca: "PEM <- context lab (ca-data)",
+      cert: "C <- context lab (client-cert-data)",
+      key: "K <- context lab (client-key-data)",
+      token: undefined,
+    };
     assert.deepEqual(summary(resolveConnection(inputs({ env: { HYPERVISOR_CONTEXT: "lab" } }))), lab);
     assert.deepEqual(summary(resolveConnection(inputs({ flags: { context: "lab" }, env: { HYPERVISOR_CONTEXT: "prod" } }))), lab);
   });
 
   it("flags beat the environment, which beats the context, setting by setting", () => {
-    const env = { HYPERVISOR_SERVER: "https://env:1", HYPERVISOR_CA_FILE: "/env/ca", HYPERVISOR_CLIENT_CERT: "/env/c", HYPERVISOR_CLIENT_KEY: "/env/k" };
+    const env = {
+      HYPERVISOR_SERVER: "https://env:1",
+      HYPERVISOR_CA_FILE: "/env/ca",
+      HYPERVISOR_CLIENT_CERT: "/env/c",
+      HYPERVISOR_CLIENT_KEY: "/env/k",
+    };
     assert.deepEqual(summary(resolveConnection(inputs({ env }))), {
       context: "prod",
       server: "https://env:1 <- HYPERVISOR_SERVER",
@@ -92,7 +119,9 @@ describe("resolveConnection", () => {
   it("sends a context's token only to that context's server", () => {
     const c = resolveConnection(inputs({ flags: { server: "https://other:1" } }));
     assert.equal(c.token, undefined);
-    assert.deepEqual(c.warnings, ["not sending the token of context prod to https://other:1 (from --server): it is not that context's server"]);
+    assert.deepEqual(c.warnings, [
+      "not sending the token of context prod to https://other:1 (from --server): it is not that context's server",
+    ]);
     // HYPERVISOR_TOKEN is the user's own choice for this run, wherever it goes.
     const e = resolveConnection(inputs({ flags: { server: "https://other:1" }, env: { HYPERVISOR_TOKEN: "t2" } }));
     assert.deepEqual(e.token, { value: "t2", from: "HYPERVISOR_TOKEN" });
@@ -102,7 +131,10 @@ describe("resolveConnection", () => {
   it("drops a context's TLS settings when an http server is given instead; refuses ones given for this run", () => {
     const c = resolveConnection(inputs({ flags: { server: "http://127.0.0.1:9" } }));
     assert.deepEqual([c.ca, c.clientCert, c.clientKey], [undefined, undefined, undefined]);
-    assert.throws(() => resolveConnection(inputs({ flags: { server: "http://127.0.0.1:9", caFile: "/ca" } })), /--ca-file is given but the server http:\/\/127\.0\.0\.1:9 \(from --server\) is not https/);
+    assert.throws(
+      () => resolveConnection(inputs({ flags: { server: "http://127.0.0.1:9", caFile: "/ca" } })),
+      /--ca-file is given but the server http:\/\/127\.0\.0\.1:9 \(from --server\) is not https/,
+    );
     assert.throws(
       () => resolveConnection(inputs({ config: { contexts: [] }, env: { HYPERVISOR_CLIENT_CERT: "/c", HYPERVISOR_CLIENT_KEY: "/k" } })),
       /HYPERVISOR_CLIENT_CERT is given but the server http:\/\/127\.0\.0\.1:7070 \(from default\) is not https/,
@@ -127,21 +159,32 @@ describe("resolveConnection", () => {
     bad({ env: { HYPERVISOR_CLIENT_KEY: "/k" } }, /^HYPERVISOR_CLIENT_CERT and HYPERVISOR_CLIENT_KEY go together/);
     bad({ env: { HYPERVISOR_SERVER: "localhost:7070" } }, /^HYPERVISOR_SERVER must be an http\(s\) URL, got "localhost:7070"/);
     bad({ env: { HYPERVISOR_TOKEN: "a b" } }, /^HYPERVISOR_TOKEN: a token is visible ASCII/);
-    bad({ flags: { context: "nope" } }, /^--context names context "nope", which \/home\/u\/\.config\/hypervisor\/config\.yaml does not have \(contexts: prod, lab, plain\)/);
-    bad({ config: { currentContext: "gone", contexts: [] } }, /^current-context names context "gone", which .* does not have \(it has no contexts\)/);
+    bad(
+      { flags: { context: "nope" } },
+      /^--context names context "nope", which \/home\/u\/\.config\/hypervisor\/config\.yaml does not have \(contexts: prod, lab, plain\)/,
+    );
+    bad(
+      { config: { currentContext: "gone", contexts: [] } },
+      /^current-context names context "gone", which .* does not have \(it has no contexts\)/,
+    );
   });
 });
 
 describe("plaintext", () => {
   it("knows loopback hosts", () => {
-    for (const u of ["http://127.0.0.1:1", "http://127.9.9.9", "http://localhost:7070", "http://[::1]:7070", "http://a.localhost"]) assert.ok(isLoopback(u), u);
-    for (const u of ["http://10.0.0.1", "http://128.0.0.1", "http://example.com", "http://[::2]", "http://localhost.example.com"]) assert.ok(!isLoopback(u), u);
+    for (const u of ["http://127.0.0.1:1", "http://127.9.9.9", "http://localhost:7070", "http://[::1]:7070", "http://a.localhost"])
+      assert.ok(isLoopback(u), u);
+    for (const u of ["http://10.0.0.1", "http://128.0.0.1", "http://example.com", "http://[::2]", "http://localhost.example.com"])
+      assert.ok(!isLoopback(u), u);
   });
 
   it("warns only for http off the machine", () => {
     assert.equal(plaintextWarning("https://10.0.0.1:7070"), undefined);
     assert.equal(plaintextWarning("http://127.0.0.1:7070"), undefined);
-    assert.equal(plaintextWarning("http://10.0.0.1:7070"), "warning: http://10.0.0.1:7070 is not https: requests (and anything they carry) cross the network in plaintext");
+    assert.equal(
+      plaintextWarning("http://10.0.0.1:7070"),
+      "warning: http://10.0.0.1:7070 is not https: requests (and anything they carry) cross the network in plaintext",
+    );
   });
 });
 
@@ -161,12 +204,22 @@ describe("loadTls", () => {
   const conn = (more: Partial<Connection>): Connection => ({ server: "https://h:1", serverFrom: "--server", warnings: [], ...more });
 
   it("reads the CA, certificate and key from files or inline", () => {
-    const t = loadTls(conn({ ca: { file: ca.certFile, from: "--ca-file" }, clientCert: { pem: me.certPem, from: "c" }, clientKey: { file: me.keyFile, from: "k" } }), new Date());
+    const t = loadTls(
+      conn({
+        ca: { file: ca.certFile, from: "--ca-file" },
+        clientCert: { pem: me.certPem, from: "c" },
+        clientKey: { file: me.keyFile, from: "k" },
+      }),
+      new Date(),
+    );
     assert.deepEqual(t, { ca: ca.certPem, caFrom: `--ca-file ${ca.certFile}`, cert: me.certPem, key: me.keyPem });
   });
 
   it("names the file and what is wrong with it", async () => {
-    const load = (more: Partial<Connection>, now = new Date()) => () => loadTls(conn(more), now);
+    const load =
+      (more: Partial<Connection>, now = new Date()) =>
+      () =>
+        loadTls(conn(more), now);
     const throwsMsg = (fn: () => unknown, re: RegExp) =>
       assert.throws(fn, (e: unknown) => e instanceof CliError && e.exitCode === 2 && re.test(e.message));
     throwsMsg(load({ ca: { file: join(dir, "none"), from: "--ca-file" } }), /^--ca-file: cannot read .*\/none: no such file$/);
@@ -174,7 +227,10 @@ describe("loadTls", () => {
     const broken = join(dir, "broken.crt");
     await writeFile(broken, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
     throwsMsg(load({ ca: { file: broken, from: "HYPERVISOR_CA_FILE" } }), /^HYPERVISOR_CA_FILE .*broken\.crt: not a valid certificate/);
-    const pair = (key: string) => ({ clientCert: { file: me.certFile, from: "--client-cert" }, clientKey: { file: key, from: "--client-key" } });
+    const pair = (key: string) => ({
+      clientCert: { file: me.certFile, from: "--client-cert" },
+      clientKey: { file: key, from: "--client-key" },
+    });
     throwsMsg(load(pair(other.keyFile)), /^--client-key .*other\.key is not the key of the certificate --client-cert .*me\.crt$/);
     throwsMsg(load(pair(me.certFile)), /^--client-key .*me\.crt: not a private key/);
     // The test CA issues for a day.

@@ -86,12 +86,17 @@ export function resolveConnection(inputs: ConnectionInputs): Connection {
   if (ctx) conn.context = ctx.name;
 
   if (set(flags.server)) [conn.server, conn.serverFrom] = [checkServerUrl(flags.server, "--server"), "--server"];
-  else if (set(env["HYPERVISOR_SERVER"])) [conn.server, conn.serverFrom] = [checkServerUrl(env["HYPERVISOR_SERVER"], "HYPERVISOR_SERVER"), "HYPERVISOR_SERVER"];
+  else if (set(env["HYPERVISOR_SERVER"]))
+    [conn.server, conn.serverFrom] = [checkServerUrl(env["HYPERVISOR_SERVER"], "HYPERVISOR_SERVER"), "HYPERVISOR_SERVER"];
   else if (ctx) [conn.server, conn.serverFrom] = [ctx.server, `${inCtx} (server)`];
 
   const file = (p: string, from: string): PemSource => ({ file: resolveFrom(undefined, p), from });
   const fromCtx = (f: string | undefined, d: string | undefined, key: string): PemSource | undefined =>
-    f !== undefined ? { file: resolveFrom(configPath, f), from: `${inCtx} (${key}-file)` } : d !== undefined ? { pem: d, from: `${inCtx} (${key}-data)` } : undefined;
+    f !== undefined
+      ? { file: resolveFrom(configPath, f), from: `${inCtx} (${key}-file)` }
+      : d !== undefined
+        ? { pem: d, from: `${inCtx} (${key}-data)` }
+        : undefined;
 
   if (set(flags.caFile)) conn.ca = file(flags.caFile, "--ca-file");
   else if (set(env["HYPERVISOR_CA_FILE"])) conn.ca = file(env["HYPERVISOR_CA_FILE"], "HYPERVISOR_CA_FILE");
@@ -128,7 +133,8 @@ export function resolveConnection(inputs: ConnectionInputs): Connection {
   const tlsFrom = [conn.ca, conn.clientCert].filter((s) => s !== undefined && !s.from.startsWith("context"));
   if (conn.server.startsWith("http:")) {
     // A CA or certificate the user gave for this run on a plaintext URL would be silently unused.
-    if (tlsFrom.length > 0) throw usageError(`${tlsFrom[0]!.from} is given but the server ${conn.server} (from ${conn.serverFrom}) is not https`);
+    if (tlsFrom.length > 0)
+      throw usageError(`${tlsFrom[0]!.from} is given but the server ${conn.server} (from ${conn.serverFrom}) is not https`);
     // From a context whose server was overridden by an http one: they belong to the other server.
     delete conn.ca;
     delete conn.clientCert;
@@ -137,7 +143,7 @@ export function resolveConnection(inputs: ConnectionInputs): Connection {
       throw usageError(`refusing to send the token (from ${conn.token.from}) in plaintext to ${conn.server}: use an https server`);
   }
   return conn;
-} // prettier-ignore
+}
 
 /** localhost, 127.0.0.0/8 and ::1: plaintext to them does not leave the machine. */
 export function isLoopback(server: string): boolean {
@@ -208,10 +214,12 @@ export function loadTls(conn: Connection, now: Date): TlsMaterial {
     } catch (e) {
       throw usageError(`${where(conn.clientKey)}: not a private key: ${(e as Error).message}`);
     }
-    if (!leaf!.checkPrivateKey(key)) throw usageError(`${where(conn.clientKey)} is not the key of the certificate ${where(conn.clientCert)}`);
-    if (new Date(leaf!.validTo).getTime() < now.getTime()) throw usageError(`${where(conn.clientCert)}: the certificate expired on ${new Date(leaf!.validTo).toISOString()}`);
+    if (!leaf!.checkPrivateKey(key))
+      throw usageError(`${where(conn.clientKey)} is not the key of the certificate ${where(conn.clientCert)}`);
+    if (new Date(leaf!.validTo).getTime() < now.getTime())
+      throw usageError(`${where(conn.clientCert)}: the certificate expired on ${new Date(leaf!.validTo).toISOString()}`);
     out.cert = certPem;
     out.key = keyPem;
   }
   return out;
-} // prettier-ignore
+}

@@ -133,13 +133,20 @@ describe("ctl over TLS", () => {
     const images = await runCli(["--server", optional.url, "--ca-file", caB.certFile, "image", "list"]);
     assert.equal(images.code, ExitCode.Unavailable);
     assert.match(images.stderr, /its certificate is not signed by the CA of --ca-file/);
-    assert.equal(optional.seen.filter((s) => s.peer === "none" && s.auth === "none").length, 2, "only the two calls with the right CA arrived");
+    assert.equal(
+      optional.seen.filter((s) => s.peer === "none" && s.auth === "none").length,
+      2,
+      "only the two calls with the right CA arrived",
+    );
   });
 
   it("without a CA uses the system store, which does not know the cluster's CA", async () => {
     const r = await runCli(["--server", optional.url, "version"]);
     assert.equal(r.code, ExitCode.Unavailable);
-    assert.match(r.stderr, /^error: cannot verify server at https:\/\/127\.0\.0\.1:\d+: its certificate is not signed by a CA this system trusts; give the cluster's CA/);
+    assert.match(
+      r.stderr,
+      /^error: cannot verify server at https:\/\/127\.0\.0\.1:\d+: its certificate is not signed by a CA this system trusts; give the cluster's CA/,
+    );
   });
 
   it("refuses a certificate that does not name the host", async () => {
@@ -156,7 +163,10 @@ describe("ctl over TLS", () => {
     const withB = await runCli([...flags, "--client-cert", clientOfB.certFile, "--client-key", clientOfB.keyFile, "version"]);
     assert.equal(withB.code, ExitCode.Unavailable);
     // Under TLS 1.3 the refusal reaches the client as an alert or, when the reset wins, as ECONNRESET.
-    assert.match(withB.stderr, /refused the TLS handshake: it requires a client certificate|ECONNRESET \(a TLS server also closes like this when it refuses the client certificate/);
+    assert.match(
+      withB.stderr,
+      /refused the TLS handshake: it requires a client certificate|ECONNRESET \(a TLS server also closes like this when it refuses the client certificate/,
+    );
     const r = await runCli([...flags, "--client-cert", client.certFile, "--client-key", client.keyFile, "version"]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^Server: peer=user:alice /m);
@@ -181,7 +191,10 @@ describe("ctl over TLS", () => {
       "  - name: lab",
       `    server: ${required.url}`,
       "    ca-data: |",
-      ...caA.certPem.trim().split("\n").map((l) => `      ${l}`),
+      ...caA.certPem
+        .trim()
+        .split("\n")
+        .map((l) => `      ${l}`),
       "    credentials:",
       `      client-cert-file: ${client.certFile}`,
       `      client-key-file: ${client.keyFile}`,
@@ -209,7 +222,20 @@ describe("ctl over TLS", () => {
     const home = await mkdtemp(join(dir, "home-"));
     const env = { HOME: home };
     const set = await runCli(
-      ["config", "set-context", "emb", "--embed", "--server", required.url, "--ca-file", caA.certFile, "--client-cert", client.certFile, "--client-key", client.keyFile],
+      [
+        "config",
+        "set-context",
+        "emb",
+        "--embed",
+        "--server",
+        required.url,
+        "--ca-file",
+        caA.certFile,
+        "--client-cert",
+        client.certFile,
+        "--client-key",
+        client.keyFile,
+      ],
       { env },
     );
     assert.equal(set.code, 0, set.stderr);

@@ -12,10 +12,15 @@ import { dirname, join } from "node:path";
 import type { TLSSocket } from "node:tls";
 import { createContextKey, createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { createServer as createHttpsServer } from "node:https";
+import { PassThrough } from "node:stream";
+import { WebSocketServer } from "ws";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
+import { ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
 import { ImageService } from "../../api/gen/hypervisor/v1/image_pb.js";
 import { newCa, type Issued, type TestCa } from "../../test/support/openssl-ca.js";
 import { ExitCode } from "./errors.js";
+import { run } from "./cli.js";
 import { runCli } from "./testing.js";
 
 interface Seen {
@@ -243,5 +248,59 @@ describe("ctl over TLS", () => {
     const r = await runCli(["version"], { env });
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^Server: peer=user:alice /m);
+  });
+});
+
+describe("ctl console over TLS", () => {
+  it("opens the console's WebSocket with the same CA, client certificate and token as the API calls", async () => {
+    const srv = await caA.issue("console-server", { cn: "server:console", san: ["IP:127.0.0.1"], eku: ["serverAuth"] });
+    const handler = connectNodeAdapter({
+      routes: (router) => router.service(ConsoleService, { createConsoleTicket: () => ({ ticket: "t1", path: "/console/t1" }) }),
+    });
+    const server = createHttpsServer(
+      { cert: srv.certPem, key: srv.keyPem, ca: caA.certPem, requestCert: true, rejectUnauthorized: true },
+      handler,
+    );
+    // The "console" tells who opened it, then ends the session.
+    const wss = new WebSocketServer({ server, path: "/console/t1" });
+    wss.on("connection", (ws, req) => {
+      const peer = (req.socket as TLSSocket).getPeerCertificate().subject?.CN ?? "none";
+      ws.send(`peer=${String(peer)} auth=${req.headers.authorization ?? "none"}\n`);
+      ws.close();
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      let stdout = "";
+      let stderr = "";
+      const code = await run(
+        [
+          "--server",
+          url,
+          "--ca-file",
+          caA.certFile,
+          "--client-cert",
+          client.certFile,
+          "--client-key",
+          client.keyFile,
+          "instance",
+          "console",
+          "vm1",
+        ],
+        {
+          stdout: { write: (t: string) => (stdout += t) },
+          stderr: { write: (t: string) => (stderr += t) },
+          stdin: new PassThrough(),
+          env: { HYPERVISOR_TOKEN: "tok-1" },
+        },
+      );
+      assert.equal(code, 0, stderr);
+      assert.equal(stdout, "peer=user:alice auth=Bearer tok-1\n");
+      assert.match(stderr, /^Connected to the serial console of vm1\./);
+    } finally {
+      wss.close();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
   });
 });

@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import {
   ConfigFileError,
   configLocation,
@@ -137,6 +138,21 @@ describe("parseConfig", () => {
       "contexts:\n  - {name: a, server: 'http://h', ca-file: f}\n",
       "contexts[0].server",
       /has a CA or client certificate but server http:\/\/h is not https/,
+    );
+  });
+});
+
+describe("configs/ctl.yaml", () => {
+  it("the documented example is a valid configuration", () => {
+    const path = fileURLToPath(new URL("../../../configs/ctl.yaml", import.meta.url));
+    const cfg = parseConfig(readFileSync(path, "utf8"), path);
+    assert.equal(cfg.currentContext, "prod");
+    assert.deepEqual(
+      cfg.contexts.map((c) => [c.name, c.server]),
+      [
+        ["prod", "https://10.0.0.5:7070"],
+        ["local", "http://127.0.0.1:7070"],
+      ],
     );
   });
 });

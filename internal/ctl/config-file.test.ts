@@ -53,7 +53,7 @@ describe("parseConfig", () => {
       contexts: [
         {
           name: "prod",
-          server: "https://10.0.0.5:7070/",
+          server: "https://10.0.0.5:7070",
           caFile: "ca.crt",
           credentials: { clientCertFile: "/etc/me.crt", clientKeyFile: "/etc/me.key", token: "abc.def" },
         },

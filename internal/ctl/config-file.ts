@@ -209,7 +209,7 @@ export function parseConfig(text: string, file: string): CtlConfig {
         if (server === undefined) throw new ConfigFileError(`${where}.server: required`, `${where}.server`);
         if (seen.has(name)) throw new ConfigFileError(`${where}.name: context ${JSON.stringify(name)} is defined twice`, `${where}.name`);
         seen.add(name);
-        const c: ContextEntry = { name, server };
+        const c: ContextEntry = { name, server: checkServerUrl(server, `${where}.server`) };
         oneOf(m, "ca-file", "ca-data", where);
         const caFile = str(m, "ca-file", where);
         const caData = str(m, "ca-data", where);

@@ -109,6 +109,18 @@ before(async () => {
   misnamed = await serve(other, caA, false);
 });
 
+/** Flags for `url` with CA a and alice's certificate, signed by it. */
+const withClientCert = (url: string) => [
+  "--server",
+  url,
+  "--ca-file",
+  caA.certFile,
+  "--client-cert",
+  client.certFile,
+  "--client-key",
+  client.keyFile,
+];
+
 after(async () => {
   await Promise.all([optional?.close(), required?.close(), misnamed?.close()]);
   await rm(dir, { recursive: true, force: true });
@@ -172,10 +184,10 @@ describe("ctl over TLS", () => {
       withB.stderr,
       /refused the TLS handshake: it requires a client certificate|ECONNRESET \(a TLS server also closes like this when it refuses the client certificate/,
     );
-    const r = await runCli([...flags, "--client-cert", client.certFile, "--client-key", client.keyFile, "version"]);
+    const r = await runCli([...withClientCert(required.url), "version"]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^Server: peer=user:alice /m);
-    const images = await runCli([...flags, "--client-cert", client.certFile, "--client-key", client.keyFile, "image", "list"]);
+    const images = await runCli([...withClientCert(required.url), "image", "list"]);
     assert.equal(images.code, 0, images.stderr);
     assert.match(images.stdout, /node\/peer: not asked: user:alice/);
     assert.match(images.stdout, /node\/http: not asked: 2\.0/);
@@ -226,23 +238,7 @@ describe("ctl over TLS", () => {
   it("config set-context --embed stores the PEM, and the context works from it alone", async () => {
     const home = await mkdtemp(join(dir, "home-"));
     const env = { HOME: home };
-    const set = await runCli(
-      [
-        "config",
-        "set-context",
-        "emb",
-        "--embed",
-        "--server",
-        required.url,
-        "--ca-file",
-        caA.certFile,
-        "--client-cert",
-        client.certFile,
-        "--client-key",
-        client.keyFile,
-      ],
-      { env },
-    );
+    const set = await runCli(["config", "set-context", "emb", "--embed", ...withClientCert(required.url)], { env });
     assert.equal(set.code, 0, set.stderr);
     assert.equal(set.stdout, "context emb created and made current (there was none)\n");
     const r = await runCli(["version"], { env });
@@ -273,27 +269,12 @@ describe("ctl console over TLS", () => {
     try {
       let stdout = "";
       let stderr = "";
-      const code = await run(
-        [
-          "--server",
-          url,
-          "--ca-file",
-          caA.certFile,
-          "--client-cert",
-          client.certFile,
-          "--client-key",
-          client.keyFile,
-          "instance",
-          "console",
-          "vm1",
-        ],
-        {
-          stdout: { write: (t: string) => (stdout += t) },
-          stderr: { write: (t: string) => (stderr += t) },
-          stdin: new PassThrough(),
-          env: { HYPERVISOR_TOKEN: "tok-1" },
-        },
-      );
+      const code = await run([...withClientCert(url), "instance", "console", "vm1"], {
+        stdout: { write: (t: string) => (stdout += t) },
+        stderr: { write: (t: string) => (stderr += t) },
+        stdin: new PassThrough(),
+        env: { HYPERVISOR_TOKEN: "tok-1" },
+      });
       assert.equal(code, 0, stderr);
       assert.equal(stdout, "peer=user:alice auth=Bearer tok-1\n");
       assert.match(stderr, /^Connected to the serial console of vm1\./);

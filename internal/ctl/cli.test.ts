@@ -139,6 +139,7 @@ const EXPECTED = [
   "instance create", "instance list", "instance get", "instance start", "instance stop", "instance restart", "instance delete",
   "instance logs", "instance set-memory", "instance console", "image import", "image list",
   "cluster status", "join-token create", "join-token list", "join-token revoke", "completion", "version",
+  "config view", "config get-contexts", "config current-context", "config use-context", "config set-context", "config delete-context",
 ]; // prettier-ignore
 
 describe("completion", () => {
@@ -175,7 +176,7 @@ describe("completion", () => {
 
   it("completes commands, aliases, flags and flag values in a real bash", async () => {
     const { stdout: script } = await runCli(["completion", "bash"]);
-    assert.deepEqual(await complete(script, ""), ["node", "instance", "image", "cluster", "join-token", "completion", "version"]);
+    assert.deepEqual(await complete(script, ""), ["node", "instance", "image", "cluster", "join-token", "completion", "version", "config"]);
     assert.deepEqual(await complete(script, "inst"), ["instance"]);
     assert.deepEqual(await complete(script, "instance", "st"), ["start", "stop"]);
     assert.deepEqual(await complete(script, "instances", "ls", "--ph"), ["--phase"]);
@@ -183,6 +184,7 @@ describe("completion", () => {
     assert.deepEqual(await complete(script, "-o", "j"), ["json"]);
     // The value of a flag is skipped when finding the command path.
     assert.deepEqual(await complete(script, "--server", "http://x", "-o", "yaml", "node", "dr"), ["drain"]);
+    assert.deepEqual(await complete(script, "--context", "lab", "config", "use"), ["use-context"]);
     assert.deepEqual(await complete(script, "completion", ""), ["bash", "zsh"]);
     const createFlags = await complete(script, "instance", "create", "--");
     for (const f of ["--driver", "--label", "--wait", "--timeout", "--server", "--output", "--help"]) assert.ok(createFlags.includes(f), f);

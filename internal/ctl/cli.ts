@@ -7,6 +7,9 @@ import { Command, CommanderError, Option } from "commander";
 import { clusterCommand, versionCommand } from "./cluster.js";
 import { createClients, DEFAULT_SERVER, type Clients } from "./client.js";
 import { completionCommand } from "./completion.js";
+import { configCommand } from "./config-command.js";
+import { configLocation, readConfig } from "./config-file.js";
+import { type Connection, type ConnectionFlags, loadTls, plaintextWarning, resolveConnection } from "./connection.js";
 import type { Context, Io } from "./context.js";
 import { describeError, ExitCode } from "./errors.js";
 import { imageCommand } from "./image.js";
@@ -26,7 +29,14 @@ export function buildProgram(ctx: Context, io: Io): Command {
     .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) })
     .showHelpAfterError("(add --help for usage)")
     .showSuggestionAfterError(true)
-    .option("--server <url>", `API server URL (env HYPERVISOR_SERVER, default ${DEFAULT_SERVER})`)
+    .option("--server <url>", `API server URL (env HYPERVISOR_SERVER; else the context's; else ${DEFAULT_SERVER})`)
+    .option("--context <name>", "context of the configuration file to use (env HYPERVISOR_CONTEXT; default its current-context)")
+    // Not --config: `instance create --config k=v` has it, and commander gives the program's own
+    // options precedence wherever they appear on the line.
+    .option("--config-file <file>", "ctl configuration file (env HYPERVISOR_CONFIG; default ~/.config/hypervisor/config.yaml)")
+    .option("--ca-file <file>", "CA certificate(s) the server's certificate must chain to (env HYPERVISOR_CA_FILE)")
+    .option("--client-cert <file>", "client certificate to present, with --client-key (env HYPERVISOR_CLIENT_CERT)")
+    .option("--client-key <file>", "private key of --client-cert (env HYPERVISOR_CLIENT_KEY)")
     .addOption(new Option("-o, --output <format>", "output format").choices(FORMATS).default("table"));
   program.addCommand(nodeCommand(ctx));
   program.addCommand(instanceCommand(ctx));
@@ -35,6 +45,7 @@ export function buildProgram(ctx: Context, io: Io): Command {
   program.addCommand(joinTokenCommand(ctx));
   program.addCommand(completionCommand(ctx));
   program.addCommand(versionCommand(ctx));
+  program.addCommand(configCommand(ctx));
   return program;
 }
 
@@ -51,13 +62,32 @@ function inherit(cmd: Command, from: Command): void {
 export async function run(argv: readonly string[], io: Io): Promise<number> {
   const signal = io.signal ?? new AbortController().signal;
   let clients: Clients | undefined;
-  const server = (): string => (program.opts<{ server?: string }>().server ?? io.env["HYPERVISOR_SERVER"]) || DEFAULT_SERVER;
+  let conn: Connection | undefined;
+  let caFrom: string | undefined;
+  const flags = (): ConnectionFlags => {
+    const o = program.opts<ConnectionFlags>();
+    return { server: o.server, caFile: o.caFile, clientCert: o.clientCert, clientKey: o.clientKey, context: o.context };
+  };
+  const location = () => configLocation(program.opts<{ configFile?: string }>().configFile, io.env);
+  const connect = (): Clients => {
+    const file = readConfig(location());
+    if (file.exposed) io.stderr.write(`warning: ${file.path} holds a key or token and others may read it: chmod 600 ${file.path}\n`);
+    conn = resolveConnection({ flags: flags(), env: io.env, config: file.config, configPath: file.path });
+    const tls = loadTls(conn, ctx.now());
+    caFrom = tls.caFrom;
+    for (const w of conn.warnings) io.stderr.write(`warning: ${w}\n`);
+    const plain = plaintextWarning(conn.server);
+    if (plain !== undefined) io.stderr.write(`${plain}\n`);
+    return createClients(conn, tls);
+  };
   const ctx: Context = {
     io,
     signal,
     now: io.now ?? (() => new Date()),
     format: () => program.opts<{ output: Format }>().output,
-    clients: () => (clients ??= createClients(server())),
+    clients: () => (clients ??= connect()),
+    configLocation: location,
+    flags,
     out: (text) => void io.stdout.write(text),
   };
   // The closures above read `program` only once parsing has started.
@@ -73,7 +103,8 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
       io.stderr.write("interrupted\n");
       return ExitCode.Interrupted;
     }
-    const { message, exitCode } = describeError(e, server());
+    // Without a connection the failure is in resolving it, a CliError that names its own source.
+    const { message, exitCode } = describeError(e, conn?.server ?? DEFAULT_SERVER, caFrom);
     io.stderr.write(`error: ${message}\n`);
     return exitCode;
   }

@@ -1,19 +1,27 @@
 /*
  * The API clients a command uses, over the Connect protocol on HTTP/1.1: it passes through any
  * proxy and is what `curl` speaks, and the server serves it on the same port as gRPC. Image
- * imports stream from the client, which needs HTTP/2 (h2c on the same port).
+ * imports stream from the client, which needs HTTP/2 (h2c, or h2 over TLS, on the same port).
+ *
+ * TLS (an https server URL): the server's certificate is verified against the connection's CA
+ * when one is given, and then only against it (node's `ca` replaces the system store), else
+ * against the system store; the client certificate is presented when one is configured. The
+ * same settings go to both transports (connect-node's nodeOptions: https.request options for
+ * HTTP/1.1, http2.connect options for HTTP/2) and to the console's WebSocket.
  */
-import { createClient, type Client } from "@connectrpc/connect";
+import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import type { ClientOptions } from "ws";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
 import { ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
 import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
 import { ImageService } from "../../api/gen/hypervisor/v1/image_pb.js";
 import { InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
-import { usageError } from "./errors.js";
+import { checkServerUrl } from "./config-file.js";
+import type { Connection, TlsMaterial } from "./connection.js";
 
-export const DEFAULT_SERVER = "http://127.0.0.1:7070";
+export { DEFAULT_SERVER } from "./connection.js";
 
 export interface Clients {
   readonly server: string;
@@ -24,29 +32,40 @@ export interface Clients {
   readonly images: Client<typeof ImageService>;
   readonly consoles: Client<typeof ConsoleService>;
   readonly identity: Client<typeof IdentityService>;
+  /** TLS settings and headers for a WebSocket to the same server (the console). */
+  readonly webSocketOptions: ClientOptions;
 }
 
 /** Checks the URL first so a typo is a usage error naming it, not a confusing network error. */
 export function serverUrl(value: string): string {
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    throw usageError(`--server must be an http(s) URL, got "${value}"`);
-  }
-  if (url.protocol !== "http:" && url.protocol !== "https:") throw usageError(`--server must be an http(s) URL, got "${value}"`);
-  return value.replace(/\/+$/, "");
+  return checkServerUrl(value, "--server");
 }
 
-export function createClients(server: string): Clients {
-  const transport = createConnectTransport({ baseUrl: serverUrl(server), httpVersion: "1.1" });
+/** Clients for a resolved connection; `tls` is its material as loadTls read it. */
+export function createClients(conn: Connection | string, tls: TlsMaterial = {}): Clients {
+  const server = typeof conn === "string" ? serverUrl(conn) : conn.server;
+  const token = typeof conn === "string" ? undefined : conn.token?.value;
+  const secure = server.startsWith("https:");
+  const nodeOptions = secure
+    ? { ...(tls.ca !== undefined ? { ca: tls.ca } : {}), ...(tls.cert !== undefined ? { cert: tls.cert, key: tls.key } : {}) }
+    : {};
+  const interceptors: Interceptor[] = [];
+  if (token !== undefined) {
+    interceptors.push((next) => (req) => {
+      req.header.set("Authorization", `Bearer ${token}`);
+      return next(req);
+    });
+  }
+  const transport = createConnectTransport({ baseUrl: server, httpVersion: "1.1", nodeOptions, interceptors });
+  const h2 = createConnectTransport({ baseUrl: server, httpVersion: "2", nodeOptions, interceptors });
   return {
     server,
     instances: createClient(InstanceService, transport),
     nodes: createClient(NodeService, transport),
     cluster: createClient(ClusterService, transport),
-    images: createClient(ImageService, createConnectTransport({ baseUrl: serverUrl(server), httpVersion: "2" })),
+    images: createClient(ImageService, h2),
     consoles: createClient(ConsoleService, transport),
     identity: createClient(IdentityService, transport),
+    webSocketOptions: { ...nodeOptions, ...(token !== undefined ? { headers: { Authorization: `Bearer ${token}` } } : {}) },
   };
 }

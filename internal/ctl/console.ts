@@ -51,7 +51,8 @@ function ttl(seconds: bigint | undefined): string {
 async function attach(ctx: Context, name: string, url: string): Promise<void> {
   const stdin = ctx.io.stdin;
   if (!stdin) throw new CliError("console needs a standard input", ExitCode.Usage);
-  const ws = new WebSocket(url);
+  // The same CA, client certificate and token as the API calls.
+  const ws = new WebSocket(url, ctx.clients().webSocketOptions);
   ws.binaryType = "nodebuffer";
   await new Promise<void>((resolve, reject) => {
     ws.once("open", () => resolve());

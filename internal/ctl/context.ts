@@ -1,9 +1,11 @@
 /*
  * What every command gets: where to write, the cancellation signal, the clock, and the global
- * flags resolved (server URL, output format). Passed in rather than read from `process` so tests
+ * flags resolved (connection, output format). Passed in rather than read from `process` so tests
  * run the whole CLI in-process.
  */
 import type { Clients } from "./client.js";
+import type { ConfigLocation } from "./config-file.js";
+import type { ConnectionFlags } from "./connection.js";
 import type { Format } from "./output.js";
 
 export interface Writer {
@@ -29,8 +31,12 @@ export interface Context {
   now(): Date;
   /** The global --output, resolved once options are parsed. */
   format(): Format;
-  /** Clients for the global --server (or HYPERVISOR_SERVER), built on first use. */
+  /** Clients for the resolved connection (flags, environment, context, default), built on first use. */
   clients(): Clients;
+  /** Where the ctl configuration file is (--config-file, HYPERVISOR_CONFIG, or the default). */
+  configLocation(): ConfigLocation;
+  /** The connection flags as given on the command line, before any resolution. */
+  flags(): ConnectionFlags;
   /** Writes to stdout. Commands write once, after success, so a failure leaves stdout empty. */
   out(text: string): void;
 }

@@ -9,7 +9,7 @@ import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
 import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
 import { caHash, createCa, parseCa, parseJoinToken, type CertificateAuthority } from "../../pkg/pki/index.js";
 import { identityService } from "../server/identity-service.js";
-import { identityKeys } from "../server/identity-store.js";
+import { keys } from "../../pkg/cluster/state/index.js";
 import { ExitCode } from "./errors.js";
 import { FIXED_NOW, runCli, startApi, type TestApi } from "./testing.js";
 
@@ -34,7 +34,7 @@ describe("join-token commands", () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  beforeEach(() => store.deletePrefix(identityKeys.joinTokens));
+  beforeEach(() => store.deletePrefix(keys.joinTokens));
 
   it("create prints the token alone; by default it joins once within 24 h", async () => {
     const r = await cli("join-token", "create");

@@ -24,7 +24,7 @@ import {
   type CertificateAuthority,
 } from "../../pkg/pki/index.js";
 import { startEtcd, type EtcdProcess } from "../../test/support/etcd.js";
-import { identityKeys } from "./identity-store.js";
+import { keys } from "../../pkg/cluster/state/index.js";
 import { identityService } from "./identity-service.js";
 
 const SECRET_A = "a".repeat(43);
@@ -77,8 +77,8 @@ for (const kind of ["embedded", "etcd"] as const)
 
     beforeEach(async () => {
       clock = new Date();
-      await store.deletePrefix(identityKeys.joinTokens);
-      await store.deletePrefix(identityKeys.nodeBindings);
+      await store.deletePrefix(keys.joinTokens);
+      await store.deletePrefix(keys.nodeBindings);
     });
 
     const newToken = async (req: Parameters<typeof api.createJoinToken>[0] = {}) =>
@@ -91,7 +91,7 @@ for (const kind of ["embedded", "etcd"] as const)
       const t = parseJoinToken(res.token);
       assert.equal(t.caHash, caHash(caPem));
       assert.equal(res.joinToken?.id, t.id);
-      const kv = await store.get(identityKeys.joinToken(t.id));
+      const kv = await store.get(keys.joinToken(t.id));
       assert.ok(kv);
       assert.ok(!Buffer.from(kv.value).includes(Buffer.from(t.secret)), "the secret is not in the store");
       const rec = fromBinary(JoinTokenRecordSchema, kv.value);
@@ -110,7 +110,7 @@ for (const kind of ["embedded", "etcd"] as const)
 
     it("defaults a token's lifetime to 24 h", async () => {
       const t = parseJoinToken((await api.createJoinToken({})).token);
-      const rec = fromBinary(JoinTokenRecordSchema, (await store.get(identityKeys.joinToken(t.id)))!.value);
+      const rec = fromBinary(JoinTokenRecordSchema, (await store.get(keys.joinToken(t.id)))!.value);
       assert.equal(timestampDate(rec.expireTime!).getTime(), clock.getTime() + 24 * 3600_000);
     });
 
@@ -126,15 +126,15 @@ for (const kind of ["embedded", "etcd"] as const)
       assert.equal(timestampDate(res.expireTime!).getTime(), new Date(cert.validTo).getTime());
       assert.equal(new Date(cert.validTo).getTime(), Math.floor(clock.getTime() / 1000) * 1000 + 3600_000);
       const { id } = parseJoinToken(token);
-      const rec = fromBinary(JoinTokenRecordSchema, (await store.get(identityKeys.joinToken(id)))!.value);
+      const rec = fromBinary(JoinTokenRecordSchema, (await store.get(keys.joinToken(id)))!.value);
       assert.equal(rec.used, 1);
-      const binding = fromBinary(NodeBindingSchema, (await store.get(identityKeys.nodeBinding("worker-1")))!.value);
+      const binding = fromBinary(NodeBindingSchema, (await store.get(keys.nodeBinding("worker-1")))!.value);
       assert.equal(binding.node, "worker-1");
       assert.equal(binding.tokenId, id);
       assert.equal(Buffer.from(binding.secretSha256).length, 32);
       // The same agent (same node secret) may join again, e.g. after losing its certificate.
       await api.join({ token, node: "worker-1", csrPem: await csrFor("worker-1"), nodeSecret: SECRET_A });
-      const again = fromBinary(JoinTokenRecordSchema, (await store.get(identityKeys.joinToken(id)))!.value);
+      const again = fromBinary(JoinTokenRecordSchema, (await store.get(keys.joinToken(id)))!.value);
       assert.equal(again.used, 2);
     });
 
@@ -214,7 +214,7 @@ for (const kind of ["embedded", "etcd"] as const)
         await refused(api.join({ ...good, ...change }), code, message).catch((e: unknown) => assert.fail(`${what}: ${String(e)}`));
       }
       assert.equal(await store.revision(), rev, "no refusal wrote anything");
-      assert.equal(await store.get(identityKeys.nodeBinding("worker-1")), undefined);
+      assert.equal(await store.get(keys.nodeBinding("worker-1")), undefined);
       // And the good request still works: nothing above spent the token.
       await api.join(good);
     });
@@ -233,9 +233,9 @@ for (const kind of ["embedded", "etcd"] as const)
           assert.match(r.reason.rawMessage, /is used up \(2 of 2 joins\)$/);
         }
       }
-      const rec = fromBinary(JoinTokenRecordSchema, (await store.get(identityKeys.joinToken(parseJoinToken(token).id)))!.value);
+      const rec = fromBinary(JoinTokenRecordSchema, (await store.get(keys.joinToken(parseJoinToken(token).id)))!.value);
       assert.equal(rec.used, 2);
-      assert.equal((await store.range(identityKeys.nodeBindings)).kvs.length, 2, "only the winners are bound");
+      assert.equal((await store.range(keys.nodeBindings)).kvs.length, 2, "only the winners are bound");
     });
 
     it("binds a new name once when two agents race for it", async () => {
@@ -248,7 +248,7 @@ for (const kind of ["embedded", "etcd"] as const)
         r.status === "fulfilled" ? "ok" : r.reason instanceof ConnectError ? Code[r.reason.code] : String(r.reason),
       );
       assert.deepEqual(outcomes.sort(), ["AlreadyExists", "ok"]);
-      const rec = fromBinary(JoinTokenRecordSchema, (await store.get(identityKeys.joinToken(parseJoinToken(token).id)))!.value);
+      const rec = fromBinary(JoinTokenRecordSchema, (await store.get(keys.joinToken(parseJoinToken(token).id)))!.value);
       assert.equal(rec.used, 1, "the loser's use is not counted");
     });
 

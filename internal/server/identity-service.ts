@@ -1,7 +1,7 @@
 /*
  * IdentityService: the cluster CA to whoever asks, node certificates in exchange for join
  * tokens, and the tokens themselves for operators. The decisions live in pkg/pki (checkJoin,
- * signNodeCsr); the store access in identity-store.ts.
+ * signNodeCsr); the store access in pkg/cluster/state (identity.ts).
  *
  *   agent                                          server
  *     │ GetCA ───────────────────────────────────────► ca_pem
@@ -50,7 +50,14 @@ import {
   TOKEN_ID_RE,
 } from "../../pkg/pki/index.js";
 import { checkName, checkText, LIMITS, show } from "../../pkg/validation/index.js";
-import { commitJoin, createJoinToken, listJoinTokens, readJoinToken, readNodeBinding, updateJoinToken } from "./identity-store.js";
+import {
+  commitJoin,
+  createJoinToken,
+  listJoinTokens,
+  readJoinToken,
+  readNodeBinding,
+  updateJoinToken,
+} from "../../pkg/cluster/state/index.js";
 import { invalid, refuse } from "./validate.js";
 
 export interface IdentityServiceOptions {

@@ -30,3 +30,4 @@ export { allocationOps, instanceOps, placeOps, removeOps, unplaceOps, type Read 
 export { putNodeRecord, readEndpoint, setNodeFlags, withFlags } from "./nodes.js";
 export { awaitClusterId, clusterId } from "./cluster-id.js";
 export { listWatch, type ListWatchEvent, type ListWatchOptions } from "./list-watch.js";
+export { commitJoin, createJoinToken, listJoinTokens, readJoinToken, readNodeBinding, updateJoinToken } from "./identity.js";

@@ -13,6 +13,8 @@
  *   /hypervisor/v1/nodes/<node>/endpoint         AgentEndpoint           that node
  *   /hypervisor/v1/nodes/<node>/status/<name>    Instance (status only)  that node (servers delete)
  *   /hypervisor/v1/nodes/<node>/orphans/<name>   Orphan                  that node
+ *   /hypervisor/v1/jointokens/<id>               JoinTokenRecord (secret as sha256)   servers only
+ *   /hypervisor/v1/nodebindings/<node>           NodeBinding (node secret as sha256)  servers only
  *   /hypervisor/v1/{election,consoletickets,events}/...                  servers only
  *
  * Servers may delete under a node's prefix (unplacing an instance from a lost node takes its
@@ -48,6 +50,10 @@ export const keys = {
   election: (name: string) => `${ROOT}election/${name}`,
   events: `${ROOT}events/`,
   consoleTicket: (hash: string) => `${ROOT}consoletickets/${hash}`,
+  joinTokens: `${ROOT}jointokens/`,
+  joinToken: (id: string) => `${ROOT}jointokens/${id}`,
+  nodeBindings: `${ROOT}nodebindings/`,
+  nodeBinding: (node: string) => `${ROOT}nodebindings/${node}`,
 } as const;
 
 /** The last path segment of a key. */

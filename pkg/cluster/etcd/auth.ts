@@ -25,13 +25,7 @@
  * revokeNode therefore revokes those leases itself.
  */
 import { randomBytes } from "node:crypto";
-import {
-  EtcdRoleExistsError,
-  EtcdRoleNotFoundError,
-  EtcdUserExistsError,
-  EtcdUserNotFoundError,
-  type IPermission,
-} from "etcd3";
+import { EtcdRoleExistsError, EtcdRoleNotFoundError, EtcdUserExistsError, EtcdUserNotFoundError, type IPermission } from "etcd3";
 import { NAME_RE } from "../../validation/index.js";
 import { LeaseNotFoundError, keys, type Options } from "../store/index.js";
 import type { EtcdStore } from "./etcd-store.js";
@@ -103,7 +97,8 @@ export async function grantNode(store: EtcdStore, node: string, opts?: Options):
   for (const other of roles.filter((r) => r !== role)) {
     await store.authCall(opts, `revoke role ${other} from user ${role}`, (auth) => auth.userRevokeRole({ name: role, role: other }));
   }
-  if (!roles.includes(role)) await store.authCall(opts, `grant role ${role} to user ${role}`, (auth) => auth.userGrantRole({ user: role, role }));
+  if (!roles.includes(role))
+    await store.authCall(opts, `grant role ${role} to user ${role}`, (auth) => auth.userGrantRole({ user: role, role }));
 }
 
 /**

@@ -32,6 +32,7 @@ import {
   CompareResult,
   CompareTarget,
   Etcd3,
+  EtcdAuthenticationFailedError,
   EtcdLeaseInvalidError,
   EtcdPermissionDeniedError,
   GRPCCancelledError,
@@ -119,7 +120,9 @@ export async function openEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore> 
   if (plain.length > 0 && opts.endpoints.some((e) => e.startsWith("https://")))
     throw new StoreError(`etcd endpoints mix http:// and https://: ${opts.endpoints.join(",")}`);
   if (opts.tls && !opts.tls.certFile !== !opts.tls.keyFile)
-    throw new StoreError(`etcd client certificate needs both a certificate and a key file (got only the ${opts.tls.certFile ? "certificate" : "key"})`);
+    throw new StoreError(
+      `etcd client certificate needs both a certificate and a key file (got only the ${opts.tls.certFile ? "certificate" : "key"})`,
+    );
   const options: IOptions = {
     hosts: opts.endpoints,
     dialTimeout: opts.dialTimeoutMs ?? 5000,
@@ -204,6 +207,7 @@ interface KeepAlives {
 /** Minimal shape of the gRPC duplex streams etcd3 hands out; `on` is what we use of them. */
 interface Duplex<Req, Res> {
   write(item: Req): void;
+  end(): void;
   cancel(): void;
   on(event: "data", fn: (r: Res) => void): unknown;
   on(event: "error", fn: (e: Error) => void): unknown;
@@ -242,17 +246,19 @@ export class EtcdStore implements Store {
     let from = key;
     let revision = 0;
     for (;;) {
-      const res = await this.call(opts, () =>
-        this.client.kv.range({
-          key: from,
-          range_end,
-          limit: Math.min(this.rangePage, limit - kvs.length),
-          // Later pages at the first one's revision: one snapshot, as a single range would be.
-          revision,
-          keys_only: opts?.keysOnly ?? false,
-          sort_order: "Ascend",
-          sort_target: "Key",
-        }),
+      const res = await this.call(
+        opts,
+        () =>
+          this.client.kv.range({
+            key: from,
+            range_end,
+            limit: Math.min(this.rangePage, limit - kvs.length),
+            // Later pages at the first one's revision: one snapshot, as a single range would be.
+            revision,
+            keys_only: opts?.keysOnly ?? false,
+            sort_order: "Ascend",
+            sort_target: "Key",
+          }),
         { op: `range ${prefix}` },
       );
       if (revision === 0) revision = Number(res.header.revision);
@@ -386,7 +392,7 @@ export class EtcdStore implements Store {
       lastAnswer: performance.now(),
       fail: (e) => {
         forget();
-        stream.cancel();
+        closeStream(stream);
         for (const list of ka.waiters.values()) for (const w of list) w.reject(e);
         ka.waiters.clear();
       },
@@ -413,7 +419,10 @@ export class EtcdStore implements Store {
   }
 
   async leaseTimeToLive(lease: string, opts?: Options): Promise<number> {
-    const res = await this.call(opts, () => this.client.leaseClient.leaseTimeToLive({ ID: lease }), { lease, op: `time to live of lease ${lease}` });
+    const res = await this.call(opts, () => this.client.leaseClient.leaseTimeToLive({ ID: lease }), {
+      lease,
+      op: `time to live of lease ${lease}`,
+    });
     const ttl = Number(res.TTL);
     return ttl < 0 ? -1 : ttl;
   }
@@ -482,7 +491,8 @@ export class EtcdStore implements Store {
             throw new CompactedError(opts.fromRevision ?? 0, Number(r.compact_revision));
           }
           // A watch on keys the identity may not read is created, then canceled with this reason.
-          if (r.canceled && /permission denied/.test(r.cancel_reason)) throw new PermissionDeniedError(`etcd refused ${op}: permission denied`);
+          if (r.canceled && /permission denied/.test(r.cancel_reason))
+            throw new PermissionDeniedError(`etcd refused ${op}: permission denied`);
           if (r.canceled) throw new StoreError(`watch canceled by etcd: ${r.cancel_reason || "no reason given"}`);
           yield* splitByRevision(r);
           continue;
@@ -495,7 +505,7 @@ export class EtcdStore implements Store {
     } finally {
       signal?.removeEventListener("abort", poke);
       this.wakers.delete(poke);
-      stream.cancel();
+      closeStream(stream);
     }
   }
 
@@ -552,6 +562,10 @@ export class EtcdStore implements Store {
     if (e instanceof EtcdPermissionDeniedError || (e as { code?: unknown }).code === GRPC_PERMISSION_DENIED) {
       return new PermissionDeniedError(`etcd refused ${what.op}: permission denied`);
     }
+    // etcd3 casts only the password-mismatch wording; a user without a password says it otherwise.
+    if (e instanceof EtcdAuthenticationFailedError || /authentication failed/.test(message)) {
+      return new PermissionDeniedError(`etcd refused ${what.op}: authentication failed (wrong user or password)`);
+    }
     if (isTlsRefusal(e)) {
       const alert = TLS_REFUSAL.exec(message)?.[1];
       return new PermissionDeniedError(
@@ -580,6 +594,17 @@ export class EtcdStore implements Store {
     }
     return new StoreError(`etcd: ${lowerFirst(message)}`, { cause: e });
   }
+}
+
+/**
+ * Ends our side, then cancels. etcd3 treats an error on a stream that is still writable as a
+ * failure of the host and closes every channel to it, failing calls just started on them
+ * ("Channel closed before call started"); the cancel's own CANCELLED error is such an error
+ * unless the stream was ended first.
+ */
+function closeStream(stream: { end(): void; cancel(): void }): void {
+  stream.end();
+  stream.cancel();
 }
 
 /** One batch per revision: etcd may put several revisions' events in one watch response. */

@@ -27,7 +27,7 @@
 import { randomBytes } from "node:crypto";
 import { EtcdRoleExistsError, EtcdRoleNotFoundError, EtcdUserExistsError, EtcdUserNotFoundError, type IPermission } from "etcd3";
 import { NAME_RE } from "../../validation/index.js";
-import { LeaseNotFoundError, keys, type Options } from "../store/index.js";
+import { keys, type Options } from "../store/index.js";
 import type { EtcdStore } from "./etcd-store.js";
 import { InvalidNodeNameError } from "./errors.js";
 import { keyRange } from "./key-range.js";
@@ -111,13 +111,8 @@ export async function revokeNode(store: EtcdStore, node: string, opts?: Options)
   await store.authCall(opts, `delete user ${role}`, (auth) => ignore(auth.userDelete({ name: role }), EtcdUserNotFoundError));
   await store.authCall(opts, `delete role ${role}`, (auth) => ignore(auth.roleDelete({ role }), EtcdRoleNotFoundError));
   const held = await store.range(`${keys.nodes}${node}/`, { ...opts, keysOnly: true });
-  for (const lease of new Set(held.kvs.map((kv) => kv.lease).filter((l) => l !== "0"))) {
-    try {
-      await store.revokeLease(lease, opts);
-    } catch (e) {
-      if (!(e instanceof LeaseNotFoundError)) throw e;
-    }
-  }
+  // revokeLease takes a lease that expired meanwhile as revoked already.
+  for (const lease of new Set(held.kvs.map((kv) => kv.lease).filter((l) => l !== "0"))) await store.revokeLease(lease, opts);
 }
 
 function checkNode(node: string): void {

@@ -17,16 +17,24 @@
  * caller is what lets the lease expire.
  *
  * etcd3 errors become the store's typed errors (mapError); nothing above this file sees an etcd3
- * type.
+ * type. With etcd's auth on, a refusal (etcd's permission denied, or a client certificate refused
+ * in the TLS handshake) is PermissionDeniedError naming the operation and key: not a failure of
+ * the host, so neither retried nor counted by the circuit breaker.
+ *
+ * Every identity can call revision() and ping(): they read the one key every role may read
+ * (keys.cluster, see auth.ts), not the whole keyspace.
  */
 import { getMaxListeners, setMaxListeners } from "node:events";
 import { readFile } from "node:fs/promises";
 import {
+  type AuthClient,
   ClientClosedError,
   CompareResult,
   CompareTarget,
   Etcd3,
+  EtcdAuthenticationFailedError,
   EtcdLeaseInvalidError,
+  EtcdPermissionDeniedError,
   GRPCCancelledError,
   GRPCResourceExhastedError,
   GRPCDeadlineExceededError,
@@ -40,9 +48,11 @@ import {
 } from "etcd3";
 import { ConsecutiveBreaker, circuitBreaker, handleWhen, retry } from "cockatiel";
 import { logger } from "../../log/index.js";
+import { keyRange } from "./key-range.js";
 import {
   CompactedError,
   LeaseNotFoundError,
+  PermissionDeniedError,
   StoreError,
   StoreUnavailableError,
   type Compare,
@@ -57,6 +67,7 @@ import {
   type WatchEvent,
   type WatchOptions,
 } from "../store/index.js";
+import { keys } from "../state/index.js";
 
 /** Keys per range request: see EtcdStoreOptions.rangePage. */
 const RANGE_PAGE = 1000;
@@ -71,9 +82,15 @@ const log = logger("etcd-store");
 const raised = new WeakSet<AbortSignal>();
 
 export interface EtcdStoreOptions {
-  /** Client URLs, e.g. ["http://127.0.0.1:2379"]; https:// when tls is set. */
+  /**
+   * Client URLs, e.g. ["http://127.0.0.1:2379"]; https:// when tls is set (https:// without tls:
+   * TLS verified against the system's CAs). All plaintext or all TLS.
+   */
   endpoints: string[];
-  /** PEM file paths. ca alone: server verification; cert + key as well: client certificates. */
+  /**
+   * PEM file paths. ca alone: server verification; cert + key as well: a client certificate, which
+   * with etcd's --client-cert-auth is the identity (its CN the etcd user), no username needed.
+   */
   tls?: { caFile: string; certFile?: string; keyFile?: string };
   username?: string;
   password?: string;
@@ -97,6 +114,15 @@ export interface EtcdStoreOptions {
 /** Reads the TLS files and creates the store. Does not contact etcd: call ping() for that. */
 export async function openEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore> {
   if (opts.endpoints.length === 0) throw new StoreError("no etcd endpoints given");
+  const plain = opts.endpoints.filter((e) => e.startsWith("http://"));
+  // etcd3 would dial an http:// endpoint with TLS when credentials are given: say it instead.
+  if (opts.tls && plain.length > 0) throw new StoreError(`etcd endpoint ${plain[0]} is http:// but tls is set: use https://`);
+  if (plain.length > 0 && opts.endpoints.some((e) => e.startsWith("https://")))
+    throw new StoreError(`etcd endpoints mix http:// and https://: ${opts.endpoints.join(",")}`);
+  if (opts.tls && !opts.tls.certFile !== !opts.tls.keyFile)
+    throw new StoreError(
+      `etcd client certificate needs both a certificate and a key file (got only the ${opts.tls.certFile ? "certificate" : "key"})`,
+    );
   const options: IOptions = {
     hosts: opts.endpoints,
     dialTimeout: opts.dialTimeoutMs ?? 5000,
@@ -123,7 +149,8 @@ export async function openEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore> 
 function faultHandling(): NonNullable<IOptions["faultHandling"]> {
   // A request too big for etcd (or an answer too big for us) says nothing of the host: retried
   // and counted, it would open the breaker and fail every call for five seconds.
-  const hostFailure = handleWhen((e) => isRecoverableError(e) && !(e instanceof GRPCCancelledError) && !isTooLarge(e));
+  // Nor does a client certificate that etcd refuses: the host is up, and said no.
+  const hostFailure = handleWhen((e) => isRecoverableError(e) && !(e instanceof GRPCCancelledError) && !isTooLarge(e) && !isTlsRefusal(e));
   return {
     host: () => circuitBreaker(hostFailure, { halfOpenAfter: 5_000, breaker: new ConsecutiveBreaker(3) }),
     global: retry(hostFailure, { maxAttempts: 3 }),
@@ -132,6 +159,17 @@ function faultHandling(): NonNullable<IOptions["faultHandling"]> {
 
 function isTooLarge(e: Error): boolean {
   return e instanceof GRPCResourceExhastedError && /larger than max|request is too large/.test(e.message);
+}
+
+/**
+ * A TLS alert from etcd about our certificate (gRPC reports it as unavailable): none (bad
+ * certificate: Go's answer to a missing one), unknown CA, expired, revoked. An alert is what the
+ * peer sent; our own refusal of etcd's certificate reads differently and stays "unavailable".
+ */
+const TLS_REFUSAL = /SSL alert number (42|43|44|45|46|48|116)\b/;
+
+function isTlsRefusal(e: unknown): boolean {
+  return e instanceof Error && TLS_REFUSAL.test(e.message);
 }
 
 const COMPARE_TARGET = { mod: CompareTarget.Mod, create: CompareTarget.Create, version: CompareTarget.Version } as const;
@@ -143,12 +181,19 @@ const COMPARE_RESULT = {
 } as const;
 
 const GRPC_DEADLINE_EXCEEDED = 4;
+const GRPC_PERMISSION_DENIED = 7;
 const GRPC_UNAVAILABLE = 14;
 
 /** LeaseKeepAlive streams a store spreads its leases over by default (see keepAliveShared). */
 const KEEPALIVE_STREAMS = 16;
 /** How long a keep-alive may wait for etcd's answer before its stream is given up. */
 const KEEPALIVE_TIMEOUT_MS = 5000;
+
+/** What a call was doing, for its errors: "put /hypervisor/v1/...". */
+interface CallContext {
+  op: string;
+  lease?: string | undefined;
+}
 
 interface KeepAlives {
   stream: Duplex<{ ID: string }, { ID: string; TTL: string }>;
@@ -162,6 +207,7 @@ interface KeepAlives {
 /** Minimal shape of the gRPC duplex streams etcd3 hands out; `on` is what we use of them. */
 interface Duplex<Req, Res> {
   write(item: Req): void;
+  end(): void;
   cancel(): void;
   on(event: "data", fn: (r: Res) => void): unknown;
   on(event: "error", fn: (e: Error) => void): unknown;
@@ -188,7 +234,7 @@ export class EtcdStore implements Store {
   }
 
   async get(key: string, opts?: Options): Promise<KeyValue | undefined> {
-    const res = await this.call(opts, () => this.client.kv.range({ key: Buffer.from(key) }));
+    const res = await this.call(opts, () => this.client.kv.range({ key: Buffer.from(key) }), { op: `get ${key}` });
     const kv = res.kvs[0];
     return kv ? toKeyValue(kv) : undefined;
   }
@@ -200,17 +246,20 @@ export class EtcdStore implements Store {
     let from = key;
     let revision = 0;
     for (;;) {
-      const res = await this.call(opts, () =>
-        this.client.kv.range({
-          key: from,
-          range_end,
-          limit: Math.min(this.rangePage, limit - kvs.length),
-          // Later pages at the first one's revision: one snapshot, as a single range would be.
-          revision,
-          keys_only: opts?.keysOnly ?? false,
-          sort_order: "Ascend",
-          sort_target: "Key",
-        }),
+      const res = await this.call(
+        opts,
+        () =>
+          this.client.kv.range({
+            key: from,
+            range_end,
+            limit: Math.min(this.rangePage, limit - kvs.length),
+            // Later pages at the first one's revision: one snapshot, as a single range would be.
+            revision,
+            keys_only: opts?.keysOnly ?? false,
+            sort_order: "Ascend",
+            sort_target: "Key",
+          }),
+        { op: `range ${prefix}` },
       );
       if (revision === 0) revision = Number(res.header.revision);
       for (const kv of res.kvs) kvs.push(toKeyValue(kv));
@@ -222,17 +271,20 @@ export class EtcdStore implements Store {
 
   async put(key: string, value: Uint8Array, opts?: Options & { lease?: string }): Promise<number> {
     const lease = opts?.lease ?? "0";
-    const res = await this.call(opts, () => this.client.kv.put({ key: Buffer.from(key), value: toBuffer(value), lease }), lease);
+    const res = await this.call(opts, () => this.client.kv.put({ key: Buffer.from(key), value: toBuffer(value), lease }), {
+      lease,
+      op: `put ${key}`,
+    });
     return Number(res.header.revision);
   }
 
   async delete(key: string, opts?: Options): Promise<number> {
-    const res = await this.call(opts, () => this.client.kv.deleteRange({ key: Buffer.from(key) }));
+    const res = await this.call(opts, () => this.client.kv.deleteRange({ key: Buffer.from(key) }), { op: `delete ${key}` });
     return Number(res.deleted);
   }
 
   async deletePrefix(prefix: string, opts?: Options): Promise<number> {
-    const res = await this.call(opts, () => this.client.kv.deleteRange(keyRange(prefix)));
+    const res = await this.call(opts, () => this.client.kv.deleteRange(keyRange(prefix)), { op: `delete prefix ${prefix}` });
     return Number(res.deleted);
   }
 
@@ -246,20 +298,23 @@ export class EtcdStore implements Store {
           success: success.map(toRequestOp),
           failure: failure.map(toRequestOp),
         }),
-      lease?.type === "put" ? lease.lease : undefined,
+      { lease: lease?.type === "put" ? lease.lease : undefined, op: `txn on ${txnKeys(compares, [...success, ...failure])}` },
     );
     return { succeeded: res.succeeded, revision: Number(res.header.revision) };
   }
 
   async revision(opts?: Options): Promise<number> {
-    // A range that matches nothing still carries the store revision in its header.
-    const res = await this.call(opts, () => this.client.kv.range({ key: Buffer.from([0]), count_only: true }));
+    // Any range carries the store revision in its header; this one reads a key every identity may
+    // read (a node's role allows no other key outside its own), and counts rather than fetches it.
+    const res = await this.call(opts, () => this.client.kv.range({ key: Buffer.from(keys.cluster), count_only: true }), {
+      op: `read ${keys.cluster} for the revision`,
+    });
     return Number(res.header.revision);
   }
 
   async compact(revision: number, opts?: Options): Promise<void> {
     try {
-      await this.call(opts, () => this.client.kv.compact({ revision, physical: false }));
+      await this.call(opts, () => this.client.kv.compact({ revision, physical: false }), { op: `compact to ${revision}` });
     } catch (e) {
       // Compacting to a revision already compacted away changes nothing: same as the embedded store.
       if (e instanceof CompactedError) return;
@@ -268,13 +323,13 @@ export class EtcdStore implements Store {
   }
 
   async grantLease(ttlSeconds: number, opts?: Options): Promise<string> {
-    const res = await this.call(opts, () => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 }));
+    const res = await this.call(opts, () => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 }), { op: "lease grant" });
     if (res.error) throw new StoreError(`lease grant failed: ${res.error}`);
     return res.ID;
   }
 
   async keepAliveOnce(lease: string, opts?: Options): Promise<number> {
-    const ttl = await this.call(opts, () => this.keepAliveShared(lease), lease);
+    const ttl = await this.call(opts, () => this.keepAliveShared(lease), { lease, op: `keep-alive of lease ${lease}` });
     // etcd answers a keep-alive of an expired or unknown lease with TTL 0 rather than an error.
     if (ttl <= 0) throw new LeaseNotFoundError(lease);
     return ttl;
@@ -337,7 +392,7 @@ export class EtcdStore implements Store {
       lastAnswer: performance.now(),
       fail: (e) => {
         forget();
-        stream.cancel();
+        closeStream(stream);
         for (const list of ka.waiters.values()) for (const w of list) w.reject(e);
         ka.waiters.clear();
       },
@@ -356,7 +411,7 @@ export class EtcdStore implements Store {
 
   async revokeLease(lease: string, opts?: Options): Promise<void> {
     try {
-      await this.call(opts, () => this.client.leaseClient.leaseRevoke({ ID: lease }), lease);
+      await this.call(opts, () => this.client.leaseClient.leaseRevoke({ ID: lease }), { lease, op: `revoke lease ${lease}` });
     } catch (e) {
       if (e instanceof LeaseNotFoundError) return;
       throw e;
@@ -364,7 +419,10 @@ export class EtcdStore implements Store {
   }
 
   async leaseTimeToLive(lease: string, opts?: Options): Promise<number> {
-    const res = await this.call(opts, () => this.client.leaseClient.leaseTimeToLive({ ID: lease }), lease);
+    const res = await this.call(opts, () => this.client.leaseClient.leaseTimeToLive({ ID: lease }), {
+      lease,
+      op: `time to live of lease ${lease}`,
+    });
     const ttl = Number(res.TTL);
     return ttl < 0 ? -1 : ttl;
   }
@@ -393,10 +451,11 @@ export class EtcdStore implements Store {
     if (this.closed) throw new StoreUnavailableError("store is closed");
     if (signal?.aborted) return;
     let stream: Duplex<unknown, IWatchResponse>;
+    const op = `watch ${prefix}`;
     try {
       stream = await this.client.watchClient.watch();
     } catch (e) {
-      throw this.mapError(e);
+      throw this.mapError(e, { op });
     }
     const responses: IWatchResponse[] = [];
     let failure: unknown;
@@ -431,11 +490,14 @@ export class EtcdStore implements Store {
           if (r.compact_revision && r.compact_revision !== "0") {
             throw new CompactedError(opts.fromRevision ?? 0, Number(r.compact_revision));
           }
+          // A watch on keys the identity may not read is created, then canceled with this reason.
+          if (r.canceled && /permission denied/.test(r.cancel_reason))
+            throw new PermissionDeniedError(`etcd refused ${op}: permission denied`);
           if (r.canceled) throw new StoreError(`watch canceled by etcd: ${r.cancel_reason || "no reason given"}`);
           yield* splitByRevision(r);
           continue;
         }
-        if (failure !== undefined) throw this.mapError(failure);
+        if (failure !== undefined) throw this.mapError(failure, { op });
         if (ended) throw new StoreUnavailableError("watch stream ended");
         await new Promise<void>((resolve) => (wake = resolve));
         wake = undefined;
@@ -443,7 +505,7 @@ export class EtcdStore implements Store {
     } finally {
       signal?.removeEventListener("abort", poke);
       this.wakers.delete(poke);
-      stream.cancel();
+      closeStream(stream);
     }
   }
 
@@ -451,7 +513,7 @@ export class EtcdStore implements Store {
    * Runs one etcd call: refuses when closed or aborted, abandons the call when the signal aborts
    * (gRPC unary calls here cannot be cancelled individually), and maps errors.
    */
-  private async call<T>(opts: Options | undefined, fn: () => Promise<T>, lease?: string): Promise<T> {
+  private async call<T>(opts: Options | undefined, fn: () => Promise<T>, what: CallContext): Promise<T> {
     const signal = opts?.signal;
     signal?.throwIfAborted();
     if (this.closed) throw new StoreUnavailableError("store is closed");
@@ -474,19 +536,41 @@ export class EtcdStore implements Store {
       return await Promise.race([work, aborted]);
     } catch (e) {
       if (signal?.aborted && e === signal.reason) throw e;
-      throw this.mapError(e, lease);
+      throw this.mapError(e, what);
     } finally {
       if (onAbort) signal?.removeEventListener("abort", onAbort);
     }
   }
 
+  /**
+   * Runs fn on etcd3's Auth service with this store's cancellation and error mapping: for auth.ts,
+   * which manages etcd's users and roles; fn handles the etcd3 errors it expects itself.
+   */
+  authCall<T>(opts: Options | undefined, op: string, fn: (auth: AuthClient) => Promise<T>): Promise<T> {
+    return this.call(opts, () => fn(this.client.auth), { op });
+  }
+
   /** etcd3's errors to the store's typed errors. */
-  private mapError(e: unknown, lease?: string): Error {
+  private mapError(e: unknown, what: CallContext): Error {
     if (e instanceof StoreError) return e;
     const message = e instanceof Error ? e.message : String(e);
     if (this.closed || e instanceof ClientClosedError) return new StoreUnavailableError("store is closed");
     if (e instanceof EtcdLeaseInvalidError || message.includes("requested lease not found")) {
-      return new LeaseNotFoundError(lease ?? "unknown");
+      return new LeaseNotFoundError(what.lease ?? "unknown");
+    }
+    // Unary errors arrive cast by etcd3, stream errors raw (gRPC code 7).
+    if (e instanceof EtcdPermissionDeniedError || (e as { code?: unknown }).code === GRPC_PERMISSION_DENIED) {
+      return new PermissionDeniedError(`etcd refused ${what.op}: permission denied`);
+    }
+    // etcd3 casts only the password-mismatch wording; a user without a password says it otherwise.
+    if (e instanceof EtcdAuthenticationFailedError || /authentication failed/.test(message)) {
+      return new PermissionDeniedError(`etcd refused ${what.op}: authentication failed (wrong user or password)`);
+    }
+    if (isTlsRefusal(e)) {
+      const alert = TLS_REFUSAL.exec(message)?.[1];
+      return new PermissionDeniedError(
+        `etcd at ${this.endpoints.join(",")} refused this client's certificate (TLS alert ${alert}) for ${what.op}`,
+      );
     }
     if (message.includes("required revision has been compacted")) {
       // compact() meets this, and a paged range whose revision was compacted between its pages
@@ -510,6 +594,17 @@ export class EtcdStore implements Store {
     }
     return new StoreError(`etcd: ${lowerFirst(message)}`, { cause: e });
   }
+}
+
+/**
+ * Ends our side, then cancels. etcd3 treats an error on a stream that is still writable as a
+ * failure of the host and closes every channel to it, failing calls just started on them
+ * ("Channel closed before call started"); the cancel's own CANCELLED error is such an error
+ * unless the stream was ended first.
+ */
+function closeStream(stream: { end(): void; cancel(): void }): void {
+  stream.end();
+  stream.cancel();
 }
 
 /** One batch per revision: etcd may put several revisions' events in one watch response. */
@@ -547,20 +642,6 @@ function toBuffer(u: Uint8Array): Buffer {
   return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 }
 
-/** key/range_end covering every key under prefix; "" is the whole keyspace, as in etcdctl. */
-function keyRange(prefix: string): { key: Buffer; range_end: Buffer } {
-  if (prefix === "") return { key: Buffer.from([0]), range_end: Buffer.from([0]) };
-  const key = Buffer.from(prefix);
-  const end = Buffer.from(key);
-  for (let i = end.length - 1; i >= 0; i--) {
-    if (end[i]! < 0xff) {
-      end[i] = end[i]! + 1;
-      return { key, range_end: end.subarray(0, i + 1) };
-    }
-  }
-  return { key, range_end: Buffer.from([0]) };
-}
-
 function toCompare(c: Compare): ICompare {
   const out: ICompare = { key: Buffer.from(c.key), target: COMPARE_TARGET[c.target], result: COMPARE_RESULT[c.result] };
   if (c.target === "mod") out.mod_revision = c.value;
@@ -578,6 +659,12 @@ function toRequestOp(op: Op): IRequestOp {
     case "deletePrefix":
       return { request_delete_range: keyRange(op.prefix) };
   }
+}
+
+/** The keys a transaction touches, for its errors (the first few). */
+function txnKeys(compares: Compare[], ops: Op[]): string {
+  const all = [...new Set([...compares.map((c) => c.key), ...ops.map((o) => (o.type === "deletePrefix" ? `${o.prefix}*` : o.key))])];
+  return all.length > 3 ? `${all.slice(0, 3).join(", ")} and ${all.length - 3} more` : all.join(", ");
 }
 
 function lowerFirst(s: string): string {

@@ -40,4 +40,35 @@ describe("etcd settings", () => {
         (e: unknown) => e instanceof ConfigError && e.key === "etcd-password-file" && e.message.includes(JSON.stringify(f)),
       );
   });
+
+  it("takes a client certificate with no username: the certificate is the identity", () => {
+    const opts = etcdOptions({
+      ...base,
+      etcdEndpoints: ["https://10.0.0.1:2379", "https://10.0.0.2:2379"],
+      etcdCaFile: "/pki/ca.crt",
+      etcdCertFile: "/pki/node.crt",
+      etcdKeyFile: "/pki/node.key",
+      etcdUsername: "",
+    });
+    assert.deepEqual(opts, {
+      endpoints: ["https://10.0.0.1:2379", "https://10.0.0.2:2379"],
+      tls: { caFile: "/pki/ca.crt", certFile: "/pki/node.crt", keyFile: "/pki/node.key" },
+    });
+  });
+
+  it("refuses settings that would run with less security than asked, naming the key", () => {
+    const tls = { ...base, etcdUsername: "", etcdEndpoints: ["https://127.0.0.1:2379"], etcdCaFile: "/pki/ca.crt" };
+    const cases: [Partial<EtcdSettings>, string][] = [
+      [{ etcdCertFile: "/pki/node.crt" }, "etcd-key-file"],
+      [{ etcdKeyFile: "/pki/node.key" }, "etcd-cert-file"],
+      [{ etcdCaFile: "", etcdCertFile: "/pki/node.crt", etcdKeyFile: "/pki/node.key" }, "etcd-ca-file"],
+      [{ etcdEndpoints: ["https://127.0.0.1:2379", "http://127.0.0.1:2381"] }, "etcd-endpoints"],
+    ];
+    for (const [change, key] of cases)
+      assert.throws(
+        () => etcdOptions({ ...tls, ...change }),
+        (e: unknown) => e instanceof ConfigError && e.key === key && e.message.startsWith(`${key}: `),
+        key,
+      );
+  });
 });

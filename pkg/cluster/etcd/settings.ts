@@ -16,10 +16,18 @@ export const etcdSchema = {
     default: ["http://127.0.0.1:2379"],
     description: "etcd client URLs, comma-separated (the server's with store: etcd)",
   },
-  "etcd-ca-file": { type: "string", default: "", description: "CA certificate (PEM) to verify etcd; empty: no TLS" },
-  "etcd-cert-file": { type: "string", default: "", description: "client certificate (PEM) for etcd" },
-  "etcd-key-file": { type: "string", default: "", description: "client key (PEM) for etcd" },
-  "etcd-username": { type: "string", default: "", description: "etcd user; empty: no authentication" },
+  "etcd-ca-file": {
+    type: "string",
+    default: "",
+    description: "CA certificate (PEM) to verify etcd; set: TLS, and the endpoints must be https://",
+  },
+  "etcd-cert-file": {
+    type: "string",
+    default: "",
+    description: "client certificate (PEM) for etcd: with --client-cert-auth its CN is the etcd user (needs etcd-ca-file)",
+  },
+  "etcd-key-file": { type: "string", default: "", description: "the client certificate's key (PEM, 0600)" },
+  "etcd-username": { type: "string", default: "", description: "etcd user by password; empty: none (a client certificate needs none)" },
   "etcd-password": {
     type: "string",
     default: "",
@@ -44,8 +52,20 @@ export interface EtcdSettings {
   etcdPasswordFile: string;
 }
 
+/**
+ * Settings to store options. Refuses (ConfigError naming the key) what would silently run with less
+ * security than asked: a client certificate without a CA (so without TLS), half a key pair, a
+ * plaintext endpoint with TLS set.
+ */
 export function etcdOptions(c: EtcdSettings): EtcdStoreOptions {
   const opts: EtcdStoreOptions = { endpoints: c.etcdEndpoints };
+  if (c.etcdCertFile && !c.etcdKeyFile) throw new ConfigError("etcd-key-file: is required with etcd-cert-file", "etcd-key-file");
+  if (c.etcdKeyFile && !c.etcdCertFile) throw new ConfigError("etcd-cert-file: is required with etcd-key-file", "etcd-cert-file");
+  if (c.etcdCertFile && !c.etcdCaFile)
+    throw new ConfigError("etcd-ca-file: is required with etcd-cert-file (the CA that signed etcd's certificate)", "etcd-ca-file");
+  const plain = c.etcdEndpoints.find((e) => e.startsWith("http://"));
+  if (c.etcdCaFile && plain)
+    throw new ConfigError(`etcd-endpoints: ${JSON.stringify(plain)} is plaintext but etcd-ca-file is set: use https://`, "etcd-endpoints");
   if (c.etcdCaFile) {
     opts.tls = { caFile: c.etcdCaFile };
     if (c.etcdCertFile) opts.tls.certFile = c.etcdCertFile;

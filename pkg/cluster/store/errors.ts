@@ -26,3 +26,12 @@ export class LeaseNotFoundError extends StoreError {
 export class StoreUnavailableError extends StoreError {
   override name = "StoreUnavailableError";
 }
+
+/**
+ * The store refused this client: its identity (an etcd client certificate's CN, or a user) may
+ * not do this to this key, or its certificate itself was refused. Unlike StoreUnavailableError,
+ * retrying changes nothing until an operator changes the identity's grants.
+ */
+export class PermissionDeniedError extends StoreError {
+  override name = "PermissionDeniedError";
+}

@@ -14,6 +14,6 @@ export type {
   WatchOptions,
 } from "./store.js";
 export { ifAbsent, ifModRevision, ifPresent } from "./store.js";
-export { CompactedError, LeaseNotFoundError, StoreError, StoreUnavailableError } from "./errors.js";
+export { CompactedError, LeaseNotFoundError, PermissionDeniedError, StoreError, StoreUnavailableError } from "./errors.js";
 export { EmbeddedStore, openEmbeddedStore, type EmbeddedStoreOptions } from "./embedded.js";
 export { GroupCommit, MAX_TXN_BYTES, txnBytes } from "./group-commit.js";

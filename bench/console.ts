@@ -74,6 +74,7 @@ async function main(): Promise<void> {
     base = `http://127.0.0.1:${port}`;
     const server = new Proc("server", [
       binPath("hypervisor-server"),
+      "--no-tls", // TODO(issue 13): run this on TLS
       ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, "server")],
     ]);
     procs.push(server);
@@ -82,6 +83,7 @@ async function main(): Promise<void> {
     const tunnelPort = await freePort();
     const viaAgent = new Proc("server-via-agent", [
       binPath("hypervisor-server"),
+      "--no-tls", // TODO(issue 13): run this on TLS
       ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${tunnelPort}`],
       ...["--data-dir", join(dir, "server-via-agent"), "--no-console-local-direct"],
     ]);

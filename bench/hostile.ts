@@ -39,7 +39,13 @@ async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), "hv-bench-hostile-"));
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  const server = new Proc("server", [binPath("hypervisor-server"), "--store=embedded", `--data-dir=${dir}`, `--listen=127.0.0.1:${port}`]);
+  const server = new Proc("server", [
+    binPath("hypervisor-server"),
+    "--no-tls",
+    "--store=embedded",
+    `--data-dir=${dir}`,
+    `--listen=127.0.0.1:${port}`,
+  ]);
   let attacker: ReturnType<typeof spawn> | undefined;
   try {
     await server.waitFor(/server running/);

@@ -91,6 +91,7 @@ try {
       [
         ...(profile ? ["--cpu-prof", `--cpu-prof-dir=${profile}`] : []),
         binPath("hypervisor-server"),
+        "--no-tls", // TODO(issue 13): run this on TLS
         ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`],
         ...["--data-dir", join(dir, name), ...extra],
       ],

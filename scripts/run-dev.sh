@@ -15,9 +15,12 @@ cd "$(dirname "$0")/.."
 # The server reads HYPERVISOR_* from the environment too (over configs/server.yaml): follow it.
 DATA="${HYPERVISOR_DATA_DIR:-.data/server}"
 IMAGES="${HYPERVISOR_LIBVIRT_IMAGE_DIR:-$DATA/images}"
-SERVER="http://${HYPERVISOR_LISTEN:-127.0.0.1:7070}"
+# TLS with a certificate of the cluster CA the server makes in $DATA/pki at its first start; the
+# server also writes ctl's context "dev" (ctl's config file), so a plain `hypervisor-ctl` works.
+SERVER="https://${HYPERVISOR_LISTEN:-127.0.0.1:7070}"
+CA="${HYPERVISOR_PKI_DIR:-$DATA/pki}/ca.crt"
 DEMO="${DEMO_VM:-demo-vm}"
-ctl() { node dist/cmd/hypervisor-ctl/main.js --server "$SERVER" "$@"; }
+ctl() { node dist/cmd/hypervisor-ctl/main.js --server "$SERVER" --ca-file "$CA" "$@"; }
 
 mkdir -p "$IMAGES"
 vm=0
@@ -47,7 +50,7 @@ server=$!
 trap 'kill -TERM "$server" 2>/dev/null || true; wait "$server"; exit $?' INT TERM
 
 for _ in $(seq 1 300); do
-  ctl node list >/dev/null 2>&1 && break
+  [[ -f "$CA" ]] && ctl node list >/dev/null 2>&1 && break
   kill -0 "$server" 2>/dev/null || { wait "$server"; exit $?; }
   sleep 0.2
 done

@@ -1,7 +1,10 @@
 #!/usr/bin/env node
 // hypervisor-agent entry point: settings (file, environment, flags) → etcd store + drivers →
 // Agent, until SIGTERM/SIGINT. Exit codes: 0 clean stop, 1 runtime failure, 2 bad settings.
+import { readFile } from "node:fs/promises";
+import { join, resolve } from "node:path";
 import { Agent, agentSchema, buildDrivers, deadlinesOf, defaultNodeName, parseTaints } from "../../internal/agent/index.js";
+import { ensureCredentials, JoinRefusedError } from "../../internal/agent/join.js";
 import { etcdOptions, openEtcdStore, waitForStore } from "../../pkg/cluster/etcd/index.js";
 import type { Loaded } from "../../pkg/config/index.js";
 import { runDaemon, untilAborted } from "../../pkg/daemon/index.js";
@@ -24,6 +27,27 @@ async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Pro
     c,
   );
   const log = logger("agent", { node: c.nodeName });
+
+  if (c.server) {
+    // Joined before anything else: the node's own key and a certificate of the cluster CA.
+    const pkiDir = resolve(c.pkiDir || join(c.dataDir, "pki"));
+    try {
+      const token = c.joinTokenFile ? ((await readFile(c.joinTokenFile, "utf8")).split("\n")[0] ?? "").trim() : c.joinToken;
+      const creds = await ensureCredentials({ server: c.server, token, node: c.nodeName, dir: pkiDir, log, signal });
+      log.info({ pkiDir, expires: creds.cert.validTo }, "node certificate ready");
+      // With https etcd endpoints and no certificate of its own configured, the node's is its
+      // etcd identity (CN node:<name>, the user its confined role is granted to).
+      if (!c.etcdCertFile && c.etcdEndpoints.every((e) => e.startsWith("https://"))) {
+        c.etcdCaFile ||= join(pkiDir, "ca.crt");
+        c.etcdCertFile = join(pkiDir, "node.crt");
+        c.etcdKeyFile = join(pkiDir, "node.key");
+      }
+    } catch (e) {
+      if (signal.aborted) return 0;
+      log.error({ err: e instanceof JoinRefusedError ? e.message : e, server: c.server }, "cannot join the cluster");
+      return e instanceof JoinRefusedError ? 2 : 1;
+    }
+  }
 
   const store = await openEtcdStore(etcdOptions(c));
   try {

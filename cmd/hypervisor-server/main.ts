@@ -7,6 +7,8 @@ import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { Agent, buildDrivers, defaultNodeName, DRIVER_DEFAULTS } from "../../internal/agent/index.js";
 import { checkServerConfig, serverSchema } from "../../internal/server/config.js";
+import { serverTls } from "../../internal/server/tls-setup.js";
+import { configLocation, saveContext } from "../../internal/ctl/config-file.js";
 import { Server } from "../../internal/server/server.js";
 import { staticUi } from "../../internal/server/static.js";
 import type { Driver } from "../../pkg/compute/driver/index.js";
@@ -54,6 +56,17 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
   let server: Server | undefined;
   let agent: Agent | undefined;
   const devNode = c.nodeName || defaultNodeName() || "dev";
+  const pkiDir = resolve(c.pkiDir || join(dataDir, "pki"));
+  let tls: Awaited<ReturnType<typeof serverTls>> | undefined;
+  if (c.tls) {
+    try {
+      tls = await serverTls({ pkiDir, name: defaultNodeName() || "server", listenHost: listen.host, names: c.tlsNames, signal });
+    } catch (e) {
+      log.error({ err: e, pkiDir }, "cannot set up the cluster CA or this server's certificate");
+      await store.close();
+      return 1;
+    }
+  }
   let drivers: Driver[] = [];
   if (c.dev) {
     const imageDir = resolve(c.libvirtImageDir || join(dataDir, "images"));
@@ -83,6 +96,7 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
       algorithm: listen.algorithm,
       consoleTicketTtlMs: c.consoleTicketTtl * 1000,
       consoleLocalDirect: c.consoleLocalDirect,
+      ...(tls ? { tls: tls.tls, identity: { ca: tls.ca, nodeCertTtlSeconds: c.nodeCertTtl } } : {}),
       limits: {
         headerTimeoutMs: c.headerTimeout * 1000,
         requestTimeoutMs: c.requestReadTimeout * 1000,
@@ -127,6 +141,8 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
         logger: logger("agent", { node: devNode }),
       });
       await agent.start(signal);
+      // The quick start needs no flags: ctl finds this server and its CA in its own config file.
+      const ctlConfig = tls ? writeDevContext(server.url, join(pkiDir, "ca.crt"), c.writeCtlConfig) : undefined;
       process.stdout.write(
         [
           "",
@@ -135,7 +151,9 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
           `  UI       ${server.url}/`,
           `  metrics  ${server.url}/metrics`,
           `  state    ${dataDir}`,
-          `  try      npx hypervisor-ctl --server ${server.url} node list`,
+          ctlConfig
+            ? `  try      npx hypervisor-ctl node list   (context "dev" in ${ctlConfig})`
+            : `  try      npx hypervisor-ctl --server ${server.url}${tls ? ` --ca-file ${join(pkiDir, "ca.crt")}` : ""} node list`,
           `  stop     Ctrl-C (instances keep their state; the next start adopts them)`,
           "",
           "",
@@ -160,5 +178,23 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
     await server?.stop().catch((e: unknown) => log.warn({ err: e }, "server stop failed"));
     for (const d of drivers) await d.close().catch(() => undefined);
     await store.close();
+  }
+}
+
+/**
+ * Writes (and makes current) the ctl context "dev" for this server: its URL and the CA that signed
+ * its certificate. Returns the file, or undefined when there is none to write (no home, or
+ * write-ctl-config false); a failure is told, never fatal.
+ */
+function writeDevContext(url: string, caFile: string, enabled: boolean): string | undefined {
+  if (!enabled) return undefined;
+  const { path } = configLocation(undefined, process.env);
+  if (!path) return undefined;
+  try {
+    saveContext(path, { name: "dev", server: url, caFile }, { makeCurrent: true });
+    return path;
+  } catch (e) {
+    logger("server").warn({ err: e, path }, "cannot write the ctl configuration");
+    return undefined;
   }
 }

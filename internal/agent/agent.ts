@@ -167,7 +167,14 @@ export class Agent {
     if (this.opts.lookup) return this.opts.lookup(name, signal);
     const kv = await this.opts.store.get(keys.instance(name), { signal });
     const rec = kv ? codecs.instance.decode(kv.value) : undefined;
-    return rec && { uid: rec.uid, node: rec.status?.node ?? "", deleting: Boolean(rec.deleteTime), ephemeralDisks: Boolean(rec.spec?.ephemeralDisks) };
+    return (
+      rec && {
+        uid: rec.uid,
+        node: rec.status?.node ?? "",
+        deleting: Boolean(rec.deleteTime),
+        ephemeralDisks: Boolean(rec.spec?.ephemeralDisks),
+      }
+    );
   }
 
   /** The cluster this agent works for (empty until start). */

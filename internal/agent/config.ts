@@ -20,6 +20,24 @@ export const agentSchema = {
     description: "name of this node in the cluster (DNS label); empty: the hostname",
   },
   ...etcdSchema,
+  server: {
+    type: "string",
+    default: "",
+    description:
+      "https:// URL of a hypervisor-server to join the cluster through (a node certificate for node:<node-name>, kept in pki-dir); empty: no join",
+  },
+  "join-token": {
+    type: "string",
+    default: "",
+    description:
+      "join token (hypervisor-ctl join-token create) for the first start; later starts use the certificate (better: join-token-file)",
+  },
+  "join-token-file": { type: "string", default: "", description: "file whose first line is the join token (wins over join-token)" },
+  "pki-dir": {
+    type: "string",
+    default: "",
+    description: "the node's key, certificate, the cluster CA and its node secret (0700, files 0600); empty: data-dir/pki",
+  },
   "heartbeat-ttl": {
     type: "number",
     default: 10,

@@ -32,6 +32,18 @@ describe("server config", () => {
     assert.deepEqual(checkServerConfig(config), { host: "127.0.0.1", port: 9999, algorithm: "binpack" });
   });
 
+  it("serves cleartext on loopback only, unless forced by the flag named as dangerous", async () => {
+    const check = async (...argv: string[]) => checkServerConfig((await loadConfig(serverSchema, { argv, env: {} })).config);
+    assert.deepEqual(await check("--no-tls", "--listen", "127.0.0.1:7070"), { host: "127.0.0.1", port: 7070, algorithm: "binpack" });
+    assert.deepEqual(await check("--no-tls", "--listen", "[::1]:7070"), { host: "::1", port: 7070, algorithm: "binpack" });
+    assert.deepEqual(await check("--no-tls", "--dangerously-allow-plaintext", "--listen", ":7070"), {
+      host: "0.0.0.0",
+      port: 7070,
+      algorithm: "binpack",
+    });
+    assert.deepEqual(await check("--listen", ":7070"), { host: "0.0.0.0", port: 7070, algorithm: "binpack" }, "TLS anywhere");
+  });
+
   it("accepts IPv6 and empty hosts", async () => {
     const load = async (listen: string) =>
       checkServerConfig((await loadConfig(serverSchema, { argv: ["--listen", listen], env: {} })).config);
@@ -47,6 +59,11 @@ describe("server config", () => {
     [["--server-id", "a b"], /server-id: "a b"/],
     [["--no-controllers"], /controllers: false \(an API-only replica\) needs store: etcd/],
     [["--no-controllers", "--store", "etcd", "--dev"], /controllers: false .* and no --dev/],
+    [
+      ["--no-tls", "--listen", "0.0.0.0:7070"],
+      /tls: false on listen 0\.0\.0\.0:7070, which is not loopback: .*dangerously-allow-plaintext/,
+    ],
+    [["--no-tls", "--listen", "10.1.2.3:7070"], /tls: false on listen 10\.1\.2\.3:7070/],
   ] as const)
     it(`rejects ${args.join(" ")}`, async () => {
       const { config } = await loadConfig(serverSchema, { argv: [...args], env: {} });

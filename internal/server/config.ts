@@ -12,6 +12,35 @@ export const serverSchema = {
     default: "127.0.0.1:7070",
     description: "HOST:PORT of the API (gRPC, gRPC-Web, Connect), /metrics and /healthz",
   },
+  tls: {
+    type: "boolean",
+    default: true,
+    description: "serve the API over TLS with a certificate from the cluster CA (made in pki-dir at the first start); false: cleartext",
+  },
+  "pki-dir": {
+    type: "string",
+    default: "",
+    description:
+      "the cluster CA (ca.crt, ca.key: servers only; a second server gets a copy before its first start) and this server's certificate; empty: data-dir/pki",
+  },
+  "tls-names": {
+    type: "string[]",
+    default: [],
+    description: "DNS names and IPs clients dial this server by, besides localhost, loopback, the hostname and the listen address",
+  },
+  "node-cert-ttl": {
+    type: "number",
+    default: 86400,
+    integer: true,
+    min: 10,
+    max: 365 * 86400,
+    description: "seconds a node certificate from a join lives; agents renew at two thirds of it",
+  },
+  "dangerously-allow-plaintext": {
+    type: "boolean",
+    default: false,
+    description: "allow tls: false on a listen address that is not loopback: every token and secret crosses the network readable",
+  },
   store: { type: "string", default: "embedded", description: "cluster state: etcd or embedded (one machine, kept in data-dir)" },
   ...etcdSchema,
   "data-dir": { type: "string", default: "/var/lib/hypervisor/server", description: "embedded store (and --dev agent state)" },
@@ -19,6 +48,12 @@ export const serverSchema = {
   "server-id": { type: "string", default: "", description: "identity of this replica in leader election; empty: random per start" },
   dev: { type: "boolean", default: false, description: "one-machine mode: also run an agent in this process" },
   "node-name": { type: "string", default: "", description: "node name of the in-process agent (--dev); empty: the hostname" },
+  "write-ctl-config": {
+    type: "boolean",
+    default: true,
+    description:
+      "--dev with tls: write the ctl context \"dev\" (this server's URL and CA) to ctl's config file (HYPERVISOR_CONFIG, else ~/.config/hypervisor/config.yaml) and make it current",
+  },
   "dev-drivers": {
     type: "string[]",
     default: ["mock", "libvirt", "containerd"],
@@ -232,6 +267,11 @@ export const serverSchema = {
 
 export type ServerConfig = ConfigOf<typeof serverSchema>;
 
+/** 127.0.0.0/8, ::1 and localhost: an address no other machine reaches. */
+export function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
 /** Checks what the schema's types cannot; returns the listen address split. */
 export function checkServerConfig(c: ServerConfig): { host: string; port: number; algorithm: Algorithm } {
   const m = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]*):(\d{1,5})$/.exec(c.listen);
@@ -250,6 +290,11 @@ export function checkServerConfig(c: ServerConfig): { host: string; port: number
       "controllers",
     );
   if (!c.dataDir) throw new ConfigError("data-dir: must not be empty", "data-dir");
+  if (!c.tls && !isLoopback(host) && !c.dangerouslyAllowPlaintext)
+    throw new ConfigError(
+      `tls: false on listen ${c.listen}, which is not loopback: clients' credentials would cross the network in cleartext; serve TLS, or set dangerously-allow-plaintext`,
+      "tls",
+    );
   if (c.nodeName && !/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(c.nodeName))
     throw new ConfigError(`node-name: ${JSON.stringify(c.nodeName)} is not a DNS label`, "node-name");
   if (c.serverId && !/^[a-zA-Z0-9._-]{1,63}$/.test(c.serverId))

@@ -1,6 +1,7 @@
 /*
- * One TCP port speaks gRPC (HTTP/2), gRPC-Web and Connect (HTTP/1.1 or HTTP/2), in cleartext:
- * the first bytes of a connection decide. The HTTP/2 client preface goes to the h2c server,
+ * One TCP port speaks gRPC (HTTP/2), gRPC-Web and Connect (HTTP/1.1 or HTTP/2), over TLS (the
+ * cluster CA's server certificate; a client certificate is asked for, never required) or in
+ * cleartext: after the handshake, if any, the first bytes of a connection decide. The HTTP/2 client preface goes to the h2c server,
  * anything else to the HTTP/1.1 server; both share one request handler.
  *
  *   socket ──bytes──► prefix of "PRI * HTTP/2.0…" ? ──whole preface──► http2 server ──┐
@@ -23,6 +24,7 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
+import * as tls from "node:tls";
 
 import type { connectNodeAdapter } from "@connectrpc/connect-node";
 
@@ -62,6 +64,17 @@ export interface Listening {
   close(): Promise<void>;
 }
 
+/**
+ * TLS for the listener: the server's key and certificate, and the CA whose certificates a client
+ * may present (nodes, servers, later users). A client without one is still served: what it may
+ * do is the handlers' decision (tlsPeer), not the handshake's.
+ */
+export interface TlsSettings {
+  keyPem: string;
+  certPem: string;
+  caPem: string;
+}
+
 /** WebSocket and other HTTP/1.1 upgrades (consoles). */
 export type UpgradeHandler = (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => void;
 
@@ -71,6 +84,7 @@ export async function listen(
   handler: Handler,
   onUpgrade?: UpgradeHandler,
   limits: Partial<ConnectionLimits> = {},
+  tlsSettings?: TlsSettings,
 ): Promise<Listening> {
   const lim = { ...DEFAULT_LIMITS, ...limits };
   const h1 = http.createServer(
@@ -105,7 +119,7 @@ export async function listen(
     });
   });
 
-  const server = net.createServer((socket) => {
+  const accept = (socket: net.Socket) => {
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
     route(socket, lim.headerTimeoutMs, (isH2) => {
@@ -114,7 +128,24 @@ export async function listen(
       // data events, which a paused socket does not emit.
       if (!isH2) socket.resume();
     });
-  });
+  };
+  const server: net.Server = tlsSettings
+    ? tls.createServer(
+        {
+          key: tlsSettings.keyPem,
+          cert: tlsSettings.certPem,
+          ca: tlsSettings.caPem,
+          requestCert: true,
+          rejectUnauthorized: false, // anonymous clients (GetCA, Join, the browser) are served too
+          ALPNProtocols: ["h2", "http/1.1"],
+          minVersion: "TLSv1.2",
+          handshakeTimeout: lim.headerTimeoutMs,
+        },
+        accept,
+      )
+    : net.createServer(accept);
+  // A handshake that fails (a scanner, a client of another CA refusing us) is that client's end.
+  server.on("tlsClientError", (_e: Error, socket: tls.TLSSocket) => socket.destroy());
 
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -199,4 +230,15 @@ function boundSession(s: http2.ServerHttp2Session, lim: ConnectionLimits): () =>
     clearTimeout(idle);
     clearInterval(pinger);
   };
+}
+
+/**
+ * The verified client certificate of a request's connection, if it presented one that chains to
+ * the cluster CA (raw DER); undefined in cleartext, for anonymous clients, and for certificates
+ * the CA did not sign.
+ */
+export function tlsPeer(socket: net.Socket | tls.TLSSocket | undefined): Buffer | undefined {
+  if (!(socket instanceof tls.TLSSocket) || !socket.authorized) return undefined;
+  const cert = socket.getPeerCertificate();
+  return cert && "raw" in cert && cert.raw ? cert.raw : undefined;
 }

@@ -26,7 +26,11 @@ import { clusterService } from "./cluster-service.js";
 import { imageService } from "./image-service.js";
 import type { ServerContext } from "./context.js";
 import { GcController } from "./gc-controller.js";
-import { type ConnectionLimits, listen, type Listening } from "./http.js";
+import { type ConnectionLimits, listen, type Listening, type TlsSettings, tlsPeer } from "./http.js";
+import { identityOfPeer, peerIdentity } from "./peer.js";
+import { identityService } from "./identity-service.js";
+import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
+import type { CertificateAuthority } from "../../pkg/pki/index.js";
 import { OriginPolicy, type OriginPolicyOptions } from "./origin-policy.js";
 import { redact } from "./secret-env.js";
 import { type RefusalLimits, RefusalThrottle } from "./refusal-throttle.js";
@@ -44,6 +48,10 @@ export interface ServerOptions {
   store: Store;
   host: string;
   port: number;
+  /** Serve the API over TLS with this key and certificate, asking clients for one of `caPem`'s. */
+  tls?: TlsSettings;
+  /** The cluster CA: with it the server signs node certificates for join tokens (IdentityService). */
+  identity?: { ca: CertificateAuthority; nodeCertTtlSeconds?: number };
   version: string;
   algorithm?: Algorithm;
   serverId?: string;
@@ -128,7 +136,7 @@ export class Server {
 
   get url(): string {
     if (!this.listening) throw new Error("server not started");
-    return `http://${this.listening.host.includes(":") ? `[${this.listening.host}]` : this.listening.host}:${this.listening.port}`;
+    return `${this.opts.tls ? "https" : "http"}://${this.listening.host.includes(":") ? `[${this.listening.host}]` : this.listening.host}:${this.listening.port}`;
   }
 
   routes = (router: ConnectRouter): void => {
@@ -138,6 +146,11 @@ export class Server {
     router.service(ClusterService, clusterService(this.ctx));
     router.service(ImageService, imageService(this.ctx, this.opts.maxImageBytes));
     router.service(ConsoleService, consoleService(this.ctx, this.opts.consoleTicketTtlMs));
+    if (this.opts.identity)
+      router.service(
+        IdentityService,
+        identityService({ store: this.ctx.store, log: this.log.child({ component: "identity" }), ...this.opts.identity }),
+      );
   };
 
   private cluster = "";
@@ -158,7 +171,10 @@ export class Server {
       ...strictInput({ routes: this.routes, interceptors: [this.edge] }), // every request read strictly
       readMaxBytes: this.opts.readMaxBytes ?? 4 * 1024 * 1024, // also enforced on streamed bodies
       fallback: (req, res) => void this.serveOther(req, res),
-      contextValues: (req) => createContextValues().set(clientAddress, normalizeAddress(req.socket.remoteAddress)),
+      contextValues: (req) =>
+        createContextValues()
+          .set(clientAddress, normalizeAddress(req.socket.remoteAddress))
+          .set(peerIdentity, identityOfPeer(tlsPeer(req.socket))),
     });
     const maxBytes = this.opts.readMaxBytes ?? 4 * 1024 * 1024;
     const throttle = new RefusalThrottle(this.opts.refusals);
@@ -201,6 +217,7 @@ export class Server {
         socket.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n${verdict.message}\n`);
       },
       this.opts.limits,
+      this.opts.tls,
     );
     setInstanceSource(() => instancesByPhase(this.ctx.informers));
     if (this.opts.controllers !== false) this.tasks.push(this.leaderLoop(signal));

@@ -43,7 +43,7 @@ describe("pki ca files", () => {
       await chmod(join(dir, CA_KEY_FILE), 0o640);
       await assert.rejects(
         loadOrCreateCa(dir),
-        (e) => e instanceof CaFilesError && / mode 0640 lets group or others read the ca key/.test(e.message),
+        (e) => e instanceof CaFilesError && / mode 0640 lets group or others read this private key/.test(e.message),
       );
     }));
 

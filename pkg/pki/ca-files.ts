@@ -35,7 +35,7 @@ export interface LoadOrCreateCaOptions extends CreateCaOptions {
 const errno = (e: unknown): string | undefined => (e as NodeJS.ErrnoException | undefined)?.code;
 
 /** Writes `data` to a new temp file beside its target, fsynced, and returns the temp path. */
-async function writeTemp(dir: string, base: string, data: string, mode: number): Promise<string> {
+export async function writeTemp(dir: string, base: string, data: string, mode: number): Promise<string> {
   const tmp = join(dir, `.${base}.${randomBytes(6).toString("hex")}.tmp`);
   const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
   try {
@@ -48,7 +48,7 @@ async function writeTemp(dir: string, base: string, data: string, mode: number):
   return tmp;
 }
 
-async function syncDir(dir: string): Promise<void> {
+export async function syncDir(dir: string): Promise<void> {
   const fh = await open(dir, constants.O_RDONLY);
   try {
     await fh.sync();
@@ -58,14 +58,14 @@ async function syncDir(dir: string): Promise<void> {
 }
 
 /** Reads the key through one descriptor, checking that descriptor's mode: no window between check and read. */
-async function readKey(path: string): Promise<string> {
+export async function readKey(path: string): Promise<string> {
   const fh = await open(path, constants.O_RDONLY);
   try {
     const st = await fh.stat();
     if ((st.mode & 0o077) !== 0) {
       throw new CaFilesError(
         path,
-        `mode ${(st.mode & 0o777).toString(8).padStart(4, "0")} lets group or others read the ca key; chmod 0600 it`,
+        `mode ${(st.mode & 0o777).toString(8).padStart(4, "0")} lets group or others read this private key; chmod 0600 it`,
       );
     }
     return await fh.readFile("utf8");
@@ -74,7 +74,7 @@ async function readKey(path: string): Promise<string> {
   }
 }
 
-async function readIfExists(path: string): Promise<string | undefined> {
+export async function readIfExists(path: string): Promise<string | undefined> {
   try {
     return await readFile(path, "utf8");
   } catch (e) {

@@ -33,3 +33,4 @@ export {
   type JoinToken,
   type JoinTokenState,
 } from "./join-token.js";
+export { readLeaf, readTextIfExists, renewAt, writeLeaf, writePrivateFile, type LeafFiles } from "./leaf-files.js";

@@ -84,6 +84,7 @@ describe("containers through the whole system (etcd, server, two agents with con
     port = await freePort();
     server = new Proc("server", [
       binPath("hypervisor-server"),
+      "--no-tls", // TODO(issue 13): run this on TLS
       "--store",
       "etcd",
       "--etcd-endpoints",

@@ -143,6 +143,7 @@ describe("data safety on the real libvirtd (etcd, server, two agents, ctl)", { t
     port = await freePort();
     server = new Proc("server", [
       binPath("hypervisor-server"),
+      "--no-tls", // TODO(issue 13): run this on TLS
       ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`],
       ...["--data-dir", join(dir, "server"), "--ha-grace-period", "3"],
     ]);

@@ -46,6 +46,7 @@ describe("HA: lost nodes and a lost leader (etcd, two servers, three agents)", {
   const startServer = (id: string, port: number) => {
     const proc = new Proc(`server ${id}`, [
       binPath("hypervisor-server"),
+      "--no-tls", // TODO(issue 13): run this on TLS
       ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`],
       ...["--data-dir", join(dir, id), "--server-id", id, "--ha-grace-period", String(GRACE)],
     ]);
@@ -293,6 +294,7 @@ describe("HA: lost nodes and a lost leader (etcd, two servers, three agents)", {
     const port = await freePort();
     const apiOnly = new Proc("server s3", [
       binPath("hypervisor-server"),
+      "--no-tls", // TODO(issue 13): run this on TLS
       ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`],
       ...["--data-dir", join(dir, "s3"), "--server-id", "s3", "--no-controllers"],
     ]);

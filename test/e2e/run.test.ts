@@ -28,10 +28,12 @@ describe("make run (scripts/run-dev.sh)", { timeout: 900_000 }, () => {
     HYPERVISOR_DATA_DIR: dir,
     HYPERVISOR_NODE_NAME: `run-e2e-${process.pid}`,
     DEMO_VM: vm,
+    // ctl's context for the dev server goes to the test's own file, not the user's.
+    HYPERVISOR_CONFIG: join(dir, "ctl.yaml"),
   });
+  // As a user after `make run`: no flag, the context the server wrote says where and which CA.
   const ctl = async (...args: string[]) =>
-    (await run(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, ...args], { timeout: 120_000 }))
-      .stdout;
+    (await run(process.execPath, [binPath("hypervisor-ctl"), ...args], { timeout: 120_000, env: { ...process.env, ...env() } })).stdout;
 
   before(async () => {
     await ensureLibvirtd();

@@ -7,7 +7,17 @@ import { libvirtCapabilities } from "../libvirt/index.js";
 import { createMockDriver, parseBehaviour } from "../mock/index.js";
 import { checkDriverSpec, DRIVER_NAMES, DRIVER_REGISTRY, driverEntry, type SpecShape } from "./registry.js";
 
-const blank: SpecShape = { image: "", kernel: "", initrd: "", cmdline: "", command: [], args: [], env: {}, secretEnv: {}, driverConfig: {} };
+const blank: SpecShape = {
+  image: "",
+  kernel: "",
+  initrd: "",
+  cmdline: "",
+  command: [],
+  args: [],
+  env: {},
+  secretEnv: {},
+  driverConfig: {},
+};
 const spec = (s: Partial<SpecShape>): SpecShape => ({ ...blank, ...s });
 
 describe("driver registry", () => {

@@ -1,0 +1,179 @@
+// Joining a cluster as the agent does it, against a real server over TLS (its CA made in a pki
+// dir, the API served with a certificate of that CA): a valid token; expired, used-up and revoked
+// ones; a server of another CA (refused before anything is sent to it); a "server" whose
+// certificate names a node; and a second agent claiming a joined node's name.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { X509Certificate } from "node:crypto";
+import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import * as https from "node:https";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { createClient, type Client } from "@connectrpc/connect";
+import { connectNodeAdapter, createConnectTransport } from "@connectrpc/connect-node";
+import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
+import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
+import { logger } from "../../pkg/log/index.js";
+import { caHash, createCa, generateKeyAndCsr, identityOf, parseCa, parseJoinToken, signNodeCsr } from "../../pkg/pki/index.js";
+import { Server } from "../server/server.js";
+import { serverTls } from "../server/tls-setup.js";
+import { ensureCredentials, JoinRefusedError, loadCredentials } from "./join.js";
+
+const log = logger("test");
+
+describe("agent join", () => {
+  let dir: string;
+  let store: Store;
+  let server: Server;
+  let caPem: string;
+  let api: Client<typeof IdentityService>;
+  let n = 0;
+  const nodeDir = () => join(dir, `agent-${++n}`);
+  const token = async (o: { node?: string; ttlSeconds?: number; maxUses?: number } = {}) =>
+    (await api.createJoinToken({ maxUses: 1, ...o })).token;
+  const refused = (p: Promise<unknown>, message: RegExp) =>
+    assert.rejects(p, (e: unknown) => {
+      assert.ok(e instanceof JoinRefusedError, String(e));
+      assert.match(e.message, message);
+      return true;
+    });
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "hv-join-"));
+    store = await openEmbeddedStore(join(dir, "store"), { sync: false });
+    const { ca, tls } = await serverTls({ pkiDir: join(dir, "pki"), name: "s1", listenHost: "127.0.0.1", names: [] });
+    caPem = ca.certPem;
+    server = new Server({ store, host: "127.0.0.1", port: 0, version: "test", controllers: false, tls, identity: { ca } });
+    await server.start();
+    api = createClient(IdentityService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1", nodeOptions: { ca: caPem } }));
+  });
+
+  after(async () => {
+    await server.stop();
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("joins with a valid token: its own key, a certificate for node:<name> from the cluster CA, files 0600", async () => {
+    const d = nodeDir();
+    const creds = await ensureCredentials({ server: server.url, token: await token(), node: "worker-1", dir: d, log });
+    assert.deepEqual(identityOf(creds.certPem), { kind: "node", name: "worker-1" });
+    assert.ok(creds.cert.verify(new X509Certificate(caPem).publicKey), "signed by the cluster CA");
+    assert.ok(creds.cert.checkPrivateKey((await import("node:crypto")).createPrivateKey(creds.keyPem)), "for the key made here");
+    for (const f of ["node.key", "node.crt", "ca.crt", "node-secret"]) assert.equal((await stat(join(d, f))).mode & 0o777, 0o600, f);
+    assert.equal(await readFile(join(d, "ca.crt"), "utf8"), caPem);
+    // A restart needs no token: the certificate is there and still valid.
+    const again = await ensureCredentials({ server: server.url, token: "", node: "worker-1", dir: d, log });
+    assert.equal(again.certPem, creds.certPem);
+    assert.equal(await loadCredentials(d, "other-name", new Date()), undefined, "not another node's");
+  });
+
+  it("refuses an expired, a used-up and a revoked token, and writes no certificate", async () => {
+    const expired = await token({ ttlSeconds: 1 });
+    await sleep(1500);
+    const d1 = nodeDir();
+    await refused(ensureCredentials({ server: server.url, token: expired, node: "late-1", dir: d1, log }), /Join at .*expired/);
+    assert.equal(await loadCredentials(d1, "late-1", new Date()), undefined);
+
+    const once = await token({ maxUses: 1 });
+    await ensureCredentials({ server: server.url, token: once, node: "once-1", dir: nodeDir(), log });
+    await refused(ensureCredentials({ server: server.url, token: once, node: "once-2", dir: nodeDir(), log }), /used up/);
+
+    const revoked = await token();
+    await api.revokeJoinToken({ id: parseJoinToken(revoked).id });
+    const d3 = nodeDir();
+    await refused(ensureCredentials({ server: server.url, token: revoked, node: "rev-1", dir: d3, log }), /revoked/);
+    await assert.rejects(stat(join(d3, "node.crt")), /ENOENT/);
+  });
+
+  it("refuses a token scoped to another node name", async () => {
+    const scoped = await token({ node: "db-1" });
+    await refused(ensureCredentials({ server: server.url, token: scoped, node: "web-1", dir: nodeDir(), log }), /db-1/);
+    const creds = await ensureCredentials({ server: server.url, token: scoped, node: "db-1", dir: nodeDir(), log });
+    assert.deepEqual(identityOf(creds.certPem), { kind: "node", name: "db-1" });
+  });
+
+  it("a second agent cannot take a joined node's name: its node secret differs", async () => {
+    const t = await token({ maxUses: 2 });
+    await ensureCredentials({ server: server.url, token: t, node: "taken-1", dir: nodeDir(), log });
+    await refused(ensureCredentials({ server: server.url, token: t, node: "taken-1", dir: nodeDir(), log }), /taken-1/);
+  });
+
+  it("refuses a server of another CA before sending it anything: no Join reaches it", async () => {
+    // A fake server with a CA of its own: it answers GetCA and counts every Join it is sent.
+    const other = await parseCa(...(await createCa().then((c) => [c.certPem, c.keyPem] as const)));
+    const fake = await fakeServer(other);
+    try {
+      const t = await token();
+      await refused(
+        ensureCredentials({ server: fake.url, token: t, node: "lured-1", dir: nodeDir(), log }),
+        /presents a CA \(sha256 [0-9a-f]{64}\) that is not the one the join token pins/,
+      );
+      assert.equal(fake.joins, 0, "the token's secret never reached it");
+      assert.notEqual(caHash(other.certPem), parseJoinToken(t).caHash);
+    } finally {
+      fake.close();
+    }
+  });
+
+  it("refuses a 'server' whose certificate names a node, even one of this cluster's CA", async () => {
+    const ca = await parseCa(caPem, await readFile(join(dir, "pki", "ca.key"), "utf8"));
+    const fake = await fakeServer(ca, { asNode: true });
+    try {
+      await refused(
+        ensureCredentials({ server: fake.url, token: await token(), node: "lured-2", dir: nodeDir(), log }),
+        /does not name a server/,
+      );
+      assert.equal(fake.joins, 0);
+    } finally {
+      fake.close();
+    }
+  });
+
+  it("refuses a cleartext server URL", async () => {
+    await refused(ensureCredentials({ server: "http://127.0.0.1:1", token: await token(), node: "plain-1", dir: nodeDir(), log }), /https/);
+  });
+});
+
+/**
+ * An IdentityService over HTTPS with the CA given. Its certificate is a server's of that CA, or
+ * (asNode) a node's: what a compromised node could present.
+ */
+async function fakeServer(
+  ca: Awaited<ReturnType<typeof parseCa>>,
+  opts: { asNode?: boolean } = {},
+): Promise<{ url: string; joins: number; close(): void }> {
+  const state = { joins: 0 };
+  let cert: { keyPem: string; certPem: string };
+  if (opts.asNode) {
+    const { keyPem, csrPem } = await generateKeyAndCsr("node:evil");
+    cert = { keyPem, certPem: await signNodeCsr(ca, csrPem, { node: "evil", ttlSeconds: 600 }) };
+  } else {
+    const { issueServerCertificate } = await import("../../pkg/pki/index.js");
+    cert = await issueServerCertificate(ca, { name: "fake", dnsNames: ["localhost"], ipAddresses: ["127.0.0.1"], ttlSeconds: 600 });
+  }
+  const handler = connectNodeAdapter({
+    routes: (r) =>
+      r.service(IdentityService, {
+        getCA: () => ({ caPem: ca.certPem }),
+        join: () => {
+          state.joins++;
+          return {};
+        },
+        createJoinToken: () => ({}),
+        listJoinTokens: () => ({}),
+        revokeJoinToken: () => ({}),
+      }),
+  });
+  const srv = https.createServer({ key: cert.keyPem, cert: cert.certPem }, handler);
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+  return {
+    url: `https://127.0.0.1:${(srv.address() as AddressInfo).port}`,
+    get joins() {
+      return state.joins;
+    },
+    close: () => srv.close(),
+  };
+}

@@ -1,0 +1,104 @@
+// Joining as an operator does it, with the binaries: a server on etcd serving TLS (its CA made at
+// the first start), `hypervisor-ctl join-token create` over TLS, and `hypervisor-agent --server
+// URL --join-token TOKEN` that gets its certificate and registers a Ready node; a restart needs
+// no token; a second agent claiming the same name, and one with a used token, exit 2 and say why.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { identityOf } from "../../pkg/pki/index.js";
+import { startEtcd, type EtcdProcess } from "../support/etcd.js";
+import { binPath, freePort, Proc, until } from "../support/procs.js";
+
+const run = promisify(execFile);
+
+describe("join through the binaries (etcd, TLS server, ctl, agents)", { timeout: 300_000 }, () => {
+  let dir: string;
+  let etcd: EtcdProcess;
+  let port: number;
+  let server: Proc;
+  const procs: Proc[] = [];
+  const url = () => `https://127.0.0.1:${port}`;
+  const ctl = async (...args: string[]) =>
+    (
+      await run(
+        process.execPath,
+        [binPath("hypervisor-ctl"), "--server", url(), "--ca-file", join(dir, "server", "pki", "ca.crt"), ...args],
+        { timeout: 60_000 },
+      )
+    ).stdout;
+  const agent = (node: string, dataDir: string, token: string) => {
+    const p = new Proc(`agent ${node}`, [
+      binPath("hypervisor-agent"),
+      ...["--node-name", node, "--etcd-endpoints", etcd.endpoint, "--drivers", "mock", "--data-dir", dataDir],
+      ...["--heartbeat-ttl", "3", "--server", url()],
+      ...(token ? ["--join-token", token] : []),
+    ]);
+    procs.push(p);
+    return p;
+  };
+  const exitOf = async (p: Proc) => {
+    await until(`${p.name} exits`, async () => !p.running);
+    return p.stop();
+  };
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "hv-join-e2e-"));
+    etcd = await startEtcd();
+    port = await freePort();
+    server = new Proc("server", [
+      binPath("hypervisor-server"),
+      ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, "server")],
+    ]);
+    await server.waitFor(/server listening/);
+  });
+
+  after(async () => {
+    for (const p of procs) await p.stop();
+    await server?.stop();
+    await etcd?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("an agent joins with a token from ctl, and its node is Ready; a restart needs no token", async () => {
+    const token = (await ctl("join-token", "create", "--node", "w1", "--ttl", "10m")).trim();
+    assert.match(token, /^HV10[0-9a-f]{64}::[a-z0-9]{6}\.[0-9a-f]{32}$/);
+    const a = agent("w1", join(dir, "w1"), token);
+    await a.waitFor(/node certificate ready/);
+    await a.waitFor(/agent started/);
+    const crt = await readFile(join(dir, "w1", "pki", "node.crt"), "utf8");
+    assert.deepEqual(identityOf(crt), { kind: "node", name: "w1" });
+    assert.equal((await stat(join(dir, "w1", "pki", "node.key"))).mode & 0o777, 0o600);
+    await until("w1 Ready", async () => /w1\s+Ready/.test(await ctl("node", "list")));
+    const listed = await ctl("join-token", "list");
+    assert.match(listed, /w1/);
+
+    await a.stop();
+    const again = agent("w1", join(dir, "w1"), "");
+    await again.waitFor(/agent started/);
+    assert.equal(await readFile(join(dir, "w1", "pki", "node.crt"), "utf8"), crt, "the same certificate, no new join");
+  });
+
+  it("a second agent claiming w1 (another node secret) and a used token both exit 2, saying why", async () => {
+    const token = (await ctl("join-token", "create", "--uses", "2")).trim();
+    const thief = agent("w1", join(dir, "thief"), token);
+    assert.equal(await exitOf(thief), 2);
+    assert.ok(
+      thief.output.some((l) => /cannot join the cluster/.test(l) && /w1/.test(l)),
+      thief.tail(),
+    );
+    await assert.rejects(stat(join(dir, "thief", "pki", "node.crt")), /ENOENT/);
+
+    const once = (await ctl("join-token", "create")).trim(); // one use by default
+    await agent("w2", join(dir, "w2"), once).waitFor(/node certificate ready/);
+    const late = agent("w3", join(dir, "w3"), once);
+    assert.equal(await exitOf(late), 2);
+    assert.ok(
+      late.output.some((l) => /used up/.test(l)),
+      late.tail(),
+    );
+  });
+});

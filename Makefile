@@ -73,6 +73,7 @@ bench: deps build
 	node dist/bench/console.js
 	node dist/bench/scale.js
 	node dist/bench/hostile.js
+	node dist/bench/tls.js
 
 clean:
 	rm -rf dist coverage coverage.html

@@ -19,6 +19,7 @@ export interface Informers {
   assignments: Informer<true>;
 }
 
+import type { AgentClient } from "./agent-client.js";
 import type { ClientLimits } from "./client-limits.js";
 
 export interface ServerContext {
@@ -38,4 +39,6 @@ export interface ServerContext {
   componentHealth(): Record<string, string>;
   /** What one client may hold open or ask for repeatedly. */
   clientLimits: ClientLimits;
+  /** The one client of the agents' AgentService (logs, images, orphan purges, consoles). */
+  agents: AgentClient;
 }

@@ -44,7 +44,7 @@ import type { ServerContext } from "./context.js";
 import { nodeView, placedViews, placementRequest } from "./placement-input.js";
 import { drainPin } from "./drain-controller.js";
 import { decideHa } from "./ha-controller.js";
-import { agentEndpoint, decodeInstance, encodeAssignment, encodeInstance, merged, mergedNode, mergedPhase, phaseName } from "./records.js";
+import { decodeInstance, encodeAssignment, encodeInstance, merged, mergedNode, mergedPhase, phaseName } from "./records.js";
 import { labelsMatch, verdicts } from "./scheduler.js";
 import { checkStopTimeout, checkTailBytes, LIMITS } from "../../pkg/validation/index.js";
 import {
@@ -184,31 +184,6 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
 
   function refuseIfDeleting(i: Instance, action: string): void {
     if (i.deleteTime) throw new ConnectError(`instance ${i.name} is being deleted; ${action} is not possible`, Code.FailedPrecondition);
-  }
-
-  /** A node's agent's log stream for one instance. */
-  async function* agentLogs(node: string, name: string, follow: boolean, tailBytes: bigint, signal: AbortSignal) {
-    const ep = await agentEndpoint(store, node, signal);
-    if (!ep) throw new ConnectError(`the agent of node ${node} publishes no endpoint (is it running?)`, Code.Unavailable);
-    const url = `${ep.url}/v1/instances/${encodeURIComponent(name)}/logs?follow=${follow ? 1 : 0}&tail=${tailBytes}`;
-    let res: Response;
-    try {
-      res = await fetch(url, { headers: { authorization: `Bearer ${ep.token}` }, signal });
-    } catch (e) {
-      if (signal.aborted) return;
-      throw new ConnectError(`agent of node ${node} at ${ep.url}: ${(e as Error).message}`, Code.Unavailable);
-    }
-    if (!res.ok || !res.body) {
-      const text = (await res.text().catch(() => "")).trim();
-      const code = res.status === 404 ? Code.NotFound : res.status === 409 ? Code.FailedPrecondition : Code.Unavailable;
-      throw new ConnectError(`agent of node ${node}: ${text || `HTTP ${res.status}`}`, code);
-    }
-    try {
-      for await (const chunk of res.body) yield { data: chunk as Uint8Array };
-    } catch (e) {
-      if (signal.aborted) return;
-      throw new ConnectError(`log stream from node ${node} broke: ${(e as Error).message}`, Code.Unavailable);
-    }
   }
 
   return {
@@ -423,7 +398,7 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       requireCapability(current, "logs", "logs");
       const release = req.follow ? ctx.clientLimits.hold(hctx, "logs") : () => undefined;
       try {
-        yield* agentLogs(node, req.name, req.follow, req.tailBytes, hctx.signal);
+        for await (const data of ctx.agents.logs(node, req.name, req.follow, req.tailBytes, hctx.signal)) yield { data };
       } finally {
         release();
       }

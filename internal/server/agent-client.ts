@@ -164,7 +164,11 @@ export class AgentClient {
     void out.send(create(AgentServiceConsoleRequestSchema, { part: { case: "open", value: { name, kind } } }));
     const responses = client.console(out, { signal: AbortSignal.any([signal, stop.signal]), headers })[Symbol.asyncIterator]();
     const openMs = this.opts.consoleOpenTimeoutMs ?? DEFAULT_CONSOLE_OPEN_TIMEOUT_MS;
-    const late = setTimeout(() => stop.abort(), openMs);
+    let timedOut = false;
+    const late = setTimeout(() => {
+      timedOut = true;
+      stop.abort();
+    }, openMs);
     try {
       const first = await responses.next();
       if (first.done || first.value.part.case !== "opened")
@@ -172,8 +176,7 @@ export class AgentClient {
     } catch (e) {
       close();
       if (signal.aborted) throw e;
-      if (stop.signal.aborted)
-        throw new ConnectError(`agent of node ${node}: the console did not open within ${openMs} ms`, Code.DeadlineExceeded);
+      if (timedOut) throw new ConnectError(`agent of node ${node}: the console did not open within ${openMs} ms`, Code.DeadlineExceeded);
       throw relayed(node, e);
     } finally {
       clearTimeout(late);

@@ -38,6 +38,8 @@ export interface EndpointOptions {
 /** The largest message taken: an image chunk (the server sends at most 1 MiB) with room to spare. */
 export const ENDPOINT_READ_MAX_BYTES = 4 * 1024 * 1024;
 const DEFAULT_IDLE_TIMEOUT_MS = 120_000;
+const WINDOW_BYTES = 1024 * 1024;
+const SESSION_WINDOW_BYTES = 8 * 1024 * 1024;
 
 export class AgentEndpoint {
   readonly token = randomBytes(24).toString("base64url");
@@ -68,7 +70,9 @@ export class AgentEndpoint {
       readMaxBytes: ENDPOINT_READ_MAX_BYTES,
       shutdownSignal: this.shutdown.signal,
     });
-    const settings = { maxConcurrentStreams: this.opts.maxConcurrentStreams ?? 128 };
+    // Windows above HTTP/2's 64 KiB default, so an image chunk or a screen update crosses without
+    // waiting for window updates.
+    const settings = { maxConcurrentStreams: this.opts.maxConcurrentStreams ?? 128, initialWindowSize: WINDOW_BYTES };
     const tls = this.opts.tls;
     const server = tls
       ? http2.createSecureServer(
@@ -86,8 +90,12 @@ export class AgentEndpoint {
       : http2.createServer({ settings }, handler);
     // Node closes a session that saw no frame for this long (a client that connected and went quiet).
     server.setTimeout(this.opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS);
+    // Console keystrokes and screen updates are small messages that must not wait for Nagle.
+    server.on("connection", (socket: Socket) => socket.setNoDelay(true));
+    server.on("secureConnection", (socket: Socket) => socket.setNoDelay(true));
     server.on("session", (s: http2.Http2Session) => {
       this.sessions.add(s);
+      s.setLocalWindowSize(SESSION_WINDOW_BYTES);
       s.once("close", () => this.sessions.delete(s));
     });
     server.on("sessionError", (e: Error) => this.log.debug({ err: e.message }, "agent endpoint session error"));

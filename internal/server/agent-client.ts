@@ -63,6 +63,7 @@ const MAX_SESSIONS = 1024;
 const PING_INTERVAL_MS = 30_000;
 const IDLE_SESSION_MS = 60_000;
 const DEFAULT_CONSOLE_OPEN_TIMEOUT_MS = 10_000;
+const WINDOW_BYTES = 1024 * 1024;
 
 interface Reached {
   client: Client<typeof AgentService>;
@@ -225,9 +226,14 @@ export class AgentClient {
 
   private session(url: string): { manager: Http2SessionManager; client: Client<typeof AgentService> } {
     const tls = this.opts.tls;
-    const nodeOptions = tls
+    const tlsOptions = tls
       ? { ...(tls.ca ? { ca: tls.ca } : {}), ...(tls.cert ? { cert: tls.cert } : {}), ...(tls.key ? { key: tls.key } : {}) }
       : {};
+    // Node's http2.connect hands these to net.connect / tls.connect. Console keystrokes and screen
+    // updates are small messages that must not wait for Nagle.
+    // A stream's flow-control window above HTTP/2's 64 KiB default: a screen update of a megabyte
+    // crosses without waiting for window updates.
+    const nodeOptions = { noDelay: true, settings: { initialWindowSize: WINDOW_BYTES }, ...tlsOptions };
     const manager = new Http2SessionManager(
       url,
       { pingIntervalMs: PING_INTERVAL_MS, idleConnectionTimeoutMs: IDLE_SESSION_MS },

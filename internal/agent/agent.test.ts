@@ -10,6 +10,9 @@ import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { AgentService } from "../../api/gen/hypervisor/v1/agent_pb.js";
 import {
   type Instance,
   InstanceSchema,
@@ -31,6 +34,18 @@ import { Agent, RESTART_LABEL, toDriverSpec } from "./index.js";
 import { assign, change } from "../../test/support/assignments.js";
 
 const DEADLINE_MS = 20_000;
+
+/** PurgeOrphan on the node's agent, as the server calls it: "ok" or the refusal's code. */
+async function purgeCode(store: Store, node: string, name: string, uid: string): Promise<Code | "ok"> {
+  const ep = fromBinary(AgentEndpointSchema, (await store.get(keys.endpoint(node)))!.value);
+  const agent = createClient(AgentService, createGrpcTransport({ baseUrl: ep.url }));
+  try {
+    await agent.purgeOrphan({ name, uid }, { headers: { authorization: `Bearer ${ep.token}` } });
+    return "ok";
+  } catch (e) {
+    return ConnectError.from(e).code;
+  }
+}
 
 async function until<T>(what: string, probe: () => Promise<T | undefined | false>): Promise<T> {
   const deadline = Date.now() + DEADLINE_MS;
@@ -443,13 +458,11 @@ function agentSuite(kind: string, open: Opener): void {
         assert.equal(after?.startedAt, before?.startedAt);
         assert.equal(after?.details.start_count, "1");
 
-        // Purged through the agent's endpoint, as PurgeOrphan does.
-        const ep = fromBinary(AgentEndpointSchema, (await h.store.get(keys.endpoint(node)))!.value);
-        const post = (name: string, uid: string) =>
-          fetch(`${ep.url}/v1/orphans/${name}/purge?uid=${uid}`, { method: "POST", headers: { authorization: `Bearer ${ep.token}` } });
-        assert.equal((await post("orph-keep", keep.uid)).status, 409, "an assigned instance is deleted, not purged");
-        assert.equal((await post("orph-purge", "other-uid")).status, 404);
-        assert.equal((await post("orph-purge", purge.uid)).status, 200);
+        // Purged through the agent's AgentService, as PurgeOrphan does.
+        const post = (name: string, uid: string) => purgeCode(h.store, node, name, uid);
+        assert.equal(await post("orph-keep", keep.uid), Code.FailedPrecondition, "an assigned instance is deleted, not purged");
+        assert.equal(await post("orph-purge", "other-uid"), Code.NotFound);
+        assert.equal(await post("orph-purge", purge.uid), "ok");
         assert.equal(await mock.inspect("orph-purge"), undefined);
         assert.equal(await orphanOf(h.store, node, "orph-purge"), undefined);
         assert.equal((await mock.inspect("orph-keep"))?.state, "running");
@@ -467,12 +480,7 @@ function agentSuite(kind: string, open: Opener): void {
         assert.equal((await mock.inspect("taken-1"))?.uid, old.uid, "the old copy and its disk stay");
         const o = await until("reported", () => orphanOf(h.store, node, "taken-1"));
         assert.equal(o.reason, OrphanReason.NAME_TAKEN);
-        const ep = fromBinary(AgentEndpointSchema, (await h.store.get(keys.endpoint(node)))!.value);
-        const res = await fetch(`${ep.url}/v1/orphans/taken-1/purge?uid=${old.uid}`, {
-          method: "POST",
-          headers: { authorization: `Bearer ${ep.token}` },
-        });
-        assert.equal(res.status, 200);
+        assert.equal(await purgeCode(h.store, node, "taken-1", old.uid), "ok");
         await until("the new one Running", inPhase(h.store, "taken-1", Phase.RUNNING));
         assert.equal((await mock.inspect("taken-1"))?.uid, fresh.uid);
         await until("no orphan left", async () => (await orphanOf(h.store, node, "taken-1")) === undefined);

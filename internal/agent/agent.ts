@@ -42,7 +42,9 @@ import {
 } from "../../pkg/compute/driver/index.js";
 import { logger as rootLogger, type Logger } from "../../pkg/log/index.js";
 import { fingerprintNode, type Capacity } from "./fingerprint.js";
-import { AgentEndpoint, type EndpointImage, type Refusal } from "./endpoint.js";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { agentService, type NodeImage } from "./agent-service.js";
+import { AgentEndpoint, type EndpointTls } from "./endpoint.js";
 import { DeadlineDriver, DEFAULT_DEADLINES, type OperationDeadlines } from "./deadlines.js";
 import { Reconciler } from "./reconcile.js";
 import { WorkQueue } from "./workqueue.js";
@@ -80,10 +82,15 @@ export interface AgentOptions {
   /** Deadlines of driver operations (defaults: DEFAULT_DEADLINES). */
   deadlines?: Partial<OperationDeadlines>;
   /**
-   * HOST:PORT of the agent's endpoint (console logs for the server); default 127.0.0.1:0 (a free
-   * loopback port, enough when the server runs on this machine). Empty: no endpoint.
+   * HOST:PORT of the agent's endpoint (AgentService: logs, images, orphan purges and consoles for
+   * the server); default 127.0.0.1:0 (a free loopback port, enough when the server runs on this
+   * machine). Empty: no endpoint.
    */
   listen?: string;
+  /** TLS for the endpoint (mutual with requestCert); cleartext HTTP/2 without it. */
+  endpointTls?: EndpointTls;
+  /** Largest image upload the endpoint takes (default MAX_IMAGE_BYTES, 16 GiB). */
+  maxImageBytes?: number;
 }
 
 export interface AdoptionReport {
@@ -253,29 +260,36 @@ export class Agent {
     await this.heartbeat.stop();
   }
 
-  /** Serves console logs to the server, and publishes where (nodes/<node>/endpoint). */
+  /** Serves AgentService to the server, and publishes where (nodes/<node>/endpoint). */
   private async startEndpoint(signal: AbortSignal): Promise<void> {
     const listen = this.opts.listen ?? "127.0.0.1:0";
     if (!listen) return;
     const m = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]*):(\d{1,5})$/.exec(listen);
     if (!m) throw new AgentError(`listen: ${JSON.stringify(listen)} is not HOST:PORT`);
     const host = m[1]!.replace(/^\[|\]$/g, "") || "0.0.0.0";
-    const endpoint = new AgentEndpoint(
+    // Each call runs until its own end or the agent's, whichever comes first.
+    const both = (s: AbortSignal) => AbortSignal.any([s, signal]);
+    const service = agentService(
       {
-        logFile: (name) => this.logFile(name, signal),
-        importImage: (driver, file) => this.importImage(driver, file, signal),
-        listImages: () => this.listImages(signal),
-        console: (name, kind) => this.console(name, kind, signal),
-        purgeOrphan: (name, uid) => this.purgeOrphan(name, uid, signal),
+        logFile: (name, s) => this.logFile(name, both(s)),
+        importImage: (driver, file, s) => this.importImage(driver, file, both(s)),
+        listImages: (s) => this.listImages(both(s)),
+        console: (name, kind, s) => this.console(name, kind, both(s)),
+        purgeOrphan: (name, uid, s) => this.purgeOrphan(name, uid, both(s)),
       },
-      this.log,
-      join(this.opts.dataDir, "spool"),
+      {
+        nodeName: this.nodeName,
+        log: this.log,
+        spoolDir: join(this.opts.dataDir, "spool"),
+        ...(this.opts.maxImageBytes !== undefined ? { maxImageBytes: this.opts.maxImageBytes } : {}),
+      },
     );
+    const endpoint = new AgentEndpoint(service, this.log, this.opts.endpointTls ? { tls: this.opts.endpointTls } : {});
     const port = await endpoint.listen(host, Number(m[2]));
     this.endpoint = endpoint;
     // Unspecified addresses are not reachable as such: advertise the node's address.
     const advertised = host === "0.0.0.0" || host === "::" ? this.node?.address || "127.0.0.1" : host;
-    const url = `http://${advertised.includes(":") ? `[${advertised}]` : advertised}:${port}`;
+    const url = `${endpoint.scheme}://${advertised.includes(":") ? `[${advertised}]` : advertised}:${port}`;
     await this.opts.store.put(
       keys.endpoint(this.nodeName),
       toBinary(AgentEndpointSchema, create(AgentEndpointSchema, { url, token: endpoint.token })),
@@ -284,60 +298,61 @@ export class Agent {
     this.log.info({ url }, "agent endpoint listening");
   }
 
-  /** The driver running an instance assigned to this node, or why there is none. */
-  private async assignedDriver(name: string, signal: AbortSignal): Promise<Driver | Refusal> {
+  /** The driver running an instance assigned to this node; NotFound or FailedPrecondition if none. */
+  private async assignedDriver(name: string, signal: AbortSignal): Promise<Driver> {
     const kv = await this.opts.store.get(keys.assignment(this.nodeName, name), { signal });
     const inst = kv ? fromBinary(AssignmentSchema, kv.value).instance : undefined;
-    if (!inst) return { status: 404, message: `instance ${name} is not assigned to node ${this.nodeName}` };
+    if (!inst) throw new ConnectError(`instance ${name} is not assigned to node ${this.nodeName}`, Code.NotFound);
     const driver = this.opts.drivers.find((d) => d.name === inst.spec?.driver);
-    if (!driver) return { status: 409, message: `driver ${inst.spec?.driver ?? ""} is not available on node ${this.nodeName}` };
+    if (!driver)
+      throw new ConnectError(`driver ${inst.spec?.driver ?? ""} is not available on node ${this.nodeName}`, Code.FailedPrecondition);
     return driver;
   }
 
-  private async logFile(name: string, signal: AbortSignal): Promise<{ path: string } | Refusal> {
+  private async logFile(name: string, signal: AbortSignal): Promise<string> {
     const driver = await this.assignedDriver(name, signal);
-    if ("status" in driver) return driver;
-    if (!hasLogs(driver)) return { status: 409, message: `driver ${driver.name} keeps no console log` };
-    return { path: driver.logFile(name) };
+    if (!hasLogs(driver)) throw new ConnectError(`driver ${driver.name} keeps no console log`, Code.FailedPrecondition);
+    return driver.logFile(name);
   }
 
-  private async console(name: string, kind: ConsoleKind, signal: AbortSignal): Promise<ConsoleEndpoint | Refusal> {
+  private async console(name: string, kind: ConsoleKind, signal: AbortSignal): Promise<ConsoleEndpoint> {
     const driver = await this.assignedDriver(name, signal);
-    if ("status" in driver) return driver;
-    if (!hasConsole(driver)) return { status: 409, message: `driver ${driver.name} has no console` };
+    if (!hasConsole(driver)) throw new ConnectError(`driver ${driver.name} has no console`, Code.FailedPrecondition);
     try {
       return await driver.console(name, kind, { signal });
     } catch (e) {
-      if (e instanceof DriverError) return { status: 409, message: e.message };
+      if (e instanceof DriverError) throw new ConnectError(e.message, Code.FailedPrecondition);
       throw e;
     }
   }
 
-  private async purgeOrphan(name: string, uid: string, signal: AbortSignal): Promise<{ purged: true } | Refusal> {
+  private async purgeOrphan(name: string, uid: string, signal: AbortSignal): Promise<void> {
     const r = await this.reconciler.purge(name, uid, signal);
     this.queue.add(name); // an instance assigned under that name may have waited for it
-    if (r === "absent") return { status: 404, message: `no orphan ${name}${uid ? ` with uid ${uid}` : ""} on node ${this.nodeName}` };
+    if (r === "absent") throw new ConnectError(`no orphan ${name}${uid ? ` with uid ${uid}` : ""} on node ${this.nodeName}`, Code.NotFound);
     if (r === "assigned")
-      return { status: 409, message: `instance ${name} is assigned to node ${this.nodeName}; delete the instance instead of purging it` };
-    return { purged: true };
+      throw new ConnectError(
+        `instance ${name} is assigned to node ${this.nodeName}; delete the instance instead of purging it`,
+        Code.FailedPrecondition,
+      );
   }
 
-  private async importImage(name: string, file: string, signal: AbortSignal): Promise<EndpointImage[] | Refusal> {
+  private async importImage(name: string, file: string, signal: AbortSignal): Promise<NodeImage[]> {
     const driver = this.opts.drivers.find((d) => d.name === name);
-    if (!driver) return { status: 409, message: `driver ${name} is not running on node ${this.nodeName}` };
-    if (!hasImages(driver)) return { status: 409, message: `driver ${name} keeps no images` };
+    if (!driver) throw new ConnectError(`driver ${name} is not running on node ${this.nodeName}`, Code.FailedPrecondition);
+    if (!hasImages(driver)) throw new ConnectError(`driver ${name} keeps no images`, Code.FailedPrecondition);
     try {
       const images = await driver.importImage(file, { signal });
       this.log.info({ driver: name, images: images.map((i) => i.name) }, "image imported");
       return images.map((i) => ({ ...i, driver: name }));
     } catch (e) {
-      if (e instanceof InvalidSpecError) return { status: 400, message: e.message };
+      if (e instanceof InvalidSpecError) throw new ConnectError(e.message, Code.InvalidArgument);
       throw e;
     }
   }
 
-  private async listImages(signal: AbortSignal): Promise<EndpointImage[]> {
-    const out: EndpointImage[] = [];
+  private async listImages(signal: AbortSignal): Promise<NodeImage[]> {
+    const out: NodeImage[] = [];
     for (const d of this.opts.drivers) if (hasImages(d)) for (const i of await d.listImages({ signal })) out.push({ ...i, driver: d.name });
     return out;
   }

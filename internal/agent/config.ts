@@ -61,7 +61,8 @@ export const agentSchema = {
   listen: {
     type: "string",
     default: "127.0.0.1:0",
-    description: "HOST:PORT of the agent endpoint the server fetches console logs from (port 0: any free port)",
+    description:
+      "HOST:PORT of the agent's endpoint, where the server calls AgentService: logs, images, orphan purges, consoles (port 0: any free port)",
   },
   "libvirt-socket": { type: "string", default: "/var/run/libvirt/libvirt-sock", description: "libvirtd's unix socket (libvirt driver)" },
   "libvirt-uri": { type: "string", default: "qemu:///system", description: "libvirt connection URI (libvirt driver)" },

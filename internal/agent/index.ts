@@ -34,3 +34,5 @@ export {
   type ReconcilerOptions,
 } from "./reconcile.js";
 export { TerminalError, WorkQueue, type ProcessResult, type Processor, type WorkQueueOptions } from "./workqueue.js";
+export { agentService, MAX_IMAGE_BYTES, type AgentServiceOptions, type AgentServiceSource, type NodeImage } from "./agent-service.js";
+export { AgentEndpoint, ENDPOINT_READ_MAX_BYTES, type EndpointOptions, type EndpointTls } from "./endpoint.js";

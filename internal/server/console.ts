@@ -6,18 +6,18 @@
  *   browser ──GET /console/<ticket>, Upgrade: websocket──► server
  *            ticket taken in one txn (delete if present) · unexpired · instance still the same
  *            (anything else: 403 before any connection towards the instance)
- *        server ──GET /v1/instances/<name>/console?kind=…, Upgrade: hypervisor-console──► agent
- *        agent ──► VNC server (the VM's unix socket) or serial pty ── raw bytes ──
- *   browser ◄══ binary WebSocket frames ══► server ◄══ raw bytes ══► agent ◄══► console
+ *        server ══AgentService.Console: open{name, kind}══► agent ──► VNC server (the VM's unix
+ *        socket) or serial pty; ◄══ opened (a refusal instead: an HTTP error, no WebSocket)
+ *   browser ◄══ binary WebSocket frames ══► server ◄══ Console data messages ══► agent ◄══► console
  *   A node whose agent is on this machine (loopback endpoint), VNC: the agent names the VM's socket
- *   (GET /v1/instances/<name>/console/address) and the server dials it (the tunnel if it cannot):
+ *   (AgentService.ConsoleAddress) and the server dials it (the tunnel if it cannot):
  *   browser ◄══ binary WebSocket frames ══► server ◄══ raw bytes ══► VNC server
  *
- * Backpressure: each direction pauses its source while the sink's buffer is full (see splice).
- * Either end closing closes the other.
+ * Backpressure: each direction waits while its sink is full (see splice). Either end closing
+ * closes the other.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { request, type IncomingMessage } from "node:http";
+import type { IncomingMessage } from "node:http";
 import { createConnection, isIP, type Socket } from "node:net";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
@@ -25,17 +25,19 @@ import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { WebSocketServer, type WebSocket } from "ws";
 import { ConsoleKind, type ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
 import { Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { ConsoleTicketRecordSchema, type AgentEndpoint, type ConsoleTicketRecord } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { ConsoleTicketRecordSchema, type ConsoleTicketRecord } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { ifModRevision } from "../../pkg/cluster/store/index.js";
-import { codecs, keys, merged, phaseName, placedOn, readEndpoint as agentEndpoint } from "../../pkg/cluster/state/index.js";
+import { codecs, keys, merged, phaseName, placedOn } from "../../pkg/cluster/state/index.js";
 import type { ServerContext } from "./context.js";
+import type { ConsoleAddress } from "./agent-client.js";
 import { show, validateName } from "./validate.js";
 
 export const CONSOLE_PATH = "/console/";
-const CONSOLE_UPGRADE = "hypervisor-console";
 /** 32 random bytes, base64url. */
 const TICKET_RE = /^[A-Za-z0-9_-]{43}$/;
 export const DEFAULT_TICKET_TTL_MS = 30_000;
+/** How long finding and opening the way to a console may take before the browser gets an error. */
+const OPEN_TIMEOUT_MS = 10_000;
 /** Bytes queued towards the browser above which reading from the agent pauses, and below which it resumes. */
 const SPLICE_HIGH_WATER = 1 << 20;
 const SPLICE_LOW_WATER = 256 << 10;
@@ -88,8 +90,12 @@ export function consoleService(ctx: ServerContext, ttlMs = DEFAULT_TICKET_TTL_MS
 
 /** The console's end of a splice: the agent's tunnel, or the VNC server itself. */
 interface Peer {
-  socket: Socket;
   via: "agent" | "direct";
+  /** The console's bytes; ends when it closes. */
+  read: AsyncIterable<Uint8Array>;
+  /** Takes bytes for the console; a promise when the caller should wait before sending more. */
+  write(b: Uint8Array): Promise<unknown> | undefined;
+  close(): void;
 }
 
 export class ConsoleProxy {
@@ -100,6 +106,8 @@ export class ConsoleProxy {
     handleProtocols: (protocols) => (protocols.has("binary") ? "binary" : false),
   });
   private readonly open = new Set<{ close(): void }>();
+  /** Ends the tunnels being opened when the proxy closes. */
+  private readonly closing = new AbortController();
 
   constructor(
     private readonly ctx: ServerContext,
@@ -118,6 +126,7 @@ export class ConsoleProxy {
 
   /** Closes every open console. */
   close(): void {
+    this.closing.abort();
     for (const c of this.open) c.close();
     this.wss.close();
   }
@@ -136,49 +145,66 @@ export class ConsoleProxy {
 
     const peer = await this.connect(record);
     if ("status" in peer) return refuse(socket, peer.status, peer.message);
+    // A browser gone before the WebSocket is up leaves no tunnel open behind it.
+    socket.once("close", () => peer.close());
     this.wss.handleUpgrade(req, socket, head, (ws) => this.splice(ws, peer, record));
   }
 
   /**
-   * A socket to the instance's console. The agent of its node owns the way there: a tunnel through
-   * it in general; but when the agent is on this machine (its endpoint is a loopback address, so the
-   * two share a host) and the console is VNC, the agent names the VM's unix socket and the server
-   * dials it, one hop fewer for every frame.
+   * A way to the instance's console. The agent of its node owns it: a tunnel through it in general;
+   * but when the agent is on this machine (its endpoint is a loopback address, so the two share a
+   * host) and the console is VNC, the agent names the VM's unix socket and the server dials it, one
+   * hop fewer for every frame.
    */
   private async connect(record: ConsoleTicketRecord): Promise<Peer | { status: number; message: string }> {
-    const ep = await agentEndpoint(this.ctx.store, record.node);
-    if (!ep) return { status: 503, message: `the agent of node ${record.node} publishes no endpoint` };
-    if (!this.localDirect || record.kind !== ConsoleKind.VNC || !isLoopback(new URL(ep.url).hostname)) return this.tunnel(record, ep);
-    const url = new URL(`/v1/instances/${encodeURIComponent(record.instance)}/console/address?kind=vnc`, ep.url);
-    let res: Response;
+    const signal = AbortSignal.timeout(OPEN_TIMEOUT_MS);
     try {
-      res = await fetch(url, { headers: { authorization: `Bearer ${ep.token}` }, signal: AbortSignal.timeout(10_000) });
+      const url = await this.ctx.agents.url(record.node, signal);
+      if (!url) return { status: 503, message: `the agent of node ${record.node} publishes no endpoint` };
+      if (this.localDirect && record.kind === ConsoleKind.VNC && isLoopback(new URL(url).hostname)) {
+        const to = await this.ctx.agents.consoleAddress(record.node, record.instance, signal);
+        // The VM's VNC unix socket; a loopback port only for a VM an older agent defined. Anything
+        // else is not this machine's to dial, and a socket this process may not open (another
+        // user's server), neither: the agent tunnels those.
+        const direct =
+          "path" in to
+            ? to.path.startsWith("/")
+              ? await this.dial(record, to)
+              : undefined
+            : isLoopback(to.host)
+              ? await this.dial(record, to)
+              : undefined;
+        if (direct) return direct;
+      }
+      const tunnel = await this.ctx.agents.console(record.node, record.instance, record.kind, this.closing.signal);
+      return { via: "agent", read: tunnel.read, write: (b) => tunnel.write(b), close: () => tunnel.close() };
     } catch (e) {
-      return { status: 502, message: `agent of node ${record.node} at ${ep.url}: ${(e as Error).message}` };
+      const err = ConnectError.from(e);
+      // The instance is not (or no longer) there to open: a conflict with what the ticket named.
+      const gone = err.code === Code.NotFound || err.code === Code.FailedPrecondition;
+      return { status: gone ? 409 : 502, message: err.rawMessage };
     }
-    const body = (await res.json().catch(() => ({}))) as { socket?: unknown; host?: unknown; port?: unknown; error?: unknown };
-    if (!res.ok)
-      return {
-        status: res.status === 409 || res.status === 404 ? 409 : 502,
-        message: `node ${record.node}: ${typeof body.error === "string" ? body.error : res.statusText}`,
-      };
-    const { socket, host, port } = body;
-    // The VM's VNC unix socket; a loopback port only for a VM an older agent defined. Anything else
-    // is not this machine's to dial, and a socket this process may not open (another user's
-    // server), neither: the agent tunnels those.
-    let to: { path: string } | { host: string; port: number };
-    if (typeof socket === "string" && socket.startsWith("/")) to = { path: socket };
-    else if (typeof host === "string" && isLoopback(host) && Number.isInteger(port)) to = { host, port: port as number };
-    else return this.tunnel(record, ep);
-    const direct = await new Promise<Socket | undefined>((resolve) => {
+  }
+
+  /** A connection to the VNC server itself, or undefined when it cannot be made (the tunnel can). */
+  private dial(record: ConsoleTicketRecord, to: ConsoleAddress): Promise<Peer | undefined> {
+    return new Promise((resolve) => {
       const s = "path" in to ? createConnection({ path: to.path }) : createConnection({ host: to.host, port: to.port, noDelay: true });
-      s.once("connect", () => resolve(s));
+      s.once("connect", () => {
+        s.setNoDelay(true);
+        s.on("error", () => undefined);
+        resolve({
+          via: "direct",
+          read: s,
+          write: (b) => (s.write(b) ? undefined : new Promise<void>((r) => s.once("drain", r).once("close", r))),
+          close: () => s.destroy(),
+        });
+      });
       s.once("error", (e) => {
         this.ctx.log.debug({ instance: record.instance, err: e.message }, "VNC server not reachable directly; through the agent");
         resolve(undefined);
       });
     });
-    return direct ? { socket: direct, via: "direct" } : this.tunnel(record, ep);
   }
 
   /** Deletes the ticket's record if it is there; only the caller that deleted it gets it. */
@@ -190,41 +216,17 @@ export class ConsoleProxy {
     return res.succeeded ? fromBinary(ConsoleTicketRecordSchema, kv.value) : undefined;
   }
 
-  /** Opens the tunnel to the agent of the instance's node. */
-  private tunnel(record: ConsoleTicketRecord, ep: AgentEndpoint): Promise<Peer | { status: number; message: string }> {
-    const url = new URL(`/v1/instances/${encodeURIComponent(record.instance)}/console?kind=${kindName(record.kind)}`, ep.url);
-    return new Promise((resolve) => {
-      const r = request(url, { headers: { authorization: `Bearer ${ep.token}`, connection: "Upgrade", upgrade: CONSOLE_UPGRADE } });
-      r.once("upgrade", (_res, socket, rest) => {
-        if (rest.length) socket.unshift(rest);
-        resolve({ socket, via: "agent" });
-      });
-      r.once("response", (res) => {
-        let text = "";
-        res.setEncoding("utf8");
-        res.on("data", (c: string) => (text += c));
-        res.on("end", () =>
-          resolve({ status: res.statusCode === 409 || res.statusCode === 404 ? 409 : 502, message: `node ${record.node}: ${text.trim()}` }),
-        );
-      });
-      r.once("error", (e) => resolve({ status: 502, message: `agent of node ${record.node} at ${ep.url}: ${e.message}` }));
-      r.end();
-    });
-  }
-
   /**
    * Frames both ways without a stream layer in between: each chunk read from the peer (the agent's
    * tunnel or the VNC server) is one binary message; each message is written to the peer as it
-   * comes. Backpressure by hand: reading the peer pauses while more than SPLICE_HIGH_WATER bytes
-   * wait to reach the browser, and the WebSocket pauses while the peer's socket buffer is full.
+   * comes. Backpressure by hand: reading the peer waits while more than SPLICE_HIGH_WATER bytes
+   * wait to reach the browser, and the WebSocket pauses while the peer has not taken its writes.
    */
-  private splice(ws: WebSocket, { socket: peer, via }: Peer, record: ConsoleTicketRecord): void {
-    peer.setNoDelay(true);
-    let queued = 0;
+  private splice(ws: WebSocket, peer: Peer, record: ConsoleTicketRecord): void {
     const entry = {
       close: () => {
         ws.terminate();
-        peer.destroy();
+        peer.close();
       },
     };
     this.open.add(entry);
@@ -232,29 +234,42 @@ export class ConsoleProxy {
       if (!this.open.delete(entry)) return;
       entry.close();
     };
+    let queued = 0;
+    let drained: (() => void) | undefined;
     const sent = (n: number) => (err?: Error) => {
       queued -= n;
-      if (err) return end();
-      if (queued <= SPLICE_LOW_WATER && peer.isPaused()) peer.resume();
+      if (err) end();
+      if (queued <= SPLICE_LOW_WATER || err) {
+        drained?.();
+        drained = undefined;
+      }
     };
-    peer.on("data", (b: Buffer) => {
-      queued += b.length;
-      ws.send(b, { binary: true }, sent(b.length));
-      if (queued > SPLICE_HIGH_WATER) peer.pause();
-    });
+    void (async () => {
+      for await (const b of peer.read) {
+        if (!this.open.has(entry)) break;
+        queued += b.length;
+        ws.send(b, { binary: true }, sent(b.length));
+        if (queued > SPLICE_HIGH_WATER) await new Promise<void>((r) => (drained = r));
+      }
+    })()
+      .catch(() => undefined)
+      .finally(end);
+    let writing = 0;
     ws.on("message", (data: Buffer | ArrayBuffer | Buffer[]) => {
       const b = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
-      if (!peer.write(b) && !ws.isPaused) {
-        ws.pause();
-        peer.once("drain", () => ws.resume());
-      }
+      const wait = peer.write(b);
+      if (!wait) return;
+      if (writing++ === 0) ws.pause();
+      void wait.finally(() => {
+        if (--writing === 0 && this.open.has(entry)) ws.resume();
+      });
     });
     ws.on("error", end);
-    peer.on("error", end);
-    ws.once("close", end);
-    peer.once("close", end);
-    peer.once("end", end);
-    this.ctx.log.info({ instance: record.instance, kind: kindName(record.kind), via }, "console opened");
+    ws.once("close", () => {
+      drained?.();
+      end();
+    });
+    this.ctx.log.info({ instance: record.instance, kind: kindName(record.kind), via: peer.via }, "console opened");
   }
 }
 

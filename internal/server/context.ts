@@ -34,6 +34,7 @@ export function statusOf(informers: Pick<Informers, "statuses">, i: Instance): I
   return node === "" ? undefined : informers.statuses.get(keys.status(node, i.name))?.value;
 }
 
+import type { AgentClient } from "./agent-client.js";
 import type { ClientLimits } from "./client-limits.js";
 
 export interface ServerContext {
@@ -53,4 +54,6 @@ export interface ServerContext {
   componentHealth(): Record<string, string>;
   /** What one client may hold open or ask for repeatedly. */
   clientLimits: ClientLimits;
+  /** The one client of the agents' AgentService (logs, images, orphan purges, consoles). */
+  agents: AgentClient;
 }

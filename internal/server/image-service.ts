@@ -1,30 +1,26 @@
 /*
  * ImageService: images live in each node's driver (containerd's image store), so the server
- * holds none, not even while importing: the chunks are streamed on to the agent endpoint of every
+ * holds none, not even while importing: the chunks are streamed on to the AgentService of every
  * node asked, in parallel, as they come (at the pace of the slowest node), and the whole upload
  * is bounded by max-image-bytes. A listing asks every Ready node's agent.
  *
  *   ctl ──stream {target}, {chunk}…──► server ──validates target first (before any upload)
- *                                        │ each chunk ──POST /v1/images/import?driver=D──► agent(s)
+ *                                        │ each chunk ──AgentService.ImportImage{header, chunk…}──► agent(s)
  *                                        │ over max-image-bytes: ResourceExhausted, uploads aborted
  *   ctl ◄── {results: per node images or error} ◄────────────────────────────────────┘
  */
-import { PassThrough, Readable } from "node:stream";
-import type { ReadableStream } from "node:stream/web";
 import { create } from "@bufbuild/protobuf";
-import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import {
   type Image,
-  ImageSchema,
   type ImageService,
   type ImportTarget,
   NodeImportSchema,
   type NodeImport,
 } from "../../api/gen/hypervisor/v1/image_pb.js";
-import type { AgentEndpoint } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { keys, readEndpoint as agentEndpoint } from "../../pkg/cluster/state/index.js";
+import { keys } from "../../pkg/cluster/state/index.js";
 import { DRIVER_NAMES, driverEntry } from "../../pkg/compute/driver/index.js";
+import { Channel } from "./channel.js";
 import type { ServerContext } from "./context.js";
 import { show, validateName } from "./validate.js";
 
@@ -32,28 +28,13 @@ const DEFAULT_DRIVER = "containerd";
 const DRIVER_RE = /^[a-z][a-z0-9-]{0,31}$/;
 const IMAGE_DRIVERS = DRIVER_NAMES.filter((n) => driverEntry(n)?.capabilities.images);
 
-/** What an agent answers for an image (internal/agent/endpoint.ts). */
-interface AgentImage {
-  name: string;
-  digest: string;
-  sizeBytes: number;
-  driver: string;
-  createdAt?: number;
-}
-
 /** The largest image the server passes on by default (the agent's own limit is the same). */
 export const DEFAULT_MAX_IMAGE_BYTES = 16 * 1024 ** 3;
 
 export function imageService(ctx: ServerContext, maxImageBytes = DEFAULT_MAX_IMAGE_BYTES): ServiceImpl<typeof ImageService> {
-  const { store, informers } = ctx;
+  const { informers, agents } = ctx;
   const ready = (node: string) => informers.alive.get(keys.alive(node)) !== undefined;
   const nodeRecord = (node: string) => informers.nodes.get(keys.node(node))?.value;
-
-  async function endpointOf(node: string, signal: AbortSignal): Promise<AgentEndpoint> {
-    const ep = await agentEndpoint(store, node, signal);
-    if (!ep) throw new Error(`the agent of node ${node} publishes no endpoint (is it running?)`);
-    return ep;
-  }
 
   /** The nodes an import goes to, checked before a byte is uploaded. */
   function targets(t: ImportTarget): { driver: string; nodes: string[] } {
@@ -92,28 +73,23 @@ export function imageService(ctx: ServerContext, maxImageBytes = DEFAULT_MAX_IMA
   }
 
   /** Streams the tarball to one node's agent as it comes; an error becomes the node's result. */
-  async function importOn(node: string, driver: string, body: PassThrough, signal: AbortSignal): Promise<NodeImport & { status?: number }> {
+  async function importOn(
+    node: string,
+    driver: string,
+    body: Channel<Uint8Array>,
+    signal: AbortSignal,
+  ): Promise<NodeImport & { code?: Code }> {
     const result = create(NodeImportSchema, { node });
     try {
-      const ep = await endpointOf(node, signal);
-      const res = await fetch(`${ep.url}/v1/images/import?driver=${encodeURIComponent(driver)}`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${ep.token}`, "content-type": "application/x-tar" },
-        body: Readable.toWeb(body) as ReadableStream<Uint8Array>,
-        duplex: "half",
-        signal,
-      });
-      const text = await res.text();
-      const parsed = parseJson(text) as { images?: AgentImage[]; error?: string };
-      // The agent's own failures come as JSON {error}; anything else as text (a 500's message).
-      if (!res.ok) return Object.assign(result, { error: parsed.error ?? (text.trim() || `HTTP ${res.status}`), status: res.status });
-      result.images = (parsed.images ?? []).map((i) => toImage(i, node));
+      // The node is the one asked, whatever the agent put there.
+      result.images = (await agents.importImage(node, driver, body, signal)).map((i) => Object.assign(i, { node }));
     } catch (e) {
       if (signal.aborted) throw e;
-      result.error = `agent of node ${node}: ${(e as Error).message}`;
+      const err = ConnectError.from(e);
+      return Object.assign(result, { error: err.rawMessage, code: err.code });
     } finally {
-      // Whatever the agent did, nothing more is written to it.
-      body.destroy();
+      // Whatever the agent did, nothing more is sent to it.
+      body.close();
     }
     return result;
   }
@@ -121,28 +97,23 @@ export function imageService(ctx: ServerContext, maxImageBytes = DEFAULT_MAX_IMA
   /** One upload per node, fed chunk by chunk; a node that failed is skipped, not waited for. */
   function uploads(nodes: string[], driver: string, signal: AbortSignal) {
     const all = nodes.map((node) => {
-      const body = new PassThrough();
-      body.on("error", () => undefined);
+      const body = new Channel<Uint8Array>();
       const result = importOn(node, driver, body, signal);
       // An aborted import is never waited for: its rejection is expected, not unhandled.
       result.catch(() => undefined);
       return { node, body, result };
     });
     return {
+      /** Resolves once every node still importing has taken the chunk. */
       async write(chunk: Uint8Array): Promise<void> {
-        await Promise.all(
-          all.map(async ({ body }) => {
-            if (body.destroyed) return;
-            if (!body.write(chunk)) await new Promise<void>((resolve) => body.once("drain", resolve).once("close", resolve));
-          }),
-        );
+        await Promise.all(all.map(({ body }) => body.send(chunk)));
       },
-      async finish(): Promise<(NodeImport & { status?: number })[]> {
+      async finish(): Promise<(NodeImport & { code?: Code })[]> {
         for (const u of all) u.body.end();
         return Promise.all(all.map((u) => u.result));
       },
       abort(): void {
-        for (const u of all) u.body.destroy();
+        for (const u of all) u.body.close();
       },
     };
   }
@@ -180,16 +151,13 @@ export function imageService(ctx: ServerContext, maxImageBytes = DEFAULT_MAX_IMA
         if (failed.length === results.length) {
           // Nowhere: an error, so the caller's exit status says so. A tarball every node refused
           // as malformed is the caller's input, not the cluster's state; one over a node's size
-          // limit is a limit.
-          const code = failed.every((r) => r.status === 400)
-            ? Code.InvalidArgument
-            : failed.every((r) => r.status === 413)
-              ? Code.ResourceExhausted
-              : Code.Unavailable;
+          // limit is a limit; one refusal everywhere keeps its code.
+          const first = failed[0]?.code ?? Code.Unavailable;
+          const code = failed.every((r) => r.code === first) ? first : Code.Unavailable;
           throw new ConnectError(failed.map((r) => (nodes.length > 1 ? `node ${r.node}: ${r.error}` : r.error)).join("; "), code);
         }
         ctx.log.info({ driver, nodes, bytes: size, failed: failed.map((r) => r.node) }, "image imported");
-        return { results: results.map(({ status: _status, ...r }) => create(NodeImportSchema, r)) };
+        return { results: results.map(({ code: _code, ...r }) => create(NodeImportSchema, r)) };
       } catch (e) {
         // Stop every upload: the agents drop what they spooled.
         abort.abort();
@@ -218,14 +186,12 @@ export function imageService(ctx: ServerContext, maxImageBytes = DEFAULT_MAX_IMA
         nodes.map(async (node) => {
           try {
             if (!ready(node)) throw new Error(`node ${node} is NotReady`);
-            const ep = await endpointOf(node, hctx.signal);
-            const res = await fetch(`${ep.url}/v1/images`, { headers: { authorization: `Bearer ${ep.token}` }, signal: hctx.signal });
-            const body = (await res.json().catch(() => ({}))) as { images?: AgentImage[]; error?: string };
-            if (!res.ok) throw new Error(body.error ?? `HTTP ${res.status}`);
-            for (const i of body.images ?? []) if (!req.driver || i.driver === req.driver) images.push(toImage(i, node));
+            // The node is the one asked, whatever the agent put there.
+            for (const i of await agents.listImages(node, hctx.signal))
+              if (!req.driver || i.driver === req.driver) images.push(Object.assign(i, { node }));
           } catch (e) {
             if (hctx.signal.aborted) throw e;
-            unreachable[node] = (e as Error).message;
+            unreachable[node] = e instanceof ConnectError ? e.rawMessage : (e as Error).message;
           }
         }),
       );
@@ -233,23 +199,4 @@ export function imageService(ctx: ServerContext, maxImageBytes = DEFAULT_MAX_IMA
       return { images, unreachable };
     },
   };
-}
-
-function toImage(i: AgentImage, node: string): Image {
-  return create(ImageSchema, {
-    name: i.name,
-    digest: i.digest,
-    sizeBytes: BigInt(Math.max(0, Math.trunc(i.sizeBytes))),
-    node,
-    driver: i.driver,
-    ...(i.createdAt ? { createTime: timestampFromMs(i.createdAt) } : {}),
-  });
-}
-
-function parseJson(text: string): unknown {
-  try {
-    return JSON.parse(text) as unknown;
-  } catch {
-    return {};
-  }
 }

@@ -1,15 +1,17 @@
 // ImportImage streams the upload on to the nodes as it comes (the server keeps none of it) and
-// stops at max-image-bytes. The node end here is a byte sink standing in for the agent endpoint,
-// so the test can see when bytes arrive; test/e2e/containerd.test.ts imports through a real agent.
+// stops at max-image-bytes. The node end here is an AgentService that only counts bytes, standing
+// in for the agent so the test can see when bytes arrive; test/e2e/containerd.test.ts imports
+// through a real agent.
 import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
-import * as http from "node:http";
+import * as http2 from "node:http2";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
+import { AgentService } from "../../api/gen/hypervisor/v1/agent_pb.js";
 import { ImageService, ImportImageRequestSchema, ImportTargetSchema } from "../../api/gen/hypervisor/v1/image_pb.js";
 import { NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { AgentEndpointSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
@@ -27,24 +29,30 @@ describe("image import streams to the nodes and is bounded", () => {
   let dir: string;
   let store: Store;
   let server: Server;
-  let sink: http.Server;
+  let sink: http2.Http2Server;
   const uploads: Upload[] = [];
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "hv-image-stream-"));
     store = await openEmbeddedStore(join(dir, "store"));
-    sink = http.createServer((req, res) => {
-      const u: Upload = { received: 0, completed: false, aborted: false };
-      uploads.push(u);
-      req.on("data", (b: Buffer) => (u.received += b.length));
-      req.on("aborted", () => (u.aborted = true));
-      req.on("error", () => (u.aborted = true));
-      req.on("end", () => {
-        u.completed = true;
-        res.writeHead(200, { "content-type": "application/json" });
-        res.end(JSON.stringify({ images: [{ name: "img:1", digest: "sha256:00", sizeBytes: u.received, driver: "containerd" }] }));
-      });
+    const handler = connectNodeAdapter({
+      routes: (router) =>
+        router.service(AgentService, {
+          async importImage(requests) {
+            const u: Upload = { received: 0, completed: false, aborted: false };
+            uploads.push(u);
+            try {
+              for await (const r of requests) if (r.part.case === "chunk") u.received += r.part.value.length;
+            } catch (e) {
+              u.aborted = true;
+              throw e;
+            }
+            u.completed = true;
+            return { images: [{ name: "img:1", digest: "sha256:00", sizeBytes: BigInt(u.received), driver: "containerd" }] };
+          },
+        }),
     });
+    sink = http2.createServer(handler);
     await new Promise<void>((resolve) => sink.listen(0, "127.0.0.1", resolve));
     const port = (sink.address() as { port: number }).port;
     const node = create(NodeSchema, {
@@ -64,7 +72,6 @@ describe("image import streams to the nodes and is bounded", () => {
 
   after(async () => {
     await server.stop();
-    sink.closeAllConnections();
     await new Promise((resolve) => sink.close(resolve));
     await store.close();
     await rm(dir, { recursive: true, force: true });

@@ -38,7 +38,6 @@ import {
   parseNodeKey,
   phaseName,
   placedOn,
-  readEndpoint,
   STOP_TIMEOUT_LABEL,
   ConflictError,
   update,
@@ -206,31 +205,6 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
 
   function refuseIfDeleting(i: Instance, action: string): void {
     if (i.deleteTime) throw new ConnectError(`instance ${i.name} is being deleted; ${action} is not possible`, Code.FailedPrecondition);
-  }
-
-  /** A node's agent's log stream for one instance. */
-  async function* agentLogs(node: string, name: string, follow: boolean, tailBytes: bigint, signal: AbortSignal) {
-    const ep = await readEndpoint(store, node, signal);
-    if (!ep) throw new ConnectError(`the agent of node ${node} publishes no endpoint (is it running?)`, Code.Unavailable);
-    const url = `${ep.url}/v1/instances/${encodeURIComponent(name)}/logs?follow=${follow ? 1 : 0}&tail=${tailBytes}`;
-    let res: Response;
-    try {
-      res = await fetch(url, { headers: { authorization: `Bearer ${ep.token}` }, signal });
-    } catch (e) {
-      if (signal.aborted) return;
-      throw new ConnectError(`agent of node ${node} at ${ep.url}: ${(e as Error).message}`, Code.Unavailable);
-    }
-    if (!res.ok || !res.body) {
-      const text = (await res.text().catch(() => "")).trim();
-      const code = res.status === 404 ? Code.NotFound : res.status === 409 ? Code.FailedPrecondition : Code.Unavailable;
-      throw new ConnectError(`agent of node ${node}: ${text || `HTTP ${res.status}`}`, code);
-    }
-    try {
-      for await (const chunk of res.body) yield { data: chunk as Uint8Array };
-    } catch (e) {
-      if (signal.aborted) return;
-      throw new ConnectError(`log stream from node ${node} broke: ${(e as Error).message}`, Code.Unavailable);
-    }
   }
 
   return {
@@ -433,7 +407,7 @@ export function instanceService(ctx: ServerContext): ServiceImpl<typeof Instance
       requireCapability(current, "logs", "logs");
       const release = req.follow ? ctx.clientLimits.hold(hctx, "logs") : () => undefined;
       try {
-        yield* agentLogs(node, req.name, req.follow, req.tailBytes, hctx.signal);
+        for await (const data of ctx.agents.logs(node, req.name, req.follow, req.tailBytes, hctx.signal)) yield { data };
       } finally {
         release();
       }

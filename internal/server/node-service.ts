@@ -8,7 +8,7 @@
  *                put instances/<n> Scheduled on the node + assignments/<node>/<n> + allocation;
  *                off the node it was placed on, if any (whose agent then fences its copy)
  *                ──► the agent finds its assignment with the orphan's uid: adopted as it is
- *   PurgeOrphan: the node's agent endpoint destroys the orphan and its disks, then answers
+ *   PurgeOrphan: the node's agent (AgentService.PurgeOrphan) destroys the orphan and its disks, then answers
  */
 import { clone, create, fromBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
@@ -34,7 +34,6 @@ import {
   keys,
   merged,
   placeOps,
-  readEndpoint,
   setNodeFlags,
   withFlags,
 } from "../../pkg/cluster/state/index.js";
@@ -172,23 +171,7 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
     async purgeOrphan(req, hctx) {
       await read(req.node, hctx.signal, "node");
       const o = await readOrphan(req.node, req.name, hctx.signal);
-      const ep = await readEndpoint(store, req.node, hctx.signal);
-      if (!ep) throw new ConnectError(`the agent of node ${req.node} publishes no endpoint (is it running?)`, Code.Unavailable);
-      let res: Response;
-      try {
-        res = await fetch(`${ep.url}/v1/orphans/${encodeURIComponent(o.name)}/purge?uid=${encodeURIComponent(o.uid)}`, {
-          method: "POST",
-          headers: { authorization: `Bearer ${ep.token}` },
-          signal: hctx.signal,
-        });
-      } catch (e) {
-        throw new ConnectError(`agent of node ${req.node} at ${ep.url}: ${(e as Error).message}`, Code.Unavailable);
-      }
-      if (!res.ok) {
-        const text = (await res.text().catch(() => "")).trim();
-        const code = res.status === 404 ? Code.NotFound : res.status === 409 ? Code.FailedPrecondition : Code.Unavailable;
-        throw new ConnectError(`agent of node ${req.node}: ${text || `HTTP ${res.status}`}`, code);
-      }
+      await ctx.agents.purgeOrphan(req.node, o.name, o.uid, hctx.signal);
       ctx.log.warn({ node: req.node, instance: o.name, uid: o.uid }, "orphan purged with its disks");
       return {};
     },

@@ -13,6 +13,7 @@ import type { Handler as NodeHandlerFn } from "./http.js";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
 import { ImageService } from "../../api/gen/hypervisor/v1/image_pb.js";
 import { ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
+import { AgentClient } from "./agent-client.js";
 import { ConsoleProxy, consoleService } from "./console.js";
 import { DrainController } from "./drain-controller.js";
 import { HaController } from "./ha-controller.js";
@@ -130,6 +131,7 @@ export class Server {
       leader: () => (opts.leadership ? opts.leadership.leader() : this.serverId),
       componentHealth: () => ({ ...this.health }),
       clientLimits: new ClientLimits(opts.clientLimits),
+      agents: new AgentClient(store),
     };
     this.consoles = new ConsoleProxy(this.ctx, this.opts.consoleLocalDirect ?? true);
   }
@@ -227,6 +229,7 @@ export class Server {
   async stop(): Promise<void> {
     this.abort.abort();
     this.consoles.close();
+    this.ctx.agents.close();
     await this.listening?.close();
     await Promise.allSettled(this.tasks);
   }

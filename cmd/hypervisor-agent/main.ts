@@ -5,6 +5,7 @@ import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { Agent, agentSchema, buildDrivers, deadlinesOf, defaultNodeName, parseTaints } from "../../internal/agent/index.js";
 import { ensureCredentials, JoinRefusedError } from "../../internal/agent/join.js";
+import { CertRenewer } from "../../internal/agent/renew.js";
 import { etcdOptions, openEtcdStore, waitForStore } from "../../pkg/cluster/etcd/index.js";
 import type { Loaded } from "../../pkg/config/index.js";
 import { runDaemon, untilAborted } from "../../pkg/daemon/index.js";
@@ -35,6 +36,8 @@ async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Pro
       const token = c.joinTokenFile ? ((await readFile(c.joinTokenFile, "utf8")).split("\n")[0] ?? "").trim() : c.joinToken;
       const creds = await ensureCredentials({ server: c.server, token, node: c.nodeName, dir: pkiDir, log, signal });
       log.info({ pkiDir, expires: creds.cert.validTo }, "node certificate ready");
+      // Renewed at two thirds of its life for as long as the agent runs.
+      void new CertRenewer(creds, { server: c.server, dir: pkiDir, node: c.nodeName, log }).run(signal);
       // With https etcd endpoints and no certificate of its own configured, the node's is its
       // etcd identity (CN node:<name>, the user its confined role is granted to).
       if (!c.etcdCertFile && c.etcdEndpoints.every((e) => e.startsWith("https://"))) {

@@ -13,7 +13,7 @@ import { Server } from "../../internal/server/server.js";
 import { staticUi } from "../../internal/server/static.js";
 import type { Driver } from "../../pkg/compute/driver/index.js";
 import { Election } from "../../pkg/cluster/election/index.js";
-import { etcdOptions, openEtcdStore, waitForStore } from "../../pkg/cluster/etcd/index.js";
+import { type EtcdStore, etcdOptions, grantNode, openEtcdStore, revokeNode, waitForStore } from "../../pkg/cluster/etcd/index.js";
 import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
 import type { Loaded } from "../../pkg/config/index.js";
 import { runDaemon, untilAborted } from "../../pkg/daemon/index.js";
@@ -35,8 +35,10 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
   const dataDir = resolve(c.dataDir);
 
   let store: Store;
+  let etcdStore: EtcdStore | undefined;
   if (c.store === "etcd") {
     const etcd = await openEtcdStore(etcdOptions(c));
+    etcdStore = etcd;
     if (!(await waitForStore(etcd, c.etcdEndpoints, log, signal))) {
       await etcd.close();
       return 0;
@@ -96,7 +98,17 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
       algorithm: listen.algorithm,
       consoleTicketTtlMs: c.consoleTicketTtl * 1000,
       consoleLocalDirect: c.consoleLocalDirect,
-      ...(tls ? { tls: tls.tls, identity: { ca: tls.ca, nodeCertTtlSeconds: c.nodeCertTtl } } : {}),
+      ...(tls
+        ? {
+            tls: tls.tls,
+            identity: {
+              ca: tls.ca,
+              nodeCertTtlSeconds: c.nodeCertTtl,
+              // On etcd, a joined node gets its etcd user and role (its own keys only), and loses them when revoked.
+              ...(etcdStore ? { onJoin: (n: string) => grantNode(etcdStore, n), onRevoke: (n: string) => revokeNode(etcdStore, n) } : {}),
+            },
+          }
+        : {}),
       limits: {
         headerTimeoutMs: c.headerTimeout * 1000,
         requestTimeoutMs: c.requestReadTimeout * 1000,

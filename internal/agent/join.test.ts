@@ -19,7 +19,9 @@ import { logger } from "../../pkg/log/index.js";
 import { caHash, createCa, generateKeyAndCsr, identityOf, parseCa, parseJoinToken, signNodeCsr } from "../../pkg/pki/index.js";
 import { Server } from "../server/server.js";
 import { serverTls } from "../server/tls-setup.js";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { ensureCredentials, JoinRefusedError, loadCredentials } from "./join.js";
+import { CertRenewer } from "./renew.js";
 
 const log = logger("test");
 
@@ -136,6 +138,114 @@ describe("agent join", () => {
     await refused(ensureCredentials({ server: "http://127.0.0.1:1", token: await token(), node: "plain-1", dir: nodeDir(), log }), /https/);
   });
 });
+
+describe("node certificate renewal and revocation", () => {
+  let dir: string;
+  let store: Store;
+  let server: Server;
+  let api: Client<typeof IdentityService>;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "hv-renew-"));
+    store = await openEmbeddedStore(join(dir, "store"), { sync: false });
+    const { ca, tls } = await serverTls({ pkiDir: join(dir, "pki"), name: "s1", listenHost: "127.0.0.1", names: [] });
+    // Certificates of 6 s: renewed at 4 s.
+    server = new Server({
+      store,
+      host: "127.0.0.1",
+      port: 0,
+      version: "test",
+      controllers: false,
+      tls,
+      identity: { ca, nodeCertTtlSeconds: 6 },
+    });
+    await server.start();
+    api = createClient(
+      IdentityService,
+      createConnectTransport({ baseUrl: server.url, httpVersion: "1.1", nodeOptions: { ca: ca.certPem } }),
+    );
+  });
+
+  after(async () => {
+    await server.stop();
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("renews at two thirds of a lifetime of seconds, each time a new key; an older certificate cannot renew; a revoked node cannot", async () => {
+    const d = join(dir, "r1");
+    const { token } = await api.createJoinToken({ maxUses: 1 });
+    const first = await ensureCredentials({ server: server.url, token, node: "r1", dir: d, log });
+    const renewer = new CertRenewer(first, { server: server.url, dir: d, node: "r1", log });
+    const ac = new AbortController();
+    const loop = renewer.run(ac.signal);
+    const seen = new Set([first.cert.serialNumber]);
+    await until2("two renewals", () => renewer.renewals >= 2, 60_000);
+    for (const c of [renewer.current]) seen.add(c.cert.serialNumber);
+    ac.abort();
+    await loop;
+    const now = renewer.current;
+    assert.notEqual(now.keyPem, first.keyPem, "a new key each time");
+    assert.deepEqual(identityOf(now.certPem), { kind: "node", name: "r1" });
+    assert.equal(await readFile(join(d, "node.crt"), "utf8"), now.certPem, "written where the agent reads it");
+    assert.ok(Date.parse(now.cert.validTo) > Date.parse(first.cert.validTo));
+    // A certificate two renewals old (still valid: made and renewed twice within its 6 s) is not
+    // one of the node's last two; the one before the current still is.
+    const { token: t3 } = await api.createJoinToken({ maxUses: 1 });
+    const c1 = await ensureCredentials({ server: server.url, token: t3, node: "r3", dir: join(dir, "r3"), log });
+    const r3 = new CertRenewer(c1, { server: server.url, dir: join(dir, "r3"), node: "r3", log });
+    const c2 = await r3.renewOnce();
+    await r3.renewOnce();
+    await assert.rejects(
+      new CertRenewer(c1, { server: server.url, dir: join(dir, "stale"), node: "r3", log }).renewOnce(),
+      (e: unknown) => {
+        const err = ConnectError.from(e);
+        assert.equal(err.code, Code.PermissionDenied, err.message);
+        assert.match(err.rawMessage, /is not one of node r3's last two/);
+        return true;
+      },
+    );
+    await new CertRenewer(c2, { server: server.url, dir: join(dir, "prev"), node: "r3", log }).renewOnce(); // the previous one may
+
+    assert.deepEqual((await api.revokeNode({ node: "r1" })).revoked, true);
+    assert.deepEqual((await api.revokeNode({ node: "r1" })).revoked, false, "idempotent");
+    const after = new CertRenewer(now, { server: server.url, dir: d, node: "r1", log });
+    await after.run(AbortSignal.timeout(30_000)); // renews at once (past two thirds soon), is refused, and ends
+    assert.match(after.refused ?? "", /node r1 is revoked/);
+    assert.equal(after.renewals, 0);
+  });
+
+  it("refuses a renewal without a node certificate, and one asking for another node's name", async () => {
+    await assert.rejects(api.renewCertificate({ csrPem: (await generateKeyAndCsr("node:r2")).csrPem }), (e: unknown) => {
+      assert.equal(ConnectError.from(e).code, Code.Unauthenticated);
+      return true;
+    });
+    const { token } = await api.createJoinToken({ maxUses: 1 });
+    const creds = await ensureCredentials({ server: server.url, token, node: "r2", dir: join(dir, "r2"), log });
+    const asR2 = createClient(
+      IdentityService,
+      createConnectTransport({
+        baseUrl: server.url,
+        httpVersion: "1.1",
+        nodeOptions: { ca: creds.caPem, cert: creds.certPem, key: creds.keyPem, agent: false },
+      }),
+    );
+    await assert.rejects(asR2.renewCertificate({ csrPem: (await generateKeyAndCsr("node:other")).csrPem }), (e: unknown) => {
+      const err = ConnectError.from(e);
+      assert.equal(err.code, Code.InvalidArgument, err.message);
+      assert.match(err.rawMessage, /csr_pem/);
+      return true;
+    });
+  });
+});
+
+async function until2(what: string, ok: () => boolean, ms: number): Promise<void> {
+  const end = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
 
 /**
  * An IdentityService over HTTPS with the CA given. Its certificate is a server's of that CA, or

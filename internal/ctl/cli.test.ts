@@ -135,7 +135,7 @@ function paths(cmd: Command, prefix = ""): string[] {
 }
 
 const EXPECTED = [
-  "node list", "node get", "node cordon", "node uncordon", "node drain",
+  "node list", "node get", "node cordon", "node uncordon", "node drain", "node revoke",
   "instance create", "instance list", "instance get", "instance start", "instance stop", "instance restart", "instance delete",
   "instance logs", "instance set-memory", "instance console", "image import", "image list",
   "cluster status", "join-token create", "join-token list", "join-token revoke", "completion", "version",

@@ -103,6 +103,15 @@ export function nodeCommand(ctx: Context): Command {
       ctx.out(`orphan ${name} purged from node ${node}\n`);
     });
 
+  cmd
+    .command("revoke")
+    .description("shut a node out: no certificate renewal, its etcd identity removed; it must join again with a new token")
+    .argument("<name>", "node name")
+    .action(async (name: string) => {
+      const { revoked } = await ctx.clients().identity.revokeNode({ node: name }, { signal: ctx.signal });
+      ctx.out(revoked ? `node/${name} revoked\n` : `node/${name} has no binding (never joined, or already revoked)\n`);
+    });
+
   return cmd;
 }
 

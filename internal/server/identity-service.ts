@@ -51,6 +51,10 @@ import {
 } from "../../pkg/pki/index.js";
 import { checkName, checkText, LIMITS, show } from "../../pkg/validation/index.js";
 import {
+  codecs,
+  ConflictError,
+  keys,
+  update,
   commitJoin,
   createJoinToken,
   listJoinTokens,
@@ -59,10 +63,15 @@ import {
   updateJoinToken,
 } from "../../pkg/cluster/state/index.js";
 import { invalid, refuse } from "./validate.js";
+import { peerOf } from "./peer.js";
 
 export interface IdentityServiceOptions {
   store: Store;
   ca: CertificateAuthority;
+  /** After a join: give the node what it needs beyond its certificate (its etcd role). */
+  onJoin?: (node: string) => Promise<void>;
+  /** After RevokeNode removed a binding: take the rest away (its etcd role). */
+  onRevoke?: (node: string) => Promise<void>;
   /** Lifetime of a node certificate from Join (default 24 h); agents renew at two thirds of it. */
   nodeCertTtlSeconds?: number;
   /** Clock for expiry decisions and certificate validity; tests fix it. */
@@ -167,17 +176,18 @@ export function identityService(opts: IdentityServiceOptions): ServiceImpl<typeo
           }
         }
         const used = create(JoinTokenRecordSchema, { ...read.value, used: read.value.used + 1 });
-        const binding = bound
-          ? { existing: bound }
-          : {
-              create: create(NodeBindingSchema, {
-                node: req.node,
-                secretSha256: hashSecret(req.nodeSecret),
-                createTime: timestampFromDate(at),
-                tokenId: token.id,
-              }),
-            };
-        if (await commitJoin(store, read, used, binding, { signal })) {
+        const serial = new X509Certificate(certPem).serialNumber;
+        const next = bound
+          ? create(NodeBindingSchema, { ...bound.value, certSerial: serial, previousCertSerial: bound.value.certSerial })
+          : create(NodeBindingSchema, {
+              node: req.node,
+              secretSha256: hashSecret(req.nodeSecret),
+              createTime: timestampFromDate(at),
+              tokenId: token.id,
+              certSerial: serial,
+            });
+        if (await commitJoin(store, read, used, { read: bound, next }, { signal })) {
+          await opts.onJoin?.(req.node);
           opts.log?.info({ node: req.node, token: token.id, firstJoin: !bound }, "node joined");
           return { certPem, caPem: ca.certPem, expireTime: timestampFromDate(new Date(new X509Certificate(certPem).validTo)) };
         }
@@ -213,6 +223,62 @@ export function identityService(opts: IdentityServiceOptions): ServiceImpl<typeo
         }
       }
       throw new ConnectError("could not draw an unused join token id; try again", Code.Aborted);
+    },
+
+    async renewCertificate(req, hctx) {
+      const peer = peerOf(hctx);
+      if (peer?.kind !== "node")
+        throw new ConnectError("renewal needs the node's current certificate, presented over mutual TLS", Code.Unauthenticated);
+      if (req.csrPem === "") throw invalid("csr_pem", "is required");
+      if (req.csrPem.length > MAX_CSR_PEM_BYTES)
+        throw invalid("csr_pem", `is ${req.csrPem.length} bytes; at most ${MAX_CSR_PEM_BYTES} allowed`);
+      let certPem: string;
+      try {
+        certPem = await signNodeCsr(ca, req.csrPem, { node: peer.name, ttlSeconds: certTtl, now: now() });
+      } catch (e) {
+        if (e instanceof CsrRejectedError) throw invalid("csr_pem", e.message);
+        throw e;
+      }
+      const serial = new X509Certificate(certPem).serialNumber;
+      try {
+        await update(
+          store,
+          keys.nodeBinding(peer.name),
+          codecs.nodeBinding,
+          ({ value }) => {
+            if (!value)
+              throw new ConnectError(`node ${peer.name} is revoked (or never joined): join it again with a token`, Code.PermissionDenied);
+            if (peer.serial !== value.certSerial && peer.serial !== value.previousCertSerial)
+              throw new ConnectError(
+                `the certificate presented (serial ${peer.serial}) is not one of node ${peer.name}'s last two: join it again with a token`,
+                Code.PermissionDenied,
+              );
+            return { value: create(NodeBindingSchema, { ...value, certSerial: serial, previousCertSerial: peer.serial }) };
+          },
+          { signal: hctx.signal },
+        );
+      } catch (e) {
+        if (e instanceof ConflictError) throw new ConnectError(`node ${peer.name} is renewing concurrently; try again`, Code.Aborted);
+        throw e;
+      }
+      opts.log?.info({ node: peer.name, serial }, "node certificate renewed");
+      return { certPem, expireTime: timestampFromDate(new Date(new X509Certificate(certPem).validTo)) };
+    },
+
+    async revokeNode(req, hctx) {
+      refuse(checkName("node", req.node));
+      const res = await update(
+        store,
+        keys.nodeBinding(req.node),
+        codecs.nodeBinding,
+        ({ value }) => (value ? { value: null } : undefined),
+        {
+          signal: hctx.signal,
+        },
+      );
+      await opts.onRevoke?.(req.node);
+      if (res.written) opts.log?.warn({ node: req.node }, "node revoked: no renewal, its certificate lapses within node-cert-ttl");
+      return { revoked: res.written };
     },
 
     async listJoinTokens(_req, hctx) {

@@ -4,21 +4,28 @@
  * that serve only nodes or servers ask here; the handshake itself never refuses an anonymous
  * client, so GetCA, Join and the web UI work without one.
  */
+import { X509Certificate } from "node:crypto";
 import { createContextKey, type HandlerContext } from "@connectrpc/connect";
 import { identityOf, type Identity } from "../../pkg/pki/index.js";
 
-export const peerIdentity = createContextKey<Identity | undefined>(undefined, { description: "verified TLS client identity" });
+/** Who the client certificate names, and its serial (hex, as node's X509Certificate prints it). */
+export interface Peer extends Identity {
+  serial: string;
+}
+
+export const peerIdentity = createContextKey<Peer | undefined>(undefined, { description: "verified TLS client identity" });
 
 /** The identity of a verified client certificate (DER), if it names one. */
-export function identityOfPeer(der: Buffer | undefined): Identity | undefined {
+export function identityOfPeer(der: Buffer | undefined): Peer | undefined {
   if (!der) return undefined;
   try {
-    return identityOf(new Uint8Array(der));
+    const id = identityOf(new Uint8Array(der));
+    return id && { ...id, serial: new X509Certificate(der).serialNumber };
   } catch {
     return undefined;
   }
 }
 
-export function peerOf(ctx: HandlerContext): Identity | undefined {
+export function peerOf(ctx: HandlerContext): Peer | undefined {
   return ctx.values.get(peerIdentity);
 }

@@ -52,7 +52,12 @@ export interface ServerOptions {
   /** Serve the API over TLS with this key and certificate, asking clients for one of `caPem`'s. */
   tls?: TlsSettings;
   /** The cluster CA: with it the server signs node certificates for join tokens (IdentityService). */
-  identity?: { ca: CertificateAuthority; nodeCertTtlSeconds?: number };
+  identity?: {
+    ca: CertificateAuthority;
+    nodeCertTtlSeconds?: number;
+    onJoin?: (node: string) => Promise<void>;
+    onRevoke?: (node: string) => Promise<void>;
+  };
   version: string;
   algorithm?: Algorithm;
   serverId?: string;

@@ -7,7 +7,7 @@ import { X509Certificate } from "node:crypto";
 import { mkdir, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { readIfExists, readKey, syncDir, writeTemp } from "./ca-files.js";
-import type { KeyAndCertificate } from "./certificates.js";
+import { CLOCK_SKEW_MS, type KeyAndCertificate } from "./certificates.js";
 
 export interface LeafFiles extends KeyAndCertificate {
   cert: X509Certificate;
@@ -40,11 +40,14 @@ export async function writeLeaf(dir: string, base: string, pair: KeyAndCertifica
   await syncDir(dir);
 }
 
-/** When a certificate should be renewed: two thirds into its validity. */
+/**
+ * When a certificate should be renewed: two thirds into its life, counted from when it was issued
+ * (its notBefore is backdated CLOCK_SKEW_MS for clocks a little behind, which is not life lived).
+ */
 export function renewAt(cert: X509Certificate): Date {
-  const from = Date.parse(cert.validFrom);
   const to = Date.parse(cert.validTo);
-  return new Date(from + ((to - from) * 2) / 3);
+  const issued = Math.min(Date.parse(cert.validFrom) + CLOCK_SKEW_MS, to);
+  return new Date(issued + ((to - issued) * 2) / 3);
 }
 
 /** Writes one private file (0600) atomically: temp file, fsync, rename, directory fsync. */

@@ -1,7 +1,8 @@
 // Joining as an operator does it, with the binaries: a server on etcd serving TLS (its CA made at
 // the first start), `hypervisor-ctl join-token create` over TLS, and `hypervisor-agent --server
 // URL --join-token TOKEN` that gets its certificate and registers a Ready node; a restart needs
-// no token; a second agent claiming the same name, and one with a used token, exit 2 and say why.
+// no token; `node revoke` takes its binding and etcd user; a second agent claiming a joined name,
+// and one with a used token, exit 2 and say why.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
@@ -76,25 +77,37 @@ describe("join through the binaries (etcd, TLS server, ctl, agents)", { timeout:
     const listed = await ctl("join-token", "list");
     assert.match(listed, /w1/);
 
+    // Its etcd identity: user node:w1 with the role of its own keys (granted at the join).
+    const etcdctl = async (...args: string[]) =>
+      (await run("etcdctl", ["--endpoints", etcd.endpoint, ...args], { env: { ...process.env, ETCDCTL_API: "3" } })).stdout;
+    assert.match(await etcdctl("user", "get", "node:w1"), /Roles: node:w1/);
+    assert.match(await etcdctl("role", "get", "node:w1"), /\/hypervisor\/v1\/nodes\/w1\//);
+
     await a.stop();
     const again = agent("w1", join(dir, "w1"), "");
     await again.waitFor(/agent started/);
     assert.equal(await readFile(join(dir, "w1", "pki", "node.crt"), "utf8"), crt, "the same certificate, no new join");
+
+    // Revoked: its binding and its etcd user go at once (its certificate lapses within node-cert-ttl).
+    assert.match(await ctl("node", "revoke", "w1"), /node\/w1 revoked/);
+    await assert.rejects(etcdctl("user", "get", "node:w1"), /user name not found/);
+    assert.match(await ctl("node", "revoke", "w1"), /has no binding/);
   });
 
-  it("a second agent claiming w1 (another node secret) and a used token both exit 2, saying why", async () => {
-    const token = (await ctl("join-token", "create", "--uses", "2")).trim();
-    const thief = agent("w1", join(dir, "thief"), token);
+  it("a second agent claiming a joined name (another node secret) and a used token both exit 2, saying why", async () => {
+    const token = (await ctl("join-token", "create", "--uses", "3")).trim();
+    await agent("w2", join(dir, "w2"), token).waitFor(/node certificate ready/);
+    const thief = agent("w2", join(dir, "thief"), token);
     assert.equal(await exitOf(thief), 2);
     assert.ok(
-      thief.output.some((l) => /cannot join the cluster/.test(l) && /w1/.test(l)),
+      thief.output.some((l) => /cannot join the cluster/.test(l) && /w2/.test(l)),
       thief.tail(),
     );
     await assert.rejects(stat(join(dir, "thief", "pki", "node.crt")), /ENOENT/);
 
     const once = (await ctl("join-token", "create")).trim(); // one use by default
-    await agent("w2", join(dir, "w2"), once).waitFor(/node certificate ready/);
-    const late = agent("w3", join(dir, "w3"), once);
+    await agent("w3", join(dir, "w3"), once).waitFor(/node certificate ready/);
+    const late = agent("w4", join(dir, "w4"), once);
     assert.equal(await exitOf(late), 2);
     assert.ok(
       late.output.some((l) => /used up/.test(l)),

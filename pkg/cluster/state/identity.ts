@@ -58,19 +58,20 @@ export async function commitJoin(
   store: Store,
   token: Read<JoinTokenRecord>,
   used: JoinTokenRecord,
-  binding: { existing: Read<NodeBinding> } | { create: NodeBinding },
+  binding: { read: Read<NodeBinding> | undefined; next: NodeBinding },
   opts: Opts = {},
 ): Promise<boolean> {
   const tokenKey = keys.joinToken(used.id);
-  const compares: Compare[] = [ifModRevision(tokenKey, token.modRevision)];
-  const ops: Op[] = [{ type: "put", key: tokenKey, value: codecs.joinToken.encode(used) }];
-  if ("existing" in binding) {
-    compares.push(ifModRevision(keys.nodeBinding(binding.existing.value.node), binding.existing.modRevision));
-  } else {
-    const key = keys.nodeBinding(binding.create.node);
-    compares.push(ifAbsent(key));
-    ops.push({ type: "put", key, value: codecs.nodeBinding.encode(binding.create) });
-  }
+  const key = keys.nodeBinding(binding.next.node);
+  const compares: Compare[] = [
+    ifModRevision(tokenKey, token.modRevision),
+    binding.read ? ifModRevision(key, binding.read.modRevision) : ifAbsent(key),
+  ];
+  const ops: Op[] = [
+    { type: "put", key: tokenKey, value: codecs.joinToken.encode(used) },
+    // Always written: it records the serial of the certificate this join issues.
+    { type: "put", key, value: codecs.nodeBinding.encode(binding.next) },
+  ];
   const { succeeded } = await store.txn(compares, ops, [], opts);
   return succeeded;
 }

@@ -12,7 +12,84 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hypervisor/v1/identity.proto.
  */
 export const file_hypervisor_v1_identity: GenFile = /*@__PURE__*/
-  fileDesc("ChxoeXBlcnZpc29yL3YxL2lkZW50aXR5LnByb3RvEg1oeXBlcnZpc29yLnYxIg4KDEdldENBUmVxdWVzdCIfCg1HZXRDQVJlc3BvbnNlEg4KBmNhX3BlbRgBIAEoCSJQCgtKb2luUmVxdWVzdBINCgV0b2tlbhgBIAEoCRIMCgRub2RlGAIgASgJEg8KB2Nzcl9wZW0YAyABKAkSEwoLbm9kZV9zZWNyZXQYBCABKAkiYQoMSm9pblJlc3BvbnNlEhAKCGNlcnRfcGVtGAEgASgJEg4KBmNhX3BlbRgCIAEoCRIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYgoWQ3JlYXRlSm9pblRva2VuUmVxdWVzdBIMCgRub2RlGAEgASgJEhMKC3R0bF9zZWNvbmRzGAIgASgNEhAKCG1heF91c2VzGAMgASgNEhMKC2Rlc2NyaXB0aW9uGAQgASgJIlYKF0NyZWF0ZUpvaW5Ub2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEiwKCmpvaW5fdG9rZW4YAiABKAsyGC5oeXBlcnZpc29yLnYxLkpvaW5Ub2tlbiIXChVMaXN0Sm9pblRva2Vuc1JlcXVlc3QiRwoWTGlzdEpvaW5Ub2tlbnNSZXNwb25zZRItCgtqb2luX3Rva2VucxgBIAMoCzIYLmh5cGVydmlzb3IudjEuSm9pblRva2VuIiQKFlJldm9rZUpvaW5Ub2tlblJlcXVlc3QSCgoCaWQYASABKAkiRwoXUmV2b2tlSm9pblRva2VuUmVzcG9uc2USLAoKam9pbl90b2tlbhgBIAEoCzIYLmh5cGVydmlzb3IudjEuSm9pblRva2VuIs0BCglKb2luVG9rZW4SCgoCaWQYASABKAkSDAoEbm9kZRgCIAEoCRIvCgtjcmVhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCG1heF91c2VzGAUgASgNEgwKBHVzZWQYBiABKA0SDwoHcmV2b2tlZBgHIAEoCBITCgtkZXNjcmlwdGlvbhgIIAEoCSLqAQoPSm9pblRva2VuUmVjb3JkEgoKAmlkGAEgASgJEhUKDXNlY3JldF9zaGEyNTYYAiABKAwSDAoEbm9kZRgDIAEoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCG1heF91c2VzGAYgASgNEgwKBHVzZWQYByABKA0SDwoHcmV2b2tlZBgIIAEoCBITCgtkZXNjcmlwdGlvbhgJIAEoCSJ1CgtOb2RlQmluZGluZxIMCgRub2RlGAEgASgJEhUKDXNlY3JldF9zaGEyNTYYAiABKAwSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHRva2VuX2lkGAQgASgJMrkDCg9JZGVudGl0eVNlcnZpY2USQgoFR2V0Q0ESGy5oeXBlcnZpc29yLnYxLkdldENBUmVxdWVzdBocLmh5cGVydmlzb3IudjEuR2V0Q0FSZXNwb25zZRI/CgRKb2luEhouaHlwZXJ2aXNvci52MS5Kb2luUmVxdWVzdBobLmh5cGVydmlzb3IudjEuSm9pblJlc3BvbnNlEmAKD0NyZWF0ZUpvaW5Ub2tlbhIlLmh5cGVydmlzb3IudjEuQ3JlYXRlSm9pblRva2VuUmVxdWVzdBomLmh5cGVydmlzb3IudjEuQ3JlYXRlSm9pblRva2VuUmVzcG9uc2USXQoOTGlzdEpvaW5Ub2tlbnMSJC5oeXBlcnZpc29yLnYxLkxpc3RKb2luVG9rZW5zUmVxdWVzdBolLmh5cGVydmlzb3IudjEuTGlzdEpvaW5Ub2tlbnNSZXNwb25zZRJgCg9SZXZva2VKb2luVG9rZW4SJS5oeXBlcnZpc29yLnYxLlJldm9rZUpvaW5Ub2tlblJlcXVlc3QaJi5oeXBlcnZpc29yLnYxLlJldm9rZUpvaW5Ub2tlblJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChxoeXBlcnZpc29yL3YxL2lkZW50aXR5LnByb3RvEg1oeXBlcnZpc29yLnYxIioKF1JlbmV3Q2VydGlmaWNhdGVSZXF1ZXN0Eg8KB2Nzcl9wZW0YASABKAkiXQoYUmVuZXdDZXJ0aWZpY2F0ZVJlc3BvbnNlEhAKCGNlcnRfcGVtGAEgASgJEi8KC2V4cGlyZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIhChFSZXZva2VOb2RlUmVxdWVzdBIMCgRub2RlGAEgASgJIiUKElJldm9rZU5vZGVSZXNwb25zZRIPCgdyZXZva2VkGAEgASgIIg4KDEdldENBUmVxdWVzdCIfCg1HZXRDQVJlc3BvbnNlEg4KBmNhX3BlbRgBIAEoCSJQCgtKb2luUmVxdWVzdBINCgV0b2tlbhgBIAEoCRIMCgRub2RlGAIgASgJEg8KB2Nzcl9wZW0YAyABKAkSEwoLbm9kZV9zZWNyZXQYBCABKAkiYQoMSm9pblJlc3BvbnNlEhAKCGNlcnRfcGVtGAEgASgJEg4KBmNhX3BlbRgCIAEoCRIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYgoWQ3JlYXRlSm9pblRva2VuUmVxdWVzdBIMCgRub2RlGAEgASgJEhMKC3R0bF9zZWNvbmRzGAIgASgNEhAKCG1heF91c2VzGAMgASgNEhMKC2Rlc2NyaXB0aW9uGAQgASgJIlYKF0NyZWF0ZUpvaW5Ub2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEiwKCmpvaW5fdG9rZW4YAiABKAsyGC5oeXBlcnZpc29yLnYxLkpvaW5Ub2tlbiIXChVMaXN0Sm9pblRva2Vuc1JlcXVlc3QiRwoWTGlzdEpvaW5Ub2tlbnNSZXNwb25zZRItCgtqb2luX3Rva2VucxgBIAMoCzIYLmh5cGVydmlzb3IudjEuSm9pblRva2VuIiQKFlJldm9rZUpvaW5Ub2tlblJlcXVlc3QSCgoCaWQYASABKAkiRwoXUmV2b2tlSm9pblRva2VuUmVzcG9uc2USLAoKam9pbl90b2tlbhgBIAEoCzIYLmh5cGVydmlzb3IudjEuSm9pblRva2VuIs0BCglKb2luVG9rZW4SCgoCaWQYASABKAkSDAoEbm9kZRgCIAEoCRIvCgtjcmVhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCG1heF91c2VzGAUgASgNEgwKBHVzZWQYBiABKA0SDwoHcmV2b2tlZBgHIAEoCBITCgtkZXNjcmlwdGlvbhgIIAEoCSLqAQoPSm9pblRva2VuUmVjb3JkEgoKAmlkGAEgASgJEhUKDXNlY3JldF9zaGEyNTYYAiABKAwSDAoEbm9kZRgDIAEoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCG1heF91c2VzGAYgASgNEgwKBHVzZWQYByABKA0SDwoHcmV2b2tlZBgIIAEoCBITCgtkZXNjcmlwdGlvbhgJIAEoCSKoAQoLTm9kZUJpbmRpbmcSDAoEbm9kZRgBIAEoCRIVCg1zZWNyZXRfc2hhMjU2GAIgASgMEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCgh0b2tlbl9pZBgEIAEoCRITCgtjZXJ0X3NlcmlhbBgFIAEoCRIcChRwcmV2aW91c19jZXJ0X3NlcmlhbBgGIAEoCTLxBAoPSWRlbnRpdHlTZXJ2aWNlEkIKBUdldENBEhsuaHlwZXJ2aXNvci52MS5HZXRDQVJlcXVlc3QaHC5oeXBlcnZpc29yLnYxLkdldENBUmVzcG9uc2USPwoESm9pbhIaLmh5cGVydmlzb3IudjEuSm9pblJlcXVlc3QaGy5oeXBlcnZpc29yLnYxLkpvaW5SZXNwb25zZRJgCg9DcmVhdGVKb2luVG9rZW4SJS5oeXBlcnZpc29yLnYxLkNyZWF0ZUpvaW5Ub2tlblJlcXVlc3QaJi5oeXBlcnZpc29yLnYxLkNyZWF0ZUpvaW5Ub2tlblJlc3BvbnNlEl0KDkxpc3RKb2luVG9rZW5zEiQuaHlwZXJ2aXNvci52MS5MaXN0Sm9pblRva2Vuc1JlcXVlc3QaJS5oeXBlcnZpc29yLnYxLkxpc3RKb2luVG9rZW5zUmVzcG9uc2USYAoPUmV2b2tlSm9pblRva2VuEiUuaHlwZXJ2aXNvci52MS5SZXZva2VKb2luVG9rZW5SZXF1ZXN0GiYuaHlwZXJ2aXNvci52MS5SZXZva2VKb2luVG9rZW5SZXNwb25zZRJjChBSZW5ld0NlcnRpZmljYXRlEiYuaHlwZXJ2aXNvci52MS5SZW5ld0NlcnRpZmljYXRlUmVxdWVzdBonLmh5cGVydmlzb3IudjEuUmVuZXdDZXJ0aWZpY2F0ZVJlc3BvbnNlElEKClJldm9rZU5vZGUSIC5oeXBlcnZpc29yLnYxLlJldm9rZU5vZGVSZXF1ZXN0GiEuaHlwZXJ2aXNvci52MS5SZXZva2VOb2RlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+
+/**
+ * @generated from message hypervisor.v1.RenewCertificateRequest
+ */
+export type RenewCertificateRequest = Message<"hypervisor.v1.RenewCertificateRequest"> & {
+  /**
+   * A PKCS#10 request for CN=node:<the caller's node> with a new ECDSA P-256 key (at most 16 KiB).
+   *
+   * @generated from field: string csr_pem = 1;
+   */
+  csrPem: string;
+};
+
+/**
+ * Describes the message hypervisor.v1.RenewCertificateRequest.
+ * Use `create(RenewCertificateRequestSchema)` to create a new message.
+ */
+export const RenewCertificateRequestSchema: GenMessage<RenewCertificateRequest> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_identity, 0);
+
+/**
+ * @generated from message hypervisor.v1.RenewCertificateResponse
+ */
+export type RenewCertificateResponse = Message<"hypervisor.v1.RenewCertificateResponse"> & {
+  /**
+   * @generated from field: string cert_pem = 1;
+   */
+  certPem: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp expire_time = 2;
+   */
+  expireTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message hypervisor.v1.RenewCertificateResponse.
+ * Use `create(RenewCertificateResponseSchema)` to create a new message.
+ */
+export const RenewCertificateResponseSchema: GenMessage<RenewCertificateResponse> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_identity, 1);
+
+/**
+ * @generated from message hypervisor.v1.RevokeNodeRequest
+ */
+export type RevokeNodeRequest = Message<"hypervisor.v1.RevokeNodeRequest"> & {
+  /**
+   * @generated from field: string node = 1;
+   */
+  node: string;
+};
+
+/**
+ * Describes the message hypervisor.v1.RevokeNodeRequest.
+ * Use `create(RevokeNodeRequestSchema)` to create a new message.
+ */
+export const RevokeNodeRequestSchema: GenMessage<RevokeNodeRequest> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_identity, 2);
+
+/**
+ * @generated from message hypervisor.v1.RevokeNodeResponse
+ */
+export type RevokeNodeResponse = Message<"hypervisor.v1.RevokeNodeResponse"> & {
+  /**
+   * False when the node had no binding (never joined, or already revoked).
+   *
+   * @generated from field: bool revoked = 1;
+   */
+  revoked: boolean;
+};
+
+/**
+ * Describes the message hypervisor.v1.RevokeNodeResponse.
+ * Use `create(RevokeNodeResponseSchema)` to create a new message.
+ */
+export const RevokeNodeResponseSchema: GenMessage<RevokeNodeResponse> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_identity, 3);
 
 /**
  * @generated from message hypervisor.v1.GetCARequest
@@ -25,7 +102,7 @@ export type GetCARequest = Message<"hypervisor.v1.GetCARequest"> & {
  * Use `create(GetCARequestSchema)` to create a new message.
  */
 export const GetCARequestSchema: GenMessage<GetCARequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_identity, 0);
+  messageDesc(file_hypervisor_v1_identity, 4);
 
 /**
  * @generated from message hypervisor.v1.GetCAResponse
@@ -42,7 +119,7 @@ export type GetCAResponse = Message<"hypervisor.v1.GetCAResponse"> & {
  * Use `create(GetCAResponseSchema)` to create a new message.
  */
 export const GetCAResponseSchema: GenMessage<GetCAResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_identity, 1);
+  messageDesc(file_hypervisor_v1_identity, 5);
 
 /**
  * @generated from message hypervisor.v1.JoinRequest
@@ -84,7 +161,7 @@ export type JoinRequest = Message<"hypervisor.v1.JoinRequest"> & {
  * Use `create(JoinRequestSchema)` to create a new message.
  */
 export const JoinRequestSchema: GenMessage<JoinRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_identity, 2);
+  messageDesc(file_hypervisor_v1_identity, 6);
 
 /**
  * @generated from message hypervisor.v1.JoinResponse
@@ -111,7 +188,7 @@ export type JoinResponse = Message<"hypervisor.v1.JoinResponse"> & {
  * Use `create(JoinResponseSchema)` to create a new message.
  */
 export const JoinResponseSchema: GenMessage<JoinResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_identity, 3);
+  messageDesc(file_hypervisor_v1_identity, 7);
 
 /**
  * @generated from message hypervisor.v1.CreateJoinTokenRequest
@@ -151,7 +228,7 @@ export type CreateJoinTokenRequest = Message<"hypervisor.v1.CreateJoinTokenReque
  * Use `create(CreateJoinTokenRequestSchema)` to create a new message.
  */
 export const CreateJoinTokenRequestSchema: GenMessage<CreateJoinTokenRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_identity, 4);
+  messageDesc(file_hypervisor_v1_identity, 8);
 
 /**
  * @generated from message hypervisor.v1.CreateJoinTokenResponse
@@ -175,7 +252,7 @@ export type CreateJoinTokenResponse = Message<"hypervisor.v1.CreateJoinTokenResp
  * Use `create(CreateJoinTokenResponseSchema)` to create a new message.
  */
 export const CreateJoinTokenResponseSchema: GenMessage<CreateJoinTokenResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_identity, 5);
+  messageDesc(file_hypervisor_v1_identity, 9);
 
 /**
  * @generated from message hypervisor.v1.ListJoinTokensRequest
@@ -188,7 +265,7 @@ export type ListJoinTokensRequest = Message<"hypervisor.v1.ListJoinTokensRequest
  * Use `create(ListJoinTokensRequestSchema)` to create a new message.
  */
 export const ListJoinTokensRequestSchema: GenMessage<ListJoinTokensRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_identity, 6);
+  messageDesc(file_hypervisor_v1_identity, 10);
 
 /**
  * @generated from message hypervisor.v1.ListJoinTokensResponse
@@ -207,7 +284,7 @@ export type ListJoinTokensResponse = Message<"hypervisor.v1.ListJoinTokensRespon
  * Use `create(ListJoinTokensResponseSchema)` to create a new message.
  */
 export const ListJoinTokensResponseSchema: GenMessage<ListJoinTokensResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_identity, 7);
+  messageDesc(file_hypervisor_v1_identity, 11);
 
 /**
  * @generated from message hypervisor.v1.RevokeJoinTokenRequest
@@ -224,7 +301,7 @@ export type RevokeJoinTokenRequest = Message<"hypervisor.v1.RevokeJoinTokenReque
  * Use `create(RevokeJoinTokenRequestSchema)` to create a new message.
  */
 export const RevokeJoinTokenRequestSchema: GenMessage<RevokeJoinTokenRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_identity, 8);
+  messageDesc(file_hypervisor_v1_identity, 12);
 
 /**
  * @generated from message hypervisor.v1.RevokeJoinTokenResponse
@@ -241,7 +318,7 @@ export type RevokeJoinTokenResponse = Message<"hypervisor.v1.RevokeJoinTokenResp
  * Use `create(RevokeJoinTokenResponseSchema)` to create a new message.
  */
 export const RevokeJoinTokenResponseSchema: GenMessage<RevokeJoinTokenResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_identity, 9);
+  messageDesc(file_hypervisor_v1_identity, 13);
 
 /**
  * A join token as the API shows it: everything but the secret.
@@ -295,7 +372,7 @@ export type JoinToken = Message<"hypervisor.v1.JoinToken"> & {
  * Use `create(JoinTokenSchema)` to create a new message.
  */
 export const JoinTokenSchema: GenMessage<JoinToken> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_identity, 10);
+  messageDesc(file_hypervisor_v1_identity, 14);
 
 /**
  * /hypervisor/v1/jointokens/<id>: a join token, its secret kept as a hash. Every join compares
@@ -361,7 +438,7 @@ export type JoinTokenRecord = Message<"hypervisor.v1.JoinTokenRecord"> & {
  * Use `create(JoinTokenRecordSchema)` to create a new message.
  */
 export const JoinTokenRecordSchema: GenMessage<JoinTokenRecord> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_identity, 11);
+  messageDesc(file_hypervisor_v1_identity, 15);
 
 /**
  * /hypervisor/v1/nodebindings/<node>: which agent owns a node name (k3s' node password). The first
@@ -393,6 +470,19 @@ export type NodeBinding = Message<"hypervisor.v1.NodeBinding"> & {
    * @generated from field: string token_id = 4;
    */
   tokenId: string;
+
+  /**
+   * Serial numbers (hex) of the last certificate issued to the node and the one before: a renewal
+   * must come with one of them, so a certificate of an earlier binding (a revoked node) cannot.
+   *
+   * @generated from field: string cert_serial = 5;
+   */
+  certSerial: string;
+
+  /**
+   * @generated from field: string previous_cert_serial = 6;
+   */
+  previousCertSerial: string;
 };
 
 /**
@@ -400,7 +490,7 @@ export type NodeBinding = Message<"hypervisor.v1.NodeBinding"> & {
  * Use `create(NodeBindingSchema)` to create a new message.
  */
 export const NodeBindingSchema: GenMessage<NodeBinding> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_identity, 12);
+  messageDesc(file_hypervisor_v1_identity, 16);
 
 /**
  * Cluster identity: the cluster CA, and join tokens by which an agent gets its node certificate
@@ -408,8 +498,8 @@ export const NodeBindingSchema: GenMessage<NodeBinding> = /*@__PURE__*/
  * rules and internal/server/identity-service.ts for the join flow.
  *
  * GetCA and Join are called by agents that hold no certificate yet; the token is what
- * authenticates a Join. The token methods are for operators. Certificate renewal and node
- * revocation come with mTLS (issue 13), as methods of their own.
+ * authenticates a Join. RenewCertificate is called by a node over mutual TLS with the certificate
+ * it has. The token methods and RevokeNode are for operators.
  *
  * @generated from service hypervisor.v1.IdentityService
  */
@@ -464,6 +554,29 @@ export const IdentityService: GenService<{
     methodKind: "unary";
     input: typeof RevokeJoinTokenRequestSchema;
     output: typeof RevokeJoinTokenResponseSchema;
+  },
+  /**
+   * A new certificate for the calling node, from a CSR for a new key: the caller must present
+   * (mutual TLS) the node's current or previous certificate, and the node must still be bound.
+   *
+   * @generated from rpc hypervisor.v1.IdentityService.RenewCertificate
+   */
+  renewCertificate: {
+    methodKind: "unary";
+    input: typeof RenewCertificateRequestSchema;
+    output: typeof RenewCertificateResponseSchema;
+  },
+  /**
+   * Shuts a node out: its binding goes (no renewal, and its name may be joined afresh with a new
+   * token), and its etcd identity is removed where the store has one. Its certificate works on
+   * for at most its remaining life (node-cert-ttl). Idempotent.
+   *
+   * @generated from rpc hypervisor.v1.IdentityService.RevokeNode
+   */
+  revokeNode: {
+    methodKind: "unary";
+    input: typeof RevokeNodeRequestSchema;
+    output: typeof RevokeNodeResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_hypervisor_v1_identity, 0);

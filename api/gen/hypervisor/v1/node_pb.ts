@@ -510,7 +510,7 @@ export const DrainNodeResponseSchema: GenMessage<DrainNodeResponse> = /*@__PURE_
 
 /**
  * An instance a node's driver runs (or keeps stopped) that is not assigned to that node.
- * Written by the node's agent under /hypervisor/v1/orphans/<node>/<name>.
+ * Written by the node's agent under /hypervisor/v1/nodes/<node>/orphans/<name>.
  *
  * @generated from message hypervisor.v1.Orphan
  */

@@ -1,0 +1,108 @@
+/*
+ * Renewal of the node's certificate before it lapses, as kubelet does: at two thirds of its life
+ * a new key and CSR, sent over mutual TLS with the certificate the node has, and the new pair
+ * written in its place. The key never leaves the node; only a node still bound (not revoked) and
+ * presenting its current or previous certificate gets a new one.
+ *
+ *   sleep until renewAt(cert) ──► key + CSR ──► RenewCertificate (mTLS: current cert; server pinned
+ *        ▲                                       to the cluster CA and a server identity)
+ *        │   ok: write node.key/.crt, onRenewed ─┘
+ *        └── unavailable: retry in a tenth of what is left (1 s to 30 s)
+ *            refused (revoked, not its certificate): stop, and say it must join again
+ */
+import { X509Certificate } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
+import type { Logger } from "../../pkg/log/index.js";
+import { generateKeyAndCsr, renewAt, writeLeaf } from "../../pkg/pki/index.js";
+import { type NodeCredentials, serverOnly } from "./join.js";
+
+export interface RenewerOptions {
+  server: string;
+  dir: string;
+  node: string;
+  log: Logger;
+  /** Told of every new certificate (a TLS listener reloads it). */
+  onRenewed?: (creds: NodeCredentials) => void;
+}
+
+export class CertRenewer {
+  /** How many renewals succeeded (tests and metrics). */
+  renewals = 0;
+  /** Set when the server refused for good (revoked): the loop has ended. */
+  refused: string | undefined;
+
+  constructor(
+    private creds: NodeCredentials,
+    private readonly opts: RenewerOptions,
+  ) {}
+
+  get current(): NodeCredentials {
+    return this.creds;
+  }
+
+  /** Renews at two thirds of each certificate's life until `signal` aborts or the server refuses. */
+  async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      // At least a second apart, whatever the certificate says: never a tight loop of renewals.
+      const wait = Math.max(renewAt(this.creds.cert).getTime() - Date.now(), this.renewals > 0 ? 1000 : 0);
+      if (wait > 0 && !(await pause(wait, signal))) return;
+      try {
+        await this.renewOnce(signal);
+      } catch (e) {
+        if (signal.aborted) return;
+        const err = ConnectError.from(e);
+        if (err.code === Code.PermissionDenied || err.code === Code.Unauthenticated) {
+          this.refused = err.rawMessage;
+          this.opts.log.error({ err: err.rawMessage }, "certificate renewal refused: this node must join again with a new token");
+          return;
+        }
+        const left = Date.parse(this.creds.cert.validTo) - Date.now();
+        const retry = Math.min(30_000, Math.max(1000, left / 10));
+        this.opts.log.warn(
+          { err: err.rawMessage, retryMs: Math.round(retry), validTo: this.creds.cert.validTo },
+          "certificate renewal failed; retrying",
+        );
+        if (!(await pause(retry, signal))) return;
+      }
+    }
+  }
+
+  /** One renewal, now. */
+  async renewOnce(signal?: AbortSignal): Promise<NodeCredentials> {
+    const { keyPem, csrPem } = await generateKeyAndCsr(`node:${this.opts.node}`);
+    const transport = createConnectTransport({
+      baseUrl: this.opts.server,
+      httpVersion: "1.1",
+      nodeOptions: {
+        ca: this.creds.caPem,
+        cert: this.creds.certPem,
+        key: this.creds.keyPem,
+        checkServerIdentity: serverOnly,
+        agent: false,
+      },
+    });
+    const res = await createClient(IdentityService, transport).renewCertificate({ csrPem }, signal ? { signal } : {});
+    const cert = new X509Certificate(res.certPem);
+    if (!cert.verify(new X509Certificate(this.creds.caPem).publicKey))
+      throw new Error("the renewed certificate is not from the cluster CA");
+    await writeLeaf(this.opts.dir, "node", { keyPem, certPem: res.certPem });
+    this.creds = { keyPem, certPem: res.certPem, caPem: this.creds.caPem, cert };
+    this.renewals++;
+    this.opts.log.info({ validTo: cert.validTo, serial: cert.serialNumber }, "node certificate renewed");
+    this.opts.onRenewed?.(this.creds);
+    return this.creds;
+  }
+}
+
+/** Sleeps; false when the signal aborted it. */
+async function pause(ms: number, signal: AbortSignal): Promise<boolean> {
+  try {
+    await sleep(ms, undefined, { signal });
+    return true;
+  } catch {
+    return false;
+  }
+}

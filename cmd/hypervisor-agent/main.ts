@@ -6,6 +6,7 @@ import { join, resolve } from "node:path";
 import { Agent, agentSchema, buildDrivers, deadlinesOf, defaultNodeName, parseTaints } from "../../internal/agent/index.js";
 import { ensureCredentials, JoinRefusedError } from "../../internal/agent/join.js";
 import { CertRenewer } from "../../internal/agent/renew.js";
+import type { EndpointTls } from "../../internal/agent/endpoint.js";
 import { etcdOptions, openEtcdStore, waitForStore } from "../../pkg/cluster/etcd/index.js";
 import type { Loaded } from "../../pkg/config/index.js";
 import { runDaemon, untilAborted } from "../../pkg/daemon/index.js";
@@ -29,6 +30,8 @@ async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Pro
   );
   const log = logger("agent", { node: c.nodeName });
 
+  let endpointTls: EndpointTls | undefined;
+  let agent: Agent | undefined;
   if (c.server) {
     // Joined before anything else: the node's own key and a certificate of the cluster CA.
     const pkiDir = resolve(c.pkiDir || join(c.dataDir, "pki"));
@@ -36,8 +39,16 @@ async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Pro
       const token = c.joinTokenFile ? ((await readFile(c.joinTokenFile, "utf8")).split("\n")[0] ?? "").trim() : c.joinToken;
       const creds = await ensureCredentials({ server: c.server, token, node: c.nodeName, dir: pkiDir, log, signal });
       log.info({ pkiDir, expires: creds.cert.validTo }, "node certificate ready");
+      // The agent's endpoint serves mutual TLS with it: only servers of the cluster are served.
+      endpointTls = { key: creds.keyPem, cert: creds.certPem, ca: creds.caPem, requestCert: true, serversOnly: true };
       // Renewed at two thirds of its life for as long as the agent runs.
-      void new CertRenewer(creds, { server: c.server, dir: pkiDir, node: c.nodeName, log }).run(signal);
+      void new CertRenewer(creds, {
+        server: c.server,
+        dir: pkiDir,
+        node: c.nodeName,
+        log,
+        onRenewed: (n) => agent?.reloadEndpointTls(n.keyPem, n.certPem),
+      }).run(signal);
       // With https etcd endpoints and no certificate of its own configured, the node's is its
       // etcd identity (CN node:<name>, the user its confined role is granted to).
       if (!c.etcdCertFile && c.etcdEndpoints.every((e) => e.startsWith("https://"))) {
@@ -55,7 +66,7 @@ async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Pro
   const store = await openEtcdStore(etcdOptions(c));
   try {
     if (!(await waitForStore(store, c.etcdEndpoints, log, signal))) return 0;
-    const agent = new Agent({
+    agent = new Agent({
       store,
       nodeName: c.nodeName,
       drivers,
@@ -73,6 +84,7 @@ async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Pro
       taints: parseTaints(c.taint),
       address: c.address,
       listen: c.listen,
+      ...(endpointTls ? { endpointTls } : {}),
     });
     try {
       await agent.start(signal);

@@ -242,6 +242,11 @@ export class Agent {
     this.log.info({ assigned: this.assigned.size }, "agent started");
   }
 
+  /** Serves a renewed node key and certificate on the endpoint's new connections. */
+  reloadEndpointTls(key: string, cert: string): void {
+    this.endpoint?.reloadTls(key, cert);
+  }
+
   /** How many times the heartbeat lease expired and had to be granted again (the node was NotReady). */
   get heartbeatRegrants(): number {
     return this.heartbeat.regrants;

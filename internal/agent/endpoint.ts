@@ -1,19 +1,22 @@
 /*
  * The agent's endpoint: where AgentService (agent-service.ts) is served to the server, over gRPC
- * on HTTP/2: cleartext (h2c, prior knowledge) today, TLS when given a key and certificate (and
- * mutual TLS with requestCert and the cluster CA).
+ * on HTTP/2. A joined node serves mutual TLS with its node certificate: only a client whose
+ * certificate of the cluster CA names a server is served (serversOnly), and no token exists. A
+ * node that has not joined (the --dev agent, tests) serves h2c with a random bearer token.
  *
- *   server ──TCP──► h2 session (no activity for idleTimeout: closed; at most maxConcurrentStreams)
- *            ──/hypervisor.v1.AgentService/<Method>, authorization: Bearer <token>──► interceptor
- *            ──token matches──► handler │ otherwise Unauthenticated, before any handler runs
+ *   server ──TLS (client cert: server:<name>, else the handshake's socket is destroyed)──►
+ *            h2 session (no activity for idleTimeout: closed; at most maxConcurrentStreams)
+ *            ──/hypervisor.v1.AgentService/<Method>──► handler
+ *   h2c:     ──authorization: Bearer <token>──► interceptor ──token matches──► handler │ otherwise
+ *            Unauthenticated, before any handler runs
  *
- * The URL and a random token are published in the store (nodes/<node>/endpoint); only cluster members
- * (who can read the store) can present the token. The token goes when mTLS lands: the client's
- * certificate then says who calls.
+ * The URL (and for h2c the token) is published in nodes/<node>/endpoint.
  */
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import * as http2 from "node:http2";
 import type { AddressInfo, Socket } from "node:net";
+import type { TLSSocket } from "node:tls";
+import { identityOf } from "../../pkg/pki/index.js";
 import { Code, ConnectError, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { AgentService } from "../../api/gen/hypervisor/v1/agent_pb.js";
@@ -25,6 +28,11 @@ export interface EndpointTls {
   cert: string | Buffer;
   ca?: string | Buffer;
   requestCert?: boolean;
+  /**
+   * With requestCert: serve only clients whose certificate names a server of the cluster (a
+   * node's certificate, though of the same CA, is refused). No bearer token is then asked.
+   */
+  serversOnly?: boolean;
 }
 
 export interface EndpointOptions {
@@ -42,17 +50,22 @@ const WINDOW_BYTES = 1024 * 1024;
 const SESSION_WINDOW_BYTES = 8 * 1024 * 1024;
 
 export class AgentEndpoint {
-  readonly token = randomBytes(24).toString("base64url");
+  /** The bearer token callers present; empty when mutual TLS says who calls (serversOnly). */
+  readonly token: string;
   private server: http2.Http2Server | http2.Http2SecureServer | undefined;
   private readonly sessions = new Set<http2.Http2Session>();
   /** Ends every handler's signal: open logs and consoles close with the endpoint. */
   private readonly shutdown = new AbortController();
 
+  private secure: http2.Http2SecureServer | undefined;
+
   constructor(
     private readonly service: ServiceImpl<typeof AgentService>,
     private readonly log: Logger,
     private readonly opts: EndpointOptions = {},
-  ) {}
+  ) {
+    this.token = opts.tls?.serversOnly ? "" : randomBytes(24).toString("base64url");
+  }
 
   /** "https" with TLS, else "http": the scheme of the URL the agent publishes. */
   get scheme(): "http" | "https" {
@@ -63,7 +76,7 @@ export class AgentEndpoint {
   async listen(host: string, port: number): Promise<number> {
     const handler = connectNodeAdapter({
       routes: (router) => router.service(AgentService, this.service),
-      interceptors: [bearer(this.token)],
+      interceptors: this.token ? [bearer(this.token)] : [],
       // The server speaks gRPC to its agents; nothing else is offered.
       connect: false,
       grpcWeb: false,
@@ -92,7 +105,19 @@ export class AgentEndpoint {
     server.setTimeout(this.opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS);
     // Console keystrokes and screen updates are small messages that must not wait for Nagle.
     server.on("connection", (socket: Socket) => socket.setNoDelay(true));
-    server.on("secureConnection", (socket: Socket) => socket.setNoDelay(true));
+    server.on("secureConnection", (socket: TLSSocket) => {
+      socket.setNoDelay(true);
+      if (!tls?.serversOnly) return;
+      const raw = socket.getPeerCertificate().raw as Buffer | undefined;
+      const id = raw ? identityOf(new Uint8Array(raw)) : undefined;
+      if (id?.kind !== "server") {
+        this.log.warn(
+          { peer: socket.remoteAddress, identity: id ? `${id.kind}:${id.name}` : "none" },
+          "agent endpoint refused a client that is not a server",
+        );
+        socket.destroy();
+      }
+    });
     server.on("session", (s: http2.Http2Session) => {
       this.sessions.add(s);
       s.setLocalWindowSize(SESSION_WINDOW_BYTES);
@@ -103,6 +128,7 @@ export class AgentEndpoint {
       this.log.warn({ err: e.message, peer: socket.remoteAddress }, "agent endpoint refused a TLS client");
     });
     this.server = server;
+    this.secure = tls ? (server as http2.Http2SecureServer) : undefined;
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen(port, host, () => {
@@ -111,6 +137,13 @@ export class AgentEndpoint {
       });
     });
     return (server.address() as AddressInfo).port;
+  }
+
+  /** Serves a renewed key and certificate to new connections (open ones keep theirs). */
+  reloadTls(key: string | Buffer, cert: string | Buffer): void {
+    const tls = this.opts.tls;
+    if (!tls || !this.secure) return;
+    this.secure.setSecureContext({ key, cert, ...(tls.ca ? { ca: tls.ca } : {}) });
   }
 
   async close(): Promise<void> {

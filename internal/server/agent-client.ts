@@ -27,6 +27,8 @@ import {
 import type { ConsoleKind } from "../../api/gen/hypervisor/v1/console_pb.js";
 import type { Image } from "../../api/gen/hypervisor/v1/image_pb.js";
 import type { Store } from "../../pkg/cluster/store/index.js";
+import type { PeerCertificate } from "node:tls";
+import { identityOf } from "../../pkg/pki/index.js";
 import { Channel } from "./channel.js";
 import { readEndpoint as agentEndpoint } from "../../pkg/cluster/state/index.js";
 
@@ -211,23 +213,43 @@ export class AgentClient {
   private async reach(node: string, signal: AbortSignal): Promise<Reached> {
     const ep = await agentEndpoint(this.store, node, signal);
     if (!ep) throw new ConnectError(`the agent of node ${node} publishes no endpoint (is it running?)`, Code.Unavailable);
-    let s = this.sessions.get(ep.url);
+    // Keyed by node and URL: a session's TLS checks that the agent's certificate names this node.
+    const key = `${node} ${ep.url}`;
+    let s = this.sessions.get(key);
     if (s)
-      this.sessions.delete(ep.url); // re-inserted below: the map's order is the use order
-    else s = this.session(ep.url);
-    this.sessions.set(ep.url, s);
+      this.sessions.delete(key); // re-inserted below: the map's order is the use order
+    else s = this.session(ep.url, node);
+    this.sessions.set(key, s);
     for (const [url, old] of this.sessions) {
       if (this.sessions.size <= MAX_SESSIONS) break;
       old.manager.abort();
       this.sessions.delete(url);
     }
-    return { client: s.client, headers: { authorization: `Bearer ${ep.token}` }, url: ep.url };
+    // A joined agent serves mutual TLS and publishes no token; one that has not joined, h2c and a token.
+    return { client: s.client, headers: ep.token ? { authorization: `Bearer ${ep.token}` } : {}, url: ep.url };
   }
 
-  private session(url: string): { manager: Http2SessionManager; client: Client<typeof AgentService> } {
+  private session(url: string, node: string): { manager: Http2SessionManager; client: Client<typeof AgentService> } {
     const tls = this.opts.tls;
+    if (url.startsWith("https:") && !tls)
+      throw new ConnectError(
+        `the agent of node ${node} serves TLS (${url}) and this server has no cluster certificate to call it with`,
+        Code.Unavailable,
+      );
     const tlsOptions = tls
-      ? { ...(tls.ca ? { ca: tls.ca } : {}), ...(tls.cert ? { cert: tls.cert } : {}), ...(tls.key ? { key: tls.key } : {}) }
+      ? {
+          ...(tls.ca ? { ca: tls.ca } : {}),
+          ...(tls.cert ? { cert: tls.cert } : {}),
+          ...(tls.key ? { key: tls.key } : {}),
+          // The agent's certificate must name the node the server meant to reach: not another
+          // node's agent, not a server, whatever address the store says.
+          checkServerIdentity: (_host: string, cert: PeerCertificate) => {
+            const id = cert.raw ? identityOf(new Uint8Array(cert.raw)) : undefined;
+            return id?.kind === "node" && id.name === node
+              ? undefined
+              : new Error(`the agent at ${url} presents ${id ? `${id.kind}:${id.name}` : "no cluster identity"}, not node:${node}`);
+          },
+        }
       : {};
     // Node's http2.connect hands these to net.connect / tls.connect. Console keystrokes and screen
     // updates are small messages that must not wait for Nagle.

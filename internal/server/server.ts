@@ -136,7 +136,8 @@ export class Server {
       leader: () => (opts.leadership ? opts.leadership.leader() : this.serverId),
       componentHealth: () => ({ ...this.health }),
       clientLimits: new ClientLimits(opts.clientLimits),
-      agents: new AgentClient(store),
+      // Agents that joined serve mutual TLS: this server calls them with its own certificate.
+      agents: new AgentClient(store, opts.tls ? { tls: { ca: opts.tls.caPem, cert: opts.tls.certPem, key: opts.tls.keyPem } } : {}),
     };
     this.consoles = new ConsoleProxy(this.ctx, this.opts.consoleLocalDirect ?? true);
   }

@@ -10,6 +10,11 @@ import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import * as http2 from "node:http2";
+import { create } from "@bufbuild/protobuf";
+import { NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
+import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
+import { codecs, keys } from "../../pkg/cluster/state/index.js";
 import { identityOf } from "../../pkg/pki/index.js";
 import { startEtcd, type EtcdProcess } from "../support/etcd.js";
 import { binPath, freePort, Proc, until } from "../support/procs.js";
@@ -76,6 +81,46 @@ describe("join through the binaries (etcd, TLS server, ctl, agents)", { timeout:
     await until("w1 Ready", async () => /w1\s+Ready/.test(await ctl("node", "list")));
     const listed = await ctl("join-token", "list");
     assert.match(listed, /w1/);
+
+    // The agent channel is mutual TLS: an https endpoint and no token in the store; the server
+    // reaches it (ListImages answers), ...
+    const store = await openEtcdStore({ endpoints: [etcd.endpoint] });
+    try {
+      const ep = codecs.endpoint.decode((await store.get(keys.endpoint("w1")))!.value);
+      assert.match(ep.url, /^https:\/\//);
+      assert.equal(ep.token, "", "no bearer token in the store");
+      const listed = JSON.parse(await ctl("image", "list", "--node", "w1", "-o", "json")) as { unreachable?: Record<string, string> };
+      assert.deepEqual(listed.unreachable ?? {}, {});
+      // ... refuses an endpoint whose certificate names another node (a record pointing at w1's agent) ...
+      await store.put(keys.node("ghost"), codecs.node.encode(create(NodeSchema, { name: "ghost" })));
+      await store.put(keys.alive("ghost"), new Uint8Array([1]));
+      await store.put(keys.endpoint("ghost"), codecs.endpoint.encode(ep));
+      const ghost = await until("ghost listed", async () => {
+        const r = JSON.parse(await ctl("image", "list", "--node", "ghost", "-o", "json")) as { unreachable?: Record<string, string> };
+        return r.unreachable?.ghost ? r.unreachable.ghost : undefined;
+      });
+      assert.match(ghost, /presents node:w1, not node:ghost/);
+      // ... and the agent refuses a client that is not a server, even one with this cluster's certificate (its own).
+      const d = join(dir, "w1", "pki");
+      const [ca, cert, key] = await Promise.all(["ca.crt", "node.crt", "node.key"].map((f) => readFile(join(d, f), "utf8")));
+      const refused = await new Promise<string>((resolve) => {
+        const session = http2.connect(ep.url, { ca, cert, key, checkServerIdentity: () => undefined });
+        session.on("error", (e: Error) => resolve(e.message));
+        session.on("close", () => resolve("closed"));
+        const req = session.request({
+          ":path": "/hypervisor.v1.AgentService/ListImages",
+          ":method": "POST",
+          "content-type": "application/grpc",
+        });
+        req.on("error", (e: Error) => resolve(e.message));
+        req.on("response", () => resolve("answered"));
+        req.end();
+      });
+      assert.notEqual(refused, "answered");
+      await until("the agent says why", async () => a.output.some((l) => /refused a client that is not a server/.test(l)));
+    } finally {
+      await store.close();
+    }
 
     // Its etcd identity: user node:w1 with the role of its own keys (granted at the join).
     const etcdctl = async (...args: string[]) =>

@@ -5,7 +5,7 @@ import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { Agent, agentSchema, buildDrivers, deadlinesOf, defaultNodeName, parseTaints } from "../../internal/agent/index.js";
 import { ensureCredentials, JoinRefusedError } from "../../internal/agent/join.js";
-import { CertRenewer } from "../../internal/agent/renew.js";
+import { CertRenewer, lookupThroughServer } from "../../internal/agent/renew.js";
 import type { EndpointTls } from "../../internal/agent/endpoint.js";
 import { etcdOptions, openEtcdStore, waitForStore } from "../../pkg/cluster/etcd/index.js";
 import type { Loaded } from "../../pkg/config/index.js";
@@ -31,6 +31,7 @@ async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Pro
   const log = logger("agent", { node: c.nodeName });
 
   let endpointTls: EndpointTls | undefined;
+  let lookup: ReturnType<typeof lookupThroughServer> | undefined;
   let agent: Agent | undefined;
   if (c.server) {
     // Joined before anything else: the node's own key and a certificate of the cluster CA.
@@ -42,13 +43,16 @@ async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Pro
       // The agent's endpoint serves mutual TLS with it: only servers of the cluster are served.
       endpointTls = { key: creds.keyPem, cert: creds.certPem, ca: creds.caPem, requestCert: true, serversOnly: true };
       // Renewed at two thirds of its life for as long as the agent runs.
-      void new CertRenewer(creds, {
+      const renewer = new CertRenewer(creds, {
         server: c.server,
         dir: pkiDir,
         node: c.nodeName,
         log,
         onRenewed: (n) => agent?.reloadEndpointTls(n.keyPem, n.certPem),
-      }).run(signal);
+      });
+      void renewer.run(signal);
+      // What it finds unassigned it asks a server about: its etcd role cannot read instances/.
+      lookup = lookupThroughServer(c.server, () => renewer.current);
       // With https etcd endpoints and no certificate of its own configured, the node's is its
       // etcd identity (CN node:<name>, the user its confined role is granted to).
       if (!c.etcdCertFile && c.etcdEndpoints.every((e) => e.startsWith("https://"))) {
@@ -85,6 +89,7 @@ async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Pro
       address: c.address,
       listen: c.listen,
       ...(endpointTls ? { endpointTls } : {}),
+      ...(lookup ? { lookup } : {}),
     });
     try {
       await agent.start(signal);

@@ -21,7 +21,12 @@ import { Server } from "../server/server.js";
 import { serverTls } from "../server/tls-setup.js";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ensureCredentials, JoinRefusedError, loadCredentials } from "./join.js";
-import { CertRenewer } from "./renew.js";
+import { CertRenewer, lookupThroughServer } from "./renew.js";
+import { create } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { AgentSupportService } from "../../api/gen/hypervisor/v1/agent_pb.js";
+import { InstanceSchema } from "../../api/gen/hypervisor/v1/instance_pb.js";
+import { codecs, keys as keysOf } from "../../pkg/cluster/state/index.js";
 
 const log = logger("test");
 
@@ -213,6 +218,35 @@ describe("node certificate renewal and revocation", () => {
     await after.run(AbortSignal.timeout(30_000)); // renews at once (past two thirds soon), is refused, and ends
     assert.match(after.refused ?? "", /node r1 is revoked/);
     assert.equal(after.renewals, 0);
+  });
+
+  it("a node looks up an instance it runs unassigned through a server; nobody else may ask", async () => {
+    const { token } = await api.createJoinToken({ maxUses: 1 });
+    const creds = await ensureCredentials({ server: server.url, token, node: "l1", dir: join(dir, "l1"), log });
+    const lookup = lookupThroughServer(server.url, () => creds);
+    assert.equal(await lookup("nowhere", AbortSignal.timeout(10_000)), undefined);
+    const moved = create(InstanceSchema, {
+      name: "moved-1",
+      uid: "uid-moved-1",
+      spec: { driver: "mock", ephemeralDisks: true, secretEnv: { K: "v" } },
+      status: { node: "elsewhere" },
+      deleteTime: timestampNow(),
+    });
+    await store.put(keysOf.instance("moved-1"), codecs.instance.encode(moved));
+    assert.deepEqual(await lookup("moved-1", AbortSignal.timeout(10_000)), {
+      uid: "uid-moved-1",
+      node: "elsewhere",
+      deleting: true,
+      ephemeralDisks: true,
+    });
+    const anonymous = createClient(
+      AgentSupportService,
+      createConnectTransport({ baseUrl: server.url, httpVersion: "1.1", nodeOptions: { ca: creds.caPem } }),
+    );
+    await assert.rejects(anonymous.lookupInstance({ name: "moved-1" }), (e: unknown) => {
+      assert.equal(ConnectError.from(e).code, Code.Unauthenticated);
+      return true;
+    });
   });
 
   it("refuses a renewal without a node certificate, and one asking for another node's name", async () => {

@@ -15,6 +15,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
+import { AgentSupportService } from "../../api/gen/hypervisor/v1/agent_pb.js";
+import type { KnownInstance } from "./orphans.js";
 import type { Logger } from "../../pkg/log/index.js";
 import { generateKeyAndCsr, renewAt, writeLeaf } from "../../pkg/pki/index.js";
 import { type NodeCredentials, serverOnly } from "./join.js";
@@ -105,4 +107,25 @@ async function pause(ms: number, signal: AbortSignal): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/**
+ * The agent's `lookup` through a server (AgentSupportService), for a node whose etcd role cannot
+ * read instances/: mutual TLS with the node's current certificate, to a server of its CA. An error
+ * (no server reachable) is thrown: the reconciler retries, and decides nothing meanwhile.
+ */
+export function lookupThroughServer(
+  server: string,
+  creds: () => NodeCredentials,
+): (name: string, signal: AbortSignal) => Promise<KnownInstance | undefined> {
+  return async (name, signal) => {
+    const c = creds();
+    const transport = createConnectTransport({
+      baseUrl: server,
+      httpVersion: "1.1",
+      nodeOptions: { ca: c.caPem, cert: c.certPem, key: c.keyPem, checkServerIdentity: serverOnly },
+    });
+    const r = await createClient(AgentSupportService, transport).lookupInstance({ name }, { signal });
+    return r.found ? { uid: r.uid, node: r.node, deleting: r.deleting, ephemeralDisks: r.ephemeralDisks } : undefined;
+  };
 }

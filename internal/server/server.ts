@@ -30,6 +30,8 @@ import { GcController } from "./gc-controller.js";
 import { type ConnectionLimits, listen, type Listening, type TlsSettings, tlsPeer } from "./http.js";
 import { identityOfPeer, peerIdentity } from "./peer.js";
 import { identityService } from "./identity-service.js";
+import { agentSupportService } from "./agent-support-service.js";
+import { AgentSupportService } from "../../api/gen/hypervisor/v1/agent_pb.js";
 import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
 import type { CertificateAuthority } from "../../pkg/pki/index.js";
 import { OriginPolicy, type OriginPolicyOptions } from "./origin-policy.js";
@@ -154,6 +156,8 @@ export class Server {
     router.service(ClusterService, clusterService(this.ctx));
     router.service(ImageService, imageService(this.ctx, this.opts.maxImageBytes));
     router.service(ConsoleService, consoleService(this.ctx, this.opts.consoleTicketTtlMs));
+    // Only useful (and only reachable by a node) over TLS, where clients prove who they are.
+    if (this.opts.tls) router.service(AgentSupportService, agentSupportService(this.ctx));
     if (this.opts.identity)
       router.service(
         IdentityService,

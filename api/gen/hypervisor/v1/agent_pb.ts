@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hypervisor/v1/agent.proto.
  */
 export const file_hypervisor_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChloeXBlcnZpc29yL3YxL2FnZW50LnByb3RvEg1oeXBlcnZpc29yLnYxIlEKHUFnZW50U2VydmljZVN0cmVhbUxvZ3NSZXF1ZXN0EgwKBG5hbWUYASABKAkSEgoKdGFpbF9ieXRlcxgCIAEoBBIOCgZmb2xsb3cYAyABKAgiLgoeQWdlbnRTZXJ2aWNlU3RyZWFtTG9nc1Jlc3BvbnNlEgwKBGRhdGEYASABKAwibQoeQWdlbnRTZXJ2aWNlSW1wb3J0SW1hZ2VSZXF1ZXN0EjIKBmhlYWRlchgBIAEoCzIgLmh5cGVydmlzb3IudjEuQWdlbnRJbXBvcnRIZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQiIwoRQWdlbnRJbXBvcnRIZWFkZXISDgoGZHJpdmVyGAEgASgJIkcKH0FnZW50U2VydmljZUltcG9ydEltYWdlUmVzcG9uc2USJAoGaW1hZ2VzGAEgAygLMhQuaHlwZXJ2aXNvci52MS5JbWFnZSIfCh1BZ2VudFNlcnZpY2VMaXN0SW1hZ2VzUmVxdWVzdCJGCh5BZ2VudFNlcnZpY2VMaXN0SW1hZ2VzUmVzcG9uc2USJAoGaW1hZ2VzGAEgAygLMhQuaHlwZXJ2aXNvci52MS5JbWFnZSI7Ch5BZ2VudFNlcnZpY2VQdXJnZU9ycGhhblJlcXVlc3QSDAoEbmFtZRgBIAEoCRILCgN1aWQYAiABKAkiIQofQWdlbnRTZXJ2aWNlUHVyZ2VPcnBoYW5SZXNwb25zZSJlChpBZ2VudFNlcnZpY2VDb25zb2xlUmVxdWVzdBIvCgRvcGVuGAEgASgLMh8uaHlwZXJ2aXNvci52MS5BZ2VudENvbnNvbGVPcGVuSAASDgoEZGF0YRgCIAEoDEgAQgYKBHBhcnQiSgoQQWdlbnRDb25zb2xlT3BlbhIMCgRuYW1lGAEgASgJEigKBGtpbmQYAiABKA4yGi5oeXBlcnZpc29yLnYxLkNvbnNvbGVLaW5kImoKG0FnZW50U2VydmljZUNvbnNvbGVSZXNwb25zZRIzCgZvcGVuZWQYASABKAsyIS5oeXBlcnZpc29yLnYxLkFnZW50Q29uc29sZU9wZW5lZEgAEg4KBGRhdGEYAiABKAxIAEIGCgRwYXJ0IhQKEkFnZW50Q29uc29sZU9wZW5lZCIxCiFBZ2VudFNlcnZpY2VDb25zb2xlQWRkcmVzc1JlcXVlc3QSDAoEbmFtZRgBIAEoCSJwCiJBZ2VudFNlcnZpY2VDb25zb2xlQWRkcmVzc1Jlc3BvbnNlEhAKBnNvY2tldBgBIAEoCUgAEi0KA3RjcBgCIAEoCzIeLmh5cGVydmlzb3IudjEuQWdlbnRUY3BBZGRyZXNzSABCCQoHYWRkcmVzcyItCg9BZ2VudFRjcEFkZHJlc3MSDAoEaG9zdBgBIAEoCRIMCgRwb3J0GAIgASgNMqEFCgxBZ2VudFNlcnZpY2USawoKU3RyZWFtTG9ncxIsLmh5cGVydmlzb3IudjEuQWdlbnRTZXJ2aWNlU3RyZWFtTG9nc1JlcXVlc3QaLS5oeXBlcnZpc29yLnYxLkFnZW50U2VydmljZVN0cmVhbUxvZ3NSZXNwb25zZTABEm4KC0ltcG9ydEltYWdlEi0uaHlwZXJ2aXNvci52MS5BZ2VudFNlcnZpY2VJbXBvcnRJbWFnZVJlcXVlc3QaLi5oeXBlcnZpc29yLnYxLkFnZW50U2VydmljZUltcG9ydEltYWdlUmVzcG9uc2UoARJpCgpMaXN0SW1hZ2VzEiwuaHlwZXJ2aXNvci52MS5BZ2VudFNlcnZpY2VMaXN0SW1hZ2VzUmVxdWVzdBotLmh5cGVydmlzb3IudjEuQWdlbnRTZXJ2aWNlTGlzdEltYWdlc1Jlc3BvbnNlEmwKC1B1cmdlT3JwaGFuEi0uaHlwZXJ2aXNvci52MS5BZ2VudFNlcnZpY2VQdXJnZU9ycGhhblJlcXVlc3QaLi5oeXBlcnZpc29yLnYxLkFnZW50U2VydmljZVB1cmdlT3JwaGFuUmVzcG9uc2USZAoHQ29uc29sZRIpLmh5cGVydmlzb3IudjEuQWdlbnRTZXJ2aWNlQ29uc29sZVJlcXVlc3QaKi5oeXBlcnZpc29yLnYxLkFnZW50U2VydmljZUNvbnNvbGVSZXNwb25zZSgBMAESdQoOQ29uc29sZUFkZHJlc3MSMC5oeXBlcnZpc29yLnYxLkFnZW50U2VydmljZUNvbnNvbGVBZGRyZXNzUmVxdWVzdBoxLmh5cGVydmlzb3IudjEuQWdlbnRTZXJ2aWNlQ29uc29sZUFkZHJlc3NSZXNwb25zZWIGcHJvdG8z", [file_hypervisor_v1_console, file_hypervisor_v1_image]);
+  fileDesc("ChloeXBlcnZpc29yL3YxL2FnZW50LnByb3RvEg1oeXBlcnZpc29yLnYxIlEKHUFnZW50U2VydmljZVN0cmVhbUxvZ3NSZXF1ZXN0EgwKBG5hbWUYASABKAkSEgoKdGFpbF9ieXRlcxgCIAEoBBIOCgZmb2xsb3cYAyABKAgiLgoeQWdlbnRTZXJ2aWNlU3RyZWFtTG9nc1Jlc3BvbnNlEgwKBGRhdGEYASABKAwibQoeQWdlbnRTZXJ2aWNlSW1wb3J0SW1hZ2VSZXF1ZXN0EjIKBmhlYWRlchgBIAEoCzIgLmh5cGVydmlzb3IudjEuQWdlbnRJbXBvcnRIZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQiIwoRQWdlbnRJbXBvcnRIZWFkZXISDgoGZHJpdmVyGAEgASgJIkcKH0FnZW50U2VydmljZUltcG9ydEltYWdlUmVzcG9uc2USJAoGaW1hZ2VzGAEgAygLMhQuaHlwZXJ2aXNvci52MS5JbWFnZSIfCh1BZ2VudFNlcnZpY2VMaXN0SW1hZ2VzUmVxdWVzdCJGCh5BZ2VudFNlcnZpY2VMaXN0SW1hZ2VzUmVzcG9uc2USJAoGaW1hZ2VzGAEgAygLMhQuaHlwZXJ2aXNvci52MS5JbWFnZSI7Ch5BZ2VudFNlcnZpY2VQdXJnZU9ycGhhblJlcXVlc3QSDAoEbmFtZRgBIAEoCRILCgN1aWQYAiABKAkiIQofQWdlbnRTZXJ2aWNlUHVyZ2VPcnBoYW5SZXNwb25zZSJlChpBZ2VudFNlcnZpY2VDb25zb2xlUmVxdWVzdBIvCgRvcGVuGAEgASgLMh8uaHlwZXJ2aXNvci52MS5BZ2VudENvbnNvbGVPcGVuSAASDgoEZGF0YRgCIAEoDEgAQgYKBHBhcnQiSgoQQWdlbnRDb25zb2xlT3BlbhIMCgRuYW1lGAEgASgJEigKBGtpbmQYAiABKA4yGi5oeXBlcnZpc29yLnYxLkNvbnNvbGVLaW5kImoKG0FnZW50U2VydmljZUNvbnNvbGVSZXNwb25zZRIzCgZvcGVuZWQYASABKAsyIS5oeXBlcnZpc29yLnYxLkFnZW50Q29uc29sZU9wZW5lZEgAEg4KBGRhdGEYAiABKAxIAEIGCgRwYXJ0IhQKEkFnZW50Q29uc29sZU9wZW5lZCIxCiFBZ2VudFNlcnZpY2VDb25zb2xlQWRkcmVzc1JlcXVlc3QSDAoEbmFtZRgBIAEoCSJwCiJBZ2VudFNlcnZpY2VDb25zb2xlQWRkcmVzc1Jlc3BvbnNlEhAKBnNvY2tldBgBIAEoCUgAEi0KA3RjcBgCIAEoCzIeLmh5cGVydmlzb3IudjEuQWdlbnRUY3BBZGRyZXNzSABCCQoHYWRkcmVzcyItCg9BZ2VudFRjcEFkZHJlc3MSDAoEaG9zdBgBIAEoCRIMCgRwb3J0GAIgASgNIiUKFUxvb2t1cEluc3RhbmNlUmVxdWVzdBIMCgRuYW1lGAEgASgJIm0KFkxvb2t1cEluc3RhbmNlUmVzcG9uc2USDQoFZm91bmQYASABKAgSCwoDdWlkGAIgASgJEgwKBG5vZGUYAyABKAkSEAoIZGVsZXRpbmcYBCABKAgSFwoPZXBoZW1lcmFsX2Rpc2tzGAUgASgIMqEFCgxBZ2VudFNlcnZpY2USawoKU3RyZWFtTG9ncxIsLmh5cGVydmlzb3IudjEuQWdlbnRTZXJ2aWNlU3RyZWFtTG9nc1JlcXVlc3QaLS5oeXBlcnZpc29yLnYxLkFnZW50U2VydmljZVN0cmVhbUxvZ3NSZXNwb25zZTABEm4KC0ltcG9ydEltYWdlEi0uaHlwZXJ2aXNvci52MS5BZ2VudFNlcnZpY2VJbXBvcnRJbWFnZVJlcXVlc3QaLi5oeXBlcnZpc29yLnYxLkFnZW50U2VydmljZUltcG9ydEltYWdlUmVzcG9uc2UoARJpCgpMaXN0SW1hZ2VzEiwuaHlwZXJ2aXNvci52MS5BZ2VudFNlcnZpY2VMaXN0SW1hZ2VzUmVxdWVzdBotLmh5cGVydmlzb3IudjEuQWdlbnRTZXJ2aWNlTGlzdEltYWdlc1Jlc3BvbnNlEmwKC1B1cmdlT3JwaGFuEi0uaHlwZXJ2aXNvci52MS5BZ2VudFNlcnZpY2VQdXJnZU9ycGhhblJlcXVlc3QaLi5oeXBlcnZpc29yLnYxLkFnZW50U2VydmljZVB1cmdlT3JwaGFuUmVzcG9uc2USZAoHQ29uc29sZRIpLmh5cGVydmlzb3IudjEuQWdlbnRTZXJ2aWNlQ29uc29sZVJlcXVlc3QaKi5oeXBlcnZpc29yLnYxLkFnZW50U2VydmljZUNvbnNvbGVSZXNwb25zZSgBMAESdQoOQ29uc29sZUFkZHJlc3MSMC5oeXBlcnZpc29yLnYxLkFnZW50U2VydmljZUNvbnNvbGVBZGRyZXNzUmVxdWVzdBoxLmh5cGVydmlzb3IudjEuQWdlbnRTZXJ2aWNlQ29uc29sZUFkZHJlc3NSZXNwb25zZTJ0ChNBZ2VudFN1cHBvcnRTZXJ2aWNlEl0KDkxvb2t1cEluc3RhbmNlEiQuaHlwZXJ2aXNvci52MS5Mb29rdXBJbnN0YW5jZVJlcXVlc3QaJS5oeXBlcnZpc29yLnYxLkxvb2t1cEluc3RhbmNlUmVzcG9uc2ViBnByb3RvMw", [file_hypervisor_v1_console, file_hypervisor_v1_image]);
 
 /**
  * @generated from message hypervisor.v1.AgentServiceStreamLogsRequest
@@ -386,6 +386,62 @@ export const AgentTcpAddressSchema: GenMessage<AgentTcpAddress> = /*@__PURE__*/
   messageDesc(file_hypervisor_v1_agent, 15);
 
 /**
+ * @generated from message hypervisor.v1.LookupInstanceRequest
+ */
+export type LookupInstanceRequest = Message<"hypervisor.v1.LookupInstanceRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message hypervisor.v1.LookupInstanceRequest.
+ * Use `create(LookupInstanceRequestSchema)` to create a new message.
+ */
+export const LookupInstanceRequestSchema: GenMessage<LookupInstanceRequest> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_agent, 16);
+
+/**
+ * @generated from message hypervisor.v1.LookupInstanceResponse
+ */
+export type LookupInstanceResponse = Message<"hypervisor.v1.LookupInstanceResponse"> & {
+  /**
+   * @generated from field: bool found = 1;
+   */
+  found: boolean;
+
+  /**
+   * @generated from field: string uid = 2;
+   */
+  uid: string;
+
+  /**
+   * The node it is placed on; empty while Pending.
+   *
+   * @generated from field: string node = 3;
+   */
+  node: string;
+
+  /**
+   * @generated from field: bool deleting = 4;
+   */
+  deleting: boolean;
+
+  /**
+   * @generated from field: bool ephemeral_disks = 5;
+   */
+  ephemeralDisks: boolean;
+};
+
+/**
+ * Describes the message hypervisor.v1.LookupInstanceResponse.
+ * Use `create(LookupInstanceResponseSchema)` to create a new message.
+ */
+export const LookupInstanceResponseSchema: GenMessage<LookupInstanceResponse> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_agent, 17);
+
+/**
  * What the server asks of one node's agent, for what cannot travel through the store: console
  * logs, image uploads, the purge of an orphan, console tunnels. Served by each agent on its
  * endpoint (the address it publishes in the store), over gRPC on HTTP/2; the server is its only
@@ -472,4 +528,26 @@ export const AgentService: GenService<{
   },
 }> = /*@__PURE__*/
   serviceDesc(file_hypervisor_v1_agent, 0);
+
+/**
+ * What an agent asks of the servers, for what a node confined to its own keys cannot read:
+ * served by hypervisor-server to nodes only (mutual TLS with a node certificate of the cluster CA).
+ *
+ * @generated from service hypervisor.v1.AgentSupportService
+ */
+export const AgentSupportService: GenService<{
+  /**
+   * What the cluster knows of an instance the calling node runs without an assignment there:
+   * whether a record of that name exists, its uid, where it is placed, whether it is being
+   * deleted and whether its disks are ephemeral. Nothing of its spec beyond that.
+   *
+   * @generated from rpc hypervisor.v1.AgentSupportService.LookupInstance
+   */
+  lookupInstance: {
+    methodKind: "unary";
+    input: typeof LookupInstanceRequestSchema;
+    output: typeof LookupInstanceResponseSchema;
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_hypervisor_v1_agent, 1);
 

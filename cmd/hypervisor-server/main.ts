@@ -13,7 +13,7 @@ import { Server } from "../../internal/server/server.js";
 import { staticUi } from "../../internal/server/static.js";
 import type { Driver } from "../../pkg/compute/driver/index.js";
 import { Election } from "../../pkg/cluster/election/index.js";
-import { type EtcdStore, etcdOptions, grantNode, openEtcdStore, revokeNode, waitForStore } from "../../pkg/cluster/etcd/index.js";
+import { enableAuth, type EtcdStore, etcdOptions, grantNode, openEtcdStore, revokeNode, waitForStore } from "../../pkg/cluster/etcd/index.js";
 import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
 import type { Loaded } from "../../pkg/config/index.js";
 import { runDaemon, untilAborted } from "../../pkg/daemon/index.js";
@@ -42,6 +42,16 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
     if (!(await waitForStore(etcd, c.etcdEndpoints, log, signal))) {
       await etcd.close();
       return 0;
+    }
+    if (c.etcdEnableAuth) {
+      try {
+        await enableAuth(etcd);
+        log.info("etcd auth on: servers are hypervisor-server, each joined node node:<name> with its own keys only");
+      } catch (e) {
+        log.error({ err: e }, "cannot turn etcd auth on (this server's etcd identity must be root or hypervisor-server)");
+        await etcd.close();
+        return 1;
+      }
     }
     store = etcd;
   } else {

@@ -41,6 +41,12 @@ export const serverSchema = {
     default: false,
     description: "allow tls: false on a listen address that is not loopback: every token and secret crosses the network readable",
   },
+  "etcd-enable-auth": {
+    type: "boolean",
+    default: false,
+    description:
+      "store etcd: at start, make etcd's root and hypervisor-server users and turn its auth on (idempotent); joined nodes then get a role confined to their own keys",
+  },
   store: { type: "string", default: "embedded", description: "cluster state: etcd or embedded (one machine, kept in data-dir)" },
   ...etcdSchema,
   "data-dir": { type: "string", default: "/var/lib/hypervisor/server", description: "embedded store (and --dev agent state)" },

@@ -48,6 +48,18 @@ export async function makeTestCa(name = "hypervisor-test-ca", parent = tmpdir())
     await rm(dir, { recursive: true, force: true });
     throw e;
   }
+  return caIn(dir, caFile, caKey);
+}
+
+/**
+ * The CA whose ca.crt and ca.key are in `caDir` (the cluster CA a server made), issuing into
+ * `dir`; remove() removes `dir` only.
+ */
+export function testCaIn(caDir: string, dir: string): TestCa {
+  return caIn(dir, join(caDir, "ca.crt"), join(caDir, "ca.key"));
+}
+
+function caIn(dir: string, caFile: string, caKey: string): TestCa {
   return {
     dir,
     caFile,

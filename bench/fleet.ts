@@ -1,7 +1,7 @@
 /*
  * A fleet of simulated nodes for the scale bench (bench/scale.ts starts one or more):
  *
- *   node dist/bench/fleet.js ETCD_URL PREFIX COUNT TTL_SECONDS DATA_DIR
+ *   node dist/bench/fleet.js ETCD_URL PREFIX COUNT TTL_SECONDS DATA_DIR [CA_FILE CERT_FILE KEY_FILE]
  *
  * runs COUNT real Agents (PREFIX-0 … PREFIX-(COUNT-1)) with the mock driver in this process:
  * each registers its node, keeps its own lease alive (TTL_SECONDS), reconciles its assignments and
@@ -19,18 +19,23 @@ import { keys } from "../pkg/cluster/state/index.js";
 import { logger } from "../pkg/log/index.js";
 import { SharedWatch } from "./shared-watch.js";
 
-const [endpoint, prefix, countArg, ttlArg, dir] = process.argv.slice(2);
+const [endpoint, prefix, countArg, ttlArg, dir, caFile, certFile, keyFile] = process.argv.slice(2);
 const count = Number(countArg);
 const ttl = Number(ttlArg);
 if (!endpoint || !dir || !prefix || !/^[a-z0-9]+$/.test(prefix) || !Number.isInteger(count) || !(ttl >= 1))
-  throw new Error("usage: fleet.js ETCD_URL PREFIX COUNT TTL_SECONDS DATA_DIR");
+  throw new Error("usage: fleet.js ETCD_URL PREFIX COUNT TTL_SECONDS DATA_DIR [CA CERT KEY]");
 
 const ac = new AbortController();
 setMaxListeners(count * 8 + 100, ac.signal);
 // A keep-alive stream for every few nodes, as each real node has its own: on one stream, a lease
 // that expired holds every renewal behind it until etcd has revoked it, and a few expiries
 // cascade into thousands (seen with 16 streams for 2,500 nodes).
-const store = await openEtcdStore({ endpoints: [endpoint], keepAliveStreams: Math.max(16, Math.ceil(count / 2)) });
+const store = await openEtcdStore({
+  endpoints: [endpoint],
+  keepAliveStreams: Math.max(16, Math.ceil(count / 2)),
+  // With TLS (bench/scale.ts by default): this fleet's etcd identity, a role of node keys only.
+  ...(caFile && certFile && keyFile ? { tls: { caFile, certFile, keyFile } } : {}),
+});
 // Only this fleet's nodes' assignments: the other fleets' events are none of its business.
 const shared = new SharedWatch(store, keys.assignments, `${keys.assignments}${prefix}-`);
 await shared.start(ac.signal);

@@ -21,11 +21,15 @@
  *   NotReady   alive/<node> keys deleted (a lease expired) and leases the fleets had to grant
  *              again, over all phases: both must be 0
  *
+ * TLS everywhere and etcd auth on by default (BENCH_SCALE_TLS=0 to compare): etcd with client
+ * certificates from the cluster CA and roles, the API over TLS; the baseline's puts go over the
+ * same TLS-and-auth etcd.
+ *
  * Each phase prints CPU seconds per process (from /proc): every process shares the two cores.
  * placements/s are printed as ratios to raw puts/s (goal: at least 0.30).
  */
 import { readFileSync } from "node:fs";
-import { access, constants, mkdtemp, rm } from "node:fs/promises";
+import { access, constants, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
@@ -34,7 +38,9 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { InstanceSchema, InstanceService, Phase } from "../api/gen/hypervisor/v1/instance_pb.js";
-import { openEtcdStore } from "../pkg/cluster/etcd/index.js";
+import { enableAuth, grantUser, openEtcdStore } from "../pkg/cluster/etcd/index.js";
+import { loadOrCreateCa } from "../pkg/pki/index.js";
+import { testCaIn } from "../test/support/pki.js";
 import { keys, parseNodeKey } from "../pkg/cluster/state/index.js";
 import { startEtcd } from "../test/support/etcd.js";
 import { binPath, freePort, Proc, until } from "../test/support/procs.js";
@@ -69,10 +75,38 @@ const shm = await access("/dev/shm", constants.W_OK).then(
   () => tmpdir(),
 );
 const dir = await mkdtemp(join(shm, "hv-bench-scale-"));
-const etcd = await startEtcd();
-const store = await openEtcdStore({ endpoints: [etcd.endpoint] });
+// TLS and etcd auth on, as production runs (BENCH_SCALE_TLS=0: cleartext, no auth, to compare):
+// the cluster CA in the servers' shared pki dir, etcd's certificates from it, the bench and the
+// servers as etcd user hypervisor-server (root), each fleet process as user fleet:<f> whose role
+// is a node's for every node of the bench (nodes/ read-write, assignments/ and the cluster id
+// read: one role for its 2,500 nodes rather than 5,000 roles and certificates).
+const TLS = process.env.BENCH_SCALE_TLS !== "0";
+const pkiDir = join(dir, "pki");
+await loadOrCreateCa(pkiDir);
+await mkdir(join(dir, "etcd-pki"), { mode: 0o700 });
+const testCa = testCaIn(pkiDir, join(dir, "etcd-pki"));
+const etcd = await startEtcd(TLS ? { tls: testCa } : {});
+const serverCert = TLS ? await testCa.issue("hypervisor-server") : undefined;
+const etcdTls = (c: { certFile: string; keyFile: string } | undefined) =>
+  c ? { tls: { caFile: testCa.caFile, certFile: c.certFile, keyFile: c.keyFile } } : {};
+const store = await openEtcdStore({ endpoints: [etcd.endpoint], ...etcdTls(serverCert) });
+if (TLS) await enableAuth(store);
+const caPem = TLS ? readFileSync(join(pkiDir, "ca.crt"), "utf8") : "";
 const procs: Proc[] = [];
 const ac = new AbortController();
+
+/** With TLS: fleet <f>'s etcd user and certificate (CA, cert, key files) as fleet.js arguments. */
+async function fleetIdentity(f: number): Promise<string[]> {
+  if (!TLS) return [];
+  const user = `fleet:f${f}`;
+  await grantUser(store, user, [
+    { access: "readwrite", key: keys.nodes, prefix: true },
+    { access: "read", key: keys.assignments, prefix: true },
+    { access: "read", key: keys.cluster, prefix: false },
+  ]);
+  const c = await testCa.issue(user);
+  return [testCa.caFile, c.certFile, c.keyFile];
+}
 try {
   await measurePuts(store, 500, CONCURRENCY, "/bench/warm/");
   // The baseline is the median of three rounds, two before the run and one after it (with the
@@ -91,7 +125,12 @@ try {
       [
         ...(profile ? ["--cpu-prof", `--cpu-prof-dir=${profile}`] : []),
         binPath("hypervisor-server"),
-        "--no-tls", // TODO(issue 13): run this on TLS
+        ...(TLS && serverCert
+          ? [
+              ...["--pki-dir", pkiDir, "--etcd-ca-file", testCa.caFile, "--etcd-cert-file", serverCert.certFile],
+              ...["--etcd-key-file", serverCert.keyFile, "--etcd-enable-auth"],
+            ]
+          : ["--no-tls"]),
         ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`],
         ...["--data-dir", join(dir, name), ...extra],
       ],
@@ -100,7 +139,12 @@ try {
     procs.push(proc);
     const client = createClient(
       InstanceService,
-      createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "2", useBinaryFormat: true }),
+      createConnectTransport({
+        baseUrl: `${TLS ? "https" : "http"}://127.0.0.1:${port}`,
+        httpVersion: "2",
+        useBinaryFormat: true,
+        ...(TLS ? { nodeOptions: { ca: caPem } } : {}),
+      }),
     );
     // Warn level prints no "listening" line: wait for the port instead.
     await until("the server", () => client.listInstances({ filter: { labelSelector: "probe=none" } }).then(() => true), 60_000, 200);
@@ -132,6 +176,7 @@ try {
         String(count),
         String(TTL),
         join(dir, `fleet-${f}`),
+        ...(await fleetIdentity(f)),
       ],
       env,
       "nice",
@@ -329,7 +374,8 @@ try {
       .join(", ");
   console.log(
     `hypervisor bench (scale): ${NODES} simulated nodes (mock driver, ${TTL} s leases, ${FLEETS} fleet processes at nice ${NICE}), ` +
-      `${INSTANCES} instances per phase, one scheduling server, etcd ${etcd.endpoint}`,
+      `${INSTANCES} instances per phase, one scheduling server, etcd ${etcd.endpoint}, ` +
+      (TLS ? "TLS everywhere and etcd auth on (client certificates, roles)" : "cleartext, etcd auth off"),
   );
   const row = (k: string, v: string) => console.log(`${k.padEnd(44)} ${v}`);
   row(

@@ -75,9 +75,16 @@ export async function enableAuth(store: EtcdStore, opts?: Options): Promise<void
 }
 
 /** Makes user and role node:<node> with exactly nodePermissions(node), correcting any difference. */
-export async function grantNode(store: EtcdStore, node: string, opts?: Options): Promise<void> {
-  const role = etcdNodeUser(node);
-  const want = nodePermissions(node).map(toEtcd);
+export function grantNode(store: EtcdStore, node: string, opts?: Options): Promise<void> {
+  return grantUser(store, etcdNodeUser(node), nodePermissions(node), opts);
+}
+
+/**
+ * Makes user and role `role` (the CN of its certificate) with exactly `permissions`, correcting
+ * any difference: a node's (grantNode), or a benchmark's simulated fleet of nodes.
+ */
+export async function grantUser(store: EtcdStore, role: string, permissions: EtcdPermission[], opts?: Options): Promise<void> {
+  const want = permissions.map(toEtcd);
   await store.authCall(opts, `add role ${role}`, (auth) => ignore(auth.roleAdd({ name: role }), EtcdRoleExistsError));
   const have = (await store.authCall(opts, `get role ${role}`, (auth) => auth.roleGet({ role }))).perm;
   for (const p of have) {

@@ -18,6 +18,7 @@ import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js"
 import { logger } from "../../pkg/log/index.js";
 import { caHash, createCa, generateKeyAndCsr, identityOf, parseCa, parseJoinToken, signNodeCsr } from "../../pkg/pki/index.js";
 import { Server } from "../server/server.js";
+import { until } from "../../test/support/procs.js";
 import { serverTls } from "../server/tls-setup.js";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ensureCredentials, JoinRefusedError, loadCredentials } from "./join.js";
@@ -185,7 +186,7 @@ describe("node certificate renewal and revocation", () => {
     const ac = new AbortController();
     const loop = renewer.run(ac.signal);
     const seen = new Set([first.cert.serialNumber]);
-    await until2("two renewals", () => renewer.renewals >= 2, 60_000);
+    await until("two renewals", () => renewer.renewals >= 2, 60_000);
     for (const c of [renewer.current]) seen.add(c.cert.serialNumber);
     ac.abort();
     await loop;
@@ -272,14 +273,6 @@ describe("node certificate renewal and revocation", () => {
     });
   });
 });
-
-async function until2(what: string, ok: () => boolean, ms: number): Promise<void> {
-  const end = Date.now() + ms;
-  while (!ok()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
 
 /**
  * An IdentityService over HTTPS with the CA given. Its certificate is a server's of that CA, or

@@ -1,5 +1,6 @@
-// The whole system with real processes: a real etcd, one hypervisor-server, two
-// hypervisor-agents (mock driver), driven through the hypervisor-ctl binary.
+// The whole system with real processes: a real etcd, one hypervisor-server serving TLS, two
+// hypervisor-agents (mock driver) joined with a token (mutual TLS between server and agents),
+// driven through the hypervisor-ctl binary.
 //
 //   create 20 → all Running within capacity → stop/start/delete → kill -9 an agent → NotReady
 //   after the TTL → restart it → Ready, instances adopted (not re-created) → restart the server
@@ -36,11 +37,14 @@ describe("cluster end to end (etcd, server, two agents, ctl)", { timeout: 600_00
   let port: number;
   let server: Proc;
   const agents = new Map<string, Proc>();
+  let joinToken = "";
 
   const ctl = async (...args: string[]): Promise<string> => {
-    const { stdout } = await run(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, ...args], {
-      timeout: 120_000,
-    });
+    const { stdout } = await run(
+      process.execPath,
+      [binPath("hypervisor-ctl"), "--server", `https://127.0.0.1:${port}`, "--ca-file", join(dir, "server", "pki", "ca.crt"), ...args],
+      { timeout: 120_000 },
+    );
     return stdout;
   };
   const ctlFails = async (...args: string[]): Promise<{ code: number; stderr: string; stdout: string }> => {
@@ -58,7 +62,6 @@ describe("cluster end to end (etcd, server, two agents, ctl)", { timeout: 600_00
   const startServer = () =>
     new Proc("server", [
       binPath("hypervisor-server"),
-      "--no-tls", // TODO(issue 13): run this on TLS
       "--store",
       "etcd",
       "--etcd-endpoints",
@@ -88,6 +91,8 @@ describe("cluster end to end (etcd, server, two agents, ctl)", { timeout: 600_00
       "10",
       "--capacity-memory-mib",
       "10240",
+      // Joined with a token (a restart uses the certificate it got): mutual TLS with the server.
+      ...["--server", `https://127.0.0.1:${port}`, "--join-token", joinToken],
     ]);
     agents.set(name, p);
     return p;
@@ -100,6 +105,7 @@ describe("cluster end to end (etcd, server, two agents, ctl)", { timeout: 600_00
     port = await freePort();
     server = startServer();
     await server.waitFor(/server listening/);
+    joinToken = (await ctl("join-token", "create", "--uses", "2")).trim();
     startAgent("node-a");
     startAgent("node-b");
     await until("both nodes Ready", async () => (await nodes()).filter((n) => n.condition === "NODE_CONDITION_READY").length === 2);

@@ -16,7 +16,8 @@ export function agentSupportService(ctx: ServerContext): ServiceImpl<typeof Agen
   return {
     async lookupInstance(req, hctx) {
       const peer = peerOf(hctx);
-      if (peer?.kind !== "node") throw new ConnectError("only a node of this cluster (a node certificate over mutual TLS) may ask", Code.Unauthenticated);
+      if (peer?.kind !== "node")
+        throw new ConnectError("only a node of this cluster (a node certificate over mutual TLS) may ask", Code.Unauthenticated);
       validateName("name", req.name);
       const kv = await ctx.store.get(keys.instance(req.name), { signal: hctx.signal });
       if (!kv) return { found: false };

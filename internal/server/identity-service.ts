@@ -23,7 +23,7 @@
 import { X509Certificate } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate, timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   type JoinToken,
   IdentityService,
@@ -74,6 +74,11 @@ export interface IdentityServiceOptions {
   onRevoke?: (node: string) => Promise<void>;
   /** Lifetime of a node certificate from Join (default 24 h); agents renew at two thirds of it. */
   nodeCertTtlSeconds?: number;
+  /**
+   * Who may mint, list and revoke join tokens and revoke nodes: the reason a caller may not, or
+   * undefined. Omitted: anyone who reaches the service (tests of the service alone).
+   */
+  operator?: (hctx: HandlerContext) => string | undefined;
   /** Clock for expiry decisions and certificate validity; tests fix it. */
   now?: () => Date;
   log?: Logger;
@@ -106,6 +111,11 @@ export function identityService(opts: IdentityServiceOptions): ServiceImpl<typeo
   const now = opts.now ?? (() => new Date());
   const certTtl = opts.nodeCertTtlSeconds ?? DEFAULT_NODE_CERT_TTL_SECONDS;
   const ourHash = caHash(ca.certPem);
+  /** Refuses a caller the operator methods are not for (opts.operator says why). */
+  const operator = (hctx: HandlerContext) => {
+    const why = opts.operator?.(hctx);
+    if (why) throw new ConnectError(why, Code.PermissionDenied);
+  };
 
   return {
     getCA() {
@@ -196,6 +206,7 @@ export function identityService(opts: IdentityServiceOptions): ServiceImpl<typeo
     },
 
     async createJoinToken(req, hctx) {
+      operator(hctx);
       if (req.node !== "") refuse(checkName("node", req.node));
       if (req.ttlSeconds > LIMITS.maxJoinTokenTtlSeconds) {
         throw invalid("ttl_seconds", `${req.ttlSeconds} is more than the maximum ${LIMITS.maxJoinTokenTtlSeconds} (one year)`);
@@ -266,6 +277,7 @@ export function identityService(opts: IdentityServiceOptions): ServiceImpl<typeo
     },
 
     async revokeNode(req, hctx) {
+      operator(hctx);
       refuse(checkName("node", req.node));
       const res = await update(
         store,
@@ -282,11 +294,13 @@ export function identityService(opts: IdentityServiceOptions): ServiceImpl<typeo
     },
 
     async listJoinTokens(_req, hctx) {
+      operator(hctx);
       const records = await listJoinTokens(store, { signal: hctx.signal });
       return { joinTokens: records.map(view) };
     },
 
     async revokeJoinToken(req, hctx) {
+      operator(hctx);
       if (!TOKEN_ID_RE.test(req.id)) throw invalid("id", `${show(req.id)} is not a join token id (6 lowercase letters or digits)`);
       for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
         const read = await readJoinToken(store, req.id, { signal: hctx.signal });

@@ -26,6 +26,18 @@ export function identityOfPeer(der: Buffer | undefined): Peer | undefined {
   }
 }
 
+/**
+ * Why a caller may not use the operator methods of cluster identity (minting join tokens, revoking
+ * nodes), or undefined: until users and roles exist (the access issue), only a client on the
+ * server's own machine (loopback, as k3s' `token create` reads the server's files) or another
+ * server of the cluster may, not whoever reaches the API from the network.
+ */
+export function operatorRefusal(address: string, peer: Peer | undefined): string | undefined {
+  if (peer?.kind === "server") return undefined;
+  if (address === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(address)) return undefined;
+  return `join tokens and node revocation are managed from a server's own machine (loopback) or by another server; ${address} is neither (users and roles come with the access issue)`;
+}
+
 export function peerOf(ctx: HandlerContext): Peer | undefined {
   return ctx.values.get(peerIdentity);
 }

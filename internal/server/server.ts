@@ -28,7 +28,7 @@ import { imageService } from "./image-service.js";
 import type { ServerContext } from "./context.js";
 import { GcController } from "./gc-controller.js";
 import { type ConnectionLimits, listen, type Listening, type TlsSettings, tlsPeer } from "./http.js";
-import { identityOfPeer, peerIdentity } from "./peer.js";
+import { identityOfPeer, operatorRefusal, peerIdentity, peerOf } from "./peer.js";
 import { identityService } from "./identity-service.js";
 import { agentSupportService } from "./agent-support-service.js";
 import { AgentSupportService } from "../../api/gen/hypervisor/v1/agent_pb.js";
@@ -161,7 +161,12 @@ export class Server {
     if (this.opts.identity)
       router.service(
         IdentityService,
-        identityService({ store: this.ctx.store, log: this.log.child({ component: "identity" }), ...this.opts.identity }),
+        identityService({
+          store: this.ctx.store,
+          log: this.log.child({ component: "identity" }),
+          operator: (hctx) => operatorRefusal(hctx.values.get(clientAddress), peerOf(hctx)),
+          ...this.opts.identity,
+        }),
       );
   };
 

@@ -247,6 +247,29 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
     assert.equal(await page.evaluate("window.__samePage"), true, "still the same page");
   });
 
+  /**
+   * Picks a driver in the create dialog's select. A click that lands while the select's menu is
+   * still closing from the last pick leaves it closed (seen under load): open it again then.
+   */
+  const chooseDriver = async (driver: string) => {
+    const item = page.locator(`[data-testid="driver-${driver}"]`);
+    for (let attempt = 1; ; attempt++) {
+      await page.click('[data-testid="create-driver"]');
+      try {
+        await item.waitFor({ state: "visible", timeout: 5_000 });
+        break;
+      } catch (e) {
+        if (attempt === 3) throw e;
+      }
+    }
+    await item.click();
+    const select = page.locator('[data-testid="create-driver"]');
+    await until(
+      `driver ${driver} chosen`,
+      async () => (await select.evaluate((el) => (el as unknown as { value: string }).value)) === driver,
+    );
+  };
+
   it("puts the client's and the server's form errors under the field they are about", async () => {
     const creates = () => calls.filter((c) => c === "CreateInstance").length;
     await page.click('[data-testid="create-instance"]');
@@ -265,8 +288,7 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
 
     // Client side, from the driver registry: a container needs an image, and a container form
     // has no kernel to set (the drivers and what each takes come from ListDrivers).
-    await page.click('[data-testid="create-driver"]');
-    await page.click('[data-testid="driver-containerd"]');
+    await chooseDriver("containerd");
     await page.locator('[data-testid="create-command"]').waitFor();
     assert.equal(await page.locator('[data-testid="create-kernel"]').count(), 0);
     await name.locator("input").fill("ui-box");
@@ -275,8 +297,7 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
     await imageError.waitFor();
     assert.equal(await imageError.innerText(), "spec.image: is required for the containerd driver");
     assert.equal(creates(), before, "nothing sent");
-    await page.click('[data-testid="create-driver"]');
-    await page.click('[data-testid="driver-mock"]');
+    await chooseDriver("mock");
     await page.locator('[data-testid="create-command"]').waitFor({ state: "detached" });
 
     // Server side, with a field prefix: reserved label keys are the server's policy.

@@ -75,8 +75,8 @@ export async function enableAuth(store: EtcdStore, opts?: Options): Promise<void
 }
 
 /** Makes user and role node:<node> with exactly nodePermissions(node), correcting any difference. */
-export function grantNode(store: EtcdStore, node: string, opts?: Options): Promise<void> {
-  return grantUser(store, etcdNodeUser(node), nodePermissions(node), opts);
+export async function grantNode(store: EtcdStore, node: string, opts?: Options): Promise<void> {
+  await grantUser(store, etcdNodeUser(node), nodePermissions(node), opts); // a bad name rejects, before anything is built
 }
 
 /**

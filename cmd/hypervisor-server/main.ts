@@ -13,7 +13,15 @@ import { Server } from "../../internal/server/server.js";
 import { staticUi } from "../../internal/server/static.js";
 import type { Driver } from "../../pkg/compute/driver/index.js";
 import { Election } from "../../pkg/cluster/election/index.js";
-import { enableAuth, type EtcdStore, etcdOptions, grantNode, openEtcdStore, revokeNode, waitForStore } from "../../pkg/cluster/etcd/index.js";
+import {
+  enableAuth,
+  type EtcdStore,
+  etcdOptions,
+  grantNode,
+  openEtcdStore,
+  revokeNode,
+  waitForStore,
+} from "../../pkg/cluster/etcd/index.js";
 import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
 import type { Loaded } from "../../pkg/config/index.js";
 import { runDaemon, untilAborted } from "../../pkg/daemon/index.js";

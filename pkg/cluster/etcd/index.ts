@@ -3,5 +3,14 @@
 // etcd's users and roles that confine each node to its own keys.
 export { EtcdStore, openEtcdStore, type EtcdStoreOptions } from "./etcd-store.js";
 export { etcdOptions, etcdSchema, waitForStore, type EtcdSettings } from "./settings.js";
-export { enableAuth, ETCD_SERVER_USER, etcdNodeUser, grantNode, grantUser, nodePermissions, revokeNode, type EtcdPermission } from "./auth.js";
+export {
+  enableAuth,
+  ETCD_SERVER_USER,
+  etcdNodeUser,
+  grantNode,
+  grantUser,
+  nodePermissions,
+  revokeNode,
+  type EtcdPermission,
+} from "./auth.js";
 export { InvalidNodeNameError } from "./errors.js";

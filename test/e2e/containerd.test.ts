@@ -1,6 +1,7 @@
-// Containers end to end on a two-agent cluster: etcd, hypervisor-server, two hypervisor-agents
-// with the containerd driver on the real containerd (one namespace of the test's own, each agent
-// owning its containers), driven through hypervisor-ctl. Image import to every node, a service
+// Containers end to end on a two-agent cluster: etcd, hypervisor-server serving TLS, two
+// hypervisor-agents joined with a token (mutual TLS between server and agents: image imports and
+// logs cross it) with the containerd driver on the real containerd (one namespace of the test's
+// own, each agent owning its containers), driven through hypervisor-ctl. Image import to every node, a service
 // with its log, a crash loop that backs off, kill -9 of an agent and adoption, stop, delete, and
 // the bad inputs a user will type.
 import { after, before, describe, it } from "node:test";
@@ -42,9 +43,14 @@ describe("containers through the whole system (etcd, server, two agents with con
   let port: number;
   let server: Proc;
   const agents = new Map<string, Proc>();
+  let joinToken = "";
 
   const ctlRaw = (...args: string[]) =>
-    run(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, ...args], { timeout: 120_000 });
+    run(
+      process.execPath,
+      [binPath("hypervisor-ctl"), "--server", `https://127.0.0.1:${port}`, "--ca-file", join(dir, "server", "pki", "ca.crt"), ...args],
+      { timeout: 120_000 },
+    );
   const ctl = async (...args: string[]) => (await ctlRaw(...args)).stdout;
   const ctlFails = (...args: string[]) =>
     ctlRaw(...args).then(
@@ -71,6 +77,7 @@ describe("containers through the whole system (etcd, server, two agents with con
       join(dir, node),
       // The first node lets containers onto its network namespace; the second does not (the default).
       ...(node === nodes[0] ? ["--allow-host-network"] : []),
+      ...["--server", `https://127.0.0.1:${port}`, "--join-token", joinToken],
     ]);
     agents.set(node, p);
     return p;
@@ -84,7 +91,6 @@ describe("containers through the whole system (etcd, server, two agents with con
     port = await freePort();
     server = new Proc("server", [
       binPath("hypervisor-server"),
-      "--no-tls", // TODO(issue 13): run this on TLS
       "--store",
       "etcd",
       "--etcd-endpoints",
@@ -95,6 +101,8 @@ describe("containers through the whole system (etcd, server, two agents with con
       join(dir, "server"),
     ]);
     await server.waitFor(/server listening/);
+    // The agents join with a token: image imports, logs and consoles then cross mutual TLS.
+    joinToken = (await ctl("join-token", "create", "--uses", "2")).trim();
     for (const n of nodes) await startAgent(n).waitFor(/agent started/);
     await until("both nodes Ready with containerd healthy", async () => {
       const list = JSON.parse(await ctl("node", "list", "-o", "json")) as {

@@ -1,9 +1,9 @@
 // Containers end to end on a two-agent cluster: etcd, hypervisor-server serving TLS, two
 // hypervisor-agents joined with a token (mutual TLS between server and agents: image imports and
 // logs cross it) with the containerd driver on the real containerd (one namespace of the test's
-// own, each agent owning its containers), driven through hypervisor-ctl. Image import to every node, a service
-// with its log, a crash loop that backs off, kill -9 of an agent and adoption, stop, delete, and
-// the bad inputs a user will type.
+// own, each agent owning its containers), driven through hypervisor-ctl. Image import to every
+// node, a service with its log, a crash loop that backs off, kill -9 of an agent and adoption,
+// stop, delete, and the bad inputs a user will type.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";

@@ -7,6 +7,7 @@
 import { X509Certificate } from "node:crypto";
 import { createContextKey, type HandlerContext } from "@connectrpc/connect";
 import { identityOf, type Identity } from "../../pkg/pki/index.js";
+import { isLoopback } from "./config.js";
 
 /** Who the client certificate names, and its serial (hex, as node's X509Certificate prints it). */
 export interface Peer extends Identity {
@@ -34,7 +35,7 @@ export function identityOfPeer(der: Buffer | undefined): Peer | undefined {
  */
 export function operatorRefusal(address: string, peer: Peer | undefined): string | undefined {
   if (peer?.kind === "server") return undefined;
-  if (address === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(address)) return undefined;
+  if (isLoopback(address)) return undefined;
   return `join tokens and node revocation are managed from a server's own machine (loopback) or by another server; ${address} is neither (users and roles come with the access issue)`;
 }
 

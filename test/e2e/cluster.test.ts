@@ -1,21 +1,19 @@
-// The whole system with real processes: a real etcd, one hypervisor-server serving TLS, two
-// hypervisor-agents (mock driver) joined with a token (mutual TLS between server and agents),
-// driven through the hypervisor-ctl binary.
+// The whole system with real processes as production runs them: a real etcd on TLS with
+// client-certificate auth and node roles, one hypervisor-server serving TLS, two hypervisor-agents
+// (mock driver) joined with a token (mutual TLS between server and agents; each agent's etcd
+// identity confined to its own keys), driven through the hypervisor-ctl binary.
 //
 //   create 20 → all Running within capacity → stop/start/delete → kill -9 an agent → NotReady
 //   after the TTL → restart it → Ready, instances adopted (not re-created) → restart the server
 //   → nothing lost
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
-import { startEtcd, type EtcdProcess } from "../support/etcd.js";
+import { ctlFor, joinArgs, joinToken as makeJoinToken, startSecureEtcd, type SecureEtcd } from "../support/cluster.js";
 import { binPath, freePort, Proc, until } from "../support/procs.js";
 
-const run = promisify(execFile);
 const TTL = 3;
 
 interface JsonInstance {
@@ -33,20 +31,13 @@ interface JsonNode {
 
 describe("cluster end to end (etcd, server, two agents, ctl)", { timeout: 600_000 }, () => {
   let dir: string;
-  let etcd: EtcdProcess;
+  let etcd: SecureEtcd;
   let port: number;
   let server: Proc;
   const agents = new Map<string, Proc>();
   let joinToken = "";
 
-  const ctl = async (...args: string[]): Promise<string> => {
-    const { stdout } = await run(
-      process.execPath,
-      [binPath("hypervisor-ctl"), "--server", `https://127.0.0.1:${port}`, "--ca-file", join(dir, "server", "pki", "ca.crt"), ...args],
-      { timeout: 120_000 },
-    );
-    return stdout;
-  };
+  const ctl = (...args: string[]) => ctlFor(`https://127.0.0.1:${port}`, etcd.caFile, 120_000)(...args);
   const ctlFails = async (...args: string[]): Promise<{ code: number; stderr: string; stdout: string }> => {
     try {
       await ctl(...args);
@@ -62,10 +53,7 @@ describe("cluster end to end (etcd, server, two agents, ctl)", { timeout: 600_00
   const startServer = () =>
     new Proc("server", [
       binPath("hypervisor-server"),
-      "--store",
-      "etcd",
-      "--etcd-endpoints",
-      etcd.endpoint,
+      ...etcd.serverArgs,
       "--listen",
       `127.0.0.1:${port}`,
       "--data-dir",
@@ -77,7 +65,7 @@ describe("cluster end to end (etcd, server, two agents, ctl)", { timeout: 600_00
       "--node-name",
       name,
       "--etcd-endpoints",
-      etcd.endpoint,
+      etcd.etcd.endpoint,
       "--heartbeat-ttl",
       String(TTL),
       "--drivers",
@@ -92,7 +80,7 @@ describe("cluster end to end (etcd, server, two agents, ctl)", { timeout: 600_00
       "--capacity-memory-mib",
       "10240",
       // Joined with a token (a restart uses the certificate it got): mutual TLS with the server.
-      ...["--server", `https://127.0.0.1:${port}`, "--join-token", joinToken],
+      ...joinArgs(`https://127.0.0.1:${port}`, joinToken),
     ]);
     agents.set(name, p);
     return p;
@@ -101,11 +89,11 @@ describe("cluster end to end (etcd, server, two agents, ctl)", { timeout: 600_00
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "hv-e2e-"));
-    etcd = await startEtcd();
+    etcd = await startSecureEtcd(join(dir, "server", "pki"));
     port = await freePort();
     server = startServer();
     await server.waitFor(/server listening/);
-    joinToken = (await ctl("join-token", "create", "--uses", "2")).trim();
+    joinToken = await makeJoinToken(ctl, 2);
     startAgent("node-a");
     startAgent("node-b");
     await until("both nodes Ready", async () => (await nodes()).filter((n) => n.condition === "NODE_CONDITION_READY").length === 2);

@@ -7,7 +7,7 @@ import { Agent, agentSchema, buildDrivers, deadlinesOf, defaultNodeName, parseTa
 import { ensureCredentials, JoinRefusedError } from "../../internal/agent/join.js";
 import { CertRenewer, lookupThroughServer } from "../../internal/agent/renew.js";
 import type { EndpointTls } from "../../internal/agent/endpoint.js";
-import { etcdOptions, openEtcdStore, waitForStore } from "../../pkg/cluster/etcd/index.js";
+import { etcdOptions, openEtcdStore, waitForStore, type EtcdStore } from "../../pkg/cluster/etcd/index.js";
 import type { Loaded } from "../../pkg/config/index.js";
 import { runDaemon, untilAborted } from "../../pkg/daemon/index.js";
 import { logger } from "../../pkg/log/index.js";
@@ -33,6 +33,8 @@ async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Pro
   let endpointTls: EndpointTls | undefined;
   let lookup: ReturnType<typeof lookupThroughServer> | undefined;
   let agent: Agent | undefined;
+  /** When the node certificate is also the etcd identity (below), renewals replace it there too. */
+  const etcdIdentity: { node: boolean; store?: EtcdStore } = { node: false };
   if (c.server) {
     // Joined before anything else: the node's own key and a certificate of the cluster CA.
     const pkiDir = resolve(c.pkiDir || join(c.dataDir, "pki"));
@@ -48,7 +50,12 @@ async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Pro
         dir: pkiDir,
         node: c.nodeName,
         log,
-        onRenewed: (n) => agent?.reloadEndpointTls(n.keyPem, n.certPem),
+        onRenewed: (n) => {
+          agent?.reloadEndpointTls(n.keyPem, n.certPem);
+          // Open etcd connections keep the old one; the next handshake (etcd restarted, a
+          // network blip) presents this, long after the first certificate lapsed.
+          if (etcdIdentity.node) etcdIdentity.store?.setClientCertificate(n.certPem, n.keyPem);
+        },
       });
       void renewer.run(signal);
       // What it finds unassigned it asks a server about: its etcd role cannot read instances/.
@@ -59,6 +66,7 @@ async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Pro
         c.etcdCaFile ||= join(pkiDir, "ca.crt");
         c.etcdCertFile = join(pkiDir, "node.crt");
         c.etcdKeyFile = join(pkiDir, "node.key");
+        etcdIdentity.node = true;
       }
     } catch (e) {
       if (signal.aborted) return 0;
@@ -68,6 +76,7 @@ async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Pro
   }
 
   const store = await openEtcdStore(etcdOptions(c));
+  etcdIdentity.store = store;
   try {
     if (!(await waitForStore(store, c.etcdEndpoints, log, signal))) return 0;
     agent = new Agent({

@@ -48,6 +48,7 @@ import {
 } from "etcd3";
 import { ConsecutiveBreaker, circuitBreaker, handleWhen, retry } from "cockatiel";
 import { logger } from "../../log/index.js";
+import { ClientIdentity, useClientIdentity } from "./client-identity.js";
 import { keyRange } from "./key-range.js";
 import {
   CompactedError,
@@ -131,14 +132,19 @@ export async function openEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore> 
     // 1.5 MiB); etcd's own Go client accepts up to 2 GiB.
     grpcOptions: { "grpc.max_receive_message_length": MAX_RECEIVE_BYTES },
   };
+  let identity: ClientIdentity | undefined;
   if (opts.tls) {
     const credentials: NonNullable<IOptions["credentials"]> = { rootCertificate: await readFile(opts.tls.caFile) };
     if (opts.tls.certFile) credentials.certChain = await readFile(opts.tls.certFile);
     if (opts.tls.keyFile) credentials.privateKey = await readFile(opts.tls.keyFile);
     options.credentials = credentials;
+    if (credentials.certChain && credentials.privateKey)
+      identity = new ClientIdentity(credentials.rootCertificate, credentials.certChain, credentials.privateKey);
   }
   if (opts.username !== undefined) options.auth = { username: opts.username, password: opts.password ?? "" };
-  return new EtcdStore(new Etcd3(options), opts.endpoints, opts.keepAliveStreams ?? KEEPALIVE_STREAMS, opts.rangePage ?? RANGE_PAGE);
+  const client = new Etcd3(options);
+  if (identity) useClientIdentity(client, identity);
+  return new EtcdStore(client, opts.endpoints, opts.keepAliveStreams ?? KEEPALIVE_STREAMS, opts.rangePage ?? RANGE_PAGE, identity);
 }
 
 /**
@@ -227,10 +233,22 @@ export class EtcdStore implements Store {
     private readonly endpoints: string[],
     private readonly keepAliveSlots = KEEPALIVE_STREAMS,
     private readonly rangePage = RANGE_PAGE,
+    /** The client certificate, when the store has one: setClientCertificate replaces it. */
+    private readonly identity?: ClientIdentity,
   ) {
     if (!Number.isInteger(keepAliveSlots) || keepAliveSlots < 1)
       throw new StoreError(`keepAliveStreams: ${keepAliveSlots} is not a positive integer`);
     if (!Number.isInteger(rangePage) || rangePage < 1) throw new StoreError(`rangePage: ${rangePage} is not a positive integer`);
+  }
+
+  /**
+   * Presents this certificate (PEM, with its key) from the next connection to etcd on: a renewed
+   * node certificate. Connections open now keep theirs. Throws StoreError when the store was
+   * opened without a client certificate, or when the key is not the certificate's.
+   */
+  setClientCertificate(cert: string | Buffer, key: string | Buffer): void {
+    if (!this.identity) throw new StoreError("this etcd store was opened without a client certificate: there is none to replace");
+    this.identity.set(cert, key);
   }
 
   async get(key: string, opts?: Options): Promise<KeyValue | undefined> {

@@ -1,15 +1,20 @@
-// HA with real processes: a real etcd, two hypervisor-servers (one elected leader), three
-// hypervisor-agents (mock driver).
+// HA with real processes as production runs them: a real etcd on TLS with client-certificate auth
+// and node roles, two hypervisor-servers (one elected leader) sharing the cluster CA (one
+// --pki-dir, each its own --data-dir) and serving TLS, three hypervisor-agents (mock driver)
+// joined with a token through either server (mutual TLS; each agent's etcd identity confined to
+// its own keys).
 //
 //   kill -9 an agent → NotReady after the TTL → after the grace period its instances come back on
-//   the other nodes, once each (restart policy never: left where it was) → the agent restarts →
-//   it destroys its old copies (mock instances have no local disk to keep), nothing runs twice
+//   the other nodes, once each (restart policy never: left where it was) → the agent restarts
+//   (its certificate, no token) → it destroys its old copies (mock instances have no local disk
+//   to keep), nothing runs twice
 //   drain --move a node → its instances run elsewhere, a group never more down than its budget
 //   kill -9 the leader in the middle of 200 creates → the other server leads → every instance
 //   ends Running exactly once
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { get } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fromBinary } from "@bufbuild/protobuf";
@@ -27,10 +32,9 @@ import {
   type Instance,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
 import { type Store } from "../../pkg/cluster/store/index.js";
 import { keys } from "../../pkg/cluster/state/index.js";
-import { startEtcd, type EtcdProcess } from "../support/etcd.js";
+import { ctlFor, joinArgs, joinToken, startSecureEtcd, type SecureEtcd } from "../support/cluster.js";
 import { binPath, freePort, Proc, until } from "../support/procs.js";
 
 const TTL = 2;
@@ -38,39 +42,50 @@ const GRACE = 3;
 
 describe("HA: lost nodes and a lost leader (etcd, two servers, three agents)", { timeout: 600_000 }, () => {
   let dir: string;
-  let etcd: EtcdProcess;
+  let etcd: SecureEtcd;
+  let ca: string;
   let store: Store;
+  let token = "";
   const servers = new Map<string, { proc: Proc; port: number }>();
   const agents = new Map<string, Proc>();
 
-  const startServer = (id: string, port: number) => {
+  const url = (id: string) => `https://127.0.0.1:${servers.get(id)!.port}`;
+  /** Every server gets the cluster's one --pki-dir (one CA, so one --ca-file trusts them all). */
+  const startServer = (id: string, port: number, ...more: string[]) => {
     const proc = new Proc(`server ${id}`, [
       binPath("hypervisor-server"),
-      "--no-tls", // TODO(issue 13): run this on TLS
-      ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`],
-      ...["--data-dir", join(dir, id), "--server-id", id, "--ha-grace-period", String(GRACE)],
+      ...etcd.serverArgs,
+      ...["--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, id), "--server-id", id],
+      ...["--ha-grace-period", String(GRACE), ...more],
     ]);
     servers.set(id, { proc, port });
     return proc;
   };
-  const startAgent = (name: string) => {
+  /** Joined through server `via` with the token on its first start; restarted, its certificate is enough. */
+  const startAgent = (name: string, via: string) => {
     const p = new Proc(`agent ${name}`, [
       binPath("hypervisor-agent"),
-      ...["--node-name", name, "--etcd-endpoints", etcd.endpoint, "--heartbeat-ttl", String(TTL), "--drivers", "mock"],
+      ...["--node-name", name, "--etcd-endpoints", etcd.etcd.endpoint, "--heartbeat-ttl", String(TTL), "--drivers", "mock"],
       ...["--data-dir", join(dir, name), "--capacity-vcpus", "400", "--capacity-memory-mib", "409600"],
+      ...(agents.has(name) ? ["--server", url(via)] : joinArgs(url(via), token)),
     ]);
     agents.set(name, p);
     return p;
   };
-  const api = (id: string): Client<typeof InstanceService> =>
-    createClient(InstanceService, createConnectTransport({ baseUrl: `http://127.0.0.1:${servers.get(id)!.port}`, httpVersion: "1.1" }));
+  const transport = (id: string) => createConnectTransport({ baseUrl: url(id), httpVersion: "1.1", nodeOptions: { ca } });
+  const api = (id: string): Client<typeof InstanceService> => createClient(InstanceService, transport(id));
+  const healthz = (id: string) =>
+    new Promise<string>((resolve, reject) =>
+      get(`${url(id)}/healthz`, { ca }, (res) => {
+        let body = "";
+        res.setEncoding("utf8").on("data", (c: string) => (body += c));
+        res.on("end", () => resolve(body)).on("error", reject);
+      }).on("error", reject),
+    );
   const leaderId = async (): Promise<string> => {
     for (const id of servers.keys()) {
       if (!servers.get(id)!.proc.running) continue;
-      const cluster = createClient(
-        ClusterService,
-        createConnectTransport({ baseUrl: `http://127.0.0.1:${servers.get(id)!.port}`, httpVersion: "1.1" }),
-      );
+      const cluster = createClient(ClusterService, transport(id));
       const h = await cluster.getHealth({}).catch(() => undefined);
       if (h?.leaderId && servers.get(h.leaderId)?.proc.running) return h.leaderId;
     }
@@ -92,10 +107,19 @@ describe("HA: lost nodes and a lost leader (etcd, two servers, three agents)", {
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "hv-e2e-ha-"));
-    etcd = await startEtcd();
-    store = await openEtcdStore({ endpoints: [etcd.endpoint] });
+    etcd = await startSecureEtcd(join(dir, "pki"));
+    ca = await readFile(etcd.caFile, "utf8");
+    store = await etcd.openAsServer();
     for (const id of ["s1", "s2"]) await startServer(id, await freePort()).waitFor(/server listening/);
-    for (const n of ["ha-a", "ha-b", "ha-c"]) await startAgent(n).waitFor(/agent started/);
+    // One token for the three; each server checks it and issues from the shared CA, so an agent
+    // may join through either: ha-b goes through s2.
+    token = await joinToken(ctlFor(url("s1"), etcd.caFile), 3);
+    for (const [n, via] of [
+      ["ha-a", "s1"],
+      ["ha-b", "s2"],
+      ["ha-c", "s1"],
+    ] as const)
+      await startAgent(n, via).waitFor(/agent started/);
   });
 
   after(async () => {
@@ -165,7 +189,7 @@ describe("HA: lost nodes and a lost leader (etcd, two servers, three agents)", {
     for (const n of lost) assert.equal(logs.filter((l) => l.includes(`"instance":"${n}"`)).length, 1, `${n} rescheduled once`);
 
     // The node comes back: its agent destroys the copies moved away (no local disk) and keeps ha-never.
-    await startAgent(victim).waitFor(/agent started/);
+    await startAgent(victim, anyServer()).waitFor(/agent started/);
     await until("the old copies destroyed", async () => (await mockFiles(victim)).length === 1, 30_000);
     const after = await list();
     assert.ok(
@@ -217,10 +241,7 @@ describe("HA: lost nodes and a lost leader (etcd, two servers, three agents)", {
     })().catch(() => undefined);
     await until("the watch's first list", () => synced, 10_000, 20);
 
-    const nodes = createClient(
-      NodeService,
-      createConnectTransport({ baseUrl: `http://127.0.0.1:${servers.get("s1")!.port}`, httpVersion: "1.1" }),
-    );
+    const nodes = createClient(NodeService, transport("s1"));
     const res = await nodes.drainNode({ name: "ha-a", move: true });
     assert.equal(res.node?.draining, true);
     assert.equal(res.node?.cordoned, true);
@@ -292,15 +313,9 @@ describe("HA: lost nodes and a lost leader (etcd, two servers, three agents)", {
 
   it("an API-only replica (--no-controllers) serves the API but never schedules", async () => {
     const port = await freePort();
-    const apiOnly = new Proc("server s3", [
-      binPath("hypervisor-server"),
-      "--no-tls", // TODO(issue 13): run this on TLS
-      ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`],
-      ...["--data-dir", join(dir, "s3"), "--server-id", "s3", "--no-controllers"],
-    ]);
-    servers.set("s3", { proc: apiOnly, port });
+    const apiOnly = startServer("s3", port, "--no-controllers");
     await apiOnly.waitFor(/server listening/);
-    assert.equal(await (await fetch(`http://127.0.0.1:${port}/healthz`)).text(), "ok api-only\n");
+    assert.equal(await healthz("s3"), "ok api-only\n");
     // Only the API-only replica left: a create is accepted and stays Pending.
     for (const id of ["s1", "s2"]) await servers.get(id)!.proc.stop();
     await api("s3").createInstance({ name: "api-only-1", spec: { driver: "mock", vcpus: 1, memoryMib: 16n } });
@@ -317,6 +332,6 @@ describe("HA: lost nodes and a lost leader (etcd, two servers, three agents)", {
       60_000,
     );
     assert.equal(await leaderId(), "s1");
-    assert.equal(await (await fetch(`http://127.0.0.1:${port}/healthz`)).text(), "ok api-only\n");
+    assert.equal(await healthz("s3"), "ok api-only\n");
   });
 });

@@ -35,7 +35,7 @@ async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Pro
   let agent: Agent | undefined;
   /** When the node certificate is also the etcd identity (below), renewals replace it there too. */
   const etcdIdentity: { node: boolean; store?: EtcdStore } = { node: false };
-  if (c.server) {
+  if (c.server.length > 0) {
     // Joined before anything else: the node's own key and a certificate of the cluster CA.
     const pkiDir = resolve(c.pkiDir || join(c.dataDir, "pki"));
     try {

@@ -21,10 +21,10 @@ export const agentSchema = {
   },
   ...etcdSchema,
   server: {
-    type: "string",
-    default: "",
+    type: "string[]",
+    default: [],
     description:
-      "https:// URL of a hypervisor-server to join the cluster through (a node certificate for node:<node-name>, kept in pki-dir); empty: no join",
+      "https:// URLs of the cluster's servers (comma-separated): the join (a node certificate for node:<node-name>, kept in pki-dir), renewals and instance lookups go to one that answers; empty: no join",
   },
   "join-token": {
     type: "string",

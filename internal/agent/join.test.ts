@@ -18,7 +18,7 @@ import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js"
 import { logger } from "../../pkg/log/index.js";
 import { caHash, createCa, generateKeyAndCsr, identityOf, parseCa, parseJoinToken, signNodeCsr } from "../../pkg/pki/index.js";
 import { Server } from "../server/server.js";
-import { until } from "../../test/support/procs.js";
+import { freePort, until } from "../../test/support/procs.js";
 import { serverTls } from "../server/tls-setup.js";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ensureCredentials, JoinRefusedError, loadCredentials } from "./join.js";
@@ -246,6 +246,33 @@ describe("node certificate renewal and revocation", () => {
     );
     await assert.rejects(anonymous.lookupInstance({ name: "moved-1" }), (e: unknown) => {
       assert.equal(ConnectError.from(e).code, Code.Unauthenticated);
+      return true;
+    });
+  });
+
+  it("joins, renews and looks up through the first server of its list that can be reached", async () => {
+    // A port nothing listens on: a server that is down.
+    const down = `https://127.0.0.1:${await freePort()}`;
+    const { token } = await api.createJoinToken({ maxUses: 1 });
+    const d = join(dir, "f1");
+    const creds = await ensureCredentials({ server: [down, server.url], token, node: "f1", dir: d, log });
+    assert.deepEqual(identityOf(creds.certPem), { kind: "node", name: "f1" });
+    const renewer = new CertRenewer(creds, { server: [down, server.url], dir: d, node: "f1", log });
+    const renewed = await renewer.renewOnce();
+    assert.notEqual(renewed.cert.serialNumber, creds.cert.serialNumber);
+    assert.equal(renewer.renewals, 1);
+    assert.equal(await lookupThroughServer([down, server.url], () => renewed)("nowhere", AbortSignal.timeout(10_000)), undefined);
+    // None reachable: the join says so, naming them, and writes nothing.
+    const { token: t2 } = await api.createJoinToken({ maxUses: 1 });
+    await assert.rejects(
+      ensureCredentials({ server: [down, down.replace(/:\d+$/, ":1")], token: t2, node: "f2", dir: join(dir, "f2"), log }),
+      (e: unknown) => e instanceof JoinRefusedError && /cannot reach any of the servers \(https:\/\/127\.0\.0\.1:\d+, /.test(e.message),
+    );
+    await assert.rejects(stat(join(dir, "f2", "node.crt")), /ENOENT/);
+    // A refusal is not skipped over: a revoked node is not retried elsewhere.
+    await api.revokeNode({ node: "f1" });
+    await assert.rejects(new CertRenewer(renewed, { server: [server.url, down], dir: d, node: "f1", log }).renewOnce(), (e: unknown) => {
+      assert.equal(ConnectError.from(e).code, Code.PermissionDenied);
       return true;
     });
   });

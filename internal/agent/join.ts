@@ -16,7 +16,7 @@ import { randomBytes, X509Certificate } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join as joinPath } from "node:path";
 import type { PeerCertificate } from "node:tls";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
 import {
@@ -30,6 +30,7 @@ import {
   writePrivateFile as writePrivate,
   type KeyAndCertificate,
 } from "../../pkg/pki/index.js";
+import { ServerList, unreachable } from "./servers.js";
 import type { Logger } from "../../pkg/log/index.js";
 
 /** The join did not happen: the message says why, and nothing was written. */
@@ -43,8 +44,8 @@ export interface NodeCredentials extends KeyAndCertificate {
 }
 
 export interface JoinOptions {
-  /** The server's URL (https://host:port). */
-  server: string;
+  /** The server's URL (https://host:port), or several: the first that can be reached. */
+  server: string | readonly string[];
   /** The join token; needed only when the node has no certificate yet. */
   token: string;
   node: string;
@@ -78,26 +79,39 @@ export async function loadCredentials(dir: string, node: string, now: Date): Pro
 
 async function join(o: JoinOptions): Promise<NodeCredentials> {
   const token = parseJoinToken(o.token);
+  const servers = new ServerList(typeof o.server === "string" ? [o.server] : o.server);
+  try {
+    return await servers.call((server) => joinAt(server, token, o), o.signal);
+  } catch (e) {
+    if (e instanceof JoinRefusedError || o.signal?.aborted) throw e;
+    const err = ConnectError.from(e);
+    throw new JoinRefusedError(
+      `cannot reach ${servers.urls.length > 1 ? "any of the servers" : "the server"} (${servers.urls.join(", ")}): ${err.rawMessage}`,
+    );
+  }
+}
+
+async function joinAt(server: string, token: ReturnType<typeof parseJoinToken>, o: JoinOptions): Promise<NodeCredentials> {
   // The CA as this server presents it: read over TLS without trusting the server yet, and
   // believed only if it is the one the token pins.
-  const unverified = createClient(IdentityService, transport(o.server, { rejectUnauthorized: false }));
-  const { caPem } = await call(o.server, "GetCA", () => unverified.getCA({}, signalOpt(o.signal)));
+  const unverified = createClient(IdentityService, transport(server, { rejectUnauthorized: false }));
+  const { caPem } = await call(server, "GetCA", () => unverified.getCA({}, signalOpt(o.signal)));
   const got = caHash(caPem);
   if (got !== token.caHash)
     throw new JoinRefusedError(
-      `the server at ${o.server} presents a CA (sha256 ${got}) that is not the one the join token pins (${token.caHash}): nothing was sent to it`,
+      `the server at ${server} presents a CA (sha256 ${got}) that is not the one the join token pins (${token.caHash}): nothing was sent to it`,
     );
   await mkdir(o.dir, { recursive: true, mode: 0o700 });
   const secret = await nodeSecret(o.dir);
   const { keyPem, csrPem } = await generateKeyAndCsr(`node:${o.node}`);
-  const client = createClient(IdentityService, transport(o.server, { ca: caPem, checkServerIdentity: serverOnly }));
-  const res = await call(o.server, "Join", () =>
+  const client = createClient(IdentityService, transport(server, { ca: caPem, checkServerIdentity: serverOnly }));
+  const res = await call(server, "Join", () =>
     client.join({ token: o.token, node: o.node, csrPem, nodeSecret: secret }, signalOpt(o.signal)),
   );
   const cert = new X509Certificate(res.certPem);
   const id = identityOf(res.certPem);
   if (id?.kind !== "node" || id.name !== o.node || !cert.verify(new X509Certificate(caPem).publicKey))
-    throw new JoinRefusedError(`the server at ${o.server} answered with a certificate that is not node:${o.node}'s from its CA`);
+    throw new JoinRefusedError(`the server at ${server} answered with a certificate that is not node:${o.node}'s from its CA`);
   await writePrivate(o.dir, "ca.crt", caPem);
   await writeLeaf(o.dir, "node", { keyPem, certPem: res.certPem });
   o.log.info({ node: o.node, expires: cert.validTo }, "joined the cluster: certificate issued");
@@ -123,14 +137,16 @@ function transport(baseUrl: string, tls: { ca?: string; rejectUnauthorized?: boo
 
 const signalOpt = (signal: AbortSignal | undefined) => (signal ? { signal } : {});
 
-/** A call to the server; its refusal becomes a JoinRefusedError with the server's words. */
+/**
+ * A call to the server; its refusal becomes a JoinRefusedError with the server's words. A server
+ * that cannot be reached throws as it is: the next one is tried.
+ */
 async function call<T>(server: string, what: string, f: () => Promise<T>): Promise<T> {
   try {
     return await f();
   } catch (e) {
-    const err = ConnectError.from(e);
-    const why = err.code === Code.Unavailable || err.code === Code.Unknown ? `cannot reach it: ${err.rawMessage}` : err.rawMessage;
-    throw new JoinRefusedError(`${what} at ${server}: ${why}`);
+    if (unreachable(e)) throw e;
+    throw new JoinRefusedError(`${what} at ${server}: ${ConnectError.from(e).rawMessage}`);
   }
 }
 

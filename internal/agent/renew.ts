@@ -7,7 +7,8 @@
  *   sleep until renewAt(cert) ──► key + CSR ──► RenewCertificate (mTLS: current cert; server pinned
  *        ▲                                       to the cluster CA and a server identity)
  *        │   ok: write node.key/.crt, onRenewed ─┘
- *        └── unavailable: retry in a tenth of what is left (1 s to 30 s)
+ *        │   (each server of the list in turn, the last one that answered first)
+ *        └── none reachable: retry in a tenth of what is left (1 s to 30 s)
  *            refused (revoked, not its certificate): stop, and say it must join again
  */
 import { X509Certificate } from "node:crypto";
@@ -20,9 +21,11 @@ import type { KnownInstance } from "./orphans.js";
 import type { Logger } from "../../pkg/log/index.js";
 import { generateKeyAndCsr, renewAt, writeLeaf } from "../../pkg/pki/index.js";
 import { type NodeCredentials, serverOnly } from "./join.js";
+import { ServerList } from "./servers.js";
 
 export interface RenewerOptions {
-  server: string;
+  /** The server's URL, or several: the one that answered last, then the others. */
+  server: string | readonly string[];
   dir: string;
   node: string;
   log: Logger;
@@ -36,10 +39,14 @@ export class CertRenewer {
   /** Set when the server refused for good (revoked): the loop has ended. */
   refused: string | undefined;
 
+  private readonly servers: ServerList;
+
   constructor(
     private creds: NodeCredentials,
     private readonly opts: RenewerOptions,
-  ) {}
+  ) {
+    this.servers = serverList(opts.server);
+  }
 
   get current(): NodeCredentials {
     return this.creds;
@@ -75,25 +82,27 @@ export class CertRenewer {
   /** One renewal, now. */
   async renewOnce(signal?: AbortSignal): Promise<NodeCredentials> {
     const { keyPem, csrPem } = await generateKeyAndCsr(`node:${this.opts.node}`);
-    const transport = createConnectTransport({
-      baseUrl: this.opts.server,
-      httpVersion: "1.1",
-      nodeOptions: {
-        ca: this.creds.caPem,
-        cert: this.creds.certPem,
-        key: this.creds.keyPem,
-        checkServerIdentity: serverOnly,
-        agent: false,
-      },
-    });
-    const res = await createClient(IdentityService, transport).renewCertificate({ csrPem }, signal ? { signal } : {});
+    const res = await this.servers.call((baseUrl) => {
+      const transport = createConnectTransport({
+        baseUrl,
+        httpVersion: "1.1",
+        nodeOptions: {
+          ca: this.creds.caPem,
+          cert: this.creds.certPem,
+          key: this.creds.keyPem,
+          checkServerIdentity: serverOnly,
+          agent: false,
+        },
+      });
+      return createClient(IdentityService, transport).renewCertificate({ csrPem }, signal ? { signal } : {});
+    }, signal);
     const cert = new X509Certificate(res.certPem);
     if (!cert.verify(new X509Certificate(this.creds.caPem).publicKey))
       throw new Error("the renewed certificate is not from the cluster CA");
     await writeLeaf(this.opts.dir, "node", { keyPem, certPem: res.certPem });
     this.creds = { keyPem, certPem: res.certPem, caPem: this.creds.caPem, cert };
     this.renewals++;
-    this.opts.log.info({ validTo: cert.validTo, serial: cert.serialNumber }, "node certificate renewed");
+    this.opts.log.info({ validTo: cert.validTo, serial: cert.serialNumber, server: this.servers.current }, "node certificate renewed");
     this.opts.onRenewed?.(this.creds);
     return this.creds;
   }
@@ -115,17 +124,22 @@ async function pause(ms: number, signal: AbortSignal): Promise<boolean> {
  * (no server reachable) is thrown: the reconciler retries, and decides nothing meanwhile.
  */
 export function lookupThroughServer(
-  server: string,
+  server: string | readonly string[],
   creds: () => NodeCredentials,
 ): (name: string, signal: AbortSignal) => Promise<KnownInstance | undefined> {
+  const servers = serverList(server);
   return async (name, signal) => {
     const c = creds();
-    const transport = createConnectTransport({
-      baseUrl: server,
-      httpVersion: "1.1",
-      nodeOptions: { ca: c.caPem, cert: c.certPem, key: c.keyPem, checkServerIdentity: serverOnly },
-    });
-    const r = await createClient(AgentSupportService, transport).lookupInstance({ name }, { signal });
+    const r = await servers.call((baseUrl) => {
+      const transport = createConnectTransport({
+        baseUrl,
+        httpVersion: "1.1",
+        nodeOptions: { ca: c.caPem, cert: c.certPem, key: c.keyPem, checkServerIdentity: serverOnly },
+      });
+      return createClient(AgentSupportService, transport).lookupInstance({ name }, { signal });
+    }, signal);
     return r.found ? { uid: r.uid, node: r.node, deleting: r.deleting, ephemeralDisks: r.ephemeralDisks } : undefined;
   };
 }
+
+const serverList = (server: string | readonly string[]) => new ServerList(typeof server === "string" ? [server] : server);

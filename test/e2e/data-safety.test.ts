@@ -1,10 +1,13 @@
-// No guest's disk is deleted unasked, on the real libvirtd: etcd, hypervisor-server, two
-// hypervisor-agents (libvirt) and hypervisor-ctl. VMs boot the test guest's kernel and carry a
-// qcow2 overlay of a small base image as their local disk. The test guest has no block driver,
-// so "the data" is a pattern written into the overlay with qemu-io while the VM is stopped, read
-// back (qemu-io -U, beside the running QEMU) after each step.
+// No guest's disk is deleted unasked, on the real libvirtd, with a cluster as production runs it:
+// etcd on TLS with client-certificate auth, hypervisor-server serving TLS, two hypervisor-agents
+// (libvirt) joined with a token (each one's etcd identity its node certificate), and
+// hypervisor-ctl; the test breaks the stored state as the server's etcd user. VMs boot the test
+// guest's kernel and carry a qcow2 overlay of a small base image as their local disk. The test
+// guest has no block driver, so "the data" is a pattern written into the overlay with qemu-io
+// while the VM is stopped, read back (qemu-io -U, beside the running QEMU) after each step.
 //
-//   a second cluster (empty store, the same node name, the same libvirtd) ─► sees nothing, touches nothing
+//   a second cluster (its own CA, etcd and server, an empty store, the same node name, the same
+//   libvirtd) ─► sees nothing, touches nothing
 //   the store forgets a VM ─► its agent keeps it running, reports an orphan ─► adopt: same domain, same disk
 //   the store forgets another ─► purge: domain and overlay gone
 //   the node is lost ─► the VM with a local disk stays (explain says why); one declared ephemeral moves
@@ -18,10 +21,9 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
 import { type Store } from "../../pkg/cluster/store/index.js";
 import { clusterId, keys, parseNodeKey } from "../../pkg/cluster/state/index.js";
-import { startEtcd, type EtcdProcess } from "../support/etcd.js";
+import { ctlFor, joinArgs, joinToken, startSecureEtcd, type Ctl, type SecureEtcd } from "../support/cluster.js";
 import { testGuest } from "../support/guest.js";
 import { ensureLibvirtd } from "../support/libvirt.js";
 import { binPath, freePort, Proc, until } from "../support/procs.js";
@@ -47,10 +49,12 @@ interface JsonOrphan {
 
 describe("data safety on the real libvirtd (etcd, server, two agents, ctl)", { timeout: 900_000 }, () => {
   let dir: string;
-  let etcd: EtcdProcess;
+  let etcd: SecureEtcd;
   let store: Store;
   let port: number;
   let server: Proc;
+  let ctl: Ctl;
+  let token = "";
   const agents = new Map<string, Proc>();
   const pid = process.pid;
   const nodeA = `safe-a-${pid}`;
@@ -59,20 +63,19 @@ describe("data safety on the real libvirtd (etcd, server, two agents, ctl)", { t
   const purge = `sf-purge-${pid}`;
   const scratch = `sf-scratch-${pid}`;
 
-  const ctl = async (...args: string[]) =>
-    (await run(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, ...args], { timeout: 300_000 }))
-      .stdout;
   const get = async (name: string) => JSON.parse(await ctl("instance", "get", name, "-o", "json")) as JsonInstance;
   const orphans = async (node: string) => (JSON.parse(await ctl("node", "orphans", node, "-o", "json")) as { items: JsonOrphan[] }).items;
   const running = (name: string, node: string) => async () => {
     const i = await get(name).catch(() => undefined);
     return i?.status?.phase === "PHASE_RUNNING" && i.status.node === node ? i : undefined;
   };
-  const startAgent = (node: string, endpoint: string, dataDir: string) => {
+  /** An agent of the cluster whose etcd is at `endpoint`, joined through the server at `server` (a restart keeps its certificate). */
+  const startAgent = (node: string, endpoint: string, dataDir: string, server = `https://127.0.0.1:${port}`, joinWith = token) => {
     const p = new Proc(`agent ${node}`, [
       binPath("hypervisor-agent"),
       ...["--node-name", node, "--etcd-endpoints", endpoint, "--heartbeat-ttl", "2", "--drivers", "libvirt"],
       ...["--data-dir", dataDir, "--libvirt-image-dir", join(dir, "images"), "--libvirt-domain-type", "qemu", "--resync-seconds", "2"],
+      ...joinArgs(server, joinWith),
     ]);
     return p;
   };
@@ -138,17 +141,18 @@ describe("data safety on the real libvirtd (etcd, server, two agents, ctl)", { t
     await copyFile(guest.initrd, join(dir, "images", "initrd.img"));
     await run("qemu-img", ["create", "-q", "-f", "qcow2", join(dir, "images", "base.qcow2"), "16M"]);
     await chmod(join(dir, "images", "base.qcow2"), 0o644);
-    etcd = await startEtcd();
-    store = await openEtcdStore({ endpoints: [etcd.endpoint] });
+    etcd = await startSecureEtcd(join(dir, "server", "pki"));
+    store = await etcd.openAsServer();
     port = await freePort();
+    ctl = ctlFor(`https://127.0.0.1:${port}`, etcd.caFile);
     server = new Proc("server", [
       binPath("hypervisor-server"),
-      "--no-tls", // TODO(issue 13): run this on TLS
-      ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`],
-      ...["--data-dir", join(dir, "server"), "--ha-grace-period", "3"],
+      ...etcd.serverArgs,
+      ...["--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, "server"), "--ha-grace-period", "3"],
     ]);
     await server.waitFor(/server listening/);
-    const a = startAgent(nodeA, etcd.endpoint, join(dir, "agent-a"));
+    token = await joinToken(ctl, 2); // node A (it keeps its certificate when restarted) and node B
+    const a = startAgent(nodeA, etcd.etcd.endpoint, join(dir, "agent-a"));
     agents.set(nodeA, a);
     await a.waitFor(/agent started/);
   });
@@ -172,11 +176,21 @@ describe("data safety on the real libvirtd (etcd, server, two agents, ctl)", { t
     const disk = await overlay(keep);
     const before = await sha(disk);
 
-    const etcd2 = await startEtcd();
-    const store2 = await openEtcdStore({ endpoints: [etcd2.endpoint] });
-    const otherId = await clusterId(store2); // as its own first server would
-    const other = startAgent(nodeA, etcd2.endpoint, join(dir, "other-cluster"));
+    // The other cluster: its own CA, etcd and first server; its agent joins it with a token.
+    const etcd2 = await startSecureEtcd(join(dir, "other-cluster", "server", "pki"));
+    const store2 = await etcd2.openAsServer();
+    const port2 = await freePort();
+    const server2 = new Proc("other server", [
+      binPath("hypervisor-server"),
+      ...etcd2.serverArgs,
+      ...["--listen", `127.0.0.1:${port2}`, "--data-dir", join(dir, "other-cluster", "server")],
+    ]);
+    let other: Proc | undefined;
     try {
+      await server2.waitFor(/server listening/);
+      const otherId = await clusterId(store2); // made by its first server
+      const token2 = await joinToken(ctlFor(`https://127.0.0.1:${port2}`, etcd2.caFile), 1);
+      other = startAgent(nodeA, etcd2.etcd.endpoint, join(dir, "other-cluster", "agent"), `https://127.0.0.1:${port2}`, token2);
       // Its adoption listed the node's domains: none of them is its cluster's.
       const line = await other.waitFor(/adoption done/);
       assert.match(line, /"adopted":0,"orphans":0/, "the other cluster sees no instance of its own");
@@ -186,7 +200,8 @@ describe("data safety on the real libvirtd (etcd, server, two agents, ctl)", { t
       assert.notEqual(otherId, await clusterId(store), "another cluster");
     } finally {
       await store2.close();
-      await other.stop();
+      await other?.stop();
+      await server2.stop();
       await etcd2.stop();
     }
     assert.equal(await virsh("domstate", `hv-${keep}`), "running");
@@ -239,7 +254,7 @@ describe("data safety on the real libvirtd (etcd, server, two agents, ctl)", { t
 
   it("a lost node's VM with a local disk stays there with the reason shown; one declared ephemeral moves", async () => {
     await create(scratch, nodeA, true);
-    const b = startAgent(nodeB, etcd.endpoint, join(dir, "agent-b"));
+    const b = startAgent(nodeB, etcd.etcd.endpoint, join(dir, "agent-b"));
     agents.set(nodeB, b);
     await b.waitFor(/agent started/);
     const keepId = await domid(keep);
@@ -259,7 +274,7 @@ describe("data safety on the real libvirtd (etcd, server, two agents, ctl)", { t
     assert.equal(await domid(keep), keepId);
 
     // The node returns: its VM is adopted as it is.
-    const a = startAgent(nodeA, etcd.endpoint, join(dir, "agent-a"));
+    const a = startAgent(nodeA, etcd.etcd.endpoint, join(dir, "agent-a"));
     agents.set(nodeA, a);
     await a.waitFor(/agent started/);
     await until(`${keep} Running on ${nodeA}`, running(keep, nodeA), 60_000);

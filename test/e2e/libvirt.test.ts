@@ -1,19 +1,21 @@
-// A real VM end to end: etcd, hypervisor-server, a hypervisor-agent with the libvirt driver on the
-// real libvirtd, driven through hypervisor-ctl. Create → Running → console log (also followed) →
-// set-memory reaches the guest's balloon → kill -9 of the agent and a new one adopts the running
-// domain (same domain id: not restarted, not duplicated) → delete leaves no domain.
+// A real VM end to end as production runs it: etcd on TLS with client-certificate auth,
+// hypervisor-server serving TLS, a hypervisor-agent joined with a token (mutual TLS between server
+// and agent: logs and consoles cross it; its etcd identity is its node certificate) with the
+// libvirt driver on the real libvirtd, driven through hypervisor-ctl. Create → Running → console
+// log (also followed) → set-memory reaches the guest's balloon → kill -9 of the agent and a new one
+// adopts the running domain (same domain id: not restarted, not duplicated) → delete leaves no domain.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
-import { chmod, copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { startEtcd, type EtcdProcess } from "../support/etcd.js";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import WebSocket from "ws";
 import { ConsoleKind, ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
+import { ctlFor, joinArgs, joinToken, startSecureEtcd, type Ctl, type SecureEtcd } from "../support/cluster.js";
 import { GUEST_CMD_DONE, GUEST_READY_MARKER, testGuest } from "../support/guest.js";
 import { ensureLibvirtd, listeningTcpPorts, qemuPid } from "../support/libvirt.js";
 import { binPath, freePort, Proc, until } from "../support/procs.js";
@@ -29,23 +31,28 @@ interface JsonInstance {
 
 describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)", { timeout: 900_000 }, () => {
   let dir: string;
-  let etcd: EtcdProcess;
+  let etcd: SecureEtcd;
   let port: number;
   let server: Proc;
   let agent: Proc;
+  let ctl: Ctl;
+  /** The cluster CA (PEM), which the test's own API and WebSocket clients trust. */
+  let ca: Buffer;
+  let token = "";
   const vm = `e2e-vm-${process.pid}`;
 
-  const ctl = async (...args: string[]) =>
-    (await run(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, ...args], { timeout: 300_000 }))
-      .stdout;
+  const url = (scheme = "https") => `${scheme}://127.0.0.1:${port}`;
+  const consoleClient = () =>
+    createClient(ConsoleService, createConnectTransport({ baseUrl: url(), httpVersion: "1.1", nodeOptions: { ca } }));
   const get = async () => JSON.parse(await ctl("instance", "get", vm, "-o", "json")) as JsonInstance;
+  // Joined with a token; the agent that replaces a killed one keeps the certificate in its data dir.
   const startAgent = () =>
     new Proc("agent", [
       binPath("hypervisor-agent"),
       "--node-name",
       "vm-node",
       "--etcd-endpoints",
-      etcd.endpoint,
+      etcd.etcd.endpoint,
       "--heartbeat-ttl",
       "3",
       "--drivers",
@@ -56,6 +63,7 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
       join(dir, "images"),
       "--libvirt-domain-type",
       "qemu",
+      ...joinArgs(url(), token),
     ]);
 
   before(async () => {
@@ -81,15 +89,13 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
         "",
       ].join("\n"),
     );
-    etcd = await startEtcd();
+    etcd = await startSecureEtcd(join(dir, "server", "pki"));
+    ca = await readFile(etcd.caFile);
     port = await freePort();
+    ctl = ctlFor(url(), etcd.caFile);
     server = new Proc("server", [
       binPath("hypervisor-server"),
-      "--no-tls", // TODO(issue 13): run this on TLS
-      "--store",
-      "etcd",
-      "--etcd-endpoints",
-      etcd.endpoint,
+      ...etcd.serverArgs,
       "--listen",
       `127.0.0.1:${port}`,
       "--data-dir",
@@ -98,6 +104,7 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
       "2",
     ]);
     await server.waitFor(/server listening/);
+    token = await joinToken(ctl, 1);
     agent = startAgent();
     await agent.waitFor(/agent started/);
   });
@@ -130,18 +137,7 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
   });
 
   it("refuses a name with XML metacharacters with InvalidArgument, and defines nothing", async () => {
-    const bad = await run(process.execPath, [
-      binPath("hypervisor-ctl"),
-      "--server",
-      `http://127.0.0.1:${port}`,
-      "instance",
-      "create",
-      "x'/><disk",
-      "--driver",
-      "libvirt",
-      "--kernel",
-      "vmlinuz",
-    ]).then(
+    const bad = await ctl("instance", "create", "x'/><disk", "--driver", "libvirt", "--kernel", "vmlinuz").then(
       () => assert.fail("created"),
       (e: { code?: number; stderr?: string }) => e,
     );
@@ -164,15 +160,7 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
     const tail = await ctl("instance", "logs", vm, "--tail", "64");
     assert.ok(tail.length <= 64 && tail.length > 0, `--tail 64 printed ${tail.length} bytes`);
 
-    const follower = spawn(process.execPath, [
-      binPath("hypervisor-ctl"),
-      "--server",
-      `http://127.0.0.1:${port}`,
-      "instance",
-      "logs",
-      vm,
-      "-f",
-    ]);
+    const follower = spawn(process.execPath, [binPath("hypervisor-ctl"), ...ctl.args, "instance", "logs", vm, "-f"]);
     let followed = "";
     follower.stdout.on("data", (b: Buffer) => (followed += b.toString()));
     const exited = new Promise<number | null>((resolve) => follower.once("exit", (code) => resolve(code)));
@@ -198,12 +186,12 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
   });
 
   it("opens the VM's VNC console over a WebSocket with a ticket that works once, directly and through the agent", async () => {
-    const consoles = createClient(ConsoleService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }));
+    const consoles = consoleClient();
     const { ticket, path, expireTime } = await consoles.createConsoleTicket({ name: vm, kind: ConsoleKind.VNC });
     assert.equal(path, `/console/${ticket}`);
     assert.ok(expireTime && Number(expireTime.seconds) * 1000 > Date.now() - 1000);
     // The agent is on this machine: the server dials the VNC server the agent names.
-    await rfbThrough(`ws://127.0.0.1:${port}${path}`);
+    await rfbThrough(`${url("wss")}${path}`, ca);
     await until(
       "the server's log of the console",
       () => server.output.some((l) => /console opened.*"via":"direct"|"via":"direct".*console opened/.test(l)),
@@ -215,26 +203,27 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
     const tunnelPort = await freePort();
     const viaAgent = new Proc("server-via-agent", [
       binPath("hypervisor-server"),
-      "--no-tls", // TODO(issue 13): run this on TLS
-      ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${tunnelPort}`],
+      ...etcd.serverArgs,
+      "--listen",
+      `127.0.0.1:${tunnelPort}`,
       ...["--data-dir", join(dir, "server-via-agent"), "--no-console-local-direct"],
     ]);
     try {
       await viaAgent.waitFor(/server listening/);
       const t = await consoles.createConsoleTicket({ name: vm, kind: ConsoleKind.VNC });
-      await rfbThrough(`ws://127.0.0.1:${tunnelPort}${t.path}`);
+      await rfbThrough(`wss://127.0.0.1:${tunnelPort}${t.path}`, ca);
       await until("the tunnel in the log", () => viaAgent.output.some((l) => /"via":"agent"/.test(l)), 10_000);
-      assert.equal(await refusedWith(`ws://127.0.0.1:${port}${t.path}`), 403, "a ticket used on one replica is used on all");
+      assert.equal(await refusedWith(`${url("wss")}${t.path}`, ca), 403, "a ticket used on one replica is used on all");
     } finally {
       await viaAgent.stop();
     }
 
-    assert.equal(await refusedWith(`ws://127.0.0.1:${port}${path}`), 403, "a used ticket is refused");
-    assert.equal(await refusedWith(`ws://127.0.0.1:${port}/console/${"A".repeat(43)}`), 403, "a forged ticket is refused");
-    assert.equal(await refusedWith(`ws://127.0.0.1:${port}/console/x'%20or%201=1`), 403, "garbage is refused");
+    assert.equal(await refusedWith(`${url("wss")}${path}`, ca), 403, "a used ticket is refused");
+    assert.equal(await refusedWith(`${url("wss")}/console/${"A".repeat(43)}`, ca), 403, "a forged ticket is refused");
+    assert.equal(await refusedWith(`${url("wss")}/console/x'%20or%201=1`, ca), 403, "garbage is refused");
     const late = await consoles.createConsoleTicket({ name: vm, kind: ConsoleKind.VNC });
     await new Promise((r) => setTimeout(r, 2500)); // the server runs with --console-ticket-ttl 2
-    assert.equal(await refusedWith(`ws://127.0.0.1:${port}${late.path}`), 403, "an expired ticket is refused");
+    assert.equal(await refusedWith(`${url("wss")}${late.path}`, ca), 403, "an expired ticket is refused");
     await assert.rejects(
       consoles.createConsoleTicket({ name: vm, kind: ConsoleKind.UNSPECIFIED }),
       (e: unknown) => ConnectError.from(e).code === Code.InvalidArgument,
@@ -246,11 +235,11 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
   });
 
   it("opens the serial console: a command typed there gets its answer back", async () => {
-    const consoles = createClient(ConsoleService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }));
+    const consoles = consoleClient();
     for (const n of [6, 7]) {
       // Twice: closing the first console releases the pty for the next.
       const { path } = await consoles.createConsoleTicket({ name: vm, kind: ConsoleKind.SERIAL });
-      const ws = new WebSocket(`ws://127.0.0.1:${port}${path}`);
+      const ws = new WebSocket(`${url("wss")}${path}`, { ca });
       await new Promise<void>((resolve, reject) => {
         ws.once("open", () => resolve());
         ws.once("error", reject);
@@ -275,10 +264,10 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
   });
 
   it("a second serial console replaces the first, so no output is split between them", async () => {
-    const consoles = createClient(ConsoleService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }));
+    const consoles = consoleClient();
     const open = async () => {
       const { path } = await consoles.createConsoleTicket({ name: vm, kind: ConsoleKind.SERIAL });
-      const ws = new WebSocket(`ws://127.0.0.1:${port}${path}`);
+      const ws = new WebSocket(`${url("wss")}${path}`, { ca });
       await new Promise<void>((resolve, reject) => {
         ws.once("open", () => resolve());
         ws.once("error", reject);
@@ -305,7 +294,7 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
   });
 
   it("`instance console` attaches this terminal to the serial console; Ctrl-] detaches", async () => {
-    const child = spawn(process.execPath, [binPath("hypervisor-ctl"), "--server", `http://127.0.0.1:${port}`, "instance", "console", vm], {
+    const child = spawn(process.execPath, [binPath("hypervisor-ctl"), ...ctl.args, "instance", "console", vm], {
       stdio: ["pipe", "pipe", "pipe"],
     });
     let out = "";
@@ -328,8 +317,8 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
     assert.equal(await exited, 0);
     assert.match(err, /Detached/);
     const vnc = await ctl("instance", "console", vm, "--vnc");
-    assert.match(vnc, new RegExp(`open in a browser: http://127\\.0\\.0\\.1:${port}/desktop/\\?instance=${vm}`));
-    assert.match(vnc, /websocket \(one use, valid \d+s\): ws:\/\/127\.0\.0\.1:\d+\/console\/[A-Za-z0-9_-]{43}/);
+    assert.match(vnc, new RegExp(`open in a browser: https://127\\.0\\.0\\.1:${port}/desktop/\\?instance=${vm}`));
+    assert.match(vnc, /websocket \(one use, valid \d+s\): wss:\/\/127\.0\.0\.1:\d+\/console\/[A-Za-z0-9_-]{43}/);
     assert.match(vnc, /no TCP port/);
     assert.doesNotMatch(vnc, /:59\d\d\b|vnc:\/\//, "no VNC address to dial around the console path");
   });
@@ -361,7 +350,7 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
 
     await ctl("instance", "stop", vm, "--wait", "--timeout", "5m");
     assert.equal((await get()).status?.phase, "PHASE_STOPPED");
-    const consoles = createClient(ConsoleService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }));
+    const consoles = consoleClient();
     await assert.rejects(consoles.createConsoleTicket({ name: vm, kind: ConsoleKind.VNC }), (e: unknown) => {
       const ce = ConnectError.from(e);
       return ce.code === Code.FailedPrecondition && ce.rawMessage === `instance ${vm} is Stopped; a console needs it Running`;
@@ -381,10 +370,9 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
   });
 });
 
-/** The HTTP status a WebSocket handshake is refused with (fails the test if it is accepted). */
 /** Opens a VNC console WebSocket: the server's banner comes through, and our side of the handshake reaches it. */
-async function rfbThrough(url: string): Promise<void> {
-  const ws = new WebSocket(url, ["binary"]);
+async function rfbThrough(url: string, ca: Buffer): Promise<void> {
+  const ws = new WebSocket(url, ["binary"], { ca });
   const first = await new Promise<Buffer>((resolve, reject) => {
     ws.once("message", (data: Buffer, isBinary: boolean) => (isBinary ? resolve(data) : reject(new Error("a text frame"))));
     ws.once("error", reject);
@@ -400,9 +388,10 @@ async function rfbThrough(url: string): Promise<void> {
   await closed;
 }
 
-function refusedWith(url: string): Promise<number> {
+/** The HTTP status a WebSocket handshake is refused with (fails the test if it is accepted). */
+function refusedWith(url: string, ca: Buffer): Promise<number> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url);
+    const ws = new WebSocket(url, { ca });
     ws.once("unexpected-response", (_req, res) => {
       resolve(res.statusCode ?? 0);
       ws.terminate();

@@ -1,15 +1,17 @@
-// The consoles in a real browser against a real VM: etcd, hypervisor-server (serving the built UI
-// from dist/ui), a hypervisor-agent with the libvirt driver, and Debian's Chromium on the HTML5
-// desktop page (/desktop/?instance=<vm>). The VM's screen reaches the noVNC canvas; the ticket the
-// page used is refused a second time; text pasted in the page arrives in the guest as key
-// presses; after the agent dies the page reconnects by itself; &kind=serial runs a command on the
-// serial console typed into the terminal. The app's Console tab shows the same through the
-// VncConsole and SerialConsole components.
+// The consoles in a real browser against a real VM, on the system as production runs it: etcd on
+// TLS with client-certificate auth, hypervisor-server on https (serving the built UI from dist/ui)
+// with etcd auth on, a hypervisor-agent with the libvirt driver joined with a token (mutual TLS
+// between server and agent), and Debian's Chromium on the HTML5 desktop page
+// (/desktop/?instance=<vm>), trusting exactly this server's certificate, so consoles are wss://.
+// The VM's screen reaches the noVNC canvas; the ticket the page used is refused a second time;
+// text pasted in the page arrives in the guest as key presses; after the server dies the page
+// reconnects by itself; &kind=serial runs a command on the serial console typed into the terminal.
+// The app's Console tab shows the same through the VncConsole and SerialConsole components.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { chmod, copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -20,7 +22,7 @@ import WebSocket from "ws";
 import { ConsoleKind, ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
 import { InstanceService, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { launchBrowser, screenshot } from "../support/browser.js";
-import { startEtcd, type EtcdProcess } from "../support/etcd.js";
+import { ctlFor, joinArgs, joinToken, startSecureEtcd, type SecureEtcd } from "../support/cluster.js";
 import { GUEST_CMD_DONE, GUEST_CTRL_ALT_DEL_MARKER, GUEST_READY_MARKER, testGuest } from "../support/guest.js";
 import { ensureLibvirtd } from "../support/libvirt.js";
 import { binPath, freePort, Proc, repoRoot, until } from "../support/procs.js";
@@ -46,19 +48,22 @@ interface CanvasStats {
 
 describe("consoles in the browser: the desktop page and the app's Console tab on a real VM", { timeout: 900_000 }, () => {
   let dir: string;
-  let etcd: EtcdProcess;
+  let etcd: SecureEtcd;
+  /** The cluster CA (PEM): what the API and WebSocket clients here trust. */
+  let ca: string;
   let base: string;
+  let token: string;
   let server: Proc;
   let agent: Proc;
   let browser: Browser;
   const vm = `ui-vm-${process.pid}`;
-  const api = () => createConnectTransport({ baseUrl: base, httpVersion: "1.1" });
+  const api = () => createConnectTransport({ baseUrl: base, httpVersion: "1.1", nodeOptions: { ca } });
 
   const startServer = () =>
     new Proc("server", [
       binPath("hypervisor-server"),
-      "--no-tls", // TODO(issue 13): run this on TLS
-      ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", new URL(base).host, "--data-dir", join(dir, "server")],
+      ...etcd.serverArgs,
+      ...["--listen", new URL(base).host, "--data-dir", join(dir, "server")],
     ]);
   const startAgent = () =>
     new Proc("agent", [
@@ -66,7 +71,7 @@ describe("consoles in the browser: the desktop page and the app's Console tab on
       "--node-name",
       "ui-node",
       "--etcd-endpoints",
-      etcd.endpoint,
+      etcd.etcd.endpoint,
       "--heartbeat-ttl",
       "3",
       "--drivers",
@@ -77,6 +82,7 @@ describe("consoles in the browser: the desktop page and the app's Console tab on
       join(dir, "images"),
       "--libvirt-domain-type",
       "qemu",
+      ...joinArgs(base, token),
     ]);
 
   before(async () => {
@@ -88,10 +94,12 @@ describe("consoles in the browser: the desktop page and the app's Console tab on
     await mkdir(join(dir, "images"), { mode: 0o755 });
     await copyFile(guest.kernel, join(dir, "images", "vmlinuz"));
     await copyFile(guest.initrd, join(dir, "images", "initrd.img"));
-    etcd = await startEtcd();
-    base = `http://127.0.0.1:${await freePort()}`;
+    etcd = await startSecureEtcd(join(dir, "server", "pki"));
+    ca = await readFile(etcd.caFile, "utf8");
+    base = `https://127.0.0.1:${await freePort()}`;
     server = startServer();
     await server.waitFor(/server listening/);
+    token = await joinToken(ctlFor(base, etcd.caFile), 1);
     agent = startAgent();
     await agent.waitFor(/agent started/);
 
@@ -116,7 +124,7 @@ describe("consoles in the browser: the desktop page and the app's Console tab on
       300_000,
       1000,
     );
-    browser = await launchBrowser();
+    browser = await launchBrowser({ trustServerCert: join(etcd.pkiDir, "server.crt") });
   });
 
   after(async () => {
@@ -225,7 +233,8 @@ describe("consoles in the browser: the desktop page and the app's Console tab on
 
       const consoleSockets = sockets.filter((u) => new URL(u).pathname.startsWith("/console/"));
       assert.equal(consoleSockets.length, 1, `one console WebSocket, got ${JSON.stringify(sockets)}`);
-      assert.equal(await refusedWith(consoleSockets[0]!), 403, "the ticket already used by the page is refused");
+      assert.equal(new URL(consoleSockets[0]!).protocol, "wss:", "the console rides the server's TLS");
+      assert.equal(await refusedWith(consoleSockets[0]!, ca), 403, "the ticket already used by the page is refused");
       assert.equal(
         await page.locator('[data-testid="desktop-status"]').getAttribute("data-state"),
         "connected",
@@ -388,7 +397,7 @@ describe("consoles in the browser: the desktop page and the app's Console tab on
   /** The serial console through the API and a WebSocket, outside the browser. */
   async function openSerialSocket(): Promise<{ send(b: Buffer): void; received(): string; close(): Promise<void> }> {
     const { path } = await createClient(ConsoleService, api()).createConsoleTicket({ name: vm, kind: ConsoleKind.SERIAL });
-    const ws = new WebSocket(`${base.replace(/^http/, "ws")}${path}`);
+    const ws = new WebSocket(`${base.replace(/^http/, "ws")}${path}`, { ca });
     await new Promise<void>((resolve, reject) => {
       ws.once("open", () => resolve());
       ws.once("error", reject);
@@ -409,9 +418,9 @@ describe("consoles in the browser: the desktop page and the app's Console tab on
 });
 
 /** The HTTP status a WebSocket handshake is refused with (0 if it was accepted). */
-function refusedWith(url: string): Promise<number> {
+function refusedWith(url: string, ca: string): Promise<number> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, ["binary"]);
+    const ws = new WebSocket(url, ["binary"], { ca });
     ws.once("unexpected-response", (_req, res) => {
       resolve(res.statusCode ?? 0);
       res.resume();

@@ -1,5 +1,7 @@
-// The management UI in a real browser against the real system: etcd, hypervisor-server (serving
-// the built UI from dist/ui), one hypervisor-agent with the mock driver, Debian's Chromium.
+// The management UI in a real browser against the real system as production runs it: etcd on TLS
+// with client-certificate auth, hypervisor-server on https (serving the built UI from dist/ui) with
+// etcd auth on, one hypervisor-agent with the mock driver joined with a token, and Debian's
+// Chromium trusting exactly this server's certificate (from the test's own cluster CA).
 //
 //   static files + SPA fallback ─► create through the form → row appears → Running (same page,
 //   no reload, no polling) ─► detail page, "no console log" ─► stop from the list, delete from
@@ -8,8 +10,10 @@
 import { after, afterEach, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
-import { request } from "node:http";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import type { IncomingHttpHeaders } from "node:http";
+import { createServer, request } from "node:https";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -17,34 +21,41 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import type { Browser, Page } from "playwright-core";
 import { InstanceService, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeCondition, NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
-import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
 import { keys } from "../../pkg/cluster/state/index.js";
+import { issueServerCertificate, loadOrCreateCa } from "../../pkg/pki/index.js";
 import { launchBrowser, screenshot } from "../support/browser.js";
-import { startEtcd, type EtcdProcess } from "../support/etcd.js";
+import { ctlFor, joinArgs, joinToken, startSecureEtcd, type SecureEtcd } from "../support/cluster.js";
 import { binPath, freePort, Proc, repoRoot, until } from "../support/procs.js";
 
 const APP_INDEX = join(repoRoot, "dist/ui/control_and_manage_plane/index.html");
 
-/** GET with the path sent as written (fetch would normalise "/../"). */
-function rawGet(
+/**
+ * An https request trusting the cluster CA `ca`, with the path sent as written (fetch would
+ * normalise "/../", and Node's fetch takes no CA).
+ */
+function httpsRequest(
   port: number,
+  ca: string,
   path: string,
-): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
+  init: { method?: string; headers?: Record<string, string>; body?: string } = {},
+): Promise<{ status: number; headers: IncomingHttpHeaders; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: "127.0.0.1", port, path, method: "GET" }, (res) => {
+    const req = request({ host: "127.0.0.1", port, path, ca, method: init.method ?? "GET", headers: init.headers }, (res) => {
       let body = "";
       res.setEncoding("utf8");
       res.on("data", (c: string) => (body += c));
       res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
     });
     req.on("error", reject);
-    req.end();
+    req.end(init.body);
   });
 }
 
 describe("management UI in the browser (etcd, server, mock agent, Chromium)", { timeout: 300_000 }, () => {
   let dir: string;
-  let etcd: EtcdProcess;
+  let etcd: SecureEtcd;
+  /** The cluster CA (PEM): what the API clients here trust. */
+  let ca: string;
   let port: number;
   let base: string;
   let server: Proc;
@@ -55,7 +66,8 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
   const calls: string[] = [];
   /** Uncaught exceptions in the page: none is acceptable. */
   const pageErrors: string[] = [];
-  const transport = () => createConnectTransport({ baseUrl: base, httpVersion: "1.1" });
+  const transport = () => createConnectTransport({ baseUrl: base, httpVersion: "1.1", nodeOptions: { ca } });
+  const get = (path: string, headers?: Record<string, string>) => httpsRequest(port, ca, path, headers ? { headers } : {});
   const instancesApi = () => createClient(InstanceService, transport());
 
   const row = (name: string) => page.locator(`[data-testid="instance-row"][data-name="${name}"]`);
@@ -64,28 +76,26 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
   before(async () => {
     if (!existsSync(APP_INDEX)) throw new Error(`${APP_INDEX} is missing: build the UI first (npx vite build, or make build)`);
     dir = await mkdtemp(join(tmpdir(), "hv-e2e-ui-"));
-    etcd = await startEtcd();
+    etcd = await startSecureEtcd(join(dir, "server", "pki"));
+    ca = await readFile(etcd.caFile, "utf8");
     port = await freePort();
-    base = `http://127.0.0.1:${port}`;
+    base = `https://127.0.0.1:${port}`;
     server = new Proc("server", [
       binPath("hypervisor-server"),
-      "--no-tls", // TODO(issue 13): run this on TLS
-      "--store",
-      "etcd",
-      "--etcd-endpoints",
-      etcd.endpoint,
+      ...etcd.serverArgs,
       "--listen",
       `127.0.0.1:${port}`,
       "--data-dir",
       join(dir, "server"),
     ]);
     await server.waitFor(/server listening/);
+    const token = await joinToken(ctlFor(base, etcd.caFile), 1);
     agent = new Proc("agent", [
       binPath("hypervisor-agent"),
       "--node-name",
       "ui-node",
       "--etcd-endpoints",
-      etcd.endpoint,
+      etcd.etcd.endpoint,
       "--heartbeat-ttl",
       "3",
       "--drivers",
@@ -98,6 +108,7 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
       "8",
       "--capacity-memory-mib",
       "8192",
+      ...joinArgs(base, token),
     ]);
     const nodes = createClient(NodeService, transport());
     await until("node ui-node Ready", async () =>
@@ -112,7 +123,7 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
     ] as const)
       await api.createInstance({ name, labels: { app }, spec: { driver: "mock", vcpus: 1, memoryMib: 256n } });
 
-    browser = await launchBrowser();
+    browser = await launchBrowser({ trustServerCert: join(etcd.pkiDir, "server.crt") });
     page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     page.on("pageerror", (e) => pageErrors.push(e.message));
     page.on("request", (r) => {
@@ -134,42 +145,69 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
   });
 
   it("serves the app, its hashed assets, the SPA fallback and the desktop page next to the API", async () => {
-    const index = await fetch(`${base}/`);
+    const index = await get("/");
     assert.equal(index.status, 200);
-    assert.match(index.headers.get("content-type") ?? "", /^text\/html/);
-    assert.equal(index.headers.get("cache-control"), "no-cache");
-    const html = await index.text();
-    const deep = await fetch(`${base}/instances/anything`);
-    assert.equal(await deep.text(), html, "an app route gets the app's index.html");
+    assert.match(index.headers["content-type"] ?? "", /^text\/html/);
+    assert.equal(index.headers["cache-control"], "no-cache");
+    const html = index.body;
+    const deep = await get("/instances/anything");
+    assert.equal(deep.body, html, "an app route gets the app's index.html");
 
     const asset = /src="(\/assets\/[^"]+\.js)"/.exec(html)?.[1];
     assert.ok(asset, "index.html loads a script from /assets/");
-    const js = await fetch(`${base}${asset}`);
+    const js = await get(asset);
     assert.equal(js.status, 200);
-    assert.match(js.headers.get("content-type") ?? "", /^text\/javascript/);
-    assert.match(js.headers.get("cache-control") ?? "", /immutable/);
-    const again = await fetch(`${base}${asset}`, { headers: { "if-none-match": js.headers.get("etag") ?? "" } });
+    assert.match(js.headers["content-type"] ?? "", /^text\/javascript/);
+    assert.match(js.headers["cache-control"] ?? "", /immutable/);
+    const again = await get(asset, { "if-none-match": js.headers.etag ?? "" });
     assert.equal(again.status, 304);
 
-    assert.equal((await fetch(`${base}/assets/missing-0123abcd.js`)).status, 404, "a missing asset is not answered with HTML");
-    const traversal = await rawGet(port, "/../../../../etc/passwd");
+    assert.equal((await get("/assets/missing-0123abcd.js")).status, 404, "a missing asset is not answered with HTML");
+    const traversal = await get("/../../../../etc/passwd");
     assert.equal(traversal.status, 404);
     assert.doesNotMatch(traversal.body, /root:/);
-    assert.equal((await rawGet(port, "/%2e%2e/%2e%2e/etc/passwd")).status, 404);
+    assert.equal((await get("/%2e%2e/%2e%2e/etc/passwd")).status, 404);
 
-    const desktop = await fetch(`${base}/desktop/`);
+    const desktop = await get("/desktop/");
     assert.equal(desktop.status, 200);
-    assert.notEqual(await desktop.text(), html, "/desktop/ is the desktop page, not the app");
+    assert.notEqual(desktop.body, html, "/desktop/ is the desktop page, not the app");
 
     // The API, /healthz and unknown RPCs are not swallowed by the fallback.
-    assert.equal((await fetch(`${base}/healthz`)).status, 200);
-    const unknownRpc = await fetch(`${base}/hypervisor.v1.InstanceService/NoSuchMethod`, {
+    assert.equal((await get("/healthz")).status, 200);
+    const unknownRpc = await httpsRequest(port, ca, "/hypervisor.v1.InstanceService/NoSuchMethod", {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: "{}",
     });
     assert.equal(unknownRpc.status, 404);
     assert.equal((await instancesApi().listInstances({})).instances.length, 3);
+  });
+
+  it("trusts this server's key in the browser and no other, even one from the same CA", async () => {
+    // The page itself loads over https (no certificate error), as every other test here relies on.
+    const page = await browser.newPage();
+    try {
+      const answer = await page.goto(`${base}/healthz`);
+      assert.equal(answer?.status(), 200);
+      // Another key, certified by the same cluster CA for the same address: still refused, since
+      // the browser was told to accept one public key, not the CA nor every certificate.
+      const other = await issueServerCertificate(await loadOrCreateCa(etcd.pkiDir), {
+        name: "impostor",
+        dnsNames: ["localhost"],
+        ipAddresses: ["127.0.0.1"],
+        ttlSeconds: 3600,
+      });
+      const impostor = createServer({ key: other.keyPem, cert: other.certPem }, (_req, res) => res.end("impostor"));
+      await new Promise<void>((resolve) => impostor.listen(0, "127.0.0.1", resolve));
+      try {
+        const { port: otherPort } = impostor.address() as AddressInfo;
+        await assert.rejects(page.goto(`https://127.0.0.1:${otherPort}/`), /net::ERR_CERT_AUTHORITY_INVALID/);
+      } finally {
+        impostor.close();
+      }
+    } finally {
+      await page.close();
+    }
   });
 
   it("creates an instance through the form; it appears and reaches Running without a reload", async () => {
@@ -436,7 +474,7 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
       30_000,
     );
     // A store restored from a backup older than kept-1: its agent keeps it and reports it.
-    const store = await openEtcdStore({ endpoints: [etcd.endpoint] });
+    const store = await etcd.openAsServer();
     try {
       for (const k of [keys.instance("kept-1"), keys.assignment("ui-node", "kept-1"), keys.status("ui-node", "kept-1")])
         await store.delete(k);

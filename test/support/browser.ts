@@ -1,8 +1,14 @@
 /*
  * Debian's Chromium driven by playwright-core for the UI tests: headless, no sandbox (root), no
  * background networking (the machine's network is closed). Screenshots go to test-results/.
+ *
+ * The server under test serves https with a certificate from the test's own cluster CA, which
+ * Chromium does not know. Rather than ignoring certificate errors altogether, the browser is told
+ * to accept the one public key of that server (--ignore-certificate-errors-spki-list): a page
+ * served with any other key still fails, as it would for a user who trusts the cluster CA.
  */
-import { mkdir } from "node:fs/promises";
+import { createHash, X509Certificate } from "node:crypto";
+import { mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { repoRoot } from "./procs.js";
@@ -10,7 +16,13 @@ import { repoRoot } from "./procs.js";
 export const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 export const RESULTS_DIR = join(repoRoot, "test-results");
 
-export function launchBrowser(): Promise<Browser> {
+export interface BrowserOptions {
+  /** A server certificate (PEM file, e.g. <server pki-dir>/server.crt) whose key the browser trusts. */
+  trustServerCert?: string;
+}
+
+export async function launchBrowser(opts: BrowserOptions = {}): Promise<Browser> {
+  const trust = opts.trustServerCert ? [`--ignore-certificate-errors-spki-list=${await spkiPin(opts.trustServerCert)}`] : [];
   return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -21,8 +33,15 @@ export function launchBrowser(): Promise<Browser> {
       "--disable-component-update",
       "--no-first-run",
       "--disable-sync",
+      ...trust,
     ],
   });
+}
+
+/** base64(sha256(SubjectPublicKeyInfo)) of the certificate in `certFile`: Chromium's SPKI pin. */
+export async function spkiPin(certFile: string): Promise<string> {
+  const spki = new X509Certificate(await readFile(certFile)).publicKey.export({ type: "spki", format: "der" });
+  return createHash("sha256").update(spki).digest("base64");
 }
 
 /** Saves a full-page PNG under test-results/ and returns its path. */

@@ -51,17 +51,21 @@ fmt: node_modules/.package-lock.json
 run: deps build
 	@bash scripts/run-dev.sh
 
-# A server and agents (each `make run-agent` in its own terminal, with --node-name for more than
-# one) sharing a local etcd on 127.0.0.1:2379, started here if it is not running (data in
-# .data/etcd; `make stop-etcd` stops it by its pid file).
+# A server and agents (each `make run-agent` in its own terminal; more than one with
+# AGENT_ARGS="--node-name n2 --data-dir .data/n2") on a local etcd on https://127.0.0.1:2379,
+# started here if it is not running, as production runs it: TLS and client-certificate auth from
+# the cluster CA (`hypervisor-server init` makes it and etcd's certificates in .data/server/pki),
+# the server turning etcd's auth on, each agent joined with a token (scripts/run-agent.sh) and
+# confined to its own keys. Data in .data/etcd; `make stop-etcd` stops it by its pid file.
 run-server: deps build etcd
 	node dist/cmd/hypervisor-server/main.js --config configs/server.yaml
 
 run-agent: deps build etcd
-	node dist/cmd/hypervisor-agent/main.js --config configs/agent.yaml
+	@bash scripts/run-agent.sh $(AGENT_ARGS)
 
-etcd:
-	@bash scripts/start-etcd.sh 2379 $(CURDIR)/.data/etcd >/dev/null
+etcd: build
+	@node dist/cmd/hypervisor-server/main.js init --config configs/server.yaml >/dev/null
+	@bash scripts/start-etcd.sh 2379 $(CURDIR)/.data/etcd $(CURDIR)/.data/server/pki/etcd >/dev/null
 
 stop-etcd:
 	@bash scripts/stop-etcd.sh $(CURDIR)/.data/etcd

@@ -7,7 +7,7 @@ import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { Agent, buildDrivers, defaultNodeName, DRIVER_DEFAULTS } from "../../internal/agent/index.js";
 import { checkServerConfig, serverSchema } from "../../internal/server/config.js";
-import { serverTls } from "../../internal/server/tls-setup.js";
+import { initEtcdPki, serverTls } from "../../internal/server/tls-setup.js";
 import { configLocation, saveContext } from "../../internal/ctl/config-file.js";
 import { Server } from "../../internal/server/server.js";
 import { staticUi } from "../../internal/server/static.js";
@@ -28,12 +28,40 @@ import { runDaemon, untilAborted } from "../../pkg/daemon/index.js";
 import { logger } from "../../pkg/log/index.js";
 import { packageVersion } from "../../pkg/version/index.js";
 
-await runDaemon({
-  name: "hypervisor-server",
-  about: "Runs the cluster's API, scheduler and controllers.",
-  schema: serverSchema,
-  run,
-});
+// `hypervisor-server init [settings]`: the cluster CA and etcd's certificates, before etcd first
+// starts with TLS; then exits. Otherwise the server runs.
+if (process.argv[2] === "init")
+  await runDaemon(
+    {
+      name: "hypervisor-server init",
+      about:
+        "Makes the cluster CA in pki-dir (if missing) and, in pki-dir/etcd, the certificates etcd serves TLS with and the servers' etcd identity (hypervisor-server), then exits.",
+      schema: serverSchema,
+      run: init,
+    },
+    process.argv.slice(3),
+  );
+else
+  await runDaemon({
+    name: "hypervisor-server",
+    about: "Runs the cluster's API, scheduler and controllers.",
+    schema: serverSchema,
+    run,
+  });
+
+async function init(loaded: Loaded<typeof serverSchema>): Promise<number> {
+  const c = loaded.config;
+  const pkiDir = resolve(c.pkiDir || join(c.dataDir, "pki"));
+  const hosts = c.etcdEndpoints.map((e) => new URL(e).hostname.replace(/^\[(.*)\]$/, "$1"));
+  const etcd = await initEtcdPki(pkiDir, hosts);
+  const say = (line: string) => process.stdout.write(`${line}\n`);
+  say(`cluster CA: ${join(pkiDir, "ca.crt")} (its key ca.key beside it: servers only)`);
+  say(`etcd: ${etcd.dir} (${etcd.issued.length > 0 ? `issued ${etcd.issued.join(", ")}` : "current, kept"})`);
+  say(`  etcd:   scripts/start-etcd.sh PORT DATA-DIR ${etcd.dir}`);
+  say(`  server: etcd-ca-file ${join(etcd.dir, "ca.crt")}, etcd-cert-file ${join(etcd.dir, "hypervisor-server.crt")},`);
+  say(`          etcd-key-file ${join(etcd.dir, "hypervisor-server.key")}, etcd-enable-auth true`);
+  return 0;
+}
 
 async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Promise<number> {
   const listen = checkServerConfig(loaded.config);

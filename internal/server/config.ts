@@ -273,9 +273,10 @@ export const serverSchema = {
 
 export type ServerConfig = ConfigOf<typeof serverSchema>;
 
-/** 127.0.0.0/8, ::1 and localhost: an address no other machine reaches. */
+/** 127.0.0.0/8, ::1 (bracketed too, as a URL's hostname has it) and localhost: an address no other machine reaches. */
 export function isLoopback(host: string): boolean {
-  return host === "localhost" || host === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+  const h = host.replace(/^\[(.*)\]$/, "$1");
+  return h === "localhost" || h === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
 }
 
 /** Checks what the schema's types cannot; returns the listen address split. */

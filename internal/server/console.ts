@@ -18,7 +18,7 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import type { IncomingMessage } from "node:http";
-import { createConnection, isIP, type Socket } from "node:net";
+import { createConnection, type Socket } from "node:net";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
@@ -28,6 +28,7 @@ import { Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { ConsoleTicketRecordSchema, type ConsoleTicketRecord } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { ifModRevision } from "../../pkg/cluster/store/index.js";
 import { codecs, keys, merged, phaseName, placedOn } from "../../pkg/cluster/state/index.js";
+import { isLoopback } from "./config.js";
 import type { ServerContext } from "./context.js";
 import type { ConsoleAddress } from "./agent-client.js";
 import { show, validateName } from "./validate.js";
@@ -271,13 +272,6 @@ export class ConsoleProxy {
     });
     this.ctx.log.info({ instance: record.instance, kind: kindName(record.kind), via: peer.via }, "console opened");
   }
-}
-
-/** 127.0.0.0/8, ::1 or localhost: an address that only reaches this machine. */
-function isLoopback(host: string): boolean {
-  const h = host.replace(/^\[|\]$/g, "");
-  if (h === "localhost" || h === "::1") return true;
-  return isIP(h) === 4 && h.startsWith("127.");
 }
 
 function refuse(socket: Socket, status: number, message: string): void {

@@ -6,14 +6,29 @@
  *   pki-dir/ca.crt, ca.key ──(absent: create, exclusively)──► CA
  *   pki-dir/server.crt, server.key ──(absent, another CA's, past two thirds of its life, or
  *                                     missing a name)──► issue again (90 days) ──► TLS settings
+ *
+ * And `hypervisor-server init` (initEtcdPki): the CA before etcd first starts, and what etcd needs
+ * to serve TLS with client certificates of it, in pki-dir/etcd (same rules: kept while current).
  */
 import { X509Certificate } from "node:crypto";
 import { hostname } from "node:os";
 import { isIP } from "node:net";
-import { type CertificateAuthority, issueServerCertificate, loadOrCreateCa, readLeaf, renewAt, writeLeaf } from "../../pkg/pki/index.js";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import {
+  type CertificateAuthority,
+  issueEtcdCertificate,
+  issueServerCertificate,
+  loadOrCreateCa,
+  readLeaf,
+  renewAt,
+  writeLeaf,
+} from "../../pkg/pki/index.js";
 import type { TlsSettings } from "./http.js";
 
 export const SERVER_CERT_TTL_SECONDS = 90 * 24 * 3600;
+/** etcd's serving certificate and the servers' etcd identity: a year, renewed by running init again. */
+export const ETCD_CERT_TTL_SECONDS = 365 * 24 * 3600;
 
 export interface ServerTlsOptions {
   pkiDir: string;
@@ -50,7 +65,11 @@ export async function serverTls(o: ServerTlsOptions): Promise<{ ca: CertificateA
 }
 
 /** Signed by this CA, not due for renewal, and naming every name wanted. */
-function current(cert: X509Certificate, ca: CertificateAuthority, want: { dnsNames: string[]; ipAddresses: string[] }): boolean {
+function current(
+  cert: X509Certificate,
+  ca: CertificateAuthority,
+  want: { dnsNames: readonly string[]; ipAddresses: readonly string[] },
+): boolean {
   if (!cert.verify(new X509Certificate(ca.certPem).publicKey)) return false;
   if (Date.now() >= renewAt(cert).getTime()) return false;
   const san = cert.subjectAltName ?? "";
@@ -61,4 +80,36 @@ function hasIp(san: string, ip: string): boolean {
   // Node prints IPv6 SANs expanded and upper-cased ("IP Address:0:0:0:0:0:0:0:1").
   if (ip === "::1") return /IP Address:(0:0:0:0:0:0:0:1|::1)\b/i.test(san);
   return san.includes(`IP Address:${ip}`);
+}
+
+export interface EtcdPki {
+  /** pki-dir/etcd: ca.crt, etcd-server.crt/.key, hypervisor-server.crt/.key. */
+  dir: string;
+  /** The files issued now (a pair still current is kept). */
+  issued: string[];
+}
+
+/**
+ * The cluster CA (made if missing) and, in pki-dir/etcd, what etcd needs to serve TLS with
+ * client-certificate auth from it (scripts/start-etcd.sh takes that directory): a copy of ca.crt,
+ * etcd's certificate (etcd-server: loopback, this host, and the hosts of `etcdHosts`, the
+ * etcd-endpoints servers dial), and the servers' etcd identity (hypervisor-server: the CN is the
+ * etcd user). Keys 0600 in a 0700 directory; etcd's key is for the etcd process only.
+ */
+export async function initEtcdPki(pkiDir: string, etcdHosts: readonly string[]): Promise<EtcdPki> {
+  const ca = await loadOrCreateCa(pkiDir);
+  const dir = join(pkiDir, "etcd");
+  const issued: string[] = [];
+  const pairs = [
+    ["etcd-server", "etcd", certificateNames("", etcdHosts)],
+    ["hypervisor-server", "hypervisor-server", { dnsNames: [], ipAddresses: [] }],
+  ] as const;
+  for (const [base, commonName, names] of pairs) {
+    const have = await readLeaf(dir, base);
+    if (have && current(have.cert, ca, names) && have.cert.subject === `CN=${commonName}`) continue;
+    await writeLeaf(dir, base, await issueEtcdCertificate(ca, { commonName, ...names, ttlSeconds: ETCD_CERT_TTL_SECONDS }));
+    issued.push(`${base}.crt`, `${base}.key`);
+  }
+  await writeFile(join(dir, "ca.crt"), ca.certPem, { mode: 0o644 });
+  return { dir, issued };
 }

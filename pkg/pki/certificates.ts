@@ -160,22 +160,51 @@ export interface ServerCertificateParams {
 // A DNS name as a TLS client matches it: labels of letters, digits and '-', a leading "*." allowed.
 const DNS_NAME_RE = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
 
+/** Subject alternative names, each checked: DNS names as TLS clients match them, IP addresses. */
+function sanOf(dnsNames: readonly string[], ipAddresses: readonly string[]): x509.JsonGeneralNames {
+  dnsNames.forEach((d, i) => {
+    if (d.length > 253 || !DNS_NAME_RE.test(d)) throw new CertificateParamsError(`dnsNames[${i}]`, `${show(d)} is not a DNS name`);
+  });
+  ipAddresses.forEach((ip, i) => {
+    if (isIP(ip) === 0) throw new CertificateParamsError(`ipAddresses[${i}]`, `${show(ip)} is not an IP address`);
+  });
+  return [...dnsNames.map((value) => ({ type: "dns" as const, value })), ...ipAddresses.map((value) => ({ type: "ip" as const, value }))];
+}
+
 /** A key and a certificate for a server (made here: a server is trusted with the CA anyway). */
 export async function issueServerCertificate(ca: CertificateAuthority, p: ServerCertificateParams): Promise<KeyAndCertificate> {
   checkIdentityName("name", p.name);
   checkTtl("ttlSeconds", p.ttlSeconds);
-  p.dnsNames.forEach((d, i) => {
-    if (d.length > 253 || !DNS_NAME_RE.test(d)) throw new CertificateParamsError(`dnsNames[${i}]`, `${show(d)} is not a DNS name`);
-  });
-  p.ipAddresses.forEach((ip, i) => {
-    if (isIP(ip) === 0) throw new CertificateParamsError(`ipAddresses[${i}]`, `${show(ip)} is not an IP address`);
-  });
+  const san = sanOf(p.dnsNames, p.ipAddresses);
   const keys = await generateKeyPair();
-  const san: x509.JsonGeneralNames = [
-    ...p.dnsNames.map((value) => ({ type: "dns" as const, value })),
-    ...p.ipAddresses.map((value) => ({ type: "ip" as const, value })),
-  ];
   const cert = await sign(ca, subjectOf({ kind: "server", name: p.name }), keys.publicKey, p.ttlSeconds, p.now ?? new Date(), san);
+  return { certPem: cert.toString("pem"), keyPem: await privateKeyToPem(keys.privateKey) };
+}
+
+export interface EtcdCertificateParams {
+  /**
+   * "etcd": the certificate etcd serves (and its gateway dials itself with); "hypervisor-server":
+   * the servers' etcd identity (with --client-cert-auth the CN is the etcd user).
+   */
+  commonName: "etcd" | "hypervisor-server";
+  dnsNames: readonly string[];
+  ipAddresses: readonly string[];
+  ttlSeconds: number;
+  now?: Date;
+}
+
+/**
+ * A key and a certificate for etcd's side of the cluster: etcd's serving certificate, or the
+ * servers' etcd client certificate. Their subject has no hypervisor organization, so neither is a
+ * server or node identity at the API.
+ */
+export async function issueEtcdCertificate(ca: CertificateAuthority, p: EtcdCertificateParams): Promise<KeyAndCertificate> {
+  if (p.commonName !== "etcd" && p.commonName !== "hypervisor-server")
+    throw new CertificateParamsError("commonName", `${show(p.commonName)} is not etcd or hypervisor-server`);
+  checkTtl("ttlSeconds", p.ttlSeconds);
+  const san = sanOf(p.dnsNames, p.ipAddresses);
+  const keys = await generateKeyPair();
+  const cert = await sign(ca, [{ CN: [p.commonName] }], keys.publicKey, p.ttlSeconds, p.now ?? new Date(), san);
   return { certPem: cert.toString("pem"), keyPem: await privateKeyToPem(keys.privateKey) };
 }
 

@@ -1,9 +1,11 @@
 // scripts/start-etcd.sh in TLS mode, as a developer runs it: https on loopback with
 // --client-cert-auth, healthy by its own check (also after a restart with auth on), and etcd then
-// takes the server's certificate as root and refuses a client without one.
+// takes the server's certificate as root and refuses a client without one; and the same on the
+// files `hypervisor-server init` makes (what `make etcd` runs).
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { X509Certificate } from "node:crypto";
+import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -12,7 +14,8 @@ import { enableAuth, ETCD_SERVER_USER, openEtcdStore } from "../../pkg/cluster/e
 import { PermissionDeniedError, type Store } from "../../pkg/cluster/store/index.js";
 import { keys } from "../../pkg/cluster/state/index.js";
 import { makeTestCa, type TestCa } from "../support/pki.js";
-import { freePort, repoRoot } from "../support/procs.js";
+import { identityOf } from "../../pkg/pki/index.js";
+import { binPath, freePort, repoRoot } from "../support/procs.js";
 
 const run = promisify(execFile);
 
@@ -65,6 +68,56 @@ describe("scripts/start-etcd.sh with a pki dir", { timeout: 120_000 }, () => {
       );
     } finally {
       await rm(empty, { recursive: true, force: true });
+    }
+  });
+
+  it("runs on what `hypervisor-server init` makes: the CA, etcd's certificate and the servers' etcd identity", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "hv-init-"));
+    const initPort = await freePort();
+    const endpoint = `https://127.0.0.1:${initPort}`;
+    const init = () =>
+      run(process.execPath, [binPath("hypervisor-server"), "init", "--data-dir", dir, "--etcd-endpoints", endpoint], { timeout: 60_000 });
+    const etcdDir = join(dir, "pki", "etcd");
+    try {
+      assert.match((await init()).stdout, /issued etcd-server\.crt, etcd-server\.key, hypervisor-server\.crt, hypervisor-server\.key/);
+      assert.equal((await stat(join(dir, "pki", "ca.key"))).mode & 0o777, 0o600);
+      assert.equal((await stat(etcdDir)).mode & 0o777, 0o700);
+      for (const f of ["etcd-server.key", "hypervisor-server.key"]) assert.equal((await stat(join(etcdDir, f))).mode & 0o777, 0o600, f);
+      const served = new X509Certificate(await readFile(join(etcdDir, "etcd-server.crt")));
+      assert.equal(served.subject, "CN=etcd");
+      assert.match(served.subjectAltName ?? "", /IP Address:127\.0\.0\.1/);
+      const caPem = await readFile(join(dir, "pki", "ca.crt"), "utf8");
+      assert.equal(await readFile(join(etcdDir, "ca.crt"), "utf8"), caPem);
+      // Neither is a server or node identity at the API.
+      const client = await readFile(join(etcdDir, "hypervisor-server.crt"), "utf8");
+      assert.equal(identityOf(client), undefined);
+      assert.equal(new X509Certificate(client).subject, `CN=${ETCD_SERVER_USER}`);
+      // Again: current, kept as they are.
+      assert.match((await init()).stdout, /current, kept/);
+      assert.equal(await readFile(join(etcdDir, "hypervisor-server.crt"), "utf8"), client);
+
+      const data2 = join(dir, "etcd-data");
+      const got = (await run("bash", [join(repoRoot, "scripts/start-etcd.sh"), String(initPort), data2, etcdDir], { timeout: 60_000 }))
+        .stdout;
+      try {
+        assert.equal(got.trim(), endpoint);
+        const tls = {
+          caFile: join(etcdDir, "ca.crt"),
+          certFile: join(etcdDir, "hypervisor-server.crt"),
+          keyFile: join(etcdDir, "hypervisor-server.key"),
+        };
+        const server = await openEtcdStore({ endpoints: [endpoint], tls });
+        opened.push(server);
+        await enableAuth(server);
+        await server.put(keys.cluster, new TextEncoder().encode("id"));
+        const noCert = await openEtcdStore({ endpoints: [endpoint], tls: { caFile: tls.caFile } });
+        opened.push(noCert);
+        await assert.rejects(noCert.get(keys.cluster), PermissionDeniedError);
+      } finally {
+        await run("bash", [join(repoRoot, "scripts/stop-etcd.sh"), data2], { timeout: 60_000 });
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });

@@ -8,7 +8,8 @@ import { ensureCredentials, JoinRefusedError } from "../../internal/agent/join.j
 import { CertRenewer, lookupThroughServer } from "../../internal/agent/renew.js";
 import type { EndpointTls } from "../../internal/agent/endpoint.js";
 import { etcdOptions, openEtcdStore, waitForStore, type EtcdStore } from "../../pkg/cluster/etcd/index.js";
-import type { Loaded } from "../../pkg/config/index.js";
+import { ConfigError, type Loaded } from "../../pkg/config/index.js";
+import { checkName } from "../../pkg/validation/index.js";
 import { runDaemon, untilAborted } from "../../pkg/daemon/index.js";
 import { logger } from "../../pkg/log/index.js";
 
@@ -21,7 +22,12 @@ await runDaemon({
 
 async function run(loaded: Loaded<typeof agentSchema>, signal: AbortSignal): Promise<number> {
   const c = loaded.config;
+  const fromHostname = !c.nodeName;
   c.nodeName ||= defaultNodeName();
+  // The cluster's one name rule (what the server, certificates and etcd roles take), checked
+  // before anything is joined or registered under it.
+  const bad = checkName("node-name", c.nodeName);
+  if (bad) throw new ConfigError(fromHostname ? `${bad} (it is this machine's hostname: set node-name)` : bad, "node-name");
   const drivers = buildDrivers(
     c.drivers,
     c.dataDir,

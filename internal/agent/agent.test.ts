@@ -607,8 +607,9 @@ function agentSuite(kind: string, open: Opener): void {
         }
       });
 
-      it("refuses a node name that is not a DNS label", () => {
-        assert.throws(() => boot("Bad_Node", mockOf("x")), /node name "Bad_Node" is not a DNS label/);
+      it("refuses a node name that is not a valid name: the cluster's one rule, a letter first", () => {
+        assert.throws(() => boot("Bad_Node", mockOf("x")), /node name "Bad_Node" is not a valid name/);
+        assert.throws(() => boot("1node", mockOf("x")), /node name "1node" is not a valid name/);
       });
     });
   });

@@ -25,6 +25,7 @@ import { type Node, NodeSchema, ResourcesSchema, TaintSchema } from "../../api/g
 import { TaintEffect } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import type { TaintSetting } from "./config.js";
 import { AgentEndpointSchema, AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
+import { NAME_RE } from "../../pkg/validation/index.js";
 import { Heartbeat } from "../../pkg/cluster/heartbeat/index.js";
 import type { Instance } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { type KnownInstance, OrphanBook, SpecKeeper } from "./orphans.js";
@@ -100,8 +101,6 @@ export interface AdoptionReport {
   orphans: string[];
 }
 
-const NODE_NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
-
 export class AgentError extends Error {
   override name = "AgentError";
 }
@@ -130,8 +129,10 @@ export class Agent {
   private readonly specs: SpecKeeper;
 
   constructor(private readonly opts: AgentOptions) {
-    if (!NODE_NAME_RE.test(opts.nodeName)) {
-      throw new AgentError(`node name ${JSON.stringify(opts.nodeName)} is not a DNS label (lowercase letters, digits and '-', at most 63)`);
+    if (!NAME_RE.test(opts.nodeName)) {
+      throw new AgentError(
+        `node name ${JSON.stringify(opts.nodeName)} is not a valid name (1-63 lowercase letters, digits and '-', starting with a letter)`,
+      );
     }
     if (opts.drivers.length === 0) throw new AgentError("an agent needs at least one driver");
     this.nodeName = opts.nodeName;

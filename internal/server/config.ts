@@ -2,6 +2,7 @@
  * The server's settings (configs/server.yaml documents each one). YAML keys are the flag names:
  * `listen: 0.0.0.0:7070` is `--listen 0.0.0.0:7070` is HYPERVISOR_LISTEN=0.0.0.0:7070.
  */
+import { checkName } from "../../pkg/validation/index.js";
 import { etcdSchema } from "../../pkg/cluster/etcd/index.js";
 import { ConfigError, type ConfigOf, type Schema } from "../../pkg/config/index.js";
 import type { Algorithm } from "./scheduler.js";
@@ -302,8 +303,9 @@ export function checkServerConfig(c: ServerConfig): { host: string; port: number
       `tls: false on listen ${c.listen}, which is not loopback: clients' credentials would cross the network in cleartext; serve TLS, or set dangerously-allow-plaintext`,
       "tls",
     );
-  if (c.nodeName && !/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(c.nodeName))
-    throw new ConfigError(`node-name: ${JSON.stringify(c.nodeName)} is not a DNS label`, "node-name");
+  // The in-process agent's node: the cluster's one name rule, as every agent's.
+  const badNode = c.nodeName ? checkName("node-name", c.nodeName) : undefined;
+  if (badNode) throw new ConfigError(badNode, "node-name");
   if (c.serverId && !/^[a-zA-Z0-9._-]{1,63}$/.test(c.serverId))
     throw new ConfigError(`server-id: ${JSON.stringify(c.serverId)} must be 1-63 of a-z A-Z 0-9 . _ -`, "server-id");
   return { host, port, algorithm: c.schedulerAlgorithm };

@@ -1,9 +1,10 @@
 // Connection bounds, against the real hypervisor-server binary (embedded store) in its own
 // process, on TLS as production runs it: a client that freezes the server's event loop must not
-// also freeze the test. The protocol router sniffs the first bytes after the handshake, so HTTP/2
-// preface fragments, half-sent HTTP/1.1 headers and idle sessions are sent inside TLS; a TCP
-// client that never finishes (or never starts) its handshake is the cleartext-level threat, bound
-// by the same header-timeout.
+// also freeze the test. The protocol router sniffs the first bytes after the handshake (the same
+// code then routes --no-tls connections, so no cleartext server is needed to test it): HTTP/2
+// preface fragments, half-sent HTTP/1.1 headers and idle sessions are sent inside TLS, and a TCP
+// client that never finishes (or never starts) its handshake, the threat before any HTTP, is
+// bound by the same header-timeout.
 import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import * as http from "node:http";

@@ -7,6 +7,9 @@
  *               (the node's agent is on the server's machine: it names the socket, the server dials)
  *   ours, agent client ──WebSocket /console/<ticket>──► hypervisor-server ──tunnel──► agent ──unix socket──► VNC
  *               (a second server on the same etcd with --no-console-local-direct: a remote node's path)
+ * The cluster runs as production does: etcd on TLS with client-certificate auth (the servers as etcd
+ * user hypervisor-server, auth on), the API and its WebSockets on TLS (wss), and the agent joined
+ * with a token, so the tunnel is mutual TLS and the agent's etcd identity is its node certificate.
  *   websockify  client ──WebSocket──► websockify (Debian) ──unix socket──► VNC    (if installed)
  *
  * Each path runs the same RFB session: 003.008, security None, ClientInit shared, then
@@ -25,7 +28,7 @@
  * BENCH_CONSOLE_ROUNDS (default 9) and BENCH_CONSOLE_MB (default 24) tune it.
  */
 import { execFile, spawnSync } from "node:child_process";
-import { chmod, copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -36,7 +39,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import WebSocket, { createWebSocketStream } from "ws";
 import { ConsoleKind, ConsoleService } from "../api/gen/hypervisor/v1/console_pb.js";
 import { InstanceService, Phase } from "../api/gen/hypervisor/v1/instance_pb.js";
-import { startEtcd } from "../test/support/etcd.js";
+import { ctlFor, joinArgs, joinToken, startSecureEtcd } from "../test/support/cluster.js";
 import { GUEST_CMD_DONE, GUEST_READY_MARKER, testGuest } from "../test/support/guest.js";
 import { ensureLibvirtd } from "../test/support/libvirt.js";
 import { binPath, freePort, Proc } from "../test/support/procs.js";
@@ -56,6 +59,8 @@ const ENC_EXTENDED_DESKTOP_SIZE = -308;
 const VM = `bench-console-${process.pid}`;
 /** The server's URL, once it listens. */
 let base = "";
+/** The cluster CA (PEM), which the API's certificate chains to: every client here trusts it. */
+let ca = "";
 const hasWebsockify = spawnSync("sh", ["-c", "command -v websockify"]).status === 0;
 
 async function main(): Promise<void> {
@@ -66,16 +71,18 @@ async function main(): Promise<void> {
   await mkdir(join(dir, "images"), { mode: 0o755 });
   await copyFile(guest.kernel, join(dir, "images", "vmlinuz"));
   await copyFile(guest.initrd, join(dir, "images", "initrd.img"));
-  const etcd = await startEtcd();
+  // Both servers are given this CA (a second server of a cluster holds a copy of it).
+  const etcd = await startSecureEtcd(join(dir, "pki"));
+  ca = await readFile(etcd.caFile, "utf8");
   const procs: Proc[] = [];
   let created = false;
   try {
     const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
+    base = `https://127.0.0.1:${port}`;
     const server = new Proc("server", [
       binPath("hypervisor-server"),
-      "--no-tls", // TODO(issue 13): run this on TLS
-      ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, "server")],
+      ...etcd.serverArgs,
+      ...["--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, "server")],
     ]);
     procs.push(server);
     await server.waitFor(/server listening/);
@@ -83,21 +90,21 @@ async function main(): Promise<void> {
     const tunnelPort = await freePort();
     const viaAgent = new Proc("server-via-agent", [
       binPath("hypervisor-server"),
-      "--no-tls", // TODO(issue 13): run this on TLS
-      ...["--store", "etcd", "--etcd-endpoints", etcd.endpoint, "--listen", `127.0.0.1:${tunnelPort}`],
-      ...["--data-dir", join(dir, "server-via-agent"), "--no-console-local-direct"],
+      ...etcd.serverArgs,
+      ...["--listen", `127.0.0.1:${tunnelPort}`, "--data-dir", join(dir, "server-via-agent"), "--no-console-local-direct"],
     ]);
     procs.push(viaAgent);
     await viaAgent.waitFor(/server listening/);
+    const token = await joinToken(ctlFor(base, etcd.caFile), 1);
     const agent = new Proc("agent", [
       binPath("hypervisor-agent"),
-      ...["--node-name", "bench-console", "--etcd-endpoints", etcd.endpoint, "--drivers", "libvirt", "--data-dir", join(dir, "agent")],
-      ...["--libvirt-image-dir", join(dir, "images")],
+      ...["--node-name", "bench-console", "--etcd-endpoints", etcd.etcd.endpoint, "--drivers", "libvirt", "--data-dir", join(dir, "agent")],
+      ...["--libvirt-image-dir", join(dir, "images"), ...joinArgs(base, token)],
     ]);
     procs.push(agent);
     await agent.waitFor(/agent started/);
 
-    const transport = createConnectTransport({ baseUrl: base, httpVersion: "1.1" });
+    const transport = createConnectTransport({ baseUrl: base, httpVersion: "1.1", nodeOptions: { ca } });
     const instances = createClient(InstanceService, transport);
     const consoles = createClient(ConsoleService, transport);
     await instances.createInstance({
@@ -121,14 +128,14 @@ async function main(): Promise<void> {
         name: "ours, local node (server → VNC)",
         open: async () => {
           const { path } = await consoles.createConsoleTicket({ name: VM, kind: ConsoleKind.VNC });
-          return openWs(`ws://127.0.0.1:${port}${path}`);
+          return openWs(`wss://127.0.0.1:${port}${path}`);
         },
       },
       {
         name: "ours, via agent (server → agent → VNC)",
         open: async () => {
           const { path } = await consoles.createConsoleTicket({ name: VM, kind: ConsoleKind.VNC });
-          return openWs(`ws://127.0.0.1:${tunnelPort}${path}`);
+          return openWs(`wss://127.0.0.1:${tunnelPort}${path}`);
         },
       },
     ];
@@ -217,7 +224,7 @@ async function main(): Promise<void> {
     }
   } finally {
     if (created)
-      await createClient(InstanceService, createConnectTransport({ baseUrl: base, httpVersion: "1.1" }))
+      await createClient(InstanceService, createConnectTransport({ baseUrl: base, httpVersion: "1.1", nodeOptions: { ca } }))
         .deleteInstance({ name: VM })
         .catch(() => undefined);
     for (let i = 0; i < 600 && created; i++) {
@@ -239,7 +246,7 @@ async function main(): Promise<void> {
 /** Runs one line on the guest's serial console (see scripts/guest/init) and waits for its end. */
 async function serialCommand(consoles: ReturnType<typeof createClient<typeof ConsoleService>>, line: string): Promise<void> {
   const { path } = await consoles.createConsoleTicket({ name: VM, kind: ConsoleKind.SERIAL });
-  const ws = new WebSocket(`${base.replace(/^http/, "ws")}${path}`);
+  const ws = new WebSocket(`${base.replace(/^http/, "ws")}${path}`, { ca });
   await new Promise<void>((resolve, reject) => {
     ws.once("open", () => resolve());
     ws.once("error", reject);
@@ -269,7 +276,7 @@ function openTcp(port: number): Promise<Duplex> {
 
 function openWs(url: string): Promise<Duplex> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, ["binary"], { perMessageDeflate: false });
+    const ws = new WebSocket(url, ["binary"], { perMessageDeflate: false, ...(url.startsWith("wss:") ? { ca } : {}) });
     ws.once("open", () => {
       ws.off("error", reject);
       resolve(createWebSocketStream(ws));

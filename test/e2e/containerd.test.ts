@@ -1,22 +1,20 @@
-// Containers end to end on a two-agent cluster: etcd, hypervisor-server serving TLS, two
-// hypervisor-agents joined with a token (mutual TLS between server and agents: image imports and
-// logs cross it) with the containerd driver on the real containerd (one namespace of the test's
+// Containers end to end on a two-agent cluster as production runs it: etcd on TLS with
+// client-certificate auth (the server as etcd user hypervisor-server, auth on), hypervisor-server
+// serving TLS, two hypervisor-agents joined with a token (mutual TLS between server and agents:
+// image imports and logs cross it; each agent's etcd identity is its node certificate, confined to
+// its own keys) with the containerd driver on the real containerd (one namespace of the test's
 // own, each agent owning its containers), driven through hypervisor-ctl. Image import to every
 // node, a service with its log, a crash loop that backs off, kill -9 of an agent and adoption,
 // stop, delete, and the bad inputs a user will type.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
-import { startEtcd, type EtcdProcess } from "../support/etcd.js";
+import { ctlFor, joinArgs, joinToken as makeJoinToken, startSecureEtcd, type SecureEtcd } from "../support/cluster.js";
 import { busyboxImage, BUSYBOX_REF, ensureContainerd } from "../support/containerd.js";
 import { binPath, freePort, Proc, until } from "../support/procs.js";
 import { ContainerdClient } from "../../pkg/compute/containerd/index.js";
-
-const run = promisify(execFile);
 
 interface JsonInstance {
   name: string;
@@ -39,18 +37,13 @@ describe("containers through the whole system (etcd, server, two agents with con
   let dir: string;
   let socket: string;
   let imageFile: string;
-  let etcd: EtcdProcess;
+  let etcd: SecureEtcd;
   let port: number;
   let server: Proc;
   const agents = new Map<string, Proc>();
   let joinToken = "";
 
-  const ctlRaw = (...args: string[]) =>
-    run(
-      process.execPath,
-      [binPath("hypervisor-ctl"), "--server", `https://127.0.0.1:${port}`, "--ca-file", join(dir, "server", "pki", "ca.crt"), ...args],
-      { timeout: 120_000 },
-    );
+  const ctlRaw = (...args: string[]) => ctlFor(`https://127.0.0.1:${port}`, etcd.caFile, 120_000).raw(...args);
   const ctl = async (...args: string[]) => (await ctlRaw(...args)).stdout;
   const ctlFails = (...args: string[]) =>
     ctlRaw(...args).then(
@@ -64,7 +57,7 @@ describe("containers through the whole system (etcd, server, two agents with con
       "--node-name",
       node,
       "--etcd-endpoints",
-      etcd.endpoint,
+      etcd.etcd.endpoint,
       "--heartbeat-ttl",
       "3",
       "--drivers",
@@ -77,7 +70,8 @@ describe("containers through the whole system (etcd, server, two agents with con
       join(dir, node),
       // The first node lets containers onto its network namespace; the second does not (the default).
       ...(node === nodes[0] ? ["--allow-host-network"] : []),
-      ...["--server", `https://127.0.0.1:${port}`, "--join-token", joinToken],
+      // Joined with a token (a restart uses the certificate it got): its node certificate is its etcd identity.
+      ...joinArgs(`https://127.0.0.1:${port}`, joinToken),
     ]);
     agents.set(node, p);
     return p;
@@ -87,14 +81,11 @@ describe("containers through the whole system (etcd, server, two agents with con
     socket = await ensureContainerd();
     imageFile = (await busyboxImage()).file;
     dir = await mkdtemp(join(tmpdir(), "hv-e2e-ctr-"));
-    etcd = await startEtcd();
+    etcd = await startSecureEtcd(join(dir, "server", "pki"));
     port = await freePort();
     server = new Proc("server", [
       binPath("hypervisor-server"),
-      "--store",
-      "etcd",
-      "--etcd-endpoints",
-      etcd.endpoint,
+      ...etcd.serverArgs,
       "--listen",
       `127.0.0.1:${port}`,
       "--data-dir",
@@ -102,7 +93,7 @@ describe("containers through the whole system (etcd, server, two agents with con
     ]);
     await server.waitFor(/server listening/);
     // The agents join with a token: image imports, logs and consoles then cross mutual TLS.
-    joinToken = (await ctl("join-token", "create", "--uses", "2")).trim();
+    joinToken = await makeJoinToken(ctl, 2);
     for (const n of nodes) await startAgent(n).waitFor(/agent started/);
     await until("both nodes Ready with containerd healthy", async () => {
       const list = JSON.parse(await ctl("node", "list", "-o", "json")) as {

@@ -18,6 +18,7 @@ import { join as joinPath } from "node:path";
 import type { PeerCertificate } from "node:tls";
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import { httpsAgent } from "../../pkg/httpclient/index.js";
 import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
 import {
   caHash,
@@ -132,8 +133,11 @@ export function serverOnly(host: string, cert: PeerCertificate): Error | undefin
 function transport(baseUrl: string, tls: { ca?: string; rejectUnauthorized?: boolean; checkServerIdentity?: typeof serverOnly }) {
   if (!baseUrl.startsWith("https://"))
     throw new JoinRefusedError(`server: ${JSON.stringify(baseUrl)} must be an https:// URL: a join never crosses the network in cleartext`);
-  return createConnectTransport({ baseUrl, httpVersion: "1.1", nodeOptions: tls });
+  return createConnectTransport({ baseUrl, httpVersion: "1.1", nodeOptions: { ...tls, agent: joinAgent } });
 }
+
+/** Sockets with TCP_NODELAY (pkg/httpclient): a join is a few calls, each would wait 40 ms. */
+const joinAgent = httpsAgent();
 
 const signalOpt = (signal: AbortSignal | undefined) => (signal ? { signal } : {});
 

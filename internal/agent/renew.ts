@@ -15,6 +15,7 @@ import { X509Certificate } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import { httpsAgent } from "../../pkg/httpclient/index.js";
 import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
 import { AgentSupportService } from "../../api/gen/hypervisor/v1/agent_pb.js";
 import type { KnownInstance } from "./orphans.js";
@@ -82,20 +83,24 @@ export class CertRenewer {
   /** One renewal, now. */
   async renewOnce(signal?: AbortSignal): Promise<NodeCredentials> {
     const { keyPem, csrPem } = await generateKeyAndCsr(`node:${this.opts.node}`);
-    const res = await this.servers.call((baseUrl) => {
-      const transport = createConnectTransport({
-        baseUrl,
-        httpVersion: "1.1",
-        nodeOptions: {
-          ca: this.creds.caPem,
-          cert: this.creds.certPem,
-          key: this.creds.keyPem,
-          checkServerIdentity: serverOnly,
-          agent: false,
-        },
-      });
-      return createClient(IdentityService, transport).renewCertificate({ csrPem }, signal ? { signal } : {});
-    }, signal);
+    // Its own sockets, gone after the call: the next renewal presents the next certificate.
+    const agent = httpsAgent();
+    const res = await this.servers
+      .call((baseUrl) => {
+        const transport = createConnectTransport({
+          baseUrl,
+          httpVersion: "1.1",
+          nodeOptions: {
+            ca: this.creds.caPem,
+            cert: this.creds.certPem,
+            key: this.creds.keyPem,
+            checkServerIdentity: serverOnly,
+            agent,
+          },
+        });
+        return createClient(IdentityService, transport).renewCertificate({ csrPem }, signal ? { signal } : {});
+      }, signal)
+      .finally(() => agent.destroy());
     const cert = new X509Certificate(res.certPem);
     if (!cert.verify(new X509Certificate(this.creds.caPem).publicKey))
       throw new Error("the renewed certificate is not from the cluster CA");
@@ -128,13 +133,14 @@ export function lookupThroughServer(
   creds: () => NodeCredentials,
 ): (name: string, signal: AbortSignal) => Promise<KnownInstance | undefined> {
   const servers = serverList(server);
+  const agent = httpsAgent();
   return async (name, signal) => {
     const c = creds();
     const r = await servers.call((baseUrl) => {
       const transport = createConnectTransport({
         baseUrl,
         httpVersion: "1.1",
-        nodeOptions: { ca: c.caPem, cert: c.certPem, key: c.keyPem, checkServerIdentity: serverOnly },
+        nodeOptions: { ca: c.caPem, cert: c.certPem, key: c.keyPem, checkServerIdentity: serverOnly, agent },
       });
       return createClient(AgentSupportService, transport).lookupInstance({ name }, { signal });
     }, signal);

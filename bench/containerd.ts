@@ -58,7 +58,7 @@ try {
   const driver = drivers[0]!;
   if (!hasImages(driver)) throw new Error("the containerd driver keeps no images?");
   await driver.importImage(image.file);
-  server = new Server({ store, host: "127.0.0.1", port: 0, version: "bench" });
+  server = new Server({ store, host: "127.0.0.1", port: 0, version: "bench", access: "none" });
   await server.start();
   agent = new Agent({
     store,

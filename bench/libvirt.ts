@@ -64,7 +64,7 @@ let server: Server | undefined;
 let agent: Agent | undefined;
 const leftovers = new Set<string>();
 try {
-  server = new Server({ store, host: "127.0.0.1", port: 0, version: "bench" });
+  server = new Server({ store, host: "127.0.0.1", port: 0, version: "bench", access: "none" });
   await server.start();
   agent = new Agent({ store, nodeName: NODE, drivers, dataDir, heartbeatTtlSeconds: 30 });
   await agent.start(ac.signal);

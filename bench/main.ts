@@ -41,7 +41,7 @@ try {
   await measurePuts(store, 200, CONCURRENCY, "/bench/warm/");
   const raw = await measurePuts(store, Math.max(INSTANCES * 2, 2000), CONCURRENCY);
 
-  server = new Server({ store, host: "127.0.0.1", port: 0, version: "bench" });
+  server = new Server({ store, host: "127.0.0.1", port: 0, version: "bench", access: "none" });
   await server.start();
   for (let i = 0; i < NODES; i++) {
     const dataDir = join(dir, `node-${i}`);

@@ -3,13 +3,15 @@
 # `make run-server` on this machine (https://127.0.0.1:7070, etcd on TLS with node roles).
 #   make run-agent [AGENT_ARGS="--node-name n2 --data-dir .data/n2"]
 # At its first start (no node certificate in its pki dir yet) it gets a one-use join token from
-# the local server (ctl from this machine: loopback may mint tokens), scoped to --node-name when
+# the local server (ctl with the bootstrap admin token beside the CA), scoped to --node-name when
 # one is given, kept 0600 in the data dir, and joins with it. Later starts use the certificate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SERVER="${HYPERVISOR_SERVER_URL:-https://127.0.0.1:7070}"
 CA="${HYPERVISOR_CA_FILE:-.data/server/pki/ca.crt}"
+# The cluster's bootstrap admin token (beside the CA): it may mint join tokens.
+ADMIN_TOKEN_FILE="${HYPERVISOR_ADMIN_TOKEN_FILE:-$(dirname "$CA")/admin-token}"
 DATA="${HYPERVISOR_DATA_DIR:-.data/agent}"
 NODE="${HYPERVISOR_NODE_NAME:-}"
 PKI="${HYPERVISOR_PKI_DIR:-}"
@@ -36,7 +38,7 @@ if [[ ! -s "$PKI/node.crt" ]]; then
   if [[ -n "$NODE" ]]; then scope=(--node "$NODE"); fi
   mkdir -p "$DATA"
   umask 077
-  if ! token=$(node dist/cmd/hypervisor-ctl/main.js --server "$SERVER" --ca-file "$CA" \
+  if ! token=$(HYPERVISOR_TOKEN="$(cat "$ADMIN_TOKEN_FILE")" node dist/cmd/hypervisor-ctl/main.js --server "$SERVER" --ca-file "$CA" \
     join-token create "${scope[@]}" --uses 1 --ttl 10m --description "make run-agent"); then
     echo "run-agent: no join token from $SERVER (is make run-server running?)" >&2
     exit 2

@@ -20,7 +20,9 @@ IMAGES="${HYPERVISOR_LIBVIRT_IMAGE_DIR:-$DATA/images}"
 SERVER="https://${HYPERVISOR_LISTEN:-127.0.0.1:7070}"
 CA="${HYPERVISOR_PKI_DIR:-$DATA/pki}/ca.crt"
 DEMO="${DEMO_VM:-demo-vm}"
-ctl() { node dist/cmd/hypervisor-ctl/main.js --server "$SERVER" --ca-file "$CA" "$@"; }
+# The cluster's bootstrap admin token, written beside the CA at the first start.
+TOKEN_FILE="$(dirname "$CA")/admin-token"
+ctl() { HYPERVISOR_TOKEN="$(cat "$TOKEN_FILE")" node dist/cmd/hypervisor-ctl/main.js --server "$SERVER" --ca-file "$CA" "$@"; }
 
 mkdir -p "$IMAGES"
 vm=0
@@ -50,7 +52,7 @@ server=$!
 trap 'kill -TERM "$server" 2>/dev/null || true; wait "$server"; exit $?' INT TERM
 
 for _ in $(seq 1 300); do
-  [[ -f "$CA" ]] && ctl node list >/dev/null 2>&1 && break
+  [[ -f "$CA" && -f "$TOKEN_FILE" ]] && ctl node list >/dev/null 2>&1 && break
   kill -0 "$server" 2>/dev/null || { wait "$server"; exit $?; }
   sleep 0.2
 done

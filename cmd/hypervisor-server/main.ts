@@ -3,11 +3,12 @@
 // Server (API on one port; scheduler and controllers while leader), plus with --dev an agent in
 // the same process. Until SIGTERM/SIGINT. Exit codes: 0 clean stop, 1 runtime failure, 2 bad settings.
 import { randomUUID } from "node:crypto";
-import { mkdir } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { Agent, buildDrivers, defaultNodeName, DRIVER_DEFAULTS } from "../../internal/agent/index.js";
 import { checkServerConfig, serverSchema } from "../../internal/server/config.js";
 import { initEtcdPki, serverTls } from "../../internal/server/tls-setup.js";
+import { ADMIN_TOKEN_FILE } from "../../internal/server/access/index.js";
 import { configLocation, saveContext } from "../../internal/ctl/config-file.js";
 import { Server } from "../../internal/server/server.js";
 import { staticUi } from "../../internal/server/static.js";
@@ -180,6 +181,9 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
       fallback: staticUi(),
       serverId,
       log,
+      // Every call checked against tokens, certificates and roles; the first start's admin token
+      // goes beside the CA key (servers only).
+      access: { bootstrapDir: pkiDir },
       // Replicas share etcd and elect one leader; the embedded store has one process by construction.
       ...(c.store === "etcd" ? { leadership: new Election(store, "scheduler", serverId) } : {}),
     });
@@ -200,18 +204,19 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
       });
       await agent.start(signal);
       // The quick start needs no flags: ctl finds this server and its CA in its own config file.
-      const ctlConfig = tls ? writeDevContext(server.url, join(pkiDir, "ca.crt"), c.writeCtlConfig) : undefined;
+      const adminToken = (await readFile(join(pkiDir, ADMIN_TOKEN_FILE), "utf8").catch(() => "")).trim();
+      const ctlConfig = tls ? writeDevContext(server.url, join(pkiDir, "ca.crt"), adminToken, c.writeCtlConfig) : undefined;
       process.stdout.write(
         [
           "",
           `hypervisor ${packageVersion()} is running on this machine (--dev: server and agent in one process)`,
           `  API      ${server.url}   (gRPC, gRPC-Web and Connect)`,
-          `  UI       ${server.url}/`,
+          `  UI       ${server.url}/   (log in with the token in ${join(pkiDir, ADMIN_TOKEN_FILE)})`,
           `  metrics  ${server.url}/metrics`,
           `  state    ${dataDir}`,
           ctlConfig
             ? `  try      npx hypervisor-ctl node list   (context "dev" in ${ctlConfig})`
-            : `  try      npx hypervisor-ctl --server ${server.url}${tls ? ` --ca-file ${join(pkiDir, "ca.crt")}` : ""} node list`,
+            : `  try      HYPERVISOR_TOKEN=$(cat ${join(pkiDir, ADMIN_TOKEN_FILE)}) npx hypervisor-ctl --server ${server.url}${tls ? ` --ca-file ${join(pkiDir, "ca.crt")}` : ""} node list`,
           `  stop     Ctrl-C (instances keep their state; the next start adopts them)`,
           "",
           "",
@@ -240,16 +245,16 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
 }
 
 /**
- * Writes (and makes current) the ctl context "dev" for this server: its URL and the CA that signed
- * its certificate. Returns the file, or undefined when there is none to write (no home, or
- * write-ctl-config false); a failure is told, never fatal.
+ * Writes (and makes current) the ctl context "dev" for this server: its URL, the CA that signed
+ * its certificate and the bootstrap admin token (the file is 0600). Returns the file, or undefined
+ * when there is none to write (no home, or write-ctl-config false); a failure is told, never fatal.
  */
-function writeDevContext(url: string, caFile: string, enabled: boolean): string | undefined {
+function writeDevContext(url: string, caFile: string, token: string, enabled: boolean): string | undefined {
   if (!enabled) return undefined;
   const { path } = configLocation(undefined, process.env);
   if (!path) return undefined;
   try {
-    saveContext(path, { name: "dev", server: url, caFile }, { makeCurrent: true });
+    saveContext(path, { name: "dev", server: url, caFile, ...(token ? { credentials: { token } } : {}) }, { makeCurrent: true });
     return path;
   } catch (e) {
     logger("server").warn({ err: e, path }, "cannot write the ctl configuration");

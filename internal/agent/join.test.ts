@@ -53,7 +53,7 @@ describe("agent join", () => {
     store = await openEmbeddedStore(join(dir, "store"), { sync: false });
     const { ca, tls } = await serverTls({ pkiDir: join(dir, "pki"), name: "s1", listenHost: "127.0.0.1", names: [] });
     caPem = ca.certPem;
-    server = new Server({ store, host: "127.0.0.1", port: 0, version: "test", controllers: false, tls, identity: { ca } });
+    server = new Server({ store, host: "127.0.0.1", port: 0, version: "test", access: "none", controllers: false, tls, identity: { ca } });
     await server.start();
     api = createClient(IdentityService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1", nodeOptions: { ca: caPem } }));
   });
@@ -161,6 +161,7 @@ describe("node certificate renewal and revocation", () => {
       host: "127.0.0.1",
       port: 0,
       version: "test",
+      access: "none",
       controllers: false,
       tls,
       identity: { ca, nodeCertTtlSeconds: 6 },

@@ -86,6 +86,7 @@ describe("client limits in the server", () => {
       host: "127.0.0.1",
       port: 0,
       version: "test",
+      access: "none",
       // The API alone: what is tested is what a client may hold, not what controllers do.
       controllers: false,
       clientLimits: { maxWatches: 2, ticketBurst: 2, ticketsPerMinute: 1, watchBacklog: 5 },

@@ -1,4 +1,5 @@
 /** What API handlers and controllers share inside one server process. */
+import type { ApiTokenRecord } from "../../api/gen/hypervisor/v1/access_pb.js";
 import type { Instance } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import type { Node } from "../../api/gen/hypervisor/v1/node_pb.js";
 import type { Allocation, NodeFlags } from "../../api/gen/hypervisor/v1/store_pb.js";
@@ -26,6 +27,8 @@ export interface Informers {
   allocations: Informer<Allocation>;
   /** assignments/<node>/<name>. */
   assignments: Informer<true>;
+  /** apitokens/<id>: every API token (the authorizer's copy; secrets as hashes). */
+  apiTokens: Informer<ApiTokenRecord>;
 }
 
 /** The status the agent of the instance's node reports for it, from the informers' copy. */

@@ -29,7 +29,15 @@ describe("unary deadline", () => {
         return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(target) : v;
       },
     });
-    server = new Server({ store: hanging, host: "127.0.0.1", port: 0, version: "test", controllers: false, unaryTimeoutMs: 300 });
+    server = new Server({
+      store: hanging,
+      host: "127.0.0.1",
+      port: 0,
+      version: "test",
+      access: "none",
+      controllers: false,
+      unaryTimeoutMs: 300,
+    });
     await server.start();
   });
 

@@ -253,6 +253,7 @@ describe("fuzz: nothing a client sends gets a 5xx, stops the server, or writes o
       host: "127.0.0.1",
       port: 0,
       version: "fuzz",
+      access: "none",
       controllers: false,
       limits: { headerTimeoutMs: 2000 },
       // Refusals are the point here: no connection is slowed for them (refusal-throttle.test.ts).

@@ -66,7 +66,15 @@ describe("image import streams to the nodes and is bounded", () => {
       keys.endpoint("n1"),
       toBinary(AgentEndpointSchema, create(AgentEndpointSchema, { url: `http://127.0.0.1:${port}`, token: "t" })),
     );
-    server = new Server({ store, host: "127.0.0.1", port: 0, version: "test", controllers: false, maxImageBytes: 64 * 1024 });
+    server = new Server({
+      store,
+      host: "127.0.0.1",
+      port: 0,
+      version: "test",
+      access: "none",
+      controllers: false,
+      maxImageBytes: 64 * 1024,
+    });
     await server.start();
   });
 

@@ -32,6 +32,7 @@ export function makeInformers(store: Store, log: Logger): { informers: Informers
     alive,
     allocations: new Informer(store, keys.allocations, (kv) => codecs.allocation.decode(kv.value), log),
     assignments: new Informer(store, keys.assignments, () => true as const, log),
+    apiTokens: new Informer(store, keys.apiTokens, (kv) => codecs.apiToken.decode(kv.value), log),
   };
   const join = (name: string, revision: number) => {
     const r = records.get(keys.node(name));
@@ -50,7 +51,7 @@ export function makeInformers(store: Store, log: Logger): { informers: Informers
       await flags.start(signal);
       await Promise.all([
         nodeFeed.start(signal),
-        ...[informers.instances, informers.allocations, informers.assignments].map((i) => i.start(signal)),
+        ...[informers.instances, informers.allocations, informers.assignments, informers.apiTokens].map((i) => i.start(signal)),
       ]);
     },
   };

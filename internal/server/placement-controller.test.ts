@@ -25,7 +25,7 @@ describe("placement controller", () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "hv-placement-"));
     store = await openEmbeddedStore(join(dir, "store"));
-    server = new Server({ store, host: "127.0.0.1", port: 0, version: "test", controllers: false });
+    server = new Server({ store, host: "127.0.0.1", port: 0, version: "test", access: "none", controllers: false });
     await server.start();
     api = createClient(InstanceService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
     const node = create(NodeSchema, { name: "n1", capacity: { vcpus: 8, memoryMib: 8192n }, drivers: [{ name: "mock", healthy: true }] });

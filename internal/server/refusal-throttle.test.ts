@@ -53,7 +53,15 @@ describe("refusal throttle in the server", () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "hv-throttle-"));
     store = await openEmbeddedStore(join(dir, "store"));
-    server = new Server({ store, host: "127.0.0.1", port: 0, version: "test", controllers: false, refusals: { burst: 5, perSecond: 5 } });
+    server = new Server({
+      store,
+      host: "127.0.0.1",
+      port: 0,
+      version: "test",
+      access: "none",
+      controllers: false,
+      refusals: { burst: 5, perSecond: 5 },
+    });
     await server.start();
   });
 

@@ -33,6 +33,7 @@ describe("server replicas on one etcd", () => {
         host: "127.0.0.1",
         port: 0,
         version: "test",
+        access: "none",
         serverId: id,
         leadership: new Election(store, "scheduler", id, { ttlSeconds: 2 }),
       });
@@ -96,7 +97,7 @@ describe("two schedulers placing at once", () => {
       // Opposite strategies, so the two plans differ: without the compares they would put one
       // instance on two nodes, or fill a node twice over.
       const algorithm = i === 0 ? "binpack" : "spread";
-      const server = new Server({ store, host: "127.0.0.1", port: 0, version: "test", serverId: `racer-${i}`, algorithm });
+      const server = new Server({ store, host: "127.0.0.1", port: 0, version: "test", access: "none", serverId: `racer-${i}`, algorithm });
       await server.start();
       servers.push(server);
     }

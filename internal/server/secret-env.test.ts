@@ -25,7 +25,7 @@ describe("secret environment values are write-only", () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "hv-secret-"));
     store = await openEmbeddedStore(join(dir, "store"));
-    server = new Server({ store, host: "127.0.0.1", port: 0, version: "test" });
+    server = new Server({ store, host: "127.0.0.1", port: 0, version: "test", access: "none" });
     await server.start();
     agent = new Agent({
       store,

@@ -80,7 +80,7 @@ for (const kind of ["embedded", "etcd"] as const)
       } else {
         store = await openEmbeddedStore(join(dir, "store"));
       }
-      server = new Server({ store, host: "127.0.0.1", port: 0, version: "test" });
+      server = new Server({ store, host: "127.0.0.1", port: 0, version: "test", access: "none" });
       await server.start();
       transport = createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" });
       instances = createClient(InstanceService, transport);

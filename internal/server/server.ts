@@ -33,6 +33,8 @@ import { identityService } from "./identity-service.js";
 import { agentSupportService } from "./agent-support-service.js";
 import { AgentSupportService } from "../../api/gen/hypervisor/v1/agent_pb.js";
 import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
+import { AccessService } from "../../api/gen/hypervisor/v1/access_pb.js";
+import { accessService, Authorizer, ensureBootstrapToken, METRICS_RULE } from "./access/index.js";
 import type { CertificateAuthority } from "../../pkg/pki/index.js";
 import { OriginPolicy, type OriginPolicyOptions } from "./origin-policy.js";
 import { redact } from "./secret-env.js";
@@ -96,6 +98,13 @@ export interface ServerOptions {
   origins?: Partial<Omit<OriginPolicyOptions, "listenHost">>;
   /** Serves paths the API does not (the web UI). */
   fallback?: NodeHandlerFn;
+  /**
+   * Who may call what (access/). `{ bootstrapDir }`: every RPC and /metrics checked against API
+   * tokens, cluster certificates and roles, deny by default; the cluster's first start writes its
+   * bootstrap admin token to `bootstrapDir/admin-token` (the servers' pki directory). "none": no
+   * check at all, for component tests of other features; the binary always checks.
+   */
+  access: { bootstrapDir: string } | "none";
   log?: Logger;
 }
 
@@ -142,7 +151,11 @@ export class Server {
       agents: new AgentClient(store, opts.tls ? { tls: { ca: opts.tls.caPem, cert: opts.tls.certPem, key: opts.tls.keyPem } } : {}),
     };
     this.consoles = new ConsoleProxy(this.ctx, this.opts.consoleLocalDirect ?? true);
+    this.authorizer = opts.access === "none" ? undefined : new Authorizer(store, informers.apiTokens);
   }
+
+  /** Undefined when access is "none". */
+  private readonly authorizer: Authorizer | undefined;
 
   get url(): string {
     if (!this.listening) throw new Error("server not started");
@@ -156,6 +169,7 @@ export class Server {
     router.service(ClusterService, clusterService(this.ctx));
     router.service(ImageService, imageService(this.ctx, this.opts.maxImageBytes));
     router.service(ConsoleService, consoleService(this.ctx, this.opts.consoleTicketTtlMs));
+    router.service(AccessService, accessService(this.ctx.store, this.log.child({ component: "access" })));
     // Only useful (and only reachable by a node) over TLS, where clients prove who they are.
     if (this.opts.tls) router.service(AgentSupportService, agentSupportService(this.ctx));
     if (this.opts.identity)
@@ -164,7 +178,9 @@ export class Server {
         identityService({
           store: this.ctx.store,
           log: this.log.child({ component: "identity" }),
-          operator: (hctx) => operatorRefusal(hctx.values.get(clientAddress), peerOf(hctx)),
+          // With access control, the rights decide (jointokens:*, nodes:revoke); without it, only
+          // this machine and the cluster's servers may manage join tokens.
+          operator: (hctx) => (this.authorizer ? undefined : operatorRefusal(hctx.values.get(clientAddress), peerOf(hctx))),
           ...this.opts.identity,
         }),
       );
@@ -182,10 +198,15 @@ export class Server {
     // Made here at the cluster's first start (or by the first agent, if one came first).
     this.cluster = await clusterId(this.ctx.store, { signal });
     this.ctx.log.info({ cluster: this.cluster }, "cluster id");
+    if (this.opts.access !== "none") {
+      const file = await ensureBootstrapToken(this.ctx.store, this.opts.access.bootstrapDir, this.serverId);
+      if (file) this.ctx.log.warn({ file }, "the cluster's first start: its bootstrap admin token is in this file (0600); keep it safe");
+    }
     await this.startInformers(signal);
     this.health.informers = "";
     const handler = connectNodeAdapter({
-      ...strictInput({ routes: this.routes, interceptors: [this.edge] }), // every request read strictly
+      // Every request read strictly; every call authenticated and authorized before it runs.
+      ...strictInput({ routes: this.routes, interceptors: [this.edge, ...(this.authorizer ? [this.authorizer.interceptor()] : [])] }),
       readMaxBytes: this.opts.readMaxBytes ?? 4 * 1024 * 1024, // also enforced on streamed bodies
       fallback: (req, res) => void this.serveOther(req, res),
       contextValues: (req) =>
@@ -318,6 +339,17 @@ export class Server {
   private async serveOther(...[req, res]: Parameters<NodeHandlerFn>): Promise<void> {
     const path = (req.url ?? "/").split("?")[0];
     if (path === "/metrics") {
+      if (this.authorizer) {
+        const d = await this.authorizer
+          .authenticate(req.headers.authorization, identityOfPeer(tlsPeer(req.socket)))
+          .then((caller) => this.authorizer!.decide(caller, METRICS_RULE, "/metrics"))
+          .catch((e: unknown) => ({ allowed: false as const, code: Code.Unauthenticated, message: ConnectError.from(e).rawMessage }));
+        if (!d.allowed) {
+          res.writeHead(d.code === Code.Unauthenticated ? 401 : 403, { "content-type": "text/plain" });
+          res.end(`${d.message}\n`);
+          return;
+        }
+      }
       res.writeHead(200, { "content-type": registry.contentType });
       res.end(await registry.metrics());
       return;

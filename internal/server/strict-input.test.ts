@@ -82,7 +82,7 @@ for (const kind of ["embedded", "etcd"] as const)
         etcd = await startEtcd();
         store = await openEtcdStore({ endpoints: [etcd.endpoint] });
       } else store = await openEmbeddedStore(join(dir, "store"));
-      server = new Server({ store, host: "127.0.0.1", port: 0, version: "test", controllers: false });
+      server = new Server({ store, host: "127.0.0.1", port: 0, version: "test", access: "none", controllers: false });
       await server.start();
       json = createClient(InstanceService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
       binary = createClient(InstanceService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1", useBinaryFormat: true }));

@@ -21,7 +21,7 @@ describe("watch resume", () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "hv-resume-"));
     store = await openEmbeddedStore(join(dir, "store"));
-    server = new Server({ store, host: "127.0.0.1", port: 0, version: "test", controllers: false });
+    server = new Server({ store, host: "127.0.0.1", port: 0, version: "test", access: "none", controllers: false });
     await server.start();
     client = createClient(InstanceService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
   });

@@ -13,8 +13,10 @@
  * Several servers given the same pkiDir share the CA, as a second server of a cluster does.
  */
 import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import type { Interceptor } from "@connectrpc/connect";
 import { promisify } from "node:util";
 import { openEtcdStore, type EtcdStore } from "../../pkg/cluster/etcd/index.js";
 import { loadOrCreateCa } from "../../pkg/pki/index.js";
@@ -68,14 +70,46 @@ export interface Ctl {
   args: string[];
 }
 
-/** hypervisor-ctl against `url` (https), trusting `caFile`. */
-export function ctlFor(url: string | (() => string), caFile: string, timeoutMs = 300_000): Ctl {
+/**
+ * hypervisor-ctl against `url` (https), trusting `caFile`, as the cluster's bootstrap admin: the
+ * token the first server start wrote beside the CA (`admin-token`), passed in HYPERVISOR_TOKEN
+ * (never on argv). `token` overrides it (another user's token).
+ */
+export function ctlFor(url: string | (() => string), caFile: string, timeoutMs = 300_000, token?: string): Ctl {
   const target = () => ["--server", typeof url === "string" ? url : url(), "--ca-file", caFile];
-  const raw = (...args: string[]) => run(process.execPath, [binPath("hypervisor-ctl"), ...target(), ...args], { timeout: timeoutMs });
+  const raw = (...args: string[]) => {
+    const t = token ?? adminToken(caFile);
+    return run(process.execPath, [binPath("hypervisor-ctl"), ...target(), ...args], {
+      timeout: timeoutMs,
+      env: { ...process.env, ...(t ? { HYPERVISOR_TOKEN: t } : {}) },
+    });
+  };
   const ctl = (async (...args: string[]) => (await raw(...args)).stdout) as Ctl;
   ctl.raw = raw;
   Object.defineProperty(ctl, "args", { get: target });
   return ctl;
+}
+
+/** The bootstrap admin token in the pki directory of `caFile` (empty when the server has not made it yet). */
+export function adminToken(caFile: string): string {
+  try {
+    return readFileSync(join(dirname(caFile), "admin-token"), "utf8").trim();
+  } catch {
+    return "";
+  }
+}
+
+/** The Authorization header of the bootstrap admin, for a test's own Connect clients and requests. */
+export function adminHeaders(caFile: string): { authorization: string } {
+  return { authorization: `Bearer ${adminToken(caFile)}` };
+}
+
+/** A Connect interceptor that sends the bootstrap admin token (read at each call: it may come later). */
+export function asAdmin(caFile: string): Interceptor {
+  return (next) => (req) => {
+    req.header.set("authorization", `Bearer ${adminToken(caFile)}`);
+    return next(req);
+  };
 }
 
 /** A join token for `uses` agents (any node name), made over the API from loopback. */

@@ -4,6 +4,7 @@
  */
 import { fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
+import { AccessBootstrapSchema, ApiTokenRecordSchema } from "../../../api/gen/hypervisor/v1/access_pb.js";
 import { JoinTokenRecordSchema, NodeBindingSchema } from "../../../api/gen/hypervisor/v1/identity_pb.js";
 import { InstanceSchema } from "../../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeSchema, OrphanSchema } from "../../../api/gen/hypervisor/v1/node_pb.js";
@@ -36,6 +37,8 @@ export const codecs = {
   cluster: codec(ClusterIdentitySchema),
   joinToken: codec(JoinTokenRecordSchema),
   nodeBinding: codec(NodeBindingSchema),
+  apiToken: codec(ApiTokenRecordSchema),
+  accessBootstrap: codec(AccessBootstrapSchema),
 };
 
 /**

@@ -15,6 +15,8 @@
  *   /hypervisor/v1/nodes/<node>/orphans/<name>   Orphan                  that node
  *   /hypervisor/v1/jointokens/<id>               JoinTokenRecord (secret as sha256)   servers only
  *   /hypervisor/v1/nodebindings/<node>           NodeBinding (node secret as sha256)  servers only
+ *   /hypervisor/v1/apitokens/<id>                ApiTokenRecord (secret as sha256)    servers only
+ *   /hypervisor/v1/access/bootstrap              AccessBootstrap (made once)          servers only
  *   /hypervisor/v1/{election,consoletickets,events}/...                  servers only
  *
  * Servers may delete under a node's prefix (unplacing an instance from a lost node takes its
@@ -54,6 +56,9 @@ export const keys = {
   joinToken: (id: string) => `${ROOT}jointokens/${id}`,
   nodeBindings: `${ROOT}nodebindings/`,
   nodeBinding: (node: string) => `${ROOT}nodebindings/${node}`,
+  apiTokens: `${ROOT}apitokens/`,
+  apiToken: (id: string) => `${ROOT}apitokens/${id}`,
+  accessBootstrap: `${ROOT}access/bootstrap`,
 } as const;
 
 /** The last path segment of a key. */

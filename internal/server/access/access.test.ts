@@ -1,0 +1,276 @@
+// Access control, from the service descriptors to a real server: every method of every service in
+// api/gen has a rule (a new RPC without one fails here), docs/access.md's table is what the code
+// decides for each built-in role, and a server with access on authenticates and authorizes real
+// tokens: the bootstrap token (made once), tokens made through the API with no more than their
+// maker holds, revoked, expired and forged tokens, anonymous callers, and /metrics.
+import assert from "node:assert/strict";
+import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import type { DescService } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { AccessService } from "../../../api/gen/hypervisor/v1/access_pb.js";
+import { NodeService } from "../../../api/gen/hypervisor/v1/node_pb.js";
+import { InstanceService } from "../../../api/gen/hypervisor/v1/instance_pb.js";
+import { openEmbeddedStore, type Store } from "../../../pkg/cluster/store/index.js";
+import { Server } from "../server.js";
+import { ADMIN_TOKEN_FILE, ANONYMOUS, Authorizer, ROLE_NAMES, ROLES, RULES, type Caller } from "./index.js";
+
+const GEN = fileURLToPath(new URL("../../../api/gen/hypervisor/v1/", import.meta.url));
+const DOC = fileURLToPath(new URL("../../../../docs/access.md", import.meta.url));
+
+async function allMethods(): Promise<string[]> {
+  const out: string[] = [];
+  for (const f of (await readdir(GEN)).filter((f) => f.endsWith("_pb.js")).sort()) {
+    const mod = (await import(join(GEN, f))) as Record<string, unknown>;
+    for (const v of Object.values(mod)) {
+      const s = v as DescService;
+      if (s && typeof s === "object" && s.kind === "service") for (const m of s.methods) out.push(`${s.typeName}/${m.name}`);
+    }
+  }
+  return out.sort();
+}
+
+const roleCaller = (role: string): Caller => ({
+  kind: "user",
+  user: `a-${role}`,
+  by: "token",
+  tokenId: "x",
+  roles: [role],
+  rights: ROLES.get(role as never)!.rights,
+});
+
+describe("access rules", () => {
+  it("every method of every service has a rule, and no rule names a method that does not exist", async () => {
+    const methods = await allMethods();
+    assert.ok(methods.length > 40, `found ${methods.length} methods`);
+    assert.deepEqual(
+      methods.filter((m) => !RULES.has(m)),
+      [],
+      "methods without a rule",
+    );
+    assert.deepEqual(
+      [...RULES.keys()].filter((k) => !methods.includes(k)),
+      [],
+      "rules of no method",
+    );
+  });
+
+  it("each built-in role is allowed and refused as docs/access.md says, for every method", async () => {
+    const rows = (await readFile(DOC, "utf8"))
+      .split("\n")
+      .filter((l) => /^\|\s*`[A-Za-z]+Service\/[A-Za-z]+`/.test(l))
+      .map((l) =>
+        l
+          .split("|")
+          .slice(1, -1)
+          .map((c) => c.trim()),
+      );
+    const header = (await readFile(DOC, "utf8")).split("\n").find((l) => /^\|\s*method\s*\|/.test(l))!;
+    assert.deepEqual(
+      header
+        .split("|")
+        .slice(3, -1)
+        .map((c) => c.trim()),
+      [...ROLE_NAMES],
+    );
+    const documented = new Set(rows.map((r) => `hypervisor.v1.${r[0]!.replace(/`/g, "")}`));
+    assert.deepEqual(
+      [...RULES.keys()].filter((k) => !documented.has(k)),
+      [],
+      "rules missing from the doc's table",
+    );
+    const authz = new Authorizer(undefined as unknown as Store);
+    for (const r of rows) {
+      const method = `hypervisor.v1.${r[0]!.replace(/`/g, "")}`;
+      const rule = RULES.get(method);
+      assert.ok(rule, `the doc names ${method}, which has no rule`);
+      assert.equal(r[1]!.replace(/`/g, ""), rule.kind === "right" ? rule.right : rule.kind, method);
+      ROLE_NAMES.forEach((role, i) => {
+        const allowed = authz.decide(roleCaller(role), rule, method).allowed;
+        assert.equal(r[2 + i], allowed ? "yes" : "no", `${method} for ${role}`);
+      });
+    }
+  });
+
+  it("anonymous callers reach only public calls; nodes only theirs; servers everything but the nodes' calls", () => {
+    const authz = new Authorizer(undefined as unknown as Store);
+    const server: Caller = {
+      kind: "server",
+      user: "server:s",
+      by: "certificate",
+      tokenId: "",
+      roles: ["admin"],
+      rights: ROLES.get("admin")!.rights,
+    };
+    const node: Caller = { kind: "node", user: "node:n", by: "certificate", tokenId: "", roles: [], rights: new Set() };
+    for (const [method, rule] of RULES) {
+      const anon = authz.decide(ANONYMOUS, rule, method);
+      assert.equal(anon.allowed, rule.kind === "public", method);
+      if (!anon.allowed && rule.kind !== "node" && rule.kind !== "servers") assert.equal(anon.code, Code.Unauthenticated, method);
+      assert.equal(
+        authz.decide(node, rule, method).allowed,
+        rule.kind === "public" || rule.kind === "node" || rule.kind === "authenticated",
+        method,
+      );
+      assert.equal(authz.decide(server, rule, method).allowed, rule.kind !== "node", method);
+    }
+    assert.equal(authz.decide(server, undefined, "Unknown/Method").allowed, false, "no rule: refused");
+  });
+});
+
+describe("a server with access on", () => {
+  let dir: string;
+  let store: Store;
+  let server: Server;
+  const withToken =
+    (token: string | undefined): Interceptor =>
+    (next) =>
+    (req) => {
+      if (token !== undefined) req.header.set("Authorization", `Bearer ${token}`);
+      return next(req);
+    };
+  const clients = (token?: string) => {
+    const transport = createConnectTransport({ baseUrl: server.url, httpVersion: "1.1", interceptors: [withToken(token)] });
+    return {
+      access: createClient(AccessService, transport),
+      instances: createClient(InstanceService, transport),
+      nodes: createClient(NodeService, transport),
+    };
+  };
+  const code = async (p: Promise<unknown>): Promise<{ code: Code; message: string }> => {
+    try {
+      await p;
+    } catch (e) {
+      const err = ConnectError.from(e);
+      return { code: err.code, message: err.rawMessage };
+    }
+    return assert.fail("succeeded");
+  };
+  let admin = "";
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "hv-access-"));
+    store = await openEmbeddedStore(join(dir, "store"), { sync: false });
+    server = new Server({
+      store,
+      host: "127.0.0.1",
+      port: 0,
+      version: "test",
+      controllers: false,
+      access: { bootstrapDir: join(dir, "pki") },
+    });
+    await server.start();
+    admin = (await readFile(join(dir, "pki", ADMIN_TOKEN_FILE), "utf8")).trim();
+  });
+
+  after(async () => {
+    await server?.stop();
+    await store?.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("makes one bootstrap token, 0600, user admin with role admin", async () => {
+    assert.match(admin, /^hvt_[a-z0-9]{10}\.[A-Za-z0-9_-]{43}$/);
+    assert.equal((await stat(join(dir, "pki", ADMIN_TOKEN_FILE))).mode & 0o777, 0o600);
+    const me = await clients(admin).access.whoAmI({});
+    assert.equal(me.user, "admin");
+    assert.equal(me.authenticatedBy, "token");
+    assert.deepEqual(me.roles, ["admin"]);
+    assert.ok(me.rights.includes("tokens:manage") && me.rights.includes("instances:create"));
+  });
+
+  it("refuses a caller without credentials, except for the public calls", async () => {
+    const anon = clients();
+    assert.equal((await code(anon.instances.listInstances({}))).code, Code.Unauthenticated);
+    assert.equal((await anon.access.whoAmI({})).authenticatedBy, "none");
+    assert.equal((await code(anon.access.listTokens({}))).code, Code.Unauthenticated);
+  });
+
+  it("refuses malformed, forged, revoked and expired tokens as unauthenticated", async () => {
+    const id = admin.slice(4, 14);
+    for (const [token, why] of [
+      ["nonsense", /malformed/],
+      [`hvt_${id}.${"A".repeat(43)}`, /not a valid token/],
+      [`hvt_zzzzzzzzzz.${"A".repeat(43)}`, /not a valid token/],
+    ] as const) {
+      const r = await code(clients(token).instances.listInstances({}));
+      assert.equal(r.code, Code.Unauthenticated, token);
+      assert.match(r.message, why);
+    }
+    const { token: short } = await clients(admin).access.createToken({ roles: ["viewer"], ttlSeconds: 1 });
+    await clients(short).instances.listInstances({});
+    await new Promise((r) => setTimeout(r, 1200));
+    assert.match((await code(clients(short).instances.listInstances({}))).message, /expired/);
+    const { token: doomed, apiToken } = await clients(admin).access.createToken({ roles: ["viewer"] });
+    await clients(doomed).instances.listInstances({});
+    await clients(admin).access.revokeToken({ id: apiToken!.id });
+    const r = await code(clients(doomed).instances.listInstances({}));
+    assert.equal(r.code, Code.Unauthenticated);
+    assert.match(r.message, /revoked/);
+  });
+
+  it("a viewer reads but changes nothing, and cannot grant more than it holds", async () => {
+    const { token: viewer } = await clients(admin).access.createToken({ roles: ["viewer"], description: "ci" });
+    const v = clients(viewer);
+    assert.deepEqual((await v.instances.listInstances({})).instances, []);
+    const denied = await code(v.instances.createInstance({ name: "x", spec: { driver: "mock", vcpus: 1, memoryMib: 64n } }));
+    assert.equal(denied.code, Code.PermissionDenied);
+    assert.match(denied.message, /admin may not instances:create \(roles: viewer\)/);
+    const escalate = await code(v.access.createToken({ roles: ["operator"] }));
+    assert.equal(escalate.code, Code.PermissionDenied);
+    assert.match(escalate.message, /may not grant role operator/);
+    assert.equal((await code(v.access.createToken({ roles: ["viewer"], user: "someone-else" }))).code, Code.PermissionDenied);
+    assert.equal((await code(v.access.listTokens({ allUsers: true }))).code, Code.PermissionDenied);
+    // Its own viewer token, yes.
+    const own = await v.access.createToken({ roles: ["viewer"] });
+    assert.equal(own.apiToken?.user, "admin", "a token for its own user (the viewer token's user)");
+    assert.equal((await code(v.nodes.cordonNode({ name: "n1" }))).code, Code.PermissionDenied);
+  });
+
+  it("an operator runs instances but cannot purge a disk; admin lists everyone's tokens and revokes any", async () => {
+    const { token: op } = await clients(admin).access.createToken({ roles: ["operator"], user: "ops" });
+    const o = clients(op);
+    assert.equal((await o.access.whoAmI({})).user, "ops");
+    const made = await o.instances.createInstance({ name: "web", spec: { driver: "mock", vcpus: 1, memoryMib: 64n } });
+    assert.equal(made.instance?.name, "web");
+    const purge = await code(o.nodes.purgeOrphan({ node: "n1", name: "x" }));
+    assert.equal(purge.code, Code.PermissionDenied);
+    assert.match(purge.message, /ops may not nodes:purge/);
+    const mine = await o.access.listTokens({});
+    assert.ok(mine.apiTokens.every((t) => t.user === "ops") && mine.apiTokens.length === 1);
+    const all = await clients(admin).access.listTokens({ allUsers: true });
+    assert.ok(all.apiTokens.some((t) => t.user === "ops") && all.apiTokens.some((t) => t.createdBy === "bootstrap"));
+    // Someone else's token is not found for a caller who may not manage it.
+    const adminOwn = all.apiTokens.find((t) => t.createdBy === "bootstrap")!;
+    assert.equal((await code(o.access.revokeToken({ id: adminOwn.id }))).code, Code.NotFound);
+  });
+
+  it("/metrics needs cluster:metrics: 401 without a token, 403 for an operator, 200 for admin", async () => {
+    const get = async (token?: string) =>
+      (await fetch(`${server.url}/metrics`, token ? { headers: { authorization: `Bearer ${token}` } } : {})).status;
+    const { token: op } = await clients(admin).access.createToken({ roles: ["operator"] });
+    assert.equal(await get(), 401);
+    assert.equal(await get(op), 403);
+    assert.equal(await get(admin), 200);
+  });
+
+  it("a second start makes no second bootstrap token, even with the file gone", async () => {
+    await server.stop();
+    await rm(join(dir, "pki", ADMIN_TOKEN_FILE));
+    server = new Server({
+      store,
+      host: "127.0.0.1",
+      port: 0,
+      version: "test",
+      controllers: false,
+      access: { bootstrapDir: join(dir, "pki") },
+    });
+    await server.start();
+    await assert.rejects(stat(join(dir, "pki", ADMIN_TOKEN_FILE)), /ENOENT/);
+    assert.equal((await clients(admin).access.whoAmI({})).user, "admin", "the first token still works");
+  });
+});

@@ -8,7 +8,7 @@ import { join, resolve } from "node:path";
 import { Agent, buildDrivers, defaultNodeName, DRIVER_DEFAULTS } from "../../internal/agent/index.js";
 import { checkServerConfig, serverSchema } from "../../internal/server/config.js";
 import { initEtcdPki, serverTls } from "../../internal/server/tls-setup.js";
-import { ADMIN_TOKEN_FILE } from "../../internal/server/access/index.js";
+import { ADMIN_TOKEN_FILE, AuditLog, type AuditLevel } from "../../internal/server/access/index.js";
 import { configLocation, saveContext } from "../../internal/ctl/config-file.js";
 import { Server } from "../../internal/server/server.js";
 import { staticUi } from "../../internal/server/static.js";
@@ -184,6 +184,13 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
       // Every call checked against tokens, certificates and roles; the first start's admin token
       // goes beside the CA key (servers only).
       access: { bootstrapDir: pkiDir },
+      audit: new AuditLog({
+        dir: resolve(c.auditDir || join(dataDir, "audit")),
+        level: c.auditLevel as AuditLevel,
+        maxFileBytes: c.auditMaxFileMib * 1024 * 1024,
+        maxFiles: c.auditMaxFiles,
+        log: log.child({ component: "audit" }),
+      }),
       // Replicas share etcd and elect one leader; the embedded store has one process by construction.
       ...(c.store === "etcd" ? { leadership: new Election(store, "scheduler", serverId) } : {}),
     });

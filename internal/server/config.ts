@@ -3,6 +3,7 @@
  * `listen: 0.0.0.0:7070` is `--listen 0.0.0.0:7070` is HYPERVISOR_LISTEN=0.0.0.0:7070.
  */
 import { checkName } from "../../pkg/validation/index.js";
+import { AUDIT_LEVELS } from "./access/audit.js";
 import { etcdSchema } from "../../pkg/cluster/etcd/index.js";
 import { ConfigError, type ConfigOf, type Schema } from "../../pkg/config/index.js";
 import type { Algorithm } from "./scheduler.js";
@@ -42,6 +43,14 @@ export const serverSchema = {
     default: false,
     description: "allow tls: false on a listen address that is not loopback: every token and secret crosses the network readable",
   },
+  "audit-level": {
+    type: "string",
+    default: "metadata",
+    description: "audit events of refusals and changes: none, metadata (who, what, when, decision, result) or request (also the request, secrets redacted)",
+  },
+  "audit-dir": { type: "string", default: "", description: "where this server's audit.log (0600, rotated) goes; empty: data-dir/audit" },
+  "audit-max-file-mib": { type: "number", default: 64, integer: true, min: 1, max: 4096, description: "rotate the audit file past this size" },
+  "audit-max-files": { type: "number", default: 5, integer: true, min: 1, max: 100, description: "audit files kept, the current one included" },
   "etcd-enable-auth": {
     type: "boolean",
     default: false,
@@ -288,6 +297,8 @@ export function checkServerConfig(c: ServerConfig): { host: string; port: number
   const host = m[1]!.replace(/^\[|\]$/g, "") || "0.0.0.0";
   if (c.store !== "etcd" && c.store !== "embedded")
     throw new ConfigError(`store: ${JSON.stringify(c.store)} must be etcd or embedded`, "store");
+  if (!(AUDIT_LEVELS as readonly string[]).includes(c.auditLevel))
+    throw new ConfigError(`audit-level: ${JSON.stringify(c.auditLevel)} must be one of ${AUDIT_LEVELS.join(", ")}`, "audit-level");
   if (c.schedulerAlgorithm !== "binpack" && c.schedulerAlgorithm !== "spread")
     throw new ConfigError(`scheduler-algorithm: ${JSON.stringify(c.schedulerAlgorithm)} must be binpack or spread`, "scheduler-algorithm");
   if (c.store === "etcd" && c.etcdEndpoints.length === 0)

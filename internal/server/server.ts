@@ -34,7 +34,8 @@ import { agentSupportService } from "./agent-support-service.js";
 import { AgentSupportService } from "../../api/gen/hypervisor/v1/agent_pb.js";
 import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
 import { AccessService } from "../../api/gen/hypervisor/v1/access_pb.js";
-import { accessService, Authorizer, ensureBootstrapToken, METRICS_RULE } from "./access/index.js";
+import { accessService, auditService, Authorizer, ensureBootstrapToken, METRICS_RULE, type AuditLog } from "./access/index.js";
+import { AuditService } from "../../api/gen/hypervisor/v1/audit_pb.js";
 import type { CertificateAuthority } from "../../pkg/pki/index.js";
 import { OriginPolicy, type OriginPolicyOptions } from "./origin-policy.js";
 import { redact } from "./secret-env.js";
@@ -105,6 +106,8 @@ export interface ServerOptions {
    * check at all, for component tests of other features; the binary always checks.
    */
   access: { bootstrapDir: string } | "none";
+  /** With access on: the audit log every refusal and change is written to (access/audit.ts). */
+  audit?: AuditLog;
   log?: Logger;
 }
 
@@ -170,6 +173,7 @@ export class Server {
     router.service(ImageService, imageService(this.ctx, this.opts.maxImageBytes));
     router.service(ConsoleService, consoleService(this.ctx, this.opts.consoleTicketTtlMs));
     router.service(AccessService, accessService(this.ctx.store, this.log.child({ component: "access" })));
+    router.service(AuditService, auditService(this.opts.audit, this.serverId));
     // Only useful (and only reachable by a node) over TLS, where clients prove who they are.
     if (this.opts.tls) router.service(AgentSupportService, agentSupportService(this.ctx));
     if (this.opts.identity)
@@ -206,7 +210,7 @@ export class Server {
     this.health.informers = "";
     const handler = connectNodeAdapter({
       // Every request read strictly; every call authenticated and authorized before it runs.
-      ...strictInput({ routes: this.routes, interceptors: [this.edge, ...(this.authorizer ? [this.authorizer.interceptor()] : [])] }),
+      ...strictInput({ routes: this.routes, interceptors: [this.edge, ...(this.authorizer ? [this.authorizer.interceptor(this.opts.audit)] : [])] }),
       readMaxBytes: this.opts.readMaxBytes ?? 4 * 1024 * 1024, // also enforced on streamed bodies
       fallback: (req, res) => void this.serveOther(req, res),
       contextValues: (req) =>

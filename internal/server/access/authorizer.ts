@@ -13,6 +13,7 @@
  * client that sent credentials wants to know they are bad); a caller without the right is
  * permission_denied, naming the right, the method and the caller's roles.
  */
+import { toJson } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
 import type { ApiTokenRecord } from "../../../api/gen/hypervisor/v1/access_pb.js";
 import { codecs, keys } from "../../../pkg/cluster/state/index.js";
@@ -23,6 +24,8 @@ import { peerIdentity, type Peer } from "../peer.js";
 import { ALL_RIGHTS, rightsOf, type Right } from "./rights.js";
 import { RULES, type Rule } from "./rules.js";
 import { parseToken } from "./tokens.js";
+import { redactedJson, type AuditLog } from "./audit.js";
+import { clientAddress } from "../client-limits.js";
 
 export interface Caller {
   kind: "user" | "server" | "node" | "anonymous";
@@ -101,17 +104,88 @@ export class Authorizer {
     }
   }
 
-  /** The interceptor every RPC of the server passes through. */
-  interceptor(): Interceptor {
+  /**
+   * The interceptor every RPC of the server passes through; with `audit`, refusals and every call
+   * that changes something (or opens a console or a log stream, or logs in) become audit events,
+   * and such calls are refused while the audit file cannot be written (audit.ts).
+   */
+  interceptor(audit?: AuditLog): Interceptor {
     return (next) => async (req) => {
       const what = `${req.service.typeName}/${req.method.name}`;
-      const caller = await this.authenticate(req.header.get("authorization"), req.contextValues.get(peerIdentity), req.signal);
-      const d = this.decide(caller, RULES.get(what), req.method.name);
-      if (!d.allowed) throw new ConnectError(d.message, d.code);
+      const rule = RULES.get(what);
+      const base = {
+        sourceAddress: req.contextValues.get(clientAddress),
+        method: `${req.service.name}/${req.method.name}`,
+        verb: rule ? (rule.kind === "right" ? rule.right : rule.kind) : "none",
+        resource: req.stream ? "" : resourceOf(rule, req.message),
+      };
+      const on = audit && audit.level !== "none" ? audit : undefined;
+      let caller: Caller;
+      try {
+        caller = await this.authenticate(req.header.get("authorization"), req.contextValues.get(peerIdentity), req.signal);
+      } catch (e) {
+        const err = ConnectError.from(e);
+        await on?.write({ ...base, user: "", tokenId: "", decision: "deny", result: codeName(err.code), message: err.rawMessage });
+        throw e;
+      }
+      const who = { user: caller.user, tokenId: caller.tokenId };
+      const d = this.decide(caller, rule, req.method.name);
+      if (!d.allowed) {
+        await on?.write({ ...base, ...who, decision: "deny", result: codeName(d.code), message: d.message });
+        throw new ConnectError(d.message, d.code);
+      }
       req.contextValues.set(callerKey, caller);
-      return next(req);
+      if (!on || !audited(rule, what, caller)) return next(req);
+      if (!(await on.ready()))
+        throw new ConnectError(
+          `audit log unavailable (${on.failure}): calls that change anything are refused until it can be written`,
+          Code.Unavailable,
+        );
+      const requestJson =
+        on.level === "request" && !req.stream
+          ? redactedJson(toJson(req.method.input, req.message as never, { alwaysEmitImplicit: false }))
+          : "";
+      try {
+        const res = await next(req);
+        await on.write({ ...base, ...who, decision: "allow", result: "ok", message: "", requestJson });
+        return res;
+      } catch (e) {
+        const err = ConnectError.from(e);
+        await on.write({ ...base, ...who, decision: "allow", result: codeName(err.code), message: err.rawMessage, requestJson });
+        throw e;
+      }
     };
   }
+}
+
+const READ_VERBS = new Set(["get", "list", "watch"]);
+
+/** Whether an allowed call is audited: not the reads, unless it is a login (WhoAmI with credentials). */
+function audited(rule: Rule | undefined, what: string, caller: Caller): boolean {
+  if (!rule) return true;
+  if (what.endsWith("AccessService/WhoAmI")) return caller.kind !== "anonymous";
+  if (rule.kind === "right") return !READ_VERBS.has(rule.right.split(":")[1]!);
+  if (rule.kind === "public") return what.endsWith("IdentityService/Join");
+  if (rule.kind === "node") return what.endsWith("IdentityService/RenewCertificate");
+  return false;
+}
+
+/** What a request is about, from its name, node or id fields: "instances/web", "nodes/n1". */
+function resourceOf(rule: Rule | undefined, m: Record<string, unknown>): string {
+  const kind = rule?.kind === "right" ? rule.right.split(":")[0]! : "";
+  const field = (k: string) => (typeof m[k] === "string" ? (m[k]) : "");
+  const [name, node, id] = [field("name"), field("node"), field("id")];
+  if (kind === "instances") return name ? `instances/${name}` : "instances";
+  if (kind === "nodes") return node ? `nodes/${node}${name ? `/orphans/${name}` : ""}` : name ? `nodes/${name}` : "nodes";
+  if (kind === "tokens") return id ? `apitokens/${id}` : "apitokens";
+  if (kind === "jointokens") return id ? `jointokens/${id}` : "jointokens";
+  if (node) return `nodes/${node}`;
+  return kind;
+}
+
+/** "permission_denied": the Connect code's name as the protocol spells it. */
+function codeName(code: Code): string {
+  return (Code[code] ?? String(code)).replace(/[A-Z]/g, (c, i: number) => (i > 0 ? "_" : "") + c.toLowerCase());
 }
 
 const refuse = (code: Code, message: string): Decision => ({ allowed: false, code, message });

@@ -1,6 +1,8 @@
 // Access control of the API: API tokens, the built-in roles and their rights, the rule of every
 // RPC, the interceptor that authenticates and authorizes each call, and AccessService.
 export { accessService } from "./access-service.js";
+export { AUDIT_FILE, AUDIT_LEVELS, AuditLog, redactedJson, type AuditEventInit, type AuditLevel, type AuditOptions } from "./audit.js";
+export { auditService } from "./audit-service.js";
 export { ANONYMOUS, Authorizer, callerKey, type Caller, type Decision } from "./authorizer.js";
 export { ALL_RIGHTS, isRoleName, RESOURCES, ROLE_NAMES, ROLES, rightsOf, type Right, type RoleName } from "./rights.js";
 export { METRICS_RULE, RULES, type Rule } from "./rules.js";

@@ -14,6 +14,7 @@ export const RESOURCES = {
   tokens: ["create", "list", "revoke", "manage"],
   roles: ["list"],
   cluster: ["get", "metrics"],
+  audit: ["read"],
 } as const;
 
 export type Resource = keyof typeof RESOURCES;
@@ -66,7 +67,7 @@ export const ROLES: ReadonlyMap<RoleName, RoleDefinition> = new Map(
       ["viewer", "sees instances, nodes, images and the cluster; changes nothing", VIEWER],
       ["operator", "runs instances (create, power, consoles, logs, delete), imports images, cordons and drains nodes", OPERATOR],
       ["project-admin", "an operator; with projects (to come) it will also manage its project's members and quotas", OPERATOR],
-      ["admin", "everything: join tokens, node revocation and orphans, anyone's tokens, metrics", ALL_RIGHTS],
+      ["admin", "everything: join tokens, node revocation and orphans, anyone's tokens, metrics, the audit log", ALL_RIGHTS],
     ] as const
   ).map(([name, description, rights]) => [name, { name, description, rights: new Set<Right>(rights) }]),
 );

@@ -69,6 +69,7 @@ export const RULES: ReadonlyMap<string, Rule> = new Map<string, Rule>([
   [`${P}AccessService/ListTokens`, right("tokens:list")],
   [`${P}AccessService/RevokeToken`, right("tokens:revoke")],
   [`${P}AccessService/ListRoles`, right("roles:list")],
+  [`${P}AuditService/ListAuditEvents`, right("audit:read")],
 ]);
 
 /** The rule of an HTTP path outside the RPCs. */

@@ -1,0 +1,191 @@
+/*
+ * The audit log: one event per mutating call, console ticket, log stream, login (WhoAmI with
+ * credentials) and refused call, appended as a JSON line to this server's audit file (0600) and
+ * rotated by size (audit.log, audit.log.1, ... audit.log.<max-files - 1>). Levels as Kubernetes'
+ * audit policy: none, metadata (who, what, when, the decision and result), request (also the
+ * request, secret environment values redacted).
+ *
+ *   call ──► decided ──deny──► event(deny, code) ──► refused
+ *              └─allow─► read-only? ──► run (no event)
+ *                        └─ audited ─► file unwritable? ──► unavailable (fail closed), no run
+ *                                      └─► run ──► event(allow, result)
+ *
+ * Fail closed: while the file cannot be written, audited calls are refused (unavailable) rather
+ * than run unrecorded; reads go on. Each refused call retries opening the file, so the log heals
+ * as soon as the disk does.
+ */
+import { randomUUID } from "node:crypto";
+import { mkdir, open, readFile, rename, stat, type FileHandle } from "node:fs/promises";
+import { join } from "node:path";
+import { create, fromJsonString, toJsonString } from "@bufbuild/protobuf";
+import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
+import { AuditEventSchema, type AuditEvent } from "../../../api/gen/hypervisor/v1/audit_pb.js";
+import type { Logger } from "../../../pkg/log/index.js";
+
+export const AUDIT_LEVELS = ["none", "metadata", "request"] as const;
+export type AuditLevel = (typeof AUDIT_LEVELS)[number];
+export const AUDIT_FILE = "audit.log";
+
+export interface AuditOptions {
+  dir: string;
+  level: AuditLevel;
+  /** Rotate when the file passes this size (default 64 MiB). */
+  maxFileBytes?: number;
+  /** Files kept, the current one included (default 5). */
+  maxFiles?: number;
+  log?: Logger;
+}
+
+/** An event's fields but its id and time (the log sets those). */
+export interface AuditEventInit {
+  user: string;
+  groups?: string[];
+  tokenId: string;
+  sourceAddress: string;
+  method: string;
+  verb: string;
+  resource: string;
+  project?: string;
+  decision: "allow" | "deny";
+  result: string;
+  message: string;
+  requestJson?: string;
+}
+
+export class AuditLog {
+  readonly level: AuditLevel;
+  private file: FileHandle | undefined;
+  private size = 0;
+  /** Writes in order, one at a time. */
+  private tail: Promise<void> = Promise.resolve();
+  /** The last write's failure; undefined while the file is writable. */
+  failure: string | undefined;
+
+  constructor(private readonly opts: AuditOptions) {
+    this.level = opts.level;
+  }
+
+  get path(): string {
+    return join(this.opts.dir, AUDIT_FILE);
+  }
+
+  /** Opens (or reopens) the file; false, with `failure` set, when it cannot be. */
+  async ready(): Promise<boolean> {
+    if (this.level === "none") return true;
+    if (this.file && !this.failure) return true;
+    try {
+      await this.file?.close().catch(() => undefined);
+      this.file = undefined;
+      await mkdir(this.opts.dir, { recursive: true, mode: 0o700 });
+      this.file = await open(this.path, "a", 0o600);
+      this.size = (await this.file.stat()).size;
+      this.failure = undefined;
+      return true;
+    } catch (e) {
+      this.fail(e);
+      return false;
+    }
+  }
+
+  /** Appends the event (an id and the time added). Never throws: a failure is kept in `failure`. */
+  write(init: AuditEventInit): Promise<void> {
+    if (this.level === "none") return Promise.resolve();
+    const event = create(AuditEventSchema, {
+      ...init,
+      id: randomUUID(),
+      time: timestampFromMs(Date.now()),
+      ...(this.level === "request" ? {} : { requestJson: "" }),
+    });
+    const line = `${toJsonString(AuditEventSchema, event)}\n`;
+    const next = this.tail.then(async () => {
+      if (!(await this.ready())) return;
+      try {
+        if (this.size + line.length > (this.opts.maxFileBytes ?? 64 * 1024 * 1024) && this.size > 0) await this.rotate();
+        await this.file!.appendFile(line, "utf8");
+        this.size += Buffer.byteLength(line);
+      } catch (e) {
+        this.fail(e);
+        // The event is not lost from sight: it goes to the server's log instead.
+        this.opts.log?.error({ audit: JSON.parse(line) as unknown }, "audit event not written to the audit file");
+      }
+    });
+    this.tail = next;
+    return next;
+  }
+
+  private async rotate(): Promise<void> {
+    await this.file?.close();
+    this.file = undefined;
+    const keep = this.opts.maxFiles ?? 5;
+    for (let i = keep - 1; i >= 1; i--) {
+      const from = i === 1 ? this.path : `${this.path}.${i - 1}`;
+      await rename(from, `${this.path}.${i}`).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== "ENOENT") throw e;
+      });
+    }
+    this.file = await open(this.path, "a", 0o600);
+    this.size = 0;
+  }
+
+  private fail(e: unknown): void {
+    const message = e instanceof Error ? e.message : String(e);
+    if (this.failure === undefined)
+      this.opts.log?.error({ err: message, file: this.path }, "audit file cannot be written: audited calls are refused");
+    this.failure = message;
+  }
+
+  /** Events newest first, from every file kept, at most `limit`. */
+  async list(f: { sinceMs?: number; user?: string; limit: number }): Promise<AuditEvent[]> {
+    await this.tail;
+    const out: AuditEvent[] = [];
+    const keep = this.opts.maxFiles ?? 5;
+    for (let i = 0; i < keep && out.length < f.limit; i++) {
+      const path = i === 0 ? this.path : `${this.path}.${i}`;
+      const text = await readFile(path, "utf8").catch((e: NodeJS.ErrnoException) => {
+        if (e.code === "ENOENT") return "";
+        throw e;
+      });
+      const lines = text.split("\n").filter(Boolean).reverse();
+      for (const line of lines) {
+        let e: AuditEvent;
+        try {
+          e = fromJsonString(AuditEventSchema, line, { ignoreUnknownFields: true });
+        } catch {
+          continue; // a torn last line after a crash
+        }
+        if (f.sinceMs !== undefined && e.time && timestampMs(e.time) < f.sinceMs) return out;
+        if (f.user && e.user !== f.user) continue;
+        out.push(e);
+        if (out.length >= f.limit) break;
+      }
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    await this.tail;
+    await this.file?.close().catch(() => undefined);
+    this.file = undefined;
+  }
+
+  /** The file's size now (tests). */
+  async fileSize(): Promise<number> {
+    return (await stat(this.path).catch(() => ({ size: 0 }))).size;
+  }
+}
+
+/** A request as JSON with every secretEnv map's values redacted, for level "request". */
+export function redactedJson(json: unknown): string {
+  const walk = (v: unknown): unknown => {
+    if (Array.isArray(v)) return (v as unknown[]).map(walk);
+    if (v && typeof v === "object") {
+      const o: Record<string, unknown> = {};
+      for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
+        o[k] = k === "secretEnv" && x && typeof x === "object" ? Object.fromEntries(Object.keys(x).map((n) => [n, "<redacted>"])) : walk(x);
+      }
+      return o;
+    }
+    return v;
+  };
+  return JSON.stringify(walk(json));
+}

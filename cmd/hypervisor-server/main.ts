@@ -183,14 +183,18 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
       log,
       // Every call checked against tokens, certificates and roles; the first start's admin token
       // goes beside the CA key (servers only).
-      access: { bootstrapDir: pkiDir },
-      audit: new AuditLog({
-        dir: resolve(c.auditDir || join(dataDir, "audit")),
-        level: c.auditLevel as AuditLevel,
-        maxFileBytes: c.auditMaxFileMib * 1024 * 1024,
-        maxFiles: c.auditMaxFiles,
-        log: log.child({ component: "audit" }),
-      }),
+      ...(c.dangerouslyDisableAccess
+        ? { access: "none" as const }
+        : {
+            access: { bootstrapDir: pkiDir },
+            audit: new AuditLog({
+              dir: resolve(c.auditDir || join(dataDir, "audit")),
+              level: c.auditLevel as AuditLevel,
+              maxFileBytes: c.auditMaxFileMib * 1024 * 1024,
+              maxFiles: c.auditMaxFiles,
+              log: log.child({ component: "audit" }),
+            }),
+          }),
       // Replicas share etcd and elect one leader; the embedded store has one process by construction.
       ...(c.store === "etcd" ? { leadership: new Election(store, "scheduler", serverId) } : {}),
     });

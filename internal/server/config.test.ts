@@ -64,6 +64,11 @@ describe("server config", () => {
       /tls: false on listen 0\.0\.0\.0:7070, which is not loopback: .*dangerously-allow-plaintext/,
     ],
     [["--no-tls", "--listen", "10.1.2.3:7070"], /tls: false on listen 10\.1\.2\.3:7070/],
+    [
+      ["--dangerously-disable-access", "--listen", "0.0.0.0:7070"],
+      /dangerously-disable-access on listen 0\.0\.0\.0:7070, which is not loopback/,
+    ],
+    [["--audit-level", "everything"], /audit-level: "everything" must be one of none, metadata, request/],
   ] as const)
     it(`rejects ${args.join(" ")}`, async () => {
       const { config } = await loadConfig(serverSchema, { argv: [...args], env: {} });

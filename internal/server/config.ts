@@ -43,14 +43,35 @@ export const serverSchema = {
     default: false,
     description: "allow tls: false on a listen address that is not loopback: every token and secret crosses the network readable",
   },
+  "dangerously-disable-access": {
+    type: "boolean",
+    default: false,
+    description:
+      "no authentication, authorization or audit: every caller may do everything (benchmarks against the same build); refused unless listen is loopback",
+  },
   "audit-level": {
     type: "string",
     default: "metadata",
-    description: "audit events of refusals and changes: none, metadata (who, what, when, decision, result) or request (also the request, secrets redacted)",
+    description:
+      "audit events of refusals and changes: none, metadata (who, what, when, decision, result) or request (also the request, secrets redacted)",
   },
   "audit-dir": { type: "string", default: "", description: "where this server's audit.log (0600, rotated) goes; empty: data-dir/audit" },
-  "audit-max-file-mib": { type: "number", default: 64, integer: true, min: 1, max: 4096, description: "rotate the audit file past this size" },
-  "audit-max-files": { type: "number", default: 5, integer: true, min: 1, max: 100, description: "audit files kept, the current one included" },
+  "audit-max-file-mib": {
+    type: "number",
+    default: 64,
+    integer: true,
+    min: 1,
+    max: 4096,
+    description: "rotate the audit file past this size",
+  },
+  "audit-max-files": {
+    type: "number",
+    default: 5,
+    integer: true,
+    min: 1,
+    max: 100,
+    description: "audit files kept, the current one included",
+  },
   "etcd-enable-auth": {
     type: "boolean",
     default: false,
@@ -297,6 +318,11 @@ export function checkServerConfig(c: ServerConfig): { host: string; port: number
   const host = m[1]!.replace(/^\[|\]$/g, "") || "0.0.0.0";
   if (c.store !== "etcd" && c.store !== "embedded")
     throw new ConfigError(`store: ${JSON.stringify(c.store)} must be etcd or embedded`, "store");
+  if (c.dangerouslyDisableAccess && !isLoopback(host))
+    throw new ConfigError(
+      `dangerously-disable-access on listen ${c.listen}, which is not loopback: anyone who reaches it could do everything`,
+      "dangerously-disable-access",
+    );
   if (!(AUDIT_LEVELS as readonly string[]).includes(c.auditLevel))
     throw new ConfigError(`audit-level: ${JSON.stringify(c.auditLevel)} must be one of ${AUDIT_LEVELS.join(", ")}`, "audit-level");
   if (c.schedulerAlgorithm !== "binpack" && c.schedulerAlgorithm !== "spread")

@@ -6,20 +6,17 @@
 // everything outside it.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { openEtcdStore, type EtcdStore } from "../../pkg/cluster/etcd/index.js";
 import { keys } from "../../pkg/cluster/state/index.js";
 import { PermissionDeniedError } from "../../pkg/cluster/store/index.js";
 import { loadOrCreateCa } from "../../pkg/pki/index.js";
+import { ctlFor } from "../support/cluster.js";
 import { startEtcd, type EtcdProcess } from "../support/etcd.js";
 import { testCaIn } from "../support/pki.js";
 import { binPath, freePort, Proc, until } from "../support/procs.js";
-
-const run = promisify(execFile);
 
 describe("a cluster under etcd TLS, client-certificate auth and node roles", { timeout: 300_000 }, () => {
   let dir: string;
@@ -27,16 +24,8 @@ describe("a cluster under etcd TLS, client-certificate auth and node roles", { t
   let port: number;
   const procs: Proc[] = [];
   const pki = () => join(dir, "server", "pki");
-  const ctl = async (...args: string[]) =>
-    (
-      await run(
-        process.execPath,
-        [binPath("hypervisor-ctl"), "--server", `https://127.0.0.1:${port}`, "--ca-file", join(pki(), "ca.crt"), ...args],
-        {
-          timeout: 60_000,
-        },
-      )
-    ).stdout;
+  // As the bootstrap admin (the token the server's first start wrote beside the CA).
+  const ctl = (...args: string[]) => ctlFor(`https://127.0.0.1:${port}`, join(pki(), "ca.crt"), 60_000)(...args);
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "hv-confined-"));

@@ -34,7 +34,7 @@ import {
 import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { type Store } from "../../pkg/cluster/store/index.js";
 import { keys } from "../../pkg/cluster/state/index.js";
-import { ctlFor, joinArgs, joinToken, startSecureEtcd, type SecureEtcd } from "../support/cluster.js";
+import { asAdmin, ctlFor, joinArgs, joinToken, startSecureEtcd, type SecureEtcd } from "../support/cluster.js";
 import { binPath, freePort, Proc, until } from "../support/procs.js";
 
 const TTL = 2;
@@ -72,7 +72,9 @@ describe("HA: lost nodes and a lost leader (etcd, two servers, three agents)", {
     agents.set(name, p);
     return p;
   };
-  const transport = (id: string) => createConnectTransport({ baseUrl: url(id), httpVersion: "1.1", nodeOptions: { ca } });
+  /** As the bootstrap admin: the first server's start made the token, and every server accepts it. */
+  const transport = (id: string) =>
+    createConnectTransport({ baseUrl: url(id), httpVersion: "1.1", nodeOptions: { ca }, interceptors: [asAdmin(etcd.caFile)] });
   const api = (id: string): Client<typeof InstanceService> => createClient(InstanceService, transport(id));
   const healthz = (id: string) =>
     new Promise<string>((resolve, reject) =>

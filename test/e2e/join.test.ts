@@ -2,7 +2,8 @@
 // the first start), `hypervisor-ctl join-token create` over TLS, and `hypervisor-agent --server
 // URL --join-token TOKEN` that gets its certificate and registers a Ready node; a restart needs
 // no token; `node revoke` takes its binding and etcd user; a second agent claiming a joined name,
-// and one with a used token, exit 2 and say why.
+// and one with a used token, exit 2 and say why. Making join tokens is the admin's right: a
+// caller without a token, or with a viewer's, is refused (loopback is no credential).
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
@@ -12,10 +13,15 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import * as http2 from "node:http2";
 import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { AccessService } from "../../api/gen/hypervisor/v1/access_pb.js";
+import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
 import { NodeSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
 import { codecs, keys } from "../../pkg/cluster/state/index.js";
 import { identityOf } from "../../pkg/pki/index.js";
+import { asAdmin, ctlFor } from "../support/cluster.js";
 import { startEtcd, type EtcdProcess } from "../support/etcd.js";
 import { binPath, freePort, Proc, until } from "../support/procs.js";
 
@@ -28,14 +34,9 @@ describe("join through the binaries (etcd, TLS server, ctl, agents)", { timeout:
   let server: Proc;
   const procs: Proc[] = [];
   const url = () => `https://127.0.0.1:${port}`;
-  const ctl = async (...args: string[]) =>
-    (
-      await run(
-        process.execPath,
-        [binPath("hypervisor-ctl"), "--server", url(), "--ca-file", join(dir, "server", "pki", "ca.crt"), ...args],
-        { timeout: 60_000 },
-      )
-    ).stdout;
+  const caFile = () => join(dir, "server", "pki", "ca.crt");
+  // As the bootstrap admin (the token the first start wrote beside the CA).
+  const ctl = (...args: string[]) => ctlFor(url, caFile(), 60_000)(...args);
   const agent = (node: string, dataDir: string, token: string) => {
     const p = new Proc(`agent ${node}`, [
       binPath("hypervisor-agent"),
@@ -137,6 +138,37 @@ describe("join through the binaries (etcd, TLS server, ctl, agents)", { timeout:
     assert.match(await ctl("node", "revoke", "w1"), /node\/w1 revoked/);
     await assert.rejects(etcdctl("user", "get", "node:w1"), /user name not found/);
     assert.match(await ctl("node", "revoke", "w1"), /has no binding/);
+  });
+
+  it("making a join token needs the admin's right: no token is unauthenticated, a viewer's is permission_denied", async () => {
+    const ca = await readFile(caFile(), "utf8");
+    const transport = (...interceptors: Interceptor[]) =>
+      createConnectTransport({ baseUrl: url(), httpVersion: "1.1", nodeOptions: { ca }, interceptors });
+    const refusal = (p: Promise<unknown>) =>
+      p.then(
+        () => assert.fail("a join token was made"),
+        (e: unknown) => ConnectError.from(e),
+      );
+
+    const anonymous = await refusal(createClient(IdentityService, transport()).createJoinToken({ maxUses: 1 }));
+    assert.equal(anonymous.code, Code.Unauthenticated, String(anonymous));
+
+    const { token } = await createClient(AccessService, transport(asAdmin(caFile()))).createToken({
+      user: "watcher",
+      roles: ["viewer"],
+      ttlSeconds: 600,
+      description: "join e2e: a viewer",
+    });
+    assert.match(token, /^hvt_/);
+    const viewer = await refusal(
+      createClient(IdentityService, transport()).createJoinToken({ maxUses: 1 }, { headers: { authorization: `Bearer ${token}` } }),
+    );
+    assert.equal(viewer.code, Code.PermissionDenied, String(viewer));
+    assert.match(viewer.rawMessage, /watcher may not jointokens:create \(roles: viewer\)/);
+    // ctl says the same to the viewer, whose token is good for what a viewer may do.
+    const asViewer = ctlFor(url, caFile(), 60_000, token);
+    await assert.rejects(asViewer("join-token", "create"), /permission_denied.*jointokens:create/s);
+    assert.match(await asViewer("node", "list"), /NAME\s+STATUS/);
   });
 
   it("a second agent claiming a joined name (another node secret) and a used token both exit 2, saying why", async () => {

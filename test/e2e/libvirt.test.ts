@@ -15,7 +15,7 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import WebSocket from "ws";
 import { ConsoleKind, ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
-import { ctlFor, joinArgs, joinToken, startSecureEtcd, type Ctl, type SecureEtcd } from "../support/cluster.js";
+import { adminToken, asAdmin, ctlFor, joinArgs, joinToken, startSecureEtcd, type Ctl, type SecureEtcd } from "../support/cluster.js";
 import { GUEST_CMD_DONE, GUEST_READY_MARKER, testGuest } from "../support/guest.js";
 import { ensureLibvirtd, listeningTcpPorts, qemuPid } from "../support/libvirt.js";
 import { binPath, freePort, Proc, until } from "../support/procs.js";
@@ -42,8 +42,19 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
   const vm = `e2e-vm-${process.pid}`;
 
   const url = (scheme = "https") => `${scheme}://127.0.0.1:${port}`;
+  // The test's own API client is the bootstrap admin; console WebSockets carry no token (a browser
+  // cannot set headers on one): the one-use ticket is their credential.
   const consoleClient = () =>
-    createClient(ConsoleService, createConnectTransport({ baseUrl: url(), httpVersion: "1.1", nodeOptions: { ca } }));
+    createClient(
+      ConsoleService,
+      createConnectTransport({ baseUrl: url(), httpVersion: "1.1", nodeOptions: { ca }, interceptors: [asAdmin(etcd.caFile)] }),
+    );
+  /** ctl as a child of its own (a follow, a terminal), as the bootstrap admin like `ctl`. */
+  const spawnCtl = (...args: string[]) =>
+    spawn(process.execPath, [binPath("hypervisor-ctl"), ...ctl.args, ...args], {
+      stdio: ["pipe", "pipe", "pipe"],
+      env: { ...process.env, HYPERVISOR_TOKEN: adminToken(etcd.caFile) },
+    });
   const get = async () => JSON.parse(await ctl("instance", "get", vm, "-o", "json")) as JsonInstance;
   // Joined with a token; the agent that replaces a killed one keeps the certificate in its data dir.
   const startAgent = () =>
@@ -160,7 +171,7 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
     const tail = await ctl("instance", "logs", vm, "--tail", "64");
     assert.ok(tail.length <= 64 && tail.length > 0, `--tail 64 printed ${tail.length} bytes`);
 
-    const follower = spawn(process.execPath, [binPath("hypervisor-ctl"), ...ctl.args, "instance", "logs", vm, "-f"]);
+    const follower = spawnCtl("instance", "logs", vm, "-f");
     let followed = "";
     follower.stdout.on("data", (b: Buffer) => (followed += b.toString()));
     const exited = new Promise<number | null>((resolve) => follower.once("exit", (code) => resolve(code)));
@@ -294,9 +305,7 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
   });
 
   it("`instance console` attaches this terminal to the serial console; Ctrl-] detaches", async () => {
-    const child = spawn(process.execPath, [binPath("hypervisor-ctl"), ...ctl.args, "instance", "console", vm], {
-      stdio: ["pipe", "pipe", "pipe"],
-    });
+    const child = spawnCtl("instance", "console", vm);
     let out = "";
     let err = "";
     child.stdout.on("data", (b: Buffer) => (out += b.toString()));

@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import type { EtcdStore } from "../../pkg/cluster/etcd/index.js";
 import { keys } from "../../pkg/cluster/state/index.js";
-import { ctlFor, joinArgs, joinToken, startSecureEtcd, type SecureEtcd } from "../support/cluster.js";
+import { adminToken, ctlFor, joinArgs, joinToken, startSecureEtcd, type SecureEtcd } from "../support/cluster.js";
 import { GUEST_CMD_DONE, GUEST_READY_MARKER, testGuest } from "../support/guest.js";
 import { ensureLibvirtd } from "../support/libvirt.js";
 import { binPath, freePort, Proc, until } from "../support/procs.js";
@@ -44,7 +44,8 @@ describe("node certificates renewed every few seconds, heartbeats and consoles u
     const child: ChildProcessWithoutNullStreams = spawn(
       process.execPath,
       [binPath("hypervisor-ctl"), ...ctlFor(url(), etcd.caFile).args, "instance", "console", vm],
-      { stdio: ["pipe", "pipe", "pipe"] },
+      // As the bootstrap admin, like `ctl` (ctlFor's args are only where and what to trust).
+      { stdio: ["pipe", "pipe", "pipe"], env: { ...process.env, HYPERVISOR_TOKEN: adminToken(etcd.caFile) } },
     );
     const io = { out: "", err: "", exit: undefined as number | null | undefined };
     child.stdout.on("data", (b: Buffer) => (io.out += b.toString()));

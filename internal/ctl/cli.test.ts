@@ -139,6 +139,7 @@ const EXPECTED = [
   "instance create", "instance list", "instance get", "instance start", "instance stop", "instance restart", "instance delete",
   "instance logs", "instance set-memory", "instance console", "image import", "image list",
   "cluster status", "join-token create", "join-token list", "join-token revoke", "completion", "version",
+  "token create", "token list", "token revoke", "role list", "whoami", "login", "logout",
   "config view", "config get-contexts", "config current-context", "config use-context", "config set-context", "config delete-context",
 ]; // prettier-ignore
 
@@ -176,7 +177,21 @@ describe("completion", () => {
 
   it("completes commands, aliases, flags and flag values in a real bash", async () => {
     const { stdout: script } = await runCli(["completion", "bash"]);
-    assert.deepEqual(await complete(script, ""), ["node", "instance", "image", "cluster", "join-token", "completion", "version", "config"]);
+    assert.deepEqual(await complete(script, ""), [
+      "node",
+      "instance",
+      "image",
+      "cluster",
+      "join-token",
+      "token",
+      "role",
+      "whoami",
+      "login",
+      "logout",
+      "completion",
+      "version",
+      "config",
+    ]);
     assert.deepEqual(await complete(script, "inst"), ["instance"]);
     assert.deepEqual(await complete(script, "instance", "st"), ["start", "stop"]);
     assert.deepEqual(await complete(script, "instances", "ls", "--ph"), ["--phase"]);

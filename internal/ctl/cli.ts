@@ -4,6 +4,7 @@
  * commander's exits are turned into return values so nothing calls process.exit here.
  */
 import { Command, CommanderError, Option } from "commander";
+import { roleCommand, tokenCommand, whoamiCommand } from "./access.js";
 import { clusterCommand, versionCommand } from "./cluster.js";
 import { createClients, DEFAULT_SERVER, type Clients } from "./client.js";
 import { completionCommand } from "./completion.js";
@@ -15,6 +16,7 @@ import { describeError, ExitCode } from "./errors.js";
 import { imageCommand } from "./image.js";
 import { instanceCommand } from "./instance.js";
 import { joinTokenCommand } from "./join-token.js";
+import { loginCommand, logoutCommand } from "./login.js";
 import { nodeCommand } from "./node.js";
 import { FORMATS, type Format } from "./output.js";
 
@@ -43,6 +45,11 @@ export function buildProgram(ctx: Context, io: Io): Command {
   program.addCommand(imageCommand(ctx));
   program.addCommand(clusterCommand(ctx));
   program.addCommand(joinTokenCommand(ctx));
+  program.addCommand(tokenCommand(ctx));
+  program.addCommand(roleCommand(ctx));
+  program.addCommand(whoamiCommand(ctx));
+  program.addCommand(loginCommand(ctx));
+  program.addCommand(logoutCommand(ctx));
   program.addCommand(completionCommand(ctx));
   program.addCommand(versionCommand(ctx));
   program.addCommand(configCommand(ctx));

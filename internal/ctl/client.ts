@@ -13,6 +13,7 @@ import { createClient, type Client, type Interceptor } from "@connectrpc/connect
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { httpsAgent } from "../../pkg/httpclient/index.js";
 import type { ClientOptions } from "ws";
+import { AccessService } from "../../api/gen/hypervisor/v1/access_pb.js";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
 import { ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
 import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
@@ -33,6 +34,8 @@ export interface Clients {
   readonly images: Client<typeof ImageService>;
   readonly consoles: Client<typeof ConsoleService>;
   readonly identity: Client<typeof IdentityService>;
+  /** Who the caller is, API tokens, roles. */
+  readonly access: Client<typeof AccessService>;
   /** TLS settings and headers for a WebSocket to the same server (the console). */
   readonly webSocketOptions: ClientOptions;
 }
@@ -73,6 +76,7 @@ export function createClients(conn: Connection | string, tls: TlsMaterial = {}):
     images: createClient(ImageService, h2),
     consoles: createClient(ConsoleService, transport),
     identity: createClient(IdentityService, transport),
+    access: createClient(AccessService, transport),
     webSocketOptions: { ...nodeOptions, ...(token !== undefined ? { headers: { Authorization: `Bearer ${token}` } } : {}) },
   };
 }

@@ -50,8 +50,7 @@ export function clusterCommand(ctx: Context): Command {
         ["Nodes", `${counts.nodes} (${counts.nodesReady} ready, ${counts.nodesCordoned} cordoned)`],
         ["Instances", `${counts.instances}${phases.length > 0 ? ` (${phases.join(", ")})` : ""}`],
       ];
-      const width = Math.max(...lines.map(([k]) => k.length)) + 3;
-      let text = lines.map(([k, v]) => `${(k + ":").padEnd(width)}${v}`).join("\n") + "\n";
+      let text = output.fields(lines);
       if (health.components.length > 0) {
         text +=
           "\nComponents:\n" +

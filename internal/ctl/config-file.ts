@@ -10,7 +10,7 @@
  *       credentials:
  *         client-cert-file: me.crt        # or client-cert-data: | PEM
  *         client-key-file: me.key         # or client-key-data: | PEM
- *         token: ...                      # reserved: API tokens of the access issue
+ *         token: hvt_...                  # an API token (hypervisor-ctl login puts it here)
  *
  * Found at --config-file, else $HYPERVISOR_CONFIG, else $XDG_CONFIG_HOME/hypervisor/config.yaml,
  * else $HOME/.config/hypervisor/config.yaml. Validated strictly (unknown keys are errors naming
@@ -29,7 +29,7 @@ export interface Credentials {
   clientCertData?: string;
   clientKeyFile?: string;
   clientKeyData?: string;
-  /** Bearer token, sent as `Authorization: Bearer`; for the API tokens of the access issue. */
+  /** An API token (hvt_...), sent as `Authorization: Bearer` to this context's server only. */
   token?: string;
 }
 

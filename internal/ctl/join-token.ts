@@ -29,7 +29,9 @@ function uses(value: string): number {
 }
 
 export function joinTokenCommand(ctx: Context): Command {
-  const cmd = new Command("join-token").alias("join-tokens").description("make, list and revoke the tokens agents join the cluster with");
+  const cmd = new Command("join-token")
+    .alias("join-tokens")
+    .description("make, list and revoke the tokens agents join the cluster with; not API tokens (token)");
 
   cmd
     .command("create")

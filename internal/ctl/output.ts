@@ -26,6 +26,12 @@ export function formatRow(row: readonly string[], widths: readonly number[]): st
     .trimEnd();
 }
 
+/** "Key:   value" lines, the values aligned (cluster status, whoami). */
+export function fields(lines: readonly (readonly [string, string])[]): string {
+  const width = Math.max(...lines.map(([k]) => k.length)) + 3;
+  return lines.map(([k, v]) => `${(k + ":").padEnd(width)}${v}`).join("\n") + "\n";
+}
+
 /** A value already in JSON form (e.g. from `toJson`) as the chosen structured format. */
 export function structured(value: unknown, format: "json" | "yaml"): string {
   return format === "json" ? JSON.stringify(value, null, 2) + "\n" : YAML.stringify(value);
@@ -42,7 +48,12 @@ export function list<Desc extends DescMessage>(schema: Desc, items: readonly Mes
 /** kubectl's AGE: two significant units at most, coarser as the age grows. */
 export function age(t: Timestamp | undefined, now: Date): string {
   if (!t) return "<unknown>";
-  const s = Math.max(0, Math.floor((now.getTime() - timestampDate(t).getTime()) / 1000));
+  return span(Math.floor((now.getTime() - timestampDate(t).getTime()) / 1000));
+}
+
+/** A number of seconds as AGE shows it ("45s", "3h10m", "89d"); also for time left. */
+export function span(seconds: number): string {
+  const s = Math.max(0, seconds);
   if (s < 120) return `${s}s`;
   const m = Math.floor(s / 60);
   if (m < 10) return s % 60 === 0 ? `${m}m` : `${m}m${s % 60}s`;

@@ -5,6 +5,7 @@
  */
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
+import { Readable } from "node:stream";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { run } from "./cli.js";
@@ -19,7 +20,16 @@ export const FIXED_NOW = new Date("2025-01-02T03:04:05Z");
 
 export async function runCli(
   argv: readonly string[],
-  opts: { server?: string; env?: Record<string, string>; signal?: AbortSignal; onStdout?: (all: string) => void } = {},
+  opts: {
+    server?: string;
+    env?: Record<string, string>;
+    signal?: AbortSignal;
+    onStdout?: (all: string) => void;
+    /** What standard input carries (a pipe that ends after it); none when absent. */
+    stdin?: string;
+    /** The clock for ages and time left; FIXED_NOW when absent. */
+    now?: Date;
+  } = {},
 ): Promise<Captured> {
   let stdout = "";
   let stderr = "";
@@ -34,7 +44,8 @@ export async function runCli(
     stderr: { write: (s: string) => (stderr += s) },
     env,
     signal: opts.signal,
-    now: () => FIXED_NOW,
+    ...(opts.stdin !== undefined ? { stdin: Readable.from([opts.stdin]) } : {}),
+    now: () => opts.now ?? FIXED_NOW,
   });
   return { code, stdout, stderr };
 }

@@ -210,7 +210,7 @@ describe("access commands against a server with access control", () => {
       lines.slice(2, -1).map((l) => l.split(/\s+/)[0]),
       ["operator", "project-admin", "admin"],
     );
-    assert.match(lines[4]!, /^admin\s+cluster:get,metrics .*jointokens:create,list,revoke .*tokens:create,list,manage,revoke$/);
+    assert.match(lines[4]!, /^admin\s+audit:read cluster:get,metrics .*jointokens:create,list,revoke .*tokens:create,list,manage,revoke$/);
     const json = JSON.parse((await cli(["roles", "ls", "-o", "json"], viewer)).stdout) as { items: { name: string; rights: string[] }[] };
     assert.deepEqual(
       json.items.map((i) => i.name),

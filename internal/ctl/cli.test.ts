@@ -139,7 +139,7 @@ const EXPECTED = [
   "instance create", "instance list", "instance get", "instance start", "instance stop", "instance restart", "instance delete",
   "instance logs", "instance set-memory", "instance console", "image import", "image list",
   "cluster status", "join-token create", "join-token list", "join-token revoke", "completion", "version",
-  "token create", "token list", "token revoke", "role list", "whoami", "login", "logout",
+  "token create", "token list", "token revoke", "role list", "whoami", "audit", "login", "logout",
   "config view", "config get-contexts", "config current-context", "config use-context", "config set-context", "config delete-context",
 ]; // prettier-ignore
 
@@ -186,6 +186,7 @@ describe("completion", () => {
       "token",
       "role",
       "whoami",
+      "audit",
       "login",
       "logout",
       "completion",

@@ -5,6 +5,7 @@
  */
 import { Command, CommanderError, Option } from "commander";
 import { roleCommand, tokenCommand, whoamiCommand } from "./access.js";
+import { auditCommand } from "./audit.js";
 import { clusterCommand, versionCommand } from "./cluster.js";
 import { createClients, DEFAULT_SERVER, type Clients } from "./client.js";
 import { completionCommand } from "./completion.js";
@@ -48,6 +49,7 @@ export function buildProgram(ctx: Context, io: Io): Command {
   program.addCommand(tokenCommand(ctx));
   program.addCommand(roleCommand(ctx));
   program.addCommand(whoamiCommand(ctx));
+  program.addCommand(auditCommand(ctx));
   program.addCommand(loginCommand(ctx));
   program.addCommand(logoutCommand(ctx));
   program.addCommand(completionCommand(ctx));

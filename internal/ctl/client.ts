@@ -14,6 +14,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { httpsAgent } from "../../pkg/httpclient/index.js";
 import type { ClientOptions } from "ws";
 import { AccessService } from "../../api/gen/hypervisor/v1/access_pb.js";
+import { AuditService } from "../../api/gen/hypervisor/v1/audit_pb.js";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
 import { ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
 import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
@@ -36,6 +37,7 @@ export interface Clients {
   readonly identity: Client<typeof IdentityService>;
   /** Who the caller is, API tokens, roles. */
   readonly access: Client<typeof AccessService>;
+  readonly audit: Client<typeof AuditService>;
   /** TLS settings and headers for a WebSocket to the same server (the console). */
   readonly webSocketOptions: ClientOptions;
 }
@@ -77,6 +79,7 @@ export function createClients(conn: Connection | string, tls: TlsMaterial = {}):
     consoles: createClient(ConsoleService, transport),
     identity: createClient(IdentityService, transport),
     access: createClient(AccessService, transport),
+    audit: createClient(AuditService, transport),
     webSocketOptions: { ...nodeOptions, ...(token !== undefined ? { headers: { Authorization: `Bearer ${token}` } } : {}) },
   };
 }

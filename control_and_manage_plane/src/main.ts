@@ -1,6 +1,7 @@
 /*
  * The management UI: Vue 3 with MDUI's Material 3 web components, talking Connect to the server
- * that served it. One live instance stream starts here and feeds every page.
+ * that served it, as the user whose API token was pasted on the sign-in page. One live instance
+ * stream, started at sign-in, feeds every page.
  */
 import "mdui/mdui.css";
 import "mdui";
@@ -8,8 +9,9 @@ import "./styles.css";
 import { createApp } from "vue";
 import App from "./App.vue";
 import { router } from "./router.js";
-import { startInstanceWatch, applyTheme } from "./state/index.js";
+import { applyTheme, resumeSession } from "./state/index.js";
 
 applyTheme();
-startInstanceWatch();
+// The live stream starts once someone is signed in (state/session.ts).
+void resumeSession();
 createApp(App).use(router).mount("#app");

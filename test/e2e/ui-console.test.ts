@@ -5,8 +5,11 @@
 // (/desktop/?instance=<vm>), trusting exactly this server's certificate, so consoles are wss://.
 // The VM's screen reaches the noVNC canvas; the ticket the page used is refused a second time;
 // text pasted in the page arrives in the guest as key presses; after the server dies the page
-// reconnects by itself; &kind=serial runs a command on the serial console typed into the terminal.
-// The app's Console tab shows the same through the VncConsole and SerialConsole components.
+// reconnects by itself; &kind=serial runs a command on the serial console typed into the terminal;
+// a viewer gets no console, and a revoked token makes the page ask for another.
+// The app's Console tab shows the same through the VncConsole and SerialConsole components. Pages
+// sign in with the bootstrap admin token (the desktop page's dialog, the app's sign-in page): the
+// console tickets are what that token buys.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
@@ -19,10 +22,11 @@ import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import type { Browser, Locator, Page } from "playwright-core";
 import WebSocket from "ws";
+import { AccessService } from "../../api/gen/hypervisor/v1/access_pb.js";
 import { ConsoleKind, ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
 import { InstanceService, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
-import { launchBrowser, screenshot } from "../support/browser.js";
-import { ctlFor, joinArgs, joinToken, startSecureEtcd, type SecureEtcd } from "../support/cluster.js";
+import { launchBrowser, screenshot, signIn, signInDesktop } from "../support/browser.js";
+import { adminToken, asAdmin, ctlFor, joinArgs, joinToken, startSecureEtcd, type SecureEtcd } from "../support/cluster.js";
 import { GUEST_CMD_DONE, GUEST_CTRL_ALT_DEL_MARKER, GUEST_READY_MARKER, testGuest } from "../support/guest.js";
 import { ensureLibvirtd } from "../support/libvirt.js";
 import { binPath, freePort, Proc, repoRoot, until } from "../support/procs.js";
@@ -57,7 +61,9 @@ describe("consoles in the browser: the desktop page and the app's Console tab on
   let agent: Proc;
   let browser: Browser;
   const vm = `ui-vm-${process.pid}`;
-  const api = () => createConnectTransport({ baseUrl: base, httpVersion: "1.1", nodeOptions: { ca } });
+  /** The API as the bootstrap admin. */
+  const api = () =>
+    createConnectTransport({ baseUrl: base, httpVersion: "1.1", nodeOptions: { ca }, interceptors: [asAdmin(etcd.caFile)] });
 
   const startServer = () =>
     new Proc("server", [
@@ -165,13 +171,20 @@ describe("consoles in the browser: the desktop page and the app's Console tab on
   }
 
   /** The desktop page for the VM, with the console WebSocket URLs it opens collected. */
-  async function openDesktop(query: string): Promise<{ page: Page; sockets: string[] }> {
+  function openDesktop(query: string): Promise<{ page: Page; sockets: string[] }> {
+    return openDesktopAs(adminToken(etcd.caFile), query);
+  }
+
+  /** The desktop page for the VM signed in with `token`. */
+  async function openDesktopAs(token: string, query = ""): Promise<{ page: Page; sockets: string[] }> {
     const page = await newPage();
     const sockets: string[] = [];
     page.on("websocket", (ws) => sockets.push(ws.url()));
     const errors: string[] = [];
     page.on("pageerror", (e) => errors.push(e.message));
     await page.goto(`${base}/desktop/?instance=${vm}${query}`);
+    // A new browser context: no token in this tab yet, so the page asks for one.
+    await signInDesktop(page, token);
     await page
       .locator('[data-testid="desktop-status"][data-state="connected"]')
       .waitFor({ timeout: 60_000 })
@@ -312,6 +325,7 @@ describe("consoles in the browser: the desktop page and the app's Console tab on
     const page = await newPage({ width: 1280, height: 900 });
     try {
       await page.goto(`${base}/instances/${vm}`);
+      await signIn(page, adminToken(etcd.caFile));
       await page.locator('[data-testid="tab-console"]').click();
       await page.locator('[data-testid="vnc-status"][data-state="connected"]').waitFor({ timeout: 60_000 });
       await until("the VM's screen in VncConsole", () => painted(page), 60_000, 250);
@@ -355,6 +369,7 @@ describe("consoles in the browser: the desktop page and the app's Console tab on
     const page = await newPage();
     try {
       await page.goto(`${base}/desktop/?instance=no-such-vm`);
+      await signInDesktop(page, adminToken(etcd.caFile));
       const status = page.locator('[data-testid="desktop-status"][data-state="disconnected"]');
       await status.waitFor({ timeout: 30_000 });
       const text = (await status.textContent()) ?? "";
@@ -365,6 +380,41 @@ describe("consoles in the browser: the desktop page and the app's Console tab on
       assert.match((await page.locator(".error").textContent()) ?? "", /needs \?instance=<name>/);
     } finally {
       await page.close();
+    }
+  });
+
+  it("refuses a viewer's console in words, and asks again for a token the server revoked", async () => {
+    const access = createClient(AccessService, api());
+    const viewer = await access.createToken({ user: "vic", roles: ["viewer"], ttlSeconds: 3600 });
+    const operator = await access.createToken({ user: "olga", roles: ["operator"], ttlSeconds: 3600 });
+    const page = await newPage();
+    try {
+      // A viewer's token is good, but buys no ticket: a final refusal naming the right.
+      await page.goto(`${base}/desktop/?instance=${vm}`);
+      await signInDesktop(page, viewer.token);
+      const status = page.locator('[data-testid="desktop-status"][data-state="disconnected"]');
+      await status.waitFor({ timeout: 30_000 });
+      const text = (await status.textContent()) ?? "";
+      assert.match(text, /may not instances:console \(roles: viewer\)/);
+      assert.doesNotMatch(text, /retrying/);
+    } finally {
+      await page.close();
+    }
+
+    const { page: desktop } = await openDesktopAs(operator.token);
+    try {
+      // Revoked: the next ticket is refused as Unauthenticated; the page asks for a token with
+      // the server's words, and connects again once one is accepted.
+      await access.revokeToken({ id: operator.apiToken!.id });
+      await desktop.locator("#reconnect").click();
+      const why = desktop.locator('[data-testid="desktop-signin"][open] [data-testid="desktop-signin-error"]');
+      await why.waitFor({ timeout: 30_000 });
+      assert.equal(await why.textContent(), `token ${operator.apiToken!.id}: revoked`);
+      await signInDesktop(desktop, adminToken(etcd.caFile));
+      await desktop.locator('[data-testid="desktop-status"][data-state="connected"]').waitFor({ timeout: 60_000 });
+      await until("the picture after signing in again", () => painted(desktop), 60_000, 250);
+    } finally {
+      await desktop.close();
     }
   });
 

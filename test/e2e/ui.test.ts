@@ -1,12 +1,14 @@
 // The management UI in a real browser against the real system as production runs it: etcd on TLS
 // with client-certificate auth, hypervisor-server on https (serving the built UI from dist/ui) with
 // etcd auth on, one hypervisor-agent with the mock driver joined with a token, and Debian's
-// Chromium trusting exactly this server's certificate (from the test's own cluster CA).
+// Chromium trusting exactly this server's certificate (from the test's own cluster CA). The page
+// signs in as the people using it do: the bootstrap admin token pasted on the sign-in page.
 //
-//   static files + SPA fallback ─► create through the form → row appears → Running (same page,
+//   static files + SPA fallback ─► sign in as admin ─► create through the form → row appears → Running (same page,
 //   no reload, no polling) ─► detail page, "no console log" ─► stop from the list, delete from
 //   the detail page → the list follows ─► form errors: the client's and the server's, each under
-//   its field ─► dashboard ─► cordon/uncordon ─► a 400 px window
+//   its field ─► dashboard ─► cordon/uncordon ─► a 400 px window ─► a viewer: sees, may not act,
+//   and is signed out when its token is revoked; a bad token refused on the sign-in page
 import { after, afterEach, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
@@ -18,16 +20,27 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import type { Browser, Page } from "playwright-core";
+import type { Browser, Locator, Page } from "playwright-core";
+import { AccessService } from "../../api/gen/hypervisor/v1/access_pb.js";
 import { InstanceService, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeCondition, NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { keys } from "../../pkg/cluster/state/index.js";
 import { issueServerCertificate, loadOrCreateCa } from "../../pkg/pki/index.js";
-import { launchBrowser, screenshot } from "../support/browser.js";
-import { ctlFor, joinArgs, joinToken, startSecureEtcd, type SecureEtcd } from "../support/cluster.js";
+import { launchBrowser, screenshot, signIn } from "../support/browser.js";
+import { adminToken, asAdmin, ctlFor, joinArgs, joinToken, startSecureEtcd, type SecureEtcd } from "../support/cluster.js";
 import { binPath, freePort, Proc, repoRoot, until } from "../support/procs.js";
 
 const APP_INDEX = join(repoRoot, "dist/ui/control_and_manage_plane/index.html");
+
+/**
+ * Whether an MDUI button is disabled: its `disabled` property (Playwright's isDisabled only knows
+ * native controls and aria-disabled, which MDUI puts in its shadow DOM).
+ */
+const disabled = (button: Locator) => button.evaluate((el) => (el as unknown as { disabled?: boolean }).disabled === true);
+
+/** How many items the page's sessionStorage holds (the tab's token is the only one). */
+const storedTokens = (page: Page) =>
+  page.evaluate(() => (globalThis as unknown as { sessionStorage: { length: number } }).sessionStorage.length);
 
 /**
  * An https request trusting the cluster CA `ca`, with the path sent as written (fetch would
@@ -66,7 +79,9 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
   const calls: string[] = [];
   /** Uncaught exceptions in the page: none is acceptable. */
   const pageErrors: string[] = [];
-  const transport = () => createConnectTransport({ baseUrl: base, httpVersion: "1.1", nodeOptions: { ca } });
+  /** The API as the bootstrap admin (setup and checks); the page signs in on its own. */
+  const transport = () =>
+    createConnectTransport({ baseUrl: base, httpVersion: "1.1", nodeOptions: { ca }, interceptors: [asAdmin(etcd.caFile)] });
   const get = (path: string, headers?: Record<string, string>) => httpsRequest(port, ca, path, headers ? { headers } : {});
   const instancesApi = () => createClient(InstanceService, transport());
 
@@ -212,6 +227,10 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
 
   it("creates an instance through the form; it appears and reaches Running without a reload", async () => {
     await page.goto(`${base}/instances`);
+    // Signed out, every URL shows the sign-in page; signed in, the page asked for.
+    await page.locator('[data-testid="signin-page"]').waitFor();
+    await signIn(page, adminToken(etcd.caFile));
+    assert.match(await page.locator('[data-testid="session-user"]').innerText(), /^admin\s+admin$/);
     await row("web-1").waitFor();
     await page.locator('[data-testid="instances-loading"]').waitFor({ state: "detached" });
     await page.evaluate("window.__samePage = true");
@@ -506,6 +525,7 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
     const narrow = await browser.newPage({ viewport: { width: 400, height: 800 } });
     try {
       await narrow.goto(`${base}/instances`);
+      await signIn(narrow, adminToken(etcd.caFile)); // a new browser context: a new session
       const first = narrow.locator('[data-testid="instance-row"][data-name="db-1"]');
       await first.waitFor();
       await first.locator('[data-state="Running"]').waitFor();
@@ -515,6 +535,8 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
       const box = await first.boundingBox();
       assert.ok(box && box.x >= 0 && box.x + box.width <= 400, `row inside the window: ${JSON.stringify(box)}`);
       assert.ok(Number(await narrow.evaluate("document.documentElement.scrollWidth")) <= 400, "no horizontal scrolling");
+      const toggle = await narrow.locator('[data-testid="theme-toggle"]').boundingBox();
+      assert.ok(toggle && toggle.x + toggle.width <= 400, `the top bar's last button inside the window: ${JSON.stringify(toggle)}`);
       assert.equal(await narrow.locator('[data-testid="instance-row"]').count(), 3);
       await screenshot(narrow, "instances-narrow");
     } finally {
@@ -591,5 +613,106 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
       made.map((r) => [r.instance?.spec?.driver, r.instance?.spec?.vcpus, r.instance?.spec?.memoryMib]),
       Array.from({ length: 3 }, () => ["mock", 1, 256n]),
     );
+  });
+
+  it("a viewer sees the instances but create, delete and power are disabled with the reason; a revoked token signs it out", async () => {
+    const access = createClient(AccessService, transport());
+    const { token, apiToken } = await access.createToken({ user: "vic", roles: ["viewer"], ttlSeconds: 3600, description: "ui test" });
+    const viewer = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    const errors: string[] = [];
+    viewer.on("pageerror", (e) => errors.push(e.message));
+    try {
+      await viewer.goto(`${base}/instances`);
+      await viewer.locator('[data-testid="signin-page"]').waitFor();
+      await signIn(viewer, token);
+      assert.match(await viewer.locator('[data-testid="session-user"]').innerText(), /^vic\s+viewer$/);
+
+      // Reading is allowed: the list comes from the live stream as for the admin.
+      const web1 = viewer.locator('[data-testid="instance-row"][data-name="web-1"]');
+      await web1.locator('[data-state="Running"]').waitFor();
+      await until(
+        "every instance listed",
+        async () =>
+          (await viewer.locator('[data-testid="instance-row"]').count()) === (await instancesApi().listInstances({})).instances.length,
+      );
+
+      // Changing is not: each action is disabled and says which right it needs.
+      const create = viewer.locator('[data-testid="create-instance"]');
+      assert.equal(await disabled(create), true, "create is disabled for a viewer");
+      assert.equal(await create.getAttribute("title"), "needs instances:create (your roles: viewer)");
+      const del = web1.locator('[data-testid="action-delete"]');
+      assert.equal(await disabled(del), true, "delete is disabled for a viewer");
+      assert.equal(await del.getAttribute("title"), "needs instances:delete (your roles: viewer)");
+      const stop = web1.locator('[data-testid="action-stop"]');
+      assert.equal(await disabled(stop), true, "stop is disabled for a viewer");
+      assert.equal(await stop.getAttribute("title"), "needs instances:power (your roles: viewer)");
+      await screenshot(viewer, "instances-viewer");
+
+      // The detail page: the same on its buttons; its logs tab says why instead of asking.
+      await web1.locator("a").click();
+      await viewer.locator('[data-testid="instance-page"][data-name="web-1"]').waitFor();
+      const detailDelete = viewer.locator('[data-testid="instance-page"] [data-testid="action-delete"]');
+      assert.equal(await disabled(detailDelete), true);
+      assert.equal(await detailDelete.getAttribute("title"), "needs instances:delete (your roles: viewer)");
+      await viewer.click('[data-testid="tab-logs"]');
+      assert.equal(
+        (await viewer.locator('[data-testid="logs-denied"] span').innerText()).trim(),
+        "needs instances:logs (your roles: viewer)",
+      );
+
+      // Nodes: cordon and drain are an operator's.
+      await viewer.click('[data-testid="nav-nodes"]');
+      const cordon = viewer.locator('[data-testid="node-row"][data-name="ui-node"] [data-testid="node-cordon"]');
+      await cordon.waitFor();
+      assert.equal(await disabled(cordon), true);
+      assert.equal(await cordon.getAttribute("title"), "needs nodes:cordon (your roles: viewer)");
+
+      // Revoked while signed in: the next call (the nodes page refreshes) is refused, and the tab
+      // is back on the sign-in page with the server's words.
+      await access.revokeToken({ id: apiToken!.id });
+      const refusal = viewer.locator('[data-testid="signin-error"]');
+      await refusal.waitFor({ timeout: 30_000 });
+      assert.equal((await refusal.innerText()).trim(), `token ${apiToken!.id}: revoked`);
+      assert.equal(await storedTokens(viewer), 0, "the refused token is forgotten");
+    } finally {
+      await viewer.close();
+    }
+    assert.deepEqual(errors, [], "uncaught errors in the viewer's page");
+  });
+
+  it("refuses a bad token on the sign-in page in the server's words, and signs out", async () => {
+    const other = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    try {
+      // What the server says of this token, asked directly.
+      const bad = "hvt_aaaaaaaaaa.not-a-secret-of-this-cluster";
+      const expected = await createClient(AccessService, createConnectTransport({ baseUrl: base, httpVersion: "1.1", nodeOptions: { ca } }))
+        .whoAmI({}, { headers: { authorization: `Bearer ${bad}` } })
+        .then(
+          () => assert.fail("the server accepted a made-up token"),
+          (e: unknown) => ConnectError.from(e),
+        );
+      assert.equal(expected.code, Code.Unauthenticated);
+
+      await other.goto(`${base}/`);
+      await other.locator('[data-testid="signin-token"] input').fill(bad);
+      await other.click('[data-testid="signin-submit"]');
+      const refusal = other.locator('[data-testid="signin-error"]');
+      await refusal.waitFor();
+      assert.equal((await refusal.innerText()).trim(), expected.rawMessage);
+      assert.equal(await other.locator('[data-testid="session-user"]').count(), 0, "not signed in");
+      assert.equal(await storedTokens(other), 0, "a refused token is not kept");
+      await screenshot(other, "signin-refused");
+
+      // The admin's token works; reload keeps the tab signed in (sessionStorage); logout ends it.
+      await signIn(other, adminToken(etcd.caFile));
+      await other.reload();
+      await other.locator('[data-testid="session-user"]', { hasText: "admin" }).waitFor();
+      await other.click('[data-testid="logout"]');
+      await other.locator('[data-testid="signin-page"]').waitFor();
+      assert.equal(await other.locator('[data-testid="signin-error"]').count(), 0, "a logout is no error");
+      assert.equal(await storedTokens(other), 0);
+    } finally {
+      await other.close();
+    }
   });
 });

@@ -51,3 +51,21 @@ export async function screenshot(page: Page, name: string): Promise<string> {
   await page.screenshot({ path, fullPage: true });
   return path;
 }
+
+/**
+ * Signs in on the management UI's sign-in page, which stands in for every page while the tab is
+ * signed out, with `token`; done when the header offers to sign out. The page must show the sign-in.
+ */
+export async function signIn(page: Page, token: string): Promise<void> {
+  await page.locator('[data-testid="signin-token"] input').fill(token);
+  await page.click('[data-testid="signin-submit"]');
+  await page.locator('[data-testid="logout"]').waitFor();
+}
+
+/** Signs in on the desktop page's dialog (a tab with no token, or a refused one, shows it). */
+export async function signInDesktop(page: Page, token: string): Promise<void> {
+  await page.locator('[data-testid="desktop-signin"][open]').waitFor();
+  await page.locator('[data-testid="desktop-signin-token"]').fill(token);
+  await page.click('[data-testid="desktop-signin-submit"]');
+  await page.locator('[data-testid="desktop-signin"][open]').waitFor({ state: "detached" });
+}

@@ -1,15 +1,19 @@
 // One Connect transport to the server that served this page (same origin: no CORS, the API and
-// the UI share hypervisor-server's port), and a typed client per service.
+// the UI share hypervisor-server's port), sending this tab's API token on every call (auth/), and
+// a typed client per service.
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
+import { AccessService } from "../../../api/gen/hypervisor/v1/access_pb.js";
 import { ClusterService } from "../../../api/gen/hypervisor/v1/cluster_pb.js";
 import { ConsoleService } from "../../../api/gen/hypervisor/v1/console_pb.js";
 import { ImageService } from "../../../api/gen/hypervisor/v1/image_pb.js";
 import { InstanceService } from "../../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeService } from "../../../api/gen/hypervisor/v1/node_pb.js";
+import { bearer } from "../auth/index.js";
 
-const transport = createConnectTransport({ baseUrl: window.location.origin });
+export const transport = createConnectTransport({ baseUrl: window.location.origin, interceptors: [bearer] });
 
+export const accessClient: Client<typeof AccessService> = createClient(AccessService, transport);
 export const instanceClient: Client<typeof InstanceService> = createClient(InstanceService, transport);
 export const nodeClient: Client<typeof NodeService> = createClient(NodeService, transport);
 export const clusterClient: Client<typeof ClusterService> = createClient(ClusterService, transport);

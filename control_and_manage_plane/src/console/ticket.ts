@@ -8,6 +8,9 @@
  * A refused WebSocket (ticket used or expired, instance gone) shows in the browser only as a close
  * before the open, without the HTTP status: callers ask for a new ticket on every attempt.
  *
+ * The ticket is what the tab's API token buys (CreateConsoleTicket needs instances:console): the
+ * WebSocket itself carries no credentials (a browser cannot set its headers), only the ticket.
+ *
  * This folder holds the consoles of the management UI (VncConsole.vue, SerialConsole.vue) and of
  * the desktop page (pkg/virtual-apps-and-desktop/html-web-access). It has no index.ts on purpose:
  * modules are imported by path so that a page showing VNC does not load xterm.js, nor serial noVNC.
@@ -15,6 +18,7 @@
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { ConsoleKind, ConsoleService } from "../../../api/gen/hypervisor/v1/console_pb.js";
+import { bearer } from "../auth/index.js";
 
 export { ConsoleKind };
 
@@ -52,7 +56,7 @@ export async function consoleUrl(
 ): Promise<string> {
   const client = opts.transport
     ? createClient(ConsoleService, opts.transport)
-    : (defaultClient ??= createClient(ConsoleService, createConnectTransport({ baseUrl: location.origin })));
+    : (defaultClient ??= createClient(ConsoleService, createConnectTransport({ baseUrl: location.origin, interceptors: [bearer] })));
   try {
     const { path } = await client.createConsoleTicket({ name, kind }, { signal: opts.signal });
     return webSocketUrl(path);

@@ -40,13 +40,25 @@ export const watchState = reactive({
   changes: [] as Change[],
 });
 
-let started = false;
+let running: AbortController | undefined;
 let nextId = 1;
 
-export function startInstanceWatch(signal?: AbortSignal): void {
-  if (started) return;
-  started = true;
-  void run(signal ?? new AbortController().signal);
+/** Starts the stream (once: a second call while it runs does nothing). */
+export function startInstanceWatch(): void {
+  if (running) return;
+  running = new AbortController();
+  void run(running.signal);
+}
+
+/** Stops the stream and forgets what it showed (signed out: the next user starts afresh). */
+export function stopInstanceWatch(): void {
+  running?.abort();
+  running = undefined;
+  instances.clear();
+  watchState.synced = false;
+  watchState.connected = false;
+  watchState.error = "";
+  watchState.changes = [];
 }
 
 export function changesOf(name: string): Change[] {
@@ -100,6 +112,7 @@ async function run(signal: AbortSignal): Promise<void> {
     let seen: Set<string> | undefined = new Set();
     try {
       for await (const res of instanceClient.watchInstances({}, { signal })) {
+        if (signal.aborted) return; // stopped (signed out): what is still arriving is not shown
         watchState.connected = true;
         watchState.error = "";
         attempt = 0;

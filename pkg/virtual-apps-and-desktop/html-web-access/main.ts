@@ -2,7 +2,14 @@
  * The HTML5 desktop page: one instance's console, full window. /desktop/?instance=<name> shows the
  * graphical console (noVNC); &kind=serial shows the serial console in a terminal instead. The
  * console code (tickets, sessions) is the management UI's (control_and_manage_plane/src/console).
+ *
+ * Tickets need the tab's API token (control_and_manage_plane/src/auth): a tab signed in to the
+ * management UI has it already (same origin, same tab); otherwise, or when the server refuses it
+ * (expired, revoked), the page asks for one and connects again once WhoAmI accepts it.
  */
+import { ConnectError } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-web";
+import { bearer, onUnauthenticated, signInWith, storedToken } from "../../../control_and_manage_plane/src/auth/index.js";
 import type { ConsoleState } from "../../../control_and_manage_plane/src/console/ticket.js";
 import "./desktop.css";
 
@@ -31,6 +38,49 @@ function fail(message: string): void {
   p.className = "error";
   p.textContent = message;
   element("screen").append(p);
+}
+
+/** Resolves the wait of askForToken; set while the sign-in dialog is open. */
+let signedIn: (() => void) | undefined;
+let signingIn: Promise<void> | undefined;
+
+/** Shows the sign-in dialog (with why, if the server said) until a token is accepted. */
+function askForToken(reason: string): Promise<void> {
+  const dialog = element<HTMLDialogElement>("signin-dialog");
+  element("signin-error").textContent = reason;
+  signingIn ??= new Promise<void>((resolve) => (signedIn = resolve));
+  if (!dialog.open) dialog.showModal();
+  element<HTMLInputElement>("signin-token").focus();
+  return signingIn;
+}
+
+function wireSignIn(): void {
+  const dialog = element<HTMLDialogElement>("signin-dialog");
+  const form = element<HTMLFormElement>("signin-form");
+  const input = element<HTMLInputElement>("signin-token");
+  const submit = element<HTMLButtonElement>("signin-submit");
+  const error = element("signin-error");
+  const transport = createConnectTransport({ baseUrl: location.origin, interceptors: [bearer] });
+  dialog.addEventListener("cancel", (e) => e.preventDefault()); // no console without a token
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    submit.disabled = true;
+    signInWith(transport, input.value).then(
+      () => {
+        input.value = "";
+        submit.disabled = false;
+        dialog.close();
+        const done = signedIn;
+        signedIn = undefined;
+        signingIn = undefined;
+        done?.();
+      },
+      (err: unknown) => {
+        error.textContent = ConnectError.from(err).rawMessage;
+        submit.disabled = false;
+      },
+    );
+  });
 }
 
 async function start(): Promise<void> {
@@ -63,6 +113,13 @@ async function start(): Promise<void> {
       if (nextAttemptAt !== undefined) countdown = setInterval(render, 1000);
     },
   };
+  wireSignIn();
+  // A refused token ends the console (a final state, no retry): sign in again, then reconnect.
+  onUnauthenticated((message) => void askForToken(message).then(() => ui.button("reconnect").click()));
+  if (!storedToken()) {
+    ui.show({ phase: "connecting", reason: "waiting for an API token" });
+    await askForToken("");
+  }
   // Each view is its own chunk: the serial page does not load noVNC, nor the desktop xterm.js.
   if (kind === "serial") {
     document.body.classList.add("serial");

@@ -1,0 +1,27 @@
+// Checking a pasted token before keeping it: AccessService.WhoAmI with that token says who it is
+// and what its roles allow, or refuses it (malformed, unknown, revoked, expired) in the server's
+// words. Only a token that authenticates as a token is kept; nothing is stored before.
+import { createClient, type Transport } from "@connectrpc/connect";
+import { AccessService, type WhoAmIResponse } from "../../../api/gen/hypervisor/v1/access_pb.js";
+import { storedToken, storeToken } from "./token.js";
+
+export type Identity = Pick<WhoAmIResponse, "user" | "roles" | "rights">;
+
+/** Who `token` is; throws the server's refusal. Keeps the token for this tab when it is good. */
+export async function signInWith(transport: Transport, token: string): Promise<Identity> {
+  const t = token.trim();
+  if (!t) throw new Error("paste an API token (hvt_...)");
+  const me = await createClient(AccessService, transport).whoAmI({}, { headers: { authorization: `Bearer ${t}` } });
+  if (me.authenticatedBy !== "token") throw new Error(`the server took this as ${me.authenticatedBy || "no"} credentials, not a token`);
+  storeToken(t);
+  return { user: me.user, roles: [...me.roles], rights: [...me.rights] };
+}
+
+/** Who this tab's stored token is (its rights may have changed), or undefined without one. */
+export async function whoAmI(transport: Transport): Promise<Identity | undefined> {
+  const t = storedToken();
+  if (!t) return undefined;
+  const me = await createClient(AccessService, transport).whoAmI({});
+  if (me.authenticatedBy !== "token") return undefined;
+  return { user: me.user, roles: [...me.roles], rights: [...me.rights] };
+}

@@ -1,0 +1,81 @@
+/*
+ * Who is signed in to this tab, and what they may do. The app shows its pages only while someone
+ * is; any call refused as Unauthenticated (the token expired or was revoked) signs the tab out and
+ * the sign-in page shows the server's message.
+ *
+ *   page load ──stored token?──no──► signed out ◄──────────── logout / Unauthenticated anywhere
+ *                  │yes                  │ paste a token          ▲
+ *                  └──► WhoAmI ──ok──► signed in (user, roles, rights) ──► instance stream runs
+ *
+ * The rights come from WhoAmI (the server's own reading of the token's roles), so what the UI
+ * disables is what the server would refuse; the server still decides every call.
+ */
+import { reactive } from "vue";
+import { forgetToken, onUnauthenticated, signInWith, whoAmI, type Identity } from "../auth/index.js";
+import { errorText, transport } from "../api/index.js";
+import { startInstanceWatch, stopInstanceWatch } from "./instances.js";
+
+export const session = reactive({
+  /** Empty while signed out. */
+  user: "",
+  roles: [] as string[],
+  rights: [] as string[],
+  /** Checking the stored token at page load: show neither the pages nor the sign-in form yet. */
+  resuming: true,
+  /** Why the tab was signed out (the server's message), for the sign-in page. */
+  reason: "",
+});
+
+function signedIn(me: Identity): void {
+  session.user = me.user;
+  session.roles = me.roles;
+  session.rights = me.rights;
+  session.reason = "";
+  startInstanceWatch();
+}
+
+function signedOut(reason: string): void {
+  forgetToken();
+  stopInstanceWatch();
+  session.user = "";
+  session.roles = [];
+  session.rights = [];
+  session.reason = reason;
+}
+
+onUnauthenticated((message) => {
+  if (session.user || session.resuming) signedOut(message);
+});
+
+/** At page load: the tab's stored token, if it still works. */
+export async function resumeSession(): Promise<void> {
+  try {
+    const me = await whoAmI(transport);
+    if (me) signedIn(me);
+  } catch (e) {
+    // Unauthenticated has signed the tab out already (the token is forgotten). Anything else (the
+    // server unreachable) says nothing about the token: it is kept for a reload, and the sign-in
+    // page says what went wrong.
+    session.reason = errorText(e);
+  } finally {
+    session.resuming = false;
+  }
+}
+
+/** Checks a pasted token with WhoAmI and keeps it; throws the server's refusal. */
+export async function signIn(token: string): Promise<void> {
+  signedIn(await signInWith(transport, token));
+}
+
+export function signOut(): void {
+  signedOut("");
+}
+
+export function can(right: string): boolean {
+  return session.rights.includes(right);
+}
+
+/** Why an action needing `right` is not offered, or "" when it is: "needs instances:create (your roles: viewer)". */
+export function needs(right: string): string {
+  return can(right) ? "" : `needs ${right} (your roles: ${session.roles.join(", ") || "none"})`;
+}

@@ -210,7 +210,10 @@ export class Server {
     this.health.informers = "";
     const handler = connectNodeAdapter({
       // Every request read strictly; every call authenticated and authorized before it runs.
-      ...strictInput({ routes: this.routes, interceptors: [this.edge, ...(this.authorizer ? [this.authorizer.interceptor(this.opts.audit)] : [])] }),
+      ...strictInput({
+        routes: this.routes,
+        interceptors: [this.edge, ...(this.authorizer ? [this.authorizer.interceptor(this.opts.audit)] : [])],
+      }),
       readMaxBytes: this.opts.readMaxBytes ?? 4 * 1024 * 1024, // also enforced on streamed bodies
       fallback: (req, res) => void this.serveOther(req, res),
       contextValues: (req) =>

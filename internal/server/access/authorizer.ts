@@ -173,7 +173,7 @@ function audited(rule: Rule | undefined, what: string, caller: Caller): boolean 
 /** What a request is about, from its name, node or id fields: "instances/web", "nodes/n1". */
 function resourceOf(rule: Rule | undefined, m: Record<string, unknown>): string {
   const kind = rule?.kind === "right" ? rule.right.split(":")[0]! : "";
-  const field = (k: string) => (typeof m[k] === "string" ? (m[k]) : "");
+  const field = (k: string) => (typeof m[k] === "string" ? m[k] : "");
   const [name, node, id] = [field("name"), field("node"), field("id")];
   if (kind === "instances") return name ? `instances/${name}` : "instances";
   if (kind === "nodes") return node ? `nodes/${node}${name ? `/orphans/${name}` : ""}` : name ? `nodes/${name}` : "nodes";

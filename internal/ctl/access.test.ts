@@ -4,12 +4,12 @@
 // and login storing only a token the server accepts.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { chmod, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { chmod, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
-import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
-import { Server } from "../server/server.js";
+import type { Server } from "../server/server.js";
+import type { Store } from "../../pkg/cluster/store/index.js";
+import { startServerWithAccess, type AccessServer } from "../../test/support/api-server.js";
 import { groupRights, tokenTtlSeconds } from "./access.js";
 import { parseConfig } from "./config-file.js";
 import { ExitCode } from "./errors.js";
@@ -20,6 +20,7 @@ const TOKEN_RE = /^hvt_([a-z0-9]{10})\.[A-Za-z0-9_-]{43}$/;
 const idOf = (token: string) => TOKEN_RE.exec(token.trim())![1]!;
 
 describe("access commands against a server with access control", () => {
+  let api: AccessServer;
   let dir: string;
   let store: Store;
   let server: Server;
@@ -34,24 +35,12 @@ describe("access commands against a server with access control", () => {
   };
 
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "hv-ctl-access-"));
-    store = await openEmbeddedStore(join(dir, "store"), { sync: false });
-    server = new Server({
-      store,
-      host: "127.0.0.1",
-      port: 0,
-      version: "test",
-      controllers: false,
-      access: { bootstrapDir: join(dir, "pki") },
-    });
-    await server.start();
-    admin = (await readFile(join(dir, "pki", "admin-token"), "utf8")).trim();
+    api = await startServerWithAccess("hv-ctl-access-");
+    ({ dir, store, server, admin } = api);
   });
 
   after(async () => {
-    await server?.stop();
-    await store?.close();
-    await rm(dir, { recursive: true, force: true });
+    await api?.stop();
   });
 
   it("whoami shows the bootstrap admin; -o json adds the rights", async () => {

@@ -3,45 +3,28 @@
 // every field; a token without audit:read is refused.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { openEmbeddedStore, type Store } from "../../pkg/cluster/store/index.js";
 import { AuditLog } from "../server/access/index.js";
-import { Server } from "../server/server.js";
 import { ExitCode } from "./errors.js";
 import { runCli } from "./testing.js";
+import { startServerWithAccess, type AccessServer } from "../../test/support/api-server.js";
 
 describe("hypervisor-ctl audit", () => {
-  let dir: string;
-  let store: Store;
-  let server: Server;
+  let api: AccessServer;
   let audit: AuditLog;
-  let admin = "";
-  const cli = (argv: string[], token = admin) => runCli(argv, { server: server.url, env: { HYPERVISOR_TOKEN: token } });
+  const cli = (argv: string[], token = api.admin) => runCli(argv, { server: api.server.url, env: { HYPERVISOR_TOKEN: token } });
 
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "hv-ctl-audit-"));
-    store = await openEmbeddedStore(join(dir, "store"), { sync: false });
-    audit = new AuditLog({ dir: join(dir, "audit"), level: "metadata" });
-    server = new Server({
-      store,
-      host: "127.0.0.1",
-      port: 0,
-      version: "test",
-      controllers: false,
-      access: { bootstrapDir: join(dir, "pki") },
-      audit,
-    });
-    await server.start();
-    admin = (await readFile(join(dir, "pki", "admin-token"), "utf8")).trim();
+    audit = new AuditLog({ dir: join(tmpdir(), `hv-ctl-audit-${process.pid}`), level: "metadata" });
+    api = await startServerWithAccess("hv-ctl-audit-", { audit });
   });
 
   after(async () => {
-    await server?.stop();
+    await api?.stop();
     await audit?.close();
-    await store?.close();
-    await rm(dir, { recursive: true, force: true });
+    await rm(join(tmpdir(), `hv-ctl-audit-${process.pid}`), { recursive: true, force: true });
   });
 
   it("lists refusals and changes newest first, filters by user, and refuses a viewer", async () => {

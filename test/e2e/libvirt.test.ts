@@ -16,7 +16,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import WebSocket from "ws";
 import { ConsoleKind, ConsoleService } from "../../api/gen/hypervisor/v1/console_pb.js";
 import { adminToken, asAdmin, ctlFor, joinArgs, joinToken, startSecureEtcd, type Ctl, type SecureEtcd } from "../support/cluster.js";
-import { GUEST_CMD_DONE, GUEST_READY_MARKER, testGuest } from "../support/guest.js";
+import { GUEST_CMD_DONE, GUEST_READY_MARKER, guestVmYaml, testGuest } from "../support/guest.js";
 import { ensureLibvirtd, listeningTcpPorts, qemuPid } from "../support/libvirt.js";
 import { binPath, freePort, Proc, until } from "../support/procs.js";
 
@@ -85,21 +85,8 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
     await mkdir(join(dir, "images"), { mode: 0o755 });
     await copyFile(guest.kernel, join(dir, "images", "vmlinuz"));
     await copyFile(guest.initrd, join(dir, "images", "initrd.img"));
-    await writeFile(
-      join(dir, "vm.yaml"),
-      [
-        `name: ${vm}`,
-        "spec:",
-        "  driver: libvirt",
-        "  vcpus: 1",
-        "  memoryMib: 256",
-        "  kernel: vmlinuz",
-        "  initrd: initrd.img",
-        // Without `quiet`: the console log then shows the kernel booting, not only the marker.
-        `  cmdline: ${JSON.stringify(guest.cmdline.replace(/ ?\bquiet\b/, ""))}`,
-        "",
-      ].join("\n"),
-    );
+    // Without `quiet`: the console log then shows the kernel booting, not only the marker.
+    await writeFile(join(dir, "vm.yaml"), guestVmYaml(vm, guest.cmdline.replace(/ ?\bquiet\b/, "")));
     etcd = await startSecureEtcd(join(dir, "server", "pki"));
     ca = await readFile(etcd.caFile);
     port = await freePort();

@@ -17,7 +17,7 @@ import { promisify } from "node:util";
 import type { EtcdStore } from "../../pkg/cluster/etcd/index.js";
 import { keys } from "../../pkg/cluster/state/index.js";
 import { adminToken, ctlFor, joinArgs, joinToken, startSecureEtcd, type SecureEtcd } from "../support/cluster.js";
-import { GUEST_CMD_DONE, GUEST_READY_MARKER, testGuest } from "../support/guest.js";
+import { GUEST_CMD_DONE, GUEST_READY_MARKER, guestVmYaml, testGuest } from "../support/guest.js";
 import { ensureLibvirtd } from "../support/libvirt.js";
 import { binPath, freePort, Proc, until } from "../support/procs.js";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.js";
@@ -99,20 +99,7 @@ describe("node certificates renewed every few seconds, heartbeats and consoles u
       ...joinArgs(url(), token),
     ]);
     await agent.waitFor(/agent started/);
-    await writeFile(
-      join(dir, "vm.yaml"),
-      [
-        `name: ${vm}`,
-        "spec:",
-        "  driver: libvirt",
-        "  vcpus: 1",
-        "  memoryMib: 256",
-        "  kernel: vmlinuz",
-        "  initrd: initrd.img",
-        `  cmdline: ${JSON.stringify(guest.cmdline)}`,
-        "",
-      ].join("\n"),
-    );
+    await writeFile(join(dir, "vm.yaml"), guestVmYaml(vm, guest.cmdline));
     await ctl("instance", "create", "-f", join(dir, "vm.yaml"), "--wait", "--timeout", "5m");
     await until("the guest booted", async () => (await ctl("instance", "logs", vm)).includes(GUEST_READY_MARKER), 300_000);
   });

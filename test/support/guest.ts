@@ -52,3 +52,21 @@ export function testGuest(): Promise<TestGuest> {
   built.catch(() => (built = undefined));
   return built;
 }
+
+/**
+ * A libvirt VM's spec file booting the test guest's kernel and initrd from the image directory
+ * (as `instance create -f` takes it): 1 vCPU, 256 MiB.
+ */
+export function guestVmYaml(name: string, cmdline: string): string {
+  return [
+    `name: ${name}`,
+    "spec:",
+    "  driver: libvirt",
+    "  vcpus: 1",
+    "  memoryMib: 256",
+    "  kernel: vmlinuz",
+    "  initrd: initrd.img",
+    `  cmdline: ${JSON.stringify(cmdline)}`,
+    "",
+  ].join("\n");
+}

@@ -4,8 +4,7 @@
 // tokens: the bootstrap token (made once), tokens made through the API with no more than their
 // maker holds, revoked, expired and forged tokens, anonymous callers, and /metrics.
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readdir, readFile, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -15,8 +14,9 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { AccessService } from "../../../api/gen/hypervisor/v1/access_pb.js";
 import { NodeService } from "../../../api/gen/hypervisor/v1/node_pb.js";
 import { InstanceService } from "../../../api/gen/hypervisor/v1/instance_pb.js";
-import { openEmbeddedStore, type Store } from "../../../pkg/cluster/store/index.js";
+import type { Store } from "../../../pkg/cluster/store/index.js";
 import { Server } from "../server.js";
+import { startServerWithAccess, type AccessServer } from "../../../test/support/api-server.js";
 import { ADMIN_TOKEN_FILE, ANONYMOUS, Authorizer, ROLE_NAMES, ROLES, RULES, type Caller } from "./index.js";
 
 const GEN = fileURLToPath(new URL("../../../api/gen/hypervisor/v1/", import.meta.url));
@@ -123,6 +123,7 @@ describe("access rules", () => {
 });
 
 describe("a server with access on", () => {
+  let api: AccessServer;
   let dir: string;
   let store: Store;
   let server: Server;
@@ -153,24 +154,13 @@ describe("a server with access on", () => {
   let admin = "";
 
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "hv-access-"));
-    store = await openEmbeddedStore(join(dir, "store"), { sync: false });
-    server = new Server({
-      store,
-      host: "127.0.0.1",
-      port: 0,
-      version: "test",
-      controllers: false,
-      access: { bootstrapDir: join(dir, "pki") },
-    });
-    await server.start();
-    admin = (await readFile(join(dir, "pki", ADMIN_TOKEN_FILE), "utf8")).trim();
+    api = await startServerWithAccess("hv-access-");
+    ({ dir, store, server, admin } = api);
   });
 
   after(async () => {
     await server?.stop();
-    await store?.close();
-    await rm(dir, { recursive: true, force: true });
+    await api?.stop();
   });
 
   it("makes one bootstrap token, 0600, user admin with role admin", async () => {

@@ -298,6 +298,9 @@ try {
         }
       })(),
     ];
+    // A failing probe (the server gone) fails the phase at stop(); unhandled until then, it would
+    // end the bench at once, skipping the cleanup that stops the fleets.
+    for (const l of loops) l.catch(() => undefined);
     return async () => {
       probing = false;
       await Promise.all(loops);
@@ -432,6 +435,10 @@ try {
   row("  backlog all Running", `${secs(backlogRunning - leaderFrom).toFixed(1)} s after the server started`);
   row("  CPU seconds", cpuRow(cpuBacklogFrom, cpuBacklogTo));
   row("nodes falsely NotReady (all phases)", `${notReady} alive keys lost, ${regrants} leases re-granted (goal: 0)`);
+} catch (e) {
+  // A process that died says why: its last lines, before the stack of whatever failed after it.
+  for (const p of procs) if (!p.running) log(`${p.name} exited:\n${p.tail()}`);
+  throw e;
 } finally {
   await stopAll();
   await store.close();

@@ -190,8 +190,8 @@ async function attack(port: number, caFile: string): Promise<void> {
   const admin = adminHeaders(caFile).authorization;
   /**
    * What a fuzzing request presents. Each kind's answers are counted by HTTP status, or "g<code>"
-   * when a gRPC status comes in the headers (gRPC-Web's refusals are HTTP 200); a Connect stream's
-   * error comes in its body, counted as its 200.
+   * when a gRPC status comes in the headers; gRPC-Web and Connect streams mostly answer 200 with
+   * their error in the body, counted as 200 (only Connect's unary 401 shows a refused token).
    */
   const credentials: Record<string, () => string | undefined> = {
     none: () => undefined,

@@ -39,7 +39,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import WebSocket, { createWebSocketStream } from "ws";
 import { ConsoleKind, ConsoleService } from "../api/gen/hypervisor/v1/console_pb.js";
 import { InstanceService, Phase } from "../api/gen/hypervisor/v1/instance_pb.js";
-import { ctlFor, joinArgs, joinToken, startSecureEtcd } from "../test/support/cluster.js";
+import { asAdmin, ctlFor, joinArgs, joinToken, startSecureEtcd } from "../test/support/cluster.js";
 import { GUEST_CMD_DONE, GUEST_READY_MARKER, testGuest } from "../test/support/guest.js";
 import { ensureLibvirtd } from "../test/support/libvirt.js";
 import { binPath, freePort, Proc } from "../test/support/procs.js";
@@ -104,7 +104,13 @@ async function main(): Promise<void> {
     procs.push(agent);
     await agent.waitFor(/agent started/);
 
-    const transport = createConnectTransport({ baseUrl: base, httpVersion: "1.1", nodeOptions: { ca } });
+    // As the bootstrap admin (the first server start wrote its token into the shared pki dir).
+    const transport = createConnectTransport({
+      baseUrl: base,
+      httpVersion: "1.1",
+      nodeOptions: { ca },
+      interceptors: [asAdmin(etcd.caFile)],
+    });
     const instances = createClient(InstanceService, transport);
     const consoles = createClient(ConsoleService, transport);
     await instances.createInstance({
@@ -224,7 +230,10 @@ async function main(): Promise<void> {
     }
   } finally {
     if (created)
-      await createClient(InstanceService, createConnectTransport({ baseUrl: base, httpVersion: "1.1", nodeOptions: { ca } }))
+      await createClient(
+        InstanceService,
+        createConnectTransport({ baseUrl: base, httpVersion: "1.1", nodeOptions: { ca }, interceptors: [asAdmin(etcd.caFile)] }),
+      )
         .deleteInstance({ name: VM })
         .catch(() => undefined);
     for (let i = 0; i < 600 && created; i++) {

@@ -35,13 +35,14 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { fromBinary } from "@bufbuild/protobuf";
-import { createClient } from "@connectrpc/connect";
+import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { InstanceSchema, InstanceService, Phase } from "../api/gen/hypervisor/v1/instance_pb.js";
 import { enableAuth, grantUser, openEtcdStore } from "../pkg/cluster/etcd/index.js";
 import { loadOrCreateCa } from "../pkg/pki/index.js";
 import { testCaIn } from "../test/support/pki.js";
 import { keys, parseNodeKey } from "../pkg/cluster/state/index.js";
+import { adminToken } from "../test/support/cluster.js";
 import { startEtcd } from "../test/support/etcd.js";
 import { binPath, freePort, Proc, until } from "../test/support/procs.js";
 import { measurePuts } from "./etcd-baseline.js";
@@ -94,6 +95,16 @@ if (TLS) await enableAuth(store);
 const caPem = TLS ? readFileSync(join(pkiDir, "ca.crt"), "utf8") : "";
 const procs: Proc[] = [];
 const ac = new AbortController();
+/**
+ * Every API call as the bootstrap admin (the token the first server start writes into the shared
+ * pki dir), read once it is there: a file read per call would weigh on the client's figures.
+ */
+let token = "";
+const asAdmin: Interceptor = (next) => (req) => {
+  token ||= adminToken(join(pkiDir, "ca.crt"));
+  if (token) req.header.set("authorization", `Bearer ${token}`);
+  return next(req);
+};
 
 /** With TLS: fleet <f>'s etcd user and certificate (CA, cert, key files) as fleet.js arguments. */
 async function fleetIdentity(f: number): Promise<string[]> {
@@ -125,9 +136,11 @@ try {
       [
         ...(profile ? ["--cpu-prof", `--cpu-prof-dir=${profile}`] : []),
         binPath("hypervisor-server"),
+        // One pki dir for every server: the first start writes the bootstrap admin token there.
+        ...["--pki-dir", pkiDir],
         ...(TLS && serverCert
           ? [
-              ...["--pki-dir", pkiDir, "--etcd-ca-file", testCa.caFile, "--etcd-cert-file", serverCert.certFile],
+              ...["--etcd-ca-file", testCa.caFile, "--etcd-cert-file", serverCert.certFile],
               ...["--etcd-key-file", serverCert.keyFile, "--etcd-enable-auth"],
             ]
           : ["--no-tls"]),
@@ -144,6 +157,7 @@ try {
         httpVersion: "2",
         useBinaryFormat: true,
         ...(TLS ? { nodeOptions: { ca: caPem } } : {}),
+        interceptors: [asAdmin],
       }),
     );
     // Warn level prints no "listening" line: wait for the port instead.
@@ -284,6 +298,9 @@ try {
         }
       })(),
     ];
+    // A failing probe (the server gone) fails the phase at stop(); unhandled until then, it would
+    // end the bench at once, skipping the cleanup that stops the fleets.
+    for (const l of loops) l.catch(() => undefined);
     return async () => {
       probing = false;
       await Promise.all(loops);
@@ -418,6 +435,10 @@ try {
   row("  backlog all Running", `${secs(backlogRunning - leaderFrom).toFixed(1)} s after the server started`);
   row("  CPU seconds", cpuRow(cpuBacklogFrom, cpuBacklogTo));
   row("nodes falsely NotReady (all phases)", `${notReady} alive keys lost, ${regrants} leases re-granted (goal: 0)`);
+} catch (e) {
+  // A process that died says why: its last lines, before the stack of whatever failed after it.
+  for (const p of procs) if (!p.running) log(`${p.name} exited:\n${p.tail()}`);
+  throw e;
 } finally {
   await stopAll();
   await store.close();

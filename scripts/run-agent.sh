@@ -34,6 +34,10 @@ if [[ ! -s "$PKI/node.crt" ]]; then
     echo "run-agent: $CA is missing: start the server first (make run-server)" >&2
     exit 2
   fi
+  if [[ ! -r "$ADMIN_TOKEN_FILE" ]]; then
+    echo "run-agent: $ADMIN_TOKEN_FILE is missing or unreadable: the server writes it at the cluster's first start (make run-server)" >&2
+    exit 2
+  fi
   scope=()
   if [[ -n "$NODE" ]]; then scope=(--node "$NODE"); fi
   mkdir -p "$DATA"

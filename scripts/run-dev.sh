@@ -56,6 +56,10 @@ for _ in $(seq 1 300); do
   kill -0 "$server" 2>/dev/null || { wait "$server"; exit $?; }
   sleep 0.2
 done
+if [[ ! -s "$TOKEN_FILE" ]]; then
+  # Only the cluster's first start writes it (the store records that it did): nothing makes another.
+  echo "run: no admin token in $TOKEN_FILE; the cluster made it at its first start (to begin afresh, stop and remove $DATA)" >&2
+fi
 
 if ((ctr)); then
   # Imports are idempotent: the same tarball gives the same image again. The node may still be

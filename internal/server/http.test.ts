@@ -15,6 +15,7 @@ import * as tls from "node:tls";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { adminHeaders } from "../../test/support/cluster.js";
 import { binPath, freePort, Proc } from "../../test/support/procs.js";
 
 /** The start of a TLS ClientHello record (handshake, TLS 1.0 record version, a length): no more. */
@@ -94,6 +95,8 @@ describe("connections: nothing a client sends can hold the server", () => {
   let url: string;
   /** The cluster CA the server made in its pki dir: what every client here trusts. */
   let ca: string;
+  /** The bootstrap admin's Authorization header: the API calls here are refused for where they come from, not for who. */
+  let admin: { authorization: string };
 
   /** GET /healthz with a bound: a frozen server fails it instead of hanging the test. */
   const healthy = async (): Promise<boolean> => {
@@ -120,6 +123,7 @@ describe("connections: nothing a client sends can hold the server", () => {
     ]);
     await server.waitFor(/server running/);
     ca = await readFile(join(dir, "pki", "ca.crt"), "utf8");
+    admin = adminHeaders(join(dir, "pki", "ca.crt"));
   });
 
   after(async () => {
@@ -182,14 +186,14 @@ describe("connections: nothing a client sends can hold the server", () => {
   it("refuses a foreign Host (DNS rebinding) in every protocol, and serves IP literals and localhost", async () => {
     const get = (path: string, headers: Record<string, string>, body?: string) => request(port, ca, path, headers, body);
     const rpc = "/hypervisor.v1.ClusterService/GetVersion";
-    const json = { "content-type": "application/json" };
+    const json = { "content-type": "application/json", ...admin };
     const page = await get("/", { host: "rebind.example:7070" });
     assert.equal(page.status, 403);
     assert.match(page.body, /host "rebind\.example" is not in the server's allowed-hosts/);
     const connect = await get(rpc, { ...json, host: "rebind.example" }, "{}");
     assert.equal(connect.status, 403);
     assert.equal((JSON.parse(connect.body) as { code: string }).code, "permission_denied");
-    const grpcWeb = await get(rpc, { "content-type": "application/grpc-web+proto", host: "rebind.example" }, "");
+    const grpcWeb = await get(rpc, { "content-type": "application/grpc-web+proto", ...admin, host: "rebind.example" }, "");
     assert.equal(grpcWeb.headers["grpc-status"], "7");
     for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`, "192.0.2.7"]) {
       const ok = await get(rpc, { ...json, host }, "{}");
@@ -198,7 +202,13 @@ describe("connections: nothing a client sends can hold the server", () => {
     // gRPC over HTTP/2 names the host in :authority.
     const session = http2.connect(url, { ca });
     session.on("error", () => undefined);
-    const stream = session.request({ ":method": "POST", ":path": rpc, ":authority": "rebind.example", "content-type": "application/grpc" });
+    const stream = session.request({
+      ":method": "POST",
+      ":path": rpc,
+      ":authority": "rebind.example",
+      "content-type": "application/grpc",
+      ...admin,
+    });
     const head = await new Promise<http2.IncomingHttpHeaders>((resolve) => stream.once("response", resolve));
     stream.end();
     session.close();
@@ -207,7 +217,7 @@ describe("connections: nothing a client sends can hold the server", () => {
 
   it("refuses cross-site Origins on the API and the console WebSocket, and accepts its own and allowed-origins", async () => {
     const call = (origin: string) =>
-      request(port, ca, "/hypervisor.v1.ClusterService/GetVersion", { "content-type": "application/json", origin }, "{}");
+      request(port, ca, "/hypervisor.v1.ClusterService/GetVersion", { "content-type": "application/json", ...admin, origin }, "{}");
     assert.equal((await call("http://evil.example")).status, 403);
     assert.equal((await call(`https://127.0.0.1:${port + 1}`)).status, 403);
     assert.equal((await call("null")).status, 403);
@@ -255,6 +265,7 @@ describe("connections: nothing a client sends can hold the server", () => {
       ":method": "POST",
       ":path": "/hypervisor.v1.InstanceService/WatchInstances",
       "content-type": "application/connect+json",
+      ...admin,
     });
     stream.on("error", () => undefined);
     stream.end(Buffer.from([0, 0, 0, 0, 2, 0x7b, 0x7d]));
@@ -262,6 +273,12 @@ describe("connections: nothing a client sends can hold the server", () => {
       stream.once("response", resolve);
       setTimeout(() => reject(new Error("the watch did not answer")), 30_000).unref();
     });
+    // Its first frame is a message (SYNCED), not the end of the stream: the watch is open and held.
+    const first = await new Promise<Buffer>((resolve, reject) => {
+      stream.once("data", resolve);
+      setTimeout(() => reject(new Error("the watch sent nothing")), 30_000).unref();
+    });
+    assert.equal(first[0], 0, first.toString());
     // Proc.stop sends SIGKILL after its grace, which would make the exit code null.
     const code = await server.stop(60_000);
     assert.equal(code, 0, server.tail());

@@ -5,7 +5,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -31,9 +31,16 @@ describe("make run (scripts/run-dev.sh)", { timeout: 900_000 }, () => {
     // ctl's context for the dev server goes to the test's own file, not the user's.
     HYPERVISOR_CONFIG: join(dir, "ctl.yaml"),
   });
-  // As a user after `make run`: no flag, the context the server wrote says where and which CA.
+  // As a user after `make run`: no flag and no token, the context the server wrote says where,
+  // which CA and which token (nothing of the runner's environment does).
+  const plain = { HYPERVISOR_SERVER: "", HYPERVISOR_CA_FILE: "", HYPERVISOR_TOKEN: "", HYPERVISOR_CONTEXT: "" };
   const ctl = async (...args: string[]) =>
-    (await run(process.execPath, [binPath("hypervisor-ctl"), ...args], { timeout: 120_000, env: { ...process.env, ...env() } })).stdout;
+    (
+      await run(process.execPath, [binPath("hypervisor-ctl"), ...args], {
+        timeout: 120_000,
+        env: { ...process.env, ...env(), ...plain },
+      })
+    ).stdout;
 
   before(async () => {
     await ensureLibvirtd();
@@ -55,6 +62,10 @@ describe("make run (scripts/run-dev.sh)", { timeout: 900_000 }, () => {
       proc.output.some((l) => l.includes(`hypervisor-ctl instance logs ${vm} -f`)),
       proc.tail(),
     );
+    // The server's context for ctl carries the bootstrap admin token, written beside the CA.
+    const token = (await readFile(join(dir, "pki", "admin-token"), "utf8")).trim();
+    assert.match(token, /^hvt_/);
+    assert.ok((await readFile(join(dir, "ctl.yaml"), "utf8")).includes(`token: ${token}`), "the dev context carries the admin token");
     const i = JSON.parse(await ctl("instance", "get", vm, "-o", "json")) as { spec?: { driver?: string }; status?: { phase?: string } };
     assert.equal(i.spec?.driver, "libvirt");
     assert.equal(i.status?.phase, "PHASE_RUNNING");

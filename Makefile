@@ -78,6 +78,7 @@ bench: deps build
 	node dist/bench/scale.js
 	node dist/bench/hostile.js
 	node dist/bench/tls.js
+	node dist/bench/access.js
 
 clean:
 	rm -rf dist coverage coverage.html

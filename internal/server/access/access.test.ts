@@ -17,7 +17,9 @@ import { InstanceService } from "../../../api/gen/hypervisor/v1/instance_pb.js";
 import type { Store } from "../../../pkg/cluster/store/index.js";
 import { Server } from "../server.js";
 import { startServerWithAccess, type AccessServer } from "../../../test/support/api-server.js";
-import { ADMIN_TOKEN_FILE, ANONYMOUS, Authorizer, ROLE_NAMES, ROLES, RULES, type Caller } from "./index.js";
+import { ADMIN_TOKEN_FILE, ANONYMOUS, Authorizer, newToken, ROLE_NAMES, ROLES, RULES, tokenRecord, type Caller } from "./index.js";
+import { STORE_READS_PER_SECOND } from "./authorizer.js";
+import { codecs, keys } from "../../../pkg/cluster/state/index.js";
 
 const GEN = fileURLToPath(new URL("../../../api/gen/hypervisor/v1/", import.meta.url));
 const DOC = fileURLToPath(new URL("../../../../docs/access.md", import.meta.url));
@@ -119,6 +121,33 @@ describe("access rules", () => {
       assert.equal(authz.decide(server, rule, method).allowed, rule.kind !== "node", method);
     }
     assert.equal(authz.decide(server, undefined, "Unknown/Method").allowed, false, "no rule: refused");
+  });
+});
+
+describe("tokens the server's copy lacks", () => {
+  it("are read from the store at most STORE_READS_PER_SECOND a second; a real one is found within that", async () => {
+    let now = 1_000_000;
+    let reads = 0;
+    const t = newToken();
+    const record = tokenRecord(t, { user: "late", roles: ["viewer"], ttlSeconds: 3600, description: "", createdBy: "admin", nowMs: now });
+    const store = {
+      get: (key: string) => {
+        reads++;
+        return Promise.resolve(
+          key === keys.apiToken(t.id)
+            ? { key, value: codecs.apiToken.encode(record), createRevision: 1, modRevision: 1, version: 1, lease: "0" }
+            : undefined,
+        );
+      },
+    } as unknown as Store;
+    const authz = new Authorizer(store, { get: () => undefined }, () => now);
+    const madeUp = () => `Bearer ${newToken().token}`;
+    for (let i = 0; i < 100; i++) await assert.rejects(authz.authenticate(madeUp(), undefined), /not a valid token/);
+    assert.equal(reads, STORE_READS_PER_SECOND, "the burst, then no more");
+    // Within the budget a token made a moment ago elsewhere is found in the store.
+    now += 1000;
+    assert.equal((await authz.authenticate(`Bearer ${t.token}`, undefined)).user, "late");
+    assert.equal(reads, STORE_READS_PER_SECOND + 1);
   });
 });
 

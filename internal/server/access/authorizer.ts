@@ -37,6 +37,9 @@ export interface Caller {
   rights: ReadonlySet<Right>;
 }
 
+/** Store reads a second for tokens the server's copy lacks (see Authorizer.mayRead). */
+export const STORE_READS_PER_SECOND = 20;
+
 export const ANONYMOUS: Caller = { kind: "anonymous", user: "", by: "none", tokenId: "", roles: [], rights: new Set() };
 
 /** The caller of the request being served (set by the interceptor before any handler runs). */
@@ -67,7 +70,7 @@ export class Authorizer {
     if (!m) throw new ConnectError('authorization: expected "Bearer <token>"', Code.Unauthenticated);
     const parsed = parseToken(m[1]!);
     if (!parsed) throw new ConnectError("authorization: the token is malformed (expected hvt_<id>.<secret>)", Code.Unauthenticated);
-    const record = this.tokens?.get(keys.apiToken(parsed.id))?.value ?? (await this.read(parsed.id, signal));
+    const record = this.tokens?.get(keys.apiToken(parsed.id))?.value ?? (this.mayRead() ? await this.read(parsed.id, signal) : undefined);
     // Unknown and wrong secret read the same: an id alone tells nothing about a token's secret.
     if (!record || !secretMatches(parsed.secret, record.secretSha256))
       throw new ConnectError(`token ${parsed.id}: not a valid token of this cluster`, Code.Unauthenticated);
@@ -76,6 +79,24 @@ export class Authorizer {
     if (expires <= this.now()) throw new ConnectError(`token ${parsed.id}: expired`, Code.Unauthenticated);
     return { kind: "user", user: record.user, by: "token", tokenId: record.id, roles: record.roles, rights: rightsOf(record.roles) };
   }
+
+  /**
+   * A token this server's copy lacks is read from the store (made a moment ago on another
+   * server), but at most STORE_READS_PER_SECOND a second (burst as many): made-up tokens, each
+   * with a new id, would otherwise cost a store round trip each. Past that, an unknown token is
+   * refused as unknown; its maker retries once the copy has it (milliseconds).
+   */
+  private mayRead(): boolean {
+    const now = this.now();
+    this.readBudget = Math.min(STORE_READS_PER_SECOND, this.readBudget + ((now - this.budgetAt) / 1000) * STORE_READS_PER_SECOND);
+    this.budgetAt = now;
+    if (this.readBudget < 1) return false;
+    this.readBudget -= 1;
+    return true;
+  }
+
+  private readBudget = STORE_READS_PER_SECOND;
+  private budgetAt = 0;
 
   private async read(id: string, signal?: AbortSignal): Promise<ApiTokenRecord | undefined> {
     const kv = await this.store.get(keys.apiToken(id), signal ? { signal } : undefined);

@@ -146,13 +146,13 @@ export class Authorizer {
         caller = await this.authenticate(req.header.get("authorization"), req.contextValues.get(peerIdentity), req.signal);
       } catch (e) {
         const err = ConnectError.from(e);
-        await on?.write({ ...base, user: "", tokenId: "", decision: "deny", result: codeName(err.code), message: err.rawMessage });
+        void on?.write({ ...base, user: "", tokenId: "", decision: "deny", result: codeName(err.code), message: err.rawMessage });
         throw e;
       }
       const who = { user: caller.user, tokenId: caller.tokenId };
       const d = this.decide(caller, rule, req.method.name);
       if (!d.allowed) {
-        await on?.write({ ...base, ...who, decision: "deny", result: codeName(d.code), message: d.message });
+        void on?.write({ ...base, ...who, decision: "deny", result: codeName(d.code), message: d.message });
         throw new ConnectError(d.message, d.code);
       }
       req.contextValues.set(callerKey, caller);
@@ -168,11 +168,11 @@ export class Authorizer {
           : "";
       try {
         const res = await next(req);
-        await on.write({ ...base, ...who, decision: "allow", result: "ok", message: "", requestJson });
+        void on.write({ ...base, ...who, decision: "allow", result: "ok", message: "", requestJson });
         return res;
       } catch (e) {
         const err = ConnectError.from(e);
-        await on.write({ ...base, ...who, decision: "allow", result: codeName(err.code), message: err.rawMessage, requestJson });
+        void on.write({ ...base, ...who, decision: "allow", result: codeName(err.code), message: err.rawMessage, requestJson });
         throw e;
       }
     };

@@ -116,6 +116,7 @@ describe("the audit log", () => {
     assert.ok(events.length >= 6);
     for (let i = 1; i < events.length; i++) assert.ok(Number(events[i - 1]!.time!.seconds) >= Number(events[i]!.time!.seconds));
     assert.ok((await as(admin).audit.listAuditEvents({ user: "val" })).events.every((e) => e.user === "val"));
+    await audit.flushed();
     assert.equal((await stat(join(dir, "audit", AUDIT_FILE))).mode & 0o777, 0o600);
     assert.equal((await failsWith(as(op).audit.listAuditEvents({}))).code, Code.PermissionDenied);
   });
@@ -126,6 +127,7 @@ describe("the audit log", () => {
     const e = (await as(admin).audit.listAuditEvents({ limit: 5 })).events.find((x) => x.resource === "instances/db");
     assert.ok(e, "the create's event");
     assert.match(e.requestJson, /"PASSWORD":"<redacted>"/);
+    await audit.flushed();
     assert.doesNotMatch(await readFile(join(dir, "audit", AUDIT_FILE), "utf8"), /hunter2/);
   });
 
@@ -133,6 +135,8 @@ describe("the audit log", () => {
     const rdir = join(dir, "rotating");
     await start("metadata", rdir, 2000);
     for (let i = 0; i < 20; i++) await failsWith(as().instances.deleteInstance({ name: `x${i}` }));
+    // The answers do not wait for their events' writes.
+    await audit.flushed();
     const files = (await readdir(rdir)).sort();
     assert.deepEqual(files, [AUDIT_FILE, `${AUDIT_FILE}.1`, `${AUDIT_FILE}.2`]);
     const listed = (await as(admin).audit.listAuditEvents({ limit: 1000 })).events;
@@ -152,6 +156,7 @@ describe("the audit log", () => {
     );
     await rm(blocker);
     await as(admin).instances.createInstance({ name: "recorded", spec });
+    await audit.flushed();
     assert.match(await readFile(join(blocker, "audit", AUDIT_FILE), "utf8"), /instances\/recorded/);
   });
 });

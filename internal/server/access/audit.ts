@@ -189,6 +189,11 @@ export class AuditLog {
     return out;
   }
 
+  /** Resolves once every event written so far is in the file (or has failed). */
+  async flushed(): Promise<void> {
+    await this.tail;
+  }
+
   async close(): Promise<void> {
     await this.tail;
     await this.file?.close().catch(() => undefined);

@@ -5,6 +5,7 @@
  * roles whose every right the caller holds (nobody grants more than they hold).
  */
 import { create } from "@bufbuild/protobuf";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { ApiTokenRecordSchema, RoleSchema, type AccessService } from "../../../api/gen/hypervisor/v1/access_pb.js";
 import { codecs, keys, update } from "../../../pkg/cluster/state/index.js";
@@ -17,6 +18,8 @@ import { isRoleName, ROLE_NAMES, ROLES, type RoleName } from "./rights.js";
 import { DEFAULT_TOKEN_TTL_SECONDS, MAX_TOKEN_TTL_SECONDS, newToken, publicToken, tokenRecord } from "./tokens.js";
 
 const ATTEMPTS = 5;
+/** Live tokens (not revoked, not expired) one user may hold: each is a key every server keeps. */
+export const MAX_TOKENS_PER_USER = 100;
 const TOKEN_ID_RE = /^[a-z0-9]{10}$/;
 
 export function accessService(store: Store, log?: Logger): ServiceImpl<typeof AccessService> {
@@ -56,6 +59,16 @@ export function accessService(store: Store, log?: Logger): ServiceImpl<typeof Ac
       if (req.ttlSeconds > MAX_TOKEN_TTL_SECONDS)
         throw invalid("ttl_seconds", `${req.ttlSeconds} is more than the maximum ${MAX_TOKEN_TTL_SECONDS} (one year)`);
       refuse(checkText("description", req.description, LIMITS.maxDescriptionBytes));
+      const now = Date.now();
+      const { kvs } = await store.range(keys.apiTokens, { signal: hctx.signal });
+      const live = kvs
+        .map((kv) => codecs.apiToken.decode(kv.value))
+        .filter((r) => r.user === user && !r.revoked && r.expireTime && timestampMs(r.expireTime) > now).length;
+      if (live >= MAX_TOKENS_PER_USER)
+        throw new ConnectError(
+          `user ${show(user)} holds ${live} live tokens, the most one user may: revoke some (token list, token revoke)`,
+          Code.ResourceExhausted,
+        );
       const ttlSeconds = req.ttlSeconds === 0 ? DEFAULT_TOKEN_TTL_SECONDS : req.ttlSeconds;
       for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
         const t = newToken();

@@ -19,6 +19,7 @@ import { Server } from "../server.js";
 import { startServerWithAccess, type AccessServer } from "../../../test/support/api-server.js";
 import { ADMIN_TOKEN_FILE, ANONYMOUS, Authorizer, newToken, ROLE_NAMES, ROLES, RULES, tokenRecord, type Caller } from "./index.js";
 import { STORE_READS_PER_SECOND } from "./authorizer.js";
+import { MAX_TOKENS_PER_USER } from "./access-service.js";
 import { codecs, keys } from "../../../pkg/cluster/state/index.js";
 
 const GEN = fileURLToPath(new URL("../../../api/gen/hypervisor/v1/", import.meta.url));
@@ -266,6 +267,17 @@ describe("a server with access on", () => {
     // Someone else's token is not found for a caller who may not manage it.
     const adminOwn = all.apiTokens.find((t) => t.createdBy === "bootstrap")!;
     assert.equal((await code(o.access.revokeToken({ id: adminOwn.id }))).code, Code.NotFound);
+  });
+
+  it("a user holds at most MAX_TOKENS_PER_USER live tokens; revoking one makes room", async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < MAX_TOKENS_PER_USER; i++)
+      ids.push((await clients(admin).access.createToken({ roles: ["viewer"], user: "many" })).apiToken!.id);
+    const over = await code(clients(admin).access.createToken({ roles: ["viewer"], user: "many" }));
+    assert.equal(over.code, Code.ResourceExhausted);
+    assert.match(over.message, /"many" holds 100 live tokens/);
+    await clients(admin).access.revokeToken({ id: ids[0]! });
+    await clients(admin).access.createToken({ roles: ["viewer"], user: "many" });
   });
 
   it("/metrics needs cluster:metrics: 401 without a token, 403 for an operator, 200 for admin", async () => {

@@ -134,25 +134,26 @@ export class Authorizer {
     return (next) => async (req) => {
       const what = `${req.service.typeName}/${req.method.name}`;
       const rule = RULES.get(what);
-      const base = {
+      const on = audit && audit.level !== "none" ? audit : undefined;
+      // What every event of this call says, made only when there is one (not for reads).
+      const base = () => ({
         sourceAddress: req.contextValues.get(clientAddress),
         method: `${req.service.name}/${req.method.name}`,
         verb: rule ? (rule.kind === "right" ? rule.right : rule.kind) : "none",
         resource: req.stream ? "" : resourceOf(rule, req.message),
-      };
-      const on = audit && audit.level !== "none" ? audit : undefined;
+      });
       let caller: Caller;
       try {
         caller = await this.authenticate(req.header.get("authorization"), req.contextValues.get(peerIdentity), req.signal);
       } catch (e) {
         const err = ConnectError.from(e);
-        void on?.write({ ...base, user: "", tokenId: "", decision: "deny", result: codeName(err.code), message: err.rawMessage });
+        void on?.write({ ...base(), user: "", tokenId: "", decision: "deny", result: codeName(err.code), message: err.rawMessage });
         throw e;
       }
       const who = { user: caller.user, tokenId: caller.tokenId };
       const d = this.decide(caller, rule, req.method.name);
       if (!d.allowed) {
-        void on?.write({ ...base, ...who, decision: "deny", result: codeName(d.code), message: d.message });
+        void on?.write({ ...base(), ...who, decision: "deny", result: codeName(d.code), message: d.message });
         throw new ConnectError(d.message, d.code);
       }
       req.contextValues.set(callerKey, caller);
@@ -168,11 +169,11 @@ export class Authorizer {
           : "";
       try {
         const res = await next(req);
-        void on.write({ ...base, ...who, decision: "allow", result: "ok", message: "", requestJson });
+        void on.write({ ...base(), ...who, decision: "allow", result: "ok", message: "", requestJson });
         return res;
       } catch (e) {
         const err = ConnectError.from(e);
-        void on.write({ ...base, ...who, decision: "allow", result: codeName(err.code), message: err.rawMessage, requestJson });
+        void on.write({ ...base(), ...who, decision: "allow", result: codeName(err.code), message: err.rawMessage, requestJson });
         throw e;
       }
     };

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hypervisor/v1/access.proto.
  */
 export const file_hypervisor_v1_access: GenFile = /*@__PURE__*/
-  fileDesc("ChpoeXBlcnZpc29yL3YxL2FjY2Vzcy5wcm90bxINaHlwZXJ2aXNvci52MSIPCg1XaG9BbUlSZXF1ZXN0ImkKDldob0FtSVJlc3BvbnNlEgwKBHVzZXIYASABKAkSGAoQYXV0aGVudGljYXRlZF9ieRgCIAEoCRIQCgh0b2tlbl9pZBgDIAEoCRINCgVyb2xlcxgEIAMoCRIOCgZyaWdodHMYBSADKAkiWwoSQ3JlYXRlVG9rZW5SZXF1ZXN0EgwKBHVzZXIYASABKAkSDQoFcm9sZXMYAiADKAkSEwoLdHRsX3NlY29uZHMYAyABKA0SEwoLZGVzY3JpcHRpb24YBCABKAkiUAoTQ3JlYXRlVG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRIqCglhcGlfdG9rZW4YAiABKAsyFy5oeXBlcnZpc29yLnYxLkFwaVRva2VuIiYKEUxpc3RUb2tlbnNSZXF1ZXN0EhEKCWFsbF91c2VycxgBIAEoCCJBChJMaXN0VG9rZW5zUmVzcG9uc2USKwoKYXBpX3Rva2VucxgBIAMoCzIXLmh5cGVydmlzb3IudjEuQXBpVG9rZW4iIAoSUmV2b2tlVG9rZW5SZXF1ZXN0EgoKAmlkGAEgASgJIkEKE1Jldm9rZVRva2VuUmVzcG9uc2USKgoJYXBpX3Rva2VuGAEgASgLMhcuaHlwZXJ2aXNvci52MS5BcGlUb2tlbiISChBMaXN0Um9sZXNSZXF1ZXN0IjcKEUxpc3RSb2xlc1Jlc3BvbnNlEiIKBXJvbGVzGAEgAygLMhMuaHlwZXJ2aXNvci52MS5Sb2xlIjkKBFJvbGUSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIOCgZyaWdodHMYAyADKAkizwEKCEFwaVRva2VuEgoKAmlkGAEgASgJEgwKBHVzZXIYAiABKAkSDQoFcm9sZXMYAyADKAkSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdyZXZva2VkGAYgASgIEhMKC2Rlc2NyaXB0aW9uGAcgASgJEhIKCmNyZWF0ZWRfYnkYCCABKAki7AEKDkFwaVRva2VuUmVjb3JkEgoKAmlkGAEgASgJEhUKDXNlY3JldF9zaGEyNTYYAiABKAwSDAoEdXNlchgDIAEoCRINCgVyb2xlcxgEIAMoCRIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Jldm9rZWQYByABKAgSEwoLZGVzY3JpcHRpb24YCCABKAkSEgoKY3JlYXRlZF9ieRgJIAEoCSJkCg9BY2Nlc3NCb290c3RyYXASEAoIdG9rZW5faWQYASABKAkSLwoLY3JlYXRlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnNlcnZlchgDIAEoCTKlAwoNQWNjZXNzU2VydmljZRJFCgZXaG9BbUkSHC5oeXBlcnZpc29yLnYxLldob0FtSVJlcXVlc3QaHS5oeXBlcnZpc29yLnYxLldob0FtSVJlc3BvbnNlElQKC0NyZWF0ZVRva2VuEiEuaHlwZXJ2aXNvci52MS5DcmVhdGVUb2tlblJlcXVlc3QaIi5oeXBlcnZpc29yLnYxLkNyZWF0ZVRva2VuUmVzcG9uc2USUQoKTGlzdFRva2VucxIgLmh5cGVydmlzb3IudjEuTGlzdFRva2Vuc1JlcXVlc3QaIS5oeXBlcnZpc29yLnYxLkxpc3RUb2tlbnNSZXNwb25zZRJUCgtSZXZva2VUb2tlbhIhLmh5cGVydmlzb3IudjEuUmV2b2tlVG9rZW5SZXF1ZXN0GiIuaHlwZXJ2aXNvci52MS5SZXZva2VUb2tlblJlc3BvbnNlEk4KCUxpc3RSb2xlcxIfLmh5cGVydmlzb3IudjEuTGlzdFJvbGVzUmVxdWVzdBogLmh5cGVydmlzb3IudjEuTGlzdFJvbGVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChpoeXBlcnZpc29yL3YxL2FjY2Vzcy5wcm90bxINaHlwZXJ2aXNvci52MSIPCg1XaG9BbUlSZXF1ZXN0Iq8BCg5XaG9BbUlSZXNwb25zZRIMCgR1c2VyGAEgASgJEhgKEGF1dGhlbnRpY2F0ZWRfYnkYAiABKAkSEAoIdG9rZW5faWQYAyABKAkSDQoFcm9sZXMYBCADKAkSDgoGcmlnaHRzGAUgAygJEg4KBmdyb3VwcxgGIAMoCRI0Cg5wcm9qZWN0X3JpZ2h0cxgHIAMoCzIcLmh5cGVydmlzb3IudjEuUHJvamVjdFJpZ2h0cyI/Cg1Qcm9qZWN0UmlnaHRzEg8KB3Byb2plY3QYASABKAkSDQoFcm9sZXMYAiADKAkSDgoGcmlnaHRzGAMgAygJImwKEkNyZWF0ZVRva2VuUmVxdWVzdBIMCgR1c2VyGAEgASgJEg0KBXJvbGVzGAIgAygJEhMKC3R0bF9zZWNvbmRzGAMgASgNEhMKC2Rlc2NyaXB0aW9uGAQgASgJEg8KB3Byb2plY3QYBSABKAkiUAoTQ3JlYXRlVG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRIqCglhcGlfdG9rZW4YAiABKAsyFy5oeXBlcnZpc29yLnYxLkFwaVRva2VuIiYKEUxpc3RUb2tlbnNSZXF1ZXN0EhEKCWFsbF91c2VycxgBIAEoCCJBChJMaXN0VG9rZW5zUmVzcG9uc2USKwoKYXBpX3Rva2VucxgBIAMoCzIXLmh5cGVydmlzb3IudjEuQXBpVG9rZW4iIAoSUmV2b2tlVG9rZW5SZXF1ZXN0EgoKAmlkGAEgASgJIkEKE1Jldm9rZVRva2VuUmVzcG9uc2USKgoJYXBpX3Rva2VuGAEgASgLMhcuaHlwZXJ2aXNvci52MS5BcGlUb2tlbiISChBMaXN0Um9sZXNSZXF1ZXN0IjcKEUxpc3RSb2xlc1Jlc3BvbnNlEiIKBXJvbGVzGAEgAygLMhMuaHlwZXJ2aXNvci52MS5Sb2xlIjkKBFJvbGUSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIOCgZyaWdodHMYAyADKAki4AEKCEFwaVRva2VuEgoKAmlkGAEgASgJEgwKBHVzZXIYAiABKAkSDQoFcm9sZXMYAyADKAkSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdyZXZva2VkGAYgASgIEhMKC2Rlc2NyaXB0aW9uGAcgASgJEhIKCmNyZWF0ZWRfYnkYCCABKAkSDwoHcHJvamVjdBgJIAEoCSKOAQoLUm9sZUJpbmRpbmcSCgoCaWQYASABKAkSDwoHc3ViamVjdBgCIAEoCRIMCgRyb2xlGAMgASgJEg8KB3Byb2plY3QYBCABKAkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYBiABKAkiSgoYQ3JlYXRlUm9sZUJpbmRpbmdSZXF1ZXN0Eg8KB3N1YmplY3QYASABKAkSDAoEcm9sZRgCIAEoCRIPCgdwcm9qZWN0GAMgASgJIk0KGUNyZWF0ZVJvbGVCaW5kaW5nUmVzcG9uc2USMAoMcm9sZV9iaW5kaW5nGAEgASgLMhouaHlwZXJ2aXNvci52MS5Sb2xlQmluZGluZyI+ChdMaXN0Um9sZUJpbmRpbmdzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhIKCmFsbF9zY29wZXMYAiABKAgiTQoYTGlzdFJvbGVCaW5kaW5nc1Jlc3BvbnNlEjEKDXJvbGVfYmluZGluZ3MYASADKAsyGi5oeXBlcnZpc29yLnYxLlJvbGVCaW5kaW5nIiYKGERlbGV0ZVJvbGVCaW5kaW5nUmVxdWVzdBIKCgJpZBgBIAEoCSIbChlEZWxldGVSb2xlQmluZGluZ1Jlc3BvbnNlIhYKFEdldEF1dGhDb25maWdSZXF1ZXN0IlkKFUdldEF1dGhDb25maWdSZXNwb25zZRITCgtvaWRjX2lzc3VlchgBIAEoCRIWCg5vaWRjX2NsaWVudF9pZBgCIAEoCRITCgtvaWRjX3Njb3BlcxgDIAMoCSL9AQoOQXBpVG9rZW5SZWNvcmQSCgoCaWQYASABKAkSFQoNc2VjcmV0X3NoYTI1NhgCIAEoDBIMCgR1c2VyGAMgASgJEg0KBXJvbGVzGAQgAygJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcmV2b2tlZBgHIAEoCBITCgtkZXNjcmlwdGlvbhgIIAEoCRISCgpjcmVhdGVkX2J5GAkgASgJEg8KB3Byb2plY3QYCiABKAkilAEKEVJvbGVCaW5kaW5nUmVjb3JkEgoKAmlkGAEgASgJEg8KB3N1YmplY3QYAiABKAkSDAoEcm9sZRgDIAEoCRIPCgdwcm9qZWN0GAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpjcmVhdGVkX2J5GAYgASgJImQKD0FjY2Vzc0Jvb3RzdHJhcBIQCgh0b2tlbl9pZBgBIAEoCRIvCgtjcmVhdGVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGc2VydmVyGAMgASgJMrYGCg1BY2Nlc3NTZXJ2aWNlEkUKBldob0FtSRIcLmh5cGVydmlzb3IudjEuV2hvQW1JUmVxdWVzdBodLmh5cGVydmlzb3IudjEuV2hvQW1JUmVzcG9uc2USVAoLQ3JlYXRlVG9rZW4SIS5oeXBlcnZpc29yLnYxLkNyZWF0ZVRva2VuUmVxdWVzdBoiLmh5cGVydmlzb3IudjEuQ3JlYXRlVG9rZW5SZXNwb25zZRJRCgpMaXN0VG9rZW5zEiAuaHlwZXJ2aXNvci52MS5MaXN0VG9rZW5zUmVxdWVzdBohLmh5cGVydmlzb3IudjEuTGlzdFRva2Vuc1Jlc3BvbnNlElQKC1Jldm9rZVRva2VuEiEuaHlwZXJ2aXNvci52MS5SZXZva2VUb2tlblJlcXVlc3QaIi5oeXBlcnZpc29yLnYxLlJldm9rZVRva2VuUmVzcG9uc2USTgoJTGlzdFJvbGVzEh8uaHlwZXJ2aXNvci52MS5MaXN0Um9sZXNSZXF1ZXN0GiAuaHlwZXJ2aXNvci52MS5MaXN0Um9sZXNSZXNwb25zZRJmChFDcmVhdGVSb2xlQmluZGluZxInLmh5cGVydmlzb3IudjEuQ3JlYXRlUm9sZUJpbmRpbmdSZXF1ZXN0GiguaHlwZXJ2aXNvci52MS5DcmVhdGVSb2xlQmluZGluZ1Jlc3BvbnNlEmMKEExpc3RSb2xlQmluZGluZ3MSJi5oeXBlcnZpc29yLnYxLkxpc3RSb2xlQmluZGluZ3NSZXF1ZXN0GicuaHlwZXJ2aXNvci52MS5MaXN0Um9sZUJpbmRpbmdzUmVzcG9uc2USZgoRRGVsZXRlUm9sZUJpbmRpbmcSJy5oeXBlcnZpc29yLnYxLkRlbGV0ZVJvbGVCaW5kaW5nUmVxdWVzdBooLmh5cGVydmlzb3IudjEuRGVsZXRlUm9sZUJpbmRpbmdSZXNwb25zZRJaCg1HZXRBdXRoQ29uZmlnEiMuaHlwZXJ2aXNvci52MS5HZXRBdXRoQ29uZmlnUmVxdWVzdBokLmh5cGVydmlzb3IudjEuR2V0QXV0aENvbmZpZ1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message hypervisor.v1.WhoAmIRequest
@@ -58,11 +58,25 @@ export type WhoAmIResponse = Message<"hypervisor.v1.WhoAmIResponse"> & {
   roles: string[];
 
   /**
-   * Every right the caller holds, "<resource>:<verb>" (e.g. "instances:create"), sorted.
+   * Every right the caller holds at cluster scope, "<resource>:<verb>" (e.g. "instances:create"), sorted.
    *
    * @generated from field: repeated string rights = 5;
    */
   rights: string[];
+
+  /**
+   * Groups, for an OIDC user (from the configured claim).
+   *
+   * @generated from field: repeated string groups = 6;
+   */
+  groups: string[];
+
+  /**
+   * Roles held in single projects, and what they allow there.
+   *
+   * @generated from field: repeated hypervisor.v1.ProjectRights project_rights = 7;
+   */
+  projectRights: ProjectRights[];
 };
 
 /**
@@ -71,6 +85,33 @@ export type WhoAmIResponse = Message<"hypervisor.v1.WhoAmIResponse"> & {
  */
 export const WhoAmIResponseSchema: GenMessage<WhoAmIResponse> = /*@__PURE__*/
   messageDesc(file_hypervisor_v1_access, 1);
+
+/**
+ * @generated from message hypervisor.v1.ProjectRights
+ */
+export type ProjectRights = Message<"hypervisor.v1.ProjectRights"> & {
+  /**
+   * @generated from field: string project = 1;
+   */
+  project: string;
+
+  /**
+   * @generated from field: repeated string roles = 2;
+   */
+  roles: string[];
+
+  /**
+   * @generated from field: repeated string rights = 3;
+   */
+  rights: string[];
+};
+
+/**
+ * Describes the message hypervisor.v1.ProjectRights.
+ * Use `create(ProjectRightsSchema)` to create a new message.
+ */
+export const ProjectRightsSchema: GenMessage<ProjectRights> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_access, 2);
 
 /**
  * @generated from message hypervisor.v1.CreateTokenRequest
@@ -104,6 +145,13 @@ export type CreateTokenRequest = Message<"hypervisor.v1.CreateTokenRequest"> & {
    * @generated from field: string description = 4;
    */
   description: string;
+
+  /**
+   * The roles apply in this project only; empty: at cluster scope.
+   *
+   * @generated from field: string project = 5;
+   */
+  project: string;
 };
 
 /**
@@ -111,7 +159,7 @@ export type CreateTokenRequest = Message<"hypervisor.v1.CreateTokenRequest"> & {
  * Use `create(CreateTokenRequestSchema)` to create a new message.
  */
 export const CreateTokenRequestSchema: GenMessage<CreateTokenRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_access, 2);
+  messageDesc(file_hypervisor_v1_access, 3);
 
 /**
  * @generated from message hypervisor.v1.CreateTokenResponse
@@ -135,7 +183,7 @@ export type CreateTokenResponse = Message<"hypervisor.v1.CreateTokenResponse"> &
  * Use `create(CreateTokenResponseSchema)` to create a new message.
  */
 export const CreateTokenResponseSchema: GenMessage<CreateTokenResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_access, 3);
+  messageDesc(file_hypervisor_v1_access, 4);
 
 /**
  * @generated from message hypervisor.v1.ListTokensRequest
@@ -154,7 +202,7 @@ export type ListTokensRequest = Message<"hypervisor.v1.ListTokensRequest"> & {
  * Use `create(ListTokensRequestSchema)` to create a new message.
  */
 export const ListTokensRequestSchema: GenMessage<ListTokensRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_access, 4);
+  messageDesc(file_hypervisor_v1_access, 5);
 
 /**
  * @generated from message hypervisor.v1.ListTokensResponse
@@ -173,7 +221,7 @@ export type ListTokensResponse = Message<"hypervisor.v1.ListTokensResponse"> & {
  * Use `create(ListTokensResponseSchema)` to create a new message.
  */
 export const ListTokensResponseSchema: GenMessage<ListTokensResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_access, 5);
+  messageDesc(file_hypervisor_v1_access, 6);
 
 /**
  * @generated from message hypervisor.v1.RevokeTokenRequest
@@ -190,7 +238,7 @@ export type RevokeTokenRequest = Message<"hypervisor.v1.RevokeTokenRequest"> & {
  * Use `create(RevokeTokenRequestSchema)` to create a new message.
  */
 export const RevokeTokenRequestSchema: GenMessage<RevokeTokenRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_access, 6);
+  messageDesc(file_hypervisor_v1_access, 7);
 
 /**
  * @generated from message hypervisor.v1.RevokeTokenResponse
@@ -207,7 +255,7 @@ export type RevokeTokenResponse = Message<"hypervisor.v1.RevokeTokenResponse"> &
  * Use `create(RevokeTokenResponseSchema)` to create a new message.
  */
 export const RevokeTokenResponseSchema: GenMessage<RevokeTokenResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_access, 7);
+  messageDesc(file_hypervisor_v1_access, 8);
 
 /**
  * @generated from message hypervisor.v1.ListRolesRequest
@@ -220,7 +268,7 @@ export type ListRolesRequest = Message<"hypervisor.v1.ListRolesRequest"> & {
  * Use `create(ListRolesRequestSchema)` to create a new message.
  */
 export const ListRolesRequestSchema: GenMessage<ListRolesRequest> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_access, 8);
+  messageDesc(file_hypervisor_v1_access, 9);
 
 /**
  * @generated from message hypervisor.v1.ListRolesResponse
@@ -237,7 +285,7 @@ export type ListRolesResponse = Message<"hypervisor.v1.ListRolesResponse"> & {
  * Use `create(ListRolesResponseSchema)` to create a new message.
  */
 export const ListRolesResponseSchema: GenMessage<ListRolesResponse> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_access, 9);
+  messageDesc(file_hypervisor_v1_access, 10);
 
 /**
  * @generated from message hypervisor.v1.Role
@@ -266,7 +314,7 @@ export type Role = Message<"hypervisor.v1.Role"> & {
  * Use `create(RoleSchema)` to create a new message.
  */
 export const RoleSchema: GenMessage<Role> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_access, 10);
+  messageDesc(file_hypervisor_v1_access, 11);
 
 /**
  * An API token as the API shows it: everything but the secret.
@@ -315,6 +363,13 @@ export type ApiToken = Message<"hypervisor.v1.ApiToken"> & {
    * @generated from field: string created_by = 8;
    */
   createdBy: string;
+
+  /**
+   * Its roles hold in this project only; empty: at cluster scope.
+   *
+   * @generated from field: string project = 9;
+   */
+  project: string;
 };
 
 /**
@@ -322,7 +377,223 @@ export type ApiToken = Message<"hypervisor.v1.ApiToken"> & {
  * Use `create(ApiTokenSchema)` to create a new message.
  */
 export const ApiTokenSchema: GenMessage<ApiToken> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_access, 11);
+  messageDesc(file_hypervisor_v1_access, 12);
+
+/**
+ * A role bound to a subject, at cluster scope or in one project.
+ *
+ * @generated from message hypervisor.v1.RoleBinding
+ */
+export type RoleBinding = Message<"hypervisor.v1.RoleBinding"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * "user:<name>" or "group:<name>".
+   *
+   * @generated from field: string subject = 2;
+   */
+  subject: string;
+
+  /**
+   * A built-in role (ListRoles).
+   *
+   * @generated from field: string role = 3;
+   */
+  role: string;
+
+  /**
+   * Empty: cluster scope (every project, and nodes, images, the cluster). A project: only the
+   * rights that apply in a project (its instances, its members), only there.
+   *
+   * @generated from field: string project = 4;
+   */
+  project: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp create_time = 5;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string created_by = 6;
+   */
+  createdBy: string;
+};
+
+/**
+ * Describes the message hypervisor.v1.RoleBinding.
+ * Use `create(RoleBindingSchema)` to create a new message.
+ */
+export const RoleBindingSchema: GenMessage<RoleBinding> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_access, 13);
+
+/**
+ * @generated from message hypervisor.v1.CreateRoleBindingRequest
+ */
+export type CreateRoleBindingRequest = Message<"hypervisor.v1.CreateRoleBindingRequest"> & {
+  /**
+   * @generated from field: string subject = 1;
+   */
+  subject: string;
+
+  /**
+   * @generated from field: string role = 2;
+   */
+  role: string;
+
+  /**
+   * @generated from field: string project = 3;
+   */
+  project: string;
+};
+
+/**
+ * Describes the message hypervisor.v1.CreateRoleBindingRequest.
+ * Use `create(CreateRoleBindingRequestSchema)` to create a new message.
+ */
+export const CreateRoleBindingRequestSchema: GenMessage<CreateRoleBindingRequest> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_access, 14);
+
+/**
+ * @generated from message hypervisor.v1.CreateRoleBindingResponse
+ */
+export type CreateRoleBindingResponse = Message<"hypervisor.v1.CreateRoleBindingResponse"> & {
+  /**
+   * @generated from field: hypervisor.v1.RoleBinding role_binding = 1;
+   */
+  roleBinding?: RoleBinding | undefined;
+};
+
+/**
+ * Describes the message hypervisor.v1.CreateRoleBindingResponse.
+ * Use `create(CreateRoleBindingResponseSchema)` to create a new message.
+ */
+export const CreateRoleBindingResponseSchema: GenMessage<CreateRoleBindingResponse> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_access, 15);
+
+/**
+ * @generated from message hypervisor.v1.ListRoleBindingsRequest
+ */
+export type ListRoleBindingsRequest = Message<"hypervisor.v1.ListRoleBindingsRequest"> & {
+  /**
+   * Only this project's bindings ("" with all_scopes false: the cluster-scope ones).
+   *
+   * @generated from field: string project = 1;
+   */
+  project: string;
+
+  /**
+   * Every binding the caller may see, whatever its scope.
+   *
+   * @generated from field: bool all_scopes = 2;
+   */
+  allScopes: boolean;
+};
+
+/**
+ * Describes the message hypervisor.v1.ListRoleBindingsRequest.
+ * Use `create(ListRoleBindingsRequestSchema)` to create a new message.
+ */
+export const ListRoleBindingsRequestSchema: GenMessage<ListRoleBindingsRequest> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_access, 16);
+
+/**
+ * @generated from message hypervisor.v1.ListRoleBindingsResponse
+ */
+export type ListRoleBindingsResponse = Message<"hypervisor.v1.ListRoleBindingsResponse"> & {
+  /**
+   * By subject, then project, then role.
+   *
+   * @generated from field: repeated hypervisor.v1.RoleBinding role_bindings = 1;
+   */
+  roleBindings: RoleBinding[];
+};
+
+/**
+ * Describes the message hypervisor.v1.ListRoleBindingsResponse.
+ * Use `create(ListRoleBindingsResponseSchema)` to create a new message.
+ */
+export const ListRoleBindingsResponseSchema: GenMessage<ListRoleBindingsResponse> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_access, 17);
+
+/**
+ * @generated from message hypervisor.v1.DeleteRoleBindingRequest
+ */
+export type DeleteRoleBindingRequest = Message<"hypervisor.v1.DeleteRoleBindingRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message hypervisor.v1.DeleteRoleBindingRequest.
+ * Use `create(DeleteRoleBindingRequestSchema)` to create a new message.
+ */
+export const DeleteRoleBindingRequestSchema: GenMessage<DeleteRoleBindingRequest> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_access, 18);
+
+/**
+ * @generated from message hypervisor.v1.DeleteRoleBindingResponse
+ */
+export type DeleteRoleBindingResponse = Message<"hypervisor.v1.DeleteRoleBindingResponse"> & {
+};
+
+/**
+ * Describes the message hypervisor.v1.DeleteRoleBindingResponse.
+ * Use `create(DeleteRoleBindingResponseSchema)` to create a new message.
+ */
+export const DeleteRoleBindingResponseSchema: GenMessage<DeleteRoleBindingResponse> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_access, 19);
+
+/**
+ * @generated from message hypervisor.v1.GetAuthConfigRequest
+ */
+export type GetAuthConfigRequest = Message<"hypervisor.v1.GetAuthConfigRequest"> & {
+};
+
+/**
+ * Describes the message hypervisor.v1.GetAuthConfigRequest.
+ * Use `create(GetAuthConfigRequestSchema)` to create a new message.
+ */
+export const GetAuthConfigRequestSchema: GenMessage<GetAuthConfigRequest> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_access, 20);
+
+/**
+ * @generated from message hypervisor.v1.GetAuthConfigResponse
+ */
+export type GetAuthConfigResponse = Message<"hypervisor.v1.GetAuthConfigResponse"> & {
+  /**
+   * Empty when the cluster does not take OIDC logins.
+   *
+   * @generated from field: string oidc_issuer = 1;
+   */
+  oidcIssuer: string;
+
+  /**
+   * The public client the web UI and hypervisor-ctl use (authorization code with PKCE, device code).
+   *
+   * @generated from field: string oidc_client_id = 2;
+   */
+  oidcClientId: string;
+
+  /**
+   * Scopes to ask for ("openid" and whatever carries the username and groups claims).
+   *
+   * @generated from field: repeated string oidc_scopes = 3;
+   */
+  oidcScopes: string[];
+};
+
+/**
+ * Describes the message hypervisor.v1.GetAuthConfigResponse.
+ * Use `create(GetAuthConfigResponseSchema)` to create a new message.
+ */
+export const GetAuthConfigResponseSchema: GenMessage<GetAuthConfigResponse> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_access, 21);
 
 /**
  * /hypervisor/v1/apitokens/<id>: an API token, its secret kept as a hash.
@@ -376,6 +647,11 @@ export type ApiTokenRecord = Message<"hypervisor.v1.ApiTokenRecord"> & {
    * @generated from field: string created_by = 9;
    */
   createdBy: string;
+
+  /**
+   * @generated from field: string project = 10;
+   */
+  project: string;
 };
 
 /**
@@ -383,7 +659,51 @@ export type ApiTokenRecord = Message<"hypervisor.v1.ApiTokenRecord"> & {
  * Use `create(ApiTokenRecordSchema)` to create a new message.
  */
 export const ApiTokenRecordSchema: GenMessage<ApiTokenRecord> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_access, 12);
+  messageDesc(file_hypervisor_v1_access, 22);
+
+/**
+ * /hypervisor/v1/rolebindings/<id>
+ *
+ * @generated from message hypervisor.v1.RoleBindingRecord
+ */
+export type RoleBindingRecord = Message<"hypervisor.v1.RoleBindingRecord"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string subject = 2;
+   */
+  subject: string;
+
+  /**
+   * @generated from field: string role = 3;
+   */
+  role: string;
+
+  /**
+   * @generated from field: string project = 4;
+   */
+  project: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp create_time = 5;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string created_by = 6;
+   */
+  createdBy: string;
+};
+
+/**
+ * Describes the message hypervisor.v1.RoleBindingRecord.
+ * Use `create(RoleBindingRecordSchema)` to create a new message.
+ */
+export const RoleBindingRecordSchema: GenMessage<RoleBindingRecord> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_access, 23);
 
 /**
  * /hypervisor/v1/access/bootstrap: written once, in the transaction that creates the bootstrap
@@ -415,7 +735,7 @@ export type AccessBootstrap = Message<"hypervisor.v1.AccessBootstrap"> & {
  * Use `create(AccessBootstrapSchema)` to create a new message.
  */
 export const AccessBootstrapSchema: GenMessage<AccessBootstrap> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_access, 13);
+  messageDesc(file_hypervisor_v1_access, 24);
 
 /**
  * Who is calling and what they may do: API tokens for people and automation (not the join tokens
@@ -482,6 +802,46 @@ export const AccessService: GenService<{
     methodKind: "unary";
     input: typeof ListRolesRequestSchema;
     output: typeof ListRolesResponseSchema;
+  },
+  /**
+   * Binds a role to a user or a group, at cluster scope or in one project. The caller must hold
+   * every right of the role in that scope (nobody grants more than they hold).
+   *
+   * @generated from rpc hypervisor.v1.AccessService.CreateRoleBinding
+   */
+  createRoleBinding: {
+    methodKind: "unary";
+    input: typeof CreateRoleBindingRequestSchema;
+    output: typeof CreateRoleBindingResponseSchema;
+  },
+  /**
+   * The bindings the caller may see: all with roles:list at cluster scope, else those of the
+   * projects it may bind roles in, and its own.
+   *
+   * @generated from rpc hypervisor.v1.AccessService.ListRoleBindings
+   */
+  listRoleBindings: {
+    methodKind: "unary";
+    input: typeof ListRoleBindingsRequestSchema;
+    output: typeof ListRoleBindingsResponseSchema;
+  },
+  /**
+   * @generated from rpc hypervisor.v1.AccessService.DeleteRoleBinding
+   */
+  deleteRoleBinding: {
+    methodKind: "unary";
+    input: typeof DeleteRoleBindingRequestSchema;
+    output: typeof DeleteRoleBindingResponseSchema;
+  },
+  /**
+   * How to log in: whether the cluster takes OIDC, and the issuer and client to use. Public.
+   *
+   * @generated from rpc hypervisor.v1.AccessService.GetAuthConfig
+   */
+  getAuthConfig: {
+    methodKind: "unary";
+    input: typeof GetAuthConfigRequestSchema;
+    output: typeof GetAuthConfigResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_hypervisor_v1_access, 0);

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hypervisor/v1/console.proto.
  */
 export const file_hypervisor_v1_console: GenFile = /*@__PURE__*/
-  fileDesc("ChtoeXBlcnZpc29yL3YxL2NvbnNvbGUucHJvdG8SDWh5cGVydmlzb3IudjEiVAoaQ3JlYXRlQ29uc29sZVRpY2tldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIoCgRraW5kGAIgASgOMhouaHlwZXJ2aXNvci52MS5Db25zb2xlS2luZCKWAQobQ3JlYXRlQ29uc29sZVRpY2tldFJlc3BvbnNlEg4KBnRpY2tldBgBIAEoCRIMCgRwYXRoGAIgASgJEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgRraW5kGAQgASgOMhouaHlwZXJ2aXNvci52MS5Db25zb2xlS2luZCpaCgtDb25zb2xlS2luZBIcChhDT05TT0xFX0tJTkRfVU5TUEVDSUZJRUQQABIUChBDT05TT0xFX0tJTkRfVk5DEAESFwoTQ09OU09MRV9LSU5EX1NFUklBTBACMn4KDkNvbnNvbGVTZXJ2aWNlEmwKE0NyZWF0ZUNvbnNvbGVUaWNrZXQSKS5oeXBlcnZpc29yLnYxLkNyZWF0ZUNvbnNvbGVUaWNrZXRSZXF1ZXN0GiouaHlwZXJ2aXNvci52MS5DcmVhdGVDb25zb2xlVGlja2V0UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChtoeXBlcnZpc29yL3YxL2NvbnNvbGUucHJvdG8SDWh5cGVydmlzb3IudjEiZQoaQ3JlYXRlQ29uc29sZVRpY2tldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIoCgRraW5kGAIgASgOMhouaHlwZXJ2aXNvci52MS5Db25zb2xlS2luZBIPCgdwcm9qZWN0GAMgASgJIpYBChtDcmVhdGVDb25zb2xlVGlja2V0UmVzcG9uc2USDgoGdGlja2V0GAEgASgJEgwKBHBhdGgYAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKBGtpbmQYBCABKA4yGi5oeXBlcnZpc29yLnYxLkNvbnNvbGVLaW5kKloKC0NvbnNvbGVLaW5kEhwKGENPTlNPTEVfS0lORF9VTlNQRUNJRklFRBAAEhQKEENPTlNPTEVfS0lORF9WTkMQARIXChNDT05TT0xFX0tJTkRfU0VSSUFMEAIyfgoOQ29uc29sZVNlcnZpY2USbAoTQ3JlYXRlQ29uc29sZVRpY2tldBIpLmh5cGVydmlzb3IudjEuQ3JlYXRlQ29uc29sZVRpY2tldFJlcXVlc3QaKi5oeXBlcnZpc29yLnYxLkNyZWF0ZUNvbnNvbGVUaWNrZXRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message hypervisor.v1.CreateConsoleTicketRequest
@@ -27,6 +27,13 @@ export type CreateConsoleTicketRequest = Message<"hypervisor.v1.CreateConsoleTic
    * @generated from field: hypervisor.v1.ConsoleKind kind = 2;
    */
   kind: ConsoleKind;
+
+  /**
+   * The instance's project; empty means "default".
+   *
+   * @generated from field: string project = 3;
+   */
+  project: string;
 };
 
 /**

@@ -96,7 +96,8 @@ try {
     const ms = reachedAt - t0;
     await api.deleteInstance({ name });
     await waitUntil(
-      () => !instances.items.has(keys.instance(name)) && ![...statuses.items.keys()].some((k) => k.endsWith(`/status/${name}`)),
+      () =>
+        !instances.items.has(keys.instance(`default/${name}`)) && ![...statuses.items.keys()].some((k) => k.endsWith(`/status/${name}`)),
       120_000,
       2,
     );

@@ -15,6 +15,7 @@
  *          serial viewer of an instance closes the older one's stream (one reader per pty)
  *   server ──ConsoleAddress{name}──► agent ◄── the VNC unix socket (for a server on this machine)
  */
+import { hostName, instanceRef } from "../../pkg/cluster/state/index.js";
 import { randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { mkdir, open, stat, unlink } from "node:fs/promises";
@@ -71,6 +72,13 @@ const FOLLOW_POLL_MS = 200;
 /** Longest uid taken: uids are UUIDs, an older driver's marks included. */
 const MAX_UID_LENGTH = 128;
 
+/** The name on this node of the instance a request names by project and name, both checked. */
+function onNode(req: { name: string; project: string }, prefix = ""): string {
+  refuse(checkName(`${prefix}name`, req.name));
+  if (req.project !== "") refuse(checkName(`${prefix}project`, req.project));
+  return hostName(instanceRef(req.project, req.name));
+}
+
 export function agentService(source: AgentServiceSource, opts: AgentServiceOptions): ServiceImpl<typeof AgentService> {
   const maxImageBytes = opts.maxImageBytes ?? MAX_IMAGE_BYTES;
   const idleMs = opts.streamIdleMs ?? DEFAULT_STREAM_IDLE_MS;
@@ -89,9 +97,9 @@ export function agentService(source: AgentServiceSource, opts: AgentServiceOptio
 
   return {
     async *streamLogs(req, hctx) {
-      refuse(checkName("name", req.name));
+      const name = onNode(req);
       refuse(checkTailBytes("tail_bytes", req.tailBytes));
-      const path = await source.logFile(req.name, hctx.signal);
+      const path = await source.logFile(name, hctx.signal);
       const signal = hctx.signal;
       const size = await sizeOf(path);
       // Not written yet (a VM that has printed nothing) is an empty log.
@@ -141,16 +149,15 @@ export function agentService(source: AgentServiceSource, opts: AgentServiceOptio
     },
 
     async purgeOrphan(req, hctx) {
-      refuse(checkName("name", req.name));
+      const name = onNode(req);
       if (req.uid.length > MAX_UID_LENGTH)
         throw new ConnectError(`uid: ${show(req.uid)} is longer than ${MAX_UID_LENGTH} characters`, Code.InvalidArgument);
-      await source.purgeOrphan(req.name, req.uid, hctx.signal);
+      await source.purgeOrphan(name, req.uid, hctx.signal);
       return {};
     },
 
     async consoleAddress(req, hctx) {
-      refuse(checkName("name", req.name));
-      const found = await source.console(req.name, "vnc", hctx.signal);
+      const found = await source.console(onNode(req), "vnc", hctx.signal);
       if (found.kind !== "vnc") throw new ConnectError(`the driver gave a ${found.kind} console for vnc`, Code.Internal);
       return {
         address:
@@ -163,8 +170,8 @@ export function agentService(source: AgentServiceSource, opts: AgentServiceOptio
       const first = await nextWithin(it, idleMs, "open");
       if (first.done || first.value.part.case !== "open")
         throw new ConnectError("open: the first message must name the instance and the console kind", Code.InvalidArgument);
-      const { name, kind: apiKind } = first.value.part.value;
-      refuse(checkName("open.name", name));
+      const { kind: apiKind } = first.value.part.value;
+      const name = onNode(first.value.part.value, "open.");
       const kind = apiKind === ApiConsoleKind.VNC ? "vnc" : apiKind === ApiConsoleKind.SERIAL ? "serial" : undefined;
       if (!kind)
         throw new ConnectError(

@@ -88,7 +88,7 @@ function newInstance(
 }
 
 async function orphanOf(store: Store, node: string, name: string): Promise<Orphan | undefined> {
-  const kv = await store.get(keys.orphan(node, name));
+  const kv = await store.get(keys.orphan(node, `default/${name}`));
   return kv ? fromBinary(OrphanSchema, kv.value) : undefined;
 }
 
@@ -97,7 +97,7 @@ async function record(store: Store, inst: Instance, node: string, deleting = fal
   const r = clone(InstanceSchema, inst);
   r.status = create(InstanceStatusSchema, { phase: node ? Phase.SCHEDULED : Phase.PENDING, node });
   if (deleting) r.deleteTime = timestampNow();
-  await store.put(keys.instance(inst.name), toBinary(InstanceSchema, r));
+  await store.put(keys.instance(`default/${inst.name}`), toBinary(InstanceSchema, r));
 }
 
 async function status(store: Store, name: string): Promise<InstanceStatus | undefined> {
@@ -178,7 +178,7 @@ function agentSuite(kind: string, open: Opener): void {
         assert.equal(s.observedGeneration, 1n);
         assert.ok(s.startTime);
         assert.equal(s.addresses.length, 1);
-        const stored = fromBinary(InstanceSchema, (await h.store.get(keys.status(node, "web-1")))!.value);
+        const stored = fromBinary(InstanceSchema, (await h.store.get(keys.status(node, "default/web-1")))!.value);
         assert.equal(stored.uid, inst.uid, "status carries the instance uid");
         assert.equal(stored.spec, undefined, "status records hold only name, uid and status");
         assert.equal((await mock.inspect("web-1"))?.state, "running");
@@ -214,7 +214,7 @@ function agentSuite(kind: string, open: Opener): void {
         await until("Running", inPhase(h.store, "gone-1", Phase.RUNNING));
         const deleting = await change(h.store, node, "gone-1", (i) => (i.deleteTime = timestampNow()));
         const done = await until("destroyed", async () => {
-          const kv = await h.store.get(keys.status(node, "gone-1"));
+          const kv = await h.store.get(keys.status(node, "default/gone-1"));
           const r = kv ? codecs.instance.decode(kv.value) : undefined;
           return r?.deleteTime ? r : undefined;
         });
@@ -222,7 +222,7 @@ function agentSuite(kind: string, open: Opener): void {
         assert.deepEqual(done.deleteTime, deleting.deleteTime, "the delete it carried out");
         assert.equal(await mock.inspect("gone-1"), undefined, "the mock runtime no longer has it");
         // A node writes only under its own prefix: the assignment is the garbage collector's to remove.
-        assert.ok(await h.store.get(keys.assignment(node, "gone-1")));
+        assert.ok(await h.store.get(keys.assignment(node, "default/gone-1")));
       });
 
       it("restarts once when a restart is requested for a new generation", async () => {
@@ -295,16 +295,16 @@ function agentSuite(kind: string, open: Opener): void {
       it("does not rewrite an unchanged status", async () => {
         await assign(h.store, node, newInstance("quiet-1", node));
         await until("Running", inPhase(h.store, "quiet-1", Phase.RUNNING));
-        const rev = (await h.store.get(keys.status(node, "quiet-1")))!.modRevision;
+        const rev = (await h.store.get(keys.status(node, "default/quiet-1")))!.modRevision;
         // Rewriting the same assignment (same generation) queues the key again; nothing changed.
-        const kv = (await h.store.get(keys.assignment(node, "quiet-1")))!;
-        await h.store.put(keys.assignment(node, "quiet-1"), kv.value);
+        const kv = (await h.store.get(keys.assignment(node, "default/quiet-1")))!;
+        await h.store.put(keys.assignment(node, "default/quiet-1"), kv.value);
         await change(h.store, node, "web-1", (i) => (i.labels.touch = "1")); // a marker that a later event was handled
         await until(
           "later event handled",
           inPhase(h.store, "web-1", Phase.RUNNING, (s) => s.observedGeneration === 2n),
         );
-        assert.equal((await h.store.get(keys.status(node, "quiet-1")))!.modRevision, rev);
+        assert.equal((await h.store.get(keys.status(node, "default/quiet-1")))!.modRevision, rev);
       });
     });
 
@@ -360,8 +360,8 @@ function agentSuite(kind: string, open: Opener): void {
         await h.store.txn(
           [],
           [
-            { type: "delete", key: keys.assignment(node, "lean-2") },
-            { type: "delete", key: keys.status(node, "lean-2") },
+            { type: "delete", key: keys.assignment(node, "default/lean-2") },
+            { type: "delete", key: keys.status(node, "default/lean-2") },
           ],
         );
         // … and the scheduler puts it back here, the same instance.
@@ -377,7 +377,7 @@ function agentSuite(kind: string, open: Opener): void {
           uid: inst.uid,
           status: { phase: Phase.RUNNING, node: "elsewhere", restartCount: 2 },
         });
-        await h.store.put(keys.status(node, "lean-3"), toBinary(InstanceSchema, left));
+        await h.store.put(keys.status(node, "default/lean-3"), toBinary(InstanceSchema, left));
         gets.length = 0;
         await assign(h.store, node, inst);
         const s = await until(
@@ -385,7 +385,7 @@ function agentSuite(kind: string, open: Opener): void {
           inPhase(h.store, "lean-3", Phase.RUNNING, (x) => x.node === node),
         );
         assert.equal(s.restartCount, 2, "the status read after the conflict carries on");
-        assert.deepEqual(gets, [keys.status(node, "lean-3")], "one read, after the write found a status");
+        assert.deepEqual(gets, [keys.status(node, "default/lean-3")], "one read, after the write found a status");
       });
     });
 
@@ -418,7 +418,7 @@ function agentSuite(kind: string, open: Opener): void {
         await record(h.store, disk, "other-node");
         await record(h.store, declared, "");
         await record(h.store, del, "other-node", true);
-        for (const i of all) await h.store.delete(keys.assignment(node, i.name));
+        for (const i of all) await h.store.delete(keys.assignment(node, `default/${i.name}`));
 
         await until("moved-eph destroyed", async () => (await mock.inspect("moved-eph")) === undefined);
         await until("moved-decl destroyed", async () => (await mock.inspect("moved-decl")) === undefined);
@@ -443,8 +443,8 @@ function agentSuite(kind: string, open: Opener): void {
         for (const i of [keep, purge]) await until(`${i.name} Running`, inPhase(h.store, i.name, Phase.RUNNING));
         // A restored store that does not know them.
         for (const i of [keep, purge]) {
-          await h.store.delete(keys.assignment(node, i.name));
-          await h.store.delete(keys.status(node, i.name));
+          await h.store.delete(keys.assignment(node, `default/${i.name}`));
+          await h.store.delete(keys.status(node, `default/${i.name}`));
         }
         for (const i of [keep, purge]) await until(`${i.name} reported`, () => orphanOf(h.store, node, i.name));
         assert.equal((await mock.inspect("orph-keep"))?.state, "running", "an unknown instance is left as it is");
@@ -473,7 +473,7 @@ function agentSuite(kind: string, open: Opener): void {
         await assign(h.store, node, old);
         await until("old Running", inPhase(h.store, "taken-1", Phase.RUNNING));
         const fresh = newInstance("taken-1", node);
-        await h.store.delete(keys.status(node, "taken-1"));
+        await h.store.delete(keys.status(node, "default/taken-1"));
         await assign(h.store, node, fresh); // deleted and re-created while the node was away
         const st = await until("the new one refused", inPhase(h.store, "taken-1", Phase.FAILED));
         assert.match(st.message, /held on node .* by an orphan .* purge it/);
@@ -508,7 +508,7 @@ function agentSuite(kind: string, open: Opener): void {
 
         // While the agent is away: one assignment vanishes (moved elsewhere), and an instance the
         // node was never assigned appears in the runtime.
-        await h.store.delete(keys.assignment(node, "drop-1"));
+        await h.store.delete(keys.assignment(node, "default/drop-1"));
         const stray = mockOf(node);
         await stray.create(toDriverSpec(newInstance("stray-1", node)));
         await stray.start("stray-1");

@@ -25,12 +25,22 @@ import { type Node, NodeSchema, ResourcesSchema, TaintSchema } from "../../api/g
 import { TaintEffect } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import type { TaintSetting } from "./config.js";
 import { AgentEndpointSchema, AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
-import { NAME_RE } from "../../pkg/validation/index.js";
+import { isHostName, NAME_RE } from "../../pkg/validation/index.js";
 import { Heartbeat } from "../../pkg/cluster/heartbeat/index.js";
 import type { Instance } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { type KnownInstance, OrphanBook, SpecKeeper } from "./orphans.js";
 import { type KeyValue, type Store } from "../../pkg/cluster/store/index.js";
-import { awaitClusterId, baseName, codecs, keys, listWatch, putNodeRecord } from "../../pkg/cluster/state/index.js";
+import {
+  awaitClusterId,
+  codecs,
+  hostName,
+  hostRef,
+  keys,
+  listWatch,
+  putNodeRecord,
+  refAfter,
+  refOf,
+} from "../../pkg/cluster/state/index.js";
 import {
   type ConsoleEndpoint,
   type ConsoleKind,
@@ -168,12 +178,12 @@ export class Agent {
 
   /**
    * What the cluster knows of an instance this node runs without an assignment, from its record
-   * (instances/<name>). A node confined to its own keys cannot read it: the agent then asks a
+   * (instances/<project>/<name>; `name` is its name on this node). A node confined to its own keys cannot read it: the agent then asks a
    * server (the lookup option).
    */
   private async lookup(name: string, signal: AbortSignal): Promise<KnownInstance | undefined> {
     if (this.opts.lookup) return this.opts.lookup(name, signal);
-    const kv = await this.opts.store.get(keys.instance(name), { signal });
+    const kv = await this.opts.store.get(keys.instance(hostRef(name)), { signal });
     const rec = kv ? codecs.instance.decode(kv.value) : undefined;
     return (
       rec && {
@@ -306,7 +316,7 @@ export class Agent {
 
   /** The driver running an instance assigned to this node; NotFound or FailedPrecondition if none. */
   private async assignedDriver(name: string, signal: AbortSignal): Promise<Driver> {
-    const kv = await this.opts.store.get(keys.assignment(this.nodeName, name), { signal });
+    const kv = await this.opts.store.get(keys.assignment(this.nodeName, hostRef(name)), { signal });
     const inst = kv ? fromBinary(AssignmentSchema, kv.value).instance : undefined;
     if (!inst) throw new ConnectError(`instance ${name} is not assigned to node ${this.nodeName}`, Code.NotFound);
     const driver = this.opts.drivers.find((d) => d.name === inst.spec?.driver);
@@ -374,7 +384,7 @@ export class Agent {
     const wanted = new Map<string, { uid: string; driver: string; instance: Instance }>();
     for (const kv of kvs) {
       const i = fromBinary(AssignmentSchema, kv.value).instance;
-      if (i) wanted.set(i.name, { uid: i.uid, driver: i.spec?.driver ?? "", instance: i });
+      if (i) wanted.set(hostName(refOf(i)), { uid: i.uid, driver: i.spec?.driver ?? "", instance: i });
     }
     const report: AdoptionReport = { adopted: [], orphans: [] };
     for (const d of this.opts.drivers) {
@@ -409,10 +419,15 @@ export class Agent {
   /** List+watch of assignments/<node>/: every key seen, and every key that vanished, is queued. */
   private async watchAssignments(signal: AbortSignal, listed: () => void): Promise<void> {
     const prefix = keys.assignmentsOf(this.nodeName);
+    // Keyed by the instance's name on this node, as the drivers know it.
+    const hostOf = (key: string) => {
+      const ref = refAfter(prefix, key);
+      return ref === undefined ? undefined : hostName(ref);
+    };
     const onError = (e: unknown) => this.log.warn({ err: e }, "assignment watch failed; listing again");
     for await (const ev of listWatch(this.opts.store, prefix, { signal, onError })) {
       if (ev.type === "snapshot") {
-        const now = new Map(ev.kvs.map((kv) => [baseName(kv.key), kv]));
+        const now = new Map(ev.kvs.flatMap((kv) => ((n) => (n === undefined ? [] : [[n, kv] as const]))(hostOf(kv.key))));
         // Names that disappeared while we were not watching still need their instance removed.
         for (const n of this.assigned.keys()) if (!now.has(n)) this.queue.add(n);
         this.assigned.clear();
@@ -425,7 +440,8 @@ export class Agent {
         continue;
       }
       for (const e of ev.batch.events) {
-        const n = baseName(e.kv.key);
+        const n = hostOf(e.kv.key);
+        if (n === undefined) continue; // not an instance's key (of another version, say)
         if (e.type === "put") {
           this.assigned.set(n, e.kv);
           if (e.kv.version === 1) this.fresh.add(n);
@@ -442,7 +458,8 @@ export class Agent {
   private async watchDriver(d: Driver, signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
       try {
-        for await (const ev of d.events({ signal })) this.queue.add(ev.name);
+        // Only names this agent could have given: anything else on the runtime is not ours to look at.
+        for await (const ev of d.events({ signal })) if (isHostName(ev.name)) this.queue.add(ev.name);
       } catch (e) {
         if (signal.aborted) return;
         this.log.warn({ driver: d.name, err: e }, "driver event stream failed; resubscribing");
@@ -465,7 +482,7 @@ export class Agent {
       }
       try {
         for (const n of this.assigned.keys()) this.queue.add(n);
-        for (const d of this.opts.drivers) for (const i of await d.list({ signal })) this.queue.add(i.name);
+        for (const d of this.opts.drivers) for (const i of await d.list({ signal })) if (isHostName(i.name)) this.queue.add(i.name);
         this.reconciler.prune(this.assigned);
         const node = await this.fingerprint(signal);
         if (this.node && !sameFingerprint(this.node, node)) {

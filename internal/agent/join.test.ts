@@ -234,7 +234,7 @@ describe("node certificate renewal and revocation", () => {
       status: { node: "elsewhere" },
       deleteTime: timestampNow(),
     });
-    await store.put(keysOf.instance("moved-1"), codecs.instance.encode(moved));
+    await store.put(keysOf.instance("default/moved-1"), codecs.instance.encode(moved));
     assert.deepEqual(await lookup("moved-1", AbortSignal.timeout(10_000)), {
       uid: "uid-moved-1",
       node: "elsewhere",

@@ -55,7 +55,7 @@ const deleteIt = (node: string, name: string) => change(store, node, name, (i) =
 
 /** The agent has destroyed it: its status says so, for the garbage collector to remove the rest. */
 const gone = (node: string, name: string) => async () => {
-  const kv = await store.get(keys.status(node, name));
+  const kv = await store.get(keys.status(node, `default/${name}`));
   return kv !== undefined && codecs.instance.decode(kv.value).deleteTime !== undefined;
 };
 

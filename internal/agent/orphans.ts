@@ -18,6 +18,7 @@
  * PurgeOrphan asks this agent to destroy it. The agent also keeps the last Instance it ran under
  * each name in <dataDir>/specs/, so an orphan the store has forgotten can be adopted with its spec.
  */
+import { isHostName } from "../../pkg/validation/index.js";
 import { create, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
@@ -25,7 +26,7 @@ import { join } from "node:path";
 import { type Instance, InstanceSchema, InstanceSpecSchema } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { type Orphan, OrphanReason, OrphanSchema } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { type Store } from "../../pkg/cluster/store/index.js";
-import { baseName, keys } from "../../pkg/cluster/state/index.js";
+import { hostName, hostRef, keys, parseNodeKey, refOf, splitRef } from "../../pkg/cluster/state/index.js";
 import type { DriverInstance } from "../../pkg/compute/driver/index.js";
 
 /** What the store says about the name of an unassigned instance (instances/<name>). */
@@ -88,7 +89,10 @@ export class OrphanBook {
   /** Reads the records a previous run left (they are cleared as their instances are looked at). */
   async load(signal: AbortSignal): Promise<string[]> {
     const { kvs } = await this.store.range(keys.orphansOf(this.node), { signal });
-    for (const kv of kvs) this.written.set(baseName(kv.key), fromBinary(OrphanSchema, kv.value));
+    for (const kv of kvs) {
+      const k = parseNodeKey(kv.key);
+      if (k?.kind === "orphan") this.written.set(hostName(k.ref), fromBinary(OrphanSchema, kv.value));
+    }
     return [...this.written.keys()];
   }
 
@@ -98,16 +102,17 @@ export class OrphanBook {
 
   /** Writes the record if it changed (found_time kept from the first report of this uid). */
   async report(o: Orphan, signal: AbortSignal): Promise<void> {
-    const prev = this.written.get(o.name);
+    const name = hostName(refOf(o));
+    const prev = this.written.get(name);
     o.foundTime = prev?.uid === o.uid && prev.foundTime ? prev.foundTime : timestampNow();
     if (prev && equals(OrphanSchema, prev, o)) return;
-    await this.store.put(keys.orphan(this.node, o.name), toBinary(OrphanSchema, o), { signal });
-    this.written.set(o.name, o);
+    await this.store.put(keys.orphan(this.node, refOf(o)), toBinary(OrphanSchema, o), { signal });
+    this.written.set(name, o);
   }
 
   async clear(name: string, signal: AbortSignal): Promise<void> {
     if (!this.written.has(name)) return;
-    await this.store.delete(keys.orphan(this.node, name), { signal });
+    await this.store.delete(keys.orphan(this.node, hostRef(name)), { signal });
     this.written.delete(name);
   }
 }
@@ -122,7 +127,8 @@ export function orphanRecord(
   placedNode = "",
 ): Orphan {
   const o = create(OrphanSchema, {
-    name: found.name,
+    // Its name on the node read back: its project's name and its own.
+    ...splitRef(hostRef(found.name)),
     uid: found.uid,
     driver,
     state: found.state,
@@ -142,8 +148,8 @@ export function orphanRecord(
 }
 
 /**
- * The last Instance this agent ran under each name, in <dataDir>/specs/<name>.pb: what an
- * orphan the store forgot is adopted back with. Names are DNS labels (checked by the agent).
+ * The last Instance this agent ran under each name, in <dataDir>/specs/<name on the node>.pb: what
+ * an orphan the store forgot is adopted back with. Names are checked by the agent (isHostName).
  */
 export class SpecKeeper {
   private readonly dir: string;
@@ -154,14 +160,15 @@ export class SpecKeeper {
 
   async save(inst: Instance): Promise<void> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    const file = join(this.dir, `${inst.name}.pb`);
+    const file = join(this.dir, `${hostName(refOf(inst))}.pb`);
     const tmp = `${file}.tmp`;
-    const copy = create(InstanceSchema, { name: inst.name, uid: inst.uid, labels: inst.labels, spec: inst.spec });
+    const copy = create(InstanceSchema, { name: inst.name, project: inst.project, uid: inst.uid, labels: inst.labels, spec: inst.spec });
     await writeFile(tmp, toBinary(InstanceSchema, copy), { mode: 0o600 });
     await rename(tmp, file);
   }
 
   async load(name: string): Promise<Instance | undefined> {
+    if (!isHostName(name)) return undefined; // not a name this agent could have kept
     try {
       return fromBinary(InstanceSchema, await readFile(join(this.dir, `${name}.pb`)));
     } catch {

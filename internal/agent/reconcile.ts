@@ -43,7 +43,7 @@ import {
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { GroupCommit, ifModRevision, type KeyValue, type Store } from "../../pkg/cluster/store/index.js";
-import { keys, RESTART_LABEL, STOP_TIMEOUT_LABEL } from "../../pkg/cluster/state/index.js";
+import { hostName, hostRef, keys, refOf, RESTART_LABEL, splitRef, STOP_TIMEOUT_LABEL } from "../../pkg/cluster/state/index.js";
 import {
   type BalloonDriver,
   hasBalloon,
@@ -180,7 +180,7 @@ export class Reconciler {
       return {};
     }
     const inst = fromBinary(AssignmentSchema, akv.value).instance;
-    if (!inst || inst.name !== name) {
+    if (!inst || hostName(refOf(inst)) !== name) {
       this.opts.log.error({ instance: name }, "assignment without a matching instance; ignoring it");
       return {};
     }
@@ -216,14 +216,17 @@ export class Reconciler {
       // then removes the assignment, the status and the record together.
       if (stored?.uid === inst.uid && stored.deleteTime) return {};
       const record = create(InstanceSchema, {
-        name,
+        ...splitRef(hostRef(name)),
         uid: inst.uid,
         deleteTime: inst.deleteTime,
         status: create(InstanceStatusSchema, { phase: Phase.STOPPED, node: nodeName, message: "destroyed", updateTime: timestampNow() }),
       });
       const res = await store.txn(
-        [ifModRevision(keys.assignment(nodeName, name), akv.modRevision), ifModRevision(keys.status(nodeName, name), st.rev)],
-        [{ type: "put", key: keys.status(nodeName, name), value: toBinary(InstanceSchema, record) }],
+        [
+          ifModRevision(keys.assignment(nodeName, hostRef(name)), akv.modRevision),
+          ifModRevision(keys.status(nodeName, hostRef(name)), st.rev),
+        ],
+        [{ type: "put", key: keys.status(nodeName, hostRef(name)), value: toBinary(InstanceSchema, record) }],
         [],
         { signal },
       );
@@ -352,16 +355,17 @@ export class Reconciler {
   private async balloon(driver: BalloonDriver, inst: Instance, actual: DriverInstance, signal: AbortSignal): Promise<DriverInstance> {
     const target = Number(inst.spec?.memoryTargetMib || inst.spec?.memoryMib || 0n);
     const key = `${inst.uid}/${actual.startedAt ?? 0}/${target}`;
-    if (target <= 0 || this.balloons.get(inst.name) === key) return actual;
+    const name = hostName(refOf(inst));
+    if (target <= 0 || this.balloons.get(name) === key) return actual;
     // Already there (a fresh boot at full memory, or an adopted VM): nothing to ask the driver.
     if (actual.details.memory_target_mib === String(target)) {
-      this.balloons.set(inst.name, key);
+      this.balloons.set(name, key);
       return actual;
     }
-    await driver.setMemory(inst.name, target, { signal });
-    this.balloons.set(inst.name, key);
-    this.opts.log.info({ instance: inst.name, memoryMiB: target }, "memory target set");
-    return (await driver.inspect(inst.name, { signal })) ?? actual;
+    await driver.setMemory(name, target, { signal });
+    this.balloons.set(name, key);
+    this.opts.log.info({ instance: name, memoryMiB: target }, "memory target set");
+    return (await driver.inspect(name, { signal })) ?? actual;
   }
 
   /** Waits for every stop running beside the workers (they end with the agent's signal). */
@@ -372,9 +376,8 @@ export class Reconciler {
   /** Stops the instance beside the workers, under the stop's deadline (its clamped timeout plus a margin). */
   private beginStop(driver: Driver, inst: Instance, signal: AbortSignal): void {
     const timeoutMs = this.stopTimeoutMs(inst);
-    this.stops.begin(inst.name, { uid: inst.uid, generation: inst.generation }, signal, (s) =>
-      driver.stop(inst.name, timeoutMs, { signal: s }),
-    );
+    const name = hostName(refOf(inst));
+    this.stops.begin(name, { uid: inst.uid, generation: inst.generation }, signal, (s) => driver.stop(name, timeoutMs, { signal: s }));
   }
 
   private async start(driver: Driver, name: string, signal: AbortSignal): Promise<DriverInstance> {
@@ -418,7 +421,7 @@ export class Reconciler {
     if (!Number.isFinite(s) || s <= 0) return this.defaultStopTimeoutMs;
     if (s * 1000 <= this.maxStopTimeoutMs) return s * 1000;
     this.opts.log.warn(
-      { instance: inst.name, askedSeconds: s, maxSeconds: this.maxStopTimeoutMs / 1000 },
+      { instance: refOf(inst), askedSeconds: s, maxSeconds: this.maxStopTimeoutMs / 1000 },
       "stop timeout longer than this node allows; clamped",
     );
     return this.maxStopTimeoutMs;
@@ -492,7 +495,7 @@ export class Reconciler {
     const cached = this.statuses.get(name);
     if (cached?.assignment === assignment) return cached;
     if (this.opts.assignments.takeFresh(name)) return { rev: 0, record: undefined, assignment };
-    const kv = await this.opts.store.get(keys.status(this.opts.nodeName, name), { signal });
+    const kv = await this.opts.store.get(keys.status(this.opts.nodeName, hostRef(name)), { signal });
     const st = { rev: kv?.modRevision ?? 0, record: kv ? fromBinary(InstanceSchema, kv.value) : undefined, assignment };
     this.statuses.set(name, st);
     return st;
@@ -510,14 +513,14 @@ export class Reconciler {
     status.restartCount = fields.restartCount ?? ctx.prev?.restartCount ?? 0;
     if (ctx.prev && sameStatus(ctx.prev, status)) return;
     status.updateTime = timestampNow();
-    const record = create(InstanceSchema, { name: ctx.name, uid: ctx.inst.uid, status });
+    const record = create(InstanceSchema, { ...splitRef(hostRef(ctx.name)), uid: ctx.inst.uid, status });
     // Status writes of instances reconciled at once (a node given many together) share txns.
     const res = await this.writes.commit(
       [
-        ifModRevision(keys.assignment(nodeName, ctx.name), ctx.assignmentRev),
-        ifModRevision(keys.status(nodeName, ctx.name), ctx.statusRev),
+        ifModRevision(keys.assignment(nodeName, hostRef(ctx.name)), ctx.assignmentRev),
+        ifModRevision(keys.status(nodeName, hostRef(ctx.name)), ctx.statusRev),
       ],
-      [{ type: "put", key: keys.status(nodeName, ctx.name), value: toBinary(InstanceSchema, record) }],
+      [{ type: "put", key: keys.status(nodeName, hostRef(ctx.name)), value: toBinary(InstanceSchema, record) }],
       ctx.signal,
     );
     if (!res.succeeded) {
@@ -585,7 +588,8 @@ export function statusOf(a: DriverInstance, desired: PowerState): StatusFields {
 export function toDriverSpec(inst: Instance): DriverInstanceSpec {
   const spec = inst.spec;
   return {
-    name: inst.name,
+    // Its name on this node: the project's, outside the default one.
+    name: hostName(refOf(inst)),
     uid: inst.uid,
     labels: { ...inst.labels },
     image: spec?.image ?? "",

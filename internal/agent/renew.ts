@@ -11,6 +11,7 @@
  *        └── none reachable: retry in a tenth of what is left (1 s to 30 s)
  *            refused (revoked, not its certificate): stop, and say it must join again
  */
+import { hostRef, splitRef } from "../../pkg/cluster/state/index.js";
 import { X509Certificate } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -142,7 +143,8 @@ export function lookupThroughServer(
         httpVersion: "1.1",
         nodeOptions: { ca: c.caPem, cert: c.certPem, key: c.keyPem, checkServerIdentity: serverOnly, agent },
       });
-      return createClient(AgentSupportService, transport).lookupInstance({ name }, { signal });
+      // `name` is the instance's name on this node: the server knows it by project and name.
+      return createClient(AgentSupportService, transport).lookupInstance(splitRef(hostRef(name)), { signal });
     }, signal);
     return r.found ? { uid: r.uid, node: r.node, deleting: r.deleting, ephemeralDisks: r.ephemeralDisks } : undefined;
   };

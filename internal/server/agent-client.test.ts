@@ -276,7 +276,7 @@ describe("AgentService through the agent's endpoint and the server's client", ()
     const assigned = await refusal(agents.purgeOrphan(NODE, "assigned-1", "", signal()));
     assert.equal(assigned.code, Code.FailedPrecondition);
     assert.match(assigned.rawMessage, /^agent of node n1: instance assigned-1 is assigned to node n1/);
-    const bad = await refusal(agents.purgeOrphan(NODE, "../etc", "", signal()));
+    const bad = await refusal(agents.purgeOrphan(NODE, "default/../etc", "", signal()));
     assert.equal(bad.code, Code.InvalidArgument);
     assert.match(bad.rawMessage, /name: "..\/etc" is not a valid name/);
     assert.deepEqual(purged, ["orphan-1/u-1"]);

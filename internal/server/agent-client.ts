@@ -30,7 +30,7 @@ import type { Store } from "../../pkg/cluster/store/index.js";
 import type { PeerCertificate } from "node:tls";
 import { identityOf } from "../../pkg/pki/index.js";
 import { Channel } from "./channel.js";
-import { readEndpoint as agentEndpoint } from "../../pkg/cluster/state/index.js";
+import { readEndpoint as agentEndpoint, splitRef } from "../../pkg/cluster/state/index.js";
 
 /** TLS towards the agents: the CA their certificates come from, and this server's own certificate. */
 export interface AgentClientTls {
@@ -86,11 +86,12 @@ export class AgentClient {
     return (await agentEndpoint(this.store, node, signal))?.url;
   }
 
-  /** The log of instance `name` on `node`: the last `tailBytes` (all when 0), then, following, what is appended. */
-  async *logs(node: string, name: string, follow: boolean, tailBytes: bigint, signal: AbortSignal): AsyncGenerator<Uint8Array> {
+  /** The log of instance `ref` on `node`: the last `tailBytes` (all when 0), then, following, what is appended. */
+  async *logs(node: string, ref: string, follow: boolean, tailBytes: bigint, signal: AbortSignal): AsyncGenerator<Uint8Array> {
+    const { project, name } = splitRef(ref);
     const { client, headers } = await this.reach(node, signal);
     try {
-      for await (const r of client.streamLogs({ name, follow, tailBytes }, { signal, headers })) yield r.data;
+      for await (const r of client.streamLogs({ name, project, follow, tailBytes }, { signal, headers })) yield r.data;
     } catch (e) {
       if (signal.aborted) return;
       throw relayed(node, e);
@@ -126,22 +127,24 @@ export class AgentClient {
     }
   }
 
-  /** Destroys the orphan `name` (of `uid`) on `node`, and its disks. */
-  async purgeOrphan(node: string, name: string, uid: string, signal: AbortSignal): Promise<void> {
+  /** Destroys the orphan `ref` (of `uid`) on `node`, and its disks. */
+  async purgeOrphan(node: string, ref: string, uid: string, signal: AbortSignal): Promise<void> {
+    const { project, name } = splitRef(ref);
     const { client, headers } = await this.reach(node, signal);
     try {
-      await client.purgeOrphan({ name, uid }, { signal, headers });
+      await client.purgeOrphan({ name, project, uid }, { signal, headers });
     } catch (e) {
       throw signal.aborted ? e : relayed(node, e);
     }
   }
 
-  /** Where the VNC server of instance `name` on `node` listens. */
-  async consoleAddress(node: string, name: string, signal: AbortSignal): Promise<ConsoleAddress> {
+  /** Where the VNC server of instance `ref` on `node` listens. */
+  async consoleAddress(node: string, ref: string, signal: AbortSignal): Promise<ConsoleAddress> {
+    const { project, name } = splitRef(ref);
     const { client, headers } = await this.reach(node, signal);
     let res;
     try {
-      res = await client.consoleAddress({ name }, { signal, headers });
+      res = await client.consoleAddress({ name, project }, { signal, headers });
     } catch (e) {
       throw signal.aborted ? e : relayed(node, e);
     }
@@ -152,10 +155,11 @@ export class AgentClient {
   }
 
   /**
-   * Opens a console tunnel to instance `name` on `node`: resolves once the agent holds the console,
+   * Opens a console tunnel to instance `ref` on `node`: resolves once the agent holds the console,
    * rejects with its refusal (or DeadlineExceeded if it does not open in time).
    */
-  async console(node: string, name: string, kind: ConsoleKind, signal: AbortSignal): Promise<AgentConsole> {
+  async console(node: string, ref: string, kind: ConsoleKind, signal: AbortSignal): Promise<AgentConsole> {
+    const { project, name } = splitRef(ref);
     const { client, headers } = await this.reach(node, signal);
     const stop = new AbortController();
     const out = new Channel<AgentServiceConsoleRequest>();
@@ -164,7 +168,7 @@ export class AgentClient {
       out.close();
       stop.abort();
     };
-    void out.send(create(AgentServiceConsoleRequestSchema, { part: { case: "open", value: { name, kind } } }));
+    void out.send(create(AgentServiceConsoleRequestSchema, { part: { case: "open", value: { name, project, kind } } }));
     const responses = client.console(out, { signal: AbortSignal.any([signal, stop.signal]), headers })[Symbol.asyncIterator]();
     const openMs = this.opts.consoleOpenTimeoutMs ?? DEFAULT_CONSOLE_OPEN_TIMEOUT_MS;
     let timedOut = false;

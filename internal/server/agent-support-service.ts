@@ -10,7 +10,7 @@ import { AgentSupportService } from "../../api/gen/hypervisor/v1/agent_pb.js";
 import { codecs, keys } from "../../pkg/cluster/state/index.js";
 import type { ServerContext } from "./context.js";
 import { peerOf } from "./peer.js";
-import { validateName } from "./validate.js";
+import { requestRef } from "./validate.js";
 
 export function agentSupportService(ctx: ServerContext): ServiceImpl<typeof AgentSupportService> {
   return {
@@ -18,8 +18,7 @@ export function agentSupportService(ctx: ServerContext): ServiceImpl<typeof Agen
       const peer = peerOf(hctx);
       if (peer?.kind !== "node")
         throw new ConnectError("only a node of this cluster (a node certificate over mutual TLS) may ask", Code.Unauthenticated);
-      validateName("name", req.name);
-      const kv = await ctx.store.get(keys.instance(req.name), { signal: hctx.signal });
+      const kv = await ctx.store.get(keys.instance(requestRef(req)), { signal: hctx.signal });
       if (!kv) return { found: false };
       const i = codecs.instance.decode(kv.value);
       return {

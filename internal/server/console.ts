@@ -31,7 +31,7 @@ import { codecs, keys, merged, phaseName, placedOn } from "../../pkg/cluster/sta
 import { isLoopback } from "./config.js";
 import type { ServerContext } from "./context.js";
 import type { ConsoleAddress } from "./agent-client.js";
-import { show, validateName } from "./validate.js";
+import { requestRef, show, showRef } from "./validate.js";
 
 export const CONSOLE_PATH = "/console/";
 /** 32 random bytes, base64url. */
@@ -50,7 +50,7 @@ export function consoleService(ctx: ServerContext, ttlMs = DEFAULT_TICKET_TTL_MS
   const { store, informers } = ctx;
   return {
     async createConsoleTicket(req, hctx) {
-      validateName("name", req.name);
+      const ref = requestRef(req);
       if (req.kind !== ConsoleKind.VNC && req.kind !== ConsoleKind.SERIAL)
         throw new ConnectError(
           `kind: ${show(ConsoleKind[req.kind] ?? req.kind)} must be CONSOLE_KIND_VNC or CONSOLE_KIND_SERIAL`,
@@ -58,15 +58,15 @@ export function consoleService(ctx: ServerContext, ttlMs = DEFAULT_TICKET_TTL_MS
         );
       // Each ticket costs an etcd lease: a client gets a burst, then a steady rate.
       ctx.clientLimits.takeTicket(hctx);
-      const kv = await store.get(keys.instance(req.name), { signal: hctx.signal });
-      if (!kv) throw new ConnectError(`instance ${show(req.name)} not found`, Code.NotFound);
+      const kv = await store.get(keys.instance(ref), { signal: hctx.signal });
+      if (!kv) throw new ConnectError(`instance ${showRef(ref)} not found`, Code.NotFound);
       const spec = codecs.instance.decode(kv.value);
       const at = placedOn(spec);
-      const st = at ? await store.get(keys.status(at, req.name), { signal: hctx.signal }) : undefined;
+      const st = at ? await store.get(keys.status(at, ref), { signal: hctx.signal }) : undefined;
       const inst = merged(spec, st ? codecs.instance.decode(st.value) : undefined);
       const phase = inst.status?.phase ?? Phase.UNSPECIFIED;
       if (phase !== Phase.RUNNING)
-        throw new ConnectError(`instance ${req.name} is ${phaseName(phase)}; a console needs it Running`, Code.FailedPrecondition);
+        throw new ConnectError(`instance ${showRef(ref)} is ${phaseName(phase)}; a console needs it Running`, Code.FailedPrecondition);
       const node = inst.status?.node ?? "";
       const driver = informers.nodes.get(keys.node(node))?.value.drivers.find((d) => d.name === inst.spec?.driver);
       if (!driver?.capabilities?.console)
@@ -74,7 +74,8 @@ export function consoleService(ctx: ServerContext, ttlMs = DEFAULT_TICKET_TTL_MS
       const ticket = randomBytes(32).toString("base64url");
       const expires = Date.now() + ttlMs;
       const record = create(ConsoleTicketRecordSchema, {
-        instance: inst.name,
+        // The ref ("<project>/<name>"): what the agent and the informers know it by.
+        instance: ref,
         uid: inst.uid,
         kind: req.kind,
         node,
@@ -83,7 +84,7 @@ export function consoleService(ctx: ServerContext, ttlMs = DEFAULT_TICKET_TTL_MS
       // The lease only cleans up tickets nobody used; validity is the expiry in the record.
       const lease = await store.grantLease(Math.ceil(ttlMs / 1000) + 1, { signal: hctx.signal });
       await store.put(keys.consoleTicket(hash(ticket)), toBinary(ConsoleTicketRecordSchema, record), { lease, signal: hctx.signal });
-      ctx.log.info({ instance: inst.name, kind: kindName(req.kind), node }, "console ticket issued");
+      ctx.log.info({ instance: ref, kind: kindName(req.kind), node }, "console ticket issued");
       return { ticket, path: `${CONSOLE_PATH}${ticket}`, expireTime: timestampFromMs(expires), kind: req.kind };
     },
   };

@@ -20,7 +20,7 @@ import { clone } from "@bufbuild/protobuf";
 import { type Instance, Phase, PowerState } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeFlagsSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { ifModRevision } from "../../pkg/cluster/store/index.js";
-import { codecs, keys, unplaceOps } from "../../pkg/cluster/state/index.js";
+import { codecs, keys, refOf, unplaceOps } from "../../pkg/cluster/state/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
 import { kickedLoop } from "./kicked-loop.js";
@@ -158,7 +158,7 @@ export class DrainController {
    */
   private running(i: Instance): boolean {
     const node = i.status?.node;
-    const st = node ? this.ctx.informers.statuses.get(keys.status(node, i.name))?.value : undefined;
+    const st = node ? this.ctx.informers.statuses.get(keys.status(node, refOf(i)))?.value : undefined;
     return Boolean(node) && st?.uid === i.uid && st.status?.node === node && st.status?.phase === Phase.RUNNING;
   }
 

@@ -5,12 +5,16 @@
  * assignment left) loses its record, assignment, status and reservation in one transaction:
  *
  *   instances/<n> (delete_time) + (nodes/<node>/status/<n> destroyed, or no assignment)
- *     ──► txn[compare instance rev, status rev or assignment absent, allocation rev]
+ *     ──► txn[compare instance rev, status rev or assignment absent, allocation rev, project rev
+ *             (+ usage rev with a quota)]
  *           delete instances/<n>, assignments/<node>/<n>, nodes/<node>/status/<n>;
- *           put allocations/<node> without the uid
+ *           put allocations/<node> without the uid (+ projectusage/<p> less its share)
+ *
+ * (<n> is the instance's ref, "<project>/<name>".)
  */
 import { ifAbsent, ifModRevision } from "../../pkg/cluster/store/index.js";
-import { destroyedBy, keys, removeOps } from "../../pkg/cluster/state/index.js";
+import { DEFAULT_PROJECT, destroyedBy, keys, refOf, removeOps } from "../../pkg/cluster/state/index.js";
+import { projectParts } from "./project-txn.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
 import { kickedLoop } from "./kicked-loop.js";
@@ -64,15 +68,25 @@ export class GcController {
       const node = i.status?.node ?? "";
       const { compares, ops } = removeOps(i, modRevision, node, informers.allocations.get(keys.allocation(node)));
       if (node !== "") {
-        const assigned = informers.assignments.get(keys.assignment(node, i.name));
-        const status = informers.statuses.get(keys.status(node, i.name));
+        const assigned = informers.assignments.get(keys.assignment(node, refOf(i)));
+        const status = informers.statuses.get(keys.status(node, refOf(i)));
         if (assigned && !destroyedBy(i, status?.value)) continue; // the agent is not done yet
-        compares.push(assigned ? ifModRevision(keys.status(node, i.name), status!.modRevision) : ifAbsent(keys.assignment(node, i.name)));
+        compares.push(
+          assigned ? ifModRevision(keys.status(node, refOf(i)), status!.modRevision) : ifAbsent(keys.assignment(node, refOf(i))),
+        );
       }
+      // Its project's record is compared, and a quota's usage gives its share back, in the same txn.
+      const parts = await projectParts(this.ctx, i.project || DEFAULT_PROJECT, [i], -1, false, signal);
+      if ("counting" in parts) {
+        conflicts++; // the project is being counted: once it is, the next pass removes it
+        continue;
+      }
+      compares.push(...parts.compares);
+      ops.push(...parts.ops);
       const res = await store.txn(compares, ops, [], { signal });
       if (res.succeeded) {
         removed++;
-        this.log.info({ instance: i.name, node }, "instance removed");
+        this.log.info({ instance: refOf(i), node }, "instance removed");
       } else {
         conflicts++; // a stale copy: the informers bring the news, then we run again
       }

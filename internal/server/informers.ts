@@ -4,8 +4,9 @@
  * nodes the API shows are derived, each node's record with the servers' flags merged in.
  *
  *   instances/ ──► instances        assignments/ ──► assignments     allocations/ ──► allocations
- *   nodes/     ──► records (…/record), alive (…/alive), statuses (…/status/<name>)
+ *   nodes/     ──► records (…/record), alive (…/alive), statuses (…/status/<project>/<name>)
  *   nodeflags/ ──► flags            records + flags ──► nodes (derived)
+ *   apitokens/, rolebindings/, projects/ ──► the same, for access control and projects
  */
 import type { Node } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { codecs, keys, parseNodeKey, phaseName, mergedPhase, withFlags } from "../../pkg/cluster/state/index.js";
@@ -33,6 +34,8 @@ export function makeInformers(store: Store, log: Logger): { informers: Informers
     allocations: new Informer(store, keys.allocations, (kv) => codecs.allocation.decode(kv.value), log),
     assignments: new Informer(store, keys.assignments, () => true as const, log),
     apiTokens: new Informer(store, keys.apiTokens, (kv) => codecs.apiToken.decode(kv.value), log),
+    roleBindings: new Informer(store, keys.roleBindings, (kv) => codecs.roleBinding.decode(kv.value), log),
+    projects: new Informer(store, keys.projects, (kv) => codecs.project.decode(kv.value), log),
   };
   const join = (name: string, revision: number) => {
     const r = records.get(keys.node(name));
@@ -51,7 +54,14 @@ export function makeInformers(store: Store, log: Logger): { informers: Informers
       await flags.start(signal);
       await Promise.all([
         nodeFeed.start(signal),
-        ...[informers.instances, informers.allocations, informers.assignments, informers.apiTokens].map((i) => i.start(signal)),
+        ...[
+          informers.instances,
+          informers.allocations,
+          informers.assignments,
+          informers.apiTokens,
+          informers.roleBindings,
+          informers.projects,
+        ].map((i) => i.start(signal)),
       ]);
     },
   };

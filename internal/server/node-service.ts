@@ -32,13 +32,16 @@ import {
   codecs,
   ConflictError,
   keys,
+  displayRef,
   merged,
   placeOps,
+  refOf,
   setNodeFlags,
+  splitRef,
   withFlags,
 } from "../../pkg/cluster/state/index.js";
 import type { ServerContext } from "./context.js";
-import { show, validateName } from "./validate.js";
+import { requestRef, show, showRef, validateName } from "./validate.js";
 
 const MAX_CAS_ATTEMPTS = 20;
 
@@ -77,11 +80,11 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
     return describe(node, signal);
   }
 
-  async function readOrphan(node: string, name: string, signal: AbortSignal): Promise<Orphan> {
+  async function readOrphan(node: string, req: { project: string; name: string }, signal: AbortSignal): Promise<Orphan> {
     validateName("node", node);
-    validateName("name", name);
-    const kv = await store.get(keys.orphan(node, name), { signal });
-    if (!kv) throw new ConnectError(`node ${node} reports no orphan ${name}`, Code.NotFound);
+    const ref = requestRef(req);
+    const kv = await store.get(keys.orphan(node, ref), { signal });
+    if (!kv) throw new ConnectError(`node ${node} reports no orphan ${displayRef(ref)}`, Code.NotFound);
     return codecs.orphan.decode(kv.value);
   }
 
@@ -94,7 +97,8 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
 
   /** One attempt at placing the orphan's instance on `node`; undefined when a compare failed. */
   async function adoptOnce(node: string, o: Orphan, signal: AbortSignal): Promise<Instance | undefined> {
-    const key = keys.instance(o.name);
+    const ref = refOf(o);
+    const key = keys.instance(ref);
     const kv = await store.get(key, { signal });
     const compares: Compare[] = [];
     const ops: Op[] = [];
@@ -107,6 +111,7 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
       if (spec.restartPolicy === RestartPolicy.UNSPECIFIED) spec.restartPolicy = RestartPolicy.ON_FAILURE;
       next = create(InstanceSchema, {
         name: o.name,
+        project: splitRef(ref).project,
         uid: o.uid,
         labels: { ...o.labels },
         spec,
@@ -118,11 +123,11 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
       const cur = codecs.instance.decode(kv.value);
       if (cur.uid !== o.uid)
         throw new ConnectError(
-          `instance ${o.name} exists with another uid (${cur.uid}, the orphan's is ${o.uid}); delete it before adopting the orphan of node ${node}`,
+          `instance ${showRef(ref)} exists with another uid (${cur.uid}, the orphan's is ${o.uid}); delete it before adopting the orphan of node ${node}`,
           Code.FailedPrecondition,
         );
       if (cur.deleteTime)
-        throw new ConnectError(`instance ${o.name} is being deleted; its orphan cannot be adopted`, Code.FailedPrecondition);
+        throw new ConnectError(`instance ${showRef(ref)} is being deleted; its orphan cannot be adopted`, Code.FailedPrecondition);
       const from = cur.status?.node ?? "";
       if (from === node) return cur; // already placed here: the agent adopts it
       next = clone(InstanceSchema, cur);
@@ -132,11 +137,7 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
         // Its copy there becomes the orphan (fenced by that node's agent, its disk kept).
         const release = await allocate(from, cur, false, signal);
         compares.push(release.compare);
-        ops.push(
-          { type: "delete", key: keys.assignment(from, o.name) },
-          { type: "delete", key: keys.status(from, o.name) },
-          ...release.ops,
-        );
+        ops.push({ type: "delete", key: keys.assignment(from, ref) }, { type: "delete", key: keys.status(from, ref) }, ...release.ops);
       }
     }
     // The compare on the record is the one made above (absent, or unchanged since read).
@@ -157,22 +158,23 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
 
     async adoptOrphan(req, hctx) {
       await read(req.node, hctx.signal, "node");
-      const o = await readOrphan(req.node, req.name, hctx.signal);
+      const o = await readOrphan(req.node, req, hctx.signal);
+      const ref = refOf(o);
       for (let i = 0; i < MAX_CAS_ATTEMPTS; i++) {
         const placed = await adoptOnce(req.node, o, hctx.signal);
         if (!placed) continue;
-        ctx.log.warn({ node: req.node, instance: o.name, uid: o.uid, reason: o.reason }, "orphan adopted: placed on its node again");
-        const st = await store.get(keys.status(req.node, o.name), { signal: hctx.signal });
+        ctx.log.warn({ node: req.node, instance: ref, uid: o.uid, reason: o.reason }, "orphan adopted: placed on its node again");
+        const st = await store.get(keys.status(req.node, ref), { signal: hctx.signal });
         return { instance: merged(placed, st ? codecs.instance.decode(st.value) : undefined) };
       }
-      throw new ConnectError(`instance ${o.name} is changing too fast; try again`, Code.Aborted);
+      throw new ConnectError(`instance ${showRef(ref)} is changing too fast; try again`, Code.Aborted);
     },
 
     async purgeOrphan(req, hctx) {
       await read(req.node, hctx.signal, "node");
-      const o = await readOrphan(req.node, req.name, hctx.signal);
-      await ctx.agents.purgeOrphan(req.node, o.name, o.uid, hctx.signal);
-      ctx.log.warn({ node: req.node, instance: o.name, uid: o.uid }, "orphan purged with its disks");
+      const o = await readOrphan(req.node, req, hctx.signal);
+      await ctx.agents.purgeOrphan(req.node, refOf(o), o.uid, hctx.signal);
+      ctx.log.warn({ node: req.node, instance: refOf(o), uid: o.uid }, "orphan purged with its disks");
       return {};
     },
 
@@ -213,7 +215,7 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
         for (const kv of assigned.kvs) {
           const inst = fromBinary(AssignmentSchema, kv.value).instance;
           const name = kv.key.slice(prefix.length);
-          (inst && drainPin(inst, req.name) ? pinned : moving).push(name);
+          (inst && drainPin(inst, req.name) ? pinned : moving).push(displayRef(name));
         }
         const node = await setFlags(req.name, true, true, hctx.signal); // checks the name, NotFound
         ctx.log.info({ node: req.name, moving: moving.length, pinned: pinned.length }, "node drain started: moving its instances");
@@ -228,8 +230,8 @@ export function nodeService(ctx: ServerContext, instances: ServiceImpl<typeof In
         if (!spec) continue;
         const inst = codecs.instance.decode(spec.value);
         if (inst.deleteTime || inst.spec?.desiredPowerState === PowerState.STOPPED) continue;
-        await instances.stopInstance(create(StopInstanceRequestSchema, { name }), hctx);
-        stopped.push(name);
+        await instances.stopInstance(create(StopInstanceRequestSchema, splitRef(name)), hctx);
+        stopped.push(displayRef(name));
       }
       ctx.log.info({ node: req.name, stopped: stopped.length }, "node drained");
       return { node, stoppedInstances: stopped };

@@ -18,7 +18,7 @@ import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { type Instance, InstanceSchema, InstanceStatusSchema, Phase } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { type Allocation, AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { GroupCommit, ifModRevision, MAX_TXN_BYTES, type Op, txnBytes } from "../../pkg/cluster/store/index.js";
-import { codecs, keys, parseNodeKey, placeOps, requestOf } from "../../pkg/cluster/state/index.js";
+import { codecs, keys, parseNodeKey, placeOps, refOf, requestOf } from "../../pkg/cluster/state/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import type { ServerContext } from "./context.js";
 import type { InformerEvent, Item } from "./informer.js";
@@ -129,7 +129,7 @@ export class PlacementController {
     // Oldest first (fairness, and a deterministic order for a given snapshot), but those that
     // fitted nowhere last time behind the rest: a backlog of unplaceable instances must not hold
     // back the slice of others that would fit.
-    const failed = (p: { instance: Instance }) => this.failedIn.get(p.instance.name) ?? 0;
+    const failed = (p: { instance: Instance }) => this.failedIn.get(refOf(p.instance)) ?? 0;
     pending.sort(
       (a, b) =>
         failed(a) - failed(b) ||
@@ -148,7 +148,7 @@ export class PlacementController {
     // Instances already placed matter only to group constraints (affinity, spread, max per node).
     const onNodes = requests.some(needsGroups) ? placedViews(informers) : [];
     const plan = schedule(views, requests, this.algorithm, { placed: onNodes });
-    const byName = new Map(pending.map((p) => [p.instance.name, p]));
+    const byName = new Map(pending.map((p) => [refOf(p.instance), p]));
     let placed = 0;
     let lastRev = 0;
     let conflicts = 0;
@@ -188,8 +188,8 @@ export class PlacementController {
       const next = clone(InstanceSchema, instance);
       next.status = create(InstanceStatusSchema, { phase: Phase.PENDING, message: u.message, updateTime: timestampNow() });
       const res = await store.txn(
-        [ifModRevision(keys.instance(instance.name), rev)],
-        [{ type: "put", key: keys.instance(instance.name), value: codecs.instance.encode(next) }],
+        [ifModRevision(keys.instance(refOf(instance)), rev)],
+        [{ type: "put", key: keys.instance(refOf(instance)), value: codecs.instance.encode(next) }],
         [],
         { signal },
       );

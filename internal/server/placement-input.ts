@@ -6,7 +6,7 @@
  */
 import { type Instance, LabelOperator, Strategy, TaintEffect, TolerationOperator } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import type { Node } from "../../api/gen/hypervisor/v1/node_pb.js";
-import { allocationTotals, keys } from "../../pkg/cluster/state/index.js";
+import { allocationTotals, keys, refOf } from "../../pkg/cluster/state/index.js";
 import { hostAccessRequest } from "../../pkg/compute/driver/index.js";
 import type { Informers } from "./context.js";
 import {
@@ -77,7 +77,8 @@ export function placementRequest(i: Instance): PlacementRequest {
   const group = (s: Record<string, string>) => (Object.keys(s).length ? s : i.labels);
   const host = hostAccessRequest(spec.driverConfig);
   return {
-    name: i.name,
+    // The ref: names are unique only within a project.
+    name: refOf(i),
     driver: spec.driver,
     ...(host.hostNetwork || host.bridge !== undefined ? { hostAccess: host } : {}),
     vcpus: spec.vcpus,
@@ -132,7 +133,7 @@ export function placedViews(informers: Informers, except = ""): PlacedView[] {
   const out: PlacedView[] = [];
   for (const { value } of informers.instances.items.values()) {
     const node = value.status?.node;
-    if (node && value.name !== except) out.push({ node, labels: value.labels });
+    if (node && refOf(value) !== except) out.push({ node, labels: value.labels });
   }
   return out;
 }

@@ -13,7 +13,7 @@ import { AllocationSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { Election } from "../../pkg/cluster/election/index.js";
 import { openEtcdStore } from "../../pkg/cluster/etcd/index.js";
 import { type Store } from "../../pkg/cluster/store/index.js";
-import { keys } from "../../pkg/cluster/state/index.js";
+import { keys, parseAssignmentKey } from "../../pkg/cluster/state/index.js";
 import { startEtcd, type EtcdProcess } from "../../test/support/etcd.js";
 import { until } from "../../test/support/procs.js";
 import { Server } from "./server.js";
@@ -147,7 +147,7 @@ describe("two schedulers placing at once", () => {
     const assignments = await store.range(keys.assignments);
     const assigned = assignments.kvs.map((kv) => kv.key.slice(keys.assignments.length));
     assert.equal(assigned.length, room, "one assignment per placed instance");
-    assert.equal(new Set(assigned.map((k) => k.split("/")[1])).size, room, "no instance assigned twice");
+    assert.equal(new Set(assigned.map((k) => parseAssignmentKey(keys.assignments + k)![1])).size, room, "no instance assigned twice");
     for (let n = 0; n < NODES; n++) {
       const kv = await store.get(keys.allocation(`rn${n}`));
       const alloc = kv ? fromBinary(AllocationSchema, kv.value) : undefined;

@@ -90,7 +90,7 @@ describe("secret environment values are write-only", () => {
     }
     assert.deepEqual(seen[0]?.spec?.env, { MODE: "prod" });
     // The store keeps the value (for the node), and the mock driver was given one environment.
-    const stored = fromBinary(InstanceSchema, (await store.get(keys.instance("db-1")))!.value);
+    const stored = fromBinary(InstanceSchema, (await store.get(keys.instance("default/db-1")))!.value);
     assert.deepEqual(stored.spec?.secretEnv, { DB_PASSWORD: "hunter2" });
     const handle = JSON.parse(await readFile(join(dir, "n1", "mock", "db-1.json"), "utf8")) as { spec: { env: Record<string, string> } };
     assert.deepEqual(handle.spec.env, { MODE: "prod", DB_PASSWORD: "hunter2" });
@@ -109,6 +109,6 @@ describe("secret environment values are write-only", () => {
       assert.match(err.rawMessage, re);
     }
     // The agent and controllers write beside the test, so look at the key rather than the revision.
-    assert.equal(await store.get(keys.instance("bad-1")), undefined);
+    assert.equal(await store.get(keys.instance("default/bad-1")), undefined);
   });
 });

@@ -343,7 +343,7 @@ for (const kind of ["embedded", "etcd"] as const)
         return i.status?.phase === Phase.SCHEDULED ? i : undefined;
       });
       assert.equal(placed.status?.node, "large");
-      assert.ok(await store.get(keys.assignment("large", "big-one")), "assignment written");
+      assert.ok(await store.get(keys.assignment("large", "default/big-one")), "assignment written");
       const node = (await nodes.getNode({ name: "large" })).node!;
       assert.equal(node.condition, NodeCondition.READY);
       assert.equal(node.instanceCount, 1);
@@ -371,12 +371,12 @@ for (const kind of ["embedded", "etcd"] as const)
       // List filters read the agent's status where it reported (same uid), the record otherwise.
       // Placed on a node no test has (as the scheduler writes it), which reports it Running.
       // (By compare-and-swap: the placement controller writes its Pending reason beside the test.)
-      await update(store, keys.instance("batch-0"), codecs.instance, ({ value }) => {
+      await update(store, keys.instance("default/batch-0"), codecs.instance, ({ value }) => {
         const place = placeOps(value!, 0, "elsewhere");
         return { value: place.next, ops: place.ops.slice(1) };
       });
       await store.put(
-        keys.status("elsewhere", "batch-0"),
+        keys.status("elsewhere", "default/batch-0"),
         toBinary(
           InstanceSchema,
           create(InstanceSchema, { name: "batch-0", uid: made[0]!.uid, status: { phase: Phase.RUNNING, node: "elsewhere" } }),
@@ -392,9 +392,9 @@ for (const kind of ["embedded", "etcd"] as const)
       assert.equal((await instances.listInstances({ filter: { labelSelector: "set=b,x=y" } })).instances.length, 0);
       // Back to Pending, as the HA controller takes one off a lost node: nothing runs it any more,
       // so the deletes below remove it at once.
-      await update(store, keys.instance("batch-0"), codecs.instance, ({ value }) => {
+      await update(store, keys.instance("default/batch-0"), codecs.instance, ({ value }) => {
         const back = unplaceOps(value!, 0, "elsewhere", undefined, "back");
-        const record = back.ops.find((o) => o.type === "put" && o.key === keys.instance("batch-0"));
+        const record = back.ops.find((o) => o.type === "put" && o.key === keys.instance("default/batch-0"));
         assert.ok(record?.type === "put");
         return { value: codecs.instance.decode(record.value), ops: back.ops.filter((o) => o !== record) };
       });
@@ -461,13 +461,13 @@ for (const kind of ["embedded", "etcd"] as const)
       );
       // Nothing of a refused batch was written.
       assert.deepEqual(await instanceKeys(), before, "no refusal wrote anything");
-      assert.equal(await store.get(keys.instance("fresh-0")), undefined);
-      assert.equal(await store.get(keys.instance("fresh-1")), undefined);
-      assert.equal(await store.get(keys.instance("too-many-0")), undefined);
+      assert.equal(await store.get(keys.instance("default/fresh-0")), undefined);
+      assert.equal(await store.get(keys.instance("default/fresh-1")), undefined);
+      assert.equal(await store.get(keys.instance("default/too-many-0")), undefined);
       assert.equal((await instances.getInstance({ name: "batch-1" })).instance?.uid, made[1]!.uid, "the taken one is untouched");
 
       for (const name of names) await instances.deleteInstance({ name });
-      for (const name of names) assert.equal(await store.get(keys.instance(name)), undefined, `${name} deleted`);
+      for (const name of names) assert.equal(await store.get(keys.instance(`default/${name}`)), undefined, `${name} deleted`);
     });
 
     it("refuses instances too big for a store write, and places big ones in txns etcd takes", async () => {
@@ -500,12 +500,13 @@ for (const kind of ["embedded", "etcd"] as const)
       try {
         for (const name of names)
           await until(`${name} placed`, async () => (await instances.getInstance({ name })).instance?.status?.node === "bulky-node");
-        for (const name of names) assert.ok(await store.get(keys.assignment("bulky-node", name)), `${name} assigned`);
+        for (const name of names) assert.ok(await store.get(keys.assignment("bulky-node", `default/${name}`)), `${name} assigned`);
       } finally {
         // Play the agent's part, then take the node away: the later tests count two nodes.
         for (const name of names) await instances.deleteInstance({ name });
-        for (const name of names) await store.delete(keys.assignment("bulky-node", name));
-        for (const name of names) await until(`${name} removed`, async () => (await store.get(keys.instance(name))) === undefined);
+        for (const name of names) await store.delete(keys.assignment("bulky-node", `default/${name}`));
+        for (const name of names)
+          await until(`${name} removed`, async () => (await store.get(keys.instance(`default/${name}`))) === undefined);
         await store.delete(keys.alive("bulky-node"));
         await store.delete(keys.node("bulky-node"));
         await store.delete(keys.allocation("bulky-node"));
@@ -558,8 +559,11 @@ for (const kind of ["embedded", "etcd"] as const)
       // Leave nothing behind for the tests that follow: play the agent's part for db-1.
       await instances.deleteInstance({ name: "db-2" });
       await instances.deleteInstance({ name: "db-1" });
-      await store.delete(keys.assignment("zb-1", "db-1"));
-      await until("both gone", async () => !(await store.get(keys.instance("db-1"))) && !(await store.get(keys.instance("db-2"))));
+      await store.delete(keys.assignment("zb-1", "default/db-1"));
+      await until(
+        "both gone",
+        async () => !(await store.get(keys.instance("default/db-1"))) && !(await store.get(keys.instance("default/db-2"))),
+      );
       await store.delete(keys.node("gpu-1"));
       await store.delete(keys.node("zb-1"));
     });
@@ -582,7 +586,7 @@ for (const kind of ["embedded", "etcd"] as const)
 
     it("stop timeouts and log tails have a maximum, and a refusal changes nothing", async () => {
       // The instance's own record, not the store revision: the leader's controllers write too.
-      const rev = (await store.get(keys.instance("big-one")))!.modRevision;
+      const rev = (await store.get(keys.instance("default/big-one")))!.modRevision;
       for (const timeoutSeconds of [3601, 4_294_967_295])
         await assert.rejects(instances.stopInstance({ name: "big-one", timeoutSeconds }), (e: unknown) => {
           const ce = ConnectError.from(e);
@@ -601,7 +605,7 @@ for (const kind of ["embedded", "etcd"] as const)
           return true;
         },
       );
-      assert.equal((await store.get(keys.instance("big-one")))!.modRevision, rev, "a refused stop wrote the instance");
+      assert.equal((await store.get(keys.instance("default/big-one")))!.modRevision, rev, "a refused stop wrote the instance");
       const stopped = (await instances.stopInstance({ name: "big-one", timeoutSeconds: 3600 })).instance!;
       assert.equal(stopped.labels["hypervisor.io/stop-timeout-seconds"], "3600");
       await instances.startInstance({ name: "big-one" });
@@ -723,7 +727,7 @@ for (const kind of ["embedded", "etcd"] as const)
       // Back to back, as an agent does when a start is quick: Creating, then Running.
       for (const phase of [Phase.CREATING, Phase.RUNNING])
         await store.put(
-          keys.status("large", "big-one"),
+          keys.status("large", "default/big-one"),
           toBinary(InstanceSchema, create(InstanceSchema, { name: "big-one", uid, status: { phase, node: "large" } })),
         );
       await until("the watch delivers Running", () => phases.at(-1) === Phase.RUNNING, 20_000);
@@ -742,10 +746,10 @@ for (const kind of ["embedded", "etcd"] as const)
         (e: unknown) => ConnectError.from(e).code === Code.FailedPrecondition,
       );
       // Still there: no agent has dropped the assignment yet.
-      assert.ok(await store.get(keys.instance("big-one")));
+      assert.ok(await store.get(keys.instance("default/big-one")));
       // Play the agent's part: it destroyed the instance and drops its assignment.
-      await store.delete(keys.assignment("large", "big-one"));
-      await until("record removed", async () => (await store.get(keys.instance("big-one"))) === undefined);
+      await store.delete(keys.assignment("large", "default/big-one"));
+      await until("record removed", async () => (await store.get(keys.instance("default/big-one"))) === undefined);
       const node = await until("allocation released", async () => {
         const n = (await nodes.getNode({ name: "large" })).node!;
         return n.instanceCount === 0 ? n : undefined;
@@ -779,7 +783,7 @@ for (const kind of ["embedded", "etcd"] as const)
       await addNode(store, "orph-2", 8, 8192);
       const orphan = (node: string, over: { uid?: string; reason?: OrphanReason; placedNode?: string; state?: string } = {}) =>
         store.put(
-          keys.orphan(node, "lost-1"),
+          keys.orphan(node, "default/lost-1"),
           toBinary(
             OrphanSchema,
             create(OrphanSchema, {
@@ -815,7 +819,7 @@ for (const kind of ["embedded", "etcd"] as const)
       assert.equal(adopted.spec?.vcpus, 2);
       assert.equal(adopted.spec?.desiredPowerState, PowerState.RUNNING);
       assert.equal(adopted.labels.app, "db");
-      const assignment = await store.get(keys.assignment("orph-1", "lost-1"));
+      const assignment = await store.get(keys.assignment("orph-1", "default/lost-1"));
       assert.equal(assignment && fromBinary(AssignmentSchema, assignment.value).instance?.uid, "u-lost-1");
       assert.equal((await nodes.getNode({ name: "orph-1" })).node?.instanceCount, 1, "its resources are reserved there");
       const again = (await nodes.adoptOrphan({ node: "orph-1", name: "lost-1" })).instance!;
@@ -825,26 +829,26 @@ for (const kind of ["embedded", "etcd"] as const)
       await orphan("orph-2", { reason: OrphanReason.FENCED, placedNode: "orph-1", state: "stopped" });
       const moved = (await nodes.adoptOrphan({ node: "orph-2", name: "lost-1" })).instance!;
       assert.equal(moved.status?.node, "orph-2");
-      assert.equal(await store.get(keys.assignment("orph-1", "lost-1")), undefined);
-      assert.ok(await store.get(keys.assignment("orph-2", "lost-1")));
+      assert.equal(await store.get(keys.assignment("orph-1", "default/lost-1")), undefined);
+      assert.ok(await store.get(keys.assignment("orph-2", "default/lost-1")));
       assert.equal((await nodes.getNode({ name: "orph-1" })).node?.instanceCount, 0);
       assert.equal((await nodes.getNode({ name: "orph-2" })).node?.instanceCount, 1);
 
       // An orphan of another uid under a name the cluster uses: refused, nothing written.
       await orphan("orph-1", { uid: "u-other" });
-      const rev = (await store.get(keys.instance("lost-1")))!.modRevision;
+      const rev = (await store.get(keys.instance("default/lost-1")))!.modRevision;
       await assert.rejects(nodes.adoptOrphan({ node: "orph-1", name: "lost-1" }), code(Code.FailedPrecondition, /exists with another uid/));
-      assert.equal((await store.get(keys.instance("lost-1")))!.modRevision, rev);
+      assert.equal((await store.get(keys.instance("default/lost-1")))!.modRevision, rev);
       // Purge goes through the node's agent: none runs here.
       await assert.rejects(nodes.purgeOrphan({ node: "orph-1", name: "lost-1" }), code(Code.Unavailable, /publishes no endpoint/));
       await assert.rejects(nodes.purgeOrphan({ node: "orph-1", name: "nope" }), code(Code.NotFound));
 
       // Leave nothing behind: delete it and play its agent's part.
       await instances.deleteInstance({ name: "lost-1" });
-      await store.delete(keys.assignment("orph-2", "lost-1"));
-      await until("lost-1 gone", async () => !(await store.get(keys.instance("lost-1"))));
+      await store.delete(keys.assignment("orph-2", "default/lost-1"));
+      await until("lost-1 gone", async () => !(await store.get(keys.instance("default/lost-1"))));
       for (const n of ["orph-1", "orph-2"]) {
-        await store.delete(keys.orphan(n, "lost-1"));
+        await store.delete(keys.orphan(n, "default/lost-1"));
         await store.delete(keys.node(n));
         await store.delete(keys.alive(n));
       }
@@ -879,11 +883,11 @@ for (const kind of ["embedded", "etcd"] as const)
       assert.doesNotMatch((await instances.explainInstance({ name: "vm-scratch" })).summary, /not moved/);
       for (const n of ["vm-local", "vm-scratch"]) {
         await instances.deleteInstance({ name: n });
-        await store.delete(keys.assignment("vmhost-1", n));
+        await store.delete(keys.assignment("vmhost-1", `default/${n}`));
       }
       await until(
         "both gone",
-        async () => !(await store.get(keys.instance("vm-local"))) && !(await store.get(keys.instance("vm-scratch"))),
+        async () => !(await store.get(keys.instance("default/vm-local"))) && !(await store.get(keys.instance("default/vm-scratch"))),
       );
       await store.delete(keys.node("vmhost-1"));
       await until(

@@ -21,7 +21,7 @@ import { trackWrites } from "./write-tracker.js";
 import { InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { type Store, StoreError, StoreUnavailableError } from "../../pkg/cluster/store/index.js";
-import { clusterId, keys } from "../../pkg/cluster/state/index.js";
+import { clusterId, keys, migrateToProjects } from "../../pkg/cluster/state/index.js";
 import { type Logger, logger } from "../../pkg/log/index.js";
 import { clusterService } from "./cluster-service.js";
 import { imageService } from "./image-service.js";
@@ -34,7 +34,20 @@ import { agentSupportService } from "./agent-support-service.js";
 import { AgentSupportService } from "../../api/gen/hypervisor/v1/agent_pb.js";
 import { IdentityService } from "../../api/gen/hypervisor/v1/identity_pb.js";
 import { AccessService } from "../../api/gen/hypervisor/v1/access_pb.js";
-import { accessService, auditService, Authorizer, ensureBootstrapToken, METRICS_RULE, type AuditLog } from "./access/index.js";
+import {
+  accessService,
+  auditService,
+  Authorizer,
+  callerKey,
+  ensureBootstrapToken,
+  METRICS_RULE,
+  RoleBindingIndex,
+  UNRESTRICTED,
+  type AuditLog,
+  type AuthConfig,
+} from "./access/index.js";
+import { ProjectService } from "../../api/gen/hypervisor/v1/project_pb.js";
+import { ensureDefaultProject, projectService } from "./project-service.js";
 import { AuditService } from "../../api/gen/hypervisor/v1/audit_pb.js";
 import type { CertificateAuthority } from "../../pkg/pki/index.js";
 import { OriginPolicy, type OriginPolicyOptions } from "./origin-policy.js";
@@ -106,6 +119,10 @@ export interface ServerOptions {
    * check at all, for component tests of other features; the binary always checks.
    */
   access: { bootstrapDir: string } | "none";
+  /** What GetAuthConfig tells login pages and `login --oidc` (OIDC issuer and client). */
+  auth?: AuthConfig;
+  /** Verifies OIDC ID tokens presented as bearers (access/oidc.ts); none: API tokens only. */
+  oidc?: { verify(token: string, signal?: AbortSignal): Promise<{ user: string; groups: string[] }> };
   /** With access on: the audit log every refusal and change is written to (access/audit.ts). */
   audit?: AuditLog;
   log?: Logger;
@@ -154,7 +171,10 @@ export class Server {
       agents: new AgentClient(store, opts.tls ? { tls: { ca: opts.tls.caPem, cert: opts.tls.certPem, key: opts.tls.keyPem } } : {}),
     };
     this.consoles = new ConsoleProxy(this.ctx, this.opts.consoleLocalDirect ?? true);
-    this.authorizer = opts.access === "none" ? undefined : new Authorizer(store, informers.apiTokens);
+    this.authorizer =
+      opts.access === "none"
+        ? undefined
+        : new Authorizer(store, informers.apiTokens, Date.now, new RoleBindingIndex(informers.roleBindings), opts.oidc);
   }
 
   /** Undefined when access is "none". */
@@ -172,7 +192,8 @@ export class Server {
     router.service(ClusterService, clusterService(this.ctx));
     router.service(ImageService, imageService(this.ctx, this.opts.maxImageBytes));
     router.service(ConsoleService, consoleService(this.ctx, this.opts.consoleTicketTtlMs));
-    router.service(AccessService, accessService(this.ctx.store, this.log.child({ component: "access" })));
+    router.service(AccessService, accessService(this.ctx.store, this.log.child({ component: "access" }), this.opts.auth));
+    router.service(ProjectService, projectService(this.ctx));
     router.service(AuditService, auditService(this.opts.audit, this.serverId));
     // Only useful (and only reachable by a node) over TLS, where clients prove who they are.
     if (this.opts.tls) router.service(AgentSupportService, agentSupportService(this.ctx));
@@ -206,13 +227,17 @@ export class Server {
       const file = await ensureBootstrapToken(this.ctx.store, this.opts.access.bootstrapDir, this.serverId);
       if (file) this.ctx.log.warn({ file }, "the cluster's first start: its bootstrap admin token is in this file (0600); keep it safe");
     }
+    // Before the informers list instances: they see the keys of now, never those of before projects.
+    const migrated = await migrateToProjects(this.ctx.store, signal);
+    if (migrated > 0) this.ctx.log.warn({ keys: migrated }, "moved instances made before projects into project default");
+    await ensureDefaultProject(this.ctx.store, signal);
     await this.startInformers(signal);
     this.health.informers = "";
     const handler = connectNodeAdapter({
       // Every request read strictly; every call authenticated and authorized before it runs.
       ...strictInput({
         routes: this.routes,
-        interceptors: [this.edge, ...(this.authorizer ? [this.authorizer.interceptor(this.opts.audit)] : [])],
+        interceptors: [this.edge, this.authorizer ? this.authorizer.interceptor(this.opts.audit) : unrestricted],
       }),
       readMaxBytes: this.opts.readMaxBytes ?? 4 * 1024 * 1024, // also enforced on streamed bodies
       fallback: (req, res) => void this.serveOther(req, res),
@@ -398,3 +423,9 @@ async function withDeadline(next: Parameters<Interceptor>[0], req: Parameters<Pa
     clearTimeout(timer);
   }
 }
+
+/** With access control off (`access: "none"`): every call acts with every right. */
+const unrestricted: Interceptor = (next) => (req) => {
+  req.contextValues.set(callerKey, UNRESTRICTED);
+  return next(req);
+};

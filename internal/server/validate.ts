@@ -14,7 +14,7 @@ import {
   TolerationOperator,
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { checkDriverSpec, DRIVER_NAMES, driverEntry } from "../../pkg/compute/driver/index.js";
-import { RESERVED_LABEL_PREFIX, RESTART_LABEL } from "../../pkg/cluster/state/index.js";
+import { DEFAULT_PROJECT, instanceRef, RESERVED_LABEL_PREFIX, RESTART_LABEL, splitRef } from "../../pkg/cluster/state/index.js";
 import {
   checkDisk,
   checkLabelKey,
@@ -62,6 +62,22 @@ export function prefixed<T>(prefix: string, check: () => T): T {
 
 export function validateName(field: string, name: string): void {
   refuse(checkName(field, name));
+}
+
+/** "web" in the default project, "web in project ci" in another: how messages name an instance. */
+export function showRef(ref: string): string {
+  const { project, name } = splitRef(ref);
+  return project === DEFAULT_PROJECT ? show(name) : `${show(name)} in project ${show(project)}`;
+}
+
+/**
+ * The ref ("<project>/<name>") of the instance a request names, both parts checked: `prefix` is
+ * the request's path in a batch ("instances[3].").
+ */
+export function requestRef(req: { readonly project: string; readonly name: string }, prefix = ""): string {
+  if (req.project !== "") refuse(checkName(`${prefix}project`, req.project));
+  refuse(checkName(`${prefix}name`, req.name));
+  return instanceRef(req.project, req.name);
 }
 
 export function validateLabels(field: string, labels: Record<string, string>, allowReserved = false): void {

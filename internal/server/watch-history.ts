@@ -29,7 +29,7 @@ export class WatchHistory {
     informers.instances.subscribe((ev) => ev.type === "delete" && this.add(ev.key.slice(keys.instances.length), ev.revision));
     informers.statuses.subscribe((ev) => {
       const k = parseNodeKey(ev.key);
-      if (ev.type === "delete" && k?.kind === "status") this.add(k.name, ev.revision);
+      if (ev.type === "delete" && k?.kind === "status") this.add(k.ref, ev.revision);
     });
   }
 

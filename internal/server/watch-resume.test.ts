@@ -58,8 +58,9 @@ describe("watch resume", () => {
     // Meanwhile: c changes, d is created, b's record goes (as the garbage collector removes it).
     await client.stopInstance({ name: "c" });
     await client.createInstance({ name: "d", spec });
-    await store.delete(keys.instance("b"));
-    for (let i = 0; i < 200 && server.ctx.informers.instances.get(keys.instance("b")); i++) await new Promise((r) => setTimeout(r, 10));
+    await store.delete(keys.instance("default/b"));
+    for (let i = 0; i < 200 && server.ctx.informers.instances.get(keys.instance("default/b")); i++)
+      await new Promise((r) => setTimeout(r, 10));
 
     const resumed = await untilSynced(last);
     assert.deepEqual(

@@ -8,6 +8,8 @@ export {
   checkLabelValue,
   checkMemory,
   checkName,
+  checkPrincipal,
+  isHostName,
   checkSize,
   checkStopTimeout,
   checkTailBytes,

@@ -80,11 +80,11 @@ describe("a cluster under etcd TLS, client-certificate auth and node roles", { t
       });
       await asNode.put(`${keys.nodePrefix("c1")}probe`, new Uint8Array([1]));
       for (const key of [
-        keys.status("c2", "x"),
+        keys.status("c2", "default/x"),
         keys.alive("c2"),
         keys.endpoint("c2"),
-        keys.instance("x"),
-        keys.assignment("c1", "x"),
+        keys.instance("default/x"),
+        keys.assignment("c1", "default/x"),
         keys.nodeFlags("c1"),
       ])
         await assert.rejects(asNode.put(key, new Uint8Array([1])), PermissionDeniedError, key);

@@ -123,7 +123,8 @@ describe("data safety on the real libvirtd (etcd, server, two agents, ctl)", { t
   /** What a store restored from an older backup looks like for one instance: it never existed. */
   const forget = async (name: string, node: string) => {
     const { uid } = await get(name);
-    for (const k of [keys.instance(name), keys.assignment(node, name), keys.status(node, name)]) await store.delete(k);
+    for (const k of [keys.instance(`default/${name}`), keys.assignment(node, `default/${name}`), keys.status(node, `default/${name}`)])
+      await store.delete(k);
     const kv = await store.get(keys.allocation(node));
     if (!kv) return;
     const alloc = fromBinary(AllocationSchema, kv.value);

@@ -495,7 +495,11 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
     // A store restored from a backup older than kept-1: its agent keeps it and reports it.
     const store = await etcd.openAsServer();
     try {
-      for (const k of [keys.instance("kept-1"), keys.assignment("ui-node", "kept-1"), keys.status("ui-node", "kept-1")])
+      for (const k of [
+        keys.instance("default/kept-1"),
+        keys.assignment("ui-node", "default/kept-1"),
+        keys.status("ui-node", "default/kept-1"),
+      ])
         await store.delete(k);
     } finally {
       await store.close();

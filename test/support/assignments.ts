@@ -18,7 +18,7 @@ import {
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { type Store } from "../../pkg/cluster/store/index.js";
-import { keys, parseNodeKey } from "../../pkg/cluster/state/index.js";
+import { instanceRef, keys, parseNodeKey, refOf } from "../../pkg/cluster/state/index.js";
 
 type SpecFields = Partial<Omit<InstanceSpec, "$typeName" | "$unknown">>;
 
@@ -43,12 +43,12 @@ export function newInstance(name: string, node: string, spec: SpecFields = {}, l
 }
 
 export async function assign(store: Store, node: string, inst: Instance): Promise<void> {
-  await store.put(keys.assignment(node, inst.name), toBinary(AssignmentSchema, create(AssignmentSchema, { instance: inst })));
+  await store.put(keys.assignment(node, refOf(inst)), toBinary(AssignmentSchema, create(AssignmentSchema, { instance: inst })));
 }
 
 /** Changes the assigned instance as the API does: edit, bump the generation, rewrite. */
 export async function change(store: Store, node: string, name: string, edit: (i: Instance) => void): Promise<Instance> {
-  const kv = await store.get(keys.assignment(node, name));
+  const kv = await store.get(keys.assignment(node, `default/${name}`));
   assert.ok(kv, `assignment ${name} exists`);
   const inst = fromBinary(AssignmentSchema, kv.value).instance!;
   edit(inst);
@@ -57,17 +57,21 @@ export async function change(store: Store, node: string, name: string, edit: (i:
   return inst;
 }
 
-/** The status an agent wrote for `name`, on whichever node (nodes/<node>/status/<name>). */
+/**
+ * The status an agent wrote for `name` (a ref "<project>/<name>", or a name in the default
+ * project), on whichever node (nodes/<node>/status/<project>/<name>).
+ */
 export async function statusOf(store: Store, name: string): Promise<InstanceStatus | undefined> {
   return (await statusRecord(store, name))?.status;
 }
 
 /** The whole status record (name, uid, delete time, status) an agent wrote for `name`. */
 export async function statusRecord(store: Store, name: string): Promise<Instance | undefined> {
+  const ref = name.includes("/") ? name : instanceRef("", name);
   const { kvs } = await store.range(keys.nodes);
   const kv = kvs.find((kv) => {
     const k = parseNodeKey(kv.key);
-    return k?.kind === "status" && k.name === name;
+    return k?.kind === "status" && k.ref === ref;
   });
   return kv ? fromBinary(InstanceSchema, kv.value) : undefined;
 }

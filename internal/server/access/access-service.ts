@@ -7,14 +7,22 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { ApiTokenRecordSchema, RoleSchema, type AccessService } from "../../../api/gen/hypervisor/v1/access_pb.js";
+import {
+  ApiTokenRecordSchema,
+  ProjectRightsSchema,
+  RoleBindingSchema,
+  RoleSchema,
+  type AccessService,
+  type RoleBindingRecord,
+} from "../../../api/gen/hypervisor/v1/access_pb.js";
 import { codecs, keys, update } from "../../../pkg/cluster/state/index.js";
 import { ifAbsent, type Store } from "../../../pkg/cluster/store/index.js";
 import type { Logger } from "../../../pkg/log/index.js";
-import { checkName, checkText, LIMITS, show } from "../../../pkg/validation/index.js";
+import { checkName, checkPrincipal, checkText, LIMITS, show } from "../../../pkg/validation/index.js";
 import { invalid, refuse } from "../validate.js";
-import { callerKey, type Caller } from "./authorizer.js";
-import { isRoleName, ROLE_NAMES, ROLES, type RoleName } from "./rights.js";
+import { callerKey, may, type Caller } from "./authorizer.js";
+import { isRoleName, missingFor, ROLE_NAMES, ROLES, type Grants, type RoleName } from "./rights.js";
+import { createRoleBinding } from "./role-bindings.js";
 import { DEFAULT_TOKEN_TTL_SECONDS, MAX_TOKEN_TTL_SECONDS, newToken, publicToken, tokenRecord } from "./tokens.js";
 
 const ATTEMPTS = 5;
@@ -22,21 +30,112 @@ const ATTEMPTS = 5;
 export const MAX_TOKENS_PER_USER = 100;
 const TOKEN_ID_RE = /^[a-z0-9]{10}$/;
 
-export function accessService(store: Store, log?: Logger): ServiceImpl<typeof AccessService> {
+/** What the login pages and `login --oidc` are told (GetAuthConfig). */
+export interface AuthConfig {
+  oidcIssuer: string;
+  oidcClientId: string;
+  oidcScopes: readonly string[];
+}
+
+const grantsOf = (c: Caller): Pick<Grants, "cluster" | "projects"> => ({
+  cluster: c.rights as Grants["cluster"],
+  projects: c.projects as Grants["projects"],
+});
+
+export function accessService(store: Store, log?: Logger, auth?: AuthConfig): ServiceImpl<typeof AccessService> {
   const callerOf = (hctx: HandlerContext): Caller => hctx.values.get(callerKey);
   const manages = (c: Caller) => c.rights.has("tokens:manage");
+  /** Bindings the caller may see: all with roles:list at cluster scope; else its own and those where it binds. */
+  const sees = (c: Caller, b: RoleBindingRecord) =>
+    (c.rights.has("roles:list") && c.rights.has("roles:bind")) ||
+    b.subject === `user:${c.user}` ||
+    c.groups.some((g) => b.subject === `group:${g}`) ||
+    (b.project !== "" && may(c, "roles:bind", b.project));
+  const publicBinding = (b: RoleBindingRecord) =>
+    create(RoleBindingSchema, {
+      id: b.id,
+      subject: b.subject,
+      role: b.role,
+      project: b.project,
+      createdBy: b.createdBy,
+      ...(b.createTime ? { createTime: b.createTime } : {}),
+    });
 
   return {
     whoAmI(_req, hctx) {
       const c = callerOf(hctx);
-      return { user: c.user, authenticatedBy: c.by, tokenId: c.tokenId, roles: [...c.roles], rights: [...c.rights].sort() };
+      return {
+        user: c.user,
+        authenticatedBy: c.by,
+        tokenId: c.tokenId,
+        roles: [...c.roles],
+        rights: [...c.rights].sort(),
+        groups: [...c.groups],
+        projectRights: [...c.projects.keys()].sort().map((project) =>
+          create(ProjectRightsSchema, {
+            project,
+            roles: [...(c.projectRoles.get(project) ?? [])],
+            rights: [...c.projects.get(project)!].sort(),
+          }),
+        ),
+      };
+    },
+
+    getAuthConfig() {
+      return { oidcIssuer: auth?.oidcIssuer ?? "", oidcClientId: auth?.oidcClientId ?? "", oidcScopes: [...(auth?.oidcScopes ?? [])] };
+    },
+
+    async createRoleBinding(req, hctx) {
+      const c = callerOf(hctx);
+      const record = await createRoleBinding(store, req, { user: c.user, grants: grantsOf(c) }, hctx.signal);
+      log?.info({ binding: record.id, subject: record.subject, role: record.role, project: record.project, by: c.user }, "role bound");
+      return { roleBinding: publicBinding(record) };
+    },
+
+    async listRoleBindings(req, hctx) {
+      const c = callerOf(hctx);
+      if (req.project !== "") refuse(checkName("project", req.project));
+      const { kvs } = await store.range(keys.roleBindings, { signal: hctx.signal });
+      const out = kvs
+        .map((kv) => codecs.roleBinding.decode(kv.value))
+        .filter((b) => (req.allScopes || b.project === req.project) && sees(c, b))
+        .sort((a, b) => a.subject.localeCompare(b.subject) || a.project.localeCompare(b.project) || a.role.localeCompare(b.role));
+      return { roleBindings: out.map(publicBinding) };
+    },
+
+    async deleteRoleBinding(req, hctx) {
+      const c = callerOf(hctx);
+      if (!/^[0-9a-f]{16}$/.test(req.id)) throw invalid("id", `${show(req.id)} is not a role binding id (16 hex digits)`);
+      const res = await update(
+        store,
+        keys.roleBinding(req.id),
+        codecs.roleBinding,
+        ({ value }) => {
+          // One the caller may not see is as good as absent.
+          if (!value || !sees(c, value)) throw new ConnectError(`role binding ${show(req.id)} not found`, Code.NotFound);
+          if (!may(c, "roles:bind", value.project))
+            throw new ConnectError(
+              `${c.user} may not unbind role ${value.role} from ${value.subject}${value.project ? ` in project ${value.project}` : ""}: that needs roles:bind there`,
+              Code.PermissionDenied,
+            );
+          return { value: null };
+        },
+        { signal: hctx.signal },
+      );
+      if (res.written) log?.warn({ binding: req.id, by: c.user }, "role unbound");
+      return {};
     },
 
     async createToken(req, hctx) {
       const c = callerOf(hctx);
       const user = req.user || (c.kind === "user" ? c.user : "");
       if (!user) throw invalid("user", "is required for a caller that is not a user (a server's certificate)");
-      refuse(checkName("user", user));
+      refuse(checkPrincipal("user", user));
+      if (req.project !== "") {
+        refuse(checkName("project", req.project));
+        if (!(await store.get(keys.project(req.project), { signal: hctx.signal })))
+          throw new ConnectError(`project ${show(req.project)} not found`, Code.NotFound);
+      }
       if (user !== c.user && !manages(c))
         throw new ConnectError(
           `${c.user} may not make a token for ${show(user)}: that needs tokens:manage (role admin)`,
@@ -49,10 +148,10 @@ export function accessService(store: Store, log?: Logger): ServiceImpl<typeof Ac
         if (!roles.includes(r)) roles.push(r);
       });
       for (const r of roles) {
-        const missing = [...ROLES.get(r)!.rights].filter((right) => !c.rights.has(right));
-        if (missing.length > 0)
+        const missing = missingFor(grantsOf(c), r, req.project);
+        if (missing)
           throw new ConnectError(
-            `${c.user} may not grant role ${r}: it does not hold ${missing.slice(0, 5).join(", ")}${missing.length > 5 ? ", ..." : ""}`,
+            `${c.user} may not grant role ${r}${req.project ? ` in project ${req.project}` : ""}: it does not hold ${missing}${req.project ? " there" : ""}`,
             Code.PermissionDenied,
           );
       }
@@ -72,7 +171,7 @@ export function accessService(store: Store, log?: Logger): ServiceImpl<typeof Ac
       const ttlSeconds = req.ttlSeconds === 0 ? DEFAULT_TOKEN_TTL_SECONDS : req.ttlSeconds;
       for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
         const t = newToken();
-        const record = tokenRecord(t, { user, roles, ttlSeconds, description: req.description, createdBy: c.user });
+        const record = tokenRecord(t, { user, roles, project: req.project, ttlSeconds, description: req.description, createdBy: c.user });
         // An id already taken draws another.
         const res = await store.txn(
           [ifAbsent(keys.apiToken(t.id))],

@@ -17,7 +17,20 @@ import { InstanceService } from "../../../api/gen/hypervisor/v1/instance_pb.js";
 import type { Store } from "../../../pkg/cluster/store/index.js";
 import { Server } from "../server.js";
 import { startServerWithAccess, type AccessServer } from "../../../test/support/api-server.js";
-import { ADMIN_TOKEN_FILE, ANONYMOUS, Authorizer, newToken, ROLE_NAMES, ROLES, RULES, tokenRecord, type Caller } from "./index.js";
+import {
+  ADMIN_TOKEN_FILE,
+  ANONYMOUS,
+  Authorizer,
+  grant,
+  newToken,
+  noGrants,
+  ROLE_NAMES,
+  RULES,
+  tokenRecord,
+  UNRESTRICTED,
+  withGrants,
+  type Caller,
+} from "./index.js";
 import { STORE_READS_PER_SECOND } from "./authorizer.js";
 import { MAX_TOKENS_PER_USER } from "./access-service.js";
 import { codecs, keys } from "../../../pkg/cluster/state/index.js";
@@ -37,14 +50,8 @@ async function allMethods(): Promise<string[]> {
   return out.sort();
 }
 
-const roleCaller = (role: string): Caller => ({
-  kind: "user",
-  user: `a-${role}`,
-  by: "token",
-  tokenId: "x",
-  roles: [role],
-  rights: ROLES.get(role as never)!.rights,
-});
+const roleCaller = (role: string, project = ""): Caller =>
+  withGrants({ kind: "user", user: `a-${role}`, groups: [], by: "token", tokenId: "x" }, grant(noGrants(), role, project));
 
 describe("access rules", () => {
   it("every method of every service has a rule, and no rule names a method that does not exist", async () => {
@@ -62,32 +69,38 @@ describe("access rules", () => {
     );
   });
 
-  it("each built-in role is allowed and refused as docs/access.md says, for every method", async () => {
-    const rows = (await readFile(DOC, "utf8"))
-      .split("\n")
-      .filter((l) => /^\|\s*`[A-Za-z]+Service\/[A-Za-z]+`/.test(l))
-      .map((l) =>
-        l
-          .split("|")
-          .slice(1, -1)
-          .map((c) => c.trim()),
+  it("each built-in role is allowed and refused as docs/access.md says, for every method, bound at cluster scope or in a project", async () => {
+    const doc = (await readFile(DOC, "utf8")).split("\n");
+    /** The rows of the table whose header's first cell matches `head`. */
+    const table = (head: RegExp) => {
+      const at = doc.findIndex((l) => head.test(l.split("|")[1]?.trim() ?? ""));
+      assert.ok(at >= 0, `docs/access.md has a table headed ${head}`);
+      const header = doc[at]!.split("|")
+        .slice(1, -1)
+        .map((c) => c.trim());
+      const rows: string[][] = [];
+      for (let i = at + 2; i < doc.length && doc[i]!.startsWith("|"); i++)
+        rows.push(
+          doc[i]!.split("|")
+            .slice(1, -1)
+            .map((c) => c.trim()),
+        );
+      return { header, rows };
+    };
+    const cluster = table(/^method$/);
+    const inProject = table(/^method \(bound in project p/);
+    assert.deepEqual(cluster.header.slice(2), [...ROLE_NAMES]);
+    assert.deepEqual(inProject.header.slice(1), [...ROLE_NAMES]);
+    for (const t of [cluster, inProject]) {
+      const documented = new Set(t.rows.map((r) => `hypervisor.v1.${r[0]!.replace(/`/g, "")}`));
+      assert.deepEqual(
+        [...RULES.keys()].filter((k) => !documented.has(k)),
+        [],
+        "rules missing from the doc's table",
       );
-    const header = (await readFile(DOC, "utf8")).split("\n").find((l) => /^\|\s*method\s*\|/.test(l))!;
-    assert.deepEqual(
-      header
-        .split("|")
-        .slice(3, -1)
-        .map((c) => c.trim()),
-      [...ROLE_NAMES],
-    );
-    const documented = new Set(rows.map((r) => `hypervisor.v1.${r[0]!.replace(/`/g, "")}`));
-    assert.deepEqual(
-      [...RULES.keys()].filter((k) => !documented.has(k)),
-      [],
-      "rules missing from the doc's table",
-    );
+    }
     const authz = new Authorizer(undefined as unknown as Store);
-    for (const r of rows) {
+    for (const r of cluster.rows) {
       const method = `hypervisor.v1.${r[0]!.replace(/`/g, "")}`;
       const rule = RULES.get(method);
       assert.ok(rule, `the doc names ${method}, which has no rule`);
@@ -97,19 +110,25 @@ describe("access rules", () => {
         assert.equal(r[2 + i], allowed ? "yes" : "no", `${method} for ${role}`);
       });
     }
+    // The same roles bound in project p, for a request in p; and refused for a request in q.
+    const inP = { project: "p", name: "p", instances: [{ project: "p" }] };
+    const inQ = { project: "q", name: "q", instances: [{ project: "q" }] };
+    for (const r of inProject.rows) {
+      const method = `hypervisor.v1.${r[0]!.replace(/`/g, "")}`;
+      const rule = RULES.get(method)!;
+      ROLE_NAMES.forEach((role, i) => {
+        const allowed = authz.decide(roleCaller(role, "p"), rule, method, inP).allowed;
+        assert.equal(r[1 + i], allowed ? "yes" : "no", `${method} for ${role} in project p`);
+        if (rule.kind === "right" && rule.in && rule.in(inQ) !== "*")
+          assert.equal(authz.decide(roleCaller(role, "p"), rule, method, inQ).allowed, false, `${method} for ${role} of p, in q`);
+      });
+    }
   });
 
   it("anonymous callers reach only public calls; nodes only theirs; servers everything but the nodes' calls", () => {
     const authz = new Authorizer(undefined as unknown as Store);
-    const server: Caller = {
-      kind: "server",
-      user: "server:s",
-      by: "certificate",
-      tokenId: "",
-      roles: ["admin"],
-      rights: ROLES.get("admin")!.rights,
-    };
-    const node: Caller = { kind: "node", user: "node:n", by: "certificate", tokenId: "", roles: [], rights: new Set() };
+    const server: Caller = { ...UNRESTRICTED, user: "server:s", by: "certificate" };
+    const node: Caller = withGrants({ kind: "node", user: "node:n", groups: [], by: "certificate", tokenId: "" }, noGrants());
     for (const [method, rule] of RULES) {
       const anon = authz.decide(ANONYMOUS, rule, method);
       assert.equal(anon.allowed, rule.kind === "public", method);
@@ -239,7 +258,7 @@ describe("a server with access on", () => {
     assert.deepEqual((await v.instances.listInstances({})).instances, []);
     const denied = await code(v.instances.createInstance({ name: "x", spec: { driver: "mock", vcpus: 1, memoryMib: 64n } }));
     assert.equal(denied.code, Code.PermissionDenied);
-    assert.match(denied.message, /admin may not instances:create \(roles: viewer\)/);
+    assert.match(denied.message, /admin may not instances:create in project default \(roles: viewer\)/);
     const escalate = await code(v.access.createToken({ roles: ["operator"] }));
     assert.equal(escalate.code, Code.PermissionDenied);
     assert.match(escalate.message, /may not grant role operator/);

@@ -7,14 +7,38 @@
  *   authenticated  any caller with a valid token or cluster certificate
  *   node           a node's certificate only (renewal, instance lookups)
  *   servers        a server's certificate only (AgentService: served by agents, for servers)
- *   right          a caller whose roles give that right (servers hold every right)
+ *   right          a caller whose roles give that right (servers hold every right): at cluster
+ *                  scope, or, for a rule with `in`, in every project the request names ("*":
+ *                  in some project; the handler then shows only what the caller may see)
  */
+import { DEFAULT_PROJECT } from "../../../pkg/cluster/state/index.js";
 import type { Right } from "./rights.js";
 
-export type Rule =
-  { kind: "public" } | { kind: "authenticated" } | { kind: "node" } | { kind: "servers" } | { kind: "right"; right: Right };
+/** The projects a request acts in: "" is cluster scope, "*" any project the caller has the right in. */
+export type ProjectsOf = (message: Record<string, unknown>) => readonly string[] | "*";
 
-const right = (r: Right): Rule => ({ kind: "right", right: r });
+export type Rule =
+  | { kind: "public" }
+  | { kind: "authenticated" }
+  | { kind: "node" }
+  | { kind: "servers" }
+  | { kind: "right"; right: Right; in?: ProjectsOf };
+
+const right = (r: Right, in_?: ProjectsOf): Rule => (in_ ? { kind: "right", right: r, in: in_ } : { kind: "right", right: r });
+const str = (v: unknown) => (typeof v === "string" ? v : "");
+/** The request's `project` field, empty meaning the default project. */
+const project: ProjectsOf = (m) => [str(m.project) || DEFAULT_PROJECT];
+/** A list or watch: one project, or "*". */
+const listed: ProjectsOf = (m) => (m.project === "*" ? "*" : [str(m.project) || DEFAULT_PROJECT]);
+/** A batch: each entry's project. */
+const batch: ProjectsOf = (m) =>
+  Array.isArray(m.instances) ? [...new Set(m.instances.map((i: Record<string, unknown>) => str(i.project) || DEFAULT_PROJECT))] : [];
+/** ProjectService: the project is the request's name. */
+const named: ProjectsOf = (m) => [str(m.name)];
+/** A binding's scope: its project, or cluster scope. */
+const scope: ProjectsOf = (m) => [str(m.project)];
+const anywhere: ProjectsOf = () => "*";
+const inst = (r: Right) => right(r, project);
 const PUBLIC: Rule = { kind: "public" };
 const AUTHENTICATED: Rule = { kind: "authenticated" };
 const NODE: Rule = { kind: "node" };
@@ -23,18 +47,18 @@ const SERVERS: Rule = { kind: "servers" };
 const P = "hypervisor.v1.";
 
 export const RULES: ReadonlyMap<string, Rule> = new Map<string, Rule>([
-  [`${P}InstanceService/CreateInstance`, right("instances:create")],
-  [`${P}InstanceService/CreateInstances`, right("instances:create")],
-  [`${P}InstanceService/GetInstance`, right("instances:get")],
-  [`${P}InstanceService/ListInstances`, right("instances:list")],
-  [`${P}InstanceService/DeleteInstance`, right("instances:delete")],
-  [`${P}InstanceService/StartInstance`, right("instances:power")],
-  [`${P}InstanceService/StopInstance`, right("instances:power")],
-  [`${P}InstanceService/RestartInstance`, right("instances:power")],
-  [`${P}InstanceService/WatchInstances`, right("instances:watch")],
-  [`${P}InstanceService/SetInstanceMemory`, right("instances:memory")],
-  [`${P}InstanceService/GetInstanceLogs`, right("instances:logs")],
-  [`${P}InstanceService/ExplainInstance`, right("instances:get")],
+  [`${P}InstanceService/CreateInstance`, inst("instances:create")],
+  [`${P}InstanceService/CreateInstances`, right("instances:create", batch)],
+  [`${P}InstanceService/GetInstance`, inst("instances:get")],
+  [`${P}InstanceService/ListInstances`, right("instances:list", listed)],
+  [`${P}InstanceService/DeleteInstance`, inst("instances:delete")],
+  [`${P}InstanceService/StartInstance`, inst("instances:power")],
+  [`${P}InstanceService/StopInstance`, inst("instances:power")],
+  [`${P}InstanceService/RestartInstance`, inst("instances:power")],
+  [`${P}InstanceService/WatchInstances`, right("instances:watch", listed)],
+  [`${P}InstanceService/SetInstanceMemory`, inst("instances:memory")],
+  [`${P}InstanceService/GetInstanceLogs`, inst("instances:logs")],
+  [`${P}InstanceService/ExplainInstance`, inst("instances:get")],
   [`${P}NodeService/ListNodes`, right("nodes:list")],
   [`${P}NodeService/GetNode`, right("nodes:get")],
   [`${P}NodeService/CordonNode`, right("nodes:cordon")],
@@ -49,7 +73,7 @@ export const RULES: ReadonlyMap<string, Rule> = new Map<string, Rule>([
   [`${P}ClusterService/ListDrivers`, right("cluster:get")],
   [`${P}ImageService/ImportImage`, right("images:import")],
   [`${P}ImageService/ListImages`, right("images:list")],
-  [`${P}ConsoleService/CreateConsoleTicket`, right("instances:console")],
+  [`${P}ConsoleService/CreateConsoleTicket`, inst("instances:console")],
   [`${P}IdentityService/GetCA`, PUBLIC],
   [`${P}IdentityService/Join`, PUBLIC],
   [`${P}IdentityService/CreateJoinToken`, right("jointokens:create")],
@@ -69,6 +93,17 @@ export const RULES: ReadonlyMap<string, Rule> = new Map<string, Rule>([
   [`${P}AccessService/ListTokens`, right("tokens:list")],
   [`${P}AccessService/RevokeToken`, right("tokens:revoke")],
   [`${P}AccessService/ListRoles`, right("roles:list")],
+  [`${P}AccessService/CreateRoleBinding`, right("roles:bind", scope)],
+  // Which bindings: the handler shows those the caller may see (and deletes only those it may bind).
+  [`${P}AccessService/ListRoleBindings`, AUTHENTICATED],
+  [`${P}AccessService/DeleteRoleBinding`, right("roles:bind", anywhere)],
+  [`${P}AccessService/GetAuthConfig`, PUBLIC],
+  [`${P}ProjectService/CreateProject`, right("projects:create")],
+  [`${P}ProjectService/GetProject`, right("projects:get", named)],
+  // Which projects: the handler shows those the caller has a role in (all with projects:list).
+  [`${P}ProjectService/ListProjects`, AUTHENTICATED],
+  [`${P}ProjectService/UpdateProject`, right("projects:update")],
+  [`${P}ProjectService/DeleteProject`, right("projects:delete")],
   [`${P}AuditService/ListAuditEvents`, right("audit:read")],
 ]);
 

@@ -54,7 +54,15 @@ export function parseToken(token: string): { id: string; secret: string } | unde
 
 export function tokenRecord(
   t: NewToken,
-  p: { user: string; roles: readonly string[]; ttlSeconds: number; description: string; createdBy: string; nowMs?: number },
+  p: {
+    user: string;
+    roles: readonly string[];
+    project?: string;
+    ttlSeconds: number;
+    description: string;
+    createdBy: string;
+    nowMs?: number;
+  },
 ): ApiTokenRecord {
   const now = p.nowMs ?? Date.now();
   return create(ApiTokenRecordSchema, {
@@ -66,6 +74,7 @@ export function tokenRecord(
     expireTime: timestampFromMs(now + p.ttlSeconds * 1000),
     description: p.description,
     createdBy: p.createdBy,
+    project: p.project ?? "",
   });
 }
 
@@ -80,6 +89,7 @@ export function publicToken(r: ApiTokenRecord): ApiToken {
     revoked: r.revoked,
     description: r.description,
     createdBy: r.createdBy,
+    project: r.project,
   });
 }
 

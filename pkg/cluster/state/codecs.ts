@@ -4,7 +4,8 @@
  */
 import { fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
-import { AccessBootstrapSchema, ApiTokenRecordSchema } from "../../../api/gen/hypervisor/v1/access_pb.js";
+import { AccessBootstrapSchema, ApiTokenRecordSchema, RoleBindingRecordSchema } from "../../../api/gen/hypervisor/v1/access_pb.js";
+import { ProjectRecordSchema, ProjectUsageSchema } from "../../../api/gen/hypervisor/v1/project_pb.js";
 import { JoinTokenRecordSchema, NodeBindingSchema } from "../../../api/gen/hypervisor/v1/identity_pb.js";
 import { InstanceSchema } from "../../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeSchema, OrphanSchema } from "../../../api/gen/hypervisor/v1/node_pb.js";
@@ -26,7 +27,7 @@ function codec<D extends DescMessage>(schema: D): Codec<MessageShape<D>> {
 }
 
 export const codecs = {
-  /** instances/<name>, and nodes/<node>/status/<name> (name, uid and status only). */
+  /** instances/<project>/<name>, and nodes/<node>/status/<project>/<name> (name, project, uid and status only). */
   instance: codec(InstanceSchema),
   node: codec(NodeSchema),
   nodeFlags: codec(NodeFlagsSchema),
@@ -39,6 +40,9 @@ export const codecs = {
   nodeBinding: codec(NodeBindingSchema),
   apiToken: codec(ApiTokenRecordSchema),
   accessBootstrap: codec(AccessBootstrapSchema),
+  roleBinding: codec(RoleBindingRecordSchema),
+  project: codec(ProjectRecordSchema),
+  projectUsage: codec(ProjectUsageSchema),
 };
 
 /**

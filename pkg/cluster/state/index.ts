@@ -3,7 +3,15 @@
 // and the agent reach the store through it.
 export {
   baseName,
+  DEFAULT_PROJECT,
+  displayRef,
+  hostName,
+  hostRef,
+  instanceRef,
   keys,
+  refAfter,
+  refOf,
+  splitRef,
   parseAssignmentKey,
   parseNodeKey,
   ROOT,
@@ -31,3 +39,5 @@ export { putNodeRecord, readEndpoint, setNodeFlags, withFlags } from "./nodes.js
 export { awaitClusterId, clusterId } from "./cluster-id.js";
 export { listWatch, type ListWatchEvent, type ListWatchOptions } from "./list-watch.js";
 export { commitJoin, createJoinToken, listJoinTokens, readJoinToken, readNodeBinding, updateJoinToken } from "./identity.js";
+export { addUsage, hasQuota, overQuota, projectOps, usageOf, type Versioned } from "./projects.js";
+export { migrateToProjects } from "./migrate.js";

@@ -1,6 +1,6 @@
 /*
- * The instance as users see it: the spec record (instances/<name>) merged with the status its
- * node's agent reports (nodes/<node>/status/<name>), and the small facts read off that merge
+ * The instance as users see it: the spec record (instances/<project>/<name>) merged with the status its
+ * node's agent reports (nodes/<node>/status/<project>/<name>), and the small facts read off that merge
  * without copying anything.
  */
 import { clone, create } from "@bufbuild/protobuf";

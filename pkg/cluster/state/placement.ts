@@ -4,7 +4,7 @@
  * and a controller) can never over-commit a node; every one compares the instance's revision,
  * so a change made meanwhile is never overwritten.
  *
- *   place:   [mod(instance) = rev] put instance (Scheduled on node), put assignments/<node>/<name>
+ *   place:   [mod(instance) = rev] put instance (Scheduled on node), put assignments/<node>/<project>/<name>
  *   unplace: [mod(instance) = rev, mod(allocation)] delete assignment and status,
  *            drop from the allocation, and (HA, drain) put the instance back to Pending
  */
@@ -16,7 +16,7 @@ import { type Allocation, AllocationSchema } from "../../../api/gen/hypervisor/v
 import { type Compare, ifModRevision, type Op } from "../store/index.js";
 import { codecs, encodeAssignment } from "./codecs.js";
 import { requestOf } from "./instance-view.js";
-import { keys } from "./keys.js";
+import { keys, refOf } from "./keys.js";
 
 /** A record as read, with the revision a write compares against (0: absent). */
 export interface Read<T> {
@@ -45,11 +45,11 @@ export function placeOps(
   });
   const value = codecs.instance.encode(next);
   return {
-    compare: ifModRevision(keys.instance(i.name), rev),
+    compare: ifModRevision(keys.instance(refOf(i)), rev),
     next,
     ops: [
-      { type: "put", key: keys.instance(i.name), value },
-      { type: "put", key: keys.assignment(node, i.name), value: encodeAssignment(value) },
+      { type: "put", key: keys.instance(refOf(i)), value },
+      { type: "put", key: keys.assignment(node, refOf(i)), value: encodeAssignment(value) },
     ],
   };
 }
@@ -59,9 +59,9 @@ export function placeOps(
  * a change of desired state reaches the agent in the same txn.
  */
 export function instanceOps(i: Instance, value: Uint8Array = codecs.instance.encode(i)): Op[] {
-  const ops: Op[] = [{ type: "put", key: keys.instance(i.name), value }];
+  const ops: Op[] = [{ type: "put", key: keys.instance(refOf(i)), value }];
   const node = i.status?.node ?? "";
-  if (node !== "") ops.push({ type: "put", key: keys.assignment(node, i.name), value: encodeAssignment(value) });
+  if (node !== "") ops.push({ type: "put", key: keys.assignment(node, refOf(i)), value: encodeAssignment(value) });
   return ops;
 }
 
@@ -97,8 +97,8 @@ export function unplaceOps(
 ): { compares: Compare[]; ops: Op[] } {
   const release = allocationOps(node, a, { drop: i.uid });
   const ops: Op[] = [
-    { type: "delete", key: keys.assignment(node, i.name) },
-    { type: "delete", key: keys.status(node, i.name) },
+    { type: "delete", key: keys.assignment(node, refOf(i)) },
+    { type: "delete", key: keys.status(node, refOf(i)) },
     ...release.ops,
   ];
   if (pending !== undefined) {
@@ -109,9 +109,9 @@ export function unplaceOps(
       updateTime: timestampNow(),
       restartCount: i.status?.restartCount ?? 0,
     });
-    ops.push({ type: "put", key: keys.instance(i.name), value: codecs.instance.encode(next) });
+    ops.push({ type: "put", key: keys.instance(refOf(i)), value: codecs.instance.encode(next) });
   }
-  return { compares: [ifModRevision(keys.instance(i.name), rev), release.compare], ops };
+  return { compares: [ifModRevision(keys.instance(refOf(i)), rev), release.compare], ops };
 }
 
 /**
@@ -119,12 +119,16 @@ export function unplaceOps(
  * status on `node` (when it was placed), and its share of the node's allocation.
  */
 export function removeOps(i: Instance, rev: number, node: string, a: Read<Allocation> | undefined): { compares: Compare[]; ops: Op[] } {
-  const compares: Compare[] = [ifModRevision(keys.instance(i.name), rev)];
-  const ops: Op[] = [{ type: "delete", key: keys.instance(i.name) }];
+  const compares: Compare[] = [ifModRevision(keys.instance(refOf(i)), rev)];
+  const ops: Op[] = [{ type: "delete", key: keys.instance(refOf(i)) }];
   if (node !== "") {
     const release = allocationOps(node, a, { drop: i.uid });
     compares.push(release.compare);
-    ops.push({ type: "delete", key: keys.assignment(node, i.name) }, { type: "delete", key: keys.status(node, i.name) }, ...release.ops);
+    ops.push(
+      { type: "delete", key: keys.assignment(node, refOf(i)) },
+      { type: "delete", key: keys.status(node, refOf(i)) },
+      ...release.ops,
+    );
   }
   return { compares, ops };
 }

@@ -22,6 +22,12 @@ import {
   keys,
   listWatch,
   parseNodeKey,
+  parseAssignmentKey,
+  instanceRef,
+  splitRef,
+  hostName,
+  hostRef,
+  displayRef,
   placeOps,
   putNodeRecord,
   removeOps,
@@ -131,33 +137,33 @@ function stateSuite(kind: string, open: Opener): void {
         spec: { vcpus: 2, memoryMib: 256n },
         status: { phase: Phase.PENDING },
       });
-      await store.put(keys.instance(name), codecs.instance.encode(inst));
-      const rev = (await store.get(keys.instance(name)))!.modRevision;
+      await store.put(keys.instance(`default/${name}`), codecs.instance.encode(inst));
+      const rev = (await store.get(keys.instance(`default/${name}`)))!.modRevision;
       const place = placeOps(inst, rev, node);
       assert.ok((await store.txn([place.compare], place.ops, [])).succeeded);
       assert.equal((await store.txn([place.compare], place.ops, [])).succeeded, false, "a second placement compares a stale revision");
-      const placed = codecs.instance.decode((await store.get(keys.instance(name)))!.value);
+      const placed = codecs.instance.decode((await store.get(keys.instance(`default/${name}`)))!.value);
       assert.deepEqual([placed.status?.phase, placed.status?.node], [Phase.SCHEDULED, node]);
-      const assigned = codecs.assignment.decode((await store.get(keys.assignment(node, name)))!.value);
+      const assigned = codecs.assignment.decode((await store.get(keys.assignment(node, `default/${name}`)))!.value);
       assert.equal(assigned.instance?.status?.node, node, "the assignment carries the record as written");
-      await store.put(keys.status(node, name), codecs.instance.encode(create(InstanceSchema, { name, uid: inst.uid })));
+      await store.put(keys.status(node, `default/${name}`), codecs.instance.encode(create(InstanceSchema, { name, uid: inst.uid })));
 
       const alloc = { value: create(AllocationSchema, { instances: { [inst.uid]: { vcpus: 2 } } }), modRevision: 0 };
       await store.put(keys.allocation(node), codecs.allocation.encode(alloc.value));
       alloc.modRevision = (await store.get(keys.allocation(node)))!.modRevision;
-      const prev = (await store.get(keys.instance(name)))!.modRevision;
+      const prev = (await store.get(keys.instance(`default/${name}`)))!.modRevision;
       const off = unplaceOps(placed, prev, node, alloc, "moving");
       assert.ok((await store.txn(off.compares, off.ops, [])).succeeded);
-      assert.equal(await store.get(keys.assignment(node, name)), undefined);
-      assert.equal(await store.get(keys.status(node, name)), undefined);
+      assert.equal(await store.get(keys.assignment(node, `default/${name}`)), undefined);
+      assert.equal(await store.get(keys.status(node, `default/${name}`)), undefined);
       assert.deepEqual(codecs.allocation.decode((await store.get(keys.allocation(node)))!.value).instances, {});
-      const pending = codecs.instance.decode((await store.get(keys.instance(name)))!.value);
+      const pending = codecs.instance.decode((await store.get(keys.instance(`default/${name}`)))!.value);
       assert.deepEqual([pending.status?.phase, pending.status?.message], [Phase.PENDING, "moving"]);
 
-      const last = await store.get(keys.instance(name));
+      const last = await store.get(keys.instance(`default/${name}`));
       const rm = removeOps(pending, last!.modRevision, "", undefined);
       assert.ok((await store.txn(rm.compares, rm.ops, [])).succeeded);
-      assert.equal(await store.get(keys.instance(name)), undefined);
+      assert.equal(await store.get(keys.instance(`default/${name}`)), undefined);
     });
   });
 }
@@ -167,23 +173,39 @@ describe("keys", () => {
     assert.deepEqual(parseNodeKey(keys.node("a")), { node: "a", kind: "record" });
     assert.deepEqual(parseNodeKey(keys.alive("a")), { node: "a", kind: "alive" });
     assert.deepEqual(parseNodeKey(keys.endpoint("a")), { node: "a", kind: "endpoint" });
-    assert.deepEqual(parseNodeKey(keys.status("a", "web")), { node: "a", kind: "status", name: "web" });
-    assert.deepEqual(parseNodeKey(keys.orphan("a", "web")), { node: "a", kind: "orphan", name: "web" });
+    assert.deepEqual(parseNodeKey(keys.status("a", "default/web")), { node: "a", kind: "status", ref: "default/web" });
+    assert.deepEqual(parseNodeKey(keys.orphan("a", "ci/web")), { node: "a", kind: "orphan", ref: "ci/web" });
     for (const k of [
-      keys.instance("a"),
+      keys.instance("default/a"),
       keys.nodeFlags("a"),
       `${keys.nodes}a`,
       `${keys.nodes}a/other`,
       `${keys.nodes}a/status/`,
+      // A status key from before projects (no project segment) is not an instance's status.
+      `${keys.nodes}a/status/web`,
+      `${keys.nodes}a/status/ci/web/x`,
       keys.nodes,
     ])
       assert.equal(parseNodeKey(k), undefined, k);
+    assert.deepEqual(parseAssignmentKey(keys.assignment("n1", "ci/web")), ["n1", "ci/web"]);
+    assert.equal(parseAssignmentKey(`${keys.assignments}n1/web`), undefined);
+  });
+
+  it("an instance's ref, and its name on a node, read back one way", () => {
+    assert.equal(instanceRef("", "web"), "default/web");
+    assert.deepEqual(splitRef("ci/web"), { project: "ci", name: "web" });
+    // Default-project instances keep the names they had on nodes before projects.
+    assert.equal(hostName("default/web"), "web");
+    assert.equal(hostName("ci/web"), "ci.web");
+    for (const ref of ["default/web", "ci/web", "a-1/b-2"]) assert.equal(hostRef(hostName(ref)), ref);
+    assert.equal(displayRef("default/web"), "web");
+    assert.equal(displayRef("ci/web"), "ci/web");
   });
 
   it("a node's prefix holds everything it writes and nothing of another node", () => {
-    for (const k of [keys.node("a"), keys.alive("a"), keys.endpoint("a"), keys.status("a", "x"), keys.orphan("a", "x")])
+    for (const k of [keys.node("a"), keys.alive("a"), keys.endpoint("a"), keys.status("a", "default/x"), keys.orphan("a", "default/x")])
       assert.ok(k.startsWith(keys.nodePrefix("a")), k);
-    for (const k of [keys.node("ab"), keys.status("ab", "x"), keys.nodeFlags("a"), keys.assignment("a", "x")])
+    for (const k of [keys.node("ab"), keys.status("ab", "default/x"), keys.nodeFlags("a"), keys.assignment("a", "default/x")])
       assert.ok(!k.startsWith(keys.nodePrefix("a")), k);
   });
 });

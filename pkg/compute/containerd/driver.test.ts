@@ -315,7 +315,7 @@ describe("containerd driver: what containers have", () => {
         spec(`net-${randomUUID().slice(0, 6)}`, randomUUID(), SERVICE, { config: { network: "bridge" } }),
         /driver_config.network: "bridge" must be none or host/,
       ],
-      [spec("Bad_Name", randomUUID(), SERVICE), /name: "Bad_Name" is not a DNS label/],
+      [spec("Bad_Name", randomUUID(), SERVICE), /name: "Bad_Name" is not an instance.s name on a node/],
     ];
     for (const [s, re] of cases)
       await assert.rejects(d.create(s), (e: unknown) => e instanceof InvalidSpecError && re.test(e.message), s.name);

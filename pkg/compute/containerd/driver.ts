@@ -13,6 +13,7 @@
  * agent is down, and a restarted agent re-attaches to nothing: it just reads the file.
  * One event subscription per driver (task topics of our namespace) feeds events() and stop().
  */
+import { isHostName } from "../../validation/index.js";
 import { mkdir, rm } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join } from "node:path";
@@ -61,8 +62,7 @@ export const DEFAULT_NAMESPACE = "hypervisor";
 const RUNTIME = "io.containerd.runc.v2";
 const SIGTERM = 15;
 const SIGKILL = 9;
-const NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
-const OWNER_RE = NAME_RE;
+const OWNER_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 /** Keys a spec's driver_config may set for this driver (declared in the registry). */
 const CONFIG_KEYS = DRIVER_REGISTRY.containerd.configKeys.map((k) => k.name);
 /** Processes a container may have when neither the node nor the instance says otherwise. */
@@ -137,7 +137,7 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
   }
 
   logFile(name: string): string {
-    if (!NAME_RE.test(name)) throw new InvalidSpecError(`name: ${JSON.stringify(name)} is not a DNS label`);
+    if (!isHostName(name)) throw new InvalidSpecError(`name: ${JSON.stringify(name)} is not an instance's name on a node`);
     return join(this.opts.stateDir, "logs", `${name}.log`);
   }
 
@@ -228,7 +228,7 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
 
   async create(spec: DriverInstanceSpec, opts: Signalled = {}): Promise<DriverInstance> {
     opts.signal?.throwIfAborted();
-    if (!NAME_RE.test(spec.name)) throw new InvalidSpecError(`name: ${JSON.stringify(spec.name)} is not a DNS label`);
+    if (!isHostName(spec.name)) throw new InvalidSpecError(`name: ${JSON.stringify(spec.name)} is not an instance's name on a node`);
     const existing = await this.container(spec.name);
     if (existing) {
       if (!this.mine(existing))
@@ -474,7 +474,7 @@ export class ContainerdDriver implements StatsDriver, LogsDriver, ImageDriver {
   // ── helpers ───────────────────────────────────────────────────────────────────────────────
 
   private async container(name: string, signal?: AbortSignal): Promise<Container | undefined> {
-    if (!NAME_RE.test(name)) throw new InvalidSpecError(`name: ${JSON.stringify(name)} is not a DNS label`);
+    if (!isHostName(name)) throw new InvalidSpecError(`name: ${JSON.stringify(name)} is not an instance's name on a node`);
     try {
       return (await this.client.containers.get({ id: name }, { signal })).container;
     } catch (e) {

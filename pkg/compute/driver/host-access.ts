@@ -63,3 +63,28 @@ export function hostAccessError(request: HostAccessRequest, policy: HostAccessPo
     return `driver_config.network: ${JSON.stringify(`bridge:${request.bridge}`)} is not allowed on node ${node} (allowed-bridges: [${policy.bridges.join(", ")}])`;
   return undefined;
 }
+
+/**
+ * What a restricted project refuses (Incus' restricted projects): every setting that reaches the
+ * node itself rather than the instance's own sandbox: the host's network, user-mode networking
+ * (it reaches the node's loopback), a host bridge, and a kernel or initrd read from a host path.
+ * The field and why, or undefined when the spec has none.
+ */
+export function restrictedRefusal(spec: {
+  readonly driverConfig: Readonly<Record<string, string>>;
+  readonly kernel: string;
+  readonly initrd: string;
+}): { field: string; message: string } | undefined {
+  const host = hostAccessRequest(spec.driverConfig);
+  const network = JSON.stringify(spec.driverConfig.network ?? "");
+  if (host.hostNetwork)
+    return {
+      field: "spec.driver_config.network",
+      message: `${network} reaches the node's ${host.network === "user" ? "loopback" : "network"}; a restricted project may not use it`,
+    };
+  if (host.bridge !== undefined)
+    return { field: "spec.driver_config.network", message: `${network} is a host bridge; a restricted project may not use one` };
+  if (spec.kernel !== "") return { field: "spec.kernel", message: "is a path on the node; a restricted project boots images only" };
+  if (spec.initrd !== "") return { field: "spec.initrd", message: "is a path on the node; a restricted project boots images only" };
+  return undefined;
+}

@@ -27,6 +27,7 @@ export {
   hostAccessError,
   hostAccessRefusal,
   hostAccessRequest,
+  restrictedRefusal,
   type HostAccessPolicy,
   type HostAccessRequest,
 } from "./host-access.js";

@@ -142,7 +142,7 @@ describe("domain XML", () => {
   });
 
   for (const [what, params, message] of [
-    ["a name that is not a DNS label", { name: "web_1<x>" }, /name: "web_1<x>" is not a DNS label/],
+    ["a name that is not a DNS label", { name: "web_1<x>" }, /name: "web_1<x>" is not an instance.s name on a node/],
     ["a uid with markup", { uid: "a'/><x" }, /uid: .* is not a uid/],
     ["an owner with markup", { owner: "n</hv:owner>" }, /owner: .* is not a node name/],
     ["zero vcpus", { vcpus: 0 }, /vcpus: 0 must be an integer from 1/],

@@ -9,6 +9,7 @@
  * The instance's identity lives in <metadata> under our own namespace, so after an agent restart
  * list() finds our domains (and only ours) with their uid, and adopts them.
  */
+import { isHostName } from "../../validation/index.js";
 import { XMLParser } from "fast-xml-parser";
 import { InvalidSpecError } from "../driver/index.js";
 
@@ -43,7 +44,6 @@ export interface DomainParams {
   balloonStatsPeriod: number;
 }
 
-const NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const UID_RE = /^[A-Za-z0-9-]{1,64}$/;
 /** Node names, as the agent accepts them (DNS label). */
 export const OWNER_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
@@ -70,7 +70,7 @@ function positiveInt(field: string, v: number, max: number): number {
 
 /** Builds the persistent domain definition. Throws InvalidSpecError on a value it will not print. */
 export function buildDomainXml(p: DomainParams): string {
-  if (!NAME_RE.test(p.name)) throw new InvalidSpecError(`name: ${JSON.stringify(p.name)} is not a DNS label`);
+  if (!isHostName(p.name)) throw new InvalidSpecError(`name: ${JSON.stringify(p.name)} is not an instance's name on a node`);
   if (!UID_RE.test(p.uid)) throw new InvalidSpecError(`uid: ${JSON.stringify(p.uid)} is not a uid`);
   if (!OWNER_RE.test(p.owner)) throw new InvalidSpecError(`owner: ${JSON.stringify(p.owner)} is not a node name`);
   if (p.cluster && !UID_RE.test(p.cluster)) throw new InvalidSpecError(`cluster: ${JSON.stringify(p.cluster)} is not a cluster id`);

@@ -8,6 +8,7 @@
  * computed from timestamps on every read; a timer per running instance only exists to emit the
  * exit event on time, and is re-armed when a new driver object recovers the state directory.
  */
+import { isHostName } from "../../validation/index.js";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   DriverError,
@@ -35,7 +36,6 @@ const CAPABILITIES: Capabilities = DRIVER_REGISTRY.mock.capabilities;
 
 // Instance names become file names: DNS-label syntax only, so no name can climb out of the
 // state directory ("../x", "a/b") or collide with the temp files (leading dot).
-const NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 /** Operations actually performed by this driver object (idempotent no-ops are not counted). */
 export interface MockCounters {
@@ -317,8 +317,10 @@ export class MockDriver implements StatsDriver {
 }
 
 function checkName(name: string): void {
-  if (!NAME_RE.test(name)) {
-    throw new InvalidSpecError(`instance name ${JSON.stringify(name)} is not a DNS label (lowercase letters, digits and '-')`);
+  if (!isHostName(name)) {
+    throw new InvalidSpecError(
+      `instance name ${JSON.stringify(name)} is not an instance's name on a node ("<name>" or "<project>.<name>")`,
+    );
   }
 }
 

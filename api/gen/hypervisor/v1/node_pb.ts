@@ -479,7 +479,8 @@ export type DrainNodeResponse = Message<"hypervisor.v1.DrainNodeResponse"> & {
   node?: Node | undefined;
 
   /**
-   * Names of the instances asked to stop.
+   * The instances asked to stop: their names, "<project>/<name>" outside the default project
+   * (the same for the two lists below).
    *
    * @generated from field: repeated string stopped_instances = 2;
    */

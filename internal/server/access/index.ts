@@ -7,3 +7,12 @@ export { ANONYMOUS, Authorizer, callerKey, type Caller, type Decision } from "./
 export { ALL_RIGHTS, isRoleName, RESOURCES, ROLE_NAMES, ROLES, rightsOf, type Right, type RoleName } from "./rights.js";
 export { METRICS_RULE, RULES, type Rule } from "./rules.js";
 export { ADMIN_TOKEN_FILE, ensureBootstrapToken, newToken, parseToken, publicToken, tokenRecord, TOKEN_PREFIX } from "./tokens.js";
+export {
+  ALGORITHMS as OIDC_ALGORITHMS,
+  isOidcToken,
+  issuerProblem,
+  OidcVerifier,
+  type OidcIdentity,
+  type OidcSettings,
+  type OidcVerifierOptions,
+} from "./oidc.js";

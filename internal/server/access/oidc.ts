@@ -103,13 +103,14 @@ const shown = (v: unknown) => {
 };
 // C0, DEL and C1 controls: a name is printed in logs, audit lines and tables.
 const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
+export const hasControl = (s: string): boolean => CONTROL.test(s);
 
 /** Why a user or group name from a claim is unusable, or undefined. */
 function nameProblem(v: unknown): string | undefined {
   if (typeof v !== "string") return `is not a string (${typeof v})`;
   if (v === "") return "is empty";
   if (Buffer.byteLength(v) > MAX_NAME_BYTES) return `is longer than ${MAX_NAME_BYTES} bytes`;
-  if (CONTROL.test(v)) return "has control characters";
+  if (hasControl(v)) return "has control characters";
   return undefined;
 }
 

@@ -2,12 +2,12 @@
  * The server's settings (configs/server.yaml documents each one). YAML keys are the flag names:
  * `listen: 0.0.0.0:7070` is `--listen 0.0.0.0:7070` is HYPERVISOR_LISTEN=0.0.0.0:7070.
  */
-import { checkName } from "../../pkg/validation/index.js";
+import { checkName, issuerProblem } from "../../pkg/validation/index.js";
 import { AUDIT_LEVELS } from "./access/audit.js";
 import { etcdSchema } from "../../pkg/cluster/etcd/index.js";
 import { ConfigError, type ConfigOf, type Schema } from "../../pkg/config/index.js";
 import type { Algorithm } from "./scheduler.js";
-import { hasControl, issuerProblem, type OidcSettings } from "./access/oidc.js";
+import { hasControl, type OidcSettings } from "./access/oidc.js";
 
 export const serverSchema = {
   listen: {

@@ -26,3 +26,4 @@ export {
   parseLabels,
   show,
 } from "./rules.js";
+export { isLoopbackHost, issuerProblem } from "./issuer.js";

@@ -10,7 +10,6 @@ export { ADMIN_TOKEN_FILE, ensureBootstrapToken, newToken, parseToken, publicTok
 export {
   ALGORITHMS as OIDC_ALGORITHMS,
   isOidcToken,
-  issuerProblem,
   OidcVerifier,
   type OidcIdentity,
   type OidcSettings,

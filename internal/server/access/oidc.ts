@@ -22,6 +22,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { createRemoteJWKSet, customFetch, decodeJwt, errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from "jose";
 import * as client from "openid-client";
 import { fetchWithCa } from "../../../pkg/httpclient/index.js";
+import { isLoopbackHost, issuerProblem } from "../../../pkg/validation/index.js";
 
 export interface OidcSettings {
   /** The issuer URL exactly as its tokens name it: https, or http on loopback only. */
@@ -73,26 +74,6 @@ const JWT_SHAPE = /^eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 /** Whether a bearer is shaped as a JWT (three base64url parts, a JSON header) rather than one of our API tokens (hvt_...). */
 export function isOidcToken(bearer: string): boolean {
   return !bearer.startsWith("hvt_") && bearer.length <= MAX_TOKEN_BYTES && JWT_SHAPE.test(bearer);
-}
-
-/** Whether an http issuer is allowed: on loopback only, where nothing crosses a network. */
-function loopbackHost(hostname: string): boolean {
-  const h = hostname.replace(/^\[(.*)\]$/, "$1");
-  return h === "localhost" || h === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
-}
-
-/** Why an issuer URL is unusable, or undefined: https, or http on loopback; no query, fragment or credentials. */
-export function issuerProblem(issuer: string): string | undefined {
-  let u: URL;
-  try {
-    u = new URL(issuer);
-  } catch {
-    return "is not a URL";
-  }
-  if (u.protocol !== "https:" && !(u.protocol === "http:" && loopbackHost(u.hostname)))
-    return "must be an https URL (http only on loopback: 127.0.0.1, ::1, localhost)";
-  if (u.search !== "" || u.hash !== "" || u.username !== "" || u.password !== "") return "must have no query, fragment, user or password";
-  return undefined;
 }
 
 const unauthenticated = (why: string) => new ConnectError(`OIDC ID token: ${why}`, Code.Unauthenticated);
@@ -212,7 +193,7 @@ export class OidcVerifier {
     if (algorithms.length === 0)
       throw new Error(`it signs ID tokens with ${offered!.join(", ")}, none of which is accepted (${ALGORITHMS.join(", ")})`);
     const jwksUri = new URL(meta.jwks_uri);
-    if (jwksUri.protocol !== "https:" && !(jwksUri.protocol === "http:" && loopbackHost(jwksUri.hostname)))
+    if (jwksUri.protocol !== "https:" && !(jwksUri.protocol === "http:" && isLoopbackHost(jwksUri.hostname)))
       throw new Error(`its jwks_uri ${jwksUri.href} is not https`);
     const keys = createRemoteJWKSet(jwksUri, {
       timeoutDuration: this.timeoutSeconds * 1000,

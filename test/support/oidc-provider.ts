@@ -29,7 +29,11 @@ export const DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code";
 export interface OidcProviderOptions {
   /** sub ──► the account's claims (preferred_username, email, groups, or any other). */
   accounts: Record<string, Record<string, unknown>>;
-  /** Where the client may be sent back with a code (the UI's origin + /auth/callback). */
+  /**
+   * Where the client may be sent back with a code (the UI's origin + /auth/callback). The
+   * provider wants at least one for a client with authorization_code; a device-only test gets
+   * http://127.0.0.1/callback, which nothing uses.
+   */
   redirectUris?: string[];
   clientId?: string;
   /** Seconds. */
@@ -66,6 +70,8 @@ export interface TestOidcProvider {
   /** The issuer URL (http://127.0.0.1:<port>, no trailing slash). */
   readonly issuer: string;
   readonly clientId: string;
+  /** The grant type of every token the token endpoint issued, in order (device_code, refresh_token...). */
+  readonly grants: readonly string[];
   /**
    * Logs `account` in through the pages the authorization URL leads to (an authorization request
    * the caller built, with its PKCE challenge and state) and returns the URL the provider sends the
@@ -159,7 +165,7 @@ export async function startOidcProvider(opts: OidcProviderOptions): Promise<Test
         application_type: "web",
         grant_types: ["authorization_code", DEVICE_CODE_GRANT, "refresh_token"],
         response_types: ["code"],
-        redirect_uris: opts.redirectUris ?? [],
+        redirect_uris: opts.redirectUris?.length ? opts.redirectUris : ["http://127.0.0.1/callback"],
       },
     ],
     jwks: { keys: [signingJwk] },
@@ -224,6 +230,11 @@ export async function startOidcProvider(opts: OidcProviderOptions): Promise<Test
       (ctx.body as Record<string, unknown>)["interval"] = interval;
   });
 
+  const grants: string[] = [];
+  provider.on("grant.success", (ctx) =>
+    grants.push(String((ctx as { oidc: { params: { grant_type?: unknown } } }).oidc.params.grant_type)),
+  );
+
   const oidc = provider.callback();
   handler = (req, res) => {
     const m = /^\/interaction\/([^/?]+)(\/login|\/confirm)?(?:\?|$)/.exec(req.url ?? "");
@@ -283,6 +294,7 @@ export async function startOidcProvider(opts: OidcProviderOptions): Promise<Test
   return {
     issuer,
     clientId,
+    grants,
     async authorizationCodeLogin(authorizationUrl, account) {
       const browser = new FormBrowser(issuer, account);
       const redirects = opts.redirectUris ?? [];

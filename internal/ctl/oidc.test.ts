@@ -21,17 +21,7 @@ const ACCOUNTS = { alice: { preferred_username: "alice", groups: ["ops", "dev"] 
 /** A server that takes OIDC logins from `p` (none when undefined), remembering each bearer WhoAmI got. */
 async function serverFor(p: TestOidcProvider | undefined): Promise<TestApi & { bearers: string[] }> {
   const bearers: string[] = [];
-  const verifier = p
-    ? new OidcVerifier({
-        issuer: p.issuer,
-        clientId: p.clientId,
-        usernameClaim: "sub",
-        groupsClaim: "groups",
-        usernamePrefix: "oidc:",
-        groupsPrefix: "",
-        scopes: ["openid", "offline_access", "groups"],
-      })
-    : undefined;
+  const verifier = p ? new OidcVerifier(p.settings()) : undefined;
   const api = await startApi((router) =>
     router.service(AccessService, {
       getAuthConfig: () =>

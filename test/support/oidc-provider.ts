@@ -23,6 +23,7 @@ import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { exportJWK, generateKeyPair, SignJWT, type JWK } from "jose";
 import Provider, { type KoaContext } from "oidc-provider";
+import type { OidcSettings } from "../../internal/server/access/oidc.js";
 
 export const DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code";
 
@@ -84,6 +85,12 @@ export interface TestOidcProvider {
    * next poll then gets the tokens.
    */
   deviceLogin(userCode: string, account: string): Promise<void>;
+  /**
+   * The server's OIDC settings for this provider (the defaults of the oidc-* keys: user
+   * "oidc:" + sub, groups from "groups"), with `more` over them: what a server under test, or an
+   * OidcVerifier, is configured with.
+   */
+  settings(more?: Partial<OidcSettings>): OidcSettings;
   /** A deliberately bad ID token (see MintOptions), for refusal tests. */
   mintIdToken(opts?: MintOptions): Promise<string>;
   close(): Promise<void>;
@@ -307,6 +314,16 @@ export async function startOidcProvider(opts: OidcProviderOptions): Promise<Test
       const end = await browser.run(new URL("/device", issuer), () => false);
       if (typeof end !== "string" || !end.includes('id="signed-in"')) throw new Error(`the device login did not succeed: ${String(end)}`);
     },
+    settings: (more = {}) => ({
+      issuer,
+      clientId,
+      usernameClaim: "sub",
+      groupsClaim: "groups",
+      usernamePrefix: "oidc:",
+      groupsPrefix: "",
+      scopes: ["openid", "offline_access", "profile", "email", "groups"],
+      ...more,
+    }),
     async mintIdToken(m = {}) {
       const now = Math.floor(Date.now() / 1000);
       const expiresIn = m.expiresIn ?? 300;

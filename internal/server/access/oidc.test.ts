@@ -26,16 +26,18 @@ async function freePort(): Promise<number> {
 
 const REDIRECT = "http://127.0.0.1:1/auth/callback";
 
-const settings = (p: TestOidcProvider, more: Partial<OidcSettings> = {}): OidcSettings => ({
-  issuer: p.issuer,
-  clientId: p.clientId,
+const settings = (p: TestOidcProvider, more: Partial<OidcSettings> = {}): OidcSettings => p.settings(more);
+
+/** Settings for an issuer that is not there (the provider's own, once it is, match them). */
+const unreachable: OidcSettings = {
+  issuer: "",
+  clientId: "hypervisor",
   usernameClaim: "sub",
   groupsClaim: "groups",
   usernamePrefix: "oidc:",
   groupsPrefix: "",
-  scopes: ["openid", "profile", "email", "groups"],
-  ...more,
-});
+  scopes: ["openid"],
+};
 
 /** An ID token for `account` from a real authorization-code login with PKCE. */
 async function codeLogin(p: TestOidcProvider, account: string, scope = "openid profile email groups"): Promise<string> {
@@ -213,10 +215,7 @@ describe("OidcVerifier when the issuer is unreachable", () => {
     const port = (down.address() as AddressInfo).port;
     const t0 = Date.now();
     let now = t0;
-    const v = new OidcVerifier(
-      { ...settings({ issuer: `http://127.0.0.1:${port}`, clientId: "hypervisor" } as TestOidcProvider) },
-      { now: () => now, retryMs: 10_000 },
-    );
+    const v = new OidcVerifier({ ...{ ...unreachable, issuer: `http://127.0.0.1:${port}` } }, { now: () => now, retryMs: 10_000 });
     const first = await refusal(v.verify("eyJhbGciOiJSUzI1NiJ9.e30.c2ln"));
     assert.equal(first.code, Code.Unavailable);
     assert.match(first.message, new RegExp(`^OIDC issuer http://127\\.0\\.0\\.1:${port} unavailable: .*HTTP 503`));
@@ -241,7 +240,7 @@ describe("OidcVerifier when the issuer is unreachable", () => {
 
   it("throws from discover() at once, for callers that would rather fail at start", async () => {
     const port = await freePort();
-    const r = await refusal(OidcVerifier.discover(settings({ issuer: `http://127.0.0.1:${port}`, clientId: "c" } as TestOidcProvider)));
+    const r = await refusal(OidcVerifier.discover({ ...unreachable, issuer: `http://127.0.0.1:${port}` }));
     assert.equal(r.code, Code.Unavailable);
     assert.match(r.message, new RegExp(`^OIDC issuer http://127\\.0\\.0\\.1:${port} unavailable: fetch failed: connect ECONNREFUSED`));
   });

@@ -14,6 +14,7 @@ import { OidcVerifier } from "../server/access/oidc.js";
 import { DEVICE_CODE_GRANT, startOidcProvider, type TestOidcProvider } from "../../test/support/oidc-provider.js";
 import { parseConfig, type OidcCredentials } from "./config-file.js";
 import { ExitCode } from "./errors.js";
+import { OidcBearer } from "./oidc.js";
 import { runCli, startApi, type TestApi } from "./testing.js";
 
 const ACCOUNTS = { alice: { preferred_username: "alice", groups: ["ops", "dev"] } };
@@ -145,6 +146,19 @@ describe("hypervisor-ctl login --oidc", () => {
     assert.ok(claimsOf(second.idToken).exp >= claimsOf(first.idToken).exp);
     assert.notEqual(second.refreshToken, first.refreshToken, "the provider rotated the refresh token; the new one is kept");
     assert.equal(second.expiresAt, claimsOf(second.idToken).exp * 1000);
+  });
+
+  it("takes the login another command refreshed meanwhile rather than refreshing with a rotated-away refresh token", async () => {
+    const { p, file, stored, login } = await setup(3600);
+    assert.equal((await login()).code, ExitCode.Ok);
+    const fresh = (await stored())!;
+    assert.ok(p.tokenRequests.includes(DEVICE_CODE_GRANT));
+    // This command read the file before the other one saved: its copy is stale and expired.
+    const stale = { ...fresh, idToken: "eyJ.stale.x", refreshToken: "rotated-away", expiresAt: Date.now() - 1000 };
+    const bearer = new OidcBearer({ credentials: stale, context: "lab", configPath: file });
+    const asked = p.tokenRequests.length;
+    assert.equal(await bearer.bearer(), fresh.idToken);
+    assert.equal(p.tokenRequests.length, asked, "no refresh was asked for");
   });
 
   it("says to log in again when the provider refuses the refresh, leaving the file as it was", async () => {

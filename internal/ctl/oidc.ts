@@ -147,7 +147,10 @@ export class OidcBearer {
   }
 
   private async refresh(): Promise<string> {
-    const c = this.credentials;
+    // Another command may have refreshed it meanwhile (and the provider rotated the refresh token).
+    const saved = this.stored();
+    if (saved && saved.expiresAt - REFRESH_MARGIN_MS > this.now()) return (this.credentials = saved).idToken;
+    const c = saved ?? this.credentials;
     const when = new Date(c.expiresAt).toISOString();
     if (c.refreshToken === undefined) throw this.again(`expired at ${when} and has no refresh token`);
     const config = await discoverIssuer(c.issuer, c.clientId);
@@ -155,6 +158,9 @@ export class OidcBearer {
     try {
       tokens = await client.refreshTokenGrant(config, c.refreshToken);
     } catch (e) {
+      // A command that refreshed at the same moment may have won with the same refresh token.
+      const won = this.stored();
+      if (won && won.idToken !== c.idToken && won.expiresAt - REFRESH_MARGIN_MS > this.now()) return (this.credentials = won).idToken;
       if (e instanceof client.ResponseBodyError) throw this.again(`expired at ${when} and the provider refused to refresh it (${e.error})`);
       throw new CliError(
         `cannot refresh the OIDC login of context ${this.source.context} at ${c.issuer}: ${reason(e)}`,
@@ -171,6 +177,19 @@ export class OidcBearer {
     this.credentials = next;
     this.save(next);
     return next.idToken;
+  }
+
+  /** The login as the file has it now, if it is still this one (same issuer and client); undefined otherwise. */
+  private stored(): OidcCredentials | undefined {
+    const path = this.source.configPath;
+    if (path === undefined) return undefined;
+    let found: OidcCredentials | undefined;
+    try {
+      found = readConfig({ path, explicit: true }).config.contexts.find((c) => c.name === this.source.context)?.credentials?.oidc;
+    } catch {
+      return undefined; // the file as read at start is what this command goes on with
+    }
+    return found && found.issuer === this.credentials.issuer && found.clientId === this.credentials.clientId ? found : undefined;
   }
 
   /** Into the context it came from, if that context still holds the same login (a concurrent login or logout wins). */

@@ -73,6 +73,8 @@ export interface TestOidcProvider {
   readonly clientId: string;
   /** The grant type of every token the token endpoint issued, in order (device_code, refresh_token...). */
   readonly grants: readonly string[];
+  /** The grant type of every request to the token endpoint, answered or refused (device polls included). */
+  readonly tokenRequests: readonly string[];
   /**
    * Logs `account` in through the pages the authorization URL leads to (an authorization request
    * the caller built, with its PKCE challenge and state) and returns the URL the provider sends the
@@ -231,8 +233,10 @@ export async function startOidcProvider(opts: OidcProviderOptions): Promise<Test
   // oidc-provider leaves `interval` out of the device authorization response (clients then
   // wait 5 s); a test's device polls sooner.
   const interval = opts.deviceInterval ?? 1;
+  const tokenRequests: string[] = [];
   provider.use(async (ctx, next) => {
     await next();
+    if (ctx.oidc?.route === "token") tokenRequests.push(String((ctx.oidc as { params?: { grant_type?: unknown } }).params?.grant_type));
     if (ctx.oidc?.route === "device_authorization" && ctx.body && typeof ctx.body === "object")
       (ctx.body as Record<string, unknown>)["interval"] = interval;
   });
@@ -302,6 +306,7 @@ export async function startOidcProvider(opts: OidcProviderOptions): Promise<Test
     issuer,
     clientId,
     grants,
+    tokenRequests,
     async authorizationCodeLogin(authorizationUrl, account) {
       const browser = new FormBrowser(issuer, account);
       const redirects = opts.redirectUris ?? [];

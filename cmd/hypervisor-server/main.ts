@@ -174,7 +174,13 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
         ticketsPerMinute: c.consoleTicketsPerMinute,
         watchBacklog: c.watchBacklog,
       },
-      origins: { allowedHosts: c.allowedHosts, allowedOrigins: c.allowedOrigins, desktopFrameAncestors: c.desktopFrameAncestors },
+      origins: {
+        allowedHosts: c.allowedHosts,
+        allowedOrigins: c.allowedOrigins,
+        desktopFrameAncestors: c.desktopFrameAncestors,
+        // The UI's OIDC sign-in talks to the issuer from the page.
+        connectSources: c.oidcIssuer ? [new URL(c.oidcIssuer).origin] : [],
+      },
       controllers: c.controllers,
       haGraceMs: c.haGracePeriod * 1000,
       // The web UI (dist/ui, built by make build) for every path the API does not answer.

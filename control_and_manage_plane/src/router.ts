@@ -1,6 +1,7 @@
 // Pages by URL. The server answers every unknown path with the app (SPA fallback), so these URLs
 // can be bookmarked and reloaded.
 import { createRouter, createWebHistory, type RouteRecordRaw } from "vue-router";
+import { finishOidcSignIn } from "./state/index.js";
 
 const routes: RouteRecordRaw[] = [
   {
@@ -29,6 +30,14 @@ const routes: RouteRecordRaw[] = [
     component: () => import("./pages/InstanceDetailPage.vue"),
     props: true,
     meta: { section: "instances", title: "Instance" },
+  },
+  {
+    // Back from the OIDC provider: the guard signs in and goes on to the page the sign-in began at.
+    path: "/auth/callback",
+    name: "auth-callback",
+    component: () => import("./pages/AuthCallbackPage.vue"),
+    beforeEnter: (to) => finishOidcSignIn(to.fullPath),
+    meta: { section: "", title: "Signing in" },
   },
   {
     path: "/:rest(.*)*",

@@ -296,7 +296,7 @@ describe("access commands against a server with access control", () => {
       );
       assert.equal(await tokenOf("lab"), undefined);
       assert.ok(await tokenOf("other"), "the other context keeps its token");
-      assert.equal((await ctl(["logout"])).stdout, "context lab has no token\n");
+      assert.equal((await ctl(["logout"])).stdout, "context lab has no token or OIDC login\n");
       assert.match((await ctl(["whoami"])).stdout, /^User:\s+\(anonymous\)$/m);
     });
   });

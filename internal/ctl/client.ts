@@ -23,6 +23,7 @@ import { InstanceService } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeService } from "../../api/gen/hypervisor/v1/node_pb.js";
 import { checkServerUrl } from "./config-file.js";
 import type { Connection, TlsMaterial } from "./connection.js";
+import { OidcBearer } from "./oidc.js";
 
 export { DEFAULT_SERVER } from "./connection.js";
 
@@ -51,6 +52,8 @@ export function serverUrl(value: string): string {
 export function createClients(conn: Connection | string, tls: TlsMaterial = {}): Clients {
   const server = typeof conn === "string" ? serverUrl(conn) : conn.server;
   const token = typeof conn === "string" ? undefined : conn.token?.value;
+  // An OIDC login's ID token is refreshed (and saved) before a call that would send it expired.
+  const oidc = typeof conn === "string" || token !== undefined || conn.oidc === undefined ? undefined : new OidcBearer(conn.oidc);
   const secure = server.startsWith("https:");
   const nodeOptions = secure
     ? { ...(tls.ca !== undefined ? { ca: tls.ca } : {}), ...(tls.cert !== undefined ? { cert: tls.cert, key: tls.key } : {}) }
@@ -59,6 +62,11 @@ export function createClients(conn: Connection | string, tls: TlsMaterial = {}):
   if (token !== undefined) {
     interceptors.push((next) => (req) => {
       req.header.set("Authorization", `Bearer ${token}`);
+      return next(req);
+    });
+  } else if (oidc !== undefined) {
+    interceptors.push((next) => async (req) => {
+      req.header.set("Authorization", `Bearer ${await oidc.bearer()}`);
       return next(req);
     });
   }
@@ -80,6 +88,10 @@ export function createClients(conn: Connection | string, tls: TlsMaterial = {}):
     identity: createClient(IdentityService, transport),
     access: createClient(AccessService, transport),
     audit: createClient(AuditService, transport),
-    webSocketOptions: { ...nodeOptions, ...(token !== undefined ? { headers: { Authorization: `Bearer ${token}` } } : {}) },
+    // A getter: a console asks for its ticket first (a call, which refreshes an OIDC login), then opens the socket.
+    get webSocketOptions(): ClientOptions {
+      const bearer = token ?? oidc?.current;
+      return { ...nodeOptions, ...(bearer !== undefined ? { headers: { Authorization: `Bearer ${bearer}` } } : {}) };
+    },
   };
 }

@@ -38,6 +38,12 @@ export function redact(cfg: CtlConfig): CtlConfig {
         if (cr.clientCertData !== undefined) cr.clientCertData = OMITTED;
         if (cr.clientKeyData !== undefined) cr.clientKeyData = REDACTED;
         if (cr.token !== undefined) cr.token = REDACTED;
+        if (cr.oidc !== undefined)
+          cr.oidc = {
+            ...cr.oidc,
+            idToken: REDACTED,
+            ...(cr.oidc.refreshToken !== undefined ? { refreshToken: REDACTED } : {}),
+          };
         out.credentials = cr;
       }
       return out;
@@ -49,6 +55,7 @@ function credentialsSummary(c: ContextEntry): string {
   const parts: string[] = [];
   if (c.credentials?.clientCertFile !== undefined || c.credentials?.clientCertData !== undefined) parts.push("client-cert");
   if (c.credentials?.token !== undefined) parts.push("token");
+  if (c.credentials?.oidc !== undefined) parts.push("oidc");
   return parts.join(",") || "-";
 }
 

@@ -142,6 +142,68 @@ describe("parseConfig", () => {
   });
 });
 
+describe("an OIDC login in a context", () => {
+  const text = (oidc: string, token = "") => `contexts:
+  - name: lab
+    server: https://lab:7070
+    credentials:${token}
+      oidc:
+${oidc}`;
+  const GOOD_OIDC = `        issuer: https://idp.example.com
+        client-id: hypervisor
+        id-token: eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln
+        refresh-token: rt-1
+        expires-at: 2026-12-04T23:40:00.000Z
+`;
+
+  it("reads it (the expiry an ISO time, unquoted or quoted) and writes it back the same", () => {
+    const cfg = parseConfig(text(GOOD_OIDC), "f");
+    assert.deepEqual(cfg.contexts[0]!.credentials, {
+      oidc: {
+        issuer: "https://idp.example.com",
+        clientId: "hypervisor",
+        idToken: "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln",
+        refreshToken: "rt-1",
+        expiresAt: Date.parse("2026-12-04T23:40:00.000Z"),
+      },
+    });
+    assert.deepEqual(parseConfig(formatConfig(cfg), "f"), cfg);
+    assert.deepEqual(parseConfig(text(GOOD_OIDC.replace("2026-12-04T23:40:00.000Z", '"2026-12-04T23:40:00.000Z"')), "f"), cfg);
+    const noRefresh = parseConfig(text(GOOD_OIDC.replace("        refresh-token: rt-1\n", "")), "f");
+    assert.equal(noRefresh.contexts[0]!.credentials!.oidc!.refreshToken, undefined);
+  });
+
+  it("refuses it with a token beside it, or with a part missing or wrong, naming the key", () => {
+    const cases: [string, RegExp][] = [
+      [text(GOOD_OIDC, "\n      token: hvt_x"), /contexts\[0\]\.credentials: token and oidc exclude each other/],
+      [text(GOOD_OIDC.replace(/ +id-token: .*\n/, "")), /contexts\[0\]\.credentials\.oidc\.id-token: required/],
+      [
+        text(GOOD_OIDC.replace("https://idp.example.com", "idp")),
+        /contexts\[0\]\.credentials\.oidc\.issuer must be an http\(s\) URL, got "idp"/,
+      ],
+      [text(GOOD_OIDC.replace("2026-12-04T23:40:00.000Z", "soon")), /contexts\[0\]\.credentials\.oidc\.expires-at: expected a time/],
+      [text(GOOD_OIDC + "        access-token: x\n"), /unknown key contexts\[0\]\.credentials\.oidc\.access-token/],
+    ];
+    for (const [t, re] of cases)
+      assert.throws(
+        () => parseConfig(t, "f"),
+        (e) => e instanceof ConfigFileError && re.test(e.message),
+        t,
+      );
+  });
+
+  it("counts as a secret: a file others may read is flagged", () => {
+    const dir = mkdtempSync(join(tmpdir(), "hv-ctl-oidc-cfg-"));
+    try {
+      const path = join(dir, "config.yaml");
+      writeFileSync(path, text(GOOD_OIDC), { mode: 0o644 });
+      assert.equal(readConfig({ path, explicit: true }).exposed, true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("configs/ctl.yaml", () => {
   it("the documented example is a valid configuration", () => {
     const path = fileURLToPath(new URL("../../../configs/ctl.yaml", import.meta.url));

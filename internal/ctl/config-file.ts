@@ -11,6 +11,12 @@
  *         client-cert-file: me.crt        # or client-cert-data: | PEM
  *         client-key-file: me.key         # or client-key-data: | PEM
  *         token: hvt_...                  # an API token (hypervisor-ctl login puts it here)
+ *         oidc:                           # or an OIDC login (hypervisor-ctl login --oidc puts it here)
+ *           issuer: https://idp.example.com
+ *           client-id: hypervisor
+ *           id-token: eyJ...              # sent as the bearer
+ *           refresh-token: ...            # gets the next ID token when this one expires
+ *           expires-at: 2026-12-04T23:40:00.000Z
  *
  * Found at --config-file, else $HYPERVISOR_CONFIG, else $XDG_CONFIG_HOME/hypervisor/config.yaml,
  * else $HOME/.config/hypervisor/config.yaml. Validated strictly (unknown keys are errors naming
@@ -31,6 +37,19 @@ export interface Credentials {
   clientKeyData?: string;
   /** An API token (hvt_...), sent as `Authorization: Bearer` to this context's server only. */
   token?: string;
+  /** An OIDC login: its ID token is sent as the bearer, to this context's server only. */
+  oidc?: OidcCredentials;
+}
+
+/** What `login --oidc` stores: the provider and client the server named, and the tokens. */
+export interface OidcCredentials {
+  issuer: string;
+  clientId: string;
+  idToken: string;
+  /** Absent when the provider gave none (no offline_access): the login then ends with the ID token. */
+  refreshToken?: string;
+  /** The ID token's exp, in milliseconds since the epoch. */
+  expiresAt: number;
 }
 
 export interface ContextEntry {
@@ -171,15 +190,34 @@ export function checkContext(c: ContextEntry, where: string): void {
     if (cr.clientCertData !== undefined) checkPem(cr.clientCertData, `${w}.client-cert-data`);
     if (cr.clientKeyData !== undefined) checkPem(cr.clientKeyData, `${w}.client-key-data`);
     if (cr.token !== undefined) checkToken(cr.token, `${w}.token`);
+    if (cr.token !== undefined && cr.oidc !== undefined)
+      throw new ConfigFileError(`${w}: token and oidc exclude each other (either would be the bearer); give one`, `${w}.oidc`);
+    if (cr.oidc !== undefined) checkOidc(cr.oidc, `${w}.oidc`);
   }
   // TLS settings on a plaintext URL would be silently unused: the user meant https.
   if ((tls || cert) && server.startsWith("http:"))
     throw new ConfigFileError(`${where}: has a CA or client certificate but server ${server} is not https`, `${where}.server`);
 }
 
+function checkOidc(o: OidcCredentials, where: string): void {
+  let url: URL | undefined;
+  try {
+    url = new URL(o.issuer);
+  } catch {
+    url = undefined;
+  }
+  if (!url || (url.protocol !== "https:" && url.protocol !== "http:"))
+    throw new ConfigFileError(`${where}.issuer must be an http(s) URL, got ${show(o.issuer)}`, `${where}.issuer`);
+  if (o.clientId === "") throw new ConfigFileError(`${where}.client-id: required`, `${where}.client-id`);
+  checkToken(o.idToken, `${where}.id-token`);
+  if (o.refreshToken !== undefined) checkToken(o.refreshToken, `${where}.refresh-token`);
+  if (!Number.isFinite(o.expiresAt)) throw new ConfigFileError(`${where}.expires-at: expected a time (ISO 8601)`, `${where}.expires-at`);
+}
+
 const TOP = ["current-context", "contexts"] as const;
 const CONTEXT = ["name", "server", "ca-file", "ca-data", "credentials"] as const;
-const CREDENTIALS = ["client-cert-file", "client-cert-data", "client-key-file", "client-key-data", "token"] as const;
+const CREDENTIALS = ["client-cert-file", "client-cert-data", "client-key-file", "client-key-data", "token", "oidc"] as const;
+const OIDC = ["issuer", "client-id", "id-token", "refresh-token", "expires-at"] as const;
 
 /** Parses and validates the file's text; `file` names it in messages. Empty text: no contexts. */
 export function parseConfig(text: string, file: string): CtlConfig {
@@ -229,6 +267,7 @@ export function parseConfig(text: string, file: string): CtlConfig {
             const v = str(cm, k, w);
             if (v !== undefined) cr[prop] = v;
           }
+          if (cm["oidc"] !== undefined) cr.oidc = parseOidc(cm["oidc"], `${w}.oidc`);
           c.credentials = cr;
         }
         checkContext(c, where);
@@ -239,6 +278,23 @@ export function parseConfig(text: string, file: string): CtlConfig {
   } catch (e) {
     return fail(e);
   }
+}
+
+function parseOidc(v: unknown, where: string): OidcCredentials {
+  const m = mapping(v, where, OIDC);
+  const need = (k: string) => {
+    const s = str(m, k, where);
+    if (s === undefined) throw new ConfigFileError(`${where}.${k}: required`, `${where}.${k}`);
+    return s;
+  };
+  // YAML reads an unquoted timestamp as a Date.
+  const at = m["expires-at"];
+  const expiresAt = at instanceof Date ? at.getTime() : typeof at === "string" ? Date.parse(at) : NaN;
+  if (at === undefined) throw new ConfigFileError(`${where}.expires-at: required`, `${where}.expires-at`);
+  const o: OidcCredentials = { issuer: need("issuer"), clientId: need("client-id"), idToken: need("id-token"), expiresAt };
+  const refresh = str(m, "refresh-token", where);
+  if (refresh !== undefined) o.refreshToken = refresh;
+  return o;
 }
 
 /** The YAML text of a configuration, keys in the documented order, nothing empty written. */
@@ -262,6 +318,14 @@ export function toYamlObject(cfg: CtlConfig): Raw {
       if (cr.clientKeyFile !== undefined) co["client-key-file"] = cr.clientKeyFile;
       if (cr.clientKeyData !== undefined) co["client-key-data"] = cr.clientKeyData;
       if (cr.token !== undefined) co["token"] = cr.token;
+      if (cr.oidc !== undefined)
+        co["oidc"] = {
+          issuer: cr.oidc.issuer,
+          "client-id": cr.oidc.clientId,
+          "id-token": cr.oidc.idToken,
+          ...(cr.oidc.refreshToken !== undefined ? { "refresh-token": cr.oidc.refreshToken } : {}),
+          "expires-at": new Date(cr.oidc.expiresAt).toISOString(),
+        };
       if (Object.keys(co).length > 0) o["credentials"] = co;
     }
     return o;
@@ -295,7 +359,9 @@ export function readConfig(loc: ConfigLocation): LoadedConfig {
     throw new ConfigFileError(`config file ${loc.path}: ${code === "ENOENT" ? "no such file" : (e as Error).message}`);
   }
   const config = parseConfig(text, loc.path);
-  const secret = config.contexts.some((c) => c.credentials?.clientKeyData !== undefined || c.credentials?.token !== undefined);
+  const secret = config.contexts.some(
+    (c) => c.credentials?.clientKeyData !== undefined || c.credentials?.token !== undefined || c.credentials?.oidc !== undefined,
+  );
   return { config, path: loc.path, exposed: secret && (mode & 0o077) !== 0 };
 }
 

@@ -128,6 +128,35 @@ describe("resolveConnection", () => {
     assert.deepEqual(e.warnings, []);
   });
 
+  it("sends a context's OIDC login only to that context's server, never in plaintext off the machine; HYPERVISOR_TOKEN wins", () => {
+    const oidc = { issuer: "https://idp", clientId: "c", idToken: "eyJ.a.b", expiresAt: 0 };
+    const config: CtlConfig = {
+      currentContext: "sso",
+      contexts: [
+        { name: "sso", server: "https://sso:7070", credentials: { oidc } },
+        { name: "far", server: "http://10.0.0.9:7070", credentials: { oidc } },
+      ],
+    };
+    const c = resolveConnection(inputs({ config }));
+    assert.deepEqual(c.oidc, {
+      credentials: oidc,
+      context: "sso",
+      configPath: "/home/u/.config/hypervisor/config.yaml",
+      from: "context sso (oidc)",
+    });
+    const other = resolveConnection(inputs({ config, flags: { server: "https://other:1" } }));
+    assert.equal(other.oidc, undefined);
+    assert.deepEqual(other.warnings, [
+      "not sending the OIDC login of context sso to https://other:1 (from --server): it is not that context's server",
+    ]);
+    const env = resolveConnection(inputs({ config, env: { HYPERVISOR_TOKEN: "t2" } }));
+    assert.deepEqual([env.token?.value, env.oidc], ["t2", undefined]);
+    assert.throws(
+      () => resolveConnection(inputs({ config, flags: { context: "far" } })),
+      /refusing to send the token \(from context far \(oidc\)\) in plaintext to http:\/\/10\.0\.0\.9:7070/,
+    );
+  });
+
   it("drops a context's TLS settings when an http server is given instead; refuses ones given for this run", () => {
     const c = resolveConnection(inputs({ flags: { server: "http://127.0.0.1:9" } }));
     assert.deepEqual([c.ca, c.clientCert, c.clientKey], [undefined, undefined, undefined]);

@@ -9,14 +9,15 @@
  *
  * Each value remembers where it came from, so an error names the flag, variable or context key
  * at fault. A client certificate and its key are one setting: the layer that gives one must give
- * both. A context's token goes only to that context's own server: a --server or
- * HYPERVISOR_SERVER pointing elsewhere must not receive it.
+ * both. A context's token (or OIDC login) goes only to that context's own server: a --server or
+ * HYPERVISOR_SERVER pointing elsewhere must not receive it. HYPERVISOR_TOKEN wins over both.
  */
 import { createPrivateKey, type KeyObject, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { checkServerUrl, checkToken, ConfigFileError, type ContextEntry, type CtlConfig, resolveFrom } from "./config-file.js";
 import { usageError } from "./errors.js";
+import type { OidcSource } from "./oidc.js";
 
 export const DEFAULT_SERVER = "http://127.0.0.1:7070";
 
@@ -42,6 +43,8 @@ export interface Connection {
   clientCert?: PemSource;
   clientKey?: PemSource;
   token?: { value: string; from: string };
+  /** The context's OIDC login, when it is the bearer (no token wins over it). */
+  oidc?: OidcSource & { from: string };
   /** Things worth a warning line on stderr (a dropped token). */
   warnings: string[];
 }
@@ -128,6 +131,11 @@ export function resolveConnection(inputs: ConnectionInputs): Connection {
   } else if (ctx?.credentials?.token !== undefined) {
     if (conn.server === ctx.server) conn.token = { value: ctx.credentials.token, from: `${inCtx} (token)` };
     else warnings.push(`not sending the token of ${inCtx} to ${conn.server} (from ${conn.serverFrom}): it is not that context's server`);
+  } else if (ctx?.credentials?.oidc !== undefined) {
+    if (conn.server === ctx.server)
+      conn.oidc = { credentials: ctx.credentials.oidc, context: ctx.name, configPath, from: `${inCtx} (oidc)` };
+    else
+      warnings.push(`not sending the OIDC login of ${inCtx} to ${conn.server} (from ${conn.serverFrom}): it is not that context's server`);
   }
 
   const tlsFrom = [conn.ca, conn.clientCert].filter((s) => s !== undefined && !s.from.startsWith("context"));
@@ -139,8 +147,9 @@ export function resolveConnection(inputs: ConnectionInputs): Connection {
     delete conn.ca;
     delete conn.clientCert;
     delete conn.clientKey;
-    if (conn.token && !isLoopback(conn.server))
-      throw usageError(`refusing to send the token (from ${conn.token.from}) in plaintext to ${conn.server}: use an https server`);
+    const bearer = conn.token ?? conn.oidc;
+    if (bearer && !isLoopback(conn.server))
+      throw usageError(`refusing to send the token (from ${bearer.from}) in plaintext to ${conn.server}: use an https server`);
   }
   return conn;
 }

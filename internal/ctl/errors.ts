@@ -95,6 +95,8 @@ function tlsFailure(e: unknown, server: string, caFrom: string | undefined): str
  */
 export function describeError(e: unknown, server: string, caFrom?: string): { message: string; exitCode: ExitCode } {
   if (e instanceof CliError) return { message: e.message, exitCode: e.exitCode };
+  // Thrown inside a call (an OIDC login that could not be refreshed): the client wraps it.
+  if (e instanceof ConnectError && e.cause instanceof CliError) return { message: e.cause.message, exitCode: e.cause.exitCode };
   if (e instanceof ConnectError || e instanceof Error) {
     const err = ConnectError.from(e);
     const tls = tlsFailure(e, server, caFrom);

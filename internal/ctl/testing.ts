@@ -25,6 +25,8 @@ export async function runCli(
     env?: Record<string, string>;
     signal?: AbortSignal;
     onStdout?: (all: string) => void;
+    /** Called with everything written to stderr so far, after each write (a prompt to act on). */
+    onStderr?: (all: string) => void;
     /** What standard input carries (a pipe that ends after it); none when absent. */
     stdin?: string;
     /** The clock for ages and time left; FIXED_NOW when absent. */
@@ -41,7 +43,12 @@ export async function runCli(
         opts.onStdout?.(stdout);
       },
     },
-    stderr: { write: (s: string) => (stderr += s) },
+    stderr: {
+      write: (s: string) => {
+        stderr += s;
+        opts.onStderr?.(stderr);
+      },
+    },
     env,
     signal: opts.signal,
     ...(opts.stdin !== undefined ? { stdin: Readable.from([opts.stdin]) } : {}),

@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { loadConfig } from "../../pkg/config/index.js";
 import { binPath } from "../../test/support/procs.js";
-import { checkServerConfig, serverSchema } from "./config.js";
+import { checkServerConfig, oidcSettingsOf, serverSchema } from "./config.js";
 
 const repo = fileURLToPath(new URL("../../../", import.meta.url));
 
@@ -69,11 +69,64 @@ describe("server config", () => {
       /dangerously-disable-access on listen 0\.0\.0\.0:7070, which is not loopback/,
     ],
     [["--audit-level", "everything"], /audit-level: "everything" must be one of none, metadata, request/],
+    [
+      ["--oidc-issuer", "http://idp.example.com", "--oidc-client-id", "c"],
+      /oidc-issuer: "http:\/\/idp\.example\.com" must be an https URL \(http only on loopback/,
+    ],
+    [["--oidc-issuer", "idp.example.com", "--oidc-client-id", "c"], /oidc-issuer: "idp\.example\.com" is not a URL/],
+    [["--oidc-issuer", "https://idp.example.com"], /oidc-client-id: required with oidc-issuer/],
+    [["--oidc-client-id", "hypervisor"], /oidc-client-id: "hypervisor" is set but oidc-issuer is empty/],
+    [
+      ["--oidc-issuer", "https://idp", "--oidc-client-id", "c", "--oidc-scopes", "profile,email"],
+      /oidc-scopes: "profile,email" must include openid/,
+    ],
+    [["--oidc-issuer", "https://idp", "--oidc-client-id", "c", "--oidc-scopes", 'openid,a"b'], /oidc-scopes: "a\\"b" is not a scope/],
+    [
+      ["--oidc-issuer", "https://idp", "--oidc-client-id", "c", "--oidc-username-claim", ""],
+      /oidc-username-claim: "" must be a claim name/,
+    ],
+    [
+      ["--oidc-issuer", "http://127.0.0.1:5556", "--oidc-client-id", "c", "--oidc-ca-file", "ca.crt"],
+      /oidc-ca-file: "ca\.crt" with an http issuer/,
+    ],
   ] as const)
     it(`rejects ${args.join(" ")}`, async () => {
       const { config } = await loadConfig(serverSchema, { argv: [...args], env: {} });
       assert.throws(() => checkServerConfig(config), message);
     });
+
+  it("OIDC is off by default; on, its settings are the verifier's", async () => {
+    const load = async (...argv: string[]) => {
+      const { config } = await loadConfig(serverSchema, { argv, env: {} });
+      checkServerConfig(config);
+      return oidcSettingsOf(config);
+    };
+    assert.equal(await load(), undefined);
+    assert.deepEqual(
+      await load("--oidc-issuer", "https://dex.example.com/dex", "--oidc-client-id", "hypervisor", "--oidc-ca-file", "/etc/idp-ca.crt"),
+      {
+        issuer: "https://dex.example.com/dex",
+        clientId: "hypervisor",
+        usernameClaim: "sub",
+        groupsClaim: "groups",
+        usernamePrefix: "oidc:",
+        groupsPrefix: "",
+        scopes: ["openid", "offline_access", "profile", "email"],
+        caFile: "/etc/idp-ca.crt",
+      },
+    );
+    const local = await load(
+      "--oidc-issuer",
+      "http://127.0.0.1:5556",
+      "--oidc-client-id",
+      "c",
+      "--oidc-username-claim",
+      "email",
+      "--oidc-groups-prefix",
+      "idp:",
+    );
+    assert.deepEqual([local?.usernameClaim, local?.groupsPrefix, local?.caFile], ["email", "idp:", undefined]);
+  });
 
   it("the binary exits 2 on bad settings, naming them, before touching any store", async () => {
     const err = await promisify(execFile)(process.execPath, [binPath("hypervisor-server"), "--store", "postgres"]).then(

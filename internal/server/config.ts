@@ -2,11 +2,12 @@
  * The server's settings (configs/server.yaml documents each one). YAML keys are the flag names:
  * `listen: 0.0.0.0:7070` is `--listen 0.0.0.0:7070` is HYPERVISOR_LISTEN=0.0.0.0:7070.
  */
-import { checkName } from "../../pkg/validation/index.js";
+import { checkName, issuerProblem } from "../../pkg/validation/index.js";
 import { AUDIT_LEVELS } from "./access/audit.js";
 import { etcdSchema } from "../../pkg/cluster/etcd/index.js";
 import { ConfigError, type ConfigOf, type Schema } from "../../pkg/config/index.js";
 import type { Algorithm } from "./scheduler.js";
+import { hasControl, type OidcSettings } from "./access/oidc.js";
 
 export const serverSchema = {
   listen: {
@@ -71,6 +72,36 @@ export const serverSchema = {
     min: 1,
     max: 100,
     description: "audit files kept, the current one included",
+  },
+  "oidc-issuer": {
+    type: "string",
+    default: "",
+    description:
+      "OIDC logins (docs/access.md): the identity provider's issuer URL, https (http on loopback only); empty: off, API tokens and certificates only",
+  },
+  "oidc-client-id": {
+    type: "string",
+    default: "",
+    description: "the public client (no secret) the UI and ctl log in with; ID tokens must name it as their audience",
+  },
+  "oidc-username-claim": { type: "string", default: "sub", description: "the ID token claim whose value names the user" },
+  "oidc-groups-claim": { type: "string", default: "groups", description: "the ID token claim listing the user's groups (absent: none)" },
+  "oidc-username-prefix": {
+    type: "string",
+    default: "oidc:",
+    description: "put before every OIDC user name, so none can be taken for a token's user (admin) or another issuer's",
+  },
+  "oidc-groups-prefix": { type: "string", default: "", description: "put before every OIDC group name" },
+  "oidc-scopes": {
+    type: "string[]",
+    default: ["openid", "offline_access", "profile", "email"],
+    description:
+      "scopes the UI and ctl ask for: openid, and whatever releases the username and groups claims (Dex: add groups); offline_access gives ctl a refresh token",
+  },
+  "oidc-ca-file": {
+    type: "string",
+    default: "",
+    description: "PEM CA the issuer's certificate chains to, instead of the system's trust store (the server's discovery and key fetches)",
   },
   "etcd-enable-auth": {
     type: "boolean",
@@ -325,6 +356,7 @@ export function checkServerConfig(c: ServerConfig): { host: string; port: number
     );
   if (!(AUDIT_LEVELS as readonly string[]).includes(c.auditLevel))
     throw new ConfigError(`audit-level: ${JSON.stringify(c.auditLevel)} must be one of ${AUDIT_LEVELS.join(", ")}`, "audit-level");
+  checkOidc(c);
   if (c.schedulerAlgorithm !== "binpack" && c.schedulerAlgorithm !== "spread")
     throw new ConfigError(`scheduler-algorithm: ${JSON.stringify(c.schedulerAlgorithm)} must be binpack or spread`, "scheduler-algorithm");
   if (c.store === "etcd" && c.etcdEndpoints.length === 0)
@@ -346,4 +378,60 @@ export function checkServerConfig(c: ServerConfig): { host: string; port: number
   if (c.serverId && !/^[a-zA-Z0-9._-]{1,63}$/.test(c.serverId))
     throw new ConfigError(`server-id: ${JSON.stringify(c.serverId)} must be 1-63 of a-z A-Z 0-9 . _ -`, "server-id");
   return { host, port, algorithm: c.schedulerAlgorithm };
+}
+
+// RFC 6749's scope-token: visible ASCII but " and \.
+const SCOPE = /^[\x21\x23-\x5b\x5d-\x7e]+$/;
+
+function checkOidc(c: ServerConfig): void {
+  const q = JSON.stringify;
+  if (!c.oidcIssuer) {
+    // A client id or CA without an issuer is a login setup with its key line missing, not "off".
+    for (const [key, value] of [
+      ["oidc-client-id", c.oidcClientId],
+      ["oidc-ca-file", c.oidcCaFile],
+    ] as const)
+      if (value) throw new ConfigError(`${key}: ${q(value)} is set but oidc-issuer is empty (OIDC logins off): set oidc-issuer too`, key);
+    return;
+  }
+  const bad = issuerProblem(c.oidcIssuer);
+  if (bad) throw new ConfigError(`oidc-issuer: ${q(c.oidcIssuer)} ${bad}`, "oidc-issuer");
+  if (!c.oidcClientId)
+    throw new ConfigError("oidc-client-id: required with oidc-issuer (the client ID tokens are issued to)", "oidc-client-id");
+  if (c.oidcCaFile && c.oidcIssuer.startsWith("http:"))
+    throw new ConfigError(
+      `oidc-ca-file: ${q(c.oidcCaFile)} with an http issuer ${c.oidcIssuer}: it would be unused; is the issuer https?`,
+      "oidc-ca-file",
+    );
+  for (const [key, value] of [
+    ["oidc-username-claim", c.oidcUsernameClaim],
+    ["oidc-groups-claim", c.oidcGroupsClaim],
+  ] as const)
+    if (!value || hasControl(value)) throw new ConfigError(`${key}: ${q(value)} must be a claim name`, key);
+  for (const [key, value] of [
+    ["oidc-username-prefix", c.oidcUsernamePrefix],
+    ["oidc-groups-prefix", c.oidcGroupsPrefix],
+  ] as const)
+    if (value.length > 64 || hasControl(value))
+      throw new ConfigError(`${key}: ${q(value)} must be at most 64 characters, none a control character`, key);
+  if (!c.oidcScopes.includes("openid"))
+    throw new ConfigError(`oidc-scopes: ${q(c.oidcScopes.join(","))} must include openid (no ID token without it)`, "oidc-scopes");
+  const badScope = c.oidcScopes.find((s) => !SCOPE.test(s));
+  if (badScope !== undefined)
+    throw new ConfigError(`oidc-scopes: ${q(badScope)} is not a scope (visible ASCII, no space, " or \\)`, "oidc-scopes");
+}
+
+/** The verifier's settings (access/oidc.ts), or undefined when OIDC logins are off. Call after checkServerConfig. */
+export function oidcSettingsOf(c: ServerConfig): OidcSettings | undefined {
+  if (!c.oidcIssuer) return undefined;
+  return {
+    issuer: c.oidcIssuer,
+    clientId: c.oidcClientId,
+    usernameClaim: c.oidcUsernameClaim,
+    groupsClaim: c.oidcGroupsClaim,
+    usernamePrefix: c.oidcUsernamePrefix,
+    groupsPrefix: c.oidcGroupsPrefix,
+    scopes: c.oidcScopes,
+    ...(c.oidcCaFile ? { caFile: c.oidcCaFile } : {}),
+  };
 }

@@ -73,4 +73,18 @@ describe("origin policy", () => {
     assert.equal(v.ok, false);
     assert.match(v.ok ? "" : v.message, /origin "http:\/\/evil\.example" is not this server's/);
   });
+
+  it("lets pages fetch from this server only, and from the OIDC issuer when one is named", () => {
+    const connect = (p: OriginPolicy, path: string) => /(?:^|; )connect-src ([^;]*)/.exec(p.headers(path)["content-security-policy"]!)?.[1];
+    assert.equal(connect(policy, "/"), "'self'");
+    const oidc = new OriginPolicy({
+      allowedHosts: [],
+      allowedOrigins: [],
+      desktopFrameAncestors: [],
+      listenHost: "0.0.0.0",
+      connectSources: ["https://idp.example"],
+    });
+    assert.equal(connect(oidc, "/"), "'self' https://idp.example");
+    assert.equal(connect(oidc, "/desktop/"), "'self' https://idp.example");
+  });
 });

@@ -15,7 +15,8 @@
  *
  * Every answer carries nosniff and no-referrer; pages carry a Content-Security-Policy with
  * frame-ancestors 'none', except the desktop page (/desktop/), which may be framed by the origins
- * the operator names (a VDI portal).
+ * the operator names (a VDI portal). The pages may fetch from this server, and from the OIDC
+ * issuer when there is one (the UI's sign-in discovers it and redeems its code there).
  */
 import { isIP } from "node:net";
 import { hostname } from "node:os";
@@ -32,6 +33,8 @@ export interface OriginPolicyOptions {
   allowedOrigins: string[];
   /** Origins that may frame the desktop page; empty: none. */
   desktopFrameAncestors: string[];
+  /** Origins pages may fetch from besides this server's (the OIDC issuer's); default none. */
+  connectSources?: string[];
   /** The address the server listens on, added to the default hosts when it is a name. */
   listenHost: string;
 }
@@ -61,8 +64,6 @@ const CSP_BASE = [
   "style-src 'self' 'unsafe-inline'",
   "img-src 'self' data: blob:",
   "font-src 'self' data:",
-  // 'self' covers ws: and wss: to this host and port (consoles).
-  "connect-src 'self'",
   "object-src 'none'",
   "base-uri 'none'",
   "form-action 'self'",
@@ -78,9 +79,11 @@ export class OriginPolicy {
     const hosts = opts.allowedHosts.length ? opts.allowedHosts : defaultAllowedHosts(opts.listenHost);
     this.hosts = new Set(hosts.map((h) => h.toLowerCase().replace(/\.$/, "")));
     this.origins = new Set(opts.allowedOrigins.map((o) => o.toLowerCase().replace(/\/$/, "")));
-    this.pageCsp = [...CSP_BASE, "frame-ancestors 'none'"].join("; ");
+    // 'self' covers ws: and wss: to this host and port (consoles).
+    const connect = ["connect-src 'self'", ...(opts.connectSources ?? [])].join(" ");
+    this.pageCsp = [...CSP_BASE, connect, "frame-ancestors 'none'"].join("; ");
     const framers = opts.desktopFrameAncestors.length ? opts.desktopFrameAncestors.join(" ") : "'none'";
-    this.desktopCsp = [...CSP_BASE, `frame-ancestors ${framers}`].join("; ");
+    this.desktopCsp = [...CSP_BASE, connect, `frame-ancestors ${framers}`].join("; ");
   }
 
   /** Whether a request with these headers may be served. */

@@ -252,6 +252,7 @@ export class Server {
       allowedHosts: this.opts.origins?.allowedHosts ?? [],
       allowedOrigins: this.opts.origins?.allowedOrigins ?? [],
       desktopFrameAncestors: this.opts.origins?.desktopFrameAncestors ?? [],
+      connectSources: this.opts.origins?.connectSources ?? [],
       listenHost: this.opts.host,
     });
     const serve: NodeHandlerFn = (req, res) => {

@@ -23,3 +23,4 @@ export function httpsAgent(): https.Agent {
   };
   return agent;
 }
+export { fetchWithCa, type FetchInit } from "./fetch-with-ca.js";

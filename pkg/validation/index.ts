@@ -28,3 +28,4 @@ export {
   parseLabels,
   show,
 } from "./rules.js";
+export { isLoopbackHost, issuerProblem } from "./issuer.js";

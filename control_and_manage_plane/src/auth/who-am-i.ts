@@ -7,12 +7,18 @@ import { storedToken, storeToken } from "./token.js";
 
 export type Identity = Pick<WhoAmIResponse, "user" | "roles" | "rights">;
 
-/** Who `token` is; throws the server's refusal. Keeps the token for this tab when it is good. */
-export async function signInWith(transport: Transport, token: string): Promise<Identity> {
+/**
+ * Who `token` is (a pasted API token, or the ID token of an OIDC sign-in); throws the server's
+ * refusal. Keeps the token for this tab when it is good.
+ */
+export async function signInWith(transport: Transport, token: string, kind: "token" | "oidc" = "token"): Promise<Identity> {
   const t = token.trim();
   if (!t) throw new Error("paste an API token (hvt_...)");
   const me = await createClient(AccessService, transport).whoAmI({}, { headers: { authorization: `Bearer ${t}` } });
-  if (me.authenticatedBy !== "token") throw new Error(`the server took this as ${me.authenticatedBy || "no"} credentials, not a token`);
+  if (kind === "token" && me.authenticatedBy !== "token")
+    throw new Error(`the server took this as ${me.authenticatedBy || "no"} credentials, not a token`);
+  if (kind === "oidc" && (me.authenticatedBy === "none" || me.user === ""))
+    throw new Error("the server did not take the sign-in's ID token (it answered as anonymous: is its access control off?)");
   storeToken(t);
   return { user: me.user, roles: [...me.roles], rights: [...me.rights] };
 }
@@ -22,6 +28,7 @@ export async function whoAmI(transport: Transport): Promise<Identity | undefined
   const t = storedToken();
   if (!t) return undefined;
   const me = await createClient(AccessService, transport).whoAmI({});
-  if (me.authenticatedBy !== "token") return undefined;
+  // An API token, or an OIDC sign-in's ID token: anything but anonymous.
+  if (me.authenticatedBy === "none" || me.user === "") return undefined;
   return { user: me.user, roles: [...me.roles], rights: [...me.rights] };
 }

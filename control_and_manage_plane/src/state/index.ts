@@ -8,6 +8,6 @@ export { changesOf, instances, watchState, type Change, type ChangeKind } from "
 export { nodeInFlight, orphanInFlight, runNodeAction, runOrphanAction, type NodeAction } from "./node-actions.js";
 export { useNodes, useRefresh } from "./nodes.js";
 export { notify, notifyError } from "./notify.js";
-export { can, needs, resumeSession, session, signIn, signOut } from "./session.js";
+export { can, finishOidcSignIn, needs, resumeSession, session, signIn, signOut } from "./session.js";
 export { applyTheme, theme, toggleTheme, type ThemeChoice } from "./theme.js";
 export { compact } from "./viewport.js";

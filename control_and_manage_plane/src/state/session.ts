@@ -4,14 +4,26 @@
  * the sign-in page shows the server's message.
  *
  *   page load ──stored token?──no──► signed out ◄──────────── logout / Unauthenticated anywhere
- *                  │yes                  │ paste a token          ▲
+ *                  │yes                  │ paste a token          ▲       / an OIDC ID token's expiry
  *                  └──► WhoAmI ──ok──► signed in (user, roles, rights) ──► instance stream runs
+ *                                        ▲
+ *   "Sign in with <issuer>" ──► provider ──► /auth/callback (router guard: finishOidcSignIn)
  *
  * The rights come from WhoAmI (the server's own reading of the token's roles), so what the UI
  * disables is what the server would refuse; the server still decides every call.
  */
 import { reactive } from "vue";
-import { forgetToken, onUnauthenticated, signInWith, whoAmI, type Identity } from "../auth/index.js";
+import {
+  completeOidcSignIn,
+  forgetToken,
+  idTokenExpiry,
+  isOidcCallback,
+  onUnauthenticated,
+  signInWith,
+  storedToken,
+  whoAmI,
+  type Identity,
+} from "../auth/index.js";
 import { errorText, transport } from "../api/index.js";
 import { startInstanceWatch, stopInstanceWatch } from "./instances.js";
 
@@ -26,15 +38,28 @@ export const session = reactive({
   reason: "",
 });
 
+let expiry: ReturnType<typeof setTimeout> | undefined;
+
 function signedIn(me: Identity): void {
   session.user = me.user;
   session.roles = me.roles;
   session.rights = me.rights;
   session.reason = "";
   startInstanceWatch();
+  // An ID token ends at its exp; a stream opened before goes on, so sign out then rather than at
+  // the next call. (setTimeout takes at most 2^31-1 ms; a later expiry is left to the server.)
+  const exp = idTokenExpiry(storedToken());
+  clearTimeout(expiry);
+  if (exp !== undefined && exp - Date.now() < 2 ** 31 - 1)
+    expiry = setTimeout(
+      () => signedOut(`your sign-in expired at ${new Date(exp).toLocaleTimeString()}: sign in again`),
+      Math.max(0, exp - Date.now()),
+    );
 }
 
 function signedOut(reason: string): void {
+  clearTimeout(expiry);
+  expiry = undefined;
   forgetToken();
   stopInstanceWatch();
   session.user = "";
@@ -49,6 +74,8 @@ onUnauthenticated((message) => {
 
 /** At page load: the tab's stored token, if it still works. */
 export async function resumeSession(): Promise<void> {
+  // Back from the OIDC provider: the callback route's guard signs in (finishOidcSignIn).
+  if (isOidcCallback(window.location.pathname)) return;
   try {
     const me = await whoAmI(transport);
     if (me) signedIn(me);
@@ -65,6 +92,25 @@ export async function resumeSession(): Promise<void> {
 /** Checks a pasted token with WhoAmI and keeps it; throws the server's refusal. */
 export async function signIn(token: string): Promise<void> {
   signedIn(await signInWith(transport, token));
+}
+
+/**
+ * The end of an OIDC sign-in, at /auth/callback: exchanges the code, checks the ID token with
+ * WhoAmI and keeps it. Returns the path to go on to: the page the sign-in started from, or the
+ * dashboard with the reason on the sign-in page when it failed.
+ */
+export async function finishOidcSignIn(callbackUrl: string): Promise<string> {
+  session.resuming = true;
+  try {
+    const { idToken, returnTo } = await completeOidcSignIn(callbackUrl);
+    signedIn(await signInWith(transport, idToken, "oidc"));
+    return returnTo;
+  } catch (e) {
+    signedOut(errorText(e));
+    return "/";
+  } finally {
+    session.resuming = false;
+  }
 }
 
 export function signOut(): void {

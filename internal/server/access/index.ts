@@ -33,3 +33,11 @@ export {
 export { checkSubject, RoleBindingIndex } from "./role-bindings.js";
 export { METRICS_RULE, RULES, type Rule } from "./rules.js";
 export { ADMIN_TOKEN_FILE, ensureBootstrapToken, newToken, parseToken, publicToken, tokenRecord, TOKEN_PREFIX } from "./tokens.js";
+export {
+  ALGORITHMS as OIDC_ALGORITHMS,
+  isOidcToken,
+  OidcVerifier,
+  type OidcIdentity,
+  type OidcSettings,
+  type OidcVerifierOptions,
+} from "./oidc.js";

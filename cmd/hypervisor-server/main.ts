@@ -6,9 +6,9 @@ import { randomUUID } from "node:crypto";
 import { mkdir, readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { Agent, buildDrivers, defaultNodeName, DRIVER_DEFAULTS } from "../../internal/agent/index.js";
-import { checkServerConfig, serverSchema } from "../../internal/server/config.js";
+import { checkServerConfig, oidcSettingsOf, serverSchema } from "../../internal/server/config.js";
 import { initEtcdPki, serverTls } from "../../internal/server/tls-setup.js";
-import { ADMIN_TOKEN_FILE, AuditLog, type AuditLevel } from "../../internal/server/access/index.js";
+import { ADMIN_TOKEN_FILE, AuditLog, OidcVerifier, type AuditLevel } from "../../internal/server/access/index.js";
 import { configLocation, saveContext } from "../../internal/ctl/config-file.js";
 import { Server } from "../../internal/server/server.js";
 import { staticUi } from "../../internal/server/static.js";
@@ -68,6 +68,7 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
   const listen = checkServerConfig(loaded.config);
   const c = loaded.config;
   const serverId = c.serverId || randomUUID().slice(0, 8);
+  const oidc = oidcSettingsOf(c);
   const log = logger("server", { server: serverId });
   const dataDir = resolve(c.dataDir);
 
@@ -193,6 +194,13 @@ async function run(loaded: Loaded<typeof serverSchema>, signal: AbortSignal): Pr
         ? { access: "none" as const }
         : {
             access: { bootstrapDir: pkiDir },
+            // OIDC users log in with their ID token; their role bindings say what they may.
+            ...(oidc
+              ? {
+                  oidc: new OidcVerifier(oidc),
+                  auth: { oidcIssuer: oidc.issuer, oidcClientId: oidc.clientId, oidcScopes: oidc.scopes },
+                }
+              : {}),
             audit: new AuditLog({
               dir: resolve(c.auditDir || join(dataDir, "audit")),
               level: c.auditLevel as AuditLevel,

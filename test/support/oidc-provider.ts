@@ -23,6 +23,7 @@ import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { exportJWK, generateKeyPair, SignJWT, type JWK } from "jose";
 import Provider, { type KoaContext } from "oidc-provider";
+import * as client from "openid-client";
 import type { OidcSettings } from "../../internal/server/access/oidc.js";
 
 export const DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code";
@@ -416,3 +417,29 @@ function unescape(s: string): string {
     .replace(/&amp;/g, "&")
     .replace(/&quot;/g, '"');
 }
+
+/** An ID token for `account` from a real authorization-code login with PKCE. */
+export async function codeLoginIdToken(
+  p: TestOidcProvider,
+  account: string,
+  redirect: string,
+  scope = "openid profile email groups",
+): Promise<string> {
+  const config = await client.discovery(new URL(p.issuer), p.clientId, undefined, client.None(), {
+    execute: p.issuer.startsWith("http:") ? [client.allowInsecureRequests] : [],
+  });
+  const verifier = client.randomPKCECodeVerifier();
+  const state = client.randomState();
+  const url = client.buildAuthorizationUrl(config, {
+    redirect_uri: redirect,
+    scope,
+    code_challenge: await client.calculatePKCECodeChallenge(verifier),
+    code_challenge_method: "S256",
+    state,
+  });
+  const back = await p.authorizationCodeLogin(url, account);
+  const tokens = await client.authorizationCodeGrant(config, back, { pkceCodeVerifier: verifier, expectedState: state });
+  if (!tokens.id_token) throw new Error("the provider gave no ID token");
+  return tokens.id_token;
+}
+

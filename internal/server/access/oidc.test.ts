@@ -12,7 +12,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { SignJWT, UnsecuredJWT } from "jose";
 import * as client from "openid-client";
 import { makeTestCa, type TestCa } from "../../../test/support/pki.js";
-import { DEVICE_CODE_GRANT, startOidcProvider, type TestOidcProvider } from "../../../test/support/oidc-provider.js";
+import { codeLoginIdToken, DEVICE_CODE_GRANT, startOidcProvider, type TestOidcProvider } from "../../../test/support/oidc-provider.js";
 import { isOidcToken, MAX_GROUPS, OidcVerifier, type OidcSettings } from "./oidc.js";
 
 /** A port nothing listens on (one the system just handed out and took back). */
@@ -39,25 +39,7 @@ const unreachable: OidcSettings = {
   scopes: ["openid"],
 };
 
-/** An ID token for `account` from a real authorization-code login with PKCE. */
-async function codeLogin(p: TestOidcProvider, account: string, scope = "openid profile email groups"): Promise<string> {
-  const config = await client.discovery(new URL(p.issuer), p.clientId, undefined, client.None(), {
-    execute: p.issuer.startsWith("http:") ? [client.allowInsecureRequests] : [],
-  });
-  const verifier = client.randomPKCECodeVerifier();
-  const state = client.randomState();
-  const url = client.buildAuthorizationUrl(config, {
-    redirect_uri: REDIRECT,
-    scope,
-    code_challenge: await client.calculatePKCECodeChallenge(verifier),
-    code_challenge_method: "S256",
-    state,
-  });
-  const back = await p.authorizationCodeLogin(url, account);
-  const tokens = await client.authorizationCodeGrant(config, back, { pkceCodeVerifier: verifier, expectedState: state });
-  assert.ok(tokens.id_token);
-  return tokens.id_token;
-}
+const codeLogin = (p: TestOidcProvider, account: string, scope?: string) => codeLoginIdToken(p, account, REDIRECT, scope);
 
 /** The refusal `promise` ends with: its code and message. */
 async function refusal(promise: Promise<unknown>): Promise<{ code: Code; message: string }> {

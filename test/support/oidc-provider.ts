@@ -442,4 +442,3 @@ export async function codeLoginIdToken(
   if (!tokens.id_token) throw new Error("the provider gave no ID token");
   return tokens.id_token;
 }
-

@@ -210,7 +210,8 @@ describe("projects, role bindings and OIDC users (etcd, an OIDC provider in proc
     ac.abort();
     await watching;
     assert.ok(seen.length > 0);
-    for (const ev of seen) if (ev.type !== EventType.SYNCED) assert.equal(ev.instance?.project, "web", `${ev.instance?.project}/${ev.instance?.name}`);
+    for (const ev of seen)
+      if (ev.type !== EventType.SYNCED) assert.equal(ev.instance?.project, "web", `${ev.instance?.project}/${ev.instance?.name}`);
     assert.ok(seen.some((e) => e.type === EventType.ADDED && e.instance?.name === "shown"));
     const w = await refusal(
       (async () => {
@@ -330,8 +331,8 @@ describe("projects, role bindings and OIDC users (etcd, an OIDC provider in proc
     const mine = (await pa.access.listRoleBindings({ allScopes: true })).roleBindings.map((x) => `${x.subject}@${x.project}`);
     assert.ok(mine.includes("user:carol@web") && !mine.some((m) => m.endsWith("@ci")), mine.join(" "));
     assert.ok((await a.access.listRoleBindings({ allScopes: true })).roleBindings.some((x) => x.subject === "group:ci-bots"));
-    await pa.access.deleteRoleBinding({ id: b.roleBinding!.id });
-    assert.equal(await store.get(keys.roleBinding(b.roleBinding!.id)), undefined);
+    await pa.access.deleteRoleBinding({ id: b.roleBinding.id });
+    assert.equal(await store.get(keys.roleBinding(b.roleBinding.id)), undefined);
   });
 
   it("OIDC users hold what their groups are bound to; an expired or wrongly signed ID token is refused", async () => {

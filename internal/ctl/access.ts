@@ -9,6 +9,7 @@ import { timestampMs } from "@bufbuild/protobuf/wkt";
 import {
   ApiTokenSchema,
   CreateTokenResponseSchema,
+  RoleBindingSchema,
   RoleSchema,
   WhoAmIResponseSchema,
   type ApiToken,
@@ -16,7 +17,7 @@ import {
   type WhoAmIResponse,
 } from "../../api/gen/hypervisor/v1/access_pb.js";
 import type { Context } from "./context.js";
-import { CliError, ExitCode } from "./errors.js";
+import { CliError, ExitCode, usageError } from "./errors.js";
 import { duration } from "./flags.js";
 import * as output from "./output.js";
 
@@ -68,6 +69,8 @@ export function whoamiText(me: WhoAmIResponse): string {
     ["Authenticated by", me.authenticatedBy || "none"],
     ["Token", me.tokenId || "-"],
     ["Roles", me.roles.join(", ") || "-"],
+    ...(me.groups.length > 0 ? [["Groups", me.groups.join(", ")] as [string, string]] : []),
+    ...me.projectRights.map((p): [string, string] => [`In project ${p.project}`, p.roles.join(", ")]),
   ]);
 }
 
@@ -91,11 +94,13 @@ export function tokenCommand(ctx: Context): Command {
       ),
     )
     .option("--description <text>", "a note for people (who or what it is for)")
+    .addHelpText("after", "\nWith the global --project, the token's roles hold in that project only.")
     .action(async (opts: { role: string[]; user?: string; ttl?: number; description?: string }) => {
       const res = await ctx.clients().access.createToken(
         {
           user: opts.user ?? "",
           roles: opts.role,
+          project: ctx.projectFlag() ?? "",
           // 0: the server's default (90 days), so the one place it is decided is the server.
           ttlSeconds: opts.ttl ?? 0,
           description: opts.description ?? "",
@@ -145,7 +150,15 @@ export function tokenTable(tokens: readonly ApiToken[], now: Date): string {
     ["ID", "USER", "ROLES", "EXPIRES", "STATE", "CREATED-BY", "DESCRIPTION"],
     tokens.map((t) => {
       const left = t.expireTime ? Math.floor((timestampMs(t.expireTime) - now.getTime()) / 1000) : 0;
-      return [t.id, t.user, t.roles.join(","), left > 0 ? `in ${output.span(left)}` : "-", tokenState(t, now), t.createdBy, t.description];
+      return [
+        t.id,
+        t.user,
+        t.roles.join(",") + (t.project ? `@${t.project}` : ""),
+        left > 0 ? `in ${output.span(left)}` : "-",
+        tokenState(t, now),
+        t.createdBy,
+        t.description,
+      ];
     }),
   );
 }
@@ -160,6 +173,55 @@ export function roleCommand(ctx: Context): Command {
       const { roles } = await ctx.clients().access.listRoles({}, { signal: ctx.signal });
       const format = ctx.format();
       ctx.out(format === "table" ? roleTable(roles) : output.list(RoleSchema, roles, format));
+    });
+
+  cmd
+    .command("bind")
+    .description("give a role to a user or a group: in the --project given, else at cluster scope")
+    .option("--user <name>", "the user (an OIDC user is <prefix><claim>, e.g. oidc:alice)")
+    .option("--group <name>", "the group (OIDC groups claim)")
+    .requiredOption("--role <role>", "a built-in role (role list)")
+    .action(async (opts: { user?: string; group?: string; role: string }) => {
+      if ((opts.user === undefined) === (opts.group === undefined)) throw usageError("role bind needs exactly one of --user and --group");
+      const subject = opts.user !== undefined ? `user:${opts.user}` : `group:${opts.group!}`;
+      const { roleBinding } = await ctx
+        .clients()
+        .access.createRoleBinding({ subject, role: opts.role, project: ctx.projectFlag() ?? "" }, { signal: ctx.signal });
+      if (!roleBinding) throw new CliError("the server returned no binding", ExitCode.Api);
+      const format = ctx.format();
+      ctx.out(
+        format === "table"
+          ? `rolebinding/${roleBinding.id} ${subject} ${opts.role} ${roleBinding.project ? `in project ${roleBinding.project}` : "at cluster scope"}\n`
+          : output.message(RoleBindingSchema, roleBinding, format),
+      );
+    });
+
+  cmd
+    .command("bindings")
+    .description("list role bindings you may see: of the --project given, or (without it) of every scope")
+    .action(async () => {
+      const project = ctx.projectFlag();
+      const { roleBindings } = await ctx
+        .clients()
+        .access.listRoleBindings({ project: project ?? "", allScopes: project === undefined }, { signal: ctx.signal });
+      const format = ctx.format();
+      ctx.out(
+        format === "table"
+          ? output.table(
+              ["ID", "SUBJECT", "ROLE", "PROJECT", "CREATED-BY"],
+              roleBindings.map((b) => [b.id, b.subject, b.role, b.project || "(cluster)", b.createdBy]),
+            )
+          : output.list(RoleBindingSchema, roleBindings, format),
+      );
+    });
+
+  cmd
+    .command("unbind")
+    .description("delete a role binding")
+    .argument("<id>", "binding id (role bindings shows them)")
+    .action(async (id: string) => {
+      await ctx.clients().access.deleteRoleBinding({ id }, { signal: ctx.signal });
+      ctx.out(ctx.format() === "table" ? `rolebinding/${id} deleted\n` : "{}\n");
     });
   return cmd;
 }

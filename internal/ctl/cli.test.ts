@@ -185,6 +185,7 @@ describe("completion", () => {
       "join-token",
       "token",
       "role",
+      "project",
       "whoami",
       "audit",
       "login",

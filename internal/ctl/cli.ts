@@ -11,14 +11,16 @@ import { createClients, DEFAULT_SERVER, type Clients } from "./client.js";
 import { completionCommand } from "./completion.js";
 import { configCommand } from "./config-command.js";
 import { configLocation, readConfig } from "./config-file.js";
-import { type Connection, type ConnectionFlags, loadTls, plaintextWarning, resolveConnection } from "./connection.js";
+import { type Connection, type ConnectionFlags, loadTls, plaintextWarning, resolveConnection, selectContext } from "./connection.js";
 import type { Context, Io } from "./context.js";
-import { describeError, ExitCode } from "./errors.js";
+import { describeError, ExitCode, usageError } from "./errors.js";
+import { checkName } from "../../pkg/validation/index.js";
 import { imageCommand } from "./image.js";
 import { instanceCommand } from "./instance.js";
 import { joinTokenCommand } from "./join-token.js";
 import { loginCommand, logoutCommand } from "./login.js";
 import { nodeCommand } from "./node.js";
+import { projectCommand } from "./project.js";
 import { FORMATS, type Format } from "./output.js";
 
 export const PROGRAM = "hypervisor-ctl";
@@ -40,6 +42,7 @@ export function buildProgram(ctx: Context, io: Io): Command {
     .option("--ca-file <file>", "CA certificate(s) the server's certificate must chain to (env HYPERVISOR_CA_FILE)")
     .option("--client-cert <file>", "client certificate to present, with --client-key (env HYPERVISOR_CLIENT_CERT)")
     .option("--client-key <file>", "private key of --client-cert (env HYPERVISOR_CLIENT_KEY)")
+    .option("-p, --project <name>", 'project to act in (env HYPERVISOR_PROJECT; else the context\'s; else "default")')
     .addOption(new Option("-o, --output <format>", "output format").choices(FORMATS).default("table"));
   program.addCommand(nodeCommand(ctx));
   program.addCommand(instanceCommand(ctx));
@@ -48,6 +51,7 @@ export function buildProgram(ctx: Context, io: Io): Command {
   program.addCommand(joinTokenCommand(ctx));
   program.addCommand(tokenCommand(ctx));
   program.addCommand(roleCommand(ctx));
+  program.addCommand(projectCommand(ctx));
   program.addCommand(whoamiCommand(ctx));
   program.addCommand(auditCommand(ctx));
   program.addCommand(loginCommand(ctx));
@@ -98,6 +102,22 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
     configLocation: location,
     flags,
     out: (text) => void io.stdout.write(text),
+    projectFlag: () => {
+      const p = program.opts<{ project?: string }>().project;
+      const bad = p === undefined ? undefined : checkName("--project", p);
+      if (bad) throw usageError(bad);
+      return p;
+    },
+    project: () => {
+      const given = program.opts<{ project?: string }>().project ?? io.env["HYPERVISOR_PROJECT"];
+      const p =
+        given ??
+        selectContext({ flags: flags(), env: io.env, config: readConfig(location()).config, configPath: location().path })?.project ??
+        "default"; // the server's DEFAULT_PROJECT (not imported: ctl loads no store code)
+      const bad = checkName(given === undefined ? "project" : "--project", p);
+      if (bad) throw usageError(bad);
+      return p;
+    },
   };
   // The closures above read `program` only once parsing has started.
   const program = buildProgram(ctx, io);

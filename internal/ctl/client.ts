@@ -9,6 +9,7 @@
  * same settings go to both transports (connect-node's nodeOptions: https.request options for
  * HTTP/1.1, http2.connect options for HTTP/2) and to the console's WebSocket.
  */
+import { ProjectService } from "../../api/gen/hypervisor/v1/project_pb.js";
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { httpsAgent } from "../../pkg/httpclient/index.js";
@@ -39,6 +40,7 @@ export interface Clients {
   /** Who the caller is, API tokens, roles. */
   readonly access: Client<typeof AccessService>;
   readonly audit: Client<typeof AuditService>;
+  readonly projects: Client<typeof ProjectService>;
   /** TLS settings and headers for a WebSocket to the same server (the console). */
   readonly webSocketOptions: ClientOptions;
 }
@@ -88,6 +90,7 @@ export function createClients(conn: Connection | string, tls: TlsMaterial = {}):
     identity: createClient(IdentityService, transport),
     access: createClient(AccessService, transport),
     audit: createClient(AuditService, transport),
+    projects: createClient(ProjectService, transport),
     // A getter: a console asks for its ticket first (a call, which refreshes an OIDC login), then opens the socket.
     get webSocketOptions(): ClientOptions {
       const bearer = token ?? oidc?.current;

@@ -94,7 +94,7 @@ describe("config view", () => {
     assert.equal(r.code, ExitCode.Usage);
     assert.equal(
       r.stderr,
-      `error: config file ${file}: unknown key contexts[0].sever (known: name, server, ca-file, ca-data, credentials)\n`,
+      `error: config file ${file}: unknown key contexts[0].sever (known: name, server, ca-file, ca-data, project, credentials)\n`,
     );
     const missing = await runCli(["config", "view"], { env: { HYPERVISOR_CONFIG: join(root, "nope.yaml") } });
     assert.equal(missing.code, ExitCode.Usage);

@@ -137,7 +137,7 @@ export function configCommand(ctx: Context): Command {
 
   cmd
     .command("set-context")
-    .description("create a context, or change the settings given of an existing one (--server, --ca-file, --client-cert/--client-key)")
+    .description("create a context, or change the settings given of an existing one (--server, --ca-file, --client-cert/--client-key, --project)")
     .argument("<name>", "context name")
     .option("--embed", "store the CA, certificate and key given here in the file (as PEM) rather than their paths")
     .action((name: string, opts: { embed?: boolean }) => {
@@ -148,6 +148,8 @@ export function configCommand(ctx: Context): Command {
       if (!old && f.server === undefined) throw usageError(`context ${name} is new: give its --server`);
       const next: ContextEntry = old ? structuredClone(old) : { name, server: "" };
       if (f.server !== undefined) next.server = f.server.replace(/\/+$/, "");
+      const project = ctx.projectFlag();
+      if (project !== undefined) next.project = project;
       if ((f.clientCert === undefined) !== (f.clientKey === undefined))
         throw usageError("--client-cert and --client-key go together: give both");
       // Read and checked now: a wrong path or a key of another certificate is an error here,

@@ -7,6 +7,7 @@
  *     - name: prod
  *       server: https://10.0.0.5:7070
  *       ca-file: ca.crt                   # or ca-data: | PEM    (relative: to this file's dir)
+ *       project: web                      # the project commands act in (--project overrides it)
  *       credentials:
  *         client-cert-file: me.crt        # or client-cert-data: | PEM
  *         client-key-file: me.key         # or client-key-data: | PEM
@@ -28,6 +29,7 @@ import { randomBytes } from "node:crypto";
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from "node:fs";
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import { parseDocument, stringify } from "yaml";
+import { checkName } from "../../pkg/validation/index.js";
 import { CliError, ExitCode } from "./errors.js";
 
 export interface Credentials {
@@ -57,6 +59,8 @@ export interface ContextEntry {
   server: string;
   caFile?: string;
   caData?: string;
+  /** The project commands act in unless --project or HYPERVISOR_PROJECT says otherwise. */
+  project?: string;
   credentials?: Credentials;
 }
 
@@ -215,7 +219,7 @@ function checkOidc(o: OidcCredentials, where: string): void {
 }
 
 const TOP = ["current-context", "contexts"] as const;
-const CONTEXT = ["name", "server", "ca-file", "ca-data", "credentials"] as const;
+const CONTEXT = ["name", "server", "ca-file", "ca-data", "project", "credentials"] as const;
 const CREDENTIALS = ["client-cert-file", "client-cert-data", "client-key-file", "client-key-data", "token", "oidc"] as const;
 const OIDC = ["issuer", "client-id", "id-token", "refresh-token", "expires-at"] as const;
 
@@ -253,6 +257,12 @@ export function parseConfig(text: string, file: string): CtlConfig {
         const caData = str(m, "ca-data", where);
         if (caFile !== undefined) c.caFile = caFile;
         if (caData !== undefined) c.caData = caData;
+        const project = str(m, "project", where);
+        if (project !== undefined) {
+          const bad = checkName(`${where}.project`, project);
+          if (bad) throw new ConfigFileError(bad, `${where}.project`);
+          c.project = project;
+        }
         if (m["credentials"] !== undefined) {
           const w = `${where}.credentials`;
           const cm = mapping(m["credentials"], w, CREDENTIALS);
@@ -310,6 +320,7 @@ export function toYamlObject(cfg: CtlConfig): Raw {
     const o: Raw = { name: c.name, server: c.server };
     if (c.caFile !== undefined) o["ca-file"] = c.caFile;
     if (c.caData !== undefined) o["ca-data"] = c.caData;
+    if (c.project !== undefined) o["project"] = c.project;
     const cr = c.credentials;
     if (cr) {
       const co: Raw = {};

@@ -24,7 +24,7 @@ export function consoleCommand(ctx: Context): Command {
     .option("--vnc", "print the browser and WebSocket addresses of the graphical console instead")
     .action(async (name: string, opts: { vnc?: boolean }) => {
       const kind = opts.vnc ? ConsoleKind.VNC : ConsoleKind.SERIAL;
-      const t = await ctx.clients().consoles.createConsoleTicket({ name, kind }, { signal: ctx.signal });
+      const t = await ctx.clients().consoles.createConsoleTicket({ project: ctx.project(), name, kind }, { signal: ctx.signal });
       const base = ctx.clients().server.replace(/\/+$/, "");
       const wsUrl = base.replace(/^http/, "ws") + t.path;
       if (opts.vnc) {

@@ -37,6 +37,13 @@ export interface Context {
   configLocation(): ConfigLocation;
   /** The connection flags as given on the command line, before any resolution. */
   flags(): ConnectionFlags;
+  /**
+   * The project commands act in: --project, else HYPERVISOR_PROJECT, else the context's project,
+   * else "default".
+   */
+  project(): string;
+  /** --project as given on the command line only (scopes of tokens and bindings: never implied). */
+  projectFlag(): string | undefined;
   /** Writes to stdout. Commands write once, after success, so a failure leaves stdout empty. */
   out(text: string): void;
 }

@@ -142,6 +142,8 @@ function createCommand(ctx: Context): Command {
     }
     Object.assign(spec.driverConfig, opts.config);
     if (req.name === "") throw usageError("instance create needs a NAME (or name: in the spec file)");
+    // --project (or the context's) unless the spec file names one.
+    if (req.project === "") req.project = ctx.project();
     if (spec.driver === "") throw usageError("instance create needs --driver (or spec.driver in the spec file)");
     if (opts.wait && opts.stopped) throw usageError("--wait waits for Running, which --stopped never reaches");
     if (opts.count !== undefined && (opts.count < 1 || opts.count > MAX_COUNT))
@@ -177,6 +179,7 @@ interface ListOptions {
   node?: string;
   phase?: string;
   watch?: boolean;
+  allProjects?: boolean;
 }
 
 function listCommand(ctx: Context): Command {
@@ -187,16 +190,20 @@ function listCommand(ctx: Context): Command {
     .option("--node <name>", "only instances placed on this node")
     .addOption(new Option("--phase <phase>", "only instances in this phase").choices(flags.PHASES))
     .option("-w, --watch", "after the list, print every change")
+    .option("-A, --all-projects", "instances of every project you may list (NAME shows <project>/<name>)")
     .action(async (opts: ListOptions) => {
       const filter = {
         labelSelector: opts.selector ?? "",
         node: opts.node ?? "",
         phase: opts.phase !== undefined ? flags.phase(opts.phase) : Phase.UNSPECIFIED,
       };
-      if (opts.watch) return watch(ctx, filter);
-      const { instances } = await ctx.clients().instances.listInstances({ filter }, { signal: ctx.signal });
+      const project = opts.allProjects ? "*" : ctx.project();
+      if (opts.watch) return watch(ctx, filter, project);
+      const { instances } = await ctx.clients().instances.listInstances({ filter, project }, { signal: ctx.signal });
       const format = ctx.format();
-      ctx.out(format === "table" ? output.instanceTable(instances, ctx.now()) : output.list(InstanceSchema, instances, format));
+      ctx.out(
+        format === "table" ? output.instanceTable(instances, ctx.now(), opts.allProjects) : output.list(InstanceSchema, instances, format),
+      );
     });
 }
 
@@ -204,7 +211,7 @@ function listCommand(ctx: Context): Command {
  * Streams as it goes (the one exception to "stdout once, at the end"). The table's widths come
  * from the initial list and only grow, so columns stay put while events arrive.
  */
-async function watch(ctx: Context, filter: { labelSelector: string; node: string; phase: Phase }): Promise<void> {
+async function watch(ctx: Context, filter: { labelSelector: string; node: string; phase: Phase }, project: string): Promise<void> {
   const format = ctx.format();
   let widths: number[] = output.INSTANCE_COLUMNS.map((c) => c.length);
   let initial: string[][] | undefined = [];
@@ -213,7 +220,7 @@ async function watch(ctx: Context, filter: { labelSelector: string; node: string
     ctx.out(output.formatRow(r, widths) + "\n");
   };
   try {
-    for await (const ev of ctx.clients().instances.watchInstances({ filter }, { signal: ctx.signal })) {
+    for await (const ev of ctx.clients().instances.watchInstances({ filter, project }, { signal: ctx.signal })) {
       if (format !== "table") {
         const json = output.message(WatchInstancesResponseSchema, ev, "json");
         ctx.out(
@@ -231,7 +238,7 @@ async function watch(ctx: Context, filter: { labelSelector: string; node: string
         continue;
       }
       if (!ev.instance) continue;
-      const r = output.instanceRow(ev.instance, ctx.now());
+      const r = output.instanceRow(ev.instance, ctx.now(), project === "*");
       if (ev.type === EventType.DELETED) r[1] = "Deleted";
       if (initial) initial.push(r);
       else row(r);
@@ -248,7 +255,7 @@ function getCommand(ctx: Context): Command {
     .description("show one instance")
     .argument("<name>", "instance name")
     .action(async (name: string) => {
-      const { instance } = await ctx.clients().instances.getInstance({ name }, { signal: ctx.signal });
+      const { instance } = await ctx.clients().instances.getInstance({ project: ctx.project(), name }, { signal: ctx.signal });
       if (!instance) throw new CliError("the server returned no instance", ExitCode.Api);
       const format = ctx.format();
       ctx.out(format === "table" ? output.instanceTable([instance], ctx.now()) : output.message(InstanceSchema, instance, format));
@@ -277,10 +284,10 @@ function powerCommand(ctx: Context, action: "start" | "stop" | "restart"): Comma
     const call = { signal: ctx.signal };
     const { instance } =
       action === "start"
-        ? await api.startInstance({ name }, call)
+        ? await api.startInstance({ project: ctx.project(), name }, call)
         : action === "stop"
-          ? await api.stopInstance({ name, timeoutSeconds: opts.timeoutSeconds ?? 0 }, call)
-          : await api.restartInstance({ name }, call);
+          ? await api.stopInstance({ project: ctx.project(), name, timeoutSeconds: opts.timeoutSeconds ?? 0 }, call)
+          : await api.restartInstance({ project: ctx.project(), name }, call);
     if (!instance) throw new CliError("the server returned no instance", ExitCode.Api);
     if (!opts.wait) return report(ctx, instance, `${action} requested`);
     const goal = action === "start" ? runningGoal(instance) : action === "stop" ? stoppedGoal(instance) : restartedGoal(instance);
@@ -304,7 +311,10 @@ function logsCommand(ctx: Context): Command {
       const decoder = new TextDecoder();
       const stream = ctx
         .clients()
-        .instances.getInstanceLogs({ name, follow: opts.follow ?? false, tailBytes: BigInt(opts.tail ?? 0) }, { signal: ctx.signal });
+        .instances.getInstanceLogs(
+          { project: ctx.project(), name, follow: opts.follow ?? false, tailBytes: BigInt(opts.tail ?? 0) },
+          { signal: ctx.signal },
+        );
       try {
         for await (const chunk of stream) ctx.io.stdout.write(decoder.decode(chunk.data, { stream: true }));
       } catch (e) {
@@ -321,7 +331,7 @@ function explainCommand(ctx: Context): Command {
     .description("show every node's verdict on an instance: feasible and its score, or the first filter it fails")
     .argument("<name>", "instance name")
     .action(async (name: string) => {
-      const res = await ctx.clients().instances.explainInstance({ name }, { signal: ctx.signal });
+      const res = await ctx.clients().instances.explainInstance({ project: ctx.project(), name }, { signal: ctx.signal });
       const format = ctx.format();
       if (format !== "table") return ctx.out(output.message(ExplainInstanceResponseSchema, res, format));
       ctx.out(`${res.summary}\n\n${output.verdictTable(res.nodes)}`);
@@ -334,7 +344,9 @@ function setMemoryCommand(ctx: Context): Command {
     .argument("<name>", "instance name")
     .argument("<memory>", "MiB, or a quantity like 512Mi or 2Gi", flags.memoryMib)
     .action(async (name: string, memoryMib: bigint) => {
-      const { instance } = await ctx.clients().instances.setInstanceMemory({ name, memoryMib }, { signal: ctx.signal });
+      const { instance } = await ctx
+        .clients()
+        .instances.setInstanceMemory({ project: ctx.project(), name, memoryMib }, { signal: ctx.signal });
       if (!instance) throw new CliError("the server returned no instance", ExitCode.Api);
       report(ctx, instance, `memory target set to ${memoryMib === 0n ? "all memory" : `${memoryMib}Mi`}`);
     });
@@ -343,7 +355,7 @@ function setMemoryCommand(ctx: Context): Command {
 function deleteCommand(ctx: Context): Command {
   const cmd = new Command("delete").alias("rm").description("delete an instance").argument("<name>", "instance name");
   waitOptions(cmd, "is gone").action(async (name: string, opts: PowerOptions) => {
-    const { instance } = await ctx.clients().instances.deleteInstance({ name }, { signal: ctx.signal });
+    const { instance } = await ctx.clients().instances.deleteInstance({ project: ctx.project(), name }, { signal: ctx.signal });
     if (!instance) throw new CliError("the server returned no instance", ExitCode.Api);
     if (opts.wait) await waitFor(ctx, instance, goneGoal(), opts.timeout);
     report(ctx, instance, opts.wait ? "deleted" : "deletion requested");
@@ -430,7 +442,8 @@ function goneGoal(): Goal {
  * `timeoutMs` and by Ctrl-C. Returns the last state seen.
  */
 async function waitFor(ctx: Context, before: Instance, goal: Goal, timeoutMs: number): Promise<Instance | undefined> {
-  const name = before.name;
+  const { name } = before;
+  const project = before.project || "default";
   const timeout = AbortSignal.timeout(timeoutMs);
   // Aborted on the way out: leaving the for-await alone does not close an HTTP/1.1 stream, and
   // an open socket would keep the process alive after the answer is printed.
@@ -447,7 +460,7 @@ async function waitFor(ctx: Context, before: Instance, goal: Goal, timeoutMs: nu
   // with a create that just returned. GetInstance reads the store and settles it.
   const absent = async (): Promise<boolean> => {
     try {
-      const { instance } = await ctx.clients().instances.getInstance({ name }, { signal });
+      const { instance } = await ctx.clients().instances.getInstance({ project, name }, { signal });
       if (instance) last = instance;
       return await decide(instance);
     } catch (e) {
@@ -458,7 +471,7 @@ async function waitFor(ctx: Context, before: Instance, goal: Goal, timeoutMs: nu
   try {
     for (;;) {
       let seen = false;
-      for await (const ev of ctx.clients().instances.watchInstances({}, { signal })) {
+      for await (const ev of ctx.clients().instances.watchInstances({ project }, { signal })) {
         if (ev.type === EventType.SYNCED) {
           if (!seen && (await absent())) return last;
           continue;

@@ -82,11 +82,12 @@ export function phaseName(p: Phase | undefined): string {
 
 export const INSTANCE_COLUMNS = ["NAME", "PHASE", "NODE", "DRIVER", "VCPUS", "MEMORY", "AGE"] as const;
 
-export function instanceRow(i: Instance, now: Date): string[] {
+/** A row of the instance table; across projects the name is "<project>/<name>". */
+export function instanceRow(i: Instance, now: Date, withProject = false): string[] {
   // A pending deletion matters more than the last phase the agent reported.
   const phase = i.deleteTime ? "Deleting" : phaseName(i.status?.phase);
   return [
-    i.name,
+    withProject ? `${i.project || "default"}/${i.name}` : i.name,
     phase,
     i.status?.node || "<none>",
     i.spec?.driver ?? "",
@@ -96,10 +97,10 @@ export function instanceRow(i: Instance, now: Date): string[] {
   ];
 }
 
-export function instanceTable(instances: readonly Instance[], now: Date): string {
+export function instanceTable(instances: readonly Instance[], now: Date, withProject = false): string {
   return table(
     INSTANCE_COLUMNS,
-    instances.map((i) => instanceRow(i, now)),
+    instances.map((i) => instanceRow(i, now, withProject)),
   );
 }
 

@@ -137,7 +137,9 @@ export function configCommand(ctx: Context): Command {
 
   cmd
     .command("set-context")
-    .description("create a context, or change the settings given of an existing one (--server, --ca-file, --client-cert/--client-key, --project)")
+    .description(
+      "create a context, or change the settings given of an existing one (--server, --ca-file, --client-cert/--client-key, --project)",
+    )
     .argument("<name>", "context name")
     .option("--embed", "store the CA, certificate and key given here in the file (as PEM) rather than their paths")
     .action((name: string, opts: { embed?: boolean }) => {

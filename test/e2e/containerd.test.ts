@@ -169,6 +169,29 @@ describe("containers through the whole system (etcd, server, two agents with con
     assert.equal(limit.trim(), String(64 << 20));
   });
 
+  it("the same name in another project is another container (<project>.<name> on the node), with its own log", async () => {
+    await ctl("project", "create", "team");
+    await ctl(
+      "-p", "team", "instance", "create", "web", "--driver", "containerd", "--image", BUSYBOX_REF, "--memory", "64", "--vcpus", "1",
+      "--wait", "--timeout", "2m", "--command", "sh", "--", "-c", "echo team-web; while true; do sleep 1; done",
+    ); // prettier-ignore
+    const ids = async () => {
+      const c = new ContainerdClient({ socketPath: socket, namespace: ns });
+      try {
+        return (await c.containers.list({})).containers.map((x) => x.id);
+      } finally {
+        c.close();
+      }
+    };
+    assert.ok((await ids()).includes("team.web") && (await ids()).includes("web"), (await ids()).join(","));
+    await until("team-web in its log", async () => (await ctl("-p", "team", "instance", "logs", "web")).includes("team-web"));
+    assert.doesNotMatch(await ctl("instance", "logs", "web"), /team-web/);
+    assert.match(await ctl("instance", "list", "-A"), /^team\/web\s+Running/m);
+    await ctl("-p", "team", "instance", "delete", "web", "--wait");
+    assert.ok(!(await ids()).includes("team.web"));
+    assert.equal((await get("web")).status?.phase, "PHASE_RUNNING", "the default project's web runs on");
+  });
+
   it("confines the container: the kernel reports its seccomp filter, no new privileges, no CAP_NET_RAW, and the node's pids limit", async () => {
     const web = await get("web");
     const status = await readFile(`/proc/${web.status?.details?.pid}/status`, "utf8");

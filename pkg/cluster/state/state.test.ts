@@ -22,6 +22,9 @@ import {
   keys,
   listWatch,
   parseNodeKey,
+  migrateToProjects,
+  encodeAssignment,
+  refOf,
   parseAssignmentKey,
   instanceRef,
   splitRef,
@@ -126,6 +129,31 @@ function stateSuite(kind: string, open: Opener): void {
       assert.deepEqual([shown.labels.zone, shown.cordoned, shown.draining], ["b", true, false]);
       assert.deepEqual(withFlags(shown, undefined).cordoned, false);
       assert.equal(create(NodeFlagsSchema, {}).cordoned, false);
+    });
+
+    it("keys from before projects move into project default, once; names on nodes stay", async () => {
+      const old = create(InstanceSchema, { name: "legacy", uid: "u-legacy", spec: { driver: "mock" } });
+      await store.put(`${keys.instances}legacy`, codecs.instance.encode(old));
+      await store.put(`${keys.assignments}n9/legacy`, encodeAssignment(codecs.instance.encode(old)));
+      await store.put(`${keys.nodes}n9/status/legacy`, codecs.instance.encode(old));
+      await store.put(`${keys.nodes}n9/orphans/gone`, new Uint8Array([1]));
+      assert.equal(await migrateToProjects(store), 4);
+      const moved = codecs.instance.decode((await store.get(keys.instance("default/legacy")))!.value);
+      assert.equal(moved.project, "default");
+      assert.equal(moved.uid, "u-legacy");
+      const a = codecs.assignment.decode((await store.get(keys.assignment("n9", "default/legacy")))!.value);
+      assert.equal(a.instance?.project, "default");
+      for (const k of [
+        `${keys.instances}legacy`,
+        `${keys.assignments}n9/legacy`,
+        `${keys.nodes}n9/status/legacy`,
+        `${keys.nodes}n9/orphans/gone`,
+      ])
+        assert.equal(await store.get(k), undefined, k);
+      assert.equal(hostName(refOf(moved)), "legacy", "its domain or container keeps its name");
+      assert.equal(await migrateToProjects(store), 0, "nothing left to move");
+      await store.deletePrefix(keys.instances);
+      await store.deletePrefix(keys.assignments);
     });
 
     it("placement, unplace and removal leave exactly the keys they promise", async () => {

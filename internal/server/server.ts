@@ -42,6 +42,7 @@ import {
   ensureBootstrapToken,
   METRICS_RULE,
   RoleBindingIndex,
+  TokenGc,
   UNRESTRICTED,
   type AuditLog,
   type AuthConfig,
@@ -315,6 +316,7 @@ export class Server {
           new NodeController(this.ctx).run(leaderSignal),
           new HaController(this.ctx, this.opts.haGraceMs).run(leaderSignal),
           new DrainController(this.ctx).run(leaderSignal),
+          new TokenGc(this.ctx.store, this.ctx.informers.apiTokens, this.log.child({ component: "token-gc" })).run(leaderSignal),
         ]);
       } finally {
         this.isLeader = false;

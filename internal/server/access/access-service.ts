@@ -5,7 +5,7 @@
  * roles whose every right the caller holds (nobody grants more than they hold).
  */
 import { create } from "@bufbuild/protobuf";
-import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { timestampMs, timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   ApiTokenRecordSchema,
@@ -213,7 +213,7 @@ export function accessService(store: Store, log?: Logger, auth?: AuthConfig): Se
           // Someone else's token is as good as absent to a caller who may not see it.
           if (value.user !== c.user && !manages(c)) throw new ConnectError(`token ${show(req.id)} not found`, Code.NotFound);
           if (value.revoked) return undefined;
-          return { value: create(ApiTokenRecordSchema, { ...value, revoked: true }) };
+          return { value: create(ApiTokenRecordSchema, { ...value, revoked: true, revokeTime: timestampNow() }) };
         },
         { signal: hctx.signal },
       );

@@ -41,3 +41,4 @@ export {
   type OidcSettings,
   type OidcVerifierOptions,
 } from "./oidc.js";
+export { TOKEN_RETENTION_MS, TokenGc, tokensToForget } from "./token-gc.js";

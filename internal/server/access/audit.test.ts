@@ -15,6 +15,7 @@ import { InstanceService } from "../../../api/gen/hypervisor/v1/instance_pb.js";
 import { openEmbeddedStore, type Store } from "../../../pkg/cluster/store/index.js";
 import { Server } from "../server.js";
 import { ADMIN_TOKEN_FILE, AUDIT_FILE, AuditLog, type AuditLevel } from "./index.js";
+import { linesBackward } from "./audit.js";
 
 describe("the audit log", () => {
   let dir: string;
@@ -160,3 +161,53 @@ describe("the audit log", () => {
     assert.match(await readFile(join(blocker, "audit", AUDIT_FILE), "utf8"), /instances\/recorded/);
   });
 });
+
+describe("reading the audit file backwards", () => {
+  it("yields every line, last first, across chunk boundaries; stops when the budget is spent", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "hv-audit-back-"));
+    try {
+      // Lines of varied length over several 256 KiB chunks; the file ends with a newline.
+      const lines = Array.from({ length: 9000 }, (_, i) => `${i}:${"x".repeat(i % 177)}`);
+      const file = join(dir, "a.log");
+      await writeFile(file, lines.join("\n") + "\n");
+      const back: string[] = [];
+      let budget = Infinity;
+      for await (const l of linesBackward(
+        file,
+        () => budget,
+        (n) => (budget -= n),
+      ))
+        back.push(l);
+      assert.deepEqual(back, [...lines].reverse());
+      // A budget of one chunk reads only the newest lines.
+      budget = 1;
+      const some: string[] = [];
+      for await (const l of linesBackward(
+        file,
+        () => budget,
+        (n) => (budget -= n),
+      ))
+        some.push(l);
+      assert.ok(some.length > 0 && some.length < lines.length, `${some.length}`);
+      assert.deepEqual(some, [...lines].reverse().slice(0, some.length));
+      assert.deepEqual(
+        await collect(
+          linesBackward(
+            join(dir, "missing"),
+            () => 1,
+            () => undefined,
+          ),
+        ),
+        [],
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+async function collect(it: AsyncIterable<string>): Promise<string[]> {
+  const out: string[] = [];
+  for await (const x of it) out.push(x);
+  return out;
+}

@@ -20,7 +20,7 @@
  * its last events; a write that fails makes the next audited calls fail closed.
  */
 import { randomUUID } from "node:crypto";
-import { mkdir, open, readFile, rename, stat, type FileHandle } from "node:fs/promises";
+import { mkdir, open, rename, stat, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { fromJsonString } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
@@ -166,14 +166,16 @@ export class AuditLog {
     await this.tail;
     const out: AuditEvent[] = [];
     const keep = this.opts.maxFiles ?? 5;
-    for (let i = 0; i < keep && out.length < f.limit; i++) {
+    // Read from the newest event back, a chunk at a time, and only as far as the answer needs
+    // (or MAX_SCAN_BYTES): a call never reads every file whole.
+    let budget = MAX_SCAN_BYTES;
+    for (let i = 0; i < keep && out.length < f.limit && budget > 0; i++) {
       const path = i === 0 ? this.path : `${this.path}.${i}`;
-      const text = await readFile(path, "utf8").catch((e: NodeJS.ErrnoException) => {
-        if (e.code === "ENOENT") return "";
-        throw e;
-      });
-      const lines = text.split("\n").filter(Boolean).reverse();
-      for (const line of lines) {
+      for await (const line of linesBackward(
+        path,
+        () => budget,
+        (n) => (budget -= n),
+      )) {
         let e: AuditEvent;
         try {
           e = fromJsonString(AuditEventSchema, line, { ignoreUnknownFields: true });
@@ -183,7 +185,7 @@ export class AuditLog {
         if (f.sinceMs !== undefined && e.time && timestampMs(e.time) < f.sinceMs) return out;
         if (f.user && e.user !== f.user) continue;
         out.push(e);
-        if (out.length >= f.limit) break;
+        if (out.length >= f.limit) return out;
       }
     }
     return out;
@@ -220,4 +222,44 @@ export function redactedJson(json: unknown): string {
     return v;
   };
   return JSON.stringify(walk(json));
+}
+
+/** The most bytes of events one list reads (the newest; older ones are in the files). */
+export const MAX_SCAN_BYTES = 64 * 1024 * 1024;
+const CHUNK = 256 * 1024;
+
+/**
+ * The lines of `path`, last first, read backwards in chunks while `left()` is positive (each
+ * chunk read is reported to `spent`). A missing file has none.
+ */
+export async function* linesBackward(path: string, left: () => number, spent: (n: number) => void): AsyncGenerator<string> {
+  let fh;
+  try {
+    fh = await open(path, "r");
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
+    throw e;
+  }
+  try {
+    let pos = (await fh.stat()).size;
+    let rest = Buffer.alloc(0);
+    while (pos > 0 && left() > 0) {
+      const n = Math.min(CHUNK, pos);
+      pos -= n;
+      const buf = Buffer.alloc(n);
+      await fh.read(buf, 0, n, pos);
+      spent(n);
+      const joined = Buffer.concat([buf, rest]);
+      let end = joined.length;
+      for (let i = joined.length - 1; i >= 0; i--) {
+        if (joined[i] !== 0x0a) continue;
+        if (i + 1 < end) yield joined.subarray(i + 1, end).toString("utf8");
+        end = i;
+      }
+      rest = joined.subarray(0, end);
+    }
+    if (pos === 0 && rest.length > 0) yield rest.toString("utf8");
+  } finally {
+    await fh.close();
+  }
 }

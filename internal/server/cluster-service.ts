@@ -1,4 +1,5 @@
 /** ClusterService: version, health of the store and the controllers, counts, and the driver registry. */
+import { callerKey, projectFilter } from "./access/index.js";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { ClusterService } from "../../api/gen/hypervisor/v1/cluster_pb.js";
 import { keys } from "../../pkg/cluster/state/index.js";
@@ -26,20 +27,23 @@ export function clusterService(ctx: ServerContext): ServiceImpl<typeof ClusterSe
       return { healthy: components.every((c) => c.healthy), components, serverId: ctx.serverId, leaderId: ctx.leader() };
     },
 
-    getCounts() {
+    getCounts(_req, hctx) {
       const { informers } = ctx;
+      // A member of some projects counts their instances only, not the whole cluster's.
+      const sees = projectFilter(hctx.values.get(callerKey), "instances:list", "*");
       let nodesReady = 0;
       let nodesCordoned = 0;
       for (const { value: n } of informers.nodes.items.values()) {
         if (informers.alive.get(keys.alive(n.name))) nodesReady++;
         if (n.cordoned) nodesCordoned++;
       }
-      const byPhase = Object.fromEntries(instancesByPhase(informers));
+      const counted = instancesByPhase(informers, sees);
+      const byPhase = Object.fromEntries(counted);
       return {
         nodes: informers.nodes.items.size,
         nodesReady,
         nodesCordoned,
-        instances: informers.instances.items.size,
+        instances: [...counted.values()].reduce((a, b) => a + b, 0),
         instancesByPhase: byPhase,
       };
     },

@@ -9,7 +9,7 @@
  *   apitokens/, rolebindings/, projects/ ──► the same, for access control and projects
  */
 import type { Node } from "../../api/gen/hypervisor/v1/node_pb.js";
-import { codecs, keys, parseNodeKey, phaseName, mergedPhase, withFlags } from "../../pkg/cluster/state/index.js";
+import { codecs, DEFAULT_PROJECT, keys, parseNodeKey, phaseName, mergedPhase, withFlags } from "../../pkg/cluster/state/index.js";
 import type { KeyValue, Store } from "../../pkg/cluster/store/index.js";
 import type { Logger } from "../../pkg/log/index.js";
 import { type Informers, statusOf } from "./context.js";
@@ -68,9 +68,14 @@ export function makeInformers(store: Store, log: Logger): { informers: Informers
 }
 
 /** Instances per phase name ("Running": 3), from the informers' copies. */
-export function instancesByPhase(informers: Pick<Informers, "instances" | "statuses">): Map<string, number> {
+export function instancesByPhase(
+  informers: Pick<Informers, "instances" | "statuses">,
+  /** Only the instances of the projects it says yes to (a caller's: it counts what it may list). */
+  sees: (project: string) => boolean = () => true,
+): Map<string, number> {
   const byPhase = new Map<string, number>();
   for (const { value } of informers.instances.items.values()) {
+    if (!sees(value.project || DEFAULT_PROJECT)) continue;
     const p = phaseName(mergedPhase(value, statusOf(informers, value)));
     byPhase.set(p, (byPhase.get(p) ?? 0) + 1);
   }

@@ -10,6 +10,7 @@ import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AccessService } from "../../../api/gen/hypervisor/v1/access_pb.js";
 import { AuditService } from "../../../api/gen/hypervisor/v1/audit_pb.js";
+import { ClusterService } from "../../../api/gen/hypervisor/v1/cluster_pb.js";
 import { ConsoleKind, ConsoleService } from "../../../api/gen/hypervisor/v1/console_pb.js";
 import { EventType, InstanceService, type WatchInstancesResponse } from "../../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeService } from "../../../api/gen/hypervisor/v1/node_pb.js";
@@ -58,6 +59,7 @@ describe("projects, role bindings and OIDC users (etcd, an OIDC provider in proc
       consoles: createClient(ConsoleService, transport),
       nodes: createClient(NodeService, transport),
       audit: createClient(AuditService, transport),
+      cluster: createClient(ClusterService, transport),
     };
   };
   const tokenFor = async (user: string, role: string, project = "") =>
@@ -185,6 +187,10 @@ describe("projects, role bindings and OIDC users (etcd, an OIDC provider in proc
       ["web"],
     );
     await denied(wendy.projects.getProject({ name: "ci" }), "get project ci");
+    // The cluster's counts: of the instances it may list only.
+    const mine = (await wendy.instances.listInstances({ project: "*" })).instances.length;
+    assert.equal((await wendy.cluster.getCounts({})).instances, mine);
+    assert.ok((await a.cluster.getCounts({})).instances > mine);
 
     // watch of every project it may see: web's instances, and later web's changes only
     const ac = new AbortController();

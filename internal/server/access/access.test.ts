@@ -142,6 +142,20 @@ describe("access rules", () => {
     }
     assert.equal(authz.decide(server, undefined, "Unknown/Method").allowed, false, "no rule: refused");
   });
+
+  it("a user's certificate is a user with only its bindings: no node's call, no server's, no right of its own", async () => {
+    const authz = new Authorizer(undefined as unknown as Store);
+    const robot = await authz.authenticate(undefined, { kind: "user", name: "robot", serial: "03" });
+    assert.deepEqual(
+      [robot.kind, robot.user, robot.by, robot.tokenId, [...robot.roles], robot.rights.size, robot.projects.size],
+      ["user", "robot", "certificate", "", [], 0, 0],
+    );
+    for (const [method, rule] of RULES) {
+      const d = authz.decide(robot, rule, method);
+      assert.equal(d.allowed, rule.kind === "public" || rule.kind === "authenticated", method);
+      if (!d.allowed) assert.equal(d.code, Code.PermissionDenied, method);
+    }
+  });
 });
 
 describe("tokens the server's copy lacks", () => {

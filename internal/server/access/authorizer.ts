@@ -4,7 +4,8 @@
  *
  *   Authorization: Bearer hvt_<id>.<secret> ──► apitokens/<id> (informer, else the store)
  *        secret's SHA-256 matches, not revoked, not expired ──► user, roles ──► rights
- *   no header, a verified cluster certificate ──► server:<name> (every right) or node:<name> (none)
+ *   no header, a verified cluster certificate ──► server:<name> (every right), node:<name> (none),
+ *        or user:<name> (what role bindings of user:<name> give)
  *   neither ──► anonymous: public calls only
  *
  *   RULES[<Service>/<Method>] ──► public | authenticated | node | servers | right ──► run or refuse

@@ -17,6 +17,7 @@ import { describeError, ExitCode } from "./errors.js";
 import { imageCommand } from "./image.js";
 import { instanceCommand } from "./instance.js";
 import { joinTokenCommand } from "./join-token.js";
+import { userCertCommand } from "./user-cert.js";
 import { loginCommand, logoutCommand } from "./login.js";
 import { nodeCommand } from "./node.js";
 import { FORMATS, type Format } from "./output.js";
@@ -46,6 +47,7 @@ export function buildProgram(ctx: Context, io: Io): Command {
   program.addCommand(imageCommand(ctx));
   program.addCommand(clusterCommand(ctx));
   program.addCommand(joinTokenCommand(ctx));
+  program.addCommand(userCertCommand(ctx));
   program.addCommand(tokenCommand(ctx));
   program.addCommand(roleCommand(ctx));
   program.addCommand(whoamiCommand(ctx));

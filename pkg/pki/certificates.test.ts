@@ -310,81 +310,75 @@ describe("pki certificates", () => {
     const ca = await newCa({ now: new Date() });
     const server = await issueServerCertificate(ca, { name: "cp-1", dnsNames: ["localhost"], ipAddresses: ["127.0.0.1"], ttlSeconds: 600 });
     const node = await generateKeyAndCsr("node:worker-1");
-    const nodeCert = await signNodeCsr(ca, node.csrPem, { node: "worker-1", ttlSeconds: 600 });
-    const srv = tls.createServer({ cert: server.certPem, key: server.keyPem, ca: ca.certPem, requestCert: true, rejectUnauthorized: true });
-    const seen = new Promise<unknown>((resolve) =>
-      srv.once("secureConnection", (s: tls.TLSSocket) => {
-        resolve(identityOf(s.getPeerCertificate().raw));
-        s.end();
-      }),
-    );
-    srv.listen(0, "127.0.0.1");
-    await once(srv, "listening");
-    try {
-      const { port } = srv.address() as AddressInfo;
-      const client = tls.connect({ host: "127.0.0.1", port, ca: ca.certPem, cert: nodeCert, key: node.keyPem, servername: "localhost" });
-      await once(client, "secureConnect");
-      assert.equal(client.authorized, true);
-      assert.deepEqual(identityOf(client.getPeerCertificate().raw), { kind: "server", name: "cp-1" });
-      assert.deepEqual(await seen, { kind: "node", name: "worker-1" });
-      client.destroy();
-      // A node certificate cannot pass for a server: it carries no name a hostname check accepts.
-      const fake = tls.createServer({ cert: nodeCert, key: node.keyPem });
-      fake.listen(0, "127.0.0.1");
-      await once(fake, "listening");
-      try {
-        const c2 = tls.connect({ host: "127.0.0.1", port: (fake.address() as AddressInfo).port, ca: ca.certPem, servername: "localhost" });
-        const [err] = (await once(c2, "error")) as [NodeJS.ErrnoException];
-        assert.equal(err.code, "ERR_TLS_CERT_ALTNAME_INVALID");
-        c2.destroy();
-      } finally {
-        fake.close();
-      }
-    } finally {
-      srv.close();
-    }
+    const nodeCert = { certPem: await signNodeCsr(ca, node.csrPem, { node: "worker-1", ttlSeconds: 600 }), keyPem: node.keyPem };
+    assert.deepEqual(await mutualTls(ca, server, nodeCert), {
+      clientSaw: { kind: "server", name: "cp-1" },
+      serverSaw: { kind: "node", name: "worker-1" },
+    });
+    // A node certificate cannot pass for a server: it carries no name a hostname check accepts.
+    assert.equal(await servedBy(ca, nodeCert, { checkHost: true }), "ERR_TLS_CERT_ALTNAME_INVALID");
   });
 
   it("a user certificate authenticates a TLS client, and no TLS client takes it for a server, even without a hostname check", async () => {
     const ca = await newCa({ now: new Date() });
     const server = await issueServerCertificate(ca, { name: "cp-1", dnsNames: ["localhost"], ipAddresses: ["127.0.0.1"], ttlSeconds: 600 });
     const user = await generateKeyAndCsr("user:robot");
-    const userCert = await signUserCsr(ca, user.csrPem, { user: "robot", ttlSeconds: 600 });
-    const srv = tls.createServer({ cert: server.certPem, key: server.keyPem, ca: ca.certPem, requestCert: true, rejectUnauthorized: true });
-    const seen = new Promise<unknown>((resolve) =>
-      srv.once("secureConnection", (s: tls.TLSSocket) => {
-        resolve(identityOf(s.getPeerCertificate().raw));
-        s.end();
-      }),
-    );
-    srv.listen(0, "127.0.0.1");
-    await once(srv, "listening");
-    try {
-      const { port } = srv.address() as AddressInfo;
-      const client = tls.connect({ host: "127.0.0.1", port, ca: ca.certPem, cert: userCert, key: user.keyPem, servername: "localhost" });
-      await once(client, "secureConnect");
-      assert.equal(client.authorized, true);
-      assert.deepEqual(await seen, { kind: "user", name: "robot" });
-      client.destroy();
-    } finally {
-      srv.close();
-    }
-    // Served by a user's certificate: the chain is the cluster CA's, but its purpose is not a server's.
-    const fake = tls.createServer({ cert: userCert, key: user.keyPem });
-    fake.listen(0, "127.0.0.1");
-    await once(fake, "listening");
-    try {
-      const c = tls.connect({
-        host: "127.0.0.1",
-        port: (fake.address() as AddressInfo).port,
-        ca: ca.certPem,
-        checkServerIdentity: () => undefined,
-      });
-      const [err] = (await once(c, "error")) as [NodeJS.ErrnoException];
-      assert.equal(err.code, "INVALID_PURPOSE");
-      c.destroy();
-    } finally {
-      fake.close();
-    }
+    const userCert = { certPem: await signUserCsr(ca, user.csrPem, { user: "robot", ttlSeconds: 600 }), keyPem: user.keyPem };
+    assert.deepEqual((await mutualTls(ca, server, userCert)).serverSaw, { kind: "user", name: "robot" });
+    assert.equal(await servedBy(ca, server, { checkHost: true }), undefined, "a server's certificate is taken");
+    // The chain is the cluster CA's, but the certificate's purpose is not a server's.
+    assert.equal(await servedBy(ca, userCert, { checkHost: false }), "INVALID_PURPOSE");
   });
 });
+
+type Pair = { certPem: string; keyPem: string };
+
+/** A mutual-TLS handshake on loopback: a server with `server`, requiring a client certificate of `ca`; what each side saw. */
+async function mutualTls(ca: CertificateAuthority, server: Pair, client: Pair): Promise<{ clientSaw: unknown; serverSaw: unknown }> {
+  const srv = tls.createServer({ cert: server.certPem, key: server.keyPem, ca: ca.certPem, requestCert: true, rejectUnauthorized: true });
+  const seen = new Promise<unknown>((resolve) =>
+    srv.once("secureConnection", (s: tls.TLSSocket) => {
+      resolve(identityOf(s.getPeerCertificate().raw));
+      s.end();
+    }),
+  );
+  srv.listen(0, "127.0.0.1");
+  await once(srv, "listening");
+  try {
+    const { port } = srv.address() as AddressInfo;
+    const c = tls.connect({ host: "127.0.0.1", port, ca: ca.certPem, cert: client.certPem, key: client.keyPem, servername: "localhost" });
+    await once(c, "secureConnect");
+    assert.equal(c.authorized, true);
+    const clientSaw = identityOf(c.getPeerCertificate().raw);
+    const serverSaw = await seen;
+    c.destroy();
+    return { clientSaw, serverSaw };
+  } finally {
+    srv.close();
+  }
+}
+
+/** The error code a TLS client trusting `ca` gets from a server presenting `served`; undefined if it connects. */
+async function servedBy(ca: CertificateAuthority, served: Pair, o: { checkHost: boolean }): Promise<string | undefined> {
+  const fake = tls.createServer({ cert: served.certPem, key: served.keyPem });
+  fake.listen(0, "127.0.0.1");
+  await once(fake, "listening");
+  try {
+    const c = tls.connect({
+      host: "127.0.0.1",
+      port: (fake.address() as AddressInfo).port,
+      ca: ca.certPem,
+      servername: "localhost",
+      ...(o.checkHost ? {} : { checkServerIdentity: () => undefined }),
+    });
+    // undefined: the client took it (secureConnect).
+    const code = await new Promise<string | undefined>((resolve) => {
+      c.once("secureConnect", () => resolve(undefined));
+      c.once("error", (e: NodeJS.ErrnoException) => resolve(e.code));
+    });
+    c.destroy();
+    return code;
+  } finally {
+    fake.close();
+  }
+}

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import type { DescService } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { Code, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AccessService } from "../../../api/gen/hypervisor/v1/access_pb.js";
 import { NodeService } from "../../../api/gen/hypervisor/v1/node_pb.js";
@@ -17,6 +17,7 @@ import { InstanceService } from "../../../api/gen/hypervisor/v1/instance_pb.js";
 import type { Store } from "../../../pkg/cluster/store/index.js";
 import { Server } from "../server.js";
 import { startServerWithAccess, type AccessServer } from "../../../test/support/api-server.js";
+import { refusal } from "../../../test/support/refusal.js";
 import {
   ADMIN_TOKEN_FILE,
   ANONYMOUS,
@@ -205,15 +206,7 @@ describe("a server with access on", () => {
       nodes: createClient(NodeService, transport),
     };
   };
-  const code = async (p: Promise<unknown>): Promise<{ code: Code; message: string }> => {
-    try {
-      await p;
-    } catch (e) {
-      const err = ConnectError.from(e);
-      return { code: err.code, message: err.rawMessage };
-    }
-    return assert.fail("succeeded");
-  };
+  const code = refusal;
   let admin = "";
 
   before(async () => {

@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
+import { Code, createClient, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { AccessService } from "../../../api/gen/hypervisor/v1/access_pb.js";
 import { AgentService, AgentSupportService } from "../../../api/gen/hypervisor/v1/agent_pb.js";
@@ -33,6 +33,7 @@ import {
 } from "../../../pkg/pki/index.js";
 import { startServerWithAccess } from "../../../test/support/api-server.js";
 import { until } from "../../../test/support/procs.js";
+import { refusal } from "../../../test/support/refusal.js";
 import { AgentEndpoint } from "../../agent/endpoint.js";
 import { Server } from "../server.js";
 import { serverTls } from "../tls-setup.js";
@@ -40,16 +41,6 @@ import { DEFAULT_USER_CERT_TTL_SECONDS } from "./access-service.js";
 import { ADMIN_TOKEN_FILE, AuditLog } from "./index.js";
 
 const MOCK = { driver: "mock", vcpus: 1, memoryMib: 64n };
-
-async function refusal(p: Promise<unknown>): Promise<{ code: Code; message: string }> {
-  try {
-    await p;
-  } catch (e) {
-    const err = ConnectError.from(e);
-    return { code: err.code, message: err.rawMessage };
-  }
-  assert.fail("expected a refusal");
-}
 
 /** What a client presents: a bearer token, a client certificate, or both, or nothing. */
 interface As {

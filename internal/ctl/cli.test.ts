@@ -141,6 +141,7 @@ const EXPECTED = [
   "cluster status", "join-token create", "join-token list", "join-token revoke", "completion", "version",
   "token create", "token list", "token revoke", "role list", "whoami", "audit", "login", "logout",
   "config view", "config get-contexts", "config current-context", "config use-context", "config set-context", "config delete-context",
+  "user-cert create",
 ]; // prettier-ignore
 
 describe("completion", () => {
@@ -183,6 +184,7 @@ describe("completion", () => {
       "image",
       "cluster",
       "join-token",
+      "user-cert",
       "token",
       "role",
       "project",

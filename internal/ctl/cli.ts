@@ -18,6 +18,7 @@ import { checkName } from "../../pkg/validation/index.js";
 import { imageCommand } from "./image.js";
 import { instanceCommand } from "./instance.js";
 import { joinTokenCommand } from "./join-token.js";
+import { userCertCommand } from "./user-cert.js";
 import { loginCommand, logoutCommand } from "./login.js";
 import { nodeCommand } from "./node.js";
 import { projectCommand } from "./project.js";
@@ -49,6 +50,7 @@ export function buildProgram(ctx: Context, io: Io): Command {
   program.addCommand(imageCommand(ctx));
   program.addCommand(clusterCommand(ctx));
   program.addCommand(joinTokenCommand(ctx));
+  program.addCommand(userCertCommand(ctx));
   program.addCommand(tokenCommand(ctx));
   program.addCommand(roleCommand(ctx));
   program.addCommand(projectCommand(ctx));

@@ -66,7 +66,7 @@ export interface Listening {
 
 /**
  * TLS for the listener: the server's key and certificate, and the CA whose certificates a client
- * may present (nodes, servers, later users). A client without one is still served: what it may
+ * may present (nodes, servers, users). A client without one is still served: what it may
  * do is the handlers' decision (tlsPeer), not the handshake's.
  */
 export interface TlsSettings {

@@ -1,9 +1,10 @@
-// Who a request comes from, as its TLS connection proved it, and who may use the operator methods
-// of cluster identity (minting join tokens, revoking nodes) before users and roles exist.
+// Who a request comes from, as its TLS connection proved it (a server, a node or a user), and who
+// may use the operator methods of cluster identity (minting join tokens, revoking nodes) before
+// users and roles exist.
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
-import { createCa, generateKeyAndCsr, issueServerCertificate, parseCa, signNodeCsr } from "../../pkg/pki/index.js";
+import { createCa, generateKeyAndCsr, issueServerCertificate, parseCa, signNodeCsr, signUserCsr } from "../../pkg/pki/index.js";
 import { identityOfPeer, operatorRefusal } from "./peer.js";
 
 describe("peer identity", () => {
@@ -19,6 +20,8 @@ describe("peer identity", () => {
       serial: new X509Certificate(server.certPem).serialNumber,
     });
     assert.deepEqual(identityOfPeer(der(node)), { kind: "node", name: "n1", serial: new X509Certificate(node).serialNumber });
+    const user = await signUserCsr(ca, (await generateKeyAndCsr("user:robot")).csrPem, { user: "robot", ttlSeconds: 600 });
+    assert.deepEqual(identityOfPeer(der(user)), { kind: "user", name: "robot", serial: new X509Certificate(user).serialNumber });
     assert.equal(identityOfPeer(der(ca.certPem)), undefined, "the CA names no server or node");
     assert.equal(identityOfPeer(Buffer.from("not a certificate")), undefined);
     assert.equal(identityOfPeer(undefined), undefined);
@@ -27,6 +30,7 @@ describe("peer identity", () => {
   it("lets loopback clients and servers manage join tokens, and nobody else", () => {
     const node = { kind: "node" as const, name: "n1", serial: "01" };
     const server = { kind: "server" as const, name: "s1", serial: "02" };
+    const user = { kind: "user" as const, name: "robot", serial: "03" };
     for (const [address, peer, allowed] of [
       ["127.0.0.1", undefined, true],
       ["127.8.9.10", undefined, true],
@@ -34,6 +38,7 @@ describe("peer identity", () => {
       ["10.0.0.5", server, true],
       ["10.0.0.5", undefined, false],
       ["10.0.0.5", node, false],
+      ["10.0.0.5", user, false],
       ["::ffff:10.0.0.5", undefined, false],
       ["unknown", undefined, false],
       ["1127.0.0.1", undefined, false],

@@ -1,8 +1,9 @@
 /*
- * Who is on the other end of a request, as its TLS connection proved it: a node or a server of
- * this cluster (a client certificate the cluster CA signed), or nobody in particular. Handlers
- * that serve only nodes or servers ask here; the handshake itself never refuses an anonymous
- * client, so GetCA, Join and the web UI work without one.
+ * Who is on the other end of a request, as its TLS connection proved it: a node, a server or a
+ * user of this cluster (a client certificate the cluster CA signed), or nobody in particular.
+ * Handlers that serve only nodes or servers ask here, by kind (a user's certificate is neither);
+ * the handshake itself never refuses an anonymous client, so GetCA, Join and the web UI work
+ * without one.
  */
 import { X509Certificate } from "node:crypto";
 import { createContextKey, type HandlerContext } from "@connectrpc/connect";

@@ -70,7 +70,10 @@ export interface ServerOptions {
   port: number;
   /** Serve the API over TLS with this key and certificate, asking clients for one of `caPem`'s. */
   tls?: TlsSettings;
-  /** The cluster CA: with it the server signs node certificates for join tokens (IdentityService). */
+  /**
+   * The cluster CA: with it the server signs node certificates for join tokens (IdentityService)
+   * and, with `tls`, users' client certificates (AccessService.IssueUserCertificate).
+   */
   identity?: {
     ca: CertificateAuthority;
     nodeCertTtlSeconds?: number;
@@ -193,7 +196,9 @@ export class Server {
     router.service(ClusterService, clusterService(this.ctx));
     router.service(ImageService, imageService(this.ctx, this.opts.maxImageBytes));
     router.service(ConsoleService, consoleService(this.ctx, this.opts.consoleTicketTtlMs));
-    router.service(AccessService, accessService(this.ctx.store, this.log.child({ component: "access" }), this.opts.auth));
+    // User certificates are signed only where they can be presented: a server with TLS and the CA.
+    const userCa = this.opts.tls ? this.opts.identity?.ca : undefined;
+    router.service(AccessService, accessService(this.ctx.store, this.log.child({ component: "access" }), this.opts.auth, userCa));
     router.service(ProjectService, projectService(this.ctx));
     router.service(AuditService, auditService(this.opts.audit, this.serverId));
     // Only useful (and only reachable by a node) over TLS, where clients prove who they are.

@@ -19,6 +19,7 @@ import {
   issueServerCertificate,
   parseCa,
   signNodeCsr,
+  signUserCsr,
   type CertificateAuthority,
 } from "./index.js";
 import { publicKeyDerOf, SIGNING_ALGORITHM } from "./keys.js";
@@ -193,6 +194,77 @@ describe("pki certificates", () => {
     );
   });
 
+  it("signs a user CSR: the user's own key, CN=user:<name>, O=hypervisor:users, client authentication only, no SAN", async () => {
+    const ca = await newCa();
+    const { keyPem, csrPem } = await generateKeyAndCsr("user:robot");
+    const certPem = await signUserCsr(ca, csrPem, { user: "robot", ttlSeconds: 600, now: NOW });
+    const c = new X509Certificate(certPem);
+    assert.equal(c.verify(new X509Certificate(ca.certPem).publicKey), true);
+    assert.deepEqual(identityOf(certPem), { kind: "user", name: "robot" });
+    assert.equal(c.subject, "CN=user:robot\nO=hypervisor:users");
+    assert.equal(c.subjectAltName, undefined);
+    assert.deepEqual(c.keyUsage, ["1.3.6.1.5.5.7.3.2"], "clientAuth and nothing else");
+    assert.equal(c.ca, false);
+    assert.equal(serialBytes(c), 16);
+    assert.ok(Buffer.from(publicKeyDerOf(keyPem)).equals(c.publicKey.export({ format: "der", type: "spki" })), "the user's key");
+    assert.equal(new Date(c.validTo).getTime(), NOW.getTime() + 600_000);
+  });
+
+  it("takes nothing but the key from a user's CSR: no server usage, no SAN, no CA, not a node's or a server's subject", async () => {
+    const ca = await newCa();
+    const keys = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"]);
+    const csr = await x509.Pkcs10CertificateRequestGenerator.create({
+      name: [{ CN: ["user:robot"] }, { O: ["hypervisor:servers"] }],
+      keys,
+      signingAlgorithm: SIGNING_ALGORITHM,
+      extensions: [
+        new x509.BasicConstraintsExtension(true, 5, true),
+        new x509.SubjectAlternativeNameExtension([{ type: "dns", value: "localhost" }]),
+        new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
+      ],
+    });
+    const certPem = await signUserCsr(ca, csr.toString("pem"), { user: "robot", ttlSeconds: 60 });
+    const c = new X509Certificate(certPem);
+    assert.equal(c.ca, false);
+    assert.equal(c.subjectAltName, undefined);
+    assert.deepEqual(c.keyUsage, ["1.3.6.1.5.5.7.3.2"]);
+    assert.equal(c.subject, "CN=user:robot\nO=hypervisor:users");
+    assert.deepEqual(identityOf(certPem), { kind: "user", name: "robot" });
+  });
+
+  it("refuses a user CSR for another user, a node or a server, and a user name that is not a DNS label", async () => {
+    const ca = await newCa();
+    const cases: [string, string, RegExp][] = [
+      ["another user", "user:mallory", /^csr subject CN must be exactly "user:robot", got "user:mallory"$/],
+      ["a node", "node:robot", /got "node:robot"$/],
+      ["a server", "server:robot", /got "server:robot"$/],
+      ["a bare name", "robot", /got "robot"$/],
+    ];
+    for (const [what, cn, message] of cases) {
+      await assert.rejects(
+        signUserCsr(ca, (await generateKeyAndCsr(cn)).csrPem, { user: "robot", ttlSeconds: 60 }),
+        (e) => e instanceof CsrRejectedError && e.reason === "wrong-subject" && message.test(e.message),
+        what,
+      );
+    }
+    await assert.rejects(
+      signUserCsr(ca, "x".repeat(20_000), { user: "robot", ttlSeconds: 60 }),
+      (e) => e instanceof CsrRejectedError && e.reason === "malformed",
+    );
+    for (const bad of ["Robot", "robot.example", "user:robot", "", "a".repeat(64)]) {
+      await assert.rejects(
+        signUserCsr(ca, (await generateKeyAndCsr(`user:${bad}`)).csrPem, { user: bad, ttlSeconds: 60 }),
+        (e) => e instanceof CertificateParamsError && e.field === "user" && /is not a valid name/.test(e.message),
+        bad,
+      );
+    }
+    // A node's CSR signer never makes a user, and a user's never a node.
+    await assert.rejects(
+      signNodeCsr(ca, (await generateKeyAndCsr("user:robot")).csrPem, { node: "robot", ttlSeconds: 60 }),
+      (e) => e instanceof CsrRejectedError && e.reason === "wrong-subject",
+    );
+  });
+
   it("identityOf refuses a subject whose organization does not match its kind", async () => {
     const ca = await newCa();
     const keys = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"]);
@@ -210,6 +282,13 @@ describe("pki certificates", () => {
     assert.equal(identityOf(await make([{ CN: ["node:a"] }])), undefined);
     assert.equal(identityOf(await make([{ CN: ["node:A"] }, { O: ["hypervisor:nodes"] }])), undefined);
     assert.equal(identityOf(await make([{ CN: ["admin:a"] }, { O: ["hypervisor:nodes"] }])), undefined);
+    assert.equal(identityOf(await make([{ CN: ["user:a"] }, { O: ["hypervisor:nodes"] }])), undefined);
+    assert.equal(identityOf(await make([{ CN: ["user:a"] }, { O: ["hypervisor:servers"] }])), undefined);
+    assert.equal(identityOf(await make([{ CN: ["node:a"] }, { O: ["hypervisor:users"] }])), undefined);
+    assert.equal(identityOf(await make([{ CN: ["server:a"] }, { O: ["hypervisor:users"] }])), undefined);
+    assert.equal(identityOf(await make([{ CN: ["user:a"] }])), undefined);
+    assert.equal(identityOf(await make([{ CN: ["user:a.b"] }, { O: ["hypervisor:users"] }])), undefined);
+    assert.deepEqual(identityOf(await make([{ CN: ["user:a"] }, { O: ["hypervisor:users"] }])), { kind: "user", name: "a" });
     assert.deepEqual(identityOf(await make([{ CN: ["node:a"] }, { O: ["hypervisor:nodes"] }])), { kind: "node", name: "a" });
     assert.equal(identityOf("not a certificate"), undefined);
     // DER bytes, as a TLS peer certificate's `raw`.
@@ -231,38 +310,75 @@ describe("pki certificates", () => {
     const ca = await newCa({ now: new Date() });
     const server = await issueServerCertificate(ca, { name: "cp-1", dnsNames: ["localhost"], ipAddresses: ["127.0.0.1"], ttlSeconds: 600 });
     const node = await generateKeyAndCsr("node:worker-1");
-    const nodeCert = await signNodeCsr(ca, node.csrPem, { node: "worker-1", ttlSeconds: 600 });
-    const srv = tls.createServer({ cert: server.certPem, key: server.keyPem, ca: ca.certPem, requestCert: true, rejectUnauthorized: true });
-    const seen = new Promise<unknown>((resolve) =>
-      srv.once("secureConnection", (s: tls.TLSSocket) => {
-        resolve(identityOf(s.getPeerCertificate().raw));
-        s.end();
-      }),
-    );
-    srv.listen(0, "127.0.0.1");
-    await once(srv, "listening");
-    try {
-      const { port } = srv.address() as AddressInfo;
-      const client = tls.connect({ host: "127.0.0.1", port, ca: ca.certPem, cert: nodeCert, key: node.keyPem, servername: "localhost" });
-      await once(client, "secureConnect");
-      assert.equal(client.authorized, true);
-      assert.deepEqual(identityOf(client.getPeerCertificate().raw), { kind: "server", name: "cp-1" });
-      assert.deepEqual(await seen, { kind: "node", name: "worker-1" });
-      client.destroy();
-      // A node certificate cannot pass for a server: it carries no name a hostname check accepts.
-      const fake = tls.createServer({ cert: nodeCert, key: node.keyPem });
-      fake.listen(0, "127.0.0.1");
-      await once(fake, "listening");
-      try {
-        const c2 = tls.connect({ host: "127.0.0.1", port: (fake.address() as AddressInfo).port, ca: ca.certPem, servername: "localhost" });
-        const [err] = (await once(c2, "error")) as [NodeJS.ErrnoException];
-        assert.equal(err.code, "ERR_TLS_CERT_ALTNAME_INVALID");
-        c2.destroy();
-      } finally {
-        fake.close();
-      }
-    } finally {
-      srv.close();
-    }
+    const nodeCert = { certPem: await signNodeCsr(ca, node.csrPem, { node: "worker-1", ttlSeconds: 600 }), keyPem: node.keyPem };
+    assert.deepEqual(await mutualTls(ca, server, nodeCert), {
+      clientSaw: { kind: "server", name: "cp-1" },
+      serverSaw: { kind: "node", name: "worker-1" },
+    });
+    // A node certificate cannot pass for a server: it carries no name a hostname check accepts.
+    assert.equal(await servedBy(ca, nodeCert, { checkHost: true }), "ERR_TLS_CERT_ALTNAME_INVALID");
+  });
+
+  it("a user certificate authenticates a TLS client, and no TLS client takes it for a server, even without a hostname check", async () => {
+    const ca = await newCa({ now: new Date() });
+    const server = await issueServerCertificate(ca, { name: "cp-1", dnsNames: ["localhost"], ipAddresses: ["127.0.0.1"], ttlSeconds: 600 });
+    const user = await generateKeyAndCsr("user:robot");
+    const userCert = { certPem: await signUserCsr(ca, user.csrPem, { user: "robot", ttlSeconds: 600 }), keyPem: user.keyPem };
+    assert.deepEqual((await mutualTls(ca, server, userCert)).serverSaw, { kind: "user", name: "robot" });
+    assert.equal(await servedBy(ca, server, { checkHost: true }), undefined, "a server's certificate is taken");
+    // The chain is the cluster CA's, but the certificate's purpose is not a server's.
+    assert.equal(await servedBy(ca, userCert, { checkHost: false }), "INVALID_PURPOSE");
   });
 });
+
+type Pair = { certPem: string; keyPem: string };
+
+/** A mutual-TLS handshake on loopback: a server with `server`, requiring a client certificate of `ca`; what each side saw. */
+async function mutualTls(ca: CertificateAuthority, server: Pair, client: Pair): Promise<{ clientSaw: unknown; serverSaw: unknown }> {
+  const srv = tls.createServer({ cert: server.certPem, key: server.keyPem, ca: ca.certPem, requestCert: true, rejectUnauthorized: true });
+  const seen = new Promise<unknown>((resolve) =>
+    srv.once("secureConnection", (s: tls.TLSSocket) => {
+      resolve(identityOf(s.getPeerCertificate().raw));
+      s.end();
+    }),
+  );
+  srv.listen(0, "127.0.0.1");
+  await once(srv, "listening");
+  try {
+    const { port } = srv.address() as AddressInfo;
+    const c = tls.connect({ host: "127.0.0.1", port, ca: ca.certPem, cert: client.certPem, key: client.keyPem, servername: "localhost" });
+    await once(c, "secureConnect");
+    assert.equal(c.authorized, true);
+    const clientSaw = identityOf(c.getPeerCertificate().raw);
+    const serverSaw = await seen;
+    c.destroy();
+    return { clientSaw, serverSaw };
+  } finally {
+    srv.close();
+  }
+}
+
+/** The error code a TLS client trusting `ca` gets from a server presenting `served`; undefined if it connects. */
+async function servedBy(ca: CertificateAuthority, served: Pair, o: { checkHost: boolean }): Promise<string | undefined> {
+  const fake = tls.createServer({ cert: served.certPem, key: served.keyPem });
+  fake.listen(0, "127.0.0.1");
+  await once(fake, "listening");
+  try {
+    const c = tls.connect({
+      host: "127.0.0.1",
+      port: (fake.address() as AddressInfo).port,
+      ca: ca.certPem,
+      servername: "localhost",
+      ...(o.checkHost ? {} : { checkServerIdentity: () => undefined }),
+    });
+    // undefined: the client took it (secureConnect).
+    const code = await new Promise<string | undefined>((resolve) => {
+      c.once("secureConnect", () => resolve(undefined));
+      c.once("error", (e: NodeJS.ErrnoException) => resolve(e.code));
+    });
+    c.destroy();
+    return code;
+  } finally {
+    fake.close();
+  }
+}

@@ -5,9 +5,12 @@
  *       │
  *       ├── issueServerCertificate(name, dnsNames, ipAddresses): key made here, for a server
  *       │
- *       └── signNodeCsr(csr, node) ◄── generateKeyAndCsr("node:<name>") on the agent: the node's
- *                                        key never leaves it; the CA takes only the public key
- *                                        from the CSR and decides the subject and every extension
+ *       ├── signNodeCsr(csr, node) ◄── generateKeyAndCsr("node:<name>") on the agent: the node's
+ *       │                                key never leaves it; the CA takes only the public key
+ *       │                                from the CSR and decides the subject and every extension
+ *       │
+ *       └── signUserCsr(csr, user) ◄── generateKeyAndCsr("user:<name>") in hypervisor-ctl: the
+ *                                        same, with client authentication as its only usage
  *
  * Every certificate: a random positive 16-byte serial, notBefore one minute back (clock skew
  * between machines), notAfter no later than the CA's own.
@@ -39,6 +42,8 @@ export const CA_COMMON_NAME = "hypervisor cluster ca";
 
 const KEY_USAGE_LEAF = x509.KeyUsageFlags.digitalSignature;
 const EKU_SERVER_AND_CLIENT = [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth];
+// A user is never a TLS server: without serverAuth, no TLS client accepts its certificate as one.
+const EKU_CLIENT_ONLY = [x509.ExtendedKeyUsage.clientAuth];
 
 /** 16 random bytes, top bit clear (a positive INTEGER) and the first byte non-zero (DER keeps all 16). */
 export function randomSerial(): string {
@@ -126,11 +131,12 @@ async function sign(
   ttlSeconds: number,
   now: Date,
   san: x509.JsonGeneralNames,
+  usages: readonly string[] = EKU_SERVER_AND_CLIENT,
 ): Promise<x509.X509Certificate> {
   const extensions: x509.Extension[] = [
     new x509.BasicConstraintsExtension(false, undefined, true),
     new x509.KeyUsagesExtension(KEY_USAGE_LEAF, true),
-    new x509.ExtendedKeyUsageExtension(EKU_SERVER_AND_CLIENT, false),
+    new x509.ExtendedKeyUsageExtension([...usages], false),
     await x509.SubjectKeyIdentifierExtension.create(publicKey),
     await x509.AuthorityKeyIdentifierExtension.create(ca.cert.publicKey),
   ];
@@ -208,7 +214,7 @@ export async function issueEtcdCertificate(ca: CertificateAuthority, p: EtcdCert
   return { certPem: cert.toString("pem"), keyPem: await privateKeyToPem(keys.privateKey) };
 }
 
-/** Agent side: a new key and a CSR for `commonName` ("node:<name>"). Only the CSR is sent. */
+/** Agent (or ctl) side: a new key and a CSR for `commonName` ("node:<name>", "user:<name>"). Only the CSR is sent. */
 export async function generateKeyAndCsr(commonName: string): Promise<{ keyPem: string; csrPem: string }> {
   const keys = await generateKeyPair();
   const csr = await x509.Pkcs10CertificateRequestGenerator.create({
@@ -229,13 +235,10 @@ export interface SignNodeCsrParams {
 export const MAX_CSR_PEM_BYTES = 16 * 1024;
 
 /**
- * Server side: a certificate for node `node` from its CSR. The CSR must be signed by the key it
- * carries (proof of possession), name exactly CN=node:<node>, and carry a P-256 key. Whatever else
- * it asks for (extensions, other subject fields) is ignored: the CA decides.
+ * The public key of a CSR that proves possession of it (signed by that key), names exactly
+ * CN=`commonName`, and carries a P-256 key. Nothing else of it is used.
  */
-export async function signNodeCsr(ca: CertificateAuthority, csrPem: string, p: SignNodeCsrParams): Promise<string> {
-  checkIdentityName("node", p.node);
-  checkTtl("ttlSeconds", p.ttlSeconds);
+async function checkedCsrKey(csrPem: string, commonName: string): Promise<x509.PublicKey> {
   if (csrPem.length > MAX_CSR_PEM_BYTES) {
     throw new CsrRejectedError("malformed", `csr is ${csrPem.length} bytes; at most ${MAX_CSR_PEM_BYTES} allowed`);
   }
@@ -255,15 +258,46 @@ export async function signNodeCsr(ca: CertificateAuthority, csrPem: string, p: S
     verified = false;
   }
   if (!verified) throw new CsrRejectedError("bad-signature", "csr signature does not verify with its own key");
-  const want = commonNameOf("node", p.node);
   const cns = csr.subjectName.getField("CN");
-  if (cns.length !== 1 || cns[0] !== want) {
+  if (cns.length !== 1 || cns[0] !== commonName) {
     throw new CsrRejectedError(
       "wrong-subject",
-      `csr subject CN must be exactly ${show(want)}, got ${cns.map((c) => show(c)).join(", ") || "none"}`,
+      `csr subject CN must be exactly ${show(commonName)}, got ${cns.map((c) => show(c)).join(", ") || "none"}`,
     );
   }
+  return csr.publicKey;
+}
+
+/**
+ * Server side: a certificate for node `node` from its CSR. The CSR must be signed by the key it
+ * carries (proof of possession), name exactly CN=node:<node>, and carry a P-256 key. Whatever else
+ * it asks for (extensions, other subject fields) is ignored: the CA decides.
+ */
+export async function signNodeCsr(ca: CertificateAuthority, csrPem: string, p: SignNodeCsrParams): Promise<string> {
+  checkIdentityName("node", p.node);
+  checkTtl("ttlSeconds", p.ttlSeconds);
+  const publicKey = await checkedCsrKey(csrPem, commonNameOf("node", p.node));
   // No SAN for a node: it must never pass a hostname check meant for a server (see identity.ts).
-  const cert = await sign(ca, subjectOf({ kind: "node", name: p.node }), csr.publicKey, p.ttlSeconds, p.now ?? new Date(), []);
+  const cert = await sign(ca, subjectOf({ kind: "node", name: p.node }), publicKey, p.ttlSeconds, p.now ?? new Date(), []);
+  return cert.toString("pem");
+}
+
+export interface SignUserCsrParams {
+  user: string;
+  ttlSeconds: number;
+  now?: Date;
+}
+
+/**
+ * Server side: a client certificate for user `user` from its CSR, under the rules of signNodeCsr
+ * (proof of possession, exactly CN=user:<user>, P-256, nothing else taken from the CSR). It says
+ * CN=user:<user>, O=hypervisor:users, client authentication only, no SAN: a client of the API
+ * whose rights are its role bindings, never a server, a node, or an etcd user.
+ */
+export async function signUserCsr(ca: CertificateAuthority, csrPem: string, p: SignUserCsrParams): Promise<string> {
+  checkIdentityName("user", p.user);
+  checkTtl("ttlSeconds", p.ttlSeconds);
+  const publicKey = await checkedCsrKey(csrPem, commonNameOf("user", p.user));
+  const cert = await sign(ca, subjectOf({ kind: "user", name: p.user }), publicKey, p.ttlSeconds, p.now ?? new Date(), [], EKU_CLIENT_ONLY);
   return cert.toString("pem");
 }

@@ -4,14 +4,20 @@
  *   kind     subject                                   SAN                      EKU
  *   server   CN=server:<name>, O=hypervisor:servers    its DNS names and IPs    serverAuth, clientAuth
  *   node     CN=node:<name>,   O=hypervisor:nodes      none                     serverAuth, clientAuth
+ *   user     CN=user:<name>,   O=hypervisor:users      none                     clientAuth only
  *
- * Both kinds are TLS servers (the API; a node's AgentService) and TLS clients (of etcd, and the
- * node of the server), hence both usages. What tells them apart is the subject, which only the CA
- * sets: a node's CSR names itself, but signNodeCsr builds the subject and every extension itself.
- * A node certificate carries no DNS or IP name, so it can never pass a hostname check meant for a
- * server (Nomad's verify_server_hostname); a peer that must be a server or a given node checks
- * identityOf() of the verified certificate. The CN doubles as the etcd user name (etcd's
- * --client-cert-auth takes the CN), so a node's etcd role is `node:<name>`.
+ * Servers and nodes are TLS servers (the API; a node's AgentService) and TLS clients (of etcd, and
+ * the node of the server), hence both usages. A user (a person or a script holding a certificate
+ * from IssueUserCertificate) is only ever a client of the API: without serverAuth no TLS client
+ * takes its certificate as a server's, and its rights are only what role bindings of user:<name>
+ * give (never a node's or a server's: every check that wants those asks for that kind). What
+ * tells the kinds apart is the subject, which only the CA sets: a CSR names itself, but
+ * signNodeCsr and signUserCsr build the subject and every extension themselves.
+ * A node or user certificate carries no DNS or IP name, so it can never pass a hostname check
+ * meant for a server (Nomad's verify_server_hostname); a peer that must be a server or a given
+ * node checks identityOf() of the verified certificate. The CN doubles as the etcd user name
+ * (etcd's --client-cert-auth takes the CN), so a node's etcd role is `node:<name>`; no etcd user
+ * is ever named `user:<name>`, so etcd refuses a user's certificate everything.
  *
  * identityOf does not verify the chain: call it on a certificate TLS has already verified
  * against the cluster CA.
@@ -21,7 +27,7 @@ import * as x509 from "@peculiar/x509";
 import { NAME_RE } from "../validation/index.js";
 import "./keys.js";
 
-export type IdentityKind = "server" | "node";
+export type IdentityKind = "server" | "node" | "user";
 
 export interface Identity {
   kind: IdentityKind;
@@ -32,6 +38,7 @@ export interface Identity {
 export const ORGANIZATION: Readonly<Record<IdentityKind, string>> = {
   server: "hypervisor:servers",
   node: "hypervisor:nodes",
+  user: "hypervisor:users",
 };
 
 export const commonNameOf = (kind: IdentityKind, name: string): string => `${kind}:${name}`;
@@ -65,7 +72,7 @@ export function identityOf(cert: CertificateInput): Identity | undefined {
   const cns = name.getField("CN");
   const os = name.getField("O");
   if (cns.length !== 1 || os.length !== 1) return undefined;
-  const m = /^(server|node):(.*)$/.exec(cns[0]!);
+  const m = /^(server|node|user):(.*)$/.exec(cns[0]!);
   if (!m) return undefined;
   const kind = m[1] as IdentityKind;
   const id = m[2]!;

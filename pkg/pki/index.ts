@@ -1,4 +1,4 @@
-// The cluster's PKI: the CA (created once, kept in files), server and node certificates, the
+// The cluster's PKI: the CA (created once, kept in files), server, node and user certificates, the
 // identities they carry (identity.ts), and join tokens that pin the CA and authenticate a join.
 export { CA_CERT_FILE, CA_KEY_FILE, loadOrCreateCa, type LoadOrCreateCaOptions } from "./ca-files.js";
 export {
@@ -12,12 +12,14 @@ export {
   MAX_CSR_PEM_BYTES,
   parseCa,
   signNodeCsr,
+  signUserCsr,
   type CertificateAuthority,
   type CreateCaOptions,
   type EtcdCertificateParams,
   type KeyAndCertificate,
   type ServerCertificateParams,
   type SignNodeCsrParams,
+  type SignUserCsrParams,
 } from "./certificates.js";
 export { CaFilesError, CertificateParamsError, CsrRejectedError, JoinTokenFormatError, PkiError, type CsrRejection } from "./errors.js";
 export { caHash, commonNameOf, identityOf, ORGANIZATION, type CertificateInput, type Identity, type IdentityKind } from "./identity.js";

@@ -35,6 +35,8 @@ export const LIMITS = {
   maxJoinTokenUses: 1_000_000,
   /** CreateJoinToken.description. */
   maxDescriptionBytes: 256,
+  /** IssueUserCertificate.ttl_seconds (one year); 0 takes the default (30 days). */
+  maxUserCertTtlSeconds: 365 * 24 * 3600,
 } as const;
 
 export const NAME_RE = /^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$/;

@@ -1,11 +1,14 @@
 /*
- * AccessService: who the caller is, its API tokens, the built-in roles. The interceptor has
- * already checked the method's right (tokens:create ...); here what depends on the request: a
- * token for another user, or every user's list, needs tokens:manage, and a token carries only
- * roles whose every right the caller holds (nobody grants more than they hold).
+ * AccessService: who the caller is, its API tokens, the built-in roles, and users' client
+ * certificates. The interceptor has already checked the method's right (tokens:create ...); here
+ * what depends on the request: a token for another user, or every user's list, needs
+ * tokens:manage, and a token carries only roles whose every right the caller holds (nobody grants
+ * more than they hold). A user's certificate carries no rights at all (its bindings do), so
+ * issuing one is only the admin's (tokens:manage, by its rule).
  */
+import { X509Certificate } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { timestampMs, timestampNow } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate, timestampMs, timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   ApiTokenRecordSchema,
@@ -18,6 +21,7 @@ import {
 import { codecs, keys, update } from "../../../pkg/cluster/state/index.js";
 import { ifAbsent, type Store } from "../../../pkg/cluster/store/index.js";
 import type { Logger } from "../../../pkg/log/index.js";
+import { type CertificateAuthority, CsrRejectedError, MAX_CSR_PEM_BYTES, signUserCsr } from "../../../pkg/pki/index.js";
 import { checkName, checkPrincipal, checkText, LIMITS, show } from "../../../pkg/validation/index.js";
 import { invalid, refuse } from "../validate.js";
 import { callerKey, may, type Caller } from "./authorizer.js";
@@ -29,6 +33,8 @@ const ATTEMPTS = 5;
 /** Live tokens (not revoked, not expired) one user may hold: each is a key every server keeps. */
 export const MAX_TOKENS_PER_USER = 100;
 const TOKEN_ID_RE = /^[a-z0-9]{10}$/;
+/** A user's client certificate lives this long unless asked otherwise: short, as nothing revokes it. */
+export const DEFAULT_USER_CERT_TTL_SECONDS = 30 * 24 * 3600;
 
 /** What the login pages and `login --oidc` are told (GetAuthConfig). */
 export interface AuthConfig {
@@ -42,7 +48,11 @@ const grantsOf = (c: Caller): Pick<Grants, "cluster" | "projects"> => ({
   projects: c.projects as Grants["projects"],
 });
 
-export function accessService(store: Store, log?: Logger, auth?: AuthConfig): ServiceImpl<typeof AccessService> {
+/**
+ * `ca`: the cluster CA, with which IssueUserCertificate signs; absent on a server without TLS
+ * (a client certificate would be of no use there), which then refuses it.
+ */
+export function accessService(store: Store, log?: Logger, auth?: AuthConfig, ca?: CertificateAuthority): ServiceImpl<typeof AccessService> {
   const callerOf = (hctx: HandlerContext): Caller => hctx.values.get(callerKey);
   const manages = (c: Caller) => c.rights.has("tokens:manage");
   /** Bindings the caller may see: all with roles:list at cluster scope; else its own and those where it binds. */
@@ -219,6 +229,33 @@ export function accessService(store: Store, log?: Logger, auth?: AuthConfig): Se
       );
       if (res.written) log?.warn({ token: req.id, by: c.user }, "api token revoked");
       return { apiToken: publicToken(res.value!) };
+    },
+
+    async issueUserCertificate(req, hctx) {
+      const c = callerOf(hctx);
+      refuse(checkName("user", req.user));
+      if (req.csrPem === "") throw invalid("csr_pem", "is required");
+      if (req.csrPem.length > MAX_CSR_PEM_BYTES)
+        throw invalid("csr_pem", `is ${req.csrPem.length} bytes; at most ${MAX_CSR_PEM_BYTES} allowed`);
+      if (req.ttlSeconds > LIMITS.maxUserCertTtlSeconds)
+        throw invalid("ttl_seconds", `${req.ttlSeconds} is more than the maximum ${LIMITS.maxUserCertTtlSeconds} (one year)`);
+      if (!ca)
+        throw new ConnectError(
+          "this server serves without TLS, so it has no cluster CA to sign with and could not see a client certificate: user certificates need a server with TLS",
+          Code.FailedPrecondition,
+        );
+      const ttlSeconds = req.ttlSeconds === 0 ? DEFAULT_USER_CERT_TTL_SECONDS : req.ttlSeconds;
+      let certificatePem: string;
+      try {
+        certificatePem = await signUserCsr(ca, req.csrPem, { user: req.user, ttlSeconds });
+      } catch (e) {
+        if (e instanceof CsrRejectedError) throw invalid("csr_pem", e.message);
+        throw e;
+      }
+      const cert = new X509Certificate(certificatePem);
+      const expires = new Date(cert.validTo);
+      log?.info({ user: req.user, serial: cert.serialNumber, expires: expires.toISOString(), by: c.user }, "user certificate issued");
+      return { certificatePem, caPem: ca.certPem, expireTime: timestampFromDate(expires) };
     },
 
     listRoles() {

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import type { DescService } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { Code, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AccessService } from "../../../api/gen/hypervisor/v1/access_pb.js";
 import { NodeService } from "../../../api/gen/hypervisor/v1/node_pb.js";
@@ -17,6 +17,7 @@ import { InstanceService } from "../../../api/gen/hypervisor/v1/instance_pb.js";
 import type { Store } from "../../../pkg/cluster/store/index.js";
 import { Server } from "../server.js";
 import { startServerWithAccess, type AccessServer } from "../../../test/support/api-server.js";
+import { refusal } from "../../../test/support/refusal.js";
 import {
   ADMIN_TOKEN_FILE,
   ANONYMOUS,
@@ -142,6 +143,20 @@ describe("access rules", () => {
     }
     assert.equal(authz.decide(server, undefined, "Unknown/Method").allowed, false, "no rule: refused");
   });
+
+  it("a user's certificate is a user with only its bindings: no node's call, no server's, no right of its own", async () => {
+    const authz = new Authorizer(undefined as unknown as Store);
+    const robot = await authz.authenticate(undefined, { kind: "user", name: "robot", serial: "03" });
+    assert.deepEqual(
+      [robot.kind, robot.user, robot.by, robot.tokenId, [...robot.roles], robot.rights.size, robot.projects.size],
+      ["user", "robot", "certificate", "", [], 0, 0],
+    );
+    for (const [method, rule] of RULES) {
+      const d = authz.decide(robot, rule, method);
+      assert.equal(d.allowed, rule.kind === "public" || rule.kind === "authenticated", method);
+      if (!d.allowed) assert.equal(d.code, Code.PermissionDenied, method);
+    }
+  });
 });
 
 describe("tokens the server's copy lacks", () => {
@@ -191,15 +206,7 @@ describe("a server with access on", () => {
       nodes: createClient(NodeService, transport),
     };
   };
-  const code = async (p: Promise<unknown>): Promise<{ code: Code; message: string }> => {
-    try {
-      await p;
-    } catch (e) {
-      const err = ConnectError.from(e);
-      return { code: err.code, message: err.rawMessage };
-    }
-    return assert.fail("succeeded");
-  };
+  const code = refusal;
   let admin = "";
 
   before(async () => {

@@ -4,7 +4,8 @@
  *
  *   Authorization: Bearer hvt_<id>.<secret> ──► apitokens/<id> (informer, else the store)
  *        secret's SHA-256 matches, not revoked, not expired ──► user, roles ──► rights
- *   no header, a verified cluster certificate ──► server:<name> (every right) or node:<name> (none)
+ *   no header, a verified cluster certificate ──► server:<name> (every right), node:<name> (none),
+ *        or user:<name> (what role bindings of user:<name> give)
  *   neither ──► anonymous: public calls only
  *
  *   RULES[<Service>/<Method>] ──► public | authenticated | node | servers | right ──► run or refuse
@@ -282,13 +283,15 @@ function projectOf(rule: Rule | undefined, m: Record<string, unknown>): string {
   return p === "*" ? "*" : p.join(",");
 }
 
-/** What a request is about, from its name, node or id fields: "instances/web", "nodes/n1". */
+/** What a request is about, from its name, node or id fields: "instances/web", "nodes/n1", "certificates/user:ci". */
 function resourceOf(rule: Rule | undefined, m: Record<string, unknown>): string {
   const kind = rule?.kind === "right" ? rule.right.split(":")[0]! : "";
   const field = (k: string) => (typeof m[k] === "string" ? m[k] : "");
   const [name, node, id] = [field("name"), field("node"), field("id")];
   if (kind === "instances") return name ? `instances/${name}` : "instances";
   if (kind === "nodes") return node ? `nodes/${node}${name ? `/orphans/${name}` : ""}` : name ? `nodes/${name}` : "nodes";
+  // IssueUserCertificate: the user the certificate names (its only request with a CSR).
+  if (kind === "tokens" && "csrPem" in m) return `certificates/user:${field("user")}`;
   if (kind === "tokens") return id ? `apitokens/${id}` : "apitokens";
   if (kind === "jointokens") return id ? `jointokens/${id}` : "jointokens";
   if (node) return `nodes/${node}`;

@@ -8,10 +8,11 @@ import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { readFile } from "node:fs/promises";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { SignJWT, UnsecuredJWT } from "jose";
 import * as client from "openid-client";
 import { makeTestCa, type TestCa } from "../../../test/support/pki.js";
+import { refusal } from "../../../test/support/refusal.js";
 import { codeLoginIdToken, DEVICE_CODE_GRANT, startOidcProvider, type TestOidcProvider } from "../../../test/support/oidc-provider.js";
 import { isOidcToken, MAX_GROUPS, OidcVerifier, type OidcSettings } from "./oidc.js";
 
@@ -42,16 +43,6 @@ const unreachable: OidcSettings = {
 const codeLogin = (p: TestOidcProvider, account: string, scope?: string) => codeLoginIdToken(p, account, REDIRECT, scope);
 
 /** The refusal `promise` ends with: its code and message. */
-async function refusal(promise: Promise<unknown>): Promise<{ code: Code; message: string }> {
-  try {
-    await promise;
-  } catch (e) {
-    assert.ok(e instanceof ConnectError, String(e));
-    return { code: e.code, message: e.rawMessage };
-  }
-  return assert.fail("accepted");
-}
-
 const ACCOUNTS = {
   alice: { preferred_username: "alice", email: "alice@example.com", email_verified: true, groups: ["ops", "dev"] },
   bob: { email: "bob@example.com", email_verified: false },

@@ -19,6 +19,7 @@ import { openEtcdStore } from "../../../pkg/cluster/etcd/index.js";
 import { codecs, keys } from "../../../pkg/cluster/state/index.js";
 import type { Store } from "../../../pkg/cluster/store/index.js";
 import { startEtcd, type EtcdProcess } from "../../../test/support/etcd.js";
+import { refusal } from "../../../test/support/refusal.js";
 import { codeLoginIdToken, startOidcProvider, type TestOidcProvider } from "../../../test/support/oidc-provider.js";
 import { Server } from "../server.js";
 import { ADMIN_TOKEN_FILE, AuditLog, OidcVerifier } from "./index.js";
@@ -26,16 +27,6 @@ import { readFile } from "node:fs/promises";
 
 const REDIRECT = "http://127.0.0.1:1/auth/callback";
 const MOCK = { driver: "mock", vcpus: 1, memoryMib: 64n };
-
-async function refusal(p: Promise<unknown>): Promise<{ code: Code; message: string }> {
-  try {
-    await p;
-  } catch (e) {
-    const err = ConnectError.from(e);
-    return { code: err.code, message: err.rawMessage };
-  }
-  assert.fail("expected a refusal");
-}
 
 describe("projects, role bindings and OIDC users (etcd, an OIDC provider in process)", () => {
   let etcd: EtcdProcess;

@@ -72,7 +72,11 @@ export const ROLES: ReadonlyMap<RoleName, RoleDefinition> = new Map(
       ["viewer", "sees instances, nodes, images and the cluster; changes nothing", VIEWER],
       ["operator", "runs instances (create, power, consoles, logs, delete), imports images, cordons and drains nodes", OPERATOR],
       ["project-admin", "an operator who also binds roles (in a project: its members; never its quota)", PROJECT_ADMIN],
-      ["admin", "everything: join tokens, node revocation and orphans, anyone's tokens, metrics, the audit log", ALL_RIGHTS],
+      [
+        "admin",
+        "everything: join tokens, node revocation and orphans, anyone's tokens, user certificates, metrics, the audit log",
+        ALL_RIGHTS,
+      ],
     ] as const
   ).map(([name, description, rights]) => [name, { name, description, rights: new Set<Right>(rights) }]),
 );

@@ -98,6 +98,8 @@ export const RULES: ReadonlyMap<string, Rule> = new Map<string, Rule>([
   [`${P}AccessService/ListRoleBindings`, AUTHENTICATED],
   [`${P}AccessService/DeleteRoleBinding`, right("roles:bind", anywhere)],
   [`${P}AccessService/GetAuthConfig`, PUBLIC],
+  // Anyone's credentials: a certificate for any user name, whatever bindings that name has.
+  [`${P}AccessService/IssueUserCertificate`, right("tokens:manage")],
   [`${P}ProjectService/CreateProject`, right("projects:create")],
   [`${P}ProjectService/GetProject`, right("projects:get", named)],
   // Which projects: the handler shows those the caller has a role in (all with projects:list).

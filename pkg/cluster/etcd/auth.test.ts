@@ -246,7 +246,7 @@ describe("etcd auth: node roles over TLS with client certificates", () => {
     await refused(nodeA.put(`${V}instances/x`, enc("forged")), `${V}instances/x`);
   });
 
-  it("refuses a client with no certificate, one from another CA, and one whose CN is no user", async () => {
+  it("refuses a client with no certificate, one from another CA, and one whose CN is no etcd user (a user's certificate)", async () => {
     const noCert = await openEtcdStore({ endpoints: [etcd.endpoint], tls: { caFile: etcd.tls!.ca.caFile }, dialTimeoutMs: 5000 });
     opened.push(noCert);
     await refused(noCert.get(keys.cluster), keys.cluster);
@@ -270,6 +270,10 @@ describe("etcd auth: node roles over TLS with client certificates", () => {
     const stranger = await as("node:never-joined");
     await refused(stranger.get(keys.cluster), keys.cluster);
     await refused(stranger.put(`${V}nodes/never-joined/alive`, enc("x")), `${V}nodes/never-joined/alive`);
+    // A user's client certificate (CN=user:<name>, pkg/pki): no etcd user has such a name.
+    const user = await as("user:robot");
+    await refused(user.get(keys.cluster), keys.cluster);
+    await refused(user.put(`${V}instances/x`, enc("user")), `${V}instances/x`);
     await assertSeedUnchanged();
   });
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hypervisor/v1/access.proto.
  */
 export const file_hypervisor_v1_access: GenFile = /*@__PURE__*/
-  fileDesc("ChpoeXBlcnZpc29yL3YxL2FjY2Vzcy5wcm90bxINaHlwZXJ2aXNvci52MSIPCg1XaG9BbUlSZXF1ZXN0Iq8BCg5XaG9BbUlSZXNwb25zZRIMCgR1c2VyGAEgASgJEhgKEGF1dGhlbnRpY2F0ZWRfYnkYAiABKAkSEAoIdG9rZW5faWQYAyABKAkSDQoFcm9sZXMYBCADKAkSDgoGcmlnaHRzGAUgAygJEg4KBmdyb3VwcxgGIAMoCRI0Cg5wcm9qZWN0X3JpZ2h0cxgHIAMoCzIcLmh5cGVydmlzb3IudjEuUHJvamVjdFJpZ2h0cyI/Cg1Qcm9qZWN0UmlnaHRzEg8KB3Byb2plY3QYASABKAkSDQoFcm9sZXMYAiADKAkSDgoGcmlnaHRzGAMgAygJImwKEkNyZWF0ZVRva2VuUmVxdWVzdBIMCgR1c2VyGAEgASgJEg0KBXJvbGVzGAIgAygJEhMKC3R0bF9zZWNvbmRzGAMgASgNEhMKC2Rlc2NyaXB0aW9uGAQgASgJEg8KB3Byb2plY3QYBSABKAkiUAoTQ3JlYXRlVG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRIqCglhcGlfdG9rZW4YAiABKAsyFy5oeXBlcnZpc29yLnYxLkFwaVRva2VuIiYKEUxpc3RUb2tlbnNSZXF1ZXN0EhEKCWFsbF91c2VycxgBIAEoCCJBChJMaXN0VG9rZW5zUmVzcG9uc2USKwoKYXBpX3Rva2VucxgBIAMoCzIXLmh5cGVydmlzb3IudjEuQXBpVG9rZW4iIAoSUmV2b2tlVG9rZW5SZXF1ZXN0EgoKAmlkGAEgASgJIkEKE1Jldm9rZVRva2VuUmVzcG9uc2USKgoJYXBpX3Rva2VuGAEgASgLMhcuaHlwZXJ2aXNvci52MS5BcGlUb2tlbiISChBMaXN0Um9sZXNSZXF1ZXN0IjcKEUxpc3RSb2xlc1Jlc3BvbnNlEiIKBXJvbGVzGAEgAygLMhMuaHlwZXJ2aXNvci52MS5Sb2xlIjkKBFJvbGUSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIOCgZyaWdodHMYAyADKAki4AEKCEFwaVRva2VuEgoKAmlkGAEgASgJEgwKBHVzZXIYAiABKAkSDQoFcm9sZXMYAyADKAkSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdyZXZva2VkGAYgASgIEhMKC2Rlc2NyaXB0aW9uGAcgASgJEhIKCmNyZWF0ZWRfYnkYCCABKAkSDwoHcHJvamVjdBgJIAEoCSKOAQoLUm9sZUJpbmRpbmcSCgoCaWQYASABKAkSDwoHc3ViamVjdBgCIAEoCRIMCgRyb2xlGAMgASgJEg8KB3Byb2plY3QYBCABKAkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYBiABKAkiSgoYQ3JlYXRlUm9sZUJpbmRpbmdSZXF1ZXN0Eg8KB3N1YmplY3QYASABKAkSDAoEcm9sZRgCIAEoCRIPCgdwcm9qZWN0GAMgASgJIk0KGUNyZWF0ZVJvbGVCaW5kaW5nUmVzcG9uc2USMAoMcm9sZV9iaW5kaW5nGAEgASgLMhouaHlwZXJ2aXNvci52MS5Sb2xlQmluZGluZyI+ChdMaXN0Um9sZUJpbmRpbmdzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhIKCmFsbF9zY29wZXMYAiABKAgiTQoYTGlzdFJvbGVCaW5kaW5nc1Jlc3BvbnNlEjEKDXJvbGVfYmluZGluZ3MYASADKAsyGi5oeXBlcnZpc29yLnYxLlJvbGVCaW5kaW5nIiYKGERlbGV0ZVJvbGVCaW5kaW5nUmVxdWVzdBIKCgJpZBgBIAEoCSIbChlEZWxldGVSb2xlQmluZGluZ1Jlc3BvbnNlIhYKFEdldEF1dGhDb25maWdSZXF1ZXN0IlkKFUdldEF1dGhDb25maWdSZXNwb25zZRITCgtvaWRjX2lzc3VlchgBIAEoCRIWCg5vaWRjX2NsaWVudF9pZBgCIAEoCRITCgtvaWRjX3Njb3BlcxgDIAMoCSKuAgoOQXBpVG9rZW5SZWNvcmQSCgoCaWQYASABKAkSFQoNc2VjcmV0X3NoYTI1NhgCIAEoDBIMCgR1c2VyGAMgASgJEg0KBXJvbGVzGAQgAygJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcmV2b2tlZBgHIAEoCBITCgtkZXNjcmlwdGlvbhgIIAEoCRISCgpjcmVhdGVkX2J5GAkgASgJEg8KB3Byb2plY3QYCiABKAkSLwoLcmV2b2tlX3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpQBChFSb2xlQmluZGluZ1JlY29yZBIKCgJpZBgBIAEoCRIPCgdzdWJqZWN0GAIgASgJEgwKBHJvbGUYAyABKAkSDwoHcHJvamVjdBgEIAEoCRIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKY3JlYXRlZF9ieRgGIAEoCSJkCg9BY2Nlc3NCb290c3RyYXASEAoIdG9rZW5faWQYASABKAkSLwoLY3JlYXRlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnNlcnZlchgDIAEoCTK2BgoNQWNjZXNzU2VydmljZRJFCgZXaG9BbUkSHC5oeXBlcnZpc29yLnYxLldob0FtSVJlcXVlc3QaHS5oeXBlcnZpc29yLnYxLldob0FtSVJlc3BvbnNlElQKC0NyZWF0ZVRva2VuEiEuaHlwZXJ2aXNvci52MS5DcmVhdGVUb2tlblJlcXVlc3QaIi5oeXBlcnZpc29yLnYxLkNyZWF0ZVRva2VuUmVzcG9uc2USUQoKTGlzdFRva2VucxIgLmh5cGVydmlzb3IudjEuTGlzdFRva2Vuc1JlcXVlc3QaIS5oeXBlcnZpc29yLnYxLkxpc3RUb2tlbnNSZXNwb25zZRJUCgtSZXZva2VUb2tlbhIhLmh5cGVydmlzb3IudjEuUmV2b2tlVG9rZW5SZXF1ZXN0GiIuaHlwZXJ2aXNvci52MS5SZXZva2VUb2tlblJlc3BvbnNlEk4KCUxpc3RSb2xlcxIfLmh5cGVydmlzb3IudjEuTGlzdFJvbGVzUmVxdWVzdBogLmh5cGVydmlzb3IudjEuTGlzdFJvbGVzUmVzcG9uc2USZgoRQ3JlYXRlUm9sZUJpbmRpbmcSJy5oeXBlcnZpc29yLnYxLkNyZWF0ZVJvbGVCaW5kaW5nUmVxdWVzdBooLmh5cGVydmlzb3IudjEuQ3JlYXRlUm9sZUJpbmRpbmdSZXNwb25zZRJjChBMaXN0Um9sZUJpbmRpbmdzEiYuaHlwZXJ2aXNvci52MS5MaXN0Um9sZUJpbmRpbmdzUmVxdWVzdBonLmh5cGVydmlzb3IudjEuTGlzdFJvbGVCaW5kaW5nc1Jlc3BvbnNlEmYKEURlbGV0ZVJvbGVCaW5kaW5nEicuaHlwZXJ2aXNvci52MS5EZWxldGVSb2xlQmluZGluZ1JlcXVlc3QaKC5oeXBlcnZpc29yLnYxLkRlbGV0ZVJvbGVCaW5kaW5nUmVzcG9uc2USWgoNR2V0QXV0aENvbmZpZxIjLmh5cGVydmlzb3IudjEuR2V0QXV0aENvbmZpZ1JlcXVlc3QaJC5oeXBlcnZpc29yLnYxLkdldEF1dGhDb25maWdSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChpoeXBlcnZpc29yL3YxL2FjY2Vzcy5wcm90bxINaHlwZXJ2aXNvci52MSIPCg1XaG9BbUlSZXF1ZXN0Iq8BCg5XaG9BbUlSZXNwb25zZRIMCgR1c2VyGAEgASgJEhgKEGF1dGhlbnRpY2F0ZWRfYnkYAiABKAkSEAoIdG9rZW5faWQYAyABKAkSDQoFcm9sZXMYBCADKAkSDgoGcmlnaHRzGAUgAygJEg4KBmdyb3VwcxgGIAMoCRI0Cg5wcm9qZWN0X3JpZ2h0cxgHIAMoCzIcLmh5cGVydmlzb3IudjEuUHJvamVjdFJpZ2h0cyI/Cg1Qcm9qZWN0UmlnaHRzEg8KB3Byb2plY3QYASABKAkSDQoFcm9sZXMYAiADKAkSDgoGcmlnaHRzGAMgAygJImwKEkNyZWF0ZVRva2VuUmVxdWVzdBIMCgR1c2VyGAEgASgJEg0KBXJvbGVzGAIgAygJEhMKC3R0bF9zZWNvbmRzGAMgASgNEhMKC2Rlc2NyaXB0aW9uGAQgASgJEg8KB3Byb2plY3QYBSABKAkiUAoTQ3JlYXRlVG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRIqCglhcGlfdG9rZW4YAiABKAsyFy5oeXBlcnZpc29yLnYxLkFwaVRva2VuIiYKEUxpc3RUb2tlbnNSZXF1ZXN0EhEKCWFsbF91c2VycxgBIAEoCCJBChJMaXN0VG9rZW5zUmVzcG9uc2USKwoKYXBpX3Rva2VucxgBIAMoCzIXLmh5cGVydmlzb3IudjEuQXBpVG9rZW4iIAoSUmV2b2tlVG9rZW5SZXF1ZXN0EgoKAmlkGAEgASgJIkEKE1Jldm9rZVRva2VuUmVzcG9uc2USKgoJYXBpX3Rva2VuGAEgASgLMhcuaHlwZXJ2aXNvci52MS5BcGlUb2tlbiISChBMaXN0Um9sZXNSZXF1ZXN0IjcKEUxpc3RSb2xlc1Jlc3BvbnNlEiIKBXJvbGVzGAEgAygLMhMuaHlwZXJ2aXNvci52MS5Sb2xlIjkKBFJvbGUSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIOCgZyaWdodHMYAyADKAki4AEKCEFwaVRva2VuEgoKAmlkGAEgASgJEgwKBHVzZXIYAiABKAkSDQoFcm9sZXMYAyADKAkSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdyZXZva2VkGAYgASgIEhMKC2Rlc2NyaXB0aW9uGAcgASgJEhIKCmNyZWF0ZWRfYnkYCCABKAkSDwoHcHJvamVjdBgJIAEoCSKOAQoLUm9sZUJpbmRpbmcSCgoCaWQYASABKAkSDwoHc3ViamVjdBgCIAEoCRIMCgRyb2xlGAMgASgJEg8KB3Byb2plY3QYBCABKAkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYBiABKAkiSgoYQ3JlYXRlUm9sZUJpbmRpbmdSZXF1ZXN0Eg8KB3N1YmplY3QYASABKAkSDAoEcm9sZRgCIAEoCRIPCgdwcm9qZWN0GAMgASgJIk0KGUNyZWF0ZVJvbGVCaW5kaW5nUmVzcG9uc2USMAoMcm9sZV9iaW5kaW5nGAEgASgLMhouaHlwZXJ2aXNvci52MS5Sb2xlQmluZGluZyI+ChdMaXN0Um9sZUJpbmRpbmdzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhIKCmFsbF9zY29wZXMYAiABKAgiTQoYTGlzdFJvbGVCaW5kaW5nc1Jlc3BvbnNlEjEKDXJvbGVfYmluZGluZ3MYASADKAsyGi5oeXBlcnZpc29yLnYxLlJvbGVCaW5kaW5nIiYKGERlbGV0ZVJvbGVCaW5kaW5nUmVxdWVzdBIKCgJpZBgBIAEoCSIbChlEZWxldGVSb2xlQmluZGluZ1Jlc3BvbnNlIhYKFEdldEF1dGhDb25maWdSZXF1ZXN0IlkKFUdldEF1dGhDb25maWdSZXNwb25zZRITCgtvaWRjX2lzc3VlchgBIAEoCRIWCg5vaWRjX2NsaWVudF9pZBgCIAEoCRITCgtvaWRjX3Njb3BlcxgDIAMoCSJRChtJc3N1ZVVzZXJDZXJ0aWZpY2F0ZVJlcXVlc3QSDAoEdXNlchgBIAEoCRIPCgdjc3JfcGVtGAIgASgJEhMKC3R0bF9zZWNvbmRzGAMgASgNIngKHElzc3VlVXNlckNlcnRpZmljYXRlUmVzcG9uc2USFwoPY2VydGlmaWNhdGVfcGVtGAEgASgJEg4KBmNhX3BlbRgCIAEoCRIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAirgIKDkFwaVRva2VuUmVjb3JkEgoKAmlkGAEgASgJEhUKDXNlY3JldF9zaGEyNTYYAiABKAwSDAoEdXNlchgDIAEoCRINCgVyb2xlcxgEIAMoCRIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Jldm9rZWQYByABKAgSEwoLZGVzY3JpcHRpb24YCCABKAkSEgoKY3JlYXRlZF9ieRgJIAEoCRIPCgdwcm9qZWN0GAogASgJEi8KC3Jldm9rZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKUAQoRUm9sZUJpbmRpbmdSZWNvcmQSCgoCaWQYASABKAkSDwoHc3ViamVjdBgCIAEoCRIMCgRyb2xlGAMgASgJEg8KB3Byb2plY3QYBCABKAkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYBiABKAkiZAoPQWNjZXNzQm9vdHN0cmFwEhAKCHRva2VuX2lkGAEgASgJEi8KC2NyZWF0ZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzZXJ2ZXIYAyABKAkypwcKDUFjY2Vzc1NlcnZpY2USRQoGV2hvQW1JEhwuaHlwZXJ2aXNvci52MS5XaG9BbUlSZXF1ZXN0Gh0uaHlwZXJ2aXNvci52MS5XaG9BbUlSZXNwb25zZRJUCgtDcmVhdGVUb2tlbhIhLmh5cGVydmlzb3IudjEuQ3JlYXRlVG9rZW5SZXF1ZXN0GiIuaHlwZXJ2aXNvci52MS5DcmVhdGVUb2tlblJlc3BvbnNlElEKCkxpc3RUb2tlbnMSIC5oeXBlcnZpc29yLnYxLkxpc3RUb2tlbnNSZXF1ZXN0GiEuaHlwZXJ2aXNvci52MS5MaXN0VG9rZW5zUmVzcG9uc2USVAoLUmV2b2tlVG9rZW4SIS5oeXBlcnZpc29yLnYxLlJldm9rZVRva2VuUmVxdWVzdBoiLmh5cGVydmlzb3IudjEuUmV2b2tlVG9rZW5SZXNwb25zZRJOCglMaXN0Um9sZXMSHy5oeXBlcnZpc29yLnYxLkxpc3RSb2xlc1JlcXVlc3QaIC5oeXBlcnZpc29yLnYxLkxpc3RSb2xlc1Jlc3BvbnNlEmYKEUNyZWF0ZVJvbGVCaW5kaW5nEicuaHlwZXJ2aXNvci52MS5DcmVhdGVSb2xlQmluZGluZ1JlcXVlc3QaKC5oeXBlcnZpc29yLnYxLkNyZWF0ZVJvbGVCaW5kaW5nUmVzcG9uc2USYwoQTGlzdFJvbGVCaW5kaW5ncxImLmh5cGVydmlzb3IudjEuTGlzdFJvbGVCaW5kaW5nc1JlcXVlc3QaJy5oeXBlcnZpc29yLnYxLkxpc3RSb2xlQmluZGluZ3NSZXNwb25zZRJmChFEZWxldGVSb2xlQmluZGluZxInLmh5cGVydmlzb3IudjEuRGVsZXRlUm9sZUJpbmRpbmdSZXF1ZXN0GiguaHlwZXJ2aXNvci52MS5EZWxldGVSb2xlQmluZGluZ1Jlc3BvbnNlEloKDUdldEF1dGhDb25maWcSIy5oeXBlcnZpc29yLnYxLkdldEF1dGhDb25maWdSZXF1ZXN0GiQuaHlwZXJ2aXNvci52MS5HZXRBdXRoQ29uZmlnUmVzcG9uc2USbwoUSXNzdWVVc2VyQ2VydGlmaWNhdGUSKi5oeXBlcnZpc29yLnYxLklzc3VlVXNlckNlcnRpZmljYXRlUmVxdWVzdBorLmh5cGVydmlzb3IudjEuSXNzdWVVc2VyQ2VydGlmaWNhdGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message hypervisor.v1.WhoAmIRequest
@@ -32,14 +32,15 @@ export const WhoAmIRequestSchema: GenMessage<WhoAmIRequest> = /*@__PURE__*/
  */
 export type WhoAmIResponse = Message<"hypervisor.v1.WhoAmIResponse"> & {
   /**
-   * "admin", a token's owner; "server:<name>" or "node:<name>" for a cluster certificate.
+   * "admin", a token's owner; "server:<name>" or "node:<name>" for a cluster certificate; <name>
+   * for a user's certificate (CN=user:<name>).
    *
    * @generated from field: string user = 1;
    */
   user: string;
 
   /**
-   * "token", "certificate" or "none" (anonymous: only the public calls).
+   * "token", "oidc", "certificate" or "none" (anonymous: only the public calls).
    *
    * @generated from field: string authenticated_by = 2;
    */
@@ -596,6 +597,70 @@ export const GetAuthConfigResponseSchema: GenMessage<GetAuthConfigResponse> = /*
   messageDesc(file_hypervisor_v1_access, 21);
 
 /**
+ * @generated from message hypervisor.v1.IssueUserCertificateRequest
+ */
+export type IssueUserCertificateRequest = Message<"hypervisor.v1.IssueUserCertificateRequest"> & {
+  /**
+   * The user the certificate names (a DNS label: 1-63 lowercase letters, digits, '-', starting
+   * with a letter).
+   *
+   * @generated from field: string user = 1;
+   */
+  user: string;
+
+  /**
+   * A PKCS#10 request for CN=user:<user> with an ECDSA P-256 key (at most 16 KiB). Only its
+   * public key is used: the CA sets the subject, the usage and the lifetime.
+   *
+   * @generated from field: string csr_pem = 2;
+   */
+  csrPem: string;
+
+  /**
+   * Lifetime in seconds: 0 means the default (30 days); at most 31536000 (one year).
+   *
+   * @generated from field: uint32 ttl_seconds = 3;
+   */
+  ttlSeconds: number;
+};
+
+/**
+ * Describes the message hypervisor.v1.IssueUserCertificateRequest.
+ * Use `create(IssueUserCertificateRequestSchema)` to create a new message.
+ */
+export const IssueUserCertificateRequestSchema: GenMessage<IssueUserCertificateRequest> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_access, 22);
+
+/**
+ * @generated from message hypervisor.v1.IssueUserCertificateResponse
+ */
+export type IssueUserCertificateResponse = Message<"hypervisor.v1.IssueUserCertificateResponse"> & {
+  /**
+   * @generated from field: string certificate_pem = 1;
+   */
+  certificatePem: string;
+
+  /**
+   * The cluster CA: what the server's certificate chains to.
+   *
+   * @generated from field: string ca_pem = 2;
+   */
+  caPem: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp expire_time = 3;
+   */
+  expireTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message hypervisor.v1.IssueUserCertificateResponse.
+ * Use `create(IssueUserCertificateResponseSchema)` to create a new message.
+ */
+export const IssueUserCertificateResponseSchema: GenMessage<IssueUserCertificateResponse> = /*@__PURE__*/
+  messageDesc(file_hypervisor_v1_access, 23);
+
+/**
  * /hypervisor/v1/apitokens/<id>: an API token, its secret kept as a hash.
  *
  * @generated from message hypervisor.v1.ApiTokenRecord
@@ -666,7 +731,7 @@ export type ApiTokenRecord = Message<"hypervisor.v1.ApiTokenRecord"> & {
  * Use `create(ApiTokenRecordSchema)` to create a new message.
  */
 export const ApiTokenRecordSchema: GenMessage<ApiTokenRecord> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_access, 22);
+  messageDesc(file_hypervisor_v1_access, 24);
 
 /**
  * /hypervisor/v1/rolebindings/<id>
@@ -710,7 +775,7 @@ export type RoleBindingRecord = Message<"hypervisor.v1.RoleBindingRecord"> & {
  * Use `create(RoleBindingRecordSchema)` to create a new message.
  */
 export const RoleBindingRecordSchema: GenMessage<RoleBindingRecord> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_access, 23);
+  messageDesc(file_hypervisor_v1_access, 25);
 
 /**
  * /hypervisor/v1/access/bootstrap: written once, in the transaction that creates the bootstrap
@@ -742,7 +807,7 @@ export type AccessBootstrap = Message<"hypervisor.v1.AccessBootstrap"> & {
  * Use `create(AccessBootstrapSchema)` to create a new message.
  */
 export const AccessBootstrapSchema: GenMessage<AccessBootstrap> = /*@__PURE__*/
-  messageDesc(file_hypervisor_v1_access, 24);
+  messageDesc(file_hypervisor_v1_access, 26);
 
 /**
  * Who is calling and what they may do: API tokens for people and automation (not the join tokens
@@ -849,6 +914,20 @@ export const AccessService: GenService<{
     methodKind: "unary";
     input: typeof GetAuthConfigRequestSchema;
     output: typeof GetAuthConfigResponseSchema;
+  },
+  /**
+   * A client certificate from the cluster CA for `user`, from a CSR whose key stays with the
+   * caller (CN=user:<name>, client authentication only). Presented over mutual TLS, it
+   * authenticates as that user, whose rights are what role bindings of user:<name> give. There is
+   * no revocation list: to cut one off, delete its bindings; keep lifetimes short. Needs
+   * tokens:manage (role admin). FailedPrecondition on a server without TLS (no CA to sign with).
+   *
+   * @generated from rpc hypervisor.v1.AccessService.IssueUserCertificate
+   */
+  issueUserCertificate: {
+    methodKind: "unary";
+    input: typeof IssueUserCertificateRequestSchema;
+    output: typeof IssueUserCertificateResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_hypervisor_v1_access, 0);

@@ -22,6 +22,12 @@ const routes: RouteRecordRaw[] = [
     meta: { section: "nodes", title: "Node" },
   },
   {
+    path: "/projects",
+    name: "projects",
+    component: () => import("./pages/ProjectsPage.vue"),
+    meta: { section: "projects", title: "Projects" },
+  },
+  {
     path: "/instances",
     name: "instances",
     component: () => import("./pages/InstancesPage.vue"),
@@ -66,15 +72,18 @@ router.beforeEach((to) => {
   return { path: to.path, hash: to.hash, query: { ...to.query, project: current }, replace: true };
 });
 
-// Chosen after sign-in, or switched: the URL follows.
-watch(
-  () => projectState.current,
-  (current) => {
-    const here = router.currentRoute.value;
-    if (current && carriesProject(here) && here.query.project !== current)
-      void router.replace({ path: here.path, hash: here.hash, query: { ...here.query, project: current } });
-  },
-);
+/** Puts the tab's project in the URL of the page shown, when it carries one and says another. */
+function showProject(): void {
+  const here = router.currentRoute.value;
+  const current = projectState.current;
+  if (current && carriesProject(here) && here.query.project !== current)
+    void router.replace({ path: here.path, hash: here.hash, query: { ...here.query, project: current } });
+}
+
+// Chosen after sign-in, or switched: the URL follows. Chosen while a navigation was under way (the
+// OIDC callback's, to the page the sign-in began at): once it lands.
+watch(() => projectState.current, showProject);
+router.afterEach(() => showProject());
 
 router.afterEach((to) => {
   const name = typeof to.params.name === "string" ? to.params.name : "";

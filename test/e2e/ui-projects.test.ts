@@ -247,8 +247,17 @@ describe("projects in the management UI (etcd, server with OIDC, mock agent, Chr
       await formError.waitFor();
       assert.equal((await formError.innerText()).trim(), expected.rawMessage);
       await page.click('[data-testid="create-cancel"]');
-      await projectsApi().updateProject({ name: "web", quota: {}, updateMask: ["quota"] });
       await screenshot(page, "instances-project-operator");
+
+      // The Projects page: web alone, its roles, its instances against the quota.
+      await page.click('[data-testid="nav-projects"]');
+      const web = page.locator('[data-testid="project-row"][data-name="web"]');
+      await web.waitFor();
+      assert.equal(await page.locator('[data-testid="project-row"]').count(), 1);
+      assert.equal(await web.locator('[data-testid="project-roles"]').innerText(), "operator");
+      // The list from sign-in shows first; the page's own ListProjects brings the quota.
+      await web.locator('[data-testid="project-instances"]', { hasText: /^1 \/ 1 · 100%$/ }).waitFor();
+      await projectsApi().updateProject({ name: "web", quota: {}, updateMask: ["quota"] });
     } finally {
       await page.close();
     }
@@ -316,6 +325,22 @@ describe("projects in the management UI (etcd, server with OIDC, mock agent, Chr
       await row(page, "ci", "build-1").waitFor();
       await until("ci's instances only", async () => (await rows(page)).join() === "ci/build-1,ci/made-in-ci");
       assert.equal(await page.locator('[data-testid="column-project"]').count(), 0);
+      // The Projects page: every project; a name opens its instances.
+      await page.click('[data-testid="nav-projects"]');
+      await page.locator('[data-testid="project-row"][data-name="web"]').waitFor();
+      assert.deepEqual(
+        await page
+          .locator('[data-testid="project-row"]')
+          .evaluateAll((els) => els.map((e) => (e as unknown as { getAttribute(n: string): string | null }).getAttribute("data-name"))),
+        ["ci", "default", "web"],
+      );
+      await screenshot(page, "projects");
+      const ci = page.locator('[data-testid="project-row"][data-name="ci"]');
+      await ci.locator('[data-testid="project-instances"]', { hasText: /^2 \(no limit\)$/ }).waitFor();
+      await ci.locator("a").click();
+      await row(page, "ci", "build-1").waitFor();
+      assert.equal(queryProject(page), "ci");
+
       // An old link, from before projects: an instance of default.
       await page.goto(`${base}/instances/def-1`);
       await page.locator('[data-testid="instance-page"][data-project="default"][data-name="def-1"]').waitFor();
@@ -339,9 +364,15 @@ describe("projects in the management UI (etcd, server with OIDC, mock agent, Chr
       await page.locator('[data-testid="logout"]').waitFor();
       assert.match(await page.locator('[data-testid="session-user"]').innerText(), /^oidc:olga\s+\(devs\)\s+in web: viewer$/);
       assert.equal(await page.locator('[data-testid="session-groups"]').innerText(), "(devs)");
-      await row(page, "web", "app-1").waitFor();
+      await row(page, "web", "app-1")
+        .waitFor()
+        .catch(async (e: unknown) => {
+          // What the page knew, for a failure that is not the row's fault.
+          const stream = await page.locator('[data-testid="stream-state"]').getAttribute("title");
+          throw new Error(`${String(e)}; at ${page.url()}, stream: ${stream}`);
+        });
       assert.equal(new URL(page.url()).pathname, "/instances");
-      assert.equal(queryProject(page), "web");
+      await until("the URL names web", async () => queryProject(page) === "web");
       assert.deepEqual(await rows(page), ["web/app-1"]);
       assert.deepEqual(await offered(page), ["web"]);
       // A viewer: power disabled with the reason, no delete.

@@ -13,11 +13,12 @@
  *        │       switcher / ?project= ┘ (a change restarts the stream)
  *   signed out ──► stream stopped, choice forgotten
  */
+import { create } from "@bufbuild/protobuf";
 import { reactive, watch } from "vue";
-import type { Project } from "../../../api/gen/hypervisor/v1/project_pb.js";
+import { ProjectSchema, type Project } from "../../../api/gen/hypervisor/v1/project_pb.js";
 import { errorText, projectClient } from "../api/index.js";
 import { startInstanceWatch, stopInstanceWatch } from "./instances.js";
-import { canIn, session } from "./session.js";
+import { can, canIn, session } from "./session.js";
 
 /** Every project the user may list instances in. */
 export const ALL_PROJECTS = "*";
@@ -29,7 +30,7 @@ export const projectState = reactive({
   current: "",
   /** What ListProjects answered, by name. */
   projects: [] as Project[],
-  /** Why the list could not be read (the switcher then offers the current project only). */
+  /** Why the list could not be read (the switcher then offers what WhoAmI names). */
   error: "",
 });
 
@@ -91,6 +92,16 @@ export function setProject(choice: string): boolean {
   return true;
 }
 
+/**
+ * Without ListProjects' answer, the projects WhoAmI names (those with a role) and default for a
+ * user who may list at cluster scope: the tab still opens somewhere the user may look.
+ */
+function fromRights(): Project[] {
+  const names = new Set(session.projectRights.map((p) => p.project));
+  if (can("instances:list")) names.add("default");
+  return [...names].sort().map((name) => create(ProjectSchema, { name }));
+}
+
 async function enter(): Promise<void> {
   const user = session.user;
   try {
@@ -100,7 +111,7 @@ async function enter(): Promise<void> {
     projectState.error = "";
   } catch (e) {
     if (session.user !== user) return;
-    projectState.projects = [];
+    projectState.projects = fromRights();
     projectState.error = errorText(e);
   }
   const fromUrl = new URLSearchParams(window.location.search).get("project") ?? "";

@@ -395,7 +395,7 @@ describe("consoles in the browser: the desktop page and the app's Console tab on
       const status = page.locator('[data-testid="desktop-status"][data-state="disconnected"]');
       await status.waitFor({ timeout: 30_000 });
       const text = (await status.textContent()) ?? "";
-      assert.match(text, /may not instances:console \(roles: viewer\)/);
+      assert.match(text, /may not instances:console in project default \(roles: viewer\)/);
       assert.doesNotMatch(text, /retrying/);
     } finally {
       await page.close();

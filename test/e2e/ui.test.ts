@@ -619,7 +619,7 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
     );
   });
 
-  it("a viewer sees the instances but create, delete and power are disabled with the reason; a revoked token signs it out", async () => {
+  it("a viewer sees the instances, create and power disabled with the reason and no delete; a revoked token signs it out", async () => {
     const access = createClient(AccessService, transport());
     const { token, apiToken } = await access.createToken({ user: "vic", roles: ["viewer"], ttlSeconds: 3600, description: "ui test" });
     const viewer = await browser.newPage({ viewport: { width: 1280, height: 800 } });
@@ -640,28 +640,28 @@ describe("management UI in the browser (etcd, server, mock agent, Chromium)", { 
           (await viewer.locator('[data-testid="instance-row"]').count()) === (await instancesApi().listInstances({})).instances.length,
       );
 
-      // Changing is not: each action is disabled and says which right it needs.
+      // Changing is not: each action is disabled and says which right it needs in the instance's
+      // project; delete, which cannot be undone, is not offered at all.
       const create = viewer.locator('[data-testid="create-instance"]');
       assert.equal(await disabled(create), true, "create is disabled for a viewer");
-      assert.equal(await create.getAttribute("title"), "needs instances:create (your roles: viewer)");
-      const del = web1.locator('[data-testid="action-delete"]');
-      assert.equal(await disabled(del), true, "delete is disabled for a viewer");
-      assert.equal(await del.getAttribute("title"), "needs instances:delete (your roles: viewer)");
+      assert.equal(await create.getAttribute("title"), "needs instances:create in default (your roles: viewer)");
       const stop = web1.locator('[data-testid="action-stop"]');
       assert.equal(await disabled(stop), true, "stop is disabled for a viewer");
-      assert.equal(await stop.getAttribute("title"), "needs instances:power (your roles: viewer)");
+      assert.equal(await stop.getAttribute("title"), "needs instances:power in default (your roles: viewer)");
+      assert.equal(await web1.locator('[data-testid="action-delete"]').count(), 0, "no delete for a viewer");
       await screenshot(viewer, "instances-viewer");
 
       // The detail page: the same on its buttons; its logs tab says why instead of asking.
       await web1.locator("a").click();
       await viewer.locator('[data-testid="instance-page"][data-name="web-1"]').waitFor();
-      const detailDelete = viewer.locator('[data-testid="instance-page"] [data-testid="action-delete"]');
-      assert.equal(await disabled(detailDelete), true);
-      assert.equal(await detailDelete.getAttribute("title"), "needs instances:delete (your roles: viewer)");
+      const detailStop = viewer.locator('[data-testid="instance-page"] [data-testid="action-stop"]');
+      assert.equal(await disabled(detailStop), true);
+      assert.equal(await detailStop.getAttribute("title"), "needs instances:power in default (your roles: viewer)");
+      assert.equal(await viewer.locator('[data-testid="instance-page"] [data-testid="action-delete"]').count(), 0);
       await viewer.click('[data-testid="tab-logs"]');
       assert.equal(
         (await viewer.locator('[data-testid="logs-denied"] span').innerText()).trim(),
-        "needs instances:logs (your roles: viewer)",
+        "needs instances:logs in default (your roles: viewer)",
       );
 
       // Nodes: cordon and drain are an operator's.

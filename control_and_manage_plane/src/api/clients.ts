@@ -9,6 +9,7 @@ import { ConsoleService } from "../../../api/gen/hypervisor/v1/console_pb.js";
 import { ImageService } from "../../../api/gen/hypervisor/v1/image_pb.js";
 import { InstanceService } from "../../../api/gen/hypervisor/v1/instance_pb.js";
 import { NodeService } from "../../../api/gen/hypervisor/v1/node_pb.js";
+import { ProjectService } from "../../../api/gen/hypervisor/v1/project_pb.js";
 import { bearer } from "../auth/index.js";
 
 export const transport = createConnectTransport({ baseUrl: window.location.origin, interceptors: [bearer] });
@@ -18,4 +19,5 @@ export const instanceClient: Client<typeof InstanceService> = createClient(Insta
 export const nodeClient: Client<typeof NodeService> = createClient(NodeService, transport);
 export const clusterClient: Client<typeof ClusterService> = createClient(ClusterService, transport);
 export const imageClient: Client<typeof ImageService> = createClient(ImageService, transport);
+export const projectClient: Client<typeof ProjectService> = createClient(ProjectService, transport);
 export const consoleClient: Client<typeof ConsoleService> = createClient(ConsoleService, transport);

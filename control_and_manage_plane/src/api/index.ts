@@ -1,6 +1,15 @@
 // The browser's side of the API: Connect clients to the serving server, the server's validation
 // rules mirrored for forms, its refusals mapped to form fields, and how API values read on screen.
-export { accessClient, clusterClient, consoleClient, imageClient, instanceClient, nodeClient, transport } from "./clients.js";
+export {
+  accessClient,
+  clusterClient,
+  consoleClient,
+  imageClient,
+  instanceClient,
+  nodeClient,
+  projectClient,
+  transport,
+} from "./clients.js";
 export { listDrivers } from "./drivers.js";
 export { Code, errorCode, errorText, fieldOfError, fieldPath, isCode } from "./errors.js";
 export {

@@ -5,7 +5,20 @@ import { createClient, type Transport } from "@connectrpc/connect";
 import { AccessService, type WhoAmIResponse } from "../../../api/gen/hypervisor/v1/access_pb.js";
 import { storedToken, storeToken } from "./token.js";
 
-export type Identity = Pick<WhoAmIResponse, "user" | "roles" | "rights">;
+/** Who is signed in: cluster-scope roles and rights, groups (OIDC), and roles and rights per project. */
+export interface Identity extends Pick<WhoAmIResponse, "user" | "roles" | "rights" | "groups"> {
+  projectRights: { project: string; roles: string[]; rights: string[] }[];
+}
+
+function identity(me: WhoAmIResponse): Identity {
+  return {
+    user: me.user,
+    roles: [...me.roles],
+    rights: [...me.rights],
+    groups: [...me.groups],
+    projectRights: me.projectRights.map((p) => ({ project: p.project, roles: [...p.roles], rights: [...p.rights] })),
+  };
+}
 
 /**
  * Who `token` is (a pasted API token, or the ID token of an OIDC sign-in); throws the server's
@@ -20,7 +33,7 @@ export async function signInWith(transport: Transport, token: string, kind: "tok
   if (kind === "oidc" && (me.authenticatedBy === "none" || me.user === ""))
     throw new Error("the server did not take the sign-in's ID token (it answered as anonymous: is its access control off?)");
   storeToken(t);
-  return { user: me.user, roles: [...me.roles], rights: [...me.rights] };
+  return identity(me);
 }
 
 /** Who this tab's stored token is (its rights may have changed), or undefined without one. */
@@ -30,5 +43,5 @@ export async function whoAmI(transport: Transport): Promise<Identity | undefined
   const me = await createClient(AccessService, transport).whoAmI({});
   // An API token, or an OIDC sign-in's ID token: anything but anonymous.
   if (me.authenticatedBy === "none" || me.user === "") return undefined;
-  return { user: me.user, roles: [...me.roles], rights: [...me.rights] };
+  return identity(me);
 }

@@ -48,6 +48,8 @@ export function createTerminal(el: HTMLElement): ConsoleTerminal {
 
 export interface SerialSessionOptions {
   name: string;
+  /** Its project; absent: "default". */
+  project?: string;
   term: Terminal;
   onState(state: ConsoleState): void;
 }
@@ -66,7 +68,7 @@ export class SerialSession {
     this.opts.onState({ phase: "connecting" });
     let url: string;
     try {
-      url = await consoleUrl(this.opts.name, ConsoleKind.SERIAL, { signal: this.abort.signal });
+      url = await consoleUrl(this.opts.name, ConsoleKind.SERIAL, { project: this.opts.project, signal: this.abort.signal });
     } catch (e) {
       if (!this.closed) this.opts.onState(failedState(e));
       return;

@@ -2,8 +2,8 @@
  * Opening a console from the browser: a single-use ticket from ConsoleService (valid 30 s), then
  * a WebSocket on the path it names, same origin as the page.
  *
- *   consoleUrl(name, kind) ──CreateConsoleTicket──► {ticket, path: /console/<ticket>}
- *                          ◄── ws(s)://<host>/console/<ticket>   (open it at once; it works once)
+ *   consoleUrl(name, kind, {project}) ──CreateConsoleTicket──► {ticket, path: /console/<ticket>}
+ *                                     ◄── ws(s)://<host>/console/<ticket>   (open it at once; it works once)
  *
  * A refused WebSocket (ticket used or expired, instance gone) shows in the browser only as a close
  * before the open, without the HTTP status: callers ask for a new ticket on every attempt.
@@ -48,17 +48,17 @@ const FINAL = new Set([Code.NotFound, Code.InvalidArgument, Code.PermissionDenie
 
 let defaultClient: Client<typeof ConsoleService> | undefined;
 
-/** The WebSocket URL of a new console of instance `name`, same origin as the page. */
+/** The WebSocket URL of a new console of instance `name` (of `opts.project`, else "default"), same origin as the page. */
 export async function consoleUrl(
   name: string,
   kind: ConsoleKind,
-  opts: { transport?: Transport; signal?: AbortSignal } = {},
+  opts: { project?: string | undefined; transport?: Transport; signal?: AbortSignal } = {},
 ): Promise<string> {
   const client = opts.transport
     ? createClient(ConsoleService, opts.transport)
     : (defaultClient ??= createClient(ConsoleService, createConnectTransport({ baseUrl: location.origin, interceptors: [bearer] })));
   try {
-    const { path } = await client.createConsoleTicket({ name, kind }, { signal: opts.signal });
+    const { path } = await client.createConsoleTicket({ name, kind, project: opts.project ?? "" }, { signal: opts.signal });
     return webSocketUrl(path);
   } catch (e) {
     const ce = ConnectError.from(e);

@@ -13,6 +13,8 @@ import { ConsoleKind, consoleUrl, failedState, type ConsoleState } from "./ticke
 export interface VncSessionOptions {
   /** The instance. */
   name: string;
+  /** Its project; absent: "default". */
+  project?: string;
   /** The element noVNC draws in; it must have a size. */
   target: HTMLElement;
   onState(state: ConsoleState): void;
@@ -39,7 +41,7 @@ export class VncSession {
     this.opts.onState({ phase: "connecting" });
     let url: string;
     try {
-      url = await consoleUrl(this.opts.name, ConsoleKind.VNC, { signal: this.abort.signal });
+      url = await consoleUrl(this.opts.name, ConsoleKind.VNC, { project: this.opts.project, signal: this.abort.signal });
     } catch (e) {
       if (!this.closed) this.opts.onState(failedState(e));
       return;

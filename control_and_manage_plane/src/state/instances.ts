@@ -2,7 +2,8 @@
  * The instances as the server sees them, kept live by one WatchInstances stream for the whole app
  * (the list, the dashboard and the detail page all read this copy; nothing polls). The stream sends
  * every instance as ADDED, then SYNCED, then changes; when it breaks we reconnect with backoff and
- * the next SYNCED drops what disappeared meanwhile.
+ * the next SYNCED drops what disappeared meanwhile. It watches the tab's project (projects.ts), or
+ * every project the user may list ("*"); a switch stops it and starts another.
  *
  *   connect ──► ADDED… ──► SYNCED ──► ADDED | MODIFIED | DELETED … ──► (error/end) ──► wait ──► connect
  *                                         └─► changes[] (the "recent events" the UI shows)
@@ -17,6 +18,7 @@ export interface Change {
   id: number;
   time: Date;
   kind: ChangeKind;
+  project: string;
   name: string;
   /** The instance's state after the change ("Running", "Deleting", ...). */
   state: string;
@@ -27,13 +29,22 @@ export interface Change {
 const MAX_CHANGES = 200;
 const BACKOFF_MS = [250, 500, 1000, 2000, 5000];
 
-/** name → instance; replaced whole on every change (the messages are frozen with markRaw). */
+/** The key of an instance in `instances`: names are unique within a project only. */
+export function instanceKey(project: string, name: string): string {
+  return `${project || "default"}/${name}`;
+}
+
+const keyOf = (i: Instance) => instanceKey(i.project, i.name);
+
+/** project/name → instance; replaced whole on every change (the messages are frozen with markRaw). */
 export const instances = shallowReactive(new Map<string, Instance>());
 
 export const watchState = reactive({
   /** The initial list has arrived at least once. */
   synced: false,
   connected: false,
+  /** The project watched ("*": every project the user may list); "" while stopped. */
+  project: "",
   /** Why the stream broke, while it is down. */
   error: "",
   /** Newest first. */
@@ -43,11 +54,12 @@ export const watchState = reactive({
 let running: AbortController | undefined;
 let nextId = 1;
 
-/** Starts the stream (once: a second call while it runs does nothing). */
-export function startInstanceWatch(): void {
+/** Starts the stream of `project` (once: a second call while it runs does nothing). */
+export function startInstanceWatch(project: string): void {
   if (running) return;
   running = new AbortController();
-  void run(running.signal);
+  watchState.project = project;
+  void run(running.signal, project);
 }
 
 /** Stops the stream and forgets what it showed (signed out: the next user starts afresh). */
@@ -57,12 +69,13 @@ export function stopInstanceWatch(): void {
   instances.clear();
   watchState.synced = false;
   watchState.connected = false;
+  watchState.project = "";
   watchState.error = "";
   watchState.changes = [];
 }
 
-export function changesOf(name: string): Change[] {
-  return watchState.changes.filter((c) => c.name === name);
+export function changesOf(project: string, name: string): Change[] {
+  return watchState.changes.filter((c) => c.name === name && c.project === (project || "default"));
 }
 
 function change(kind: ChangeKind, i: Instance, time: Date): Change {
@@ -70,6 +83,7 @@ function change(kind: ChangeKind, i: Instance, time: Date): Change {
     id: nextId++,
     time,
     kind,
+    project: i.project || "default",
     name: i.name,
     state: kind === "deleted" ? "Deleted" : instanceState(i),
     node: i.status?.node ?? "",
@@ -91,27 +105,27 @@ function seed(): void {
 
 /** Applies one instance as it is now; records it when what a person would notice changed. */
 function apply(i: Instance, live: boolean): void {
-  const before = instances.get(i.name);
-  instances.set(i.name, markRaw(i));
+  const before = instances.get(keyOf(i));
+  instances.set(keyOf(i), markRaw(i));
   if (!live) return;
   if (!before) record("created", i);
   else if (instanceState(before) !== instanceState(i) || (before.status?.message ?? "") !== (i.status?.message ?? "")) record("changed", i);
 }
 
-function remove(name: string, live: boolean): void {
-  const before = instances.get(name);
+function remove(key: string, live: boolean): void {
+  const before = instances.get(key);
   if (!before) return;
-  instances.delete(name);
+  instances.delete(key);
   if (live) record("deleted", before);
 }
 
-async function run(signal: AbortSignal): Promise<void> {
+async function run(signal: AbortSignal, project: string): Promise<void> {
   let attempt = 0;
   while (!signal.aborted) {
     // Until SYNCED, this connection is (re)reading the full list: remember what it names.
     let seen: Set<string> | undefined = new Set();
     try {
-      for await (const res of instanceClient.watchInstances({}, { signal })) {
+      for await (const res of instanceClient.watchInstances({ project }, { signal })) {
         if (signal.aborted) return; // stopped (signed out): what is still arriving is not shown
         watchState.connected = true;
         watchState.error = "";
@@ -121,15 +135,15 @@ async function run(signal: AbortSignal): Promise<void> {
           case EventType.ADDED:
           case EventType.MODIFIED:
             if (!i) break;
-            seen?.add(i.name);
+            seen?.add(keyOf(i));
             // A first sync fills the table quietly; a resync reports what changed while we were away.
             apply(i, watchState.synced);
             break;
           case EventType.DELETED:
-            if (i) remove(i.name, true);
+            if (i) remove(keyOf(i), true);
             break;
           case EventType.SYNCED:
-            if (seen) for (const name of [...instances.keys()]) if (!seen.has(name)) remove(name, watchState.synced);
+            if (seen) for (const key of [...instances.keys()]) if (!seen.has(key)) remove(key, watchState.synced);
             seen = undefined;
             if (!watchState.synced) seed();
             watchState.synced = true;

@@ -5,12 +5,14 @@
  *
  *   page load ──stored token?──no──► signed out ◄──────────── logout / Unauthenticated anywhere
  *                  │yes                  │ paste a token          ▲       / an OIDC ID token's expiry
- *                  └──► WhoAmI ──ok──► signed in (user, roles, rights) ──► instance stream runs
+ *                  └──► WhoAmI ──ok──► signed in (user, groups, rights) ──► projects.ts: the project, the stream
  *                                        ▲
  *   "Sign in with <issuer>" ──► provider ──► /auth/callback (router guard: finishOidcSignIn)
  *
- * The rights come from WhoAmI (the server's own reading of the token's roles), so what the UI
- * disables is what the server would refuse; the server still decides every call.
+ * The rights come from WhoAmI (the server's own reading of the token's roles and the user's
+ * bindings): at cluster scope, and per project. A right holds in project P when it is held at
+ * cluster scope or in P, the server's own rule, so what the UI hides or disables is what the server
+ * would refuse; the server still decides every call.
  */
 import { reactive } from "vue";
 import {
@@ -25,13 +27,16 @@ import {
   type Identity,
 } from "../auth/index.js";
 import { errorText, transport } from "../api/index.js";
-import { startInstanceWatch, stopInstanceWatch } from "./instances.js";
 
 export const session = reactive({
   /** Empty while signed out. */
   user: "",
   roles: [] as string[],
   rights: [] as string[],
+  /** The user's groups (an OIDC sign-in). */
+  groups: [] as string[],
+  /** Roles and rights held in single projects. */
+  projectRights: [] as Identity["projectRights"],
   /** Checking the stored token at page load: show neither the pages nor the sign-in form yet. */
   resuming: true,
   /** Why the tab was signed out (the server's message), for the sign-in page. */
@@ -44,8 +49,9 @@ function signedIn(me: Identity): void {
   session.user = me.user;
   session.roles = me.roles;
   session.rights = me.rights;
+  session.groups = me.groups;
+  session.projectRights = me.projectRights;
   session.reason = "";
-  startInstanceWatch();
   // An ID token ends at its exp; a stream opened before goes on, so sign out then rather than at
   // the next call. (setTimeout takes at most 2^31-1 ms; a later expiry is left to the server.)
   const exp = idTokenExpiry(storedToken());
@@ -61,10 +67,11 @@ function signedOut(reason: string): void {
   clearTimeout(expiry);
   expiry = undefined;
   forgetToken();
-  stopInstanceWatch();
   session.user = "";
   session.roles = [];
   session.rights = [];
+  session.groups = [];
+  session.projectRights = [];
   session.reason = reason;
 }
 
@@ -117,11 +124,30 @@ export function signOut(): void {
   signedOut("");
 }
 
+/** Whether the user holds `right` at cluster scope (nodes, images: what no project owns). */
 export function can(right: string): boolean {
   return session.rights.includes(right);
 }
 
-/** Why an action needing `right` is not offered, or "" when it is: "needs instances:create (your roles: viewer)". */
+/** Whether the user holds `right` in `project` ("" is "default"): at cluster scope or there. */
+export function canIn(right: string, project: string): boolean {
+  const p = project || "default";
+  return can(right) || (session.projectRights.find((x) => x.project === p)?.rights.includes(right) ?? false);
+}
+
+/** The user's roles for people, as the server words them: "viewer; in web: operator". */
+export function rolesText(): string {
+  const parts = [session.roles.join(", ")].filter(Boolean);
+  for (const p of session.projectRights) parts.push(`in ${p.project}: ${p.roles.join(", ")}`);
+  return parts.join("; ") || "none";
+}
+
+/** Why an action needing `right` at cluster scope is not offered, or "": "needs nodes:cordon (your roles: viewer)". */
 export function needs(right: string): string {
-  return can(right) ? "" : `needs ${right} (your roles: ${session.roles.join(", ") || "none"})`;
+  return can(right) ? "" : `needs ${right} (your roles: ${rolesText()})`;
+}
+
+/** Why an action needing `right` in `project` is not offered, or "": "needs instances:delete in ci (your roles: in web: operator)". */
+export function needsIn(right: string, project: string): string {
+  return canIn(right, project) ? "" : `needs ${right} in ${project || "default"} (your roles: ${rolesText()})`;
 }

@@ -1,5 +1,5 @@
 /*
- * The HTML5 desktop page: one instance's console, full window. /desktop/?instance=<name> shows the
+ * The HTML5 desktop page: one instance's console, full window. /desktop/?instance=<name>[&project=<p>] shows the
  * graphical console (noVNC); &kind=serial shows the serial console in a terminal instead. The
  * console code (tickets, sessions) is the management UI's (control_and_manage_plane/src/console).
  *
@@ -15,6 +15,8 @@ import "./desktop.css";
 
 export interface DesktopUi {
   instance: string;
+  /** The instance's project ("default" when the link names none). */
+  project: string;
   screen: HTMLElement;
   button(id: "cad" | "paste" | "fit" | "reconnect"): HTMLButtonElement;
   /** Shows the console's state in the bar (and in data-state, for tests). */
@@ -88,14 +90,18 @@ async function start(): Promise<void> {
   const instance = params.get("instance") ?? "";
   const kind = params.get("kind") ?? "vnc";
   if (!NAME_RE.test(instance)) return fail(`instance=${JSON.stringify(instance)}: the page needs ?instance=<name> (a DNS label)`);
+  const project = params.get("project") || "default";
+  if (!NAME_RE.test(project)) return fail(`project=${JSON.stringify(project)}: not a project name (a DNS label)`);
   if (kind !== "vnc" && kind !== "serial") return fail(`kind=${JSON.stringify(kind)} must be vnc or serial`);
-  document.title = `${instance} · ${kind === "serial" ? "serial console" : "desktop"}`;
-  element("title").textContent = instance;
+  const shown = project === "default" ? instance : `${project}/${instance}`;
+  document.title = `${shown} · ${kind === "serial" ? "serial console" : "desktop"}`;
+  element("title").textContent = shown;
 
   const status = element("status");
   let countdown: ReturnType<typeof setInterval> | undefined;
   const ui: DesktopUi = {
     instance,
+    project,
     screen: element("screen"),
     button: (id) => element<HTMLButtonElement>(id),
     show(state, nextAttemptAt) {

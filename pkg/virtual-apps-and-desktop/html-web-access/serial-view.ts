@@ -14,6 +14,7 @@ export function startSerial(ui: DesktopUi): void {
     session?.close();
     const s = new SerialSession({
       name: ui.instance,
+      project: ui.project,
       term: terminal.term,
       onState: (state) => {
         if (s === session) retry.observe(state);

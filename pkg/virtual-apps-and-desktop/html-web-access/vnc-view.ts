@@ -24,6 +24,7 @@ export function startVnc(ui: DesktopUi): void {
     session?.close();
     const s = new VncSession({
       name: ui.instance,
+      project: ui.project,
       target: ui.screen,
       scale: fit,
       // When the guest's display can change size (virtio-gpu with a driver that follows hints) it

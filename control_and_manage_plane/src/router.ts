@@ -22,6 +22,12 @@ const routes: RouteRecordRaw[] = [
     meta: { section: "nodes", title: "Node" },
   },
   {
+    path: "/audit",
+    name: "audit",
+    component: () => import("./pages/AuditPage.vue"),
+    meta: { section: "audit", title: "Audit" },
+  },
+  {
     path: "/projects",
     name: "projects",
     component: () => import("./pages/ProjectsPage.vue"),

@@ -191,6 +191,7 @@ describe("projects in the management UI (etcd, server with OIDC, mock agent, Chr
       assert.equal(queryProject(page), "web");
       assert.deepEqual(await offered(page), ["web"], "the switcher offers web alone, no All projects");
       assert.equal(await page.locator('[data-testid="column-project"]').count(), 0, "one project: no Project column");
+      assert.equal(await page.locator('[data-testid="nav-audit"]').count(), 0, "no audit log for an operator");
       const create = page.locator('[data-testid="create-instance"]');
       assert.equal(await disabled(create), false, "an operator of web creates in web");
 
@@ -345,6 +346,14 @@ describe("projects in the management UI (etcd, server with OIDC, mock agent, Chr
       await page.goto(`${base}/instances/def-1`);
       await page.locator('[data-testid="instance-page"][data-project="default"][data-name="def-1"]').waitFor();
       assert.equal(new URL(page.url()).pathname, "/instances/default/def-1");
+
+      // The audit log: the admin's delete in ci (allowed) and the operator's refusals (denied).
+      await page.locator('[data-testid="nav-audit"]').first().click();
+      await page.locator('[data-testid="audit-row"]').first().waitFor();
+      const deleted = page.locator('[data-testid="audit-row"][data-decision="allow"]', { hasText: "InstanceService/DeleteInstance" });
+      await deleted.filter({ hasText: "instances/app-1" }).filter({ hasText: "ci" }).first().waitFor();
+      await page.locator('[data-testid="audit-row"][data-decision="deny"][data-user="wendy"]').first().waitFor();
+      await screenshot(page, "audit");
     } finally {
       await page.close();
     }

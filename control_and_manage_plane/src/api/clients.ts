@@ -1,6 +1,7 @@
 // One Connect transport to the server that served this page (same origin: no CORS, the API and
 // the UI share hypervisor-server's port), sending this tab's API token on every call (auth/), and
 // a typed client per service.
+import { AuditService } from "../../../api/gen/hypervisor/v1/audit_pb.js";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { AccessService } from "../../../api/gen/hypervisor/v1/access_pb.js";
@@ -21,3 +22,4 @@ export const clusterClient: Client<typeof ClusterService> = createClient(Cluster
 export const imageClient: Client<typeof ImageService> = createClient(ImageService, transport);
 export const projectClient: Client<typeof ProjectService> = createClient(ProjectService, transport);
 export const consoleClient: Client<typeof ConsoleService> = createClient(ConsoleService, transport);
+export const auditClient: Client<typeof AuditService> = createClient(AuditService, transport);

@@ -2,6 +2,7 @@
 // rules mirrored for forms, its refusals mapped to form fields, and how API values read on screen.
 export {
   accessClient,
+  auditClient,
   clusterClient,
   consoleClient,
   imageClient,

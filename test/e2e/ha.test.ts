@@ -33,7 +33,7 @@ import {
 } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { AssignmentSchema } from "../../api/gen/hypervisor/v1/store_pb.js";
 import { type Store } from "../../pkg/cluster/store/index.js";
-import { keys } from "../../pkg/cluster/state/index.js";
+import { keys, parseAssignmentKey, splitRef } from "../../pkg/cluster/state/index.js";
 import { asAdmin, ctlFor, joinArgs, joinToken, startSecureEtcd, type SecureEtcd } from "../support/cluster.js";
 import { binPath, freePort, Proc, until } from "../support/procs.js";
 
@@ -100,7 +100,8 @@ describe("HA: lost nodes and a lost leader (etcd, two servers, three agents)", {
   const assignments = async (): Promise<Map<string, string[]>> => {
     const out = new Map<string, string[]>();
     for (const kv of (await store.range(keys.assignments)).kvs) {
-      const [node, name] = kv.key.slice(keys.assignments.length).split("/") as [string, string];
+      const [node, ref] = parseAssignmentKey(kv.key)!;
+      const { name } = splitRef(ref);
       assert.equal(fromBinary(AssignmentSchema, kv.value).instance?.name, name);
       out.set(name, [...(out.get(name) ?? []), node]);
     }

@@ -349,7 +349,7 @@ describe("a VM through the whole system (etcd, server, agent with libvirt, ctl)"
     const consoles = consoleClient();
     await assert.rejects(consoles.createConsoleTicket({ name: vm, kind: ConsoleKind.VNC }), (e: unknown) => {
       const ce = ConnectError.from(e);
-      return ce.code === Code.FailedPrecondition && ce.rawMessage === `instance ${vm} is Stopped; a console needs it Running`;
+      return ce.code === Code.FailedPrecondition && ce.rawMessage === `instance "${vm}" is Stopped; a console needs it Running`;
     });
     assert.equal(await virsh("domstate", `hv-${vm}`), "shut off");
     // The guest saw the power button (the restart's stop and this one), not a pulled plug.

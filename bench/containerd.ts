@@ -97,7 +97,8 @@ try {
     await api.deleteInstance({ name });
     await waitUntil(
       () =>
-        !instances.items.has(keys.instance(`default/${name}`)) && ![...statuses.items.keys()].some((k) => k.endsWith(`/status/default/${name}`)),
+        !instances.items.has(keys.instance(`default/${name}`)) &&
+        ![...statuses.items.keys()].some((k) => k.endsWith(`/status/default/${name}`)),
       120_000,
       2,
     );

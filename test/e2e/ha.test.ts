@@ -189,7 +189,7 @@ describe("HA: lost nodes and a lost leader (etcd, two servers, three agents)", {
       assert.ok(i.status?.phase === Phase.RUNNING || i.name === "ha-never", `${i.name} ${Phase[i.status?.phase ?? 0]}`);
     // Each moved instance was rescheduled once (the leader's log says so once per instance).
     const logs = [...servers.values()].flatMap((s) => s.proc.output).filter((l) => /rescheduling an instance from a lost node/.test(l));
-    for (const n of lost) assert.equal(logs.filter((l) => l.includes(`"instance":"${n}"`)).length, 1, `${n} rescheduled once`);
+    for (const n of lost) assert.equal(logs.filter((l) => l.includes(`"instance":"default/${n}"`)).length, 1, `${n} rescheduled once`);
 
     // The node comes back: its agent destroys the copies moved away (no local disk) and keeps ha-never.
     await startAgent(victim, anyServer()).waitFor(/agent started/);

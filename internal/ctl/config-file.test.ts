@@ -216,6 +216,12 @@ describe("configs/ctl.yaml", () => {
         ["local", "http://127.0.0.1:7070"],
       ],
     );
+    assert.equal(cfg.contexts[0]!.project, "web");
+    // A project that is not a name is refused, naming the key.
+    assert.throws(
+      () => parseConfig("contexts:\n  - name: a\n    server: http://127.0.0.1:7070\n    project: Bad_Name\n", path),
+      /contexts\[0\]\.project: "Bad_Name" is not a valid name/,
+    );
   });
 });
 

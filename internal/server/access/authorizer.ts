@@ -130,8 +130,12 @@ export class Authorizer {
     if (record.revoked) throw new ConnectError(`token ${parsed.id}: revoked`, Code.Unauthenticated);
     const expires = record.expireTime ? Number(record.expireTime.seconds) * 1000 + record.expireTime.nanos / 1e6 : 0;
     if (expires <= this.now()) throw new ConnectError(`token ${parsed.id}: expired`, Code.Unauthenticated);
-    const g = noGrants();
-    for (const role of record.roles) grant(g, role, record.project);
+    let g = this.tokenGrants.get(record);
+    if (!g) {
+      g = noGrants();
+      for (const role of record.roles) grant(g, role, record.project);
+      this.tokenGrants.set(record, g);
+    }
     return withGrants({ kind: "user", user: record.user, groups: [], by: "token", tokenId: record.id }, g);
   }
 
@@ -149,6 +153,9 @@ export class Authorizer {
     this.readBudget -= 1;
     return true;
   }
+
+  /** What each token record gives, made once per record (the informer's copy is replaced when it changes). */
+  private readonly tokenGrants = new WeakMap<ApiTokenRecord, Grants>();
 
   private readBudget = STORE_READS_PER_SECOND;
   private budgetAt = 0;

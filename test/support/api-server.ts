@@ -23,9 +23,11 @@ export interface AccessServer {
 export async function startServerWithAccess(
   prefix: string,
   extra: Partial<Omit<ServerOptions, "store" | "access">> = {},
+  /** A store of the caller's (etcd, say), which stop() leaves open; else an embedded one of its own. */
+  given?: Store,
 ): Promise<AccessServer> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
-  const store = await openEmbeddedStore(join(dir, "store"), { sync: false });
+  const store = given ?? (await openEmbeddedStore(join(dir, "store"), { sync: false }));
   const server = new Server({
     store,
     host: "127.0.0.1",
@@ -44,7 +46,7 @@ export async function startServerWithAccess(
     admin,
     async stop() {
       await server.stop();
-      await store.close();
+      if (!given) await store.close();
       await rm(dir, { recursive: true, force: true });
     },
   };

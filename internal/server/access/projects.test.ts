@@ -22,8 +22,8 @@ import { startEtcd, type EtcdProcess } from "../../../test/support/etcd.js";
 import { refusal } from "../../../test/support/refusal.js";
 import { codeLoginIdToken, startOidcProvider, type TestOidcProvider } from "../../../test/support/oidc-provider.js";
 import { Server } from "../server.js";
-import { ADMIN_TOKEN_FILE, AuditLog, OidcVerifier } from "./index.js";
-import { readFile } from "node:fs/promises";
+import { AuditLog, OidcVerifier } from "./index.js";
+import { startServerWithAccess, type AccessServer } from "../../../test/support/api-server.js";
 
 const REDIRECT = "http://127.0.0.1:1/auth/callback";
 const MOCK = { driver: "mock", vcpus: 1, memoryMib: 64n };
@@ -32,6 +32,7 @@ describe("projects, role bindings and OIDC users (etcd, an OIDC provider in proc
   let etcd: EtcdProcess;
   let store: Store;
   let server: Server;
+  let api: AccessServer;
   let provider: TestOidcProvider;
   let audit: AuditLog;
   let dir: string;
@@ -72,26 +73,23 @@ describe("projects, role bindings and OIDC users (etcd, an OIDC provider in proc
     });
     const settings = provider.settings({ usernameClaim: "preferred_username" });
     audit = new AuditLog({ dir: join(dir, "audit"), level: "metadata" });
-    server = new Server({
+    api = await startServerWithAccess(
+      "hv-projects-",
+      {
+        audit,
+        oidc: new OidcVerifier(settings),
+        auth: { oidcIssuer: settings.issuer, oidcClientId: settings.clientId, oidcScopes: settings.scopes },
+      },
       store,
-      host: "127.0.0.1",
-      port: 0,
-      version: "test",
-      controllers: false,
-      access: { bootstrapDir: join(dir, "pki") },
-      audit,
-      oidc: new OidcVerifier(settings),
-      auth: { oidcIssuer: settings.issuer, oidcClientId: settings.clientId, oidcScopes: settings.scopes },
-    });
-    await server.start();
-    admin = (await readFile(join(dir, "pki", ADMIN_TOKEN_FILE), "utf8")).trim();
+    );
+    ({ server, admin } = api);
     const a = clients(admin);
     await a.projects.createProject({ name: "web", description: "the web team" });
     await a.projects.createProject({ name: "ci" });
   });
 
   after(async () => {
-    await server?.stop();
+    await api?.stop();
     await store?.close();
     await etcd?.stop();
     await provider?.close();

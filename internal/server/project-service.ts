@@ -11,6 +11,7 @@
  *
  * The default project always exists: a server writes its record at start if it is missing.
  */
+import type { Instance } from "../../api/gen/hypervisor/v1/instance_pb.js";
 import { clone, create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
@@ -62,15 +63,24 @@ export function projectService(ctx: ServerContext): ServiceImpl<typeof ProjectSe
   }
 
   /** The project as the API shows it, its usage from the usage key (with a quota) or the server's copy. */
-  async function view(record: ProjectRecord, signal: AbortSignal): Promise<Project> {
+  /** Each project's instances in the server's copy, in one pass over it (a list of projects reads it once). */
+  function instancesByProject(): Map<string, Instance[]> {
+    const by = new Map<string, Instance[]>();
+    for (const { value } of ctx.informers.instances.items.values()) {
+      const p = value.project || DEFAULT_PROJECT;
+      const list = by.get(p);
+      if (list) list.push(value);
+      else by.set(p, [value]);
+    }
+    return by;
+  }
+
+  async function view(record: ProjectRecord, signal: AbortSignal, held = instancesByProject()): Promise<Project> {
     let usage: Usage;
     if (hasQuota(record.quota) && !record.counting) {
       const kv = await store.get(keys.projectUsage(record.name), { signal });
       usage = kv ? (codecs.projectUsage.decode(kv.value).usage ?? usageOf([])) : usageOf([]);
-    } else {
-      const prefix = keys.instancesOf(record.name);
-      usage = usageOf([...ctx.informers.instances.items].filter(([k]) => k.startsWith(prefix)).map(([, v]) => v.value));
-    }
+    } else usage = usageOf(held.get(record.name) ?? []);
     return create(ProjectSchema, {
       name: record.name,
       description: record.description,
@@ -165,7 +175,8 @@ export function projectService(ctx: ServerContext): ServiceImpl<typeof ProjectSe
       const all = [...ctx.informers.projects.items.values()].map((x) => x.value);
       const seen = caller.rights.has("projects:list") ? all : all.filter((p) => may(caller, "projects:get", p.name));
       seen.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-      return { projects: await Promise.all(seen.map((p) => view(p, hctx.signal))) };
+      const held = instancesByProject();
+      return { projects: await Promise.all(seen.map((p) => view(p, hctx.signal, held))) };
     },
 
     async updateProject(req, hctx) {
